@@ -1,1 +1,368 @@
+//! The agent loop: ask the model, run the tools it calls, append both, repeat.
+//!
+//! Bounded by an iteration cap, a budget (checked before every call; a call's `max_tokens`
+//! bounds the overshoot to one call) and a wall-clock limit; cancellable. It runs in
+//! *slices*: [`Agent::run`] does at most `slice.max_iterations` iterations or stops at a
+//! deadline, leaving an [`AgentState`] that any process can resume. An iteration changes
+//! the state all at once, after the model call and its tools have finished, so a crash
+//! mid-iteration loses that iteration and nothing else.
 
+mod compaction;
+mod output;
+mod prompt;
+mod stuck;
+mod tools;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::conversation::{Block, Message, Role};
+use crate::model::{Model, ModelError, ModelRequest, StopReason, ToolSpec};
+use crate::money::MicroUsd;
+use crate::ports::DevDatabase;
+use crate::pricing::{ModelPrice, PriceTable, PricingError};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::usage::{ModelCall, TokenUsage};
+
+pub use output::head_tail;
+pub use prompt::SYSTEM_PROMPT;
+pub use stuck::{StuckState, Verdict};
+pub use tools::{OUTPUTS_DIR, tool_specs};
+
+/// Limits and switches of the loop. Read once from configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub max_iterations: u32,
+    pub budget: MicroUsd,
+    pub wall_clock: Duration,
+    /// `max_tokens` of every call: bounds how far one call can overshoot the budget.
+    pub max_tokens: u32,
+    pub command_timeout: Duration,
+    pub max_command_timeout: Duration,
+    pub prompt_caching: bool,
+    pub truncate_outputs: bool,
+    pub output_head: usize,
+    pub output_tail: usize,
+    pub compaction: bool,
+    /// Compact when a prompt uses this share of the model's window.
+    pub compact_at_percent: u8,
+    pub keep_recent_messages: usize,
+    /// Stuck after this many identical iterations (or identical errors).
+    pub stuck_repeats: usize,
+}
+
+impl AgentConfig {
+    /// The production defaults.
+    pub fn standard() -> Self {
+        AgentConfig {
+            max_iterations: 60,
+            budget: MicroUsd::from_micros(5_000_000),
+            wall_clock: Duration::from_secs(45 * 60),
+            max_tokens: 8_192,
+            command_timeout: Duration::from_secs(300),
+            max_command_timeout: Duration::from_secs(900),
+            prompt_caching: true,
+            truncate_outputs: true,
+            output_head: 4_000,
+            output_tail: 4_000,
+            compaction: true,
+            compact_at_percent: 70,
+            keep_recent_messages: 12,
+            stuck_repeats: 3,
+        }
+    }
+}
+
+/// Why the agent stopped for good.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Finished { summary: String },
+    IterationCap { iterations: u32 },
+    BudgetExhausted { spent: MicroUsd, budget: MicroUsd },
+    TimeLimit { elapsed_secs: u64 },
+    Cancelled,
+    Stuck { reason: String },
+    Refused { message: String },
+    /// The model provider rejected the request (bad key, unknown model, context too long).
+    Failed { reason: String },
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Finished { .. })
+    }
+
+    /// One line for status pages and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Finished { .. } => "finished".into(),
+            Outcome::IterationCap { iterations } => format!("stopped at the iteration cap ({iterations})"),
+            Outcome::BudgetExhausted { spent, budget } => format!("budget exhausted: spent {spent} of {budget}"),
+            Outcome::TimeLimit { elapsed_secs } => format!("wall-clock limit reached after {elapsed_secs}s"),
+            Outcome::Cancelled => "cancelled".into(),
+            Outcome::Stuck { reason } => format!("stopped because the agent was stuck: {reason}"),
+            Outcome::Refused { message } => format!("the model refused: {message}"),
+            Outcome::Failed { reason } => format!("failed: {reason}"),
+        }
+    }
+}
+
+/// Everything needed to resume a run. Serialisable; the worker persists it between slices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    pub messages: Vec<Message>,
+    /// One record per model call: the usage ledger of the run.
+    pub calls: Vec<ModelCall>,
+    pub iteration: u32,
+    pub usage: TokenUsage,
+    pub cost: MicroUsd,
+    pub started_at_ms: u64,
+    /// Messages before this index are sent compacted.
+    pub compacted_upto: usize,
+    pub stuck: StuckState,
+    pub outcome: Option<Outcome>,
+}
+
+impl AgentState {
+    pub fn new(task: &str) -> Self {
+        AgentState {
+            messages: vec![Message::user_text(task)],
+            calls: Vec::new(),
+            iteration: 0,
+            usage: TokenUsage::default(),
+            cost: MicroUsd::ZERO,
+            started_at_ms: now_ms(),
+            compacted_upto: 0,
+            stuck: StuckState::default(),
+            outcome: None,
+        }
+    }
+}
+
+/// How much one [`Agent::run`] may do before handing back.
+#[derive(Clone, Copy, Debug)]
+pub struct Slice {
+    pub max_iterations: u32,
+    pub deadline: Option<Instant>,
+}
+
+impl Slice {
+    pub fn unbounded() -> Self {
+        Slice { max_iterations: u32::MAX, deadline: None }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SliceEnd {
+    Done(Outcome),
+    /// The slice's budget of iterations or time is used; run again to continue.
+    Paused,
+}
+
+/// Failures of the infrastructure, not of the agent: nothing of the failed iteration was
+/// applied to the state, so the caller may retry the slice.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Model(ModelError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+}
+
+/// Cooperative cancellation, checked before every model call and tool call.
+#[derive(Clone, Debug, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The loop over its ports.
+pub struct Agent<'a> {
+    pub model: &'a dyn Model,
+    pub sandbox: &'a dyn Sandbox,
+    pub db: Option<&'a dyn DevDatabase>,
+    pub prices: &'a PriceTable,
+    pub config: &'a AgentConfig,
+    pub cancel: CancelFlag,
+}
+
+/// What one iteration adds, applied to the state in one go.
+struct Step {
+    call: ModelCall,
+    assistant: Message,
+    reply: Option<Message>,
+    stuck: StuckState,
+    compacted_upto: usize,
+    outcome: Option<Outcome>,
+}
+
+impl Agent<'_> {
+    /// Runs until the agent is done or the slice is used up.
+    pub async fn run(&self, state: &mut AgentState, slice: Slice) -> Result<SliceEnd, AgentError> {
+        let price = self.prices.price_for(self.model.id())?;
+        let tools = tool_specs();
+        let mut done = 0;
+        loop {
+            if let Some(outcome) = &state.outcome {
+                return Ok(SliceEnd::Done(outcome.clone()));
+            }
+            if let Some(stop) = self.limit_reached(state) {
+                tracing::info!(outcome = %stop.describe(), "agent stopped");
+                state.outcome = Some(stop);
+                continue;
+            }
+            if done >= slice.max_iterations || slice.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(SliceEnd::Paused);
+            }
+            let step = self.step(state, &price, &tools).await?;
+            apply(state, step);
+            done += 1;
+        }
+    }
+
+    fn limit_reached(&self, state: &AgentState) -> Option<Outcome> {
+        let c = self.config;
+        let elapsed = now_ms().saturating_sub(state.started_at_ms) / 1000;
+        if self.cancel.is_cancelled() {
+            Some(Outcome::Cancelled)
+        } else if state.iteration >= c.max_iterations {
+            Some(Outcome::IterationCap { iterations: state.iteration })
+        } else if state.cost >= c.budget {
+            Some(Outcome::BudgetExhausted { spent: state.cost, budget: c.budget })
+        } else if elapsed >= c.wall_clock.as_secs() {
+            Some(Outcome::TimeLimit { elapsed_secs: elapsed })
+        } else {
+            None
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(iteration = state.iteration + 1))]
+    async fn step(&self, state: &AgentState, price: &ModelPrice, tools: &[ToolSpec]) -> Result<Step, AgentError> {
+        let c = self.config;
+        let iteration = state.iteration + 1;
+        let upto = if c.compaction { state.compacted_upto } else { 0 };
+        let sent = compaction::view(&state.messages, upto);
+        let started = Instant::now();
+        let request = ModelRequest {
+            system: SYSTEM_PROMPT,
+            messages: &sent,
+            tools,
+            max_tokens: c.max_tokens,
+            prompt_caching: c.prompt_caching,
+        };
+        let response = match self.model.complete(request).await {
+            Ok(r) => r,
+            Err(ModelError::Transient { status, message }) => {
+                return Err(AgentError::Model(ModelError::Transient { status, message }));
+            }
+            Err(e) => {
+                // Rejected or unreadable: retrying the same request cannot help.
+                let call = ModelCall { iteration, model: self.model.id().into(), usage: TokenUsage::default(), cost: MicroUsd::ZERO, latency_ms: started.elapsed().as_millis() as u64, stop_reason: StopReason::Other("error".into()) };
+                let outcome = Some(Outcome::Failed { reason: e.to_string() });
+                return Ok(Step { call, assistant: Message::assistant(vec![]), reply: None, stuck: state.stuck.clone(), compacted_upto: state.compacted_upto, outcome });
+            }
+        };
+        let call = ModelCall {
+            iteration,
+            model: response.model.clone(),
+            usage: response.usage,
+            cost: price.cost(&response.usage),
+            latency_ms: started.elapsed().as_millis() as u64,
+            stop_reason: response.stop_reason.clone(),
+        };
+        tracing::info!(tokens_in = call.usage.input, tokens_out = call.usage.output, cache_read = call.usage.cache_read, cache_write = call.usage.cache_write, cost_micros = call.cost.micros(), stop = ?call.stop_reason, "model call");
+        let assistant = Message::assistant(response.content);
+        let mut step = Step { call, assistant, reply: None, stuck: state.stuck.clone(), compacted_upto: state.compacted_upto, outcome: None };
+        match response.stop_reason {
+            StopReason::Refusal => {
+                step.outcome = Some(Outcome::Refused { message: step.assistant.text() });
+                return Ok(step);
+            }
+            StopReason::PauseTurn => return Ok(step),
+            _ => {}
+        }
+
+        let mut blocks = Vec::new();
+        let mut fingerprint = String::new();
+        let mut errors = String::new();
+        let uses: Vec<_> = step.assistant.tool_uses().map(|(i, n, v)| (i.to_string(), n.to_string(), v.clone())).collect();
+        let ctx = tools::ToolContext { sandbox: self.sandbox, db: self.db, config: c };
+        for (k, (id, name, input)) in uses.iter().enumerate() {
+            let reply = if step.call.stop_reason == StopReason::MaxTokens {
+                tools::ToolReply::Observation { content: "Your reply hit max_tokens and was cut off, so this call was not run. Write smaller pieces (e.g. one file per call).".into(), is_error: true, fingerprint: "max_tokens".into() }
+            } else if self.cancel.is_cancelled() {
+                tools::ToolReply::Observation { content: "Cancelled by the user; not run.".into(), is_error: true, fingerprint: "cancelled".into() }
+            } else {
+                tools::run_tool(&ctx, name, input, &format!("{iteration}-{k}")).await?
+            };
+            let (content, is_error) = match reply {
+                tools::ToolReply::Finish { summary } => {
+                    step.outcome = Some(Outcome::Finished { summary });
+                    ("Finished.".to_string(), false)
+                }
+                tools::ToolReply::Observation { content, is_error, fingerprint: f } => {
+                    fingerprint.push_str(&format!("{name} {input} => {f}\n"));
+                    if is_error {
+                        errors.push_str(&f);
+                    }
+                    (content, is_error)
+                }
+            };
+            blocks.push(Block::ToolResult { tool_use_id: id.clone(), content, is_error });
+        }
+        if uses.is_empty() {
+            fingerprint = format!("no tool: {}", step.assistant.text());
+            blocks.push(Block::Text { text: "You did not call a tool. Continue the work with the tools, or call `finish` with a summary if the project is done.".into() });
+        }
+        match step.stuck.observe(&fingerprint, (!errors.is_empty()).then_some(errors.as_str()), c.stuck_repeats) {
+            Verdict::Fine => {}
+            Verdict::Nudge(reason) => blocks.push(Block::Text { text: format!("You seem to be stuck: {reason}. Step back, read the last error carefully and try a different approach. If you cannot make progress, call `finish` and explain what blocks you.") }),
+            Verdict::Stop(reason) => {
+                if step.outcome.is_none() {
+                    step.outcome = Some(Outcome::Stuck { reason });
+                }
+            }
+        }
+        step.reply = Some(Message { role: Role::User, content: blocks });
+        if c.compaction {
+            let after = state.messages.len() + 2;
+            let window = self.model.context_window();
+            let prompt = step.call.usage.prompt_total() + c.max_tokens as u64;
+            if let Some(b) = compaction::next_boundary(state.compacted_upto, after, prompt, window, c.compact_at_percent, c.keep_recent_messages) {
+                tracing::info!(boundary = b, "compacting the context");
+                step.compacted_upto = b;
+            }
+        }
+        Ok(step)
+    }
+}
+
+fn apply(state: &mut AgentState, step: Step) {
+    state.iteration = step.call.iteration;
+    state.usage += step.call.usage;
+    state.cost += step.call.cost;
+    state.calls.push(step.call);
+    if !step.assistant.content.is_empty() {
+        state.messages.push(step.assistant);
+    }
+    state.messages.extend(step.reply);
+    state.stuck = step.stuck;
+    state.compacted_upto = step.compacted_upto;
+    state.outcome = step.outcome;
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,373 @@
+//! [`AnthropicClient`]: the [`Model`] port over Anthropic's Messages API.
+//!
+//! `POST {base_url}/v1/messages` with `x-api-key` and `anthropic-version: 2023-06-01`.
+//! Our [`Block`] enum already serialises to Anthropic's block shapes, so the request body
+//! is mostly a direct serialisation; see [`request_body`] for where prompt-cache
+//! breakpoints go. Retries follow [`RetryPolicy`].
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Client, Url};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse, StopReason};
+use tb_core::{Block, TokenUsage};
+
+use crate::http::{self, ConfigError};
+use crate::retry::RetryPolicy;
+
+/// The production endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+/// The API version header value this client speaks.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// How to reach Anthropic. `Debug` never shows the API key.
+#[derive(Clone)]
+pub struct AnthropicConfig {
+    pub base_url: String,
+    pub api_key: String,
+    pub model: String,
+    pub context_window: u64,
+    pub retry: RetryPolicy,
+    /// Timeout of one HTTP attempt.
+    pub timeout: Duration,
+}
+
+impl AnthropicConfig {
+    /// The production endpoint, a 200k context window and default retries.
+    pub fn new(api_key: impl Into<String>, model: impl Into<String>) -> Self {
+        AnthropicConfig {
+            base_url: DEFAULT_BASE_URL.to_string(),
+            api_key: api_key.into(),
+            model: model.into(),
+            context_window: 200_000,
+            retry: RetryPolicy::default(),
+            timeout: http::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Debug for AnthropicConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnthropicConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &redacted(&self.api_key))
+            .field("model", &self.model)
+            .field("context_window", &self.context_window)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A Messages API client; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct AnthropicClient {
+    config: AnthropicConfig,
+    http: Client,
+    url: Url,
+    headers: HeaderMap,
+}
+
+impl AnthropicClient {
+    pub fn new(config: AnthropicConfig) -> Result<Self, ConfigError> {
+        let url = http::endpoint(&config.base_url, "/v1/messages")?;
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", http::secret_header(&config.api_key)?);
+        headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+        let http = http::build_client(config.timeout)?;
+        Ok(AnthropicClient { config, http, url, headers })
+    }
+
+    pub fn config(&self) -> &AnthropicConfig {
+        &self.config
+    }
+}
+
+#[async_trait]
+impl Model for AnthropicClient {
+    fn id(&self) -> &str {
+        &self.config.model
+    }
+
+    fn context_window(&self) -> u64 {
+        self.config.context_window
+    }
+
+    async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
+        let body = request_body(&self.config.model, &request);
+        let bytes =
+            http::post_json(&self.http, &self.url, &self.headers, &body, &self.config.retry, "anthropic").await?;
+        parse_response(&bytes, &self.config.model)
+    }
+}
+
+/// The Messages API body for `req`.
+///
+/// With `req.prompt_caching`, three `cache_control: {"type":"ephemeral"}` breakpoints are
+/// set (the API allows four): on the last tool definition, on the system prompt (sent as
+/// a one-block array), and on the last content block of the last message. Without it the
+/// system prompt is a plain string and no block carries `cache_control`. An empty system
+/// prompt and an empty tool list are left out.
+pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
+    let cache = || json!({"type": "ephemeral"});
+    let mut body = json!({
+        "model": model,
+        "max_tokens": req.max_tokens,
+        "messages": req.messages,
+    });
+    if !req.system.is_empty() {
+        body["system"] = if req.prompt_caching {
+            json!([{"type": "text", "text": req.system, "cache_control": cache()}])
+        } else {
+            json!(req.system)
+        };
+    }
+    if !req.tools.is_empty() {
+        let mut tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+            .collect();
+        if req.prompt_caching && let Some(last) = tools.last_mut() {
+            last["cache_control"] = cache();
+        }
+        body["tools"] = Value::Array(tools);
+    }
+    if req.prompt_caching
+        && let Some(block) = body["messages"]
+            .as_array_mut()
+            .and_then(|m| m.last_mut())
+            .and_then(|m| m["content"].as_array_mut())
+            .and_then(|c| c.last_mut())
+    {
+        block["cache_control"] = cache();
+    }
+    body
+}
+
+/// Reads a Messages API response body. Block types other than `text` and `tool_use`
+/// (`thinking`, server tools) are skipped; missing usage counters read as zero.
+pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
+    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
+        ModelError::Protocol(format!("{e}; body: {}", http::truncate(&String::from_utf8_lossy(body), 300)))
+    })?;
+    let mut content = Vec::with_capacity(wire.content.len());
+    for (i, block) in wire.content.into_iter().enumerate() {
+        match block["type"].as_str() {
+            Some("text") => content.push(Block::Text { text: block["text"].as_str().unwrap_or_default().to_string() }),
+            Some("tool_use") => {
+                let field = |name: &str| {
+                    block[name].as_str().map(str::to_string).ok_or_else(|| {
+                        ModelError::Protocol(format!("content[{i}]: tool_use block without a string `{name}`"))
+                    })
+                };
+                let (id, name) = (field("id")?, field("name")?);
+                let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
+                content.push(Block::ToolUse { id, name, input });
+            }
+            other => tracing::debug!(block_type = other.unwrap_or("?"), "skipping a content block"),
+        }
+    }
+    let stop_reason = match wire.stop_reason.as_deref() {
+        Some(s) => StopReason::parse(s),
+        None if content.iter().any(|b| matches!(b, Block::ToolUse { .. })) => StopReason::ToolUse,
+        None => StopReason::EndTurn,
+    };
+    let u = wire.usage.unwrap_or_default();
+    let usage = TokenUsage {
+        input: u.input_tokens.unwrap_or(0),
+        output: u.output_tokens.unwrap_or(0),
+        cache_write: u.cache_creation_input_tokens.unwrap_or(0),
+        cache_read: u.cache_read_input_tokens.unwrap_or(0),
+    };
+    let model = wire.model.filter(|m| !m.is_empty()).unwrap_or_else(|| requested_model.to_string());
+    Ok(ModelResponse { model, content, stop_reason, usage })
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    model: Option<String>,
+    content: Vec<Value>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+pub(crate) fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "<empty>" } else { "<redacted>" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tb_core::Message;
+    use tb_core::model::ToolSpec;
+
+    fn tools() -> Vec<ToolSpec> {
+        ["read_file", "write_file"]
+            .into_iter()
+            .map(|n| ToolSpec { name: n.into(), description: format!("{n} tool"), input_schema: json!({"type": "object"}) })
+            .collect()
+    }
+
+    fn conversation() -> Vec<Message> {
+        vec![
+            Message::user_text("build a todo API"),
+            Message::assistant(vec![
+                Block::Text { text: "Reading.".into() },
+                Block::ToolUse { id: "toolu_1".into(), name: "read_file".into(), input: json!({"path": "a"}) },
+            ]),
+            Message {
+                role: tb_core::Role::User,
+                content: vec![
+                    Block::ToolResult { tool_use_id: "toolu_1".into(), content: "x".into(), is_error: false },
+                    Block::Text { text: "go on".into() },
+                ],
+            },
+        ]
+    }
+
+    fn request<'a>(messages: &'a [Message], tools: &'a [ToolSpec], caching: bool) -> ModelRequest<'a> {
+        ModelRequest { system: "You build backends.", messages, tools, max_tokens: 1024, prompt_caching: caching }
+    }
+
+    /// Every JSON path (as a string) that holds a `cache_control` key.
+    fn cache_control_paths(v: &Value, path: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    if k == "cache_control" {
+                        out.push(path.clone());
+                    }
+                    cache_control_paths(child, format!("{path}.{k}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    cache_control_paths(child, format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn request_body_puts_cache_control_on_the_last_tool_the_system_prompt_and_the_last_block() {
+        let (messages, tools) = (conversation(), tools());
+        let body = request_body("claude-sonnet-4-5", &request(&messages, &tools, true));
+        let mut paths = Vec::new();
+        cache_control_paths(&body, String::new(), &mut paths);
+        paths.sort();
+        assert_eq!(paths, vec![".messages[2].content[1]", ".system[0]", ".tools[1]"]);
+        assert_eq!(body["system"][0]["cache_control"], json!({"type": "ephemeral"}));
+        assert_eq!(body["system"][0]["text"], "You build backends.");
+    }
+
+    #[test]
+    fn request_body_without_caching_has_no_breakpoints_and_a_plain_system_string() {
+        let (messages, tools) = (conversation(), tools());
+        let body = request_body("m", &request(&messages, &tools, false));
+        let mut paths = Vec::new();
+        cache_control_paths(&body, String::new(), &mut paths);
+        assert!(paths.is_empty(), "{paths:?}");
+        assert_eq!(body["system"], "You build backends.");
+        assert_eq!(body["max_tokens"], 1024);
+        assert_eq!(body["model"], "m");
+    }
+
+    #[test]
+    fn request_body_uses_anthropic_block_shapes() {
+        let (messages, tools) = (conversation(), tools());
+        let body = request_body("m", &request(&messages, &tools, false));
+        assert_eq!(body["messages"][0], json!({"role": "user", "content": [{"type": "text", "text": "build a todo API"}]}));
+        assert_eq!(
+            body["messages"][1]["content"][1],
+            json!({"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "a"}})
+        );
+        assert_eq!(body["messages"][2]["content"][0], json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}));
+        assert_eq!(
+            body["tools"][0],
+            json!({"name": "read_file", "description": "read_file tool", "input_schema": {"type": "object"}})
+        );
+    }
+
+    #[test]
+    fn an_empty_system_prompt_and_tool_list_are_left_out() {
+        let messages = vec![Message::user_text("hi")];
+        let req = ModelRequest { system: "", messages: &messages, tools: &[], max_tokens: 10, prompt_caching: true };
+        let body = request_body("m", &req);
+        assert!(body.get("system").is_none() && body.get("tools").is_none());
+        assert_eq!(body["messages"][0]["content"][0]["cache_control"], json!({"type": "ephemeral"}));
+    }
+
+    #[test]
+    fn responses_skip_unknown_blocks_and_map_every_usage_counter() {
+        let body = json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+            "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                {"type": "text", "text": "Writing it."},
+                {"type": "tool_use", "id": "toolu_9", "name": "write_file", "input": {"path": "a.txt"}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 21, "output_tokens": 7, "cache_creation_input_tokens": 188086,
+                      "cache_read_input_tokens": 5, "cache_creation": {"ephemeral_5m_input_tokens": 188086}}
+        });
+        let r = parse_response(body.to_string().as_bytes(), "asked").unwrap();
+        assert_eq!(r.model, "claude-sonnet-4-5-20250929");
+        assert_eq!(r.stop_reason, StopReason::ToolUse);
+        assert_eq!(
+            r.content,
+            vec![
+                Block::Text { text: "Writing it.".into() },
+                Block::ToolUse { id: "toolu_9".into(), name: "write_file".into(), input: json!({"path": "a.txt"}) },
+            ]
+        );
+        assert_eq!(r.usage, TokenUsage { input: 21, output: 7, cache_write: 188086, cache_read: 5 });
+    }
+
+    #[test]
+    fn missing_cache_counters_read_as_zero() {
+        let body = br#"{"content":[],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1,"cache_creation_input_tokens":null}}"#;
+        let r = parse_response(body, "asked").unwrap();
+        assert_eq!(r.usage, TokenUsage { input: 3, output: 1, cache_write: 0, cache_read: 0 });
+        assert_eq!(r.model, "asked");
+        assert_eq!(r.stop_reason, StopReason::EndTurn);
+    }
+
+    #[test]
+    fn an_unreadable_body_is_a_protocol_error() {
+        assert!(matches!(parse_response(b"<html>oops</html>", "m"), Err(ModelError::Protocol(_))));
+        assert!(matches!(parse_response(br#"{"content": 3}"#, "m"), Err(ModelError::Protocol(_))));
+        let no_id = br#"{"content":[{"type":"tool_use","name":"x","input":{}}],"stop_reason":"tool_use"}"#;
+        assert!(matches!(parse_response(no_id, "m"), Err(ModelError::Protocol(_))));
+    }
+
+    #[test]
+    fn the_api_key_never_appears_in_debug_output() {
+        let config = AnthropicConfig::new("sk-ant-secret-123", "claude-haiku-4-5");
+        let client = AnthropicClient::new(config.clone()).unwrap();
+        for text in [format!("{config:?}"), format!("{client:?}"), format!("{client:#?}")] {
+            assert!(!text.contains("sk-ant-secret-123"), "{text}");
+        }
+        assert!(format!("{config:?}").contains("<redacted>"));
+    }
+}

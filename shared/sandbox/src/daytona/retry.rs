@@ -1,0 +1,101 @@
+//! When and how long to wait before sending a Daytona request again.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+
+/// Exponential backoff with jitter; a server's `Retry-After` wins when it sends one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// The wait before the first retry; doubled for each retry after it.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A server-sent `Retry-After` longer than this is cut to it.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based): `initial × 2^(attempt-1)`,
+    /// capped, then scaled by a random factor in [0.5, 1] so clients spread out.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        let base = self.initial_backoff.saturating_mul(doubling).min(self.max_backoff);
+        base.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// The wait a 429 answer asks for: the largest of `Retry-After` and the non-standard
+    /// `Retry-After-<throttler>` headers (`Retry-After-sandbox-create`, …) in seconds,
+    /// capped at [`RetryPolicy::max_retry_after`]; `None` when there is none.
+    pub fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
+        headers
+            .iter()
+            .filter(|(name, _)| {
+                let name = name.as_str(); // header names are lower case
+                name == "retry-after" || name.starts_with("retry-after-")
+            })
+            .filter_map(|(_, value)| value.to_str().ok()?.trim().parse::<f64>().ok())
+            .filter(|secs| secs.is_finite() && *secs >= 0.0)
+            .map(|secs| Duration::from_secs_f64(secs.min(self.max_retry_after.as_secs_f64())))
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            ..RetryPolicy::default()
+        };
+        for _ in 0..50 {
+            let first = policy.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+            let third = policy.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
+            assert!(policy.backoff(30) <= Duration::from_millis(500));
+        }
+    }
+
+    #[test]
+    fn the_throttler_specific_retry_after_header_is_honoured() {
+        let policy = RetryPolicy::default();
+        let wait = policy.retry_after(&headers(&[("Retry-After-sandbox-create", "7"), ("X-RateLimit-Limit-sandbox-create", "300")]));
+        assert_eq!(wait, Some(Duration::from_secs(7)));
+        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "0")])), Some(Duration::ZERO));
+        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "2"), ("Retry-After-authenticated", "3")])), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_huge_or_missing_retry_after_does_not_stall() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "86400")])), Some(policy.max_retry_after));
+        assert_eq!(policy.retry_after(&headers(&[("Content-Type", "application/json")])), None);
+        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")])), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! Running one command script with `bash` in its own process group, output merged into one
+//! pipe and capped, the whole group killed at the deadline or when the script exits.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tb_core::sandbox::ExecOutput;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::time::Instant;
+
+use crate::OutputCap;
+
+/// How long to keep reading after the script exited and its group was killed: only a
+/// process that left the group (`setsid`) can hold the pipe open that long.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// How long to keep reading what was already written after a timeout kill.
+const DRAIN_AFTER_KILL: Duration = Duration::from_millis(500);
+
+pub(crate) struct Run<'a> {
+    pub script: &'a Path,
+    pub cwd: &'a Path,
+    /// The complete environment (nothing is inherited).
+    pub env: &'a BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub output_cap: usize,
+}
+
+pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
+    let deadline = Instant::now() + req.timeout;
+    let (reader, writer) = io::pipe()?;
+    let mut command = tokio::process::Command::new("bash");
+    command
+        .arg(req.script)
+        .current_dir(req.cwd)
+        .env_clear()
+        .envs(req.env)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .process_group(0)
+        .kill_on_drop(true);
+    let spawned = command.spawn();
+    // The command holds our copies of the write end; without dropping it the pipe never
+    // reaches end-of-file.
+    drop(command);
+    let mut child = spawned?;
+    let mut group = GroupKiller { pgid: child.id().map(|id| id as libc::pid_t) };
+    let mut pipe = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
+
+    let mut output = OutputCap::new(req.output_cap);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut eof = false;
+    let mut status = None;
+    let mut stop_reading_at = deadline;
+    let mut timed_out = false;
+    while !(eof && status.is_some()) {
+        tokio::select! {
+            read = pipe.read(&mut buf), if !eof => match read {
+                Ok(0) => eof = true,
+                Ok(n) => output.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            },
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited?);
+                // Background children (`server &`) die with the script and release the pipe.
+                group.kill();
+                stop_reading_at = stop_reading_at.min(Instant::now() + DRAIN_AFTER_EXIT);
+            },
+            _ = tokio::time::sleep_until(stop_reading_at) => {
+                if status.is_none() {
+                    timed_out = true;
+                    group.kill();
+                }
+                break;
+            },
+        }
+    }
+    if timed_out {
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        let drain_until = Instant::now() + DRAIN_AFTER_KILL;
+        while !eof {
+            match tokio::time::timeout_at(drain_until, pipe.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => eof = true,
+                Ok(Ok(n)) => output.push(&buf[..n]),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) => eof = true,
+            }
+        }
+    }
+    group.disarm();
+    let total_bytes = output.total_bytes();
+    Ok(ExecOutput {
+        exit_code: if timed_out { None } else { status.and_then(|s| s.code()) },
+        output: output.finish(),
+        total_bytes,
+        timed_out,
+    })
+}
+
+/// Kills the process group when told to, and when dropped while armed (the exec future was
+/// cancelled).
+struct GroupKiller {
+    pgid: Option<libc::pid_t>,
+}
+
+impl GroupKiller {
+    fn kill(&self) {
+        if let Some(pgid) = self.pgid.filter(|&p| p > 0) {
+            // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the
+            // process group this module created with `process_group(0)`.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
