@@ -30,7 +30,9 @@ impl Model for InstantModel {
 
     async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
         let prompt_bytes = if self.serialize {
-            tb_models::anthropic::request_body("scripted", &request).to_string().len()
+            tb_models::anthropic::request_body("scripted", &request)
+                .to_string()
+                .len()
         } else {
             request.messages.len() * 200
         };
@@ -43,7 +45,12 @@ impl Model for InstantModel {
                 input: json!({"path": format!("src/file{}.txt", n % 7), "content": format!("line {n}")}),
             }],
             stop_reason: StopReason::ToolUse,
-            usage: TokenUsage { input: 10, output: 20, cache_write: 0, cache_read: (prompt_bytes / 4) as u64 },
+            usage: TokenUsage {
+                input: 10,
+                output: 20,
+                cache_write: 0,
+                cache_read: (prompt_bytes / 4) as u64,
+            },
         })
     }
 }
@@ -61,16 +68,29 @@ impl Sandbox for InstantSandbox {
     }
 
     async fn exec(&self, _command: &str, _timeout: Duration) -> Result<ExecOutput, SandboxError> {
-        Ok(ExecOutput { exit_code: Some(0), output: "__TB_EXIT 0\n__TB_SIZE 0\n".into(), total_bytes: 0, timed_out: false })
+        Ok(ExecOutput {
+            exit_code: Some(0),
+            output: "__TB_EXIT 0\n__TB_SIZE 0\n".into(),
+            total_bytes: 0,
+            timed_out: false,
+        })
     }
 
     async fn write_file(&self, path: &WorkspacePath, contents: &[u8]) -> Result<(), SandboxError> {
-        self.files.lock().unwrap().insert(path.as_str().into(), contents.to_vec());
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.as_str().into(), contents.to_vec());
         Ok(())
     }
 
     async fn read_file(&self, path: &WorkspacePath) -> Result<Vec<u8>, SandboxError> {
-        self.files.lock().unwrap().get(path.as_str()).cloned().ok_or_else(|| SandboxError::NotFound(path.to_string()))
+        self.files
+            .lock()
+            .unwrap()
+            .get(path.as_str())
+            .cloned()
+            .ok_or_else(|| SandboxError::NotFound(path.to_string()))
     }
 
     async fn delete(&self, path: &WorkspacePath) -> Result<(), SandboxError> {

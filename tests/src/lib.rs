@@ -1,1 +1,145 @@
+//! Shared helpers of the integration tests (`tests/tests/*.rs`) and the `bench` binary.
+//!
+//! Tests use real things: a local sandbox in a temporary directory (real bash, real files),
+//! the real model clients against the scripted server on loopback.
 
+pub mod instant;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tb_core::agent::{Agent, AgentConfig, AgentState, CancelFlag, Outcome, Slice, SliceEnd};
+use tb_core::model::Model;
+use tb_core::pricing::PriceTable;
+use tb_core::sandbox::{Sandbox, SandboxSpec};
+use tb_core::{Block, ModelCall};
+use tb_models::anthropic::{AnthropicClient, AnthropicConfig};
+use tb_models::openai::{OpenAiClient, OpenAiConfig};
+use tb_models::retry::RetryPolicy;
+use tb_models::scripted::Script;
+use tb_models::server::ScriptedServer;
+use tb_sandbox::{LocalSandbox, LocalSandboxConfig, LocalSandboxProvider};
+use tempfile::TempDir;
+
+/// A local sandbox in its own temporary directory (removed on drop).
+pub struct TestSandbox {
+    pub sandbox: LocalSandbox,
+    _dir: TempDir,
+}
+
+impl TestSandbox {
+    pub async fn new() -> TestSandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let provider = LocalSandboxProvider::new(LocalSandboxConfig::new(dir.path()));
+        let sandbox = provider
+            .create_local(&SandboxSpec {
+                name: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("local sandbox");
+        TestSandbox { sandbox, _dir: dir }
+    }
+
+    /// A path in the project on disk.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.sandbox.workspace_dir().join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.file(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+}
+
+/// Production defaults with test-sized timeouts.
+pub fn test_config() -> AgentConfig {
+    AgentConfig {
+        command_timeout: Duration::from_secs(60),
+        max_command_timeout: Duration::from_secs(120),
+        ..AgentConfig::standard()
+    }
+}
+
+/// A script from JSON (see shared/models/SCRIPT_FORMAT.md).
+pub fn script(json: serde_json::Value) -> Script {
+    serde_json::from_value(json).expect("valid script")
+}
+
+/// Fast retries, so retry tests do not wait.
+pub fn quick_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    }
+}
+
+/// The real Anthropic client pointed at the scripted server.
+pub fn anthropic_client(server: &ScriptedServer) -> AnthropicClient {
+    let mut config = AnthropicConfig::new("test-key", "scripted");
+    config.base_url = server.url();
+    config.retry = quick_retries();
+    AnthropicClient::new(config).expect("client")
+}
+
+/// The real OpenAI-compatible client pointed at the scripted server.
+pub fn openai_client(server: &ScriptedServer) -> OpenAiClient {
+    let mut config = OpenAiConfig::new(server.openai_url(), "scripted").with_api_key("test-key");
+    config.retry = quick_retries();
+    OpenAiClient::new(config).expect("client")
+}
+
+/// Runs the agent on `task` until it is done.
+pub async fn run_agent(
+    model: &dyn Model,
+    sandbox: &dyn Sandbox,
+    config: &AgentConfig,
+) -> AgentState {
+    let mut state = AgentState::new("Create a simple API with a users endpoint");
+    let prices = PriceTable::with_defaults();
+    let agent = Agent {
+        model,
+        sandbox,
+        db: None,
+        prices: &prices,
+        config,
+        cancel: CancelFlag::default(),
+    };
+    match agent
+        .run(&mut state, Slice::unbounded())
+        .await
+        .expect("agent run")
+    {
+        SliceEnd::Done(_) => state,
+        SliceEnd::Paused => panic!("an unbounded slice paused"),
+    }
+}
+
+pub fn outcome(state: &AgentState) -> &Outcome {
+    state.outcome.as_ref().expect("the agent is done")
+}
+
+/// Every tool result the model was shown, in order: (content, is_error).
+pub fn tool_results(state: &AgentState) -> Vec<(String, bool)> {
+    state
+        .messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .filter_map(|b| match b {
+            Block::ToolResult {
+                content, is_error, ..
+            } => Some((content.clone(), *is_error)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Model calls without their latency (which differs between otherwise identical runs).
+pub fn calls_without_latency(state: &AgentState) -> Vec<ModelCall> {
+    state
+        .calls
+        .iter()
+        .cloned()
+        .map(|c| ModelCall { latency_ms: 0, ..c })
+        .collect()
+}

@@ -18,7 +18,11 @@ async fn handler(event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_current_span(false).without_time().init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .without_time()
+        .init();
     run(service_fn(handler)).await
 }
 
@@ -29,8 +33,11 @@ mod tests {
     #[tokio::test]
     async fn every_record_is_returned_to_the_queue() {
         let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
-            {"messageId": "m1", "body": "{}"}, {"messageId": "m2", "body": "x"}]})).unwrap();
-        let out = handler(LambdaEvent::new(event, lambda_runtime::Context::default())).await.unwrap();
+            {"messageId": "m1", "body": "{}"}, {"messageId": "m2", "body": "x"}]}))
+        .unwrap();
+        let out = handler(LambdaEvent::new(event, lambda_runtime::Context::default()))
+            .await
+            .unwrap();
         assert_eq!(
             serde_json::to_value(&out).unwrap(),
             serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]})

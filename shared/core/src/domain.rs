@@ -106,7 +106,11 @@ impl Description {
             return Err("description is empty: say what the backend should do".into());
         }
         if t.len() > Self::MAX_LEN {
-            return Err(format!("description is {} bytes; the limit is {}", t.len(), Self::MAX_LEN));
+            return Err(format!(
+                "description is {} bytes; the limit is {}",
+                t.len(),
+                Self::MAX_LEN
+            ));
         }
         Ok(Description(t.to_string()))
     }

@@ -72,7 +72,10 @@ pub struct ModelResponse {
 pub enum ModelError {
     /// Worth retrying later (429, 529, 5xx, network), after the adapter's own retries ran out.
     #[error("model temporarily unavailable{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
-    Transient { status: Option<u16>, message: String },
+    Transient {
+        status: Option<u16>,
+        message: String,
+    },
     /// The provider refused the request as made (4xx other than 408/409/429). Retrying will
     /// not help: bad key, bad request, unknown model.
     #[error("model request rejected (HTTP {status}): {message}")]

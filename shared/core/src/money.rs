@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 pub struct MicroUsd(pub i64);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a dollar amount (expected e.g. `3`, `0.30` or `12.500001`, at most 6 decimals)")]
+#[error(
+    "`{0}` is not a dollar amount (expected e.g. `3`, `0.30` or `12.500001`, at most 6 decimals)"
+)]
 pub struct MoneyParseError(pub String);
 
 impl MicroUsd {
@@ -40,10 +42,19 @@ impl MicroUsd {
         if whole.is_empty() && frac.is_empty() {
             return Err(err());
         }
-        if frac.len() > 6 || !whole.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
+        if frac.len() > 6
+            || !whole
+                .chars()
+                .chain(frac.chars())
+                .all(|c| c.is_ascii_digit())
+        {
             return Err(err());
         }
-        let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| err())? };
+        let whole: i64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| err())?
+        };
         let frac_micros: i64 = format!("{frac:0<6}").parse().map_err(|_| err())?;
         let v = whole
             .checked_mul(1_000_000)

@@ -90,7 +90,10 @@ pub struct PriceTable {
 
 impl PriceTable {
     pub fn empty() -> Self {
-        PriceTable { prices: BTreeMap::new(), allow_unpriced: false }
+        PriceTable {
+            prices: BTreeMap::new(),
+            allow_unpriced: false,
+        }
     }
 
     /// Anthropic's published prices (USD per million tokens; 5-minute cache writes), plus
@@ -101,13 +104,23 @@ impl PriceTable {
         let sonnet = ModelPrice::usd_cents(300, 1500, 375, 30);
         let haiku = ModelPrice::usd_cents(100, 500, 125, 10);
         let mut t = PriceTable::empty();
-        for id in ["claude-opus-4-5", "claude-opus-4-6", "claude-opus-4-7", "claude-opus-4-8"] {
+        for id in [
+            "claude-opus-4-5",
+            "claude-opus-4-6",
+            "claude-opus-4-7",
+            "claude-opus-4-8",
+        ] {
             t = t.with(id, opus_new);
         }
         for id in ["claude-opus-4-1", "claude-opus-4-0", "claude-opus-4-2025"] {
             t = t.with(id, opus_old);
         }
-        for id in ["claude-sonnet-4-6", "claude-sonnet-4-5", "claude-sonnet-4-0", "claude-sonnet-4-2025"] {
+        for id in [
+            "claude-sonnet-4-6",
+            "claude-sonnet-4-5",
+            "claude-sonnet-4-0",
+            "claude-sonnet-4-2025",
+        ] {
             t = t.with(id, sonnet);
         }
         t.with("claude-haiku-4-5", haiku).with("scripted", sonnet)
@@ -141,8 +154,18 @@ impl PriceTable {
             let price = ModelPrice {
                 input,
                 output: MicroUsd::parse_usd(&e.output)?,
-                cache_write: e.cache_write.as_deref().map(MicroUsd::parse_usd).transpose()?.unwrap_or(input),
-                cache_read: e.cache_read.as_deref().map(MicroUsd::parse_usd).transpose()?.unwrap_or(input),
+                cache_write: e
+                    .cache_write
+                    .as_deref()
+                    .map(MicroUsd::parse_usd)
+                    .transpose()?
+                    .unwrap_or(input),
+                cache_read: e
+                    .cache_read
+                    .as_deref()
+                    .map(MicroUsd::parse_usd)
+                    .transpose()?
+                    .unwrap_or(input),
             };
             self.prices.insert(model, price);
         }
@@ -171,12 +194,19 @@ mod tests {
     use super::*;
 
     fn usage(input: u64, output: u64, cache_write: u64, cache_read: u64) -> TokenUsage {
-        TokenUsage { input, output, cache_write, cache_read }
+        TokenUsage {
+            input,
+            output,
+            cache_write,
+            cache_read,
+        }
     }
 
     #[test]
     fn each_token_kind_is_billed_at_its_own_price() {
-        let p = PriceTable::with_defaults().price_for("claude-sonnet-4-6").unwrap();
+        let p = PriceTable::with_defaults()
+            .price_for("claude-sonnet-4-6")
+            .unwrap();
         // 1M of each kind: 3 + 15 + 3.75 + 0.30 dollars.
         let c = p.cost(&usage(1_000_000, 1_000_000, 1_000_000, 1_000_000));
         assert_eq!(c, MicroUsd::parse_usd("22.05").unwrap());
@@ -187,7 +217,9 @@ mod tests {
 
     #[test]
     fn a_call_rounds_up_to_one_micro_dollar_once() {
-        let p = PriceTable::with_defaults().price_for("claude-haiku-4-5").unwrap();
+        let p = PriceTable::with_defaults()
+            .price_for("claude-haiku-4-5")
+            .unwrap();
         // 1 input token at $1/M = 1 micro-dollar exactly; 1 cache-read token = 0.1 µ$ → 1.
         assert_eq!(p.cost(&usage(1, 0, 0, 0)), MicroUsd(1));
         assert_eq!(p.cost(&usage(0, 0, 0, 1)), MicroUsd(1));
@@ -198,15 +230,27 @@ mod tests {
     #[test]
     fn dated_model_ids_match_the_longest_prefix() {
         let t = PriceTable::with_defaults();
-        assert_eq!(t.price_for("claude-sonnet-4-5-20250929").unwrap().input, MicroUsd(3_000_000));
-        assert_eq!(t.price_for("claude-opus-4-6").unwrap().input, MicroUsd(5_000_000));
-        assert_eq!(t.price_for("claude-opus-4-1-20250805").unwrap().input, MicroUsd(15_000_000));
+        assert_eq!(
+            t.price_for("claude-sonnet-4-5-20250929").unwrap().input,
+            MicroUsd(3_000_000)
+        );
+        assert_eq!(
+            t.price_for("claude-opus-4-6").unwrap().input,
+            MicroUsd(5_000_000)
+        );
+        assert_eq!(
+            t.price_for("claude-opus-4-1-20250805").unwrap().input,
+            MicroUsd(15_000_000)
+        );
     }
 
     #[test]
     fn unpriced_models_are_refused_unless_allowed() {
         let t = PriceTable::with_defaults();
-        assert_eq!(t.price_for("llama-3.3-70b"), Err(PricingError::Unpriced("llama-3.3-70b".into())));
+        assert_eq!(
+            t.price_for("llama-3.3-70b"),
+            Err(PricingError::Unpriced("llama-3.3-70b".into()))
+        );
         let t = t.allow_unpriced(true);
         assert_eq!(t.price_for("llama-3.3-70b"), Ok(ModelPrice::FREE));
     }
@@ -218,8 +262,18 @@ mod tests {
                             "claude-haiku-4-5": {"input": "2", "output": "10", "cache_read": "0.2"}}"#)
             .unwrap();
         let q = t.price_for("qwen3-coder").unwrap();
-        assert_eq!((q.input, q.cache_read), (MicroUsd(200_000), MicroUsd(200_000)));
-        assert_eq!(t.price_for("claude-haiku-4-5").unwrap().output, MicroUsd(10_000_000));
-        assert!(PriceTable::empty().merge_json(r#"{"m": {"input": "x", "output": "1"}}"#).is_err());
+        assert_eq!(
+            (q.input, q.cache_read),
+            (MicroUsd(200_000), MicroUsd(200_000))
+        );
+        assert_eq!(
+            t.price_for("claude-haiku-4-5").unwrap().output,
+            MicroUsd(10_000_000)
+        );
+        assert!(
+            PriceTable::empty()
+                .merge_json(r#"{"m": {"input": "x", "output": "1"}}"#)
+                .is_err()
+        );
     }
 }

@@ -32,7 +32,12 @@ impl WorkspacePath {
     }
 
     pub fn parse(path: &str) -> Result<Self, PathError> {
-        let refuse = |reason| Err(PathError { path: path.chars().take(200).collect(), reason });
+        let refuse = |reason| {
+            Err(PathError {
+                path: path.chars().take(200).collect(),
+                reason,
+            })
+        };
         if path.len() > Self::MAX_LEN {
             return refuse("longer than 1024 bytes");
         }
@@ -43,7 +48,9 @@ impl WorkspacePath {
             return refuse("contains a backslash; use `/`");
         }
         if path.starts_with('/') || path.starts_with('~') {
-            return refuse("absolute paths are not allowed; use a path relative to the project root");
+            return refuse(
+                "absolute paths are not allowed; use a path relative to the project root",
+            );
         }
         let mut parts = Vec::new();
         for part in path.split('/') {
@@ -65,7 +72,11 @@ impl WorkspacePath {
     }
 
     pub fn join(&self, name: &str) -> Result<Self, PathError> {
-        if self.is_root() { Self::parse(name) } else { Self::parse(&format!("{}/{name}", self.0)) }
+        if self.is_root() {
+            Self::parse(name)
+        } else {
+            Self::parse(&format!("{}/{name}", self.0))
+        }
     }
 }
 
@@ -176,15 +187,31 @@ mod tests {
 
     #[test]
     fn relative_paths_are_normalised() {
-        assert_eq!(WorkspacePath::parse("./server//api/health.get.ts").unwrap().as_str(), "server/api/health.get.ts");
+        assert_eq!(
+            WorkspacePath::parse("./server//api/health.get.ts")
+                .unwrap()
+                .as_str(),
+            "server/api/health.get.ts"
+        );
         assert!(WorkspacePath::parse(".").unwrap().is_root());
         assert!(WorkspacePath::parse("").unwrap().is_root());
     }
 
     #[test]
     fn escapes_are_refused() {
-        for bad in ["../../etc/passwd", "/etc/passwd", "a/../../b", "a/..", "~/x", "a\\..\\b", "a\0b"] {
-            assert!(WorkspacePath::parse(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "a/../../b",
+            "a/..",
+            "~/x",
+            "a\\..\\b",
+            "a\0b",
+        ] {
+            assert!(
+                WorkspacePath::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
         assert!(WorkspacePath::parse(&"a".repeat(2000)).is_err());
     }

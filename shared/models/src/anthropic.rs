@@ -54,7 +54,7 @@ impl fmt::Debug for AnthropicConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnthropicConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &redacted(&self.api_key))
+            .field("api_key", &http::redacted(&self.api_key))
             .field("model", &self.model)
             .field("context_window", &self.context_window)
             .field("retry", &self.retry)
@@ -79,7 +79,12 @@ impl AnthropicClient {
         headers.insert("x-api-key", http::secret_header(&config.api_key)?);
         headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         let http = http::build_client(config.timeout)?;
-        Ok(AnthropicClient { config, http, url, headers })
+        Ok(AnthropicClient {
+            config,
+            http,
+            url,
+            headers,
+        })
     }
 
     pub fn config(&self) -> &AnthropicConfig {
@@ -99,8 +104,15 @@ impl Model for AnthropicClient {
 
     async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
         let body = request_body(&self.config.model, &request);
-        let bytes =
-            http::post_json(&self.http, &self.url, &self.headers, &body, &self.config.retry, "anthropic").await?;
+        let bytes = http::post_json(
+            &self.http,
+            &self.url,
+            &self.headers,
+            &body,
+            &self.config.retry,
+            "anthropic",
+        )
+        .await?;
         parse_response(&bytes, &self.config.model)
     }
 }
@@ -132,7 +144,9 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
             .iter()
             .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
             .collect();
-        if req.prompt_caching && let Some(last) = tools.last_mut() {
+        if req.prompt_caching
+            && let Some(last) = tools.last_mut()
+        {
             last["cache_control"] = cache();
         }
         body["tools"] = Value::Array(tools);
@@ -153,23 +167,33 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
 /// (`thinking`, server tools) are skipped; missing usage counters read as zero.
 pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
-        ModelError::Protocol(format!("{e}; body: {}", http::truncate(&String::from_utf8_lossy(body), 300)))
+        ModelError::Protocol(format!(
+            "{e}; body: {}",
+            http::truncate(&String::from_utf8_lossy(body), 300)
+        ))
     })?;
     let mut content = Vec::with_capacity(wire.content.len());
     for (i, block) in wire.content.into_iter().enumerate() {
         match block["type"].as_str() {
-            Some("text") => content.push(Block::Text { text: block["text"].as_str().unwrap_or_default().to_string() }),
+            Some("text") => content.push(Block::Text {
+                text: block["text"].as_str().unwrap_or_default().to_string(),
+            }),
             Some("tool_use") => {
                 let field = |name: &str| {
                     block[name].as_str().map(str::to_string).ok_or_else(|| {
-                        ModelError::Protocol(format!("content[{i}]: tool_use block without a string `{name}`"))
+                        ModelError::Protocol(format!(
+                            "content[{i}]: tool_use block without a string `{name}`"
+                        ))
                     })
                 };
                 let (id, name) = (field("id")?, field("name")?);
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 content.push(Block::ToolUse { id, name, input });
             }
-            other => tracing::debug!(block_type = other.unwrap_or("?"), "skipping a content block"),
+            other => tracing::debug!(
+                block_type = other.unwrap_or("?"),
+                "skipping a content block"
+            ),
         }
     }
     let stop_reason = match wire.stop_reason.as_deref() {
@@ -184,8 +208,16 @@ pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelRespons
         cache_write: u.cache_creation_input_tokens.unwrap_or(0),
         cache_read: u.cache_read_input_tokens.unwrap_or(0),
     };
-    let model = wire.model.filter(|m| !m.is_empty()).unwrap_or_else(|| requested_model.to_string());
-    Ok(ModelResponse { model, content, stop_reason, usage })
+    let model = wire
+        .model
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| requested_model.to_string());
+    Ok(ModelResponse {
+        model,
+        content,
+        stop_reason,
+        usage,
+    })
 }
 
 #[derive(Deserialize)]
@@ -211,10 +243,6 @@ struct WireUsage {
     cache_read_input_tokens: Option<u64>,
 }
 
-pub(crate) fn redacted(secret: &str) -> &'static str {
-    if secret.is_empty() { "<empty>" } else { "<redacted>" }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +252,11 @@ mod tests {
     fn tools() -> Vec<ToolSpec> {
         ["read_file", "write_file"]
             .into_iter()
-            .map(|n| ToolSpec { name: n.into(), description: format!("{n} tool"), input_schema: json!({"type": "object"}) })
+            .map(|n| ToolSpec {
+                name: n.into(),
+                description: format!("{n} tool"),
+                input_schema: json!({"type": "object"}),
+            })
             .collect()
     }
 
@@ -232,21 +264,43 @@ mod tests {
         vec![
             Message::user_text("build a todo API"),
             Message::assistant(vec![
-                Block::Text { text: "Reading.".into() },
-                Block::ToolUse { id: "toolu_1".into(), name: "read_file".into(), input: json!({"path": "a"}) },
+                Block::Text {
+                    text: "Reading.".into(),
+                },
+                Block::ToolUse {
+                    id: "toolu_1".into(),
+                    name: "read_file".into(),
+                    input: json!({"path": "a"}),
+                },
             ]),
             Message {
                 role: tb_core::Role::User,
                 content: vec![
-                    Block::ToolResult { tool_use_id: "toolu_1".into(), content: "x".into(), is_error: false },
-                    Block::Text { text: "go on".into() },
+                    Block::ToolResult {
+                        tool_use_id: "toolu_1".into(),
+                        content: "x".into(),
+                        is_error: false,
+                    },
+                    Block::Text {
+                        text: "go on".into(),
+                    },
                 ],
             },
         ]
     }
 
-    fn request<'a>(messages: &'a [Message], tools: &'a [ToolSpec], caching: bool) -> ModelRequest<'a> {
-        ModelRequest { system: "You build backends.", messages, tools, max_tokens: 1024, prompt_caching: caching }
+    fn request<'a>(
+        messages: &'a [Message],
+        tools: &'a [ToolSpec],
+        caching: bool,
+    ) -> ModelRequest<'a> {
+        ModelRequest {
+            system: "You build backends.",
+            messages,
+            tools,
+            max_tokens: 1024,
+            prompt_caching: caching,
+        }
     }
 
     /// Every JSON path (as a string) that holds a `cache_control` key.
@@ -276,8 +330,14 @@ mod tests {
         let mut paths = Vec::new();
         cache_control_paths(&body, String::new(), &mut paths);
         paths.sort();
-        assert_eq!(paths, vec![".messages[2].content[1]", ".system[0]", ".tools[1]"]);
-        assert_eq!(body["system"][0]["cache_control"], json!({"type": "ephemeral"}));
+        assert_eq!(
+            paths,
+            vec![".messages[2].content[1]", ".system[0]", ".tools[1]"]
+        );
+        assert_eq!(
+            body["system"][0]["cache_control"],
+            json!({"type": "ephemeral"})
+        );
         assert_eq!(body["system"][0]["text"], "You build backends.");
     }
 
@@ -297,12 +357,18 @@ mod tests {
     fn request_body_uses_anthropic_block_shapes() {
         let (messages, tools) = (conversation(), tools());
         let body = request_body("m", &request(&messages, &tools, false));
-        assert_eq!(body["messages"][0], json!({"role": "user", "content": [{"type": "text", "text": "build a todo API"}]}));
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "user", "content": [{"type": "text", "text": "build a todo API"}]})
+        );
         assert_eq!(
             body["messages"][1]["content"][1],
             json!({"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "a"}})
         );
-        assert_eq!(body["messages"][2]["content"][0], json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}));
+        assert_eq!(
+            body["messages"][2]["content"][0],
+            json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"})
+        );
         assert_eq!(
             body["tools"][0],
             json!({"name": "read_file", "description": "read_file tool", "input_schema": {"type": "object"}})
@@ -312,10 +378,19 @@ mod tests {
     #[test]
     fn an_empty_system_prompt_and_tool_list_are_left_out() {
         let messages = vec![Message::user_text("hi")];
-        let req = ModelRequest { system: "", messages: &messages, tools: &[], max_tokens: 10, prompt_caching: true };
+        let req = ModelRequest {
+            system: "",
+            messages: &messages,
+            tools: &[],
+            max_tokens: 10,
+            prompt_caching: true,
+        };
         let body = request_body("m", &req);
         assert!(body.get("system").is_none() && body.get("tools").is_none());
-        assert_eq!(body["messages"][0]["content"][0]["cache_control"], json!({"type": "ephemeral"}));
+        assert_eq!(
+            body["messages"][0]["content"][0]["cache_control"],
+            json!({"type": "ephemeral"})
+        );
     }
 
     #[test]
@@ -337,35 +412,71 @@ mod tests {
         assert_eq!(
             r.content,
             vec![
-                Block::Text { text: "Writing it.".into() },
-                Block::ToolUse { id: "toolu_9".into(), name: "write_file".into(), input: json!({"path": "a.txt"}) },
+                Block::Text {
+                    text: "Writing it.".into()
+                },
+                Block::ToolUse {
+                    id: "toolu_9".into(),
+                    name: "write_file".into(),
+                    input: json!({"path": "a.txt"})
+                },
             ]
         );
-        assert_eq!(r.usage, TokenUsage { input: 21, output: 7, cache_write: 188086, cache_read: 5 });
+        assert_eq!(
+            r.usage,
+            TokenUsage {
+                input: 21,
+                output: 7,
+                cache_write: 188086,
+                cache_read: 5
+            }
+        );
     }
 
     #[test]
     fn missing_cache_counters_read_as_zero() {
         let body = br#"{"content":[],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1,"cache_creation_input_tokens":null}}"#;
         let r = parse_response(body, "asked").unwrap();
-        assert_eq!(r.usage, TokenUsage { input: 3, output: 1, cache_write: 0, cache_read: 0 });
+        assert_eq!(
+            r.usage,
+            TokenUsage {
+                input: 3,
+                output: 1,
+                cache_write: 0,
+                cache_read: 0
+            }
+        );
         assert_eq!(r.model, "asked");
         assert_eq!(r.stop_reason, StopReason::EndTurn);
     }
 
     #[test]
     fn an_unreadable_body_is_a_protocol_error() {
-        assert!(matches!(parse_response(b"<html>oops</html>", "m"), Err(ModelError::Protocol(_))));
-        assert!(matches!(parse_response(br#"{"content": 3}"#, "m"), Err(ModelError::Protocol(_))));
-        let no_id = br#"{"content":[{"type":"tool_use","name":"x","input":{}}],"stop_reason":"tool_use"}"#;
-        assert!(matches!(parse_response(no_id, "m"), Err(ModelError::Protocol(_))));
+        assert!(matches!(
+            parse_response(b"<html>oops</html>", "m"),
+            Err(ModelError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_response(br#"{"content": 3}"#, "m"),
+            Err(ModelError::Protocol(_))
+        ));
+        let no_id =
+            br#"{"content":[{"type":"tool_use","name":"x","input":{}}],"stop_reason":"tool_use"}"#;
+        assert!(matches!(
+            parse_response(no_id, "m"),
+            Err(ModelError::Protocol(_))
+        ));
     }
 
     #[test]
     fn the_api_key_never_appears_in_debug_output() {
         let config = AnthropicConfig::new("sk-ant-secret-123", "claude-haiku-4-5");
         let client = AnthropicClient::new(config.clone()).unwrap();
-        for text in [format!("{config:?}"), format!("{client:?}"), format!("{client:#?}")] {
+        for text in [
+            format!("{config:?}"),
+            format!("{client:?}"),
+            format!("{client:#?}"),
+        ] {
             assert!(!text.contains("sk-ant-secret-123"), "{text}");
         }
         assert!(format!("{config:?}").contains("<redacted>"));

@@ -36,21 +36,36 @@ pub(crate) fn build_client(timeout: Duration) -> Result<Client, ConfigError> {
 /// `{base}{path}`, tolerating a trailing slash on `base`.
 pub(crate) fn endpoint(base: &str, path: &str) -> Result<Url, ConfigError> {
     let joined = format!("{}{}", base.trim_end_matches('/'), path);
-    let url = Url::parse(&joined)
-        .map_err(|e| ConfigError::InvalidBaseUrl { url: base.to_string(), reason: e.to_string() })?;
+    let url = Url::parse(&joined).map_err(|e| ConfigError::InvalidBaseUrl {
+        url: base.to_string(),
+        reason: e.to_string(),
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
         let reason = "the scheme must be http or https".to_string();
-        return Err(ConfigError::InvalidBaseUrl { url: base.to_string(), reason });
+        return Err(ConfigError::InvalidBaseUrl {
+            url: base.to_string(),
+            reason,
+        });
     }
     Ok(url)
 }
 
 /// A header value that reqwest redacts from its own Debug output.
 pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, ConfigError> {
-    let mut v = HeaderValue::from_str(value)
-        .map_err(|_| ConfigError::InvalidApiKey("it contains characters not allowed in a header".into()))?;
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        ConfigError::InvalidApiKey("it contains characters not allowed in a header".into())
+    })?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+/// What `Debug` shows for a secret.
+pub(crate) fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        "<empty>"
+    } else {
+        "<redacted>"
+    }
 }
 
 /// POSTs `body` as JSON and returns the body of the first 2xx answer, retrying per
@@ -63,7 +78,8 @@ pub(crate) async fn post_json(
     policy: &RetryPolicy,
     provider: &'static str,
 ) -> Result<Vec<u8>, ModelError> {
-    let payload = serde_json::to_vec(body).map_err(|e| ModelError::Protocol(format!("cannot encode request: {e}")))?;
+    let payload = serde_json::to_vec(body)
+        .map_err(|e| ModelError::Protocol(format!("cannot encode request: {e}")))?;
     let attempts = policy.attempts();
     let mut attempt = 1;
     loop {
@@ -85,12 +101,18 @@ pub(crate) async fn post_json(
                         retry: verdict.unwrap_or_else(|| is_retryable_status(status)),
                         wait,
                     },
-                    Err(e) => Failure::Network { message: describe(&e), retry: true },
+                    Err(e) => Failure::Network {
+                        message: describe(&e),
+                        retry: true,
+                    },
                 }
             }
             Err(e) => {
                 let retry = e.is_connect() || e.is_timeout() || e.is_request();
-                Failure::Network { message: describe(&e), retry }
+                Failure::Network {
+                    message: describe(&e),
+                    retry,
+                }
             }
         };
         if !failure.retry() || attempt >= attempts {
@@ -116,13 +138,26 @@ pub(crate) async fn post_json(
 pub(crate) fn error_message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-        let candidates = [&v["error"]["message"], &v["error"], &v["message"], &v["detail"]];
-        if let Some(m) = candidates.iter().find_map(|c| c.as_str()).filter(|m| !m.is_empty()) {
+        let candidates = [
+            &v["error"]["message"],
+            &v["error"],
+            &v["message"],
+            &v["detail"],
+        ];
+        if let Some(m) = candidates
+            .iter()
+            .find_map(|c| c.as_str())
+            .filter(|m| !m.is_empty())
+        {
             return m.to_string();
         }
     }
     let text = text.trim();
-    if text.is_empty() { "(empty body)".to_string() } else { truncate(text, 500) }
+    if text.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        truncate(text, 500)
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary, with an ellipsis if cut.
@@ -138,8 +173,16 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 }
 
 enum Failure {
-    Status { status: u16, message: String, retry: bool, wait: Option<Duration> },
-    Network { message: String, retry: bool },
+    Status {
+        status: u16,
+        message: String,
+        retry: bool,
+        wait: Option<Duration>,
+    },
+    Network {
+        message: String,
+        retry: bool,
+    },
 }
 
 impl Failure {
@@ -164,18 +207,36 @@ impl Failure {
     }
 
     fn into_error(self, attempts: u32) -> ModelError {
-        let tried = |m: String| if attempts > 1 { format!("{m} (after {attempts} attempts)") } else { m };
+        let tried = |m: String| {
+            if attempts > 1 {
+                format!("{m} (after {attempts} attempts)")
+            } else {
+                m
+            }
+        };
         match self {
-            Failure::Status { status, message, .. } if is_retryable_status(status) => {
-                ModelError::Transient { status: Some(status), message: tried(message) }
-            }
-            Failure::Status { status, message, .. } if (400..500).contains(&status) => {
-                ModelError::Rejected { status, message: tried(message) }
-            }
-            Failure::Status { status, message, .. } => {
-                ModelError::Protocol(format!("unexpected HTTP status {status}: {}", tried(message)))
-            }
-            Failure::Network { message, .. } => ModelError::Transient { status: None, message: tried(message) },
+            Failure::Status {
+                status, message, ..
+            } if is_retryable_status(status) => ModelError::Transient {
+                status: Some(status),
+                message: tried(message),
+            },
+            Failure::Status {
+                status, message, ..
+            } if (400..500).contains(&status) => ModelError::Rejected {
+                status,
+                message: tried(message),
+            },
+            Failure::Status {
+                status, message, ..
+            } => ModelError::Protocol(format!(
+                "unexpected HTTP status {status}: {}",
+                tried(message)
+            )),
+            Failure::Network { message, .. } => ModelError::Transient {
+                status: None,
+                message: tried(message),
+            },
         }
     }
 }
@@ -200,9 +261,18 @@ mod tests {
     fn error_messages_are_read_from_each_providers_error_body() {
         let anthropic = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
         assert_eq!(error_message(anthropic), "max_tokens: Field required");
-        assert_eq!(error_message(br#"{"error":"model 'x' not found"}"#), "model 'x' not found");
-        assert_eq!(error_message(br#"{"object":"error","message":"bad"}"#), "bad");
-        assert_eq!(error_message(b"<html>502 Bad Gateway</html>"), "<html>502 Bad Gateway</html>");
+        assert_eq!(
+            error_message(br#"{"error":"model 'x' not found"}"#),
+            "model 'x' not found"
+        );
+        assert_eq!(
+            error_message(br#"{"object":"error","message":"bad"}"#),
+            "bad"
+        );
+        assert_eq!(
+            error_message(b"<html>502 Bad Gateway</html>"),
+            "<html>502 Bad Gateway</html>"
+        );
         assert_eq!(error_message(b""), "(empty body)");
         let long = "é".repeat(400);
         assert!(error_message(long.as_bytes()).chars().count() <= 251);
@@ -210,8 +280,18 @@ mod tests {
 
     #[test]
     fn endpoints_join_with_or_without_a_trailing_slash_and_need_http() {
-        assert_eq!(endpoint("http://h:1/v1/", "/chat/completions").unwrap().as_str(), "http://h:1/v1/chat/completions");
-        assert_eq!(endpoint("https://api.anthropic.com", "/v1/messages").unwrap().as_str(), "https://api.anthropic.com/v1/messages");
+        assert_eq!(
+            endpoint("http://h:1/v1/", "/chat/completions")
+                .unwrap()
+                .as_str(),
+            "http://h:1/v1/chat/completions"
+        );
+        assert_eq!(
+            endpoint("https://api.anthropic.com", "/v1/messages")
+                .unwrap()
+                .as_str(),
+            "https://api.anthropic.com/v1/messages"
+        );
         assert!(endpoint("not a url", "/x").is_err());
         assert!(endpoint("ftp://h", "/x").is_err());
     }

@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse, StopReason};
 use tb_core::{Block, Message, Role, TokenUsage};
 
-use crate::anthropic::redacted;
 use crate::http::{self, ConfigError};
 use crate::retry::RetryPolicy;
 
@@ -58,7 +57,7 @@ impl fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_deref().map(redacted))
+            .field("api_key", &self.api_key.as_deref().map(http::redacted))
             .field("model", &self.model)
             .field("context_window", &self.context_window)
             .field("retry", &self.retry)
@@ -81,10 +80,18 @@ impl OpenAiClient {
         let url = http::endpoint(&config.base_url, "/chat/completions")?;
         let mut headers = HeaderMap::new();
         if let Some(key) = config.api_key.as_deref().filter(|k| !k.is_empty()) {
-            headers.insert(AUTHORIZATION, http::secret_header(&format!("Bearer {key}"))?);
+            headers.insert(
+                AUTHORIZATION,
+                http::secret_header(&format!("Bearer {key}"))?,
+            );
         }
         let http = http::build_client(config.timeout)?;
-        Ok(OpenAiClient { config, http, url, headers })
+        Ok(OpenAiClient {
+            config,
+            http,
+            url,
+            headers,
+        })
     }
 
     pub fn config(&self) -> &OpenAiConfig {
@@ -104,7 +111,15 @@ impl Model for OpenAiClient {
 
     async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
         let body = request_body(&self.config.model, &request);
-        let bytes = http::post_json(&self.http, &self.url, &self.headers, &body, &self.config.retry, "openai").await?;
+        let bytes = http::post_json(
+            &self.http,
+            &self.url,
+            &self.headers,
+            &body,
+            &self.config.retry,
+            "openai",
+        )
+        .await?;
         parse_response(&bytes, &self.config.model)
     }
 }
@@ -152,7 +167,10 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
 /// says. `prompt_tokens` includes cached tokens, which are subtracted from `input`.
 pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
-        ModelError::Protocol(format!("{e}; body: {}", http::truncate(&String::from_utf8_lossy(body), 300)))
+        ModelError::Protocol(format!(
+            "{e}; body: {}",
+            http::truncate(&String::from_utf8_lossy(body), 300)
+        ))
     })?;
     let choice = wire
         .choices
@@ -175,8 +193,16 @@ pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelRespons
         None => StopReason::EndTurn,
     };
     let usage = wire.usage.map(normalise_usage).unwrap_or_default();
-    let model = wire.model.filter(|m| !m.is_empty()).unwrap_or_else(|| requested_model.to_string());
-    Ok(ModelResponse { model, content, stop_reason, usage })
+    let model = wire
+        .model
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| requested_model.to_string());
+    Ok(ModelResponse {
+        model,
+        content,
+        stop_reason,
+        usage,
+    })
 }
 
 fn assistant_message(message: &Message) -> Value {
@@ -190,18 +216,34 @@ fn assistant_message(message: &Message) -> Value {
     if calls.is_empty() {
         return json!({"role": "assistant", "content": text});
     }
-    let content = if text.is_empty() { Value::Null } else { Value::String(text) };
+    let content = if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    };
     json!({"role": "assistant", "content": content, "tool_calls": calls})
 }
 
 fn push_user_message(message: &Message, out: &mut Vec<Value>) {
     for block in &message.content {
-        if let Block::ToolResult { tool_use_id, content, is_error } = block {
-            let content = if *is_error { format!("Error: {content}") } else { content.clone() };
+        if let Block::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+        } = block
+        {
+            let content = if *is_error {
+                format!("Error: {content}")
+            } else {
+                content.clone()
+            };
             out.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}));
         }
     }
-    let has_text = message.content.iter().any(|b| matches!(b, Block::Text { .. }));
+    let has_text = message
+        .content
+        .iter()
+        .any(|b| matches!(b, Block::Text { .. }));
     if has_text {
         out.push(json!({"role": "user", "content": message.text()}));
     }
@@ -220,7 +262,10 @@ fn message_text(content: &Value) -> String {
 
 fn tool_use(index: usize, call: &Value) -> Result<Block, ModelError> {
     // Some servers leak their native shape: `name`/`arguments` without a `function` wrapper.
-    let function = call.get("function").filter(|f| f.is_object()).unwrap_or(call);
+    let function = call
+        .get("function")
+        .filter(|f| f.is_object())
+        .unwrap_or(call);
     let name = function["name"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -228,7 +273,9 @@ fn tool_use(index: usize, call: &Value) -> Result<Block, ModelError> {
         .to_string();
     let input = match &function["arguments"] {
         Value::String(raw) if raw.trim().is_empty() => json!({}),
-        Value::String(raw) => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone())),
+        Value::String(raw) => {
+            serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()))
+        }
         Value::Null => json!({}),
         other => other.clone(),
     };
@@ -245,7 +292,9 @@ fn normalise_usage(u: WireUsage) -> TokenUsage {
     let cache_write = details.cache_write_tokens.unwrap_or(0);
     let prompt = u.prompt_tokens.unwrap_or(0);
     TokenUsage {
-        input: prompt.saturating_sub(cache_read).saturating_sub(cache_write),
+        input: prompt
+            .saturating_sub(cache_read)
+            .saturating_sub(cache_write),
         output: u.completion_tokens.unwrap_or(0),
         cache_write,
         cache_read,
@@ -318,7 +367,15 @@ mod tests {
             json!({"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050,
                    "prompt_tokens_details": {"cached_tokens": 800}}),
         ));
-        assert_eq!(r.usage, TokenUsage { input: 200, output: 50, cache_write: 0, cache_read: 800 });
+        assert_eq!(
+            r.usage,
+            TokenUsage {
+                input: 200,
+                output: 50,
+                cache_write: 0,
+                cache_read: 800
+            }
+        );
         assert_eq!(r.usage.prompt_total(), 1000);
     }
 
@@ -330,7 +387,15 @@ mod tests {
             json!({"prompt_tokens": 1000, "completion_tokens": 1,
                    "prompt_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 600}}),
         ));
-        assert_eq!(r.usage, TokenUsage { input: 100, output: 1, cache_write: 600, cache_read: 300 });
+        assert_eq!(
+            r.usage,
+            TokenUsage {
+                input: 100,
+                output: 1,
+                cache_write: 600,
+                cache_read: 300
+            }
+        );
         let odd = parse(reply(
             json!({"content": "ok"}),
             json!("stop"),
@@ -341,8 +406,20 @@ mod tests {
 
     #[test]
     fn usage_without_details_is_all_uncached_input() {
-        let r = parse(reply(json!({"content": "ok"}), json!("stop"), json!({"prompt_tokens": 42, "completion_tokens": 3})));
-        assert_eq!(r.usage, TokenUsage { input: 42, output: 3, cache_write: 0, cache_read: 0 });
+        let r = parse(reply(
+            json!({"content": "ok"}),
+            json!("stop"),
+            json!({"prompt_tokens": 42, "completion_tokens": 3}),
+        ));
+        assert_eq!(
+            r.usage,
+            TokenUsage {
+                input: 42,
+                output: 3,
+                cache_write: 0,
+                cache_read: 0
+            }
+        );
         assert_eq!(r.model, "qwen3-coder");
     }
 
@@ -361,13 +438,33 @@ mod tests {
         assert_eq!(
             r.content,
             vec![
-                Block::ToolUse { id: "call_a".into(), name: "read_file".into(), input: json!({"path": "a"}) },
-                Block::ToolUse { id: "call_1".into(), name: "write_file".into(), input: json!({"path": "b"}) },
-                Block::ToolUse { id: "call_2".into(), name: "run".into(), input: Value::String("{\"cmd\": \"ls".into()) },
-                Block::ToolUse { id: "call_3".into(), name: "list".into(), input: json!({}) },
+                Block::ToolUse {
+                    id: "call_a".into(),
+                    name: "read_file".into(),
+                    input: json!({"path": "a"})
+                },
+                Block::ToolUse {
+                    id: "call_1".into(),
+                    name: "write_file".into(),
+                    input: json!({"path": "b"})
+                },
+                Block::ToolUse {
+                    id: "call_2".into(),
+                    name: "run".into(),
+                    input: Value::String("{\"cmd\": \"ls".into())
+                },
+                Block::ToolUse {
+                    id: "call_3".into(),
+                    name: "list".into(),
+                    input: json!({})
+                },
             ]
         );
-        assert_eq!(r.stop_reason, StopReason::ToolUse, "tool calls win over finish_reason `stop`");
+        assert_eq!(
+            r.stop_reason,
+            StopReason::ToolUse,
+            "tool calls win over finish_reason `stop`"
+        );
         assert_eq!(r.usage, TokenUsage::default());
     }
 
@@ -384,8 +481,14 @@ mod tests {
 
     #[test]
     fn a_response_without_choices_is_a_protocol_error() {
-        assert!(matches!(parse_response(br#"{"choices": []}"#, "m"), Err(ModelError::Protocol(_))));
-        assert!(matches!(parse_response(b"not json", "m"), Err(ModelError::Protocol(_))));
+        assert!(matches!(
+            parse_response(br#"{"choices": []}"#, "m"),
+            Err(ModelError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse_response(b"not json", "m"),
+            Err(ModelError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -393,20 +496,48 @@ mod tests {
         let messages = vec![
             Message::user_text("build it"),
             Message::assistant(vec![
-                Block::ToolUse { id: "c1".into(), name: "read_file".into(), input: json!({"path": "a"}) },
-                Block::ToolUse { id: "c2".into(), name: "run".into(), input: json!({}) },
+                Block::ToolUse {
+                    id: "c1".into(),
+                    name: "read_file".into(),
+                    input: json!({"path": "a"}),
+                },
+                Block::ToolUse {
+                    id: "c2".into(),
+                    name: "run".into(),
+                    input: json!({}),
+                },
             ]),
             Message {
                 role: Role::User,
                 content: vec![
-                    Block::Text { text: "also this".into() },
-                    Block::ToolResult { tool_use_id: "c1".into(), content: "A".into(), is_error: false },
-                    Block::ToolResult { tool_use_id: "c2".into(), content: "boom".into(), is_error: true },
+                    Block::Text {
+                        text: "also this".into(),
+                    },
+                    Block::ToolResult {
+                        tool_use_id: "c1".into(),
+                        content: "A".into(),
+                        is_error: false,
+                    },
+                    Block::ToolResult {
+                        tool_use_id: "c2".into(),
+                        content: "boom".into(),
+                        is_error: true,
+                    },
                 ],
             },
         ];
-        let tools = [ToolSpec { name: "run".into(), description: "d".into(), input_schema: json!({"type": "object"}) }];
-        let req = ModelRequest { system: "sys", messages: &messages, tools: &tools, max_tokens: 99, prompt_caching: true };
+        let tools = [ToolSpec {
+            name: "run".into(),
+            description: "d".into(),
+            input_schema: json!({"type": "object"}),
+        }];
+        let req = ModelRequest {
+            system: "sys",
+            messages: &messages,
+            tools: &tools,
+            max_tokens: 99,
+            prompt_caching: true,
+        };
         let body = request_body("qwen", &req);
         assert_eq!(
             body["messages"],
@@ -431,7 +562,8 @@ mod tests {
 
     #[test]
     fn the_api_key_never_appears_in_debug_output() {
-        let config = OpenAiConfig::new("http://localhost:11434/v1", "qwen").with_api_key("sk-or-secret");
+        let config =
+            OpenAiConfig::new("http://localhost:11434/v1", "qwen").with_api_key("sk-or-secret");
         let client = OpenAiClient::new(config.clone()).unwrap();
         for text in [format!("{config:?}"), format!("{client:?}")] {
             assert!(!text.contains("sk-or-secret"), "{text}");

@@ -38,7 +38,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// One attempt, no retries.
     pub fn never() -> Self {
-        RetryPolicy { max_attempts: 1, ..RetryPolicy::default() }
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
     }
 
     /// The wait after failed attempt number `attempt` (1-based): a uniformly random
@@ -79,13 +82,19 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let ms = header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok());
     let wait = match ms {
         Some(ms) => seconds(ms / 1000.0)?,
-        None => seconds(header_str(headers, "retry-after")?.trim().parse::<f64>().ok()?)?,
+        None => seconds(
+            header_str(headers, "retry-after")?
+                .trim()
+                .parse::<f64>()
+                .ok()?,
+        )?,
     };
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
 fn seconds(s: f64) -> Option<Duration> {
-    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())))
+    (s.is_finite() && s >= 0.0)
+        .then(|| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -119,19 +128,43 @@ mod tests {
     fn retry_after_ms_wins_over_retry_after_and_waits_are_capped_at_a_minute() {
         let h = headers(&[("retry-after-ms", "250"), ("retry-after", "7")]);
         assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
-        assert_eq!(retry_after(&headers(&[("retry-after", "7")])), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(&headers(&[("retry-after", "0")])), Some(Duration::ZERO));
-        assert_eq!(retry_after(&headers(&[("retry-after", "3600")])), Some(MAX_RETRY_AFTER));
-        assert_eq!(retry_after(&headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])), None);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "0")])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "3600")])),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            retry_after(&headers(&[(
+                "retry-after",
+                "Wed, 21 Oct 2015 07:28:00 GMT"
+            )])),
+            None
+        );
         assert_eq!(retry_after(&headers(&[("retry-after", "-1")])), None);
         assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
     #[test]
     fn x_should_retry_is_read_as_a_boolean() {
-        assert_eq!(should_retry_header(&headers(&[("x-should-retry", "false")])), Some(false));
-        assert_eq!(should_retry_header(&headers(&[("x-should-retry", "true")])), Some(true));
-        assert_eq!(should_retry_header(&headers(&[("x-should-retry", "maybe")])), None);
+        assert_eq!(
+            should_retry_header(&headers(&[("x-should-retry", "false")])),
+            Some(false)
+        );
+        assert_eq!(
+            should_retry_header(&headers(&[("x-should-retry", "true")])),
+            Some(true)
+        );
+        assert_eq!(
+            should_retry_header(&headers(&[("x-should-retry", "maybe")])),
+            None
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! `LANG`, `CI` and [`LocalSandboxConfig::extra_env`]; nothing of the host's leaks in),
 //! stdin from `/dev/null`, and stdout and stderr merged into one pipe in the order written.
 //! The whole group is killed at the timeout and also when the script exits, so
-//! `server &` does not outlive the command.
+//! `server &` does not outlive the command. Killed processes are reaped by PID 1, or by
+//! this process after [`adopt_orphans`].
 //!
 //! # Not a security boundary for commands
 //!
@@ -40,6 +41,7 @@ use tb_core::sandbox::{
     ExecOutput, FileEntry, Sandbox, SandboxError, SandboxInfo, SandboxProvider, SandboxSpec, WorkspacePath,
 };
 
+pub use exec::adopt_orphans;
 use files::Workspace;
 
 /// Where local sandboxes live and how commands are bounded.

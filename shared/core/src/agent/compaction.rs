@@ -30,8 +30,13 @@ pub fn view(messages: &[Message], upto: usize) -> Cow<'_, [Message]> {
                         prefix(content, KEEP)
                     );
                 }
-                Block::Text { text } if text.len() > KEEP * 8 => *text = head_tail(text, KEEP * 4, KEEP * 2, None),
-                Block::ToolUse { input: Value::Object(map), .. } => {
+                Block::Text { text } if text.len() > KEEP * 8 => {
+                    *text = head_tail(text, KEEP * 4, KEEP * 2, None)
+                }
+                Block::ToolUse {
+                    input: Value::Object(map),
+                    ..
+                } => {
                     for v in map.values_mut() {
                         if let Value::String(s) = v
                             && s.len() > KEEP * 2
@@ -73,9 +78,22 @@ mod tests {
     fn convo() -> Vec<Message> {
         vec![
             Message::user_text("build it"),
-            Message::assistant(vec![Block::ToolUse { id: "t1".into(), name: "write_file".into(), input: json!({"path": "a", "content": "x".repeat(5000)}) }]),
-            Message { role: crate::Role::User, content: vec![Block::ToolResult { tool_use_id: "t1".into(), content: "y".repeat(5000), is_error: false }] },
-            Message::assistant(vec![Block::Text { text: "recent".into() }]),
+            Message::assistant(vec![Block::ToolUse {
+                id: "t1".into(),
+                name: "write_file".into(),
+                input: json!({"path": "a", "content": "x".repeat(5000)}),
+            }]),
+            Message {
+                role: crate::Role::User,
+                content: vec![Block::ToolResult {
+                    tool_use_id: "t1".into(),
+                    content: "y".repeat(5000),
+                    is_error: false,
+                }],
+            },
+            Message::assistant(vec![Block::Text {
+                text: "recent".into(),
+            }]),
         ]
     }
 
@@ -88,7 +106,9 @@ mod tests {
         assert_eq!(v[0], c[0]);
         assert_eq!(v[3], c[3]);
         // Structure (ids, roles) is preserved so the provider still accepts it.
-        assert!(matches!(&v[2].content[0], Block::ToolResult { tool_use_id, .. } if tool_use_id == "t1"));
+        assert!(
+            matches!(&v[2].content[0], Block::ToolResult { tool_use_id, .. } if tool_use_id == "t1")
+        );
     }
 
     #[test]

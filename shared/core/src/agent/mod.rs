@@ -80,15 +80,30 @@ impl AgentConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
-    Finished { summary: String },
-    IterationCap { iterations: u32 },
-    BudgetExhausted { spent: MicroUsd, budget: MicroUsd },
-    TimeLimit { elapsed_secs: u64 },
+    Finished {
+        summary: String,
+    },
+    IterationCap {
+        iterations: u32,
+    },
+    BudgetExhausted {
+        spent: MicroUsd,
+        budget: MicroUsd,
+    },
+    TimeLimit {
+        elapsed_secs: u64,
+    },
     Cancelled,
-    Stuck { reason: String },
-    Refused { message: String },
+    Stuck {
+        reason: String,
+    },
+    Refused {
+        message: String,
+    },
     /// The model provider rejected the request (bad key, unknown model, context too long).
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -100,9 +115,15 @@ impl Outcome {
     pub fn describe(&self) -> String {
         match self {
             Outcome::Finished { .. } => "finished".into(),
-            Outcome::IterationCap { iterations } => format!("stopped at the iteration cap ({iterations})"),
-            Outcome::BudgetExhausted { spent, budget } => format!("budget exhausted: spent {spent} of {budget}"),
-            Outcome::TimeLimit { elapsed_secs } => format!("wall-clock limit reached after {elapsed_secs}s"),
+            Outcome::IterationCap { iterations } => {
+                format!("stopped at the iteration cap ({iterations})")
+            }
+            Outcome::BudgetExhausted { spent, budget } => {
+                format!("budget exhausted: spent {spent} of {budget}")
+            }
+            Outcome::TimeLimit { elapsed_secs } => {
+                format!("wall-clock limit reached after {elapsed_secs}s")
+            }
             Outcome::Cancelled => "cancelled".into(),
             Outcome::Stuck { reason } => format!("stopped because the agent was stuck: {reason}"),
             Outcome::Refused { message } => format!("the model refused: {message}"),
@@ -152,7 +173,10 @@ pub struct Slice {
 
 impl Slice {
     pub fn unbounded() -> Self {
-        Slice { max_iterations: u32::MAX, deadline: None }
+        Slice {
+            max_iterations: u32::MAX,
+            deadline: None,
+        }
     }
 }
 
@@ -238,21 +262,37 @@ impl Agent<'_> {
         if self.cancel.is_cancelled() {
             Some(Outcome::Cancelled)
         } else if state.iteration >= c.max_iterations {
-            Some(Outcome::IterationCap { iterations: state.iteration })
+            Some(Outcome::IterationCap {
+                iterations: state.iteration,
+            })
         } else if state.cost >= c.budget {
-            Some(Outcome::BudgetExhausted { spent: state.cost, budget: c.budget })
+            Some(Outcome::BudgetExhausted {
+                spent: state.cost,
+                budget: c.budget,
+            })
         } else if elapsed >= c.wall_clock.as_secs() {
-            Some(Outcome::TimeLimit { elapsed_secs: elapsed })
+            Some(Outcome::TimeLimit {
+                elapsed_secs: elapsed,
+            })
         } else {
             None
         }
     }
 
     #[tracing::instrument(skip_all, fields(iteration = state.iteration + 1))]
-    async fn step(&self, state: &AgentState, price: &ModelPrice, tools: &[ToolSpec]) -> Result<Step, AgentError> {
+    async fn step(
+        &self,
+        state: &AgentState,
+        price: &ModelPrice,
+        tools: &[ToolSpec],
+    ) -> Result<Step, AgentError> {
         let c = self.config;
         let iteration = state.iteration + 1;
-        let upto = if c.compaction { state.compacted_upto } else { 0 };
+        let upto = if c.compaction {
+            state.compacted_upto
+        } else {
+            0
+        };
         let sent = compaction::view(&state.messages, upto);
         let started = Instant::now();
         let request = ModelRequest {
@@ -269,9 +309,25 @@ impl Agent<'_> {
             }
             Err(e) => {
                 // Rejected or unreadable: retrying the same request cannot help.
-                let call = ModelCall { iteration, model: self.model.id().into(), usage: TokenUsage::default(), cost: MicroUsd::ZERO, latency_ms: started.elapsed().as_millis() as u64, stop_reason: StopReason::Other("error".into()) };
-                let outcome = Some(Outcome::Failed { reason: e.to_string() });
-                return Ok(Step { call, assistant: Message::assistant(vec![]), reply: None, stuck: state.stuck.clone(), compacted_upto: state.compacted_upto, outcome });
+                let call = ModelCall {
+                    iteration,
+                    model: self.model.id().into(),
+                    usage: TokenUsage::default(),
+                    cost: MicroUsd::ZERO,
+                    latency_ms: started.elapsed().as_millis() as u64,
+                    stop_reason: StopReason::Other("error".into()),
+                };
+                let outcome = Some(Outcome::Failed {
+                    reason: e.to_string(),
+                });
+                return Ok(Step {
+                    call,
+                    assistant: Message::assistant(vec![]),
+                    reply: None,
+                    stuck: state.stuck.clone(),
+                    compacted_upto: state.compacted_upto,
+                    outcome,
+                });
             }
         };
         let call = ModelCall {
@@ -284,10 +340,19 @@ impl Agent<'_> {
         };
         tracing::info!(tokens_in = call.usage.input, tokens_out = call.usage.output, cache_read = call.usage.cache_read, cache_write = call.usage.cache_write, cost_micros = call.cost.micros(), stop = ?call.stop_reason, "model call");
         let assistant = Message::assistant(response.content);
-        let mut step = Step { call, assistant, reply: None, stuck: state.stuck.clone(), compacted_upto: state.compacted_upto, outcome: None };
+        let mut step = Step {
+            call,
+            assistant,
+            reply: None,
+            stuck: state.stuck.clone(),
+            compacted_upto: state.compacted_upto,
+            outcome: None,
+        };
         match response.stop_reason {
             StopReason::Refusal => {
-                step.outcome = Some(Outcome::Refused { message: step.assistant.text() });
+                step.outcome = Some(Outcome::Refused {
+                    message: step.assistant.text(),
+                });
                 return Ok(step);
             }
             StopReason::PauseTurn => return Ok(step),
@@ -297,13 +362,25 @@ impl Agent<'_> {
         let mut blocks = Vec::new();
         let mut fingerprint = String::new();
         let mut errors = String::new();
-        let uses: Vec<_> = step.assistant.tool_uses().map(|(i, n, v)| (i.to_string(), n.to_string(), v.clone())).collect();
-        let ctx = tools::ToolContext { sandbox: self.sandbox, db: self.db, config: c };
+        let uses: Vec<_> = step
+            .assistant
+            .tool_uses()
+            .map(|(i, n, v)| (i.to_string(), n.to_string(), v.clone()))
+            .collect();
+        let ctx = tools::ToolContext {
+            sandbox: self.sandbox,
+            db: self.db,
+            config: c,
+        };
         for (k, (id, name, input)) in uses.iter().enumerate() {
             let reply = if step.call.stop_reason == StopReason::MaxTokens {
                 tools::ToolReply::Observation { content: "Your reply hit max_tokens and was cut off, so this call was not run. Write smaller pieces (e.g. one file per call).".into(), is_error: true, fingerprint: "max_tokens".into() }
             } else if self.cancel.is_cancelled() {
-                tools::ToolReply::Observation { content: "Cancelled by the user; not run.".into(), is_error: true, fingerprint: "cancelled".into() }
+                tools::ToolReply::Observation {
+                    content: "Cancelled by the user; not run.".into(),
+                    is_error: true,
+                    fingerprint: "cancelled".into(),
+                }
             } else {
                 tools::run_tool(&ctx, name, input, &format!("{iteration}-{k}")).await?
             };
@@ -312,7 +389,11 @@ impl Agent<'_> {
                     step.outcome = Some(Outcome::Finished { summary });
                     ("Finished.".to_string(), false)
                 }
-                tools::ToolReply::Observation { content, is_error, fingerprint: f } => {
+                tools::ToolReply::Observation {
+                    content,
+                    is_error,
+                    fingerprint: f,
+                } => {
                     fingerprint.push_str(&format!("{name} {input} => {f}\n"));
                     if is_error {
                         errors.push_str(&f);
@@ -320,7 +401,11 @@ impl Agent<'_> {
                     (content, is_error)
                 }
             };
-            blocks.push(Block::ToolResult { tool_use_id: id.clone(), content, is_error });
+            blocks.push(Block::ToolResult {
+                tool_use_id: id.clone(),
+                content,
+                is_error,
+            });
         }
         if uses.is_empty() {
             fingerprint = format!("no tool: {}", step.assistant.text());
@@ -335,12 +420,22 @@ impl Agent<'_> {
                 }
             }
         }
-        step.reply = Some(Message { role: Role::User, content: blocks });
+        step.reply = Some(Message {
+            role: Role::User,
+            content: blocks,
+        });
         if c.compaction {
             let after = state.messages.len() + 2;
             let window = self.model.context_window();
             let prompt = step.call.usage.prompt_total() + c.max_tokens as u64;
-            if let Some(b) = compaction::next_boundary(state.compacted_upto, after, prompt, window, c.compact_at_percent, c.keep_recent_messages) {
+            if let Some(b) = compaction::next_boundary(
+                state.compacted_upto,
+                after,
+                prompt,
+                window,
+                c.compact_at_percent,
+                c.keep_recent_messages,
+            ) {
                 tracing::info!(boundary = b, "compacting the context");
                 step.compacted_upto = b;
             }
@@ -364,5 +459,8 @@ fn apply(state: &mut AgentState, step: Step) {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

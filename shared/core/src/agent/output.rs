@@ -9,8 +9,14 @@ pub fn head_tail(text: &str, head: usize, tail: usize, full_at: Option<&str>) ->
     let start = floor_char_boundary(text, head);
     let end = ceil_char_boundary(text, text.len() - tail);
     let omitted = end - start;
-    let where_ = full_at.map(|p| format!("; the full output is in {p}")).unwrap_or_default();
-    format!("{}\n... [{omitted} bytes omitted{where_}] ...\n{}", &text[..start], &text[end..])
+    let where_ = full_at
+        .map(|p| format!("; the full output is in {p}"))
+        .unwrap_or_default();
+    format!(
+        "{}\n... [{omitted} bytes omitted{where_}] ...\n{}",
+        &text[..start],
+        &text[end..]
+    )
 }
 
 /// The first `n` bytes of `text`, never splitting a character.
@@ -47,7 +53,11 @@ mod tests {
         let cut = head_tail(&t, 10, 10, Some(".turbobackend/outputs/1-0.log"));
         assert!(cut.starts_with("aaaaaaaaaa\n"));
         assert!(cut.ends_with("\ncccccccccc"));
-        assert!(cut.contains("[100 bytes omitted; the full output is in .turbobackend/outputs/1-0.log]"));
+        assert!(
+            cut.contains(
+                "[100 bytes omitted; the full output is in .turbobackend/outputs/1-0.log]"
+            )
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ impl StuckState {
     /// or all failed with the same error.
     pub fn observe(&mut self, step: &str, error: Option<&str>, repeats: usize) -> Verdict {
         let repeats = repeats.max(2);
-        self.recent.push(Fingerprint { step: sha256_hex(step.as_bytes()), error: error.map(|e| sha256_hex(e.as_bytes())) });
+        self.recent.push(Fingerprint {
+            step: sha256_hex(step.as_bytes()),
+            error: error.map(|e| sha256_hex(e.as_bytes())),
+        });
         if self.recent.len() > repeats {
             self.recent.remove(0);
         }
@@ -74,14 +77,19 @@ mod tests {
         let mut s = StuckState::default();
         s.observe("a", Some("ENOENT"), 3);
         s.observe("b", Some("ENOENT"), 3);
-        assert!(matches!(s.observe("c", Some("ENOENT"), 3), Verdict::Nudge(r) if r.contains("error")));
+        assert!(
+            matches!(s.observe("c", Some("ENOENT"), 3), Verdict::Nudge(r) if r.contains("error"))
+        );
     }
 
     #[test]
     fn progress_is_not_stuck() {
         let mut s = StuckState::default();
         for i in 0..10 {
-            assert_eq!(s.observe(&format!("step {i}"), Some(&format!("err {}", i % 2)), 3), Verdict::Fine);
+            assert_eq!(
+                s.observe(&format!("step {i}"), Some(&format!("err {}", i % 2)), 3),
+                Verdict::Fine
+            );
         }
     }
 }

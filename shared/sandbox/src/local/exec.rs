@@ -81,8 +81,9 @@ pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
             },
         }
     }
+    let mut leader_reaped = status.is_some();
     if timed_out {
-        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        leader_reaped = matches!(tokio::time::timeout(Duration::from_secs(5), child.wait()).await, Ok(Ok(_)));
         let drain_until = Instant::now() + DRAIN_AFTER_KILL;
         while !eof {
             match tokio::time::timeout_at(drain_until, pipe.read(&mut buf)).await {
@@ -93,7 +94,11 @@ pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
             }
         }
     }
-    group.disarm();
+    if let (Some(pgid), true) = (group.disarm(), leader_reaped) {
+        // Reaps what remains of the killed group once it is ours (see `adopt_orphans`);
+        // needs no waiting from this call.
+        tokio::task::spawn_blocking(move || reap_group(pgid));
+    }
     let total_bytes = output.total_bytes();
     Ok(ExecOutput {
         exit_code: if timed_out { None } else { status.and_then(|s| s.code()) },
@@ -115,13 +120,14 @@ impl GroupKiller {
             // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the
             // process group this module created with `process_group(0)`.
             unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
+                libc::kill(pgid, libc::SIGKILL);
             }
         }
     }
 
-    fn disarm(&mut self) {
-        self.pgid = None;
+    /// Stops killing on drop; returns the group id.
+    fn disarm(&mut self) -> Option<libc::pid_t> {
+        self.pgid.take()
     }
 }
 
@@ -129,4 +135,34 @@ impl Drop for GroupKiller {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Reaps the dead members of process group `pgid` that became children of this process
+/// (it is PID 1 or a child subreaper); returns at once when none are. Only processes of
+/// that group are waited for, so no one else's exit status is taken.
+fn reap_group(pgid: libc::pid_t) {
+    let give_up_at = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer; waiting on a negative pid waits only for
+        // children in that process group.
+        let reaped = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
+        if reaped > 0 {
+            continue;
+        }
+        if reaped < 0 || std::time::Instant::now() >= give_up_at {
+            return; // ECHILD: no child of ours is left in the group
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): processes a command
+/// left behind are re-parented here instead of to PID 1, and `exec` reaps them once their
+/// group is killed. Useful where PID 1 reaps slowly or never (some containers); process-
+/// wide, so orphans of other children of this process become its to reap as well.
+pub fn adopt_orphans() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

@@ -1,0 +1,408 @@
+//! `POST /v1/messages`: Anthropic's Messages API, answered by the scripted model.
+//!
+//! The body is converted back to our conversation types and validated like the real API
+//! (headers, required fields, tool_use/tool_result pairing); the answer comes from
+//! `ScriptedModel::answer`, the same code path as the in-process model, with the cache
+//! simulated over the body as received.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tb_core::{Block, Message, Role};
+
+use super::{ServerState, stop_reason_name};
+use crate::scripted::assistant_turns;
+
+pub(super) async fn messages(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(fault) = state.begin() {
+        let message = format!("injected failure (HTTP {})", fault.status.as_u16());
+        let body = error_body(fault.status, &message);
+        return fault.respond(body);
+    }
+    if headers.get("x-api-key").is_none_or(|k| k.is_empty()) {
+        return error(StatusCode::UNAUTHORIZED, "x-api-key header is required");
+    }
+    if headers
+        .get("anthropic-version")
+        .is_none_or(|v| v.is_empty())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "anthropic-version: header is required",
+        );
+    }
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("The request body is not valid JSON: {e}"),
+            );
+        }
+    };
+    state.record(&body);
+    let messages = match check_fields(&body).and_then(|()| conversation(&body["messages"])) {
+        Ok(m) => m,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    if let Err(message) = check_tool_pairing(&messages) {
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    let n = state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let answer = state.model.answer(assistant_turns(&messages), &body);
+    let u = answer.usage;
+    Json(json!({
+        "id": format!("msg_scripted_{n:06}"),
+        "type": "message",
+        "role": "assistant",
+        "model": answer.model,
+        "content": answer.content,
+        "stop_reason": stop_reason_name(&answer.stop_reason),
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": u.input,
+            "output_tokens": u.output,
+            "cache_creation_input_tokens": u.cache_write,
+            "cache_read_input_tokens": u.cache_read,
+        },
+    }))
+    .into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(error_body(status, message))).into_response()
+}
+
+/// `{"type":"error","error":{"type","message"}}` with the API's error type for `status`.
+fn error_body(status: StatusCode, message: &str) -> Value {
+    let kind = match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+fn check_fields(body: &Value) -> Result<(), String> {
+    if !body.is_object() {
+        return Err("The request body must be a JSON object".into());
+    }
+    if body["model"].as_str().is_none_or(str::is_empty) {
+        return Err("model: Field required".into());
+    }
+    if body["max_tokens"].as_u64().is_none_or(|n| n == 0) {
+        return Err("max_tokens: Field required (an integer of at least 1)".into());
+    }
+    Ok(())
+}
+
+/// The `messages` array as our types.
+fn conversation(messages: &Value) -> Result<Vec<Message>, String> {
+    let items = messages
+        .as_array()
+        .ok_or("messages: Field required (an array)")?;
+    if items.is_empty() {
+        return Err("messages: at least one message is required".into());
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message(i, m))
+        .collect()
+}
+
+fn message(i: usize, m: &Value) -> Result<Message, String> {
+    let role = match m["role"].as_str() {
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        _ => {
+            return Err(format!(
+                "messages.{i}.role: Input should be 'user' or 'assistant'"
+            ));
+        }
+    };
+    let content = match &m["content"] {
+        Value::String(text) => vec![Block::Text { text: text.clone() }],
+        Value::Array(blocks) => blocks
+            .iter()
+            .enumerate()
+            .map(|(k, b)| block(b).map_err(|e| format!("messages.{i}.content.{k}: {e}")))
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(format!(
+                "messages.{i}.content: Field required (a string or an array of blocks)"
+            ));
+        }
+    };
+    Ok(Message { role, content })
+}
+
+fn block(b: &Value) -> Result<Block, String> {
+    let text_field = |name: &str| {
+        b[name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(format!("`{name}` must be a string"))
+    };
+    match b["type"].as_str() {
+        Some("text") => Ok(Block::Text {
+            text: text_field("text")?,
+        }),
+        Some("tool_use") => Ok(Block::ToolUse {
+            id: text_field("id")?,
+            name: text_field("name")?,
+            input: b
+                .get("input")
+                .filter(|i| i.is_object())
+                .cloned()
+                .ok_or("`input` must be an object")?,
+        }),
+        Some("tool_result") => {
+            let content = match &b["content"] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => return Err("`content` must be a string or an array of blocks".into()),
+            };
+            let is_error = b["is_error"].as_bool().unwrap_or(false);
+            Ok(Block::ToolResult {
+                tool_use_id: text_field("tool_use_id")?,
+                content,
+                is_error,
+            })
+        }
+        Some(other) => Err(format!(
+            "the scripted server does not support `{other}` blocks"
+        )),
+        None => Err("`type` is required".into()),
+    }
+}
+
+/// Every `tool_use` is answered by `tool_result` blocks at the start of the very next user
+/// message, and every `tool_result` answers a `tool_use` of the message before it.
+fn check_tool_pairing(messages: &[Message]) -> Result<(), String> {
+    for (i, m) in messages.iter().enumerate() {
+        let previous_ids: Vec<&str> = match i.checked_sub(1).map(|p| &messages[p]) {
+            Some(p) if p.role == Role::Assistant => p.tool_uses().map(|(id, _, _)| id).collect(),
+            _ => Vec::new(),
+        };
+        if m.role == Role::User {
+            for (k, b) in m.content.iter().enumerate() {
+                if let Block::ToolResult { tool_use_id, .. } = b
+                    && !previous_ids.contains(&tool_use_id.as_str())
+                {
+                    return Err(format!(
+                        "messages.{i}.content.{k}: unexpected `tool_use_id` found in `tool_result` blocks: \
+                         {tool_use_id}. Each `tool_result` block must have a corresponding `tool_use` block in \
+                         the previous message."
+                    ));
+                }
+            }
+        }
+        if m.role != Role::Assistant {
+            continue;
+        }
+        let ids: Vec<&str> = m.tool_uses().map(|(id, _, _)| id).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let next = messages.get(i + 1).filter(|n| n.role == Role::User);
+        let leading: Vec<&str> = next
+            .map(|n| {
+                n.content
+                    .iter()
+                    .map_while(|b| match b {
+                        Block::ToolResult { tool_use_id, .. } => Some(tool_use_id.as_str()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !leading.contains(id))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let results_later = next.is_some_and(|n| {
+            n.content
+                .iter()
+                .skip(leading.len())
+                .any(|b| matches!(b, Block::ToolResult { .. }))
+        });
+        return Err(if results_later {
+            format!(
+                "messages.{}: Did not find {} `tool_result` block(s) at the beginning of this message. Messages \
+                 following `tool_use` blocks must begin with a matching number of `tool_result` blocks.",
+                i + 1,
+                ids.len()
+            )
+        } else {
+            format!(
+                "messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: {}. Each \
+                 `tool_use` block must have a corresponding `tool_result` block in the next message.",
+                missing.join(", ")
+            )
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn use_(id: &str) -> Block {
+        Block::ToolUse {
+            id: id.into(),
+            name: "run".into(),
+            input: json!({}),
+        }
+    }
+
+    fn result(id: &str) -> Block {
+        Block::ToolResult {
+            tool_use_id: id.into(),
+            content: "ok".into(),
+            is_error: false,
+        }
+    }
+
+    fn user(content: Vec<Block>) -> Message {
+        Message {
+            role: Role::User,
+            content,
+        }
+    }
+
+    #[test]
+    fn answered_tool_uses_pass_validation() {
+        let m = vec![
+            Message::user_text("go"),
+            Message::assistant(vec![use_("a"), use_("b")]),
+            user(vec![
+                result("b"),
+                result("a"),
+                Block::Text { text: "and".into() },
+            ]),
+        ];
+        assert_eq!(check_tool_pairing(&m), Ok(()));
+    }
+
+    #[test]
+    fn an_unanswered_tool_use_is_refused_like_the_api_does() {
+        let m = vec![
+            Message::user_text("go"),
+            Message::assistant(vec![use_("a"), use_("b")]),
+            user(vec![result("a")]),
+        ];
+        let e = check_tool_pairing(&m).unwrap_err();
+        assert!(
+            e.contains(
+                "`tool_use` ids were found without `tool_result` blocks immediately after: b"
+            ),
+            "{e}"
+        );
+        let m = vec![
+            Message::user_text("go"),
+            Message::assistant(vec![use_("a")]),
+            Message::user_text("hm"),
+        ];
+        assert!(
+            check_tool_pairing(&m)
+                .unwrap_err()
+                .starts_with("messages.1: `tool_use` ids")
+        );
+        let m = vec![
+            Message::user_text("go"),
+            Message::assistant(vec![use_("a")]),
+        ];
+        assert!(
+            check_tool_pairing(&m).is_err(),
+            "a trailing tool_use has no answer either"
+        );
+    }
+
+    #[test]
+    fn tool_results_must_come_first_and_answer_the_previous_message() {
+        let m = vec![
+            Message::user_text("go"),
+            Message::assistant(vec![use_("a")]),
+            user(vec![
+                Block::Text {
+                    text: "first".into(),
+                },
+                result("a"),
+            ]),
+        ];
+        assert!(
+            check_tool_pairing(&m)
+                .unwrap_err()
+                .contains("Did not find 1 `tool_result` block(s) at the beginning")
+        );
+        let m = vec![Message::user_text("go"), user(vec![result("zzz")])];
+        assert!(
+            check_tool_pairing(&m)
+                .unwrap_err()
+                .contains("unexpected `tool_use_id` found in `tool_result` blocks: zzz")
+        );
+    }
+
+    #[test]
+    fn wire_messages_convert_back_to_our_types() {
+        let wire = json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "run", "input": {"x": 1}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a", "is_error": true,
+                                          "content": [{"type": "text", "text": "bad"}], "cache_control": {"type": "ephemeral"}}]}
+        ]);
+        let m = conversation(&wire).unwrap();
+        assert_eq!(m[0], Message::user_text("hi"));
+        assert_eq!(
+            m[1].content[0],
+            Block::ToolUse {
+                id: "a".into(),
+                name: "run".into(),
+                input: json!({"x": 1})
+            }
+        );
+        assert_eq!(
+            m[2].content[0],
+            Block::ToolResult {
+                tool_use_id: "a".into(),
+                content: "bad".into(),
+                is_error: true
+            }
+        );
+        assert!(
+            conversation(&json!([{"role": "system", "content": "x"}]))
+                .unwrap_err()
+                .contains("messages.0.role")
+        );
+        assert!(
+            conversation(&json!([{"role": "user", "content": [{"type": "image"}]}]))
+                .unwrap_err()
+                .contains("image")
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Daytona's JSON bodies, as far as this client uses them. Unknown fields are ignored and
+//! most fields are optional: the hosted API no longer has a public spec to track.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /sandbox`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateSandbox {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_info: Option<BuildInfo>,
+    pub auto_stop_interval: u32,
+    pub auto_delete_interval: i32,
+    /// Always empty: the sandbox is where the model's commands run; secrets stay out.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BuildInfo {
+    pub dockerfile_content: String,
+}
+
+/// `Sandbox` and `SandboxListItem`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SandboxDto {
+    pub id: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub error_reason: Option<String>,
+    #[serde(default)]
+    pub toolbox_proxy_url: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+impl SandboxDto {
+    pub fn state(&self) -> &str {
+        self.state.as_deref().unwrap_or("unknown")
+    }
+}
+
+/// `GET /sandbox`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SandboxPage {
+    #[serde(default)]
+    pub items: Vec<SandboxDto>,
+    #[serde(default)]
+    pub next_cursor: Option<serde_json::Value>,
+}
+
+impl SandboxPage {
+    /// The cursor of the next page, if there is one.
+    pub fn next_cursor(&self) -> Option<String> {
+        match self.next_cursor.as_ref()? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// `POST {toolbox}/process/execute`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ExecuteRequest<'a> {
+    pub command: &'a str,
+    pub cwd: &'a str,
+    /// Seconds; the daemon kills the process group and answers 408 past it.
+    pub timeout: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ExecuteResponse {
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub result: String,
+}
+
+/// An entry of `GET {toolbox}/files`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FileInfo {
+    pub name: String,
+    #[serde(default)]
+    pub is_dir: bool,
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// The error body of both APIs: `{"statusCode":…,"message":…,"error":…}` (NestJS) or
+/// `{"error":…}` (the daemon). `message` may be a list of validation messages.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default)]
+    pub message: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
+}
+
+/// The most useful text of an error body, at most 500 characters.
+pub(crate) fn error_message(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(parsed) => parsed
+            .message
+            .or(parsed.error)
+            .map(|v| match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let text = text.trim();
+    if text.is_empty() { "no details".to_owned() } else { text.chars().take(500).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_come_from_message_then_error_then_the_raw_body() {
+        assert_eq!(error_message(br#"{"statusCode":429,"message":"Rate limit exceeded","error":"Too Many Requests"}"#), "Rate limit exceeded");
+        assert_eq!(error_message(br#"{"statusCode":400,"message":["name must be a string","cpu too big"]}"#), "name must be a string; cpu too big");
+        assert_eq!(error_message(br#"{"error":"path is a directory"}"#), "path is a directory");
+        assert_eq!(error_message(b"Bad Gateway"), "Bad Gateway");
+        assert_eq!(error_message(b""), "no details");
+    }
+
+    #[test]
+    fn a_sandbox_with_unknown_fields_and_nulls_parses() {
+        let dto: SandboxDto = serde_json::from_str(
+            r#"{"id":"abc","labels":null,"state":"pulling_snapshot","errorReason":null,"sandboxClass":"linux-vm","toolboxProxyUrl":"https://proxy.example/toolbox/"}"#,
+        )
+        .unwrap();
+        assert_eq!(dto.state(), "pulling_snapshot");
+        assert!(dto.labels.is_none());
+    }
+
+    #[test]
+    fn the_create_body_omits_what_is_not_set_and_sends_no_env() {
+        let body = CreateSandbox {
+            name: None,
+            labels: BTreeMap::from([("a".into(), "b".into())]),
+            snapshot: None,
+            build_info: Some(BuildInfo { dockerfile_content: "FROM node:22\n".into() }),
+            auto_stop_interval: 15,
+            auto_delete_interval: 60,
+            env: BTreeMap::new(),
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"labels":{"a":"b"},"buildInfo":{"dockerfileContent":"FROM node:22\n"},"autoStopInterval":15,"autoDeleteInterval":60,"env":{}})
+        );
+    }
+}
