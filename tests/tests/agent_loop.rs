@@ -434,3 +434,30 @@ async fn an_unpriced_model_is_refused_before_any_call() {
     assert!(err.to_string().contains("no known price"), "{err}");
     assert!(state.calls.is_empty());
 }
+
+#[tokio::test]
+async fn the_context_is_compacted_when_it_nears_the_window() {
+    // Each turn prints ~6 KB; a 12k-token window fills within a few turns.
+    let turn = json!({"tool_calls": [{"name": "run_command", "input": {"command": "seq 1 1500; date +%N"}}]});
+    let make = |turns: usize| {
+        let mut t = vec![turn.clone(); turns];
+        t.push(json!({"tool_calls": [{"name": "finish", "input": {"summary": "ok"}}]}));
+        script(json!({"context_window": 12000, "turns": t}))
+    };
+    let sandbox = TestSandbox::new().await;
+    let compacting = run_agent(&ScriptedModel::new(make(10)), &sandbox.sandbox, &AgentConfig { keep_recent_messages: 4, ..test_config() }).await;
+    let sandbox = TestSandbox::new().await;
+    let plain = run_agent(&ScriptedModel::new(make(10)), &sandbox.sandbox, &AgentConfig { compaction: false, ..test_config() }).await;
+
+    assert!(outcome(&compacting).is_success() && outcome(&plain).is_success());
+    assert!(compacting.compacted_upto > 0, "the boundary never moved");
+    // The stored conversation is never rewritten, only what is sent shrinks.
+    assert_eq!(compacting.messages.len(), plain.messages.len());
+    let last_prompt = |s: &AgentState| s.calls.last().unwrap().usage.prompt_total();
+    assert!(
+        last_prompt(&compacting) * 2 < last_prompt(&plain),
+        "compacted {} vs plain {} tokens",
+        last_prompt(&compacting),
+        last_prompt(&plain)
+    );
+}

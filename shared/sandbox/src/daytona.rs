@@ -28,7 +28,8 @@ use bytes::Bytes;
 use reqwest::Url;
 use reqwest::multipart::{Form, Part};
 use tb_core::sandbox::{
-    ExecOutput, FileEntry, Sandbox, SandboxError, SandboxInfo, SandboxProvider, SandboxSpec, WorkspacePath,
+    ExecOutput, FileEntry, Sandbox, SandboxError, SandboxInfo, SandboxProvider, SandboxSpec,
+    WorkspacePath,
 };
 use tokio::time::Instant;
 
@@ -36,7 +37,9 @@ pub use retry::RetryPolicy;
 
 use crate::OutputCap;
 use api::{Api, Resend, parse_json, read_limited, status_error, url_with};
-use wire::{BuildInfo, CreateSandbox, ExecuteRequest, ExecuteResponse, FileInfo, SandboxDto, SandboxPage};
+use wire::{
+    BuildInfo, CreateSandbox, ExecuteRequest, ExecuteResponse, FileInfo, SandboxDto, SandboxPage,
+};
 
 /// How to reach Daytona and what to create.
 #[derive(Clone, PartialEq, Eq)]
@@ -132,14 +135,22 @@ impl DaytonaProvider {
         let invalid = |m: String| Err(SandboxError::Invalid(format!("Daytona configuration: {m}")));
         let api_url = match Url::parse(config.api_url.trim_end_matches('/')) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => url,
-            _ => return invalid(format!("api_url `{}` is not an http(s) URL", config.api_url)),
+            _ => {
+                return invalid(format!(
+                    "api_url `{}` is not an http(s) URL",
+                    config.api_url
+                ));
+            }
         };
         if config.snapshot.is_some() && config.image.is_some() {
             return invalid("set a snapshot or an image, not both".into());
         }
         let workdir = config.workdir.trim_end_matches('/').to_owned();
         if !workdir.starts_with('/') || workdir.split('/').any(|p| p == "..") {
-            return invalid(format!("workdir `{}` must be an absolute path without `..`", config.workdir));
+            return invalid(format!(
+                "workdir `{}` must be an absolute path without `..`",
+                config.workdir
+            ));
         }
         if config.retry.max_attempts == 0 {
             return invalid("retry.max_attempts must be at least 1".into());
@@ -147,7 +158,13 @@ impl DaytonaProvider {
         let mut config = config;
         config.workdir = workdir;
         let api = Api::new(config.api_key.clone(), config.retry.clone())?;
-        Ok(DaytonaProvider { inner: Arc::new(Shared { api, api_url, config }) })
+        Ok(DaytonaProvider {
+            inner: Arc::new(Shared {
+                api,
+                api_url,
+                config,
+            }),
+        })
     }
 
     pub fn config(&self) -> &DaytonaConfig {
@@ -164,7 +181,9 @@ impl DaytonaProvider {
             name: (!spec.name.is_empty()).then(|| spec.name.clone()),
             labels,
             snapshot: config.snapshot.clone(),
-            build_info: config.image.as_ref().map(|image| BuildInfo { dockerfile_content: format!("FROM {image}\n") }),
+            build_info: config.image.as_ref().map(|image| BuildInfo {
+                dockerfile_content: format!("FROM {image}\n"),
+            }),
             auto_stop_interval: config.auto_stop_minutes,
             auto_delete_interval: config.auto_delete_minutes,
             env: BTreeMap::new(),
@@ -174,10 +193,16 @@ impl DaytonaProvider {
         let timeout = config.request_timeout.max(Duration::from_secs(90));
         let sent = shared
             .api
-            .send("creating a sandbox", Resend::Freely, timeout, &|http| http.post(url.clone()).json(&body))
+            .send("creating a sandbox", Resend::Freely, timeout, &|http| {
+                http.post(url.clone()).json(&body)
+            })
             .await?;
         let status = sent.response.status();
-        let answer = sent.response.bytes().await.map_err(|e| api::body_error("creating a sandbox", &e))?;
+        let answer = sent
+            .response
+            .bytes()
+            .await
+            .map_err(|e| api::body_error("creating a sandbox", &e))?;
         let dto: SandboxDto = if status.is_success() {
             parse_json("creating a sandbox", &answer)?
         } else if status.as_u16() == 409 && sent.after_uncertain_attempt && body.name.is_some() {
@@ -207,18 +232,27 @@ impl DaytonaProvider {
         }
         let mut dto = shared.get(id).await?;
         if !carries(&dto, &shared.config.labels) {
-            return Err(SandboxError::NotFound(format!("sandbox `{id}` (not labelled for this provider)")));
+            return Err(SandboxError::NotFound(format!(
+                "sandbox `{id}` (not labelled for this provider)"
+            )));
         }
         match dto.state() {
-            "destroyed" | "destroying" => return Err(SandboxError::NotFound(format!("sandbox `{id}` (destroyed)"))),
+            "destroyed" | "destroying" => {
+                return Err(SandboxError::NotFound(format!(
+                    "sandbox `{id}` (destroyed)"
+                )));
+            }
             "stopped" | "archived" | "paused" => {
                 tracing::info!(sandbox = %dto.id, state = dto.state(), "starting Daytona sandbox");
                 let url = url_with(&shared.api_url, &["sandbox", &dto.id, "start"]);
                 let body = shared
                     .api
-                    .send_ok("starting a sandbox", Resend::Freely, shared.config.request_timeout, &|http| {
-                        http.post(url.clone())
-                    })
+                    .send_ok(
+                        "starting a sandbox",
+                        Resend::Freely,
+                        shared.config.request_timeout,
+                        &|http| http.post(url.clone()),
+                    )
                     .await?;
                 dto = parse_json("starting a sandbox", &body)?;
             }
@@ -228,7 +262,10 @@ impl DaytonaProvider {
     }
 
     /// The sandboxes carrying all of `labels` (the server filters; this checks again).
-    pub async fn list_with_labels(&self, labels: &BTreeMap<String, String>) -> Result<Vec<SandboxInfo>, SandboxError> {
+    pub async fn list_with_labels(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<SandboxInfo>, SandboxError> {
         let shared = &self.inner;
         let url = url_with(&shared.api_url, &["sandbox"]);
         let labels_json = serde_json::to_string(labels).expect("labels serialise");
@@ -244,23 +281,37 @@ impl DaytonaProvider {
             }
             let body = shared
                 .api
-                .send_ok("listing sandboxes", Resend::Freely, shared.config.request_timeout, &|http| {
-                    http.get(url.clone()).query(&query)
-                })
+                .send_ok(
+                    "listing sandboxes",
+                    Resend::Freely,
+                    shared.config.request_timeout,
+                    &|http| http.get(url.clone()).query(&query),
+                )
                 .await?;
             let page: SandboxPage = parse_json("listing sandboxes", &body)?;
             let next = page.next_cursor();
-            infos.extend(page.items.into_iter().filter(|dto| carries(dto, labels)).map(|dto| SandboxInfo {
-                created_at: dto.created_at.as_deref().and_then(crate::rfc3339::parse).unwrap_or(0),
-                labels: dto.labels.unwrap_or_default(),
-                id: dto.id,
-            }));
+            infos.extend(
+                page.items
+                    .into_iter()
+                    .filter(|dto| carries(dto, labels))
+                    .map(|dto| SandboxInfo {
+                        created_at: dto
+                            .created_at
+                            .as_deref()
+                            .and_then(crate::rfc3339::parse)
+                            .unwrap_or(0),
+                        labels: dto.labels.unwrap_or_default(),
+                        id: dto.id,
+                    }),
+            );
             match next {
                 Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
                 _ => return Ok(infos),
             }
         }
-        Err(SandboxError::Unavailable("listing sandboxes: more than 1000 pages".into()))
+        Err(SandboxError::Unavailable(
+            "listing sandboxes: more than 1000 pages".into(),
+        ))
     }
 }
 
@@ -291,10 +342,19 @@ impl Shared {
         let url = url_with(&self.api_url, &["sandbox", id]);
         let sent = self
             .api
-            .send("looking up a sandbox", Resend::Freely, self.config.request_timeout, &|http| http.get(url.clone()))
+            .send(
+                "looking up a sandbox",
+                Resend::Freely,
+                self.config.request_timeout,
+                &|http| http.get(url.clone()),
+            )
             .await?;
         let status = sent.response.status();
-        let body = sent.response.bytes().await.map_err(|e| api::body_error("looking up a sandbox", &e))?;
+        let body = sent
+            .response
+            .bytes()
+            .await
+            .map_err(|e| api::body_error("looking up a sandbox", &e))?;
         match status.as_u16() {
             200..=299 => parse_json("looking up a sandbox", &body),
             404 => Err(SandboxError::NotFound(format!("sandbox `{id}`"))),
@@ -306,7 +366,12 @@ impl Shared {
         let url = url_with(&self.api_url, &["sandbox", id]);
         let sent = self
             .api
-            .send("deleting a sandbox", Resend::Freely, self.config.request_timeout, &|http| http.delete(url.clone()))
+            .send(
+                "deleting a sandbox",
+                Resend::Freely,
+                self.config.request_timeout,
+                &|http| http.delete(url.clone()),
+            )
             .await?;
         let status = sent.response.status();
         if status.is_success() || status.as_u16() == 404 {
@@ -319,7 +384,11 @@ impl Shared {
     /// Waits for `started`, makes the project directory, and returns the handle.
     async fn attach(self: &Arc<Self>, dto: SandboxDto) -> Result<DaytonaSandbox, SandboxError> {
         let dto = self.wait_started(dto).await?;
-        let proxy = dto.toolbox_proxy_url.as_deref().unwrap_or_default().trim_end_matches('/');
+        let proxy = dto
+            .toolbox_proxy_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/');
         let toolbox = match Url::parse(proxy) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => url_with(&url, &[&dto.id]),
             _ => {
@@ -329,7 +398,11 @@ impl Shared {
                 )));
             }
         };
-        let sandbox = DaytonaSandbox { id: dto.id, toolbox, shared: self.clone() };
+        let sandbox = DaytonaSandbox {
+            id: dto.id,
+            toolbox,
+            shared: self.clone(),
+        };
         sandbox.make_dir(&self.config.workdir).await?;
         Ok(sandbox)
     }
@@ -350,7 +423,10 @@ impl Shared {
                     )));
                 }
                 state @ ("destroyed" | "destroying") => {
-                    return Err(SandboxError::Unavailable(format!("sandbox `{}` was {state} while starting", dto.id)));
+                    return Err(SandboxError::Unavailable(format!(
+                        "sandbox `{}` was {state} while starting",
+                        dto.id
+                    )));
                 }
                 _ => {}
             }
@@ -371,7 +447,9 @@ impl Shared {
 
 fn carries(dto: &SandboxDto, labels: &BTreeMap<String, String>) -> bool {
     let have = dto.labels.as_ref();
-    labels.iter().all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+    labels
+        .iter()
+        .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
 }
 
 /// One started Daytona sandbox; commands and files go through its toolbox.
@@ -409,9 +487,15 @@ impl DaytonaSandbox {
         let url = self.endpoint(&["files", "folder"]);
         self.shared
             .api
-            .send_ok("creating a folder", Resend::Freely, self.shared.config.request_timeout, &|http| {
-                http.post(url.clone()).query(&[("path", absolute), ("mode", "0755")])
-            })
+            .send_ok(
+                "creating a folder",
+                Resend::Freely,
+                self.shared.config.request_timeout,
+                &|http| {
+                    http.post(url.clone())
+                        .query(&[("path", absolute), ("mode", "0755")])
+                },
+            )
             .await
             .map(|_| ())
     }
@@ -425,22 +509,34 @@ impl Sandbox for DaytonaSandbox {
 
     async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SandboxError> {
         let script = wrap_for_bash(command);
-        let body = ExecuteRequest { command: &script, cwd: self.workdir(), timeout: timeout.as_secs_f64().ceil().max(1.0) as u64 };
+        let body = ExecuteRequest {
+            command: &script,
+            cwd: self.workdir(),
+            timeout: timeout.as_secs_f64().ceil().max(1.0) as u64,
+        };
         let url = self.endpoint(&["process", "execute"]);
-        let http_timeout = timeout + Duration::from_secs(60);
+        let http_timeout = timeout.saturating_add(Duration::from_secs(60));
         let sent = self
             .shared
             .api
-            .send("running a command", Resend::OnlyIfUnprocessed, http_timeout, &|http| {
-                http.post(url.clone()).json(&body)
-            })
+            .send(
+                "running a command",
+                Resend::OnlyIfUnprocessed,
+                http_timeout,
+                &|http| http.post(url.clone()).json(&body),
+            )
             .await?;
         let status = sent.response.status();
-        let answer = sent.response.bytes().await.map_err(|e| api::body_error("running a command", &e))?;
+        let answer = sent
+            .response
+            .bytes()
+            .await
+            .map_err(|e| api::body_error("running a command", &e))?;
         if status == reqwest::StatusCode::REQUEST_TIMEOUT {
             return Ok(ExecOutput {
                 exit_code: None,
-                output: format!("[the command was killed after {} s; Daytona returns no output for it]", body.timeout),
+                // Daytona sends no output for a killed command.
+                output: String::new(),
                 total_bytes: 0,
                 timed_out: true,
             });
@@ -449,17 +545,31 @@ impl Sandbox for DaytonaSandbox {
             return Err(status_error("running a command", status, &answer));
         }
         let result: ExecuteResponse = parse_json("running a command", &answer)?;
-        let (output, total_bytes) = OutputCap::capture(self.shared.config.output_cap_bytes, result.result.as_bytes());
-        Ok(ExecOutput { exit_code: result.exit_code, output, total_bytes, timed_out: false })
+        let (output, total_bytes) = OutputCap::capture(
+            self.shared.config.output_cap_bytes,
+            result.result.as_bytes(),
+        );
+        Ok(ExecOutput {
+            exit_code: result.exit_code,
+            output,
+            total_bytes,
+            timed_out: false,
+        })
     }
 
     async fn write_file(&self, path: &WorkspacePath, contents: &[u8]) -> Result<(), SandboxError> {
         if path.is_root() {
-            return Err(SandboxError::Invalid("`.` is the project root; give a file path".into()));
+            return Err(SandboxError::Invalid(
+                "`.` is the project root; give a file path".into(),
+            ));
         }
-        let (parent, name) = path.as_str().rsplit_once('/').unwrap_or(("", path.as_str()));
+        let (parent, name) = path
+            .as_str()
+            .rsplit_once('/')
+            .unwrap_or(("", path.as_str()));
         if !parent.is_empty() {
-            self.make_dir(&format!("{}/{parent}", self.workdir())).await?;
+            self.make_dir(&format!("{}/{parent}", self.workdir()))
+                .await?;
         }
         let url = self.endpoint(&["files", "upload"]);
         let absolute = self.absolute(path);
@@ -467,11 +577,21 @@ impl Sandbox for DaytonaSandbox {
         let name = name.to_owned();
         self.shared
             .api
-            .send_ok("uploading a file", Resend::Freely, self.shared.config.request_timeout, &|http| {
-                let part = Part::stream_with_length(reqwest::Body::from(contents.clone()), contents.len() as u64)
+            .send_ok(
+                "uploading a file",
+                Resend::Freely,
+                self.shared.config.request_timeout,
+                &|http| {
+                    let part = Part::stream_with_length(
+                        reqwest::Body::from(contents.clone()),
+                        contents.len() as u64,
+                    )
                     .file_name(name.clone());
-                http.post(url.clone()).query(&[("path", absolute.as_str())]).multipart(Form::new().part("file", part))
-            })
+                    http.post(url.clone())
+                        .query(&[("path", absolute.as_str())])
+                        .multipart(Form::new().part("file", part))
+                },
+            )
             .await
             .map(|_| ())
     }
@@ -483,9 +603,12 @@ impl Sandbox for DaytonaSandbox {
         let sent = self
             .shared
             .api
-            .send(what, Resend::Freely, self.shared.config.request_timeout, &|http| {
-                http.get(url.clone()).query(&[("path", absolute.as_str())])
-            })
+            .send(
+                what,
+                Resend::Freely,
+                self.shared.config.request_timeout,
+                &|http| http.get(url.clone()).query(&[("path", absolute.as_str())]),
+            )
             .await?;
         let status = sent.response.status();
         if status.as_u16() == 404 {
@@ -506,16 +629,24 @@ impl Sandbox for DaytonaSandbox {
 
     async fn delete(&self, path: &WorkspacePath) -> Result<(), SandboxError> {
         if path.is_root() {
-            return Err(SandboxError::Invalid("refusing to delete the project root".into()));
+            return Err(SandboxError::Invalid(
+                "refusing to delete the project root".into(),
+            ));
         }
         let url = self.endpoint(&["files"]);
         let absolute = self.absolute(path);
         let sent = self
             .shared
             .api
-            .send("deleting a file", Resend::Freely, self.shared.config.request_timeout, &|http| {
-                http.delete(url.clone()).query(&[("path", absolute.as_str()), ("recursive", "true")])
-            })
+            .send(
+                "deleting a file",
+                Resend::Freely,
+                self.shared.config.request_timeout,
+                &|http| {
+                    http.delete(url.clone())
+                        .query(&[("path", absolute.as_str()), ("recursive", "true")])
+                },
+            )
             .await?;
         let status = sent.response.status();
         match status.as_u16() {
@@ -536,12 +667,19 @@ impl Sandbox for DaytonaSandbox {
         let sent = self
             .shared
             .api
-            .send("listing files", Resend::Freely, self.shared.config.request_timeout, &|http| {
-                http.get(url.clone()).query(&[("path", absolute.as_str())])
-            })
+            .send(
+                "listing files",
+                Resend::Freely,
+                self.shared.config.request_timeout,
+                &|http| http.get(url.clone()).query(&[("path", absolute.as_str())]),
+            )
             .await?;
         let status = sent.response.status();
-        let body = sent.response.bytes().await.map_err(|e| api::body_error("listing files", &e))?;
+        let body = sent
+            .response
+            .bytes()
+            .await
+            .map_err(|e| api::body_error("listing files", &e))?;
         if status.as_u16() == 404 {
             return Err(SandboxError::NotFound(dir.to_string()));
         }
@@ -553,7 +691,11 @@ impl Sandbox for DaytonaSandbox {
             .into_iter()
             .filter(|info| !info.name.is_empty() && info.name != "." && info.name != "..")
             .map(|info| FileEntry {
-                path: if dir.is_root() { info.name } else { format!("{}/{}", dir.as_str(), info.name) },
+                path: if dir.is_root() {
+                    info.name
+                } else {
+                    format!("{}/{}", dir.as_str(), info.name)
+                },
                 is_dir: info.is_dir,
                 size: if info.is_dir { 0 } else { info.size },
             })
@@ -591,12 +733,31 @@ mod tests {
 
     #[test]
     fn conflicting_or_malformed_configuration_is_refused() {
-        let both = DaytonaConfig { snapshot: Some("s".into()), image: Some("node:22".into()), ..DaytonaConfig::new("k") };
-        assert!(matches!(DaytonaProvider::new(both), Err(SandboxError::Invalid(_))));
-        let relative = DaytonaConfig { workdir: "project".into(), ..DaytonaConfig::new("k") };
-        assert!(matches!(DaytonaProvider::new(relative), Err(SandboxError::Invalid(_))));
-        let bad_url = DaytonaConfig { api_url: "ftp://x".into(), ..DaytonaConfig::new("k") };
-        assert!(matches!(DaytonaProvider::new(bad_url), Err(SandboxError::Invalid(_))));
+        let both = DaytonaConfig {
+            snapshot: Some("s".into()),
+            image: Some("node:22".into()),
+            ..DaytonaConfig::new("k")
+        };
+        assert!(matches!(
+            DaytonaProvider::new(both),
+            Err(SandboxError::Invalid(_))
+        ));
+        let relative = DaytonaConfig {
+            workdir: "project".into(),
+            ..DaytonaConfig::new("k")
+        };
+        assert!(matches!(
+            DaytonaProvider::new(relative),
+            Err(SandboxError::Invalid(_))
+        ));
+        let bad_url = DaytonaConfig {
+            api_url: "ftp://x".into(),
+            ..DaytonaConfig::new("k")
+        };
+        assert!(matches!(
+            DaytonaProvider::new(bad_url),
+            Err(SandboxError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -612,7 +773,12 @@ mod tests {
     #[tokio::test]
     async fn the_bash_wrapper_runs_under_bash_with_stdin_closed() {
         let script = wrap_for_bash("set -o pipefail; echo \"$((6 * 7))\"; cat; echo done");
-        let output = tokio::process::Command::new("sh").arg("-c").arg(&script).output().await.unwrap();
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .await
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&output.stdout), "42\ndone\n");
     }
 }

@@ -38,7 +38,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tb_core::sandbox::{
-    ExecOutput, FileEntry, Sandbox, SandboxError, SandboxInfo, SandboxProvider, SandboxSpec, WorkspacePath,
+    ExecOutput, FileEntry, Sandbox, SandboxError, SandboxInfo, SandboxProvider, SandboxSpec,
+    WorkspacePath,
 };
 
 pub use exec::adopt_orphans;
@@ -80,7 +81,9 @@ pub struct LocalSandboxProvider {
 
 impl LocalSandboxProvider {
     pub fn new(config: LocalSandboxConfig) -> Self {
-        LocalSandboxProvider { config: Arc::new(config) }
+        LocalSandboxProvider {
+            config: Arc::new(config),
+        }
     }
 
     pub fn config(&self) -> &LocalSandboxConfig {
@@ -119,9 +122,9 @@ impl SandboxProvider for LocalSandboxProvider {
         }
         let dir = self.config.root.join(id);
         blocking(move || match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(SandboxError::Unavailable(format!("removing sandbox directory: {e}")))
-            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SandboxError::Unavailable(
+                format!("removing sandbox directory: {e}"),
+            )),
             _ => Ok(()),
         })
         .await
@@ -180,13 +183,25 @@ impl LocalSandbox {
         })?;
         let mut env = BTreeMap::from([
             ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ("HOME".to_owned(), dir.join("home").to_string_lossy().into_owned()),
-            ("TMPDIR".to_owned(), dir.join("tmp").to_string_lossy().into_owned()),
+            (
+                "HOME".to_owned(),
+                dir.join("home").to_string_lossy().into_owned(),
+            ),
+            (
+                "TMPDIR".to_owned(),
+                dir.join("tmp").to_string_lossy().into_owned(),
+            ),
             ("LANG".to_owned(), "C.UTF-8".to_owned()),
             ("CI".to_owned(), "true".to_owned()),
         ]);
         env.extend(config.extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Ok(LocalSandbox { id: id.to_owned(), dir, workspace, env: Arc::new(env), config })
+        Ok(LocalSandbox {
+            id: id.to_owned(),
+            dir,
+            workspace,
+            env: Arc::new(env),
+            config,
+        })
     }
 }
 
@@ -197,7 +212,10 @@ impl Sandbox for LocalSandbox {
     }
 
     async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SandboxError> {
-        let script = ScriptFile(self.dir.join(format!("exec-{:016x}.sh", rand::random::<u64>())));
+        let script = ScriptFile(
+            self.dir
+                .join(format!("exec-{:016x}.sh", rand::random::<u64>())),
+        );
         tokio::fs::write(&script.0, command)
             .await
             .map_err(|e| SandboxError::Unavailable(format!("writing the command script: {e}")))?;
@@ -241,7 +259,10 @@ impl Sandbox for LocalSandbox {
 
 /// `[A-Za-z0-9_-]{1,64}`: safe as a directory name.
 pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[derive(Serialize, Deserialize)]
@@ -260,12 +281,17 @@ impl Drop for ScriptFile {
     }
 }
 
-fn create_dirs(config: &Arc<LocalSandboxConfig>, spec: &SandboxSpec) -> Result<LocalSandbox, SandboxError> {
+fn create_dirs(
+    config: &Arc<LocalSandboxConfig>,
+    spec: &SandboxSpec,
+) -> Result<LocalSandbox, SandboxError> {
     let unavailable = |what: &str, e: io::Error| SandboxError::Unavailable(format!("{what}: {e}"));
     fs::create_dir_all(&config.root).map_err(|e| unavailable("creating the sandbox root", e))?;
     let mut preferred = is_valid_id(&spec.name).then(|| spec.name.clone());
     let id = loop {
-        let id = preferred.take().unwrap_or_else(|| format!("sbx-{:016x}", rand::random::<u64>()));
+        let id = preferred
+            .take()
+            .unwrap_or_else(|| format!("sbx-{:016x}", rand::random::<u64>()));
         // Claims the id atomically: two creates never share a directory.
         match fs::create_dir(config.root.join(&id)) {
             Ok(()) => break id,
@@ -275,12 +301,21 @@ fn create_dirs(config: &Arc<LocalSandboxConfig>, spec: &SandboxSpec) -> Result<L
     };
     let dir = config.root.join(&id);
     for sub in ["workspace", "home", "tmp"] {
-        fs::create_dir(dir.join(sub)).map_err(|e| unavailable("creating the sandbox directory", e))?;
+        fs::create_dir(dir.join(sub))
+            .map_err(|e| unavailable("creating the sandbox directory", e))?;
     }
-    let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let meta = Meta { id: id.clone(), labels: spec.labels.clone(), created_at };
+    let created_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let meta = Meta {
+        id: id.clone(),
+        labels: spec.labels.clone(),
+        created_at,
+    };
     let json = serde_json::to_vec_pretty(&meta).expect("metadata serialises");
-    fs::write(dir.join("meta.json"), json).map_err(|e| unavailable("writing sandbox metadata", e))?;
+    fs::write(dir.join("meta.json"), json)
+        .map_err(|e| unavailable("writing sandbox metadata", e))?;
     LocalSandbox::open(config.clone(), &id)
 }
 
@@ -292,10 +327,18 @@ fn list_sandboxes(root: &Path) -> Result<Vec<SandboxInfo>, SandboxError> {
     };
     let mut infos = Vec::new();
     for entry in entries.flatten() {
-        let Ok(json) = fs::read(entry.path().join("meta.json")) else { continue };
+        let Ok(json) = fs::read(entry.path().join("meta.json")) else {
+            continue;
+        };
         match serde_json::from_slice::<Meta>(&json) {
-            Ok(meta) => infos.push(SandboxInfo { id: meta.id, labels: meta.labels, created_at: meta.created_at }),
-            Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "skipping sandbox with unreadable meta.json"),
+            Ok(meta) => infos.push(SandboxInfo {
+                id: meta.id,
+                labels: meta.labels,
+                created_at: meta.created_at,
+            }),
+            Err(e) => {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "skipping sandbox with unreadable meta.json")
+            }
         }
     }
     infos.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));

@@ -1,8 +1,6 @@
 //! Bounded capture of command output: the first half and the last half of the cap are
 //! kept, everything in between is counted and dropped.
 
-use std::borrow::Cow;
-
 /// Keeps the first `cap / 2` and the last `cap - cap / 2` bytes of a stream, counting all.
 ///
 /// Memory stays at `cap` bytes whatever the stream's size, and each byte is copied at most
@@ -117,7 +115,7 @@ fn join(head: &str, omitted: u64, tail: &str) -> String {
 }
 
 /// The longest prefix of `text` of at most `max` bytes ending on a character boundary.
-fn prefix_within<'a>(text: &'a Cow<'_, str>, max: usize) -> &'a str {
+fn prefix_within(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
@@ -129,7 +127,7 @@ fn prefix_within<'a>(text: &'a Cow<'_, str>, max: usize) -> &'a str {
 }
 
 /// The longest suffix of `text` of at most `max` bytes starting on a character boundary.
-fn suffix_within<'a>(text: &'a Cow<'_, str>, max: usize) -> &'a str {
+fn suffix_within(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

@@ -10,12 +10,31 @@ pub fn parse(text: &str) -> Option<u64> {
     if b.len() < 20 {
         return None;
     }
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
-    let (year, month, day) = (num_in(text, 0..4)?, num_in(text, 5..7)?, num_in(text, 8..10)?);
-    let (hour, minute, second) = (num_in(text, 11..13)?, num_in(text, 14..16)?, num_in(text, 17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
+    let (year, month, day) = (
+        num_in(text, 0..4)?,
+        num_in(text, 5..7)?,
+        num_in(text, 8..10)?,
+    );
+    let (hour, minute, second) = (
+        num_in(text, 11..13)?,
+        num_in(text, 14..16)?,
+        num_in(text, 17..19)?,
+    );
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut rest = &text[19..];
@@ -42,7 +61,8 @@ pub fn parse(text: &str) -> Option<u64> {
         }
         _ => return None,
     };
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    let secs =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
     u64::try_from(secs).ok()
 }
 
@@ -51,7 +71,12 @@ pub fn format(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn num_in(text: &str, range: std::ops::Range<usize>) -> Option<i64> {
@@ -112,13 +137,28 @@ mod tests {
 
     #[test]
     fn offsets_are_applied() {
-        assert_eq!(parse("2026-06-23T12:11:12+02:00"), parse("2026-06-23T10:11:12Z"));
-        assert_eq!(parse("2026-06-23T05:11:12.1-05:00"), parse("2026-06-23T10:11:12Z"));
+        assert_eq!(
+            parse("2026-06-23T12:11:12+02:00"),
+            parse("2026-06-23T10:11:12Z")
+        );
+        assert_eq!(
+            parse("2026-06-23T05:11:12.1-05:00"),
+            parse("2026-06-23T10:11:12Z")
+        );
     }
 
     #[test]
     fn malformed_or_pre_epoch_timestamps_are_refused() {
-        for bad in ["", "2026-06-23", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-06-23T10:11:12", "1969-12-31T23:59:59Z", "2026-06-23T10:11:12.Z", "2026-06-23T10:11:12+2:00"] {
+        for bad in [
+            "",
+            "2026-06-23",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-06-23T10:11:12",
+            "1969-12-31T23:59:59Z",
+            "2026-06-23T10:11:12.Z",
+            "2026-06-23T10:11:12+2:00",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

@@ -44,7 +44,9 @@ impl FakeDaytona {
 
     /// Like [`FakeDaytona::start`], mapping `workdir` (absolute) to the backing workspace.
     pub async fn start_with_workdir(api_key: &str, workdir: &str) -> FakeDaytona {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the fake Daytona");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake Daytona");
         let base_url = format!("http://{}", listener.local_addr().expect("local address"));
         let local = TempLocalProvider::with_config(|config| {
             // The daemon returns all output; the client under test does the capping.
@@ -60,7 +62,10 @@ impl FakeDaytona {
         let app = Router::new()
             .nest("/api", main_api::routes())
             .nest("/toolbox/{sandbox_id}", toolbox::routes())
-            .layer(middleware::from_fn_with_state(state.clone(), require_bearer))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_bearer,
+            ))
             .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
             .with_state(state.clone());
         let server = tokio::spawn(async move {
@@ -68,7 +73,11 @@ impl FakeDaytona {
                 tracing::error!(error = %e, "fake Daytona stopped");
             }
         });
-        FakeDaytona { state, base_url, server }
+        FakeDaytona {
+            state,
+            base_url,
+            server,
+        }
     }
 
     /// `http://127.0.0.1:PORT/api`.
@@ -110,6 +119,12 @@ impl FakeDaytona {
     /// The next `n` `POST /api/sandbox` answer 429 with `Retry-After-sandbox-create: 0`.
     pub fn fail_next_create_with_429(&self, n: u32) {
         self.state.lock().creates_to_refuse = n;
+    }
+
+    /// The next `n` `POST /api/sandbox` create the sandbox, then answer 500 as if the
+    /// answer had been lost on the way back.
+    pub fn fail_next_create_with_500_after_creating(&self, n: u32) {
+        self.state.lock().creates_to_lose = n;
     }
 
     /// The next sandbox created ends in state `error` with `reason` instead of `started`.
@@ -180,7 +195,11 @@ impl FakeDaytona {
 
     /// The host directory that backs a sandbox's workdir.
     pub fn workspace_dir(&self, id: &str) -> Option<PathBuf> {
-        self.state.lock().sandboxes.get(id).map(|s| s.local.workspace_dir().to_path_buf())
+        self.state
+            .lock()
+            .sandboxes
+            .get(id)
+            .map(|s| s.local.workspace_dir().to_path_buf())
     }
 }
 
@@ -201,7 +220,9 @@ pub(crate) struct Fake {
 
 impl Fake {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -210,6 +231,7 @@ struct Inner {
     sandboxes: BTreeMap<String, FakeSandbox>,
     next_seq: u64,
     creates_to_refuse: u32,
+    creates_to_lose: u32,
     next_start_error: Option<String>,
     page_size: Option<usize>,
     counters: Counters,
@@ -223,7 +245,11 @@ impl Inner {
         let id = if self.sandboxes.contains_key(id_or_name) {
             id_or_name.to_owned()
         } else {
-            self.sandboxes.values().find(|s| s.name == id_or_name)?.id.clone()
+            self.sandboxes
+                .values()
+                .find(|s| s.name == id_or_name)?
+                .id
+                .clone()
         };
         self.sandboxes.get_mut(&id)
     }
@@ -287,7 +313,10 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 
 async fn require_bearer(State(fake): State<Arc<Fake>>, request: Request, next: Next) -> Response {
     let expected = format!("Bearer {}", fake.api_key);
-    let given = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if given != Some(expected.as_str()) {
         fake.lock().counters.unauthorized += 1;
         return error(StatusCode::UNAUTHORIZED, "Invalid credentials");

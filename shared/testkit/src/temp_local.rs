@@ -27,7 +27,10 @@ impl TempLocalProvider {
         let dir = TempDir::new().expect("creating a temporary directory");
         let mut config = LocalSandboxConfig::new(dir.path().join("sandboxes"));
         configure(&mut config);
-        TempLocalProvider { provider: LocalSandboxProvider::new(config), dir }
+        TempLocalProvider {
+            provider: LocalSandboxProvider::new(config),
+            dir,
+        }
     }
 
     pub fn provider(&self) -> &LocalSandboxProvider {
@@ -46,7 +49,10 @@ impl TempLocalProvider {
 
     /// A new sandbox with a random id and no labels.
     pub async fn sandbox(&self) -> LocalSandbox {
-        self.provider.create_local(&SandboxSpec::default()).await.expect("creating a local sandbox")
+        self.provider
+            .create_local(&SandboxSpec::default())
+            .await
+            .expect("creating a local sandbox")
     }
 }
 

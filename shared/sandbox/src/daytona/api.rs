@@ -39,7 +39,10 @@ pub(crate) struct Api {
 
 impl fmt::Debug for Api {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Api").field("api_key", &"<redacted>").field("retry", &self.retry).finish()
+        f.debug_struct("Api")
+            .field("api_key", &"<redacted>")
+            .field("retry", &self.retry)
+            .finish()
     }
 }
 
@@ -50,7 +53,11 @@ impl Api {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| SandboxError::Unavailable(format!("building the HTTP client: {e}")))?;
-        Ok(Api { http, api_key, retry })
+        Ok(Api {
+            http,
+            api_key,
+            retry,
+        })
     }
 
     /// Sends the request `build` makes (once per attempt) with auth and a `timeout`,
@@ -67,7 +74,11 @@ impl Api {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = build(&self.http).bearer_auth(&self.api_key).timeout(timeout).send().await;
+            let result = build(&self.http)
+                .bearer_auth(&self.api_key)
+                .timeout(timeout)
+                .send()
+                .await;
             let (failure, wait) = match result {
                 Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                     let wait = self.retry.retry_after(response.headers());
@@ -78,20 +89,39 @@ impl Api {
                     uncertain = true;
                     let status = response.status();
                     let message = error_message(&response.bytes().await.unwrap_or_default());
-                    (format!("{what}: Daytona answered {status}: {message}"), None)
+                    (
+                        format!("{what}: Daytona answered {status}: {message}"),
+                        None,
+                    )
                 }
-                Ok(response) => return Ok(Sent { response, after_uncertain_attempt: uncertain }),
+                Ok(response) => {
+                    return Ok(Sent {
+                        response,
+                        after_uncertain_attempt: uncertain,
+                    });
+                }
                 Err(e) if e.is_connect() || resend == Resend::Freely => {
                     uncertain |= !e.is_connect();
                     (format!("{what}: {}", describe(&e)), None)
                 }
-                Err(e) => return Err(SandboxError::Unavailable(format!("{what}: {}", describe(&e)))),
+                Err(e) => {
+                    return Err(SandboxError::Unavailable(format!(
+                        "{what}: {}",
+                        describe(&e)
+                    )));
+                }
             };
             if attempt >= self.retry.max_attempts {
-                return Err(SandboxError::Unavailable(format!("{failure} (gave up after {attempt} attempts)")));
+                return Err(SandboxError::Unavailable(format!(
+                    "{failure} (gave up after {attempt} attempts)"
+                )));
             }
             let wait = wait.unwrap_or_else(|| self.retry.backoff(attempt));
-            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "{failure}; retrying");
+            tracing::warn!(
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "{failure}; retrying"
+            );
             tokio::time::sleep(wait).await;
         }
     }
@@ -106,8 +136,16 @@ impl Api {
     ) -> Result<Bytes, SandboxError> {
         let sent = self.send(what, resend, timeout, build).await?;
         let status = sent.response.status();
-        let body = sent.response.bytes().await.map_err(|e| body_error(what, &e))?;
-        if status.is_success() { Ok(body) } else { Err(status_error(what, status, &body)) }
+        let body = sent
+            .response
+            .bytes()
+            .await
+            .map_err(|e| body_error(what, &e))?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(status_error(what, status, &body))
+        }
     }
 }
 
@@ -129,9 +167,15 @@ pub(crate) fn body_error(what: &str, e: &reqwest::Error) -> SandboxError {
 }
 
 /// Parses a JSON body, naming `what` on failure.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, SandboxError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+) -> Result<T, SandboxError> {
     serde_json::from_slice(body).map_err(|e| {
-        SandboxError::Unavailable(format!("{what}: unexpected answer from Daytona ({e}): {}", error_message(body)))
+        SandboxError::Unavailable(format!(
+            "{what}: unexpected answer from Daytona ({e}): {}",
+            error_message(body)
+        ))
     })
 }
 
@@ -158,7 +202,10 @@ pub(crate) async fn read_limited(
 /// `base` with `segments` appended as path segments (each percent-encoded).
 pub(crate) fn url_with(base: &Url, segments: &[&str]) -> Url {
     let mut url = base.clone();
-    url.path_segments_mut().expect("http(s) URLs have a path").pop_if_empty().extend(segments);
+    url.path_segments_mut()
+        .expect("http(s) URLs have a path")
+        .pop_if_empty()
+        .extend(segments);
     url
 }
 

@@ -32,7 +32,10 @@ impl RetryPolicy {
     /// capped, then scaled by a random factor in [0.5, 1] so clients spread out.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        let base = self.initial_backoff.saturating_mul(doubling).min(self.max_backoff);
+        let base = self
+            .initial_backoff
+            .saturating_mul(doubling)
+            .min(self.max_backoff);
         base.mul_f64(rand::random_range(0.5..=1.0))
     }
 
@@ -61,7 +64,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
         }
         map
     }
@@ -75,9 +81,15 @@ mod tests {
         };
         for _ in 0..50 {
             let first = policy.backoff(1);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+            assert!(
+                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+                "{first:?}"
+            );
             let third = policy.backoff(3);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
+            assert!(
+                third >= Duration::from_millis(200) && third <= Duration::from_millis(400),
+                "{third:?}"
+            );
             assert!(policy.backoff(30) <= Duration::from_millis(500));
         }
     }
@@ -85,17 +97,41 @@ mod tests {
     #[test]
     fn the_throttler_specific_retry_after_header_is_honoured() {
         let policy = RetryPolicy::default();
-        let wait = policy.retry_after(&headers(&[("Retry-After-sandbox-create", "7"), ("X-RateLimit-Limit-sandbox-create", "300")]));
+        let wait = policy.retry_after(&headers(&[
+            ("Retry-After-sandbox-create", "7"),
+            ("X-RateLimit-Limit-sandbox-create", "300"),
+        ]));
         assert_eq!(wait, Some(Duration::from_secs(7)));
-        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "0")])), Some(Duration::ZERO));
-        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "2"), ("Retry-After-authenticated", "3")])), Some(Duration::from_secs(3)));
+        assert_eq!(
+            policy.retry_after(&headers(&[("Retry-After", "0")])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            policy.retry_after(&headers(&[
+                ("Retry-After", "2"),
+                ("Retry-After-authenticated", "3")
+            ])),
+            Some(Duration::from_secs(3))
+        );
     }
 
     #[test]
     fn a_huge_or_missing_retry_after_does_not_stall() {
         let policy = RetryPolicy::default();
-        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "86400")])), Some(policy.max_retry_after));
-        assert_eq!(policy.retry_after(&headers(&[("Content-Type", "application/json")])), None);
-        assert_eq!(policy.retry_after(&headers(&[("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")])), None);
+        assert_eq!(
+            policy.retry_after(&headers(&[("Retry-After", "86400")])),
+            Some(policy.max_retry_after)
+        );
+        assert_eq!(
+            policy.retry_after(&headers(&[("Content-Type", "application/json")])),
+            None
+        );
+        assert_eq!(
+            policy.retry_after(&headers(&[(
+                "Retry-After",
+                "Wed, 21 Oct 2015 07:28:00 GMT"
+            )])),
+            None
+        );
     }
 }

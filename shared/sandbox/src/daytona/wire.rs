@@ -121,7 +121,11 @@ pub(crate) fn error_message(body: &[u8]) -> String {
                 serde_json::Value::String(s) => s,
                 serde_json::Value::Array(items) => items
                     .iter()
-                    .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
+                    .map(|i| {
+                        i.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| i.to_string())
+                    })
                     .collect::<Vec<_>>()
                     .join("; "),
                 other => other.to_string(),
@@ -130,7 +134,11 @@ pub(crate) fn error_message(body: &[u8]) -> String {
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
     let text = text.trim();
-    if text.is_empty() { "no details".to_owned() } else { text.chars().take(500).collect() }
+    if text.is_empty() {
+        "no details".to_owned()
+    } else {
+        text.chars().take(500).collect()
+    }
 }
 
 #[cfg(test)]
@@ -140,8 +148,16 @@ mod tests {
     #[test]
     fn error_messages_come_from_message_then_error_then_the_raw_body() {
         assert_eq!(error_message(br#"{"statusCode":429,"message":"Rate limit exceeded","error":"Too Many Requests"}"#), "Rate limit exceeded");
-        assert_eq!(error_message(br#"{"statusCode":400,"message":["name must be a string","cpu too big"]}"#), "name must be a string; cpu too big");
-        assert_eq!(error_message(br#"{"error":"path is a directory"}"#), "path is a directory");
+        assert_eq!(
+            error_message(
+                br#"{"statusCode":400,"message":["name must be a string","cpu too big"]}"#
+            ),
+            "name must be a string; cpu too big"
+        );
+        assert_eq!(
+            error_message(br#"{"error":"path is a directory"}"#),
+            "path is a directory"
+        );
         assert_eq!(error_message(b"Bad Gateway"), "Bad Gateway");
         assert_eq!(error_message(b""), "no details");
     }
@@ -162,7 +178,9 @@ mod tests {
             name: None,
             labels: BTreeMap::from([("a".into(), "b".into())]),
             snapshot: None,
-            build_info: Some(BuildInfo { dockerfile_content: "FROM node:22\n".into() }),
+            build_info: Some(BuildInfo {
+                dockerfile_content: "FROM node:22\n".into(),
+            }),
             auto_stop_interval: 15,
             auto_delete_interval: 60,
             env: BTreeMap::new(),

@@ -31,7 +31,8 @@ pub(crate) struct Run<'a> {
 }
 
 pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
-    let deadline = Instant::now() + req.timeout;
+    // A year stands for "no limit" without overflowing the clock.
+    let deadline = Instant::now() + req.timeout.min(Duration::from_secs(365 * 24 * 3600));
     let (reader, writer) = io::pipe()?;
     let mut command = tokio::process::Command::new("bash");
     command
@@ -49,7 +50,9 @@ pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
     // reaches end-of-file.
     drop(command);
     let mut child = spawned?;
-    let mut group = GroupKiller { pgid: child.id().map(|id| id as libc::pid_t) };
+    let mut group = GroupKiller {
+        pgid: child.id().map(|id| id as libc::pid_t),
+    };
     let mut pipe = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
 
     let mut output = OutputCap::new(req.output_cap);
@@ -83,7 +86,10 @@ pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
     }
     let mut leader_reaped = status.is_some();
     if timed_out {
-        leader_reaped = matches!(tokio::time::timeout(Duration::from_secs(5), child.wait()).await, Ok(Ok(_)));
+        leader_reaped = matches!(
+            tokio::time::timeout(Duration::from_secs(5), child.wait()).await,
+            Ok(Ok(_))
+        );
         let drain_until = Instant::now() + DRAIN_AFTER_KILL;
         while !eof {
             match tokio::time::timeout_at(drain_until, pipe.read(&mut buf)).await {
@@ -101,7 +107,11 @@ pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
     }
     let total_bytes = output.total_bytes();
     Ok(ExecOutput {
-        exit_code: if timed_out { None } else { status.and_then(|s| s.code()) },
+        exit_code: if timed_out {
+            None
+        } else {
+            status.and_then(|s| s.code())
+        },
         output: output.finish(),
         total_bytes,
         timed_out,
@@ -120,7 +130,7 @@ impl GroupKiller {
             // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the
             // process group this module created with `process_group(0)`.
             unsafe {
-                libc::kill(pgid, libc::SIGKILL);
+                libc::kill(-pgid, libc::SIGKILL);
             }
         }
     }
@@ -164,5 +174,9 @@ fn reap_group(pgid: libc::pid_t) {
 pub fn adopt_orphans() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

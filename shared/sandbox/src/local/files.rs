@@ -34,7 +34,9 @@ pub(crate) struct Workspace {
 impl Workspace {
     /// `root` must exist; it is canonicalised once here.
     pub(crate) fn open(root: &Path) -> io::Result<Self> {
-        Ok(Workspace { root: fs::canonicalize(root)? })
+        Ok(Workspace {
+            root: fs::canonicalize(root)?,
+        })
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -48,14 +50,18 @@ impl Workspace {
             return Err(SandboxError::Invalid(format!("`{path}` is a directory")));
         }
         if !meta.is_file() {
-            return Err(SandboxError::Invalid(format!("`{path}` is not a regular file")));
+            return Err(SandboxError::Invalid(format!(
+                "`{path}` is not a regular file"
+            )));
         }
         if meta.len() > limit {
             return Err(too_large(path, meta.len(), limit));
         }
         let file = fs::File::open(&resolved).map_err(|e| io_error(path, e))?;
         let mut contents = Vec::with_capacity(meta.len() as usize);
-        file.take(limit + 1).read_to_end(&mut contents).map_err(|e| io_error(path, e))?;
+        file.take(limit + 1)
+            .read_to_end(&mut contents)
+            .map_err(|e| io_error(path, e))?;
         if contents.len() as u64 > limit {
             // It grew between the size check and the read.
             return Err(too_large(path, contents.len() as u64, limit));
@@ -64,8 +70,9 @@ impl Workspace {
     }
 
     pub(crate) fn write(&self, path: &WorkspacePath, contents: &[u8]) -> Result<(), SandboxError> {
-        let (parent, name) = split_parent(path)
-            .ok_or_else(|| SandboxError::Invalid("`.` is the project root; give a file path".into()))?;
+        let (parent, name) = split_parent(path).ok_or_else(|| {
+            SandboxError::Invalid("`.` is the project root; give a file path".into())
+        })?;
         let parent = self.make_dirs(&parent, path)?;
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -102,7 +109,10 @@ impl Workspace {
 
     pub(crate) fn list(&self, dir: &WorkspacePath) -> Result<Vec<FileEntry>, SandboxError> {
         let resolved = self.resolve_existing(dir)?;
-        if !fs::metadata(&resolved).map_err(|e| io_error(dir, e))?.is_dir() {
+        if !fs::metadata(&resolved)
+            .map_err(|e| io_error(dir, e))?
+            .is_dir()
+        {
             return Err(SandboxError::Invalid(format!("`{dir}` is not a directory")));
         }
         let mut entries = Vec::new();
@@ -115,9 +125,17 @@ impl Workspace {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // deleted meanwhile
                 Err(e) => return Err(io_error(dir, e)),
             };
-            let path = if dir.is_root() { name } else { format!("{}/{name}", dir.as_str()) };
+            let path = if dir.is_root() {
+                name
+            } else {
+                format!("{}/{name}", dir.as_str())
+            };
             let is_dir = meta.is_dir();
-            entries.push(FileEntry { path, is_dir, size: if is_dir { 0 } else { meta.len() } });
+            entries.push(FileEntry {
+                path,
+                is_dir,
+                size: if is_dir { 0 } else { meta.len() },
+            });
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(entries)
@@ -125,14 +143,20 @@ impl Workspace {
 
     /// Whether `path` is a directory (not followed through a final symlink).
     pub(crate) fn is_dir(&self, path: &WorkspacePath) -> Result<bool, SandboxError> {
-        let Some((parent, name)) = split_parent(path) else { return Ok(true) };
+        let Some((parent, name)) = split_parent(path) else {
+            return Ok(true);
+        };
         let parent = self.resolve_existing(&parent)?;
         let meta = fs::symlink_metadata(parent.join(name)).map_err(|e| io_error(path, e))?;
         Ok(meta.is_dir())
     }
 
     fn host_path(&self, path: &WorkspacePath) -> PathBuf {
-        if path.is_root() { self.root.clone() } else { self.root.join(path.as_str()) }
+        if path.is_root() {
+            self.root.clone()
+        } else {
+            self.root.join(path.as_str())
+        }
     }
 
     /// Resolves every symlink of an existing path and checks that it stays inside.
@@ -144,7 +168,11 @@ impl Workspace {
 
     /// Creates `dir` and its parents after checking that the deepest existing ancestor
     /// resolves inside; returns the canonical directory. `reported` names errors.
-    fn make_dirs(&self, dir: &WorkspacePath, reported: &WorkspacePath) -> Result<PathBuf, SandboxError> {
+    fn make_dirs(
+        &self,
+        dir: &WorkspacePath,
+        reported: &WorkspacePath,
+    ) -> Result<PathBuf, SandboxError> {
         let host = self.host_path(dir);
         let ancestor = self.deepest_existing(&host, reported)?;
         let resolved = fs::canonicalize(&ancestor).map_err(|e| match e.kind() {
@@ -159,28 +187,44 @@ impl Workspace {
         let resolved = fs::canonicalize(&host).map_err(|e| io_error(reported, e))?;
         self.check_inside(reported, &resolved)?;
         if !resolved.is_dir() {
-            return Err(SandboxError::Invalid(format!("a parent of `{reported}` is not a directory")));
+            return Err(SandboxError::Invalid(format!(
+                "a parent of `{reported}` is not a directory"
+            )));
         }
         Ok(resolved)
     }
 
     /// The deepest of `host` and its ancestors (up to the root) that exists, links included.
-    fn deepest_existing(&self, host: &Path, reported: &WorkspacePath) -> Result<PathBuf, SandboxError> {
+    fn deepest_existing(
+        &self,
+        host: &Path,
+        reported: &WorkspacePath,
+    ) -> Result<PathBuf, SandboxError> {
         for candidate in host.ancestors() {
             match fs::symlink_metadata(candidate) {
                 Ok(_) => return Ok(candidate.to_path_buf()),
-                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) => {}
                 Err(e) => return Err(io_error(reported, e)),
             }
             if candidate == self.root {
                 break;
             }
         }
-        Err(SandboxError::Unavailable("the project directory is gone".into()))
+        Err(SandboxError::Unavailable(
+            "the project directory is gone".into(),
+        ))
     }
 
     fn check_inside(&self, path: &WorkspacePath, resolved: &Path) -> Result<(), SandboxError> {
-        if resolved.starts_with(&self.root) { Ok(()) } else { Err(refuse(path, OUTSIDE)) }
+        if resolved.starts_with(&self.root) {
+            Ok(())
+        } else {
+            Err(refuse(path, OUTSIDE))
+        }
     }
 }
 
@@ -196,7 +240,10 @@ fn split_parent(path: &WorkspacePath) -> Option<(WorkspacePath, &str)> {
 }
 
 fn refuse(path: &WorkspacePath, reason: &'static str) -> SandboxError {
-    SandboxError::Path(PathError { path: path.as_str().chars().take(200).collect(), reason })
+    SandboxError::Path(PathError {
+        path: path.as_str().chars().take(200).collect(),
+        reason,
+    })
 }
 
 fn too_large(path: &WorkspacePath, size: u64, limit: u64) -> SandboxError {
@@ -214,7 +261,9 @@ pub(crate) fn io_error(path: &WorkspacePath, e: io::Error) -> SandboxError {
     match e.kind() {
         K::NotFound => SandboxError::NotFound(path.to_string()),
         K::IsADirectory => SandboxError::Invalid(format!("`{path}` is a directory")),
-        K::NotADirectory => SandboxError::Invalid(format!("a parent of `{path}` is not a directory")),
+        K::NotADirectory => {
+            SandboxError::Invalid(format!("a parent of `{path}` is not a directory"))
+        }
         K::PermissionDenied => SandboxError::Invalid(format!("permission denied: `{path}`")),
         K::AlreadyExists => SandboxError::Invalid(format!("`{path}` already exists")),
         K::InvalidFilename | K::InvalidInput => SandboxError::Invalid(format!("`{path}`: {e}")),

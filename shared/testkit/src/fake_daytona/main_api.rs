@@ -49,9 +49,18 @@ async fn create(State(fake): State<Arc<Fake>>, Json(raw): Json<Value>) -> Respon
             inner.creates_to_refuse -= 1;
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
             let headers = response.headers_mut();
-            headers.insert("Retry-After-sandbox-create", "0".parse().expect("valid header"));
-            headers.insert("X-RateLimit-Limit-sandbox-create", "300".parse().expect("valid header"));
-            headers.insert("X-RateLimit-Remaining-sandbox-create", "0".parse().expect("valid header"));
+            headers.insert(
+                "Retry-After-sandbox-create",
+                "0".parse().expect("valid header"),
+            );
+            headers.insert(
+                "X-RateLimit-Limit-sandbox-create",
+                "300".parse().expect("valid header"),
+            );
+            headers.insert(
+                "X-RateLimit-Remaining-sandbox-create",
+                "0".parse().expect("valid header"),
+            );
             return response;
         }
     }
@@ -60,29 +69,58 @@ async fn create(State(fake): State<Arc<Fake>>, Json(raw): Json<Value>) -> Respon
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if body.snapshot.is_some() && body.build_info.is_some() {
-        return error(StatusCode::BAD_REQUEST, "Cannot specify both snapshot and buildInfo");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Cannot specify both snapshot and buildInfo",
+        );
     }
-    if body.build_info.as_ref().is_some_and(|b| !b.dockerfile_content.starts_with("FROM ")) {
-        return error(StatusCode::BAD_REQUEST, "buildInfo.dockerfileContent must start with FROM");
+    if body
+        .build_info
+        .as_ref()
+        .is_some_and(|b| !b.dockerfile_content.starts_with("FROM "))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "buildInfo.dockerfileContent must start with FROM",
+        );
     }
     let (seq, id) = {
         let mut inner = fake.lock();
         if let Some(name) = &body.name
             && inner.sandboxes.values().any(|s| &s.name == name)
         {
-            return error(StatusCode::CONFLICT, format!("Sandbox with name {name} already exists"));
+            return error(
+                StatusCode::CONFLICT,
+                format!("Sandbox with name {name} already exists"),
+            );
         }
         inner.next_seq += 1;
         let seq = inner.next_seq;
-        (seq, format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{seq:012x}", rand::random::<u32>(), rand::random::<u16>(), rand::random::<u16>() & 0xfff, rand::random::<u16>() & 0xfff))
+        (
+            seq,
+            format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{seq:012x}",
+                rand::random::<u32>(),
+                rand::random::<u16>(),
+                rand::random::<u16>() & 0xfff,
+                rand::random::<u16>() & 0xfff
+            ),
+        )
     };
     let labels = body.labels.unwrap_or_default();
-    let spec = SandboxSpec { name: id.clone(), labels: labels.clone() };
+    let spec = SandboxSpec {
+        name: id.clone(),
+        labels: labels.clone(),
+    };
     let local = match fake.local.provider().create_local(&spec).await {
         Ok(local) => local,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    assert_eq!(tb_core::sandbox::Sandbox::id(&local), id, "the backing sandbox takes the fake's id");
+    assert_eq!(
+        tb_core::sandbox::Sandbox::id(&local),
+        id,
+        "the backing sandbox takes the fake's id"
+    );
     let mut inner = fake.lock();
     let (then, reason) = match inner.next_start_error.take() {
         Some(reason) => ("error".to_owned(), Some(reason)),
@@ -94,7 +132,11 @@ async fn create(State(fake): State<Arc<Fake>>, Json(raw): Json<Value>) -> Respon
         seq,
         labels,
         state: "creating".into(),
-        pending: Some(Pending { gets_left: 1, then, reason }),
+        pending: Some(Pending {
+            gets_left: 1,
+            then,
+            reason,
+        }),
         error_reason: None,
         snapshot: body.snapshot,
         auto_stop_interval: body.auto_stop_interval.unwrap_or(15),
@@ -104,6 +146,10 @@ async fn create(State(fake): State<Arc<Fake>>, Json(raw): Json<Value>) -> Respon
     };
     let answer = dto(&fake, &sandbox);
     inner.sandboxes.insert(id, sandbox);
+    if inner.creates_to_lose > 0 {
+        inner.creates_to_lose -= 1;
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
+    }
     Json(answer).into_response()
 }
 
@@ -126,9 +172,19 @@ struct ListQuery {
 }
 
 async fn list(State(fake): State<Arc<Fake>>, Query(query): Query<ListQuery>) -> Response {
-    let wanted: BTreeMap<String, String> = match query.labels.as_deref().map(serde_json::from_str).transpose() {
+    let wanted: BTreeMap<String, String> = match query
+        .labels
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+    {
         Ok(labels) => labels.unwrap_or_default(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("labels must be a JSON object: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("labels must be a JSON object: {e}"),
+            );
+        }
     };
     let start: usize = match query.cursor.as_deref().map(str::parse).transpose() {
         Ok(start) => start.unwrap_or(0),
@@ -136,34 +192,63 @@ async fn list(State(fake): State<Arc<Fake>>, Query(query): Query<ListQuery>) -> 
     };
     let mut inner = fake.lock();
     inner.counters.lists += 1;
-    let limit = query.limit.unwrap_or(100).clamp(1, 200).min(inner.page_size.unwrap_or(usize::MAX));
-    let mut matching: Vec<&FakeSandbox> =
-        inner.sandboxes.values().filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v))).collect();
+    let limit = query
+        .limit
+        .unwrap_or(100)
+        .clamp(1, 200)
+        .min(inner.page_size.unwrap_or(usize::MAX));
+    let mut matching: Vec<&FakeSandbox> = inner
+        .sandboxes
+        .values()
+        .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .collect();
     matching.sort_by_key(|s| s.seq);
-    let items: Vec<Value> = matching.iter().skip(start).take(limit).map(|s| dto(&fake, s)).collect();
+    let items: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|s| dto(&fake, s))
+        .collect();
     let next = start + items.len();
-    let next_cursor = if next < matching.len() { json!(next.to_string()) } else { Value::Null };
+    let next_cursor = if next < matching.len() {
+        json!(next.to_string())
+    } else {
+        Value::Null
+    };
     Json(json!({ "items": items, "nextCursor": next_cursor })).into_response()
 }
 
 async fn start(State(fake): State<Arc<Fake>>, Path(id): Path<String>) -> Response {
     let mut inner = fake.lock();
     inner.counters.starts += 1;
-    let Some(sandbox) = inner.find_mut(&id) else { return not_found(&id) };
+    let Some(sandbox) = inner.find_mut(&id) else {
+        return not_found(&id);
+    };
     match sandbox.state.as_str() {
         "started" | "starting" => {}
         "stopped" | "archived" | "paused" => {
             sandbox.state = "starting".into();
-            sandbox.pending = Some(Pending { gets_left: 1, then: "started".into(), reason: None });
+            sandbox.pending = Some(Pending {
+                gets_left: 1,
+                then: "started".into(),
+                reason: None,
+            });
         }
-        other => return error(StatusCode::BAD_REQUEST, format!("Sandbox is {other} and cannot be started")),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("Sandbox is {other} and cannot be started"),
+            );
+        }
     }
     Json(dto(&fake, sandbox)).into_response()
 }
 
 async fn stop(State(fake): State<Arc<Fake>>, Path(id): Path<String>) -> Response {
     let mut inner = fake.lock();
-    let Some(sandbox) = inner.find_mut(&id) else { return not_found(&id) };
+    let Some(sandbox) = inner.find_mut(&id) else {
+        return not_found(&id);
+    };
     sandbox.state = "stopped".into();
     sandbox.pending = None;
     Json(dto(&fake, sandbox)).into_response()
@@ -172,7 +257,9 @@ async fn stop(State(fake): State<Arc<Fake>>, Path(id): Path<String>) -> Response
 async fn delete(State(fake): State<Arc<Fake>>, Path(id): Path<String>) -> Response {
     let removed = {
         let mut inner = fake.lock();
-        let Some(key) = inner.find_mut(&id).map(|s| s.id.clone()) else { return not_found(&id) };
+        let Some(key) = inner.find_mut(&id).map(|s| s.id.clone()) else {
+            return not_found(&id);
+        };
         inner.sandboxes.remove(&key).expect("found above")
     };
     if let Err(e) = fake.local.provider().destroy(&removed.id).await {
@@ -184,11 +271,17 @@ async fn delete(State(fake): State<Arc<Fake>>, Path(id): Path<String>) -> Respon
 }
 
 fn not_found(id: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("Sandbox with ID or name {id} not found"))
+    error(
+        StatusCode::NOT_FOUND,
+        format!("Sandbox with ID or name {id} not found"),
+    )
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The `Sandbox` DTO, with the required fields of the real one.

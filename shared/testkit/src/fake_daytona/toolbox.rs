@@ -39,7 +39,11 @@ struct PathQuery {
     recursive: Option<String>,
 }
 
-async fn execute(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Json(raw): Json<Value>) -> Response {
+async fn execute(
+    State(fake): State<Arc<Fake>>,
+    Path(id): Path<String>,
+    Json(raw): Json<Value>,
+) -> Response {
     {
         let mut inner = fake.lock();
         inner.counters.execs += 1;
@@ -54,23 +58,29 @@ async fn execute(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Json(raw
     }
     let sandbox = match started(&fake, &id) {
         Ok(sandbox) => sandbox,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut script = String::new();
     if let Some(cwd) = &body.cwd {
         match to_workspace(&fake, cwd) {
             Ok(dir) if dir.is_root() => {}
             Ok(dir) => script = format!("cd '{}' || exit 1\n", dir.as_str().replace('\'', r"'\''")),
-            Err(response) => return response,
+            Err(response) => return *response,
         }
     }
     script.push_str(&body.command);
     // No timeout means no limit at the daemon.
-    let timeout = body.timeout.filter(|&t| t > 0).map_or(Duration::from_secs(24 * 3600), Duration::from_secs);
+    let timeout = body
+        .timeout
+        .filter(|&t| t > 0)
+        .map_or(Duration::from_secs(24 * 3600), Duration::from_secs);
     match sandbox.exec(&script, timeout).await {
-        Ok(out) if out.timed_out => daemon_error(StatusCode::REQUEST_TIMEOUT, "command execution timeout"),
+        Ok(out) if out.timed_out => {
+            daemon_error(StatusCode::REQUEST_TIMEOUT, "command execution timeout")
+        }
         // Go reports -1 for a process killed by a signal.
-        Ok(out) => Json(json!({ "exitCode": out.exit_code.unwrap_or(-1), "result": out.output })).into_response(),
+        Ok(out) => Json(json!({ "exitCode": out.exit_code.unwrap_or(-1), "result": out.output }))
+            .into_response(),
         Err(e) => sandbox_error(e),
     }
 }
@@ -83,7 +93,7 @@ async fn upload(
 ) -> Response {
     let (sandbox, path) = match target(&fake, &id, &query.path) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     loop {
         match multipart.next_field().await {
@@ -98,31 +108,50 @@ async fn upload(
                 };
             }
             Ok(Some(_)) => continue,
-            Ok(None) => return daemon_error(StatusCode::BAD_REQUEST, "multipart part `file` is required"),
+            Ok(None) => {
+                return daemon_error(StatusCode::BAD_REQUEST, "multipart part `file` is required");
+            }
             Err(e) => return daemon_error(StatusCode::BAD_REQUEST, &e.to_string()),
         }
     }
 }
 
-async fn download(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(query): Query<PathQuery>) -> Response {
+async fn download(
+    State(fake): State<Arc<Fake>>,
+    Path(id): Path<String>,
+    Query(query): Query<PathQuery>,
+) -> Response {
     let (sandbox, path) = match target(&fake, &id, &query.path) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match sandbox.read_file(&path).await {
-        Ok(contents) => ([(header::CONTENT_TYPE, "application/octet-stream")], contents).into_response(),
+        Ok(contents) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            contents,
+        )
+            .into_response(),
         Err(e) => sandbox_error(e),
     }
 }
 
-async fn delete(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(query): Query<PathQuery>) -> Response {
+async fn delete(
+    State(fake): State<Arc<Fake>>,
+    Path(id): Path<String>,
+    Query(query): Query<PathQuery>,
+) -> Response {
     let (sandbox, path) = match target(&fake, &id, &query.path) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let recursive = query.recursive.as_deref() == Some("true");
     match sandbox.is_dir(&path).await {
-        Ok(true) if !recursive => return daemon_error(StatusCode::BAD_REQUEST, "cannot delete a directory without recursive=true"),
+        Ok(true) if !recursive => {
+            return daemon_error(
+                StatusCode::BAD_REQUEST,
+                "cannot delete a directory without recursive=true",
+            );
+        }
         Ok(_) => {}
         Err(e) => return sandbox_error(e),
     }
@@ -132,10 +161,14 @@ async fn delete(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(que
     }
 }
 
-async fn list(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(query): Query<PathQuery>) -> Response {
+async fn list(
+    State(fake): State<Arc<Fake>>,
+    Path(id): Path<String>,
+    Query(query): Query<PathQuery>,
+) -> Response {
     let (sandbox, path) = match target(&fake, &id, &query.path) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match sandbox.list(&path).await {
         Ok(entries) => {
@@ -161,8 +194,14 @@ async fn list(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(query
     }
 }
 
-async fn folder(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(query): Query<BTreeMap<String, String>>) -> Response {
-    let Some(dir) = query.get("path") else { return daemon_error(StatusCode::BAD_REQUEST, "path is required") };
+async fn folder(
+    State(fake): State<Arc<Fake>>,
+    Path(id): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let Some(dir) = query.get("path") else {
+        return daemon_error(StatusCode::BAD_REQUEST, "path is required");
+    };
     if let Some(mode) = query.get("mode")
         && u32::from_str_radix(mode, 8).is_err()
     {
@@ -170,7 +209,7 @@ async fn folder(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(que
     }
     let (sandbox, path) = match target(&fake, &id, dir) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match sandbox.create_dir_all(&path).await {
         Ok(()) => StatusCode::CREATED.into_response(),
@@ -179,34 +218,57 @@ async fn folder(State(fake): State<Arc<Fake>>, Path(id): Path<String>, Query(que
 }
 
 /// The started sandbox `id` and `absolute` mapped into its workspace.
-fn target(fake: &Fake, id: &str, absolute: &str) -> Result<(LocalSandbox, WorkspacePath), Response> {
+fn target(
+    fake: &Fake,
+    id: &str,
+    absolute: &str,
+) -> Result<(LocalSandbox, WorkspacePath), Box<Response>> {
     let sandbox = started(fake, id)?;
     Ok((sandbox, to_workspace(fake, absolute)?))
 }
 
-fn started(fake: &Fake, id: &str) -> Result<LocalSandbox, Response> {
+/// Errors are boxed: a `Response` is large.
+fn started(fake: &Fake, id: &str) -> Result<LocalSandbox, Box<Response>> {
     let inner = fake.lock();
     match inner.sandboxes.get(id) {
         Some(sandbox) if sandbox.state == "started" => Ok(sandbox.local.clone()),
-        Some(sandbox) => Err(error(StatusCode::CONFLICT, format!("Sandbox is {}, not started", sandbox.state))),
-        None => Err(error(StatusCode::NOT_FOUND, format!("Sandbox with ID {id} not found"))),
+        Some(sandbox) => Err(Box::new(error(
+            StatusCode::CONFLICT,
+            format!("Sandbox is {}, not started", sandbox.state),
+        ))),
+        None => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("Sandbox with ID {id} not found"),
+        ))),
     }
 }
 
 /// `<workdir>/a/b` → `a/b`; anything not under the workdir is refused with 400.
-fn to_workspace(fake: &Fake, absolute: &str) -> Result<WorkspacePath, Response> {
-    let refuse = || daemon_error(StatusCode::BAD_REQUEST, &format!("path {absolute} is outside {}", fake.workdir));
+fn to_workspace(fake: &Fake, absolute: &str) -> Result<WorkspacePath, Box<Response>> {
+    let refuse = || {
+        Box::new(daemon_error(
+            StatusCode::BAD_REQUEST,
+            &format!("path {absolute} is outside {}", fake.workdir),
+        ))
+    };
     let relative = if absolute == fake.workdir {
         ""
     } else {
-        absolute.strip_prefix(&fake.workdir).and_then(|rest| rest.strip_prefix('/')).ok_or_else(refuse)?
+        absolute
+            .strip_prefix(&fake.workdir)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .ok_or_else(refuse)?
     };
     WorkspacePath::parse(relative).map_err(|_| refuse())
 }
 
 /// The daemon's (gin) error shape: `{"error": …}`.
 fn daemon_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message, "statusCode": status.as_u16() }))).into_response()
+    (
+        status,
+        Json(json!({ "error": message, "statusCode": status.as_u16() })),
+    )
+        .into_response()
 }
 
 fn sandbox_error(e: SandboxError) -> Response {
