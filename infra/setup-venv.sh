@@ -2,9 +2,9 @@
 # Creates the Python venv holding moto (local S3/SQS/DynamoDB), boto3, the SAM translator
 # and cfn-lint, pinned in infra/requirements.txt.
 #
-# Idempotent: a stamp file inside the venv records the hash of requirements.txt, so a second
-# run with unchanged pins returns in well under a second. TB_VENV (default .venv at the
-# repository root) picks the location; CI points it at a directory that survives between runs.
+# Idempotent: a stamp file inside the venv records the hash of requirements.txt, so a run
+# with unchanged pins returns at once. TB_VENV (default .venv at the repository root) picks
+# the location; CI points it at a directory that survives between runs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -14,14 +14,23 @@ requirements="infra/requirements.txt"
 stamp="$venv/.turbobackend-requirements.sha256"
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 
-if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  exit 0
-fi
+up_to_date() {
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$venv/bin/python" -c '' 2>/dev/null
+}
 
-if [[ ! -x "$venv/bin/python" ]]; then
+up_to_date && exit 0
+
+# One installer at a time (two CI runs or a developer and CI sharing the venv).
+mkdir -p "$(dirname "$venv")"
+venv_abs="$(cd "$(dirname "$venv")" && pwd)/$(basename "$venv")"
+exec 9>"${TMPDIR:-/tmp}/turbobackend-venv-$(printf '%s' "$venv_abs" | sha256sum | cut -c1-16).lock"
+flock 9
+up_to_date && exit 0
+
+if ! "$venv/bin/python" -c '' 2>/dev/null; then
+  # Missing, or made by a Python that is gone: start from an empty directory.
   echo "setup-venv: creating $venv" >&2
-  mkdir -p "$(dirname "$venv")"
-  python3 -m venv "$venv"
+  python3 -m venv --clear "$venv"
 fi
 
 echo "setup-venv: installing $requirements into $venv" >&2

@@ -445,9 +445,25 @@ async fn the_context_is_compacted_when_it_nears_the_window() {
         script(json!({"context_window": 12000, "turns": t}))
     };
     let sandbox = TestSandbox::new().await;
-    let compacting = run_agent(&ScriptedModel::new(make(10)), &sandbox.sandbox, &AgentConfig { keep_recent_messages: 4, ..test_config() }).await;
+    let compacting = run_agent(
+        &ScriptedModel::new(make(10)),
+        &sandbox.sandbox,
+        &AgentConfig {
+            keep_recent_messages: 4,
+            ..test_config()
+        },
+    )
+    .await;
     let sandbox = TestSandbox::new().await;
-    let plain = run_agent(&ScriptedModel::new(make(10)), &sandbox.sandbox, &AgentConfig { compaction: false, ..test_config() }).await;
+    let plain = run_agent(
+        &ScriptedModel::new(make(10)),
+        &sandbox.sandbox,
+        &AgentConfig {
+            compaction: false,
+            ..test_config()
+        },
+    )
+    .await;
 
     assert!(outcome(&compacting).is_success() && outcome(&plain).is_success());
     assert!(compacting.compacted_upto > 0, "the boundary never moved");
@@ -459,5 +475,38 @@ async fn the_context_is_compacted_when_it_nears_the_window() {
         "compacted {} vs plain {} tokens",
         last_prompt(&compacting),
         last_prompt(&plain)
+    );
+}
+
+#[tokio::test]
+async fn the_loop_runs_in_a_daytona_sandbox_through_its_rest_api() {
+    use tb_core::sandbox::{SandboxProvider, SandboxSpec};
+    let daytona = tb_testkit::FakeDaytona::start("daytona-test-key").await;
+    let provider = daytona.provider();
+    let sandbox = provider
+        .create(&SandboxSpec {
+            name: "agent-run".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let server = ScriptedServer::start(hello_script()).await;
+    let state = run_agent(&anthropic_client(&server), sandbox.as_ref(), &test_config()).await;
+    assert_eq!(
+        outcome(&state),
+        &Outcome::Finished {
+            summary: "wrote and read a file".into()
+        }
+    );
+    // The files really landed in the sandbox behind the API.
+    let dir = daytona.workspace_dir(sandbox.id()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes/hello.txt")).unwrap(),
+        "hello from the model\n"
+    );
+    assert!(
+        tool_results(&state)[1]
+            .0
+            .contains("hello from the model\ndone")
     );
 }

@@ -20,6 +20,7 @@ pub mod money;
 pub mod ports;
 pub mod pricing;
 pub mod sandbox;
+pub mod settings;
 pub mod usage;
 
 pub use conversation::{Block, Message, Role};

@@ -19,6 +19,7 @@ pub mod openai;
 pub mod retry;
 pub mod scripted;
 pub mod server;
+pub mod settings;
 
 pub use anthropic::{AnthropicClient, AnthropicConfig};
 pub use cache_sim::PromptCacheSim;
@@ -27,3 +28,4 @@ pub use openai::{OpenAiClient, OpenAiConfig};
 pub use retry::RetryPolicy;
 pub use scripted::{Script, ScriptError, ScriptToolCall, ScriptTurn, ScriptedModel};
 pub use server::{OpenAiDialect, ScriptedServer};
+pub use settings::{ModelSettings, USERS_API_SCRIPT};

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tb_core::agent::{Agent, AgentConfig, AgentState, CancelFlag, Slice};
 use tb_core::pricing::PriceTable;
-use tb_core::{Block, MicroUsd, Message, Role, TokenUsage};
+use tb_core::{Block, Message, MicroUsd, Role, TokenUsage};
 use tb_models::scripted::ScriptedModel;
 use tb_tests::TestSandbox;
 use tb_tests::instant::{InstantModel, InstantSandbox};
@@ -21,7 +21,17 @@ const BENCH_SCRIPT: &str = include_str!("../../../shared/models/scripts/bench-ex
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     println!("turbobackend engine benchmarks");
-    println!("machine: {} cores; build: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), if cfg!(debug_assertions) { "debug" } else { "release" });
+    println!(
+        "machine: {} cores; build: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     loop_overhead().await?;
     task_cost().await?;
     Ok(())
@@ -41,7 +51,11 @@ fn conversation(n: usize) -> AgentState {
         } else {
             state.messages.push(Message {
                 role: Role::User,
-                content: vec![Block::ToolResult { tool_use_id: format!("toolu_{}", i - 1), content: "x".repeat(300), is_error: false }],
+                content: vec![Block::ToolResult {
+                    tool_use_id: format!("toolu_{}", i - 1),
+                    content: "x".repeat(300),
+                    is_error: false,
+                }],
             });
         }
     }
@@ -50,22 +64,41 @@ fn conversation(n: usize) -> AgentState {
 
 async fn loop_overhead() -> anyhow::Result<()> {
     println!("\n## 1. Loop overhead per iteration (zero-latency model and sandbox)");
-    println!("Each iteration: limits check, one model call that answers at once with a write_file call,");
+    println!(
+        "Each iteration: limits check, one model call that answers at once with a write_file call,"
+    );
     println!("the tool run against an in-memory sandbox, stuck check, state update. Mean of 300");
-    println!("single iterations, each on a fresh copy of an n-message state (messages of ~300 bytes).");
-    println!("`+ request JSON` also builds the Anthropic request body, as the real client must per call.");
-    println!("`+ compacted view` sets the compaction boundary, so the sent view is rebuilt per call.\n");
+    println!(
+        "single iterations, each on a fresh copy of an n-message state (messages of ~300 bytes)."
+    );
+    println!(
+        "`+ request JSON` also builds the Anthropic request body, as the real client must per call."
+    );
+    println!(
+        "`+ compacted view` sets the compaction boundary, so the sent view is rebuilt per call.\n"
+    );
     println!("| messages | plain µs/iter | + request JSON µs/iter | + compacted view µs/iter |");
     println!("|---:|---:|---:|---:|");
     let prices = PriceTable::with_defaults();
-    let config = AgentConfig { max_iterations: u32::MAX, budget: MicroUsd::from_micros(i64::MAX), ..AgentConfig::standard() };
+    let config = AgentConfig {
+        max_iterations: u32::MAX,
+        budget: MicroUsd::from_micros(i64::MAX),
+        ..AgentConfig::standard()
+    };
     for n in [10usize, 100, 1000] {
         let samples = 300;
         let mut row = Vec::new();
         for (serialize, compacted) in [(false, false), (true, false), (true, true)] {
             let model = InstantModel { serialize };
             let sandbox = InstantSandbox::default();
-            let agent = Agent { model: &model, sandbox: &sandbox, db: None, prices: &prices, config: &config, cancel: CancelFlag::default() };
+            let agent = Agent {
+                model: &model,
+                sandbox: &sandbox,
+                db: None,
+                prices: &prices,
+                config: &config,
+                cancel: CancelFlag::default(),
+            };
             let mut base = conversation(n);
             if compacted {
                 base.compacted_upto = n / 2;
@@ -76,7 +109,15 @@ async fn loop_overhead() -> anyhow::Result<()> {
             for i in 0..samples + 10 {
                 let mut state = base.clone();
                 let started = Instant::now();
-                agent.run(&mut state, Slice { max_iterations: 1, deadline: None }).await?;
+                agent
+                    .run(
+                        &mut state,
+                        Slice {
+                            max_iterations: 1,
+                            deadline: None,
+                        },
+                    )
+                    .await?;
                 if i >= 10 {
                     total += started.elapsed();
                 }
@@ -89,11 +130,21 @@ async fn loop_overhead() -> anyhow::Result<()> {
 }
 
 async fn task_cost() -> anyhow::Result<()> {
-    println!("\n## 2. Tokens and cost of a scripted task (shared/models/scripts/bench-explore.json)");
-    println!("The scripted model replays 9 turns; tokens are its documented approximation (bytes/4)");
-    println!("with simulated prompt-cache reads and writes; prices are Sonnet 4.6's ($3 in, $15 out,");
-    println!("$3.75 cache write, $0.30 cache read per million tokens). Commands really run in a local sandbox.\n");
-    println!("| caching | truncation | input | cache write | cache read | output | cost | vs. both off |");
+    println!(
+        "\n## 2. Tokens and cost of a scripted task (shared/models/scripts/bench-explore.json)"
+    );
+    println!(
+        "The scripted model replays 9 turns; tokens are its documented approximation (bytes/4)"
+    );
+    println!(
+        "with simulated prompt-cache reads and writes; prices are Sonnet 4.6's ($3 in, $15 out,"
+    );
+    println!(
+        "$3.75 cache write, $0.30 cache read per million tokens). Commands really run in a local sandbox.\n"
+    );
+    println!(
+        "| caching | truncation | input | cache write | cache read | output | cost | vs. both off |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let mut baseline = None;
     for (caching, truncation) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -106,8 +157,17 @@ async fn task_cost() -> anyhow::Result<()> {
             ..tb_tests::test_config()
         };
         let state = tb_tests::run_agent(&model, &sandbox.sandbox, &config).await;
-        anyhow::ensure!(tb_tests::outcome(&state).is_success(), "the task did not finish: {:?}", state.outcome);
-        let TokenUsage { input, output, cache_write, cache_read } = state.usage;
+        anyhow::ensure!(
+            tb_tests::outcome(&state).is_success(),
+            "the task did not finish: {:?}",
+            state.outcome
+        );
+        let TokenUsage {
+            input,
+            output,
+            cache_write,
+            cache_read,
+        } = state.usage;
         let base = *baseline.get_or_insert(state.cost.micros());
         let on = |b: bool| if b { "on" } else { "off" };
         println!(
