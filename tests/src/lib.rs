@@ -3,6 +3,7 @@
 //! Tests use real things: a local sandbox in a temporary directory (real bash, real files),
 //! the real model clients against the scripted server on loopback.
 
+pub mod faults;
 pub mod instant;
 
 use std::path::PathBuf;

@@ -27,17 +27,7 @@ impl Progress {
 
     /// After each agent iteration: what it did and what it cost so far.
     pub fn iteration(&self, state: &AgentState) {
-        let actions: Vec<String> = state
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == tb_core::Role::Assistant)
-            .map(|m| {
-                m.tool_uses()
-                    .map(|(_, name, input)| describe(name, input))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let actions = tb_core::agent::last_actions(state);
         self.event(
             &format!(
                 "  [{:>2}/{}] {}  {}",
@@ -48,19 +38,5 @@ impl Progress {
             ),
             json!({"event": "iteration", "iteration": state.iteration, "cost_usd": state.cost.as_usd_f64(), "actions": actions}),
         );
-    }
-}
-
-fn describe(name: &str, input: &Value) -> String {
-    let arg = input
-        .get("command")
-        .or_else(|| input.get("path"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let arg: String = arg.chars().take(60).collect();
-    if arg.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name} {arg}")
     }
 }

@@ -458,6 +458,34 @@ fn apply(state: &mut AgentState, step: Step) {
     state.outcome = step.outcome;
 }
 
+/// The tool calls of the last assistant message, one short line each (`run_command npm
+/// install`), for progress lines and status pages.
+pub fn last_actions(state: &AgentState) -> Vec<String> {
+    let Some(m) = state
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Assistant)
+    else {
+        return Vec::new();
+    };
+    m.tool_uses()
+        .map(|(_, name, input)| {
+            let arg = input
+                .get("command")
+                .or_else(|| input.get("path"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let arg: String = arg.chars().take(60).collect();
+            if arg.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name} {arg}")
+            }
+        })
+        .collect()
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

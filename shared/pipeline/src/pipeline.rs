@@ -1,0 +1,52 @@
+//! The pipeline's dependencies, built once per process and shared by its operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tb_core::agent::AgentConfig;
+use tb_core::model::Model;
+use tb_core::ports::DevDatabase;
+use tb_core::pricing::PriceTable;
+use tb_core::sandbox::SandboxProvider;
+
+use crate::ports::{Queue, StateStore};
+
+/// How work is cut into slices and how long claims last.
+#[derive(Clone, Debug)]
+pub struct SliceSettings {
+    /// Agent iterations per worker invocation at most.
+    pub iterations_per_slice: u32,
+    /// How long a claim on a request lasts without being renewed. Must exceed the worker's
+    /// function timeout, so a live worker never loses its claim.
+    pub lease: Duration,
+    /// Stop a slice this long before the invocation's deadline.
+    pub safety_margin: Duration,
+    /// The sweeper re-drives a request with no live claim and no progress for this long.
+    pub stall_after: Duration,
+    /// The sweeper deletes sandboxes older than this that no live request owns.
+    pub sandbox_max_age: Duration,
+}
+
+impl SliceSettings {
+    pub fn standard() -> Self {
+        SliceSettings {
+            iterations_per_slice: 25,
+            lease: Duration::from_secs(360),
+            safety_margin: Duration::from_secs(60),
+            stall_after: Duration::from_secs(420),
+            sandbox_max_age: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// Everything the api, the worker and the sweeper need.
+pub struct Pipeline {
+    pub store: Arc<dyn StateStore>,
+    pub queue: Arc<dyn Queue>,
+    pub sandboxes: Arc<dyn SandboxProvider>,
+    pub model: Arc<dyn Model>,
+    pub dev_db: Option<Arc<dyn DevDatabase>>,
+    pub prices: PriceTable,
+    pub agent: AgentConfig,
+    pub slices: SliceSettings,
+}

@@ -1,0 +1,73 @@
+//! The pipeline's ports: where request state lives and how work is handed on.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tb_core::domain::{RequestId, UserId};
+use tb_core::ports::PortError;
+use tb_core::{Message, ModelCall};
+
+use crate::messages::{FinalizeMessage, WorkMessage};
+use crate::record::RequestRecord;
+
+/// What [`StateStore::create`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    New,
+    /// A request with this id already existed (an idempotent retry); here it is.
+    Existing(Box<RequestRecord>),
+}
+
+/// What one commit appends: messages with their indices, and model calls.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Appended<'a> {
+    /// The index of `messages[0]` in the conversation.
+    pub first_index: usize,
+    pub messages: &'a [Message],
+    pub calls: &'a [ModelCall],
+}
+
+/// Request state and conversations.
+///
+/// Invariants every adapter keeps: `commit` is all-or-nothing and succeeds only if the stored
+/// version equals `expected_version` (then the stored record is `record`, whose version the
+/// caller has already bumped); appended messages and calls never overwrite existing ones;
+/// the bytes written by a commit depend on what it appends, not on the conversation's length.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Stores a new request with its first message, unless the id exists.
+    async fn create(&self, record: &RequestRecord, first: &Message) -> Result<Created, PortError>;
+    async fn load(&self, id: &RequestId) -> Result<Option<RequestRecord>, PortError>;
+    /// The conversation and model calls of a request, in order.
+    async fn conversation(
+        &self,
+        record: &RequestRecord,
+    ) -> Result<(Vec<Message>, Vec<ModelCall>), PortError>;
+    /// Writes `record` and appends, conditional on the stored version being `expected_version`.
+    /// `PortError::Conflict` when someone else wrote first.
+    async fn commit(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+        appended: Appended<'_>,
+    ) -> Result<(), PortError>;
+    /// Requests not in a terminal phase (for the sweeper).
+    async fn active(&self) -> Result<Vec<RequestRecord>, PortError>;
+    /// A user's requests, newest first, at most `limit`.
+    async fn list_for_owner(
+        &self,
+        owner: &UserId,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, PortError>;
+}
+
+/// The work and finalize queues. At-least-once: every message may arrive twice, late, or
+/// (if sending fails after the state was committed) never; the sweeper covers the last case.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    async fn send_work(&self, message: &WorkMessage, delay: Duration) -> Result<(), PortError>;
+    async fn send_finalize(&self, message: &FinalizeMessage) -> Result<(), PortError>;
+    /// Parks a work message that can never succeed on the work dead-letter queue, with the
+    /// reason: `{"reason": …, "body": <the original body>}`.
+    async fn dead_letter(&self, body: &str, reason: &str) -> Result<(), PortError>;
+}

@@ -1,0 +1,150 @@
+//! The request record: everything about a request except its conversation and its calls.
+//!
+//! Stored as one item (`STATE`) whose size does not grow with the conversation; messages
+//! and model calls are stored as separate append-only items.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tb_core::agent::{AgentState, Outcome, StuckState};
+use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
+use tb_core::{Message, MicroUsd, ModelCall, TokenUsage};
+
+/// Lines of recent activity kept on the record.
+pub const ACTIVITY_LINES: usize = 12;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: RequestId,
+    pub owner: UserId,
+    pub project: ProjectId,
+    /// The API key the request came in with, if any.
+    pub key_id: Option<String>,
+    pub description: Description,
+    pub callback_url: Option<String>,
+    pub phase: Phase,
+    /// The continuation sequence: only a work message carrying this number is acted on.
+    pub seq: u64,
+    /// Bumped by every write; writes are conditional on the version read.
+    pub version: u64,
+    pub lease: Option<Lease>,
+    pub sandbox_id: Option<String>,
+    pub agent: AgentHeader,
+    pub cancel_requested: bool,
+    /// Finalizer step name → its recorded result (a step with a result is not run again).
+    pub steps: BTreeMap<String, Value>,
+    pub failure: Option<Failure>,
+    pub activity: Vec<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// A worker's claim on a request, until `until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub until_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Where it failed: `agent`, `queue`, or a finalizer step.
+    pub step: String,
+    pub reason: String,
+}
+
+/// [`AgentState`] without its messages and calls, plus their counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentHeader {
+    pub iteration: u32,
+    pub usage: TokenUsage,
+    pub cost: MicroUsd,
+    pub started_at_ms: u64,
+    pub compacted_upto: usize,
+    pub stuck: StuckState,
+    pub outcome: Option<Outcome>,
+    pub messages: usize,
+    pub calls: usize,
+}
+
+impl AgentHeader {
+    pub fn of(state: &AgentState) -> Self {
+        AgentHeader {
+            iteration: state.iteration,
+            usage: state.usage,
+            cost: state.cost,
+            started_at_ms: state.started_at_ms,
+            compacted_upto: state.compacted_upto,
+            stuck: state.stuck.clone(),
+            outcome: state.outcome.clone(),
+            messages: state.messages.len(),
+            calls: state.calls.len(),
+        }
+    }
+
+    /// Reassembles the agent state from the header and the stored items.
+    pub fn join(&self, messages: Vec<Message>, calls: Vec<ModelCall>) -> AgentState {
+        AgentState {
+            messages,
+            calls,
+            iteration: self.iteration,
+            usage: self.usage,
+            cost: self.cost,
+            started_at_ms: self.started_at_ms,
+            compacted_upto: self.compacted_upto,
+            stuck: self.stuck.clone(),
+            outcome: self.outcome.clone(),
+        }
+    }
+}
+
+impl RequestRecord {
+    pub fn new(
+        id: RequestId,
+        owner: UserId,
+        project: ProjectId,
+        description: Description,
+        now_ms: u64,
+    ) -> (Self, Message) {
+        let state = AgentState::new(description.as_str());
+        let first = state.messages[0].clone();
+        let record = RequestRecord {
+            id,
+            owner,
+            project,
+            key_id: None,
+            description,
+            callback_url: None,
+            phase: Phase::Queued,
+            seq: 0,
+            version: 0,
+            lease: None,
+            sandbox_id: None,
+            agent: AgentHeader {
+                started_at_ms: now_ms,
+                ..AgentHeader::of(&state)
+            },
+            cancel_requested: false,
+            steps: BTreeMap::new(),
+            failure: None,
+            activity: Vec::new(),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        };
+        (record, first)
+    }
+
+    pub fn push_activity(&mut self, line: String) {
+        self.activity.push(line);
+        let excess = self.activity.len().saturating_sub(ACTIVITY_LINES);
+        self.activity.drain(..excess);
+    }
+
+    /// Whether another worker holds a live lease.
+    pub fn leased_by_other(&self, me: &str, now_ms: u64) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|l| l.owner != me && l.until_ms > now_ms)
+    }
+}

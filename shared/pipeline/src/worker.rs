@@ -1,0 +1,428 @@
+//! The worker: one work message → at most one slice of agent iterations.
+//!
+//! 1. Parse the message (ours, or a job in the original system's shape, which creates the
+//!    request on first sight).
+//! 2. Drop it if it is stale: the request is done, its sequence moved on, or another worker
+//!    holds a live claim.
+//! 3. Claim the request (a conditional write: version fencing).
+//! 4. Load the conversation, attach to (or create) the sandbox.
+//! 5. Run iterations one at a time, committing each (its messages, its call, the header)
+//!    conditionally; a conflict means someone else wrote (a cancel, or we were fenced out).
+//! 6. Hand over: re-enqueue a continuation with the next sequence, or send the request to
+//!    the finalizer. The commit comes before the send; a lost send is re-driven by the
+//!    sweeper, a duplicate one is dropped at step 2.
+//!
+//! A crash anywhere loses at most the iteration in flight: its call is not committed, so its
+//! cost is not counted, and the next worker redoes it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tb_core::agent::{
+    Agent, AgentError, AgentState, CancelFlag, Outcome, Slice, last_actions, now_ms,
+};
+use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
+use tb_core::ports::PortError;
+use tb_core::sandbox::{Sandbox, SandboxError, SandboxSpec};
+use tracing::Instrument;
+
+use crate::messages::{FinalizeMessage, Incoming, Job, WorkMessage};
+use crate::pipeline::Pipeline;
+use crate::ports::Appended;
+use crate::record::{AgentHeader, Failure, Lease, RequestRecord};
+use crate::requests::{NewRequest, RequestError, derived_request_id};
+
+/// The invocation a message is handled in.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    /// Unique per invocation (the Lambda request id): the lease owner.
+    pub worker_id: String,
+    /// When the invocation must have returned.
+    pub deadline: Instant,
+}
+
+/// How handling a message ended (all of these acknowledge it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkDone {
+    /// Slice committed; a continuation with `seq` was enqueued.
+    Continued {
+        request_id: RequestId,
+        seq: u64,
+        iterations: u32,
+    },
+    /// The agent is done; the request went to the finalizer.
+    Finalizing {
+        request_id: RequestId,
+        iterations: u32,
+    },
+    /// Nothing to do: a duplicate, late or superseded message.
+    Stale {
+        request_id: RequestId,
+        why: &'static str,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    /// Try again later (report a batch item failure; SQS redelivers).
+    #[error("retry later: {0}")]
+    Retry(String),
+    /// Can never succeed: parked on the dead-letter queue with the reason (and the request,
+    /// if known, marked failed).
+    #[error("poison message: {reason}")]
+    Poison {
+        request: Option<RequestId>,
+        reason: String,
+    },
+}
+
+impl From<PortError> for WorkError {
+    fn from(e: PortError) -> Self {
+        WorkError::Retry(e.to_string())
+    }
+}
+
+/// The tools a job may name, and what each does with it.
+const KNOWN_TOOLS: [&str; 1] = ["execute_request"];
+
+impl Pipeline {
+    /// Handles one work-queue message body. Poison messages are parked on the dead-letter
+    /// queue here, with their reason, and acknowledged.
+    pub async fn handle_work(&self, body: &str, inv: &Invocation) -> Result<WorkDone, WorkError> {
+        match self.work(body, inv).await {
+            Err(WorkError::Poison { request, reason }) => {
+                tracing::warn!(request_id = ?request, "poison work message: {reason}");
+                if let Some(id) = &request {
+                    self.fail(id, "queue", &reason).await;
+                }
+                self.queue.dead_letter(body, &reason).await?;
+                Err(WorkError::Poison { request, reason })
+            }
+            other => other,
+        }
+    }
+
+    async fn work(&self, body: &str, inv: &Invocation) -> Result<WorkDone, WorkError> {
+        let poison = |reason: String| WorkError::Poison {
+            request: None,
+            reason,
+        };
+        let (id, seq) = match Incoming::parse(body).map_err(|e| poison(e.to_string()))? {
+            Incoming::Work(WorkMessage::Continue { request_id, seq }) => (request_id, seq),
+            Incoming::Job(job) => (self.accept_job(job).await?, 0),
+        };
+        let span = tracing::info_span!("slice", request_id = %id, seq);
+        self.slice(&id, seq, inv).instrument(span).await
+    }
+
+    /// Creates the request a job asks for (once: the id derives from the job id).
+    async fn accept_job(&self, job: Job) -> Result<RequestId, WorkError> {
+        let poison = |reason: String| WorkError::Poison {
+            request: None,
+            reason,
+        };
+        if !KNOWN_TOOLS.contains(&job.tool_name.as_str()) {
+            return Err(poison(format!(
+                "job {}: unknown tool `{}`; known tools: {}",
+                job.job_id,
+                job.tool_name,
+                KNOWN_TOOLS.join(", ")
+            )));
+        }
+        let owner =
+            UserId::parse(&job.user_id).map_err(|e| poison(format!("job {}: {e}", job.job_id)))?;
+        let project = match &job.project_id {
+            Some(p) => {
+                Some(ProjectId::parse(p).map_err(|e| poison(format!("job {}: {e}", job.job_id)))?)
+            }
+            None => None,
+        };
+        let text = job
+            .request_params
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let description = Description::parse(text)
+            .map_err(|e| poison(format!("job {}: request_params.{e}", job.job_id)))?;
+        let id = derived_request_id("job", &job.job_id);
+        let new = NewRequest {
+            owner,
+            key_id: job.mcp_key_id,
+            description,
+            project,
+            idempotency_key: None,
+            callback_url: None,
+        };
+        match self.create_with_id(id.clone(), new).await {
+            Ok(_) => Ok(id),
+            Err(RequestError::Invalid(r)) => Err(poison(r)),
+            Err(e) => Err(WorkError::Retry(e.to_string())),
+        }
+    }
+
+    async fn slice(
+        &self,
+        id: &RequestId,
+        seq: u64,
+        inv: &Invocation,
+    ) -> Result<WorkDone, WorkError> {
+        let stale = |why| {
+            Ok(WorkDone::Stale {
+                request_id: id.clone(),
+                why,
+            })
+        };
+        let Some(mut rec) = self.store.load(id).await? else {
+            return Err(WorkError::Poison {
+                request: None,
+                reason: format!("no request {id}"),
+            });
+        };
+        if rec.phase.is_terminal() || rec.phase == Phase::Finalizing {
+            return stale("the request is past its agent phase");
+        }
+        if rec.seq != seq {
+            return stale("superseded sequence");
+        }
+        if rec.leased_by_other(&inv.worker_id, now_ms()) {
+            return stale("another worker holds the request");
+        }
+        // Claim.
+        rec.phase = Phase::Running;
+        rec.lease = Some(self.lease(&inv.worker_id));
+        if let Err(e) = self.save(&mut rec, Appended::default()).await {
+            return match e {
+                PortError::Conflict(_) => stale("another worker claimed it first"),
+                e => Err(e.into()),
+            };
+        }
+        let (messages, calls) = self.store.conversation(&rec).await?;
+        let mut state = rec.agent.join(messages, calls);
+        if rec.cancel_requested && state.outcome.is_none() {
+            state.outcome = Some(Outcome::Cancelled);
+        }
+        let sandbox = if state.outcome.is_none() {
+            match self.sandbox_for(&mut rec).await {
+                Ok(s) => Some(s),
+                Err(e) if e.is_model_fault() => {
+                    state.outcome = Some(Outcome::Failed {
+                        reason: format!("sandbox: {e}"),
+                    });
+                    None
+                }
+                Err(e) => return Err(self.release(rec, e.to_string()).await),
+            }
+        } else {
+            None
+        };
+
+        let mut iterations = 0;
+        if let Some(sandbox) = &sandbox {
+            let agent = Agent {
+                model: self.model.as_ref(),
+                sandbox: sandbox.as_ref(),
+                db: self.dev_db.as_deref(),
+                prices: &self.prices,
+                config: &self.agent,
+                cancel: CancelFlag::default(),
+            };
+            while state.outcome.is_none()
+                && iterations < self.slices.iterations_per_slice
+                && Instant::now() + self.slices.safety_margin < inv.deadline
+            {
+                let (m0, c0) = (state.messages.len(), state.calls.len());
+                match agent
+                    .run(
+                        &mut state,
+                        Slice {
+                            max_iterations: 1,
+                            deadline: None,
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(AgentError::Pricing(e)) => {
+                        state.outcome = Some(Outcome::Failed {
+                            reason: e.to_string(),
+                        })
+                    }
+                    Err(e) => return Err(self.release(rec, e.to_string()).await),
+                }
+                iterations += 1;
+                rec.agent = AgentHeader::of(&state);
+                rec.lease = Some(self.lease(&inv.worker_id));
+                rec.push_activity(activity_line(&state));
+                let appended = Appended {
+                    first_index: m0,
+                    messages: &state.messages[m0..],
+                    calls: &state.calls[c0..],
+                };
+                match self.save(&mut rec, appended).await {
+                    Ok(()) => {}
+                    Err(PortError::Conflict(_)) => {
+                        // Someone wrote since our claim: a cancel (act on it), or a worker that
+                        // took over an expired claim (stop). This iteration is not recorded.
+                        let Some(fresh) = self.store.load(id).await? else {
+                            return stale("the request vanished");
+                        };
+                        if fresh.cancel_requested
+                            && fresh
+                                .lease
+                                .as_ref()
+                                .is_some_and(|l| l.owner == inv.worker_id)
+                            && !fresh.phase.is_terminal()
+                        {
+                            let (messages, calls) = self.store.conversation(&fresh).await?;
+                            state = fresh.agent.join(messages, calls);
+                            state.outcome = Some(Outcome::Cancelled);
+                            rec = fresh;
+                            break;
+                        }
+                        return stale("fenced out by a newer writer");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+
+        // Hand over.
+        rec.lease = None;
+        rec.agent = AgentHeader::of(&state);
+        if let Some(outcome) = &state.outcome {
+            rec.phase = Phase::Finalizing;
+            rec.push_activity(format!("agent {}", outcome.describe()));
+            self.save(&mut rec, Appended::default())
+                .await
+                .map_err(|e| WorkError::Retry(e.to_string()))?;
+            if let Err(e) = self
+                .queue
+                .send_finalize(&FinalizeMessage::Finalize {
+                    request_id: id.clone(),
+                })
+                .await
+            {
+                tracing::warn!(request_id = %id, "finalize message not sent ({e}); the sweeper will re-drive it");
+            }
+            tracing::info!(request_id = %id, iterations, cost_micros = state.cost.micros(), "agent done: {}", outcome.describe());
+            Ok(WorkDone::Finalizing {
+                request_id: id.clone(),
+                iterations,
+            })
+        } else {
+            rec.seq += 1;
+            self.save(&mut rec, Appended::default())
+                .await
+                .map_err(|e| WorkError::Retry(e.to_string()))?;
+            let next = WorkMessage::Continue {
+                request_id: id.clone(),
+                seq: rec.seq,
+            };
+            if let Err(e) = self.queue.send_work(&next, Duration::ZERO).await {
+                tracing::warn!(request_id = %id, "continuation not sent ({e}); the sweeper will re-drive it");
+            }
+            Ok(WorkDone::Continued {
+                request_id: id.clone(),
+                seq: rec.seq,
+                iterations,
+            })
+        }
+    }
+
+    /// Writes `rec` with the next version, conditional on the current one.
+    async fn save(&self, rec: &mut RequestRecord, appended: Appended<'_>) -> Result<(), PortError> {
+        let expected = rec.version;
+        rec.version += 1;
+        rec.updated_at_ms = now_ms();
+        let result = self.store.commit(rec, expected, appended).await;
+        if result.is_err() {
+            rec.version = expected;
+        }
+        result
+    }
+
+    fn lease(&self, owner: &str) -> Lease {
+        Lease {
+            owner: owner.to_string(),
+            until_ms: now_ms() + self.slices.lease.as_millis() as u64,
+        }
+    }
+
+    /// The request's sandbox: reattached, or created and recorded before use.
+    async fn sandbox_for(&self, rec: &mut RequestRecord) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        if let Some(sid) = &rec.sandbox_id {
+            return self.sandboxes.connect(sid).await.map_err(|e| match e {
+                SandboxError::NotFound(_) => {
+                    SandboxError::Invalid(format!("the sandbox {sid} of this request is gone"))
+                }
+                e => e,
+            });
+        }
+        let labels = [
+            (
+                crate::sweeper::REQUEST_LABEL.to_string(),
+                rec.id.to_string(),
+            ),
+            ("turbobackend-project".to_string(), rec.project.to_string()),
+        ];
+        let sandbox = self
+            .sandboxes
+            .create(&SandboxSpec {
+                name: rec.id.to_string(),
+                labels: labels.into_iter().collect(),
+            })
+            .await?;
+        rec.sandbox_id = Some(sandbox.id().to_string());
+        if let Err(e) = self.save(rec, Appended::default()).await {
+            // Not recorded: the sweeper deletes unowned sandboxes after their maximum age.
+            return Err(SandboxError::Unavailable(format!(
+                "recording the new sandbox: {e}"
+            )));
+        }
+        Ok(sandbox)
+    }
+
+    /// Gives up the claim after an infrastructure failure, so a redelivery can proceed.
+    async fn release(&self, mut rec: RequestRecord, reason: String) -> WorkError {
+        tracing::warn!(request_id = %rec.id, "slice failed: {reason}");
+        rec.lease = None;
+        if let Err(e) = self.save(&mut rec, Appended::default()).await {
+            tracing::warn!(request_id = %rec.id, "could not release the claim ({e}); it expires on its own");
+        }
+        WorkError::Retry(reason)
+    }
+
+    /// Marks a request failed (best effort; used for poison messages).
+    pub(crate) async fn fail(&self, id: &RequestId, step: &str, reason: &str) {
+        for _ in 0..3 {
+            let Ok(Some(mut rec)) = self.store.load(id).await else {
+                return;
+            };
+            if rec.phase.is_terminal() {
+                return;
+            }
+            rec.phase = Phase::Failed;
+            rec.lease = None;
+            rec.failure = Some(Failure {
+                step: step.into(),
+                reason: reason.into(),
+            });
+            match self.save(&mut rec, Appended::default()).await {
+                Err(PortError::Conflict(_)) => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// One line about the last iteration, for status pages.
+fn activity_line(state: &AgentState) -> String {
+    let actions = last_actions(state);
+    let actions = if actions.is_empty() {
+        "no tool call".to_string()
+    } else {
+        actions.join(", ")
+    };
+    format!("iteration {}: {actions} ({})", state.iteration, state.cost)
+}
