@@ -127,7 +127,7 @@ impl StateStore for MemoryStore {
             .filter(|s| &s.record.owner == owner)
             .map(|s| s.record.clone())
             .collect();
-        v.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        v.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
         v.truncate(limit);
         Ok(v)
     }
