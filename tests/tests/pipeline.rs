@@ -386,3 +386,121 @@ async fn the_sweeper_redrives_a_request_whose_message_was_lost_and_deletes_orpha
     assert!(drain(&rig, false, false).await.is_empty());
     assert_finished_like_reference(store.as_ref(), &accepted.request_id).await;
 }
+
+#[tokio::test]
+async fn the_rest_api_creates_reports_and_cancels_only_for_the_owner() {
+    use http::{Method, StatusCode};
+    use tb_pipeline::rest::{Caller, MAX_BODY_BYTES, handle};
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+    let rig = rig(store.clone());
+    let alice = Caller {
+        user: UserId::parse("user_alice").unwrap(),
+        key_id: Some("key_a".into()),
+    };
+    let bob = Caller {
+        user: UserId::parse("user_bob").unwrap(),
+        key_id: None,
+    };
+    let p = &rig.pipeline;
+
+    let body = br#"{"description": "Create a simple API with a users endpoint", "idempotency_key": "once"}"#;
+    let (status, created) = handle(p, &alice, &Method::POST, "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let id = created["request_id"].as_str().unwrap().to_string();
+    let (status, again) = handle(p, &alice, &Method::POST, "/v1/requests", body).await;
+    assert_eq!(
+        (status, &again["request_id"]),
+        (StatusCode::OK, &created["request_id"])
+    );
+
+    let path = format!("/v1/requests/{id}");
+    let (status, s) = handle(p, &alice, &Method::GET, &path, b"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            s["phase"].as_str(),
+            s["iteration"].as_u64(),
+            s["max_iterations"].as_u64()
+        ),
+        (Some("queued"), Some(0), Some(60))
+    );
+    assert_eq!(
+        store
+            .load(&RequestId::parse(&id).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .key_id
+            .as_deref(),
+        Some("key_a")
+    );
+
+    // Bob sees nothing of Alice's: the same 404 as for an id that does not exist.
+    assert_eq!(
+        handle(p, &bob, &Method::GET, &path, b"").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        handle(p, &bob, &Method::POST, &format!("{path}/cancel"), b"")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        handle(p, &bob, &Method::GET, "/v1/requests", b"").await.1["requests"],
+        json!([])
+    );
+    assert_eq!(
+        handle(p, &alice, &Method::GET, "/v1/requests", b"").await.1["requests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let (status, s) = handle(p, &alice, &Method::POST, &format!("{path}/cancel"), b"").await;
+    assert_eq!(
+        (status, s["cancel_requested"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+
+    // Bad input: a clear error, never a panic or a 500.
+    let big = vec![b'x'; MAX_BODY_BYTES + 1];
+    assert_eq!(
+        handle(p, &alice, &Method::POST, "/v1/requests", &big)
+            .await
+            .0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    for bad in [
+        &b"{"[..],
+        br#"{"description": 5}"#,
+        br#"{"description": "x", "extra": 1}"#,
+        br#"{"description": "  "}"#,
+        br#"{"description": "x", "project_id": "a b"}"#,
+        br#"{"description": "x", "callback_url": "ftp://x"}"#,
+    ] {
+        let (status, e) = handle(p, &alice, &Method::POST, "/v1/requests", bad).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        handle(p, &alice, &Method::GET, "/v1/requests/..%2F..%2Fetc", b"")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        handle(p, &alice, &Method::DELETE, &path, b"").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        handle(p, &alice, &Method::GET, "/nope", b"").await.0,
+        StatusCode::NOT_FOUND
+    );
+}

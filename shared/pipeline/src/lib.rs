@@ -13,6 +13,7 @@ pub use record::{AgentHeader, Failure, Lease, RequestRecord};
 pub mod memory;
 pub mod pipeline;
 pub mod requests;
+pub mod rest;
 pub mod sweeper;
 pub mod worker;
 
