@@ -1,0 +1,440 @@
+//! [`DynamoStore`]: request state and conversations in one DynamoDB table (layout in
+//! [`crate::layout`]), with payloads too large for an item spilled to S3.
+//!
+//! Every write is one `TransactWriteItems`: the `STATE` item, conditional on the version the
+//! writer read, plus the new `MSG#`/`CALL#` items, each conditional on not existing yet. So a
+//! commit is all-or-nothing, a fenced-out writer changes nothing, and a commit writes only
+//! what it appends: its cost does not grow with the conversation.
+//!
+//! `active` and `list_for_owner` scan the table with a filter. That is fine for thousands of
+//! requests; at scale the next step is a sparse GSI keyed on `active` (only live requests
+//! carry it) and a GSI on (`owner`, `created_at_ms`), queried instead of scanned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+use serde::de::DeserializeOwned;
+use tb_core::domain::{RequestId, UserId};
+use tb_core::ports::PortError;
+use tb_core::{Message, ModelCall};
+use tb_pipeline::{Appended, Created, RequestRecord, StateStore};
+
+use crate::error::{TransactionFailure, classify, transaction_failure};
+use crate::layout::{self, Item, n, s};
+use crate::spill::{Payload, Spill, describe};
+
+/// Payloads (messages, calls) above this many bytes of JSON go to S3.
+pub const DEFAULT_SPILL_THRESHOLD: usize = 64 * 1024;
+/// A `STATE` body above this many bytes goes to S3 (DynamoDB's item limit is 400 KB).
+pub const DEFAULT_STATE_SPILL_THRESHOLD: usize = 300 * 1024;
+
+/// Totals of what a store has written in successful transactions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub transactions: u64,
+    pub items: u64,
+    /// The DynamoDB size of the items put (names plus values; see [`layout::item_size`]).
+    pub item_bytes: u64,
+    pub spilled_objects: u64,
+    pub spilled_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    transactions: AtomicU64,
+    items: AtomicU64,
+    item_bytes: AtomicU64,
+    spilled_objects: AtomicU64,
+    spilled_bytes: AtomicU64,
+}
+
+/// The DynamoDB (+ S3) implementation of [`StateStore`]. Cheap to clone; clones share their
+/// write counters.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    dynamo: aws_sdk_dynamodb::Client,
+    spill: Spill,
+    table: String,
+    spill_threshold: usize,
+    state_spill_threshold: usize,
+    counters: Arc<Counters>,
+}
+
+/// One item to put in a transaction, before its payload is placed.
+struct Draft {
+    sk: String,
+    json: String,
+    attributes: Item,
+    condition: Condition,
+}
+
+enum Condition {
+    /// The item must not exist yet.
+    Absent,
+    /// The stored `version` must be this.
+    Version(u64),
+}
+
+fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, PortError> {
+    serde_json::to_string(value).map_err(|e| PortError::Permanent(format!("serializing {what}: {e}")))
+}
+
+impl DynamoStore {
+    /// A store over `table`, spilling large payloads to `bucket` (under `spill/`).
+    pub fn new(
+        dynamo: aws_sdk_dynamodb::Client,
+        s3: aws_sdk_s3::Client,
+        table: impl Into<String>,
+        bucket: impl Into<String>,
+    ) -> Self {
+        DynamoStore {
+            dynamo,
+            spill: Spill::new(s3, bucket.into()),
+            table: table.into(),
+            spill_threshold: DEFAULT_SPILL_THRESHOLD,
+            state_spill_threshold: DEFAULT_STATE_SPILL_THRESHOLD,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Messages and calls whose JSON exceeds `bytes` go to S3.
+    pub fn with_spill_threshold(mut self, bytes: usize) -> Self {
+        self.spill_threshold = bytes;
+        self
+    }
+
+    /// A `STATE` body exceeding `bytes` goes to S3 (keep it well below 400 KB).
+    pub fn with_state_spill_threshold(mut self, bytes: usize) -> Self {
+        self.state_spill_threshold = bytes;
+        self
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Bytes of DynamoDB items written so far by successful commits and creates.
+    pub fn bytes_written(&self) -> u64 {
+        self.counters.item_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn write_stats(&self) -> WriteStats {
+        let c = &self.counters;
+        WriteStats {
+            transactions: c.transactions.load(Ordering::Relaxed),
+            items: c.items.load(Ordering::Relaxed),
+            item_bytes: c.item_bytes.load(Ordering::Relaxed),
+            spilled_objects: c.spilled_objects.load(Ordering::Relaxed),
+            spilled_bytes: c.spilled_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn state_draft(record: &RequestRecord, condition: Condition) -> Result<Draft, PortError> {
+        let mut attributes = Item::from([
+            (layout::VERSION.to_string(), n(record.version)),
+            (layout::PHASE.to_string(), s(layout::phase_name(record.phase))),
+            (layout::OWNER.to_string(), s(record.owner.as_str())),
+            (layout::CREATED_AT_MS.to_string(), n(record.created_at_ms)),
+            (layout::UPDATED_AT_MS.to_string(), n(record.updated_at_ms)),
+        ]);
+        if record.phase.is_terminal() {
+            attributes.insert(layout::TTL.into(), n(layout::expiry_secs(record.updated_at_ms)));
+        } else {
+            attributes.insert(layout::ACTIVE.into(), s(layout::phase_name(record.phase)));
+        }
+        Ok(Draft {
+            sk: layout::STATE_SK.into(),
+            json: to_json("the request record", record)?,
+            attributes,
+            condition,
+        })
+    }
+
+    fn message_draft(index: usize, message: &Message) -> Result<Draft, PortError> {
+        let sk = layout::message_sk(index);
+        Ok(Draft { json: to_json(&sk, message)?, sk, attributes: Item::new(), condition: Condition::Absent })
+    }
+
+    fn call_draft(call: &ModelCall) -> Result<Draft, PortError> {
+        let sk = layout::call_sk(call.iteration);
+        Ok(Draft { json: to_json(&sk, call)?, sk, attributes: Item::new(), condition: Condition::Absent })
+    }
+
+    /// Writes the drafts in one transaction, spilling payloads first where needed.
+    async fn transact(&self, id: &RequestId, drafts: Vec<Draft>) -> Result<(), TransactionFailure> {
+        let fail = TransactionFailure::Other;
+        if drafts.len() > layout::MAX_TRANSACTION_ITEMS {
+            return Err(fail(PortError::Permanent(format!(
+                "a commit of {} items exceeds DynamoDB's {} items per transaction; commit more often",
+                drafts.len(),
+                layout::MAX_TRANSACTION_ITEMS
+            ))));
+        }
+        // Which payloads go to S3: those over their threshold, then the largest ones until
+        // the transaction fits DynamoDB's aggregate limit.
+        let mut spill: Vec<bool> = drafts
+            .iter()
+            .map(|d| {
+                let threshold =
+                    if d.sk == layout::STATE_SK { self.state_spill_threshold } else { self.spill_threshold };
+                d.json.len() > threshold
+            })
+            .collect();
+        let inline_size = |spill: &[bool]| -> usize {
+            drafts.iter().zip(spill).map(|(d, &s)| if s { 200 } else { d.json.len() + 200 }).sum()
+        };
+        while inline_size(&spill) > layout::TRANSACTION_BYTES_BUDGET {
+            let Some((largest, _)) =
+                drafts.iter().enumerate().filter(|(i, _)| !spill[*i]).max_by_key(|(_, d)| d.json.len())
+            else {
+                break;
+            };
+            spill[largest] = true;
+        }
+
+        let pk = layout::request_pk(id);
+        let (mut items, mut item_bytes, mut spilled_objects, mut spilled_bytes) = (Vec::new(), 0u64, 0u64, 0u64);
+        for (draft, spill) in drafts.into_iter().zip(spill) {
+            let payload = if spill {
+                let p = self.spill.put(id, &draft.sk, &draft.json).await.map_err(fail)?;
+                spilled_objects += 1;
+                spilled_bytes += draft.json.len() as u64;
+                p
+            } else {
+                Payload::Inline(draft.json)
+            };
+            let mut item = draft.attributes;
+            item.insert(layout::PK.into(), s(pk.clone()));
+            item.insert(layout::SK.into(), s(draft.sk));
+            payload.attributes(&mut item);
+            item_bytes += layout::item_size(&item) as u64;
+            let put = Put::builder().table_name(&self.table).set_item(Some(item));
+            let put = match draft.condition {
+                Condition::Absent => put
+                    .condition_expression("attribute_not_exists(#pk)")
+                    .expression_attribute_names("#pk", layout::PK),
+                Condition::Version(v) => put
+                    .condition_expression("#version = :expected")
+                    .expression_attribute_names("#version", layout::VERSION)
+                    .expression_attribute_values(":expected", n(v)),
+            };
+            let put = put.build().map_err(|e| fail(PortError::Permanent(format!("building a put: {e}"))))?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+
+        let count = items.len() as u64;
+        let what = format!("writing {count} items of {id}");
+        self.dynamo
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map_err(|e| transaction_failure(&what, &e))?;
+        let c = &self.counters;
+        c.transactions.fetch_add(1, Ordering::Relaxed);
+        c.items.fetch_add(count, Ordering::Relaxed);
+        c.item_bytes.fetch_add(item_bytes, Ordering::Relaxed);
+        c.spilled_objects.fetch_add(spilled_objects, Ordering::Relaxed);
+        c.spilled_bytes.fetch_add(spilled_bytes, Ordering::Relaxed);
+        tracing::debug!(request_id = %id, items = count, item_bytes, spilled_bytes, "committed");
+        Ok(())
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, item: &Item) -> Result<T, PortError> {
+        let json = self.spill.payload(item).await?;
+        serde_json::from_str(&json).map_err(|e| PortError::Permanent(format!("{} does not parse: {e}", describe(item))))
+    }
+
+    /// The first `count` items of request `id` whose sort key starts with `prefix`, in order.
+    async fn items<T: DeserializeOwned>(
+        &self,
+        id: &RequestId,
+        prefix: &str,
+        count: usize,
+        expected_sk: impl Fn(usize) -> Option<String>,
+    ) -> Result<Vec<T>, PortError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let what = format!("reading the {prefix} items of {id}");
+        let mut pages = self
+            .dynamo
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", layout::PK)
+            .expression_attribute_names("#sk", layout::SK)
+            .expression_attribute_values(":pk", s(layout::request_pk(id)))
+            .expression_attribute_values(":prefix", s(prefix))
+            .into_paginator()
+            .page_size(count.min(i32::MAX as usize) as i32)
+            .send();
+        let mut raw: Vec<Item> = Vec::with_capacity(count);
+        while raw.len() < count {
+            let Some(page) = pages.next().await else { break };
+            let page = page.map_err(|e| classify(&what, &e))?;
+            raw.extend(page.items.unwrap_or_default());
+        }
+        if raw.len() < count {
+            return Err(PortError::Transient(format!(
+                "conversation not yet visible: {} of {count} {prefix} items of {id}",
+                raw.len()
+            )));
+        }
+        // Items beyond the record's counts cannot be committed by a fenced-out writer (its
+        // transaction fails as a whole), but if there are any, they are not ours to read.
+        raw.truncate(count);
+        let mut out = Vec::with_capacity(count);
+        for (i, item) in raw.iter().enumerate() {
+            if let Some(want) = expected_sk(i) {
+                let got = item.get(layout::SK).and_then(|v| v.as_s().ok());
+                if got != Some(&want) {
+                    return Err(PortError::Permanent(format!(
+                        "the conversation of {id} has a gap: expected {want}, found {}",
+                        got.map(String::as_str).unwrap_or("?")
+                    )));
+                }
+            }
+            out.push(self.decode(item).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every `STATE` item matching `filter` (with its names and values), decoded.
+    async fn scan_states(
+        &self,
+        what: &str,
+        filter: &str,
+        names: &[(&str, &str)],
+        values: &[(&str, aws_sdk_dynamodb::types::AttributeValue)],
+    ) -> Result<Vec<RequestRecord>, PortError> {
+        let mut scan = self.dynamo.scan().table_name(&self.table).consistent_read(true).filter_expression(filter);
+        for (k, v) in names {
+            scan = scan.expression_attribute_names(*k, *v);
+        }
+        for (k, v) in values {
+            scan = scan.expression_attribute_values(*k, v.clone());
+        }
+        let mut pages = scan.into_paginator().send();
+        let mut records = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(what, &e))?;
+            for item in page.items.unwrap_or_default() {
+                records.push(self.decode::<RequestRecord>(&item).await?);
+            }
+        }
+        Ok(records)
+    }
+}
+
+#[async_trait]
+impl StateStore for DynamoStore {
+    async fn create(&self, record: &RequestRecord, first: &Message) -> Result<Created, PortError> {
+        let drafts = vec![
+            Self::state_draft(record, Condition::Absent)?,
+            Self::message_draft(0, first)?,
+        ];
+        match self.transact(&record.id, drafts).await {
+            Ok(()) => Ok(Created::New),
+            Err(TransactionFailure::ConditionFailed(failed)) if failed.contains(&0) => {
+                match self.load(&record.id).await? {
+                    Some(existing) => Ok(Created::Existing(Box::new(existing))),
+                    None => Err(PortError::Transient(format!("{} exists but is not readable yet", record.id))),
+                }
+            }
+            Err(TransactionFailure::ConditionFailed(_)) => Err(PortError::Conflict(format!(
+                "{} has no state but its first message exists",
+                record.id
+            ))),
+            Err(TransactionFailure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn load(&self, id: &RequestId) -> Result<Option<RequestRecord>, PortError> {
+        let out = self
+            .dynamo
+            .get_item()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key(layout::PK, s(layout::request_pk(id)))
+            .key(layout::SK, s(layout::STATE_SK))
+            .send()
+            .await
+            .map_err(|e| classify(&format!("loading {id}"), &e))?;
+        match out.item {
+            Some(item) => Ok(Some(self.decode(&item).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn conversation(&self, record: &RequestRecord) -> Result<(Vec<Message>, Vec<ModelCall>), PortError> {
+        tokio::try_join!(
+            self.items::<Message>(&record.id, layout::MSG_PREFIX, record.agent.messages, |i| Some(
+                layout::message_sk(i)
+            )),
+            // Calls are keyed by iteration, which need not be contiguous.
+            self.items::<ModelCall>(&record.id, layout::CALL_PREFIX, record.agent.calls, |_| None),
+        )
+    }
+
+    async fn commit(&self, record: &RequestRecord, expected_version: u64, appended: Appended<'_>) -> Result<(), PortError> {
+        let Appended { first_index, messages, calls } = appended;
+        if !messages.is_empty() && first_index + messages.len() != record.agent.messages {
+            return Err(PortError::Permanent(format!(
+                "appended messages {first_index}..{} do not end where the record's {} messages do",
+                first_index + messages.len(),
+                record.agent.messages
+            )));
+        }
+        let mut drafts = Vec::with_capacity(1 + messages.len() + calls.len());
+        drafts.push(Self::state_draft(record, Condition::Version(expected_version))?);
+        for (i, m) in messages.iter().enumerate() {
+            drafts.push(Self::message_draft(first_index + i, m)?);
+        }
+        for c in calls {
+            drafts.push(Self::call_draft(c)?);
+        }
+        let sks: Vec<String> = drafts.iter().map(|d| d.sk.clone()).collect();
+        match self.transact(&record.id, drafts).await {
+            Ok(()) => Ok(()),
+            Err(TransactionFailure::ConditionFailed(failed)) => {
+                let why: Vec<String> = failed
+                    .iter()
+                    .map(|&i| match i {
+                        0 => format!("the stored version is no longer {expected_version}"),
+                        _ => format!("{} already exists", sks.get(i).map(String::as_str).unwrap_or("an item")),
+                    })
+                    .collect();
+                Err(PortError::Conflict(format!("{}: {}", record.id, why.join("; "))))
+            }
+            Err(TransactionFailure::Other(e)) => Err(e),
+        }
+    }
+
+    async fn active(&self) -> Result<Vec<RequestRecord>, PortError> {
+        self.scan_states(
+            "scanning for active requests",
+            "attribute_exists(#active) AND #sk = :state",
+            &[("#active", layout::ACTIVE), ("#sk", layout::SK)],
+            &[(":state", s(layout::STATE_SK))],
+        )
+        .await
+    }
+
+    async fn list_for_owner(&self, owner: &UserId, limit: usize) -> Result<Vec<RequestRecord>, PortError> {
+        let mut records = self
+            .scan_states(
+                &format!("listing the requests of {owner}"),
+                "#owner = :owner AND #sk = :state",
+                &[("#owner", layout::OWNER), ("#sk", layout::SK)],
+                &[(":owner", s(owner.as_str())), (":state", s(layout::STATE_SK))],
+            )
+            .await?;
+        records.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| b.id.cmp(&a.id)));
+        records.truncate(limit);
+        Ok(records)
+    }
+}
