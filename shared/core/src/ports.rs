@@ -52,3 +52,189 @@ pub trait Archive: Send + Sync {
     async fn put(&self, key: &str, bytes: &[u8], sha256: &str) -> Result<(), PortError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError>;
 }
+
+/// The project files taken out of the sandbox (no `node_modules`, `.output`, `.git`), sorted
+/// by path. `tb-core` has no archive format; adapters pack it as they need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub files: Vec<SnapshotFile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub path: crate::sandbox::WorkspacePath,
+    pub contents: Vec<u8>,
+    pub executable: bool,
+}
+
+/// Where a project's source is published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pushed {
+    /// Browsable URL of the repository.
+    pub repo_url: String,
+    pub commit_sha: String,
+    /// False when the tree was unchanged and no commit was made.
+    pub committed: bool,
+}
+
+/// A git host: GitHub in the cloud, a bare repository on disk locally.
+#[async_trait]
+pub trait CodeHost: Send + Sync {
+    /// Creates the project's repository if missing, then commits `snapshot` as the whole tree
+    /// on `main` (parent: the current head) unless the tree is unchanged. Idempotent.
+    async fn push(
+        &self,
+        project: &crate::domain::ProjectId,
+        snapshot: &Snapshot,
+        message: &str,
+    ) -> Result<Pushed, PortError>;
+}
+
+/// A project's database, as provisioned. `url` is a secret: never log or show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectDatabase {
+    pub database: String,
+    pub role: String,
+    pub url: String,
+}
+
+impl std::fmt::Debug for ProjectDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectDatabase")
+            .field("database", &self.database)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One SQL migration file of a project (`migrations/001_users.sql`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    pub name: String,
+    pub sql: String,
+}
+
+/// Creates project databases on a Postgres cluster.
+#[async_trait]
+pub trait DatabaseProvisioner: Send + Sync {
+    /// Creates (or finds) the project's role and database, `dev` or production. Idempotent:
+    /// a second call returns the same database (with a freshly set password in `url`).
+    async fn provision(
+        &self,
+        project: &crate::domain::ProjectId,
+        dev: bool,
+    ) -> Result<ProjectDatabase, PortError>;
+    /// Applies the migrations not yet applied, in name order; returns the names applied now.
+    async fn migrate(
+        &self,
+        db: &ProjectDatabase,
+        migrations: &[Migration],
+    ) -> Result<Vec<String>, PortError>;
+}
+
+/// The built app: `.output/` of a Nitro build, as a gzip'd tar with its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    pub tar_gz: Vec<u8>,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The public URL; `{url}/api/health` answers.
+    pub url: String,
+    /// What was deployed (an image digest, or a local path), for rollback.
+    pub version: String,
+    /// Provider-specific ids (app, machine).
+    pub details: Value,
+}
+
+/// Runs a built app: Fly.io Machines in the cloud, a local process locally.
+#[async_trait]
+pub trait Deployer: Send + Sync {
+    /// Deploys `artifact` for `project` with `secrets` as environment, waits until
+    /// `/api/health` answers (bounded), and returns where it runs. Re-deploying a project
+    /// updates it in place. A failed deploy leaves nothing half-running.
+    async fn deploy(
+        &self,
+        project: &crate::domain::ProjectId,
+        artifact: &Artifact,
+        secrets: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Deployment, PortError>;
+}
+
+/// An API key as stored: never the key itself, only its hash and a visible prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub user: crate::domain::UserId,
+    /// The first characters of the key, shown in listings (`tb_3f9a1c…`).
+    pub prefix: String,
+    pub label: String,
+    pub created_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// A project as the platform knows it (what `list_projects` / `get_project` show).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub id: crate::domain::ProjectId,
+    pub owner: crate::domain::UserId,
+    pub name: String,
+    pub repo_url: Option<String>,
+    pub deploy_url: Option<String>,
+    pub database: Option<String>,
+    /// The deployed version and the one before it (rollback target).
+    pub deployed_version: Option<String>,
+    pub previous_version: Option<String>,
+    pub last_request: Option<crate::domain::RequestId>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// Platform records: API keys, projects, the usage ledger. Postgres in the cloud, SQLite
+/// locally.
+#[async_trait]
+pub trait PlatformRecords: Send + Sync {
+    /// Creates a key for `user`; returns the record and the key itself (shown once).
+    async fn create_key(
+        &self,
+        user: &crate::domain::UserId,
+        label: &str,
+    ) -> Result<(ApiKey, String), PortError>;
+    /// The live (unrevoked) key matching `presented`, if any.
+    async fn authenticate(&self, presented: &str) -> Result<Option<ApiKey>, PortError>;
+    async fn list_keys(&self, user: &crate::domain::UserId) -> Result<Vec<ApiKey>, PortError>;
+    /// True if a live key of `user` with this id was revoked now.
+    async fn revoke_key(
+        &self,
+        user: &crate::domain::UserId,
+        key_id: &str,
+    ) -> Result<bool, PortError>;
+
+    /// Creates or updates a project record (keyed by id; the owner never changes).
+    async fn save_project(&self, project: &ProjectRecord) -> Result<(), PortError>;
+    async fn project(
+        &self,
+        id: &crate::domain::ProjectId,
+    ) -> Result<Option<ProjectRecord>, PortError>;
+    async fn projects(
+        &self,
+        owner: &crate::domain::UserId,
+    ) -> Result<Vec<ProjectRecord>, PortError>;
+
+    /// Writes one ledger row per call (keyed by request and iteration: writing twice is a
+    /// no-op).
+    async fn record_usage(
+        &self,
+        request: &crate::domain::RequestId,
+        owner: &crate::domain::UserId,
+        project: &crate::domain::ProjectId,
+        calls: &[crate::usage::ModelCall],
+    ) -> Result<(), PortError>;
+    /// What `owner` has spent in all (sum of the ledger).
+    async fn spent(
+        &self,
+        owner: &crate::domain::UserId,
+    ) -> Result<crate::money::MicroUsd, PortError>;
+}
