@@ -10,13 +10,17 @@ pub mod record;
 pub use messages::{FinalizeMessage, Incoming, Job, WorkMessage};
 pub use ports::{Appended, Created, Queue, StateStore};
 pub use record::{AgentHeader, Failure, Lease, RequestRecord};
+pub mod dir_archive;
+pub mod finalizer;
 pub mod memory;
 pub mod pipeline;
 pub mod requests;
 pub mod rest;
+pub mod snapshot;
 pub mod sweeper;
 pub mod worker;
 
+pub use finalizer::{FinalizeDone, FinalizeError, Finalizer, FinalizerSettings};
 pub use pipeline::{Pipeline, SliceSettings};
 pub use requests::{Accepted, NewRequest, RequestError, Status};
 pub use sweeper::SweepReport;

@@ -71,3 +71,20 @@ pub trait Queue: Send + Sync {
     /// reason: `{"reason": …, "body": <the original body>}`.
     async fn dead_letter(&self, body: &str, reason: &str) -> Result<(), PortError>;
 }
+
+/// Writes `rec` as its next version, conditional on the version it was read at; on failure
+/// `rec` keeps the version it had, so the caller can reload and decide again.
+pub async fn save_next(
+    store: &dyn StateStore,
+    rec: &mut RequestRecord,
+    appended: Appended<'_>,
+) -> Result<(), PortError> {
+    let expected = rec.version;
+    rec.version += 1;
+    rec.updated_at_ms = tb_core::agent::now_ms();
+    let result = store.commit(rec, expected, appended).await;
+    if result.is_err() {
+        rec.version = expected;
+    }
+    result
+}

@@ -330,16 +330,8 @@ impl Pipeline {
         }
     }
 
-    /// Writes `rec` with the next version, conditional on the current one.
     async fn save(&self, rec: &mut RequestRecord, appended: Appended<'_>) -> Result<(), PortError> {
-        let expected = rec.version;
-        rec.version += 1;
-        rec.updated_at_ms = now_ms();
-        let result = self.store.commit(rec, expected, appended).await;
-        if result.is_err() {
-            rec.version = expected;
-        }
-        result
+        crate::ports::save_next(self.store.as_ref(), rec, appended).await
     }
 
     fn lease(&self, owner: &str) -> Lease {

@@ -1,0 +1,438 @@
+//! The finalizer: deterministic code that turns a finished agent run into a published,
+//! running backend. No model is involved.
+//!
+//! Steps, each recorded in the request's `steps` when it succeeds (a retry skips it):
+//! `archive` (snapshot the sandbox → tar.gz → archive, with its SHA-256) → `repository`
+//! (commit to the code host) → `database` (provision, apply migrations) → `build`
+//! (`npm install` + `npm run build` in the sandbox → artifact → archive) → `deploy` →
+//! cleanup (release the sandbox, write the usage ledger, update the project, set the final
+//! phase). A request whose agent did not finish gets only its archive and the cleanup.
+//! Transient failures are retried with exponential backoff and jitter; after the retry
+//! budget, or at once for permanent ones, the request fails naming the step and the cause.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tb_core::agent::{Outcome, now_ms};
+use tb_core::domain::Phase;
+use tb_core::ids::sha256_hex;
+use tb_core::ports::{
+    Archive, Artifact, CodeHost, DatabaseProvisioner, Deployer, PlatformRecords, PortError,
+    ProjectRecord,
+};
+use tb_core::sandbox::{Sandbox, SandboxError, SandboxProvider, WorkspacePath};
+
+use crate::messages::FinalizeMessage;
+use crate::ports::{Appended, StateStore};
+use crate::record::{Failure, Lease, RequestRecord};
+use crate::snapshot;
+
+/// Steps in order. `archive` runs for every request; the rest only when the agent finished.
+pub const STEPS: [&str; 5] = ["archive", "repository", "database", "build", "deploy"];
+
+#[derive(Clone, Debug)]
+pub struct FinalizerSettings {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub build_timeout: Duration,
+    /// Longer than the finalizer's function timeout.
+    pub lease: Duration,
+}
+
+impl FinalizerSettings {
+    pub fn standard() -> Self {
+        FinalizerSettings {
+            attempts: 4,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            build_timeout: Duration::from_secs(600),
+            lease: Duration::from_secs(960),
+        }
+    }
+}
+
+pub struct Finalizer {
+    pub store: Arc<dyn StateStore>,
+    pub sandboxes: Arc<dyn SandboxProvider>,
+    pub archive: Arc<dyn Archive>,
+    pub code_host: Arc<dyn CodeHost>,
+    /// `None`: no database cluster is configured; the step records that it was skipped.
+    pub databases: Option<Arc<dyn DatabaseProvisioner>>,
+    pub deployer: Arc<dyn Deployer>,
+    pub records: Arc<dyn PlatformRecords>,
+    pub settings: FinalizerSettings,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FinalizeDone {
+    Finished {
+        phase: Phase,
+        failure: Option<Failure>,
+    },
+    Stale(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinalizeError {
+    #[error("retry later: {0}")]
+    Retry(String),
+    #[error("poison message: {0}")]
+    Poison(String),
+}
+
+impl From<PortError> for FinalizeError {
+    fn from(e: PortError) -> Self {
+        FinalizeError::Retry(e.to_string())
+    }
+}
+
+/// A step's failure: retry it, or give up.
+#[derive(Debug)]
+enum StepError {
+    Transient(String),
+    Permanent(String),
+}
+
+impl From<PortError> for StepError {
+    fn from(e: PortError) -> Self {
+        match e {
+            PortError::Transient(m) => StepError::Transient(m),
+            other => StepError::Permanent(other.to_string()),
+        }
+    }
+}
+
+impl From<SandboxError> for StepError {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::Unavailable(m) => StepError::Transient(m),
+            other => StepError::Permanent(other.to_string()),
+        }
+    }
+}
+
+impl Finalizer {
+    pub async fn handle(&self, body: &str, worker_id: &str) -> Result<FinalizeDone, FinalizeError> {
+        let msg: FinalizeMessage = serde_json::from_str(body)
+            .map_err(|e| FinalizeError::Poison(format!("malformed finalize message: {e}")))?;
+        let FinalizeMessage::Finalize { request_id } = msg;
+        let Some(mut rec) = self.store.load(&request_id).await? else {
+            return Err(FinalizeError::Poison(format!("no request {request_id}")));
+        };
+        if rec.phase != Phase::Finalizing {
+            return Ok(FinalizeDone::Stale(
+                "the request is not waiting for the finalizer",
+            ));
+        }
+        if rec.leased_by_other(worker_id, now_ms()) {
+            return Ok(FinalizeDone::Stale("another finalizer holds the request"));
+        }
+        rec.lease = Some(self.lease(worker_id));
+        match self.save(&mut rec).await {
+            Err(PortError::Conflict(_)) => {
+                return Ok(FinalizeDone::Stale("another finalizer claimed it first"));
+            }
+            other => other?,
+        }
+
+        let agent_finished = rec.agent.outcome.as_ref().is_some_and(Outcome::is_success);
+        let plan: &[&str] = if agent_finished { &STEPS } else { &STEPS[..1] };
+        for step in plan {
+            if rec.steps.contains_key(*step) {
+                continue;
+            }
+            tracing::info!(request_id = %rec.id, step, "finalizer step");
+            match self.run_with_retries(step, &rec).await {
+                Ok(result) => {
+                    rec.steps.insert(step.to_string(), result);
+                    rec.push_activity(format!("{step}: done"));
+                    rec.lease = Some(self.lease(worker_id));
+                    self.save(&mut rec).await?;
+                }
+                Err(reason) => {
+                    tracing::warn!(request_id = %rec.id, step, "finalizer step failed: {reason}");
+                    rec.failure = Some(Failure {
+                        step: step.to_string(),
+                        reason,
+                    });
+                    break;
+                }
+            }
+        }
+        self.cleanup(&mut rec).await?;
+        Ok(FinalizeDone::Finished {
+            phase: rec.phase,
+            failure: rec.failure.clone(),
+        })
+    }
+
+    async fn run_with_retries(&self, step: &str, rec: &RequestRecord) -> Result<Value, String> {
+        let s = &self.settings;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.run_step(step, rec).await {
+                Ok(v) => return Ok(v),
+                Err(StepError::Permanent(m)) => return Err(m),
+                Err(StepError::Transient(m)) if attempt >= s.attempts => {
+                    return Err(format!("{m} (gave up after {attempt} attempts)"));
+                }
+                Err(StepError::Transient(m)) => {
+                    let ceiling = s
+                        .base_delay
+                        .saturating_mul(1 << (attempt - 1).min(16))
+                        .min(s.max_delay);
+                    let jitter = u64::from_str_radix(&tb_core::ids::random_hex(4), 16).unwrap_or(0);
+                    let wait = Duration::from_millis(jitter % (ceiling.as_millis() as u64 + 1));
+                    tracing::info!(
+                        step,
+                        attempt,
+                        "transient failure, retrying in {wait:?}: {m}"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn run_step(&self, step: &str, rec: &RequestRecord) -> Result<Value, StepError> {
+        let source_key = format!("projects/{}/requests/{}/source.tar.gz", rec.project, rec.id);
+        match step {
+            "archive" => {
+                let Some(sandbox) = self.sandbox(rec).await? else {
+                    return Ok(json!({"skipped": "the request never had a sandbox"}));
+                };
+                let snap = snapshot::take(sandbox.as_ref()).await?;
+                let (bytes, sha) = snapshot::pack(&snap)
+                    .map_err(|e| StepError::Permanent(format!("packing the snapshot: {e}")))?;
+                self.archive.put(&source_key, &bytes, &sha).await?;
+                Ok(
+                    json!({"key": source_key, "sha256": sha, "files": snap.files.len(), "bytes": bytes.len()}),
+                )
+            }
+            "repository" => {
+                let snap = self.source(&source_key).await?;
+                let message = format!(
+                    "{}\n\nturbobackend request {}",
+                    first_line(rec.description.as_str()),
+                    rec.id
+                );
+                let pushed = self.code_host.push(&rec.project, &snap, &message).await?;
+                Ok(serde_json::to_value(pushed).expect("serialisable"))
+            }
+            "database" => {
+                let Some(dbs) = &self.databases else {
+                    return Ok(
+                        json!({"skipped": "no database cluster configured (set DB_CLUSTER_HOST)"}),
+                    );
+                };
+                let snap = self.source(&source_key).await?;
+                let db = dbs.provision(&rec.project, false).await?;
+                let applied = dbs.migrate(&db, &snapshot::migrations(&snap)).await?;
+                Ok(json!({"database": db.database, "role": db.role, "applied": applied}))
+            }
+            "build" => {
+                let sandbox = self
+                    .sandbox(rec)
+                    .await?
+                    .ok_or_else(|| StepError::Permanent("the sandbox is gone".into()))?;
+                let t = self.settings.build_timeout;
+                let install = sandbox
+                    .exec(
+                        "npm ci --no-audit --no-fund || npm install --no-audit --no-fund",
+                        t,
+                    )
+                    .await?;
+                check(&install, "npm install")?;
+                let build = sandbox.exec("npm run build", t).await?;
+                check(&build, "npm run build")?;
+                let pack = sandbox
+                    .exec("test -f .output/server/index.mjs && mkdir -p .turbobackend && tar -czf .turbobackend/artifact.tar.gz .output", Duration::from_secs(120))
+                    .await?;
+                if pack.exit_code != Some(0) {
+                    return Err(StepError::Permanent(
+                        "the build did not produce .output/server/index.mjs".into(),
+                    ));
+                }
+                let bytes = sandbox
+                    .read_file(
+                        &WorkspacePath::parse(".turbobackend/artifact.tar.gz").expect("valid"),
+                    )
+                    .await?;
+                let sha = sha256_hex(&bytes);
+                let key = format!(
+                    "projects/{}/requests/{}/artifact.tar.gz",
+                    rec.project, rec.id
+                );
+                self.archive.put(&key, &bytes, &sha).await?;
+                Ok(json!({"key": key, "sha256": sha, "bytes": bytes.len()}))
+            }
+            "deploy" => {
+                let key = rec
+                    .steps
+                    .get("build")
+                    .and_then(|b| b["key"].as_str())
+                    .ok_or_else(|| StepError::Permanent("no build artifact".into()))?;
+                let tar_gz = self.archive.get(key).await?.ok_or_else(|| {
+                    StepError::Permanent(format!("the artifact {key} is missing"))
+                })?;
+                let artifact = Artifact {
+                    sha256: sha256_hex(&tar_gz),
+                    tar_gz,
+                };
+                let mut secrets = BTreeMap::new();
+                if let Some(dbs) = &self.databases {
+                    // Provisioning again rotates the password: the URL is never stored anywhere
+                    // but in the deployment's secrets.
+                    secrets.insert(
+                        "DATABASE_URL".to_string(),
+                        dbs.provision(&rec.project, false).await?.url,
+                    );
+                }
+                let deployment = self
+                    .deployer
+                    .deploy(&rec.project, &artifact, &secrets)
+                    .await?;
+                Ok(serde_json::to_value(deployment).expect("serialisable"))
+            }
+            other => Err(StepError::Permanent(format!("unknown step {other}"))),
+        }
+    }
+
+    /// Releases the sandbox, writes the ledger and the project record, sets the final phase.
+    async fn cleanup(&self, rec: &mut RequestRecord) -> Result<(), FinalizeError> {
+        if let Some(id) = &rec.sandbox_id
+            && let Err(e) = self.sandboxes.destroy(id).await
+        {
+            // The sweeper deletes it later (it is no longer owned by a live request).
+            tracing::warn!(request_id = %rec.id, "releasing the sandbox failed: {e}");
+        }
+        let (_, calls) = self.store.conversation(rec).await?;
+        self.records
+            .record_usage(&rec.id, &rec.owner, &rec.project, &calls)
+            .await?;
+        self.save_project(rec).await?;
+
+        let outcome = rec.agent.outcome.clone();
+        rec.phase = match (&rec.failure, &outcome) {
+            (Some(_), _) => Phase::Failed,
+            (None, Some(Outcome::Finished { .. })) => Phase::Succeeded,
+            (None, Some(Outcome::Cancelled)) => Phase::Cancelled,
+            (None, o) => {
+                let reason = o
+                    .as_ref()
+                    .map(Outcome::describe)
+                    .unwrap_or_else(|| "the agent did not finish".into());
+                rec.failure = Some(Failure {
+                    step: "agent".into(),
+                    reason,
+                });
+                Phase::Failed
+            }
+        };
+        rec.lease = None;
+        rec.push_activity(format!("request {:?}", rec.phase).to_lowercase());
+        self.save(rec).await?;
+        tracing::info!(request_id = %rec.id, phase = ?rec.phase, "request finished");
+        Ok(())
+    }
+
+    async fn save_project(&self, rec: &RequestRecord) -> Result<(), PortError> {
+        let now = now_ms();
+        let mut p = self
+            .records
+            .project(&rec.project)
+            .await?
+            .unwrap_or(ProjectRecord {
+                id: rec.project.clone(),
+                owner: rec.owner.clone(),
+                name: format!("turbobackend-{}", rec.project),
+                repo_url: None,
+                deploy_url: None,
+                database: None,
+                deployed_version: None,
+                previous_version: None,
+                last_request: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+            });
+        let step = |name: &str, field: &str| {
+            rec.steps
+                .get(name)
+                .and_then(|v| v[field].as_str())
+                .map(String::from)
+        };
+        if let Some(url) = step("repository", "repo_url") {
+            p.repo_url = Some(url);
+        }
+        if let Some(db) = step("database", "database") {
+            p.database = Some(db);
+        }
+        if let (Some(url), Some(version)) = (step("deploy", "url"), step("deploy", "version"))
+            && p.deployed_version.as_deref() != Some(version.as_str())
+        {
+            p.previous_version = p.deployed_version.take();
+            p.deployed_version = Some(version);
+            p.deploy_url = Some(url);
+        }
+        p.last_request = Some(rec.id.clone());
+        p.updated_at_ms = now;
+        self.records.save_project(&p).await
+    }
+
+    async fn sandbox(&self, rec: &RequestRecord) -> Result<Option<Arc<dyn Sandbox>>, StepError> {
+        match &rec.sandbox_id {
+            None => Ok(None),
+            Some(id) => Ok(Some(self.sandboxes.connect(id).await?)),
+        }
+    }
+
+    async fn source(&self, key: &str) -> Result<tb_core::ports::Snapshot, StepError> {
+        let bytes = self
+            .archive
+            .get(key)
+            .await?
+            .ok_or_else(|| StepError::Permanent(format!("the snapshot {key} is missing")))?;
+        snapshot::unpack(&bytes)
+            .map_err(|e| StepError::Permanent(format!("reading the snapshot: {e}")))
+    }
+
+    fn lease(&self, owner: &str) -> Lease {
+        Lease {
+            owner: owner.to_string(),
+            until_ms: now_ms() + self.settings.lease.as_millis() as u64,
+        }
+    }
+
+    async fn save(&self, rec: &mut RequestRecord) -> Result<(), PortError> {
+        crate::ports::save_next(self.store.as_ref(), rec, Appended::default()).await
+    }
+}
+
+fn check(out: &tb_core::sandbox::ExecOutput, what: &str) -> Result<(), StepError> {
+    match (out.timed_out, out.exit_code) {
+        (true, _) => Err(StepError::Permanent(format!("{what} timed out"))),
+        (false, Some(0)) => Ok(()),
+        (false, code) => {
+            let tail: String = out
+                .output
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            Err(StepError::Permanent(format!(
+                "{what} failed (exit {code:?}):\n{tail}"
+            )))
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(72).collect()
+}
