@@ -145,3 +145,27 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod schema_examples {
+    use super::*;
+
+    fn examples(file: &str) -> Vec<Value> {
+        let path = format!("{}/../../docs/messages/{file}", env!("CARGO_MANIFEST_DIR"));
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        schema["examples"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn the_documented_examples_are_what_the_code_reads() {
+        for e in examples("work-continue.schema.json") {
+            assert!(matches!(Incoming::parse(&e.to_string()), Ok(Incoming::Work(_))), "{e}");
+        }
+        for e in examples("work-job.schema.json") {
+            assert!(matches!(Incoming::parse(&e.to_string()), Ok(Incoming::Job(_))), "{e}");
+        }
+        for e in examples("finalize.schema.json") {
+            serde_json::from_value::<FinalizeMessage>(e).unwrap();
+        }
+    }
+}
