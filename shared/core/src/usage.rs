@@ -25,6 +25,16 @@ impl TokenUsage {
     pub fn prompt_total(&self) -> u64 {
         self.input + self.cache_write + self.cache_read
     }
+
+    /// What was added since `earlier` (each kind, saturating).
+    pub fn since(&self, earlier: &TokenUsage) -> TokenUsage {
+        TokenUsage {
+            input: self.input.saturating_sub(earlier.input),
+            output: self.output.saturating_sub(earlier.output),
+            cache_write: self.cache_write.saturating_sub(earlier.cache_write),
+            cache_read: self.cache_read.saturating_sub(earlier.cache_read),
+        }
+    }
 }
 
 impl AddAssign for TokenUsage {

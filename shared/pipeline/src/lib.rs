@@ -4,6 +4,7 @@
 //! ones in `tb-local`, and the same code runs on Lambda, locally and in tests.
 
 pub mod messages;
+pub mod metrics;
 pub mod ports;
 pub mod record;
 
@@ -24,4 +25,4 @@ pub use finalizer::{FinalizeDone, FinalizeError, Finalizer, FinalizerSettings};
 pub use pipeline::{Pipeline, SliceSettings};
 pub use requests::{Accepted, NewRequest, RequestError, Status};
 pub use sweeper::SweepReport;
-pub use worker::{Invocation, WorkDone, WorkError};
+pub use worker::{Invocation, SliceStats, WorkDone, WorkError};

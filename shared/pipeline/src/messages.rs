@@ -159,10 +159,16 @@ mod schema_examples {
     #[test]
     fn the_documented_examples_are_what_the_code_reads() {
         for e in examples("work-continue.schema.json") {
-            assert!(matches!(Incoming::parse(&e.to_string()), Ok(Incoming::Work(_))), "{e}");
+            assert!(
+                matches!(Incoming::parse(&e.to_string()), Ok(Incoming::Work(_))),
+                "{e}"
+            );
         }
         for e in examples("work-job.schema.json") {
-            assert!(matches!(Incoming::parse(&e.to_string()), Ok(Incoming::Job(_))), "{e}");
+            assert!(
+                matches!(Incoming::parse(&e.to_string()), Ok(Incoming::Job(_))),
+                "{e}"
+            );
         }
         for e in examples("finalize.schema.json") {
             serde_json::from_value::<FinalizeMessage>(e).unwrap();

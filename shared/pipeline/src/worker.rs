@@ -49,12 +49,12 @@ pub enum WorkDone {
     Continued {
         request_id: RequestId,
         seq: u64,
-        iterations: u32,
+        slice: SliceStats,
     },
     /// The agent is done; the request went to the finalizer.
     Finalizing {
         request_id: RequestId,
-        iterations: u32,
+        slice: SliceStats,
     },
     /// Nothing to do: a duplicate, late or superseded message.
     Stale {
@@ -81,6 +81,14 @@ impl From<PortError> for WorkError {
     fn from(e: PortError) -> Self {
         WorkError::Retry(e.to_string())
     }
+}
+
+/// What one slice did, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceStats {
+    pub iterations: u32,
+    pub usage: tb_core::TokenUsage,
+    pub cost: tb_core::MicroUsd,
 }
 
 /// The tools a job may name, and what each does with it.
@@ -218,6 +226,7 @@ impl Pipeline {
         };
 
         let mut iterations = 0;
+        let (usage0, cost0) = (state.usage, state.cost);
         if let Some(sandbox) = &sandbox {
             let agent = Agent {
                 model: self.model.as_ref(),
@@ -288,6 +297,11 @@ impl Pipeline {
         }
 
         // Hand over.
+        let slice = SliceStats {
+            iterations,
+            usage: state.usage.since(&usage0),
+            cost: state.cost - cost0,
+        };
         rec.lease = None;
         rec.agent = AgentHeader::of(&state);
         if let Some(outcome) = &state.outcome {
@@ -308,7 +322,7 @@ impl Pipeline {
             tracing::info!(request_id = %id, iterations, cost_micros = state.cost.micros(), "agent done: {}", outcome.describe());
             Ok(WorkDone::Finalizing {
                 request_id: id.clone(),
-                iterations,
+                slice,
             })
         } else {
             rec.seq += 1;
@@ -325,7 +339,7 @@ impl Pipeline {
             Ok(WorkDone::Continued {
                 request_id: id.clone(),
                 seq: rec.seq,
-                iterations,
+                slice,
             })
         }
     }
