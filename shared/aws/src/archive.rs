@@ -23,7 +23,10 @@ pub struct S3Archive {
 
 impl S3Archive {
     pub fn new(s3: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        S3Archive { s3, bucket: bucket.into() }
+        S3Archive {
+            s3,
+            bucket: bucket.into(),
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -32,12 +35,25 @@ impl S3Archive {
 
     /// The `sha256` metadata of `key`, or `None` when there is no such object.
     async fn stored_sha256(&self, key: &str) -> Result<Option<String>, PortError> {
-        match self.s3.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(head) => Ok(Some(
-                head.metadata().and_then(|m| m.get(SHA256_METADATA)).cloned().unwrap_or_default(),
+                head.metadata()
+                    .and_then(|m| m.get(SHA256_METADATA))
+                    .cloned()
+                    .unwrap_or_default(),
             )),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(classify(&format!("checking s3://{}/{key}", self.bucket), &e)),
+            Err(e) => Err(classify(
+                &format!("checking s3://{}/{key}", self.bucket),
+                &e,
+            )),
         }
     }
 }
@@ -72,7 +88,14 @@ impl Archive for S3Archive {
     /// The object's bytes, checked against its `sha256` metadata when it has one.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
         let what = format!("reading s3://{}/{key}", self.bucket);
-        let out = match self.s3.get_object().bucket(&self.bucket).key(key).send().await {
+        let out = match self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(classify(&what, &e)),
@@ -89,7 +112,9 @@ impl Archive for S3Archive {
             && !want.is_empty()
             && !sha256_hex(&bytes).eq_ignore_ascii_case(&want)
         {
-            return Err(PortError::Permanent(format!("{what}: the bytes do not match their sha256 metadata")));
+            return Err(PortError::Permanent(format!(
+                "{what}: the bytes do not match their sha256 metadata"
+            )));
         }
         Ok(Some(bytes))
     }

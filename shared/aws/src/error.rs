@@ -40,11 +40,15 @@ pub(crate) fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>) -> PortEr
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let detail = format!("{what}: {}", DisplayErrorContext(err));
     match err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
             let status = service.raw().status().as_u16();
+            let message = service.err().message().unwrap_or_default();
+            let detail = format!(
+                "{what}: {} (HTTP {status}): {message}",
+                if code.is_empty() { "error" } else { code }
+            );
             if CONFLICT_CODES.contains(&code) {
                 PortError::Conflict(detail)
             } else if TRANSIENT_CODES.contains(&code) || status >= 500 || status == 429 {
@@ -54,10 +58,10 @@ where
             }
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            PortError::Transient(detail)
+            PortError::Transient(format!("{what}: {}", DisplayErrorContext(err)))
         }
         // A request that could not even be built (a bug or bad settings).
-        _ => PortError::Permanent(detail),
+        _ => PortError::Permanent(format!("{what}: {}", DisplayErrorContext(err))),
     }
 }
 
@@ -109,8 +113,12 @@ pub(crate) fn transaction_failure(
 /// `"Transaction cancelled, please refer cancellation reasons for specific reasons
 /// [ConditionalCheckFailed, None]"` → `["ConditionalCheckFailed", "None"]`.
 fn reasons_from_message(message: &str) -> Vec<String> {
-    let Some(open) = message.rfind('[') else { return Vec::new() };
-    let Some(close) = message[open..].find(']') else { return Vec::new() };
+    let Some(open) = message.rfind('[') else {
+        return Vec::new();
+    };
+    let Some(close) = message[open..].find(']') else {
+        return Vec::new();
+    };
     message[open + 1..open + close]
         .split(',')
         .map(|s| s.trim().to_string())
@@ -125,7 +133,10 @@ mod tests {
     #[test]
     fn cancellation_reasons_are_read_from_the_message_when_not_listed() {
         let m = "Transaction cancelled, please refer cancellation reasons for specific reasons [None, ConditionalCheckFailed]";
-        assert_eq!(reasons_from_message(m), vec!["None", "ConditionalCheckFailed"]);
+        assert_eq!(
+            reasons_from_message(m),
+            vec!["None", "ConditionalCheckFailed"]
+        );
         assert!(reasons_from_message("no brackets").is_empty());
     }
 }

@@ -65,7 +65,10 @@ pub fn call_sk(iteration: u32) -> String {
 
 /// Where a spilled payload goes. `sha256` is the payload's hex digest.
 pub fn spill_key(id: &RequestId, sk: &str, sha256: &str) -> String {
-    format!("{SPILL_PREFIX}{id}/{sk}-{}.json", &sha256[..16.min(sha256.len())])
+    format!(
+        "{SPILL_PREFIX}{id}/{sk}-{}.json",
+        &sha256[..16.min(sha256.len())]
+    )
 }
 
 /// The phase as stored (`running`, `succeeded`, ...): its serde name.
@@ -84,7 +87,9 @@ pub fn expiry_secs(updated_at_ms: u64) -> u64 {
 /// DynamoDB's billed size of an item (attribute names plus values), the measure of
 /// "bytes written". Numbers are counted by their decimal text, a close upper bound.
 pub fn item_size(item: &Item) -> usize {
-    item.iter().map(|(name, value)| name.len() + value_size(value)).sum()
+    item.iter()
+        .map(|(name, value)| name.len() + value_size(value))
+        .sum()
 }
 
 fn value_size(value: &AttributeValue) -> usize {
@@ -94,7 +99,12 @@ fn value_size(value: &AttributeValue) -> usize {
         AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
         AttributeValue::Ss(v) | AttributeValue::Ns(v) => v.iter().map(String::len).sum(),
         AttributeValue::L(v) => 3 + v.iter().map(|x| 1 + value_size(x)).sum::<usize>(),
-        AttributeValue::M(m) => 3 + m.iter().map(|(k, x)| 1 + k.len() + value_size(x)).sum::<usize>(),
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, x)| 1 + k.len() + value_size(x))
+                .sum::<usize>()
+        }
         _ => 0,
     }
 }
@@ -134,7 +144,10 @@ mod tests {
 
     #[test]
     fn item_size_counts_names_and_values() {
-        let item = Item::from([("pk".to_string(), s("REQ#x")), ("version".to_string(), n(12))]);
+        let item = Item::from([
+            ("pk".to_string(), s("REQ#x")),
+            ("version".to_string(), n(12)),
+        ]);
         assert_eq!(item_size(&item), 2 + 5 + 7 + 2);
     }
 

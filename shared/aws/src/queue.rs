@@ -35,18 +35,28 @@ impl SqsQueue {
         }
     }
 
-    async fn send(&self, what: &str, url: &str, body: String, delay_secs: u64) -> Result<(), PortError> {
+    async fn send(
+        &self,
+        what: &str,
+        url: &str,
+        body: String,
+        delay_secs: u64,
+    ) -> Result<(), PortError> {
         let mut request = self.sqs.send_message().queue_url(url).message_body(body);
         if delay_secs > 0 {
             request = request.delay_seconds(delay_secs.min(MAX_DELAY_SECS) as i32);
         }
-        request.send().await.map_err(|e| classify(&format!("sending {what} to {url}"), &e))?;
+        request
+            .send()
+            .await
+            .map_err(|e| classify(&format!("sending {what} to {url}"), &e))?;
         Ok(())
     }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, PortError> {
-    serde_json::to_string(value).map_err(|e| PortError::Permanent(format!("serializing a queue message: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| PortError::Permanent(format!("serializing a queue message: {e}")))
 }
 
 #[async_trait]
@@ -54,15 +64,28 @@ impl Queue for SqsQueue {
     /// Delays longer than SQS allows (15 minutes) are cut to 15 minutes; sub-second parts are
     /// dropped.
     async fn send_work(&self, message: &WorkMessage, delay: Duration) -> Result<(), PortError> {
-        self.send("a work message", &self.work_url, to_json(message)?, delay.as_secs()).await
+        self.send(
+            "a work message",
+            &self.work_url,
+            to_json(message)?,
+            delay.as_secs(),
+        )
+        .await
     }
 
     async fn send_finalize(&self, message: &FinalizeMessage) -> Result<(), PortError> {
-        self.send("a finalize message", &self.finalize_url, to_json(message)?, 0).await
+        self.send(
+            "a finalize message",
+            &self.finalize_url,
+            to_json(message)?,
+            0,
+        )
+        .await
     }
 
     async fn dead_letter(&self, body: &str, reason: &str) -> Result<(), PortError> {
         let parked = serde_json::json!({ "reason": reason, "body": body });
-        self.send("a dead letter", &self.work_dlq_url, parked.to_string(), 0).await
+        self.send("a dead letter", &self.work_dlq_url, parked.to_string(), 0)
+            .await
     }
 }

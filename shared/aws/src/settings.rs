@@ -46,14 +46,33 @@ pub struct AwsSettings {
 impl AwsSettings {
     /// Reads the variables above through `var` (pass `|k| std::env::var(k).ok()`).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let get = |name: &'static str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let required = |name: &'static str, purpose: &'static str| get(name).ok_or(SettingsError { name, purpose });
-        let table = required(TABLE_VAR, "name the DynamoDB table that holds request state")?;
+        let get = |name: &'static str| {
+            var(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let required = |name: &'static str, purpose: &'static str| {
+            get(name).ok_or(SettingsError { name, purpose })
+        };
+        let table = required(
+            TABLE_VAR,
+            "name the DynamoDB table that holds request state",
+        )?;
         let work_queue_url = required(WORK_QUEUE_VAR, "give the URL of the SQS work queue")?;
-        let finalize_queue_url = required(FINALIZE_QUEUE_VAR, "give the URL of the SQS finalize queue")?;
-        let bucket = required(BUCKET_VAR, "name the S3 bucket for archives and spilled payloads")?;
+        let finalize_queue_url =
+            required(FINALIZE_QUEUE_VAR, "give the URL of the SQS finalize queue")?;
+        let bucket = required(
+            BUCKET_VAR,
+            "name the S3 bucket for archives and spilled payloads",
+        )?;
         let work_dlq_url = get(WORK_DLQ_VAR).unwrap_or_else(|| format!("{work_queue_url}-dlq"));
-        Ok(AwsSettings { table, work_queue_url, finalize_queue_url, work_dlq_url, bucket })
+        Ok(AwsSettings {
+            table,
+            work_queue_url,
+            finalize_queue_url,
+            work_dlq_url,
+            bucket,
+        })
     }
 
     /// Loads the AWS configuration (credentials, region, endpoint) and builds the clients.
@@ -63,11 +82,21 @@ impl AwsSettings {
     }
 
     pub fn store(&self, clients: &AwsClients) -> DynamoStore {
-        DynamoStore::new(clients.dynamo.clone(), clients.s3.clone(), &self.table, &self.bucket)
+        DynamoStore::new(
+            clients.dynamo.clone(),
+            clients.s3.clone(),
+            &self.table,
+            &self.bucket,
+        )
     }
 
     pub fn queue(&self, clients: &AwsClients) -> SqsQueue {
-        SqsQueue::new(clients.sqs.clone(), &self.work_queue_url, &self.finalize_queue_url, &self.work_dlq_url)
+        SqsQueue::new(
+            clients.sqs.clone(),
+            &self.work_queue_url,
+            &self.finalize_queue_url,
+            &self.work_dlq_url,
+        )
     }
 
     pub fn archive(&self, clients: &AwsClients) -> S3Archive {
@@ -94,9 +123,11 @@ impl AwsClients {
     /// Clients for `conf`. When it overrides the endpoint (`AWS_ENDPOINT_URL`, or
     /// `AWS_ENDPOINT_URL_S3` for S3 alone), S3 uses path-style addressing.
     pub fn from_config(conf: &SdkConfig) -> Self {
-        let endpoint_override =
-            conf.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
-        let s3_conf = aws_sdk_s3::config::Builder::from(conf).force_path_style(endpoint_override).build();
+        let endpoint_override = conf.endpoint_url().is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
+        let s3_conf = aws_sdk_s3::config::Builder::from(conf)
+            .force_path_style(endpoint_override)
+            .build();
         AwsClients {
             dynamo: aws_sdk_dynamodb::Client::new(conf),
             sqs: aws_sdk_sqs::Client::new(conf),
@@ -111,7 +142,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -131,7 +165,10 @@ mod tests {
         assert_eq!(s.work_dlq_url, "http://q/1/work-dlq");
         let mut with_dlq = ALL.to_vec();
         with_dlq.push((WORK_DLQ_VAR, "http://q/1/elsewhere"));
-        assert_eq!(AwsSettings::from_env(env(&with_dlq)).unwrap().work_dlq_url, "http://q/1/elsewhere");
+        assert_eq!(
+            AwsSettings::from_env(env(&with_dlq)).unwrap().work_dlq_url,
+            "http://q/1/elsewhere"
+        );
     }
 
     #[test]
@@ -140,9 +177,15 @@ mod tests {
             let mut pairs: Vec<_> = ALL.iter().filter(|(k, _)| *k != missing).copied().collect();
             let e = AwsSettings::from_env(env(&pairs)).unwrap_err();
             assert_eq!(e.name, missing);
-            assert!(e.to_string().starts_with(&format!("{missing} is not set")), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("{missing} is not set")),
+                "{e}"
+            );
             pairs.push((missing, "  "));
-            assert_eq!(AwsSettings::from_env(env(&pairs)).unwrap_err().name, missing);
+            assert_eq!(
+                AwsSettings::from_env(env(&pairs)).unwrap_err().name,
+                missing
+            );
         }
     }
 }

@@ -78,7 +78,8 @@ enum Condition {
 }
 
 fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, PortError> {
-    serde_json::to_string(value).map_err(|e| PortError::Permanent(format!("serializing {what}: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| PortError::Permanent(format!("serializing {what}: {e}")))
 }
 
 impl DynamoStore {
@@ -134,13 +135,19 @@ impl DynamoStore {
     fn state_draft(record: &RequestRecord, condition: Condition) -> Result<Draft, PortError> {
         let mut attributes = Item::from([
             (layout::VERSION.to_string(), n(record.version)),
-            (layout::PHASE.to_string(), s(layout::phase_name(record.phase))),
+            (
+                layout::PHASE.to_string(),
+                s(layout::phase_name(record.phase)),
+            ),
             (layout::OWNER.to_string(), s(record.owner.as_str())),
             (layout::CREATED_AT_MS.to_string(), n(record.created_at_ms)),
             (layout::UPDATED_AT_MS.to_string(), n(record.updated_at_ms)),
         ]);
         if record.phase.is_terminal() {
-            attributes.insert(layout::TTL.into(), n(layout::expiry_secs(record.updated_at_ms)));
+            attributes.insert(
+                layout::TTL.into(),
+                n(layout::expiry_secs(record.updated_at_ms)),
+            );
         } else {
             attributes.insert(layout::ACTIVE.into(), s(layout::phase_name(record.phase)));
         }
@@ -154,12 +161,22 @@ impl DynamoStore {
 
     fn message_draft(index: usize, message: &Message) -> Result<Draft, PortError> {
         let sk = layout::message_sk(index);
-        Ok(Draft { json: to_json(&sk, message)?, sk, attributes: Item::new(), condition: Condition::Absent })
+        Ok(Draft {
+            json: to_json(&sk, message)?,
+            sk,
+            attributes: Item::new(),
+            condition: Condition::Absent,
+        })
     }
 
     fn call_draft(call: &ModelCall) -> Result<Draft, PortError> {
         let sk = layout::call_sk(call.iteration);
-        Ok(Draft { json: to_json(&sk, call)?, sk, attributes: Item::new(), condition: Condition::Absent })
+        Ok(Draft {
+            json: to_json(&sk, call)?,
+            sk,
+            attributes: Item::new(),
+            condition: Condition::Absent,
+        })
     }
 
     /// Writes the drafts in one transaction, spilling payloads first where needed.
@@ -177,17 +194,27 @@ impl DynamoStore {
         let mut spill: Vec<bool> = drafts
             .iter()
             .map(|d| {
-                let threshold =
-                    if d.sk == layout::STATE_SK { self.state_spill_threshold } else { self.spill_threshold };
+                let threshold = if d.sk == layout::STATE_SK {
+                    self.state_spill_threshold
+                } else {
+                    self.spill_threshold
+                };
                 d.json.len() > threshold
             })
             .collect();
         let inline_size = |spill: &[bool]| -> usize {
-            drafts.iter().zip(spill).map(|(d, &s)| if s { 200 } else { d.json.len() + 200 }).sum()
+            drafts
+                .iter()
+                .zip(spill)
+                .map(|(d, &s)| if s { 200 } else { d.json.len() + 200 })
+                .sum()
         };
         while inline_size(&spill) > layout::TRANSACTION_BYTES_BUDGET {
-            let Some((largest, _)) =
-                drafts.iter().enumerate().filter(|(i, _)| !spill[*i]).max_by_key(|(_, d)| d.json.len())
+            let Some((largest, _)) = drafts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !spill[*i])
+                .max_by_key(|(_, d)| d.json.len())
             else {
                 break;
             };
@@ -195,10 +222,15 @@ impl DynamoStore {
         }
 
         let pk = layout::request_pk(id);
-        let (mut items, mut item_bytes, mut spilled_objects, mut spilled_bytes) = (Vec::new(), 0u64, 0u64, 0u64);
+        let (mut items, mut item_bytes, mut spilled_objects, mut spilled_bytes) =
+            (Vec::new(), 0u64, 0u64, 0u64);
         for (draft, spill) in drafts.into_iter().zip(spill) {
             let payload = if spill {
-                let p = self.spill.put(id, &draft.sk, &draft.json).await.map_err(fail)?;
+                let p = self
+                    .spill
+                    .put(id, &draft.sk, &draft.json)
+                    .await
+                    .map_err(fail)?;
                 spilled_objects += 1;
                 spilled_bytes += draft.json.len() as u64;
                 p
@@ -220,7 +252,9 @@ impl DynamoStore {
                     .expression_attribute_names("#version", layout::VERSION)
                     .expression_attribute_values(":expected", n(v)),
             };
-            let put = put.build().map_err(|e| fail(PortError::Permanent(format!("building a put: {e}"))))?;
+            let put = put
+                .build()
+                .map_err(|e| fail(PortError::Permanent(format!("building a put: {e}"))))?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
 
@@ -236,7 +270,8 @@ impl DynamoStore {
         c.transactions.fetch_add(1, Ordering::Relaxed);
         c.items.fetch_add(count, Ordering::Relaxed);
         c.item_bytes.fetch_add(item_bytes, Ordering::Relaxed);
-        c.spilled_objects.fetch_add(spilled_objects, Ordering::Relaxed);
+        c.spilled_objects
+            .fetch_add(spilled_objects, Ordering::Relaxed);
         c.spilled_bytes.fetch_add(spilled_bytes, Ordering::Relaxed);
         tracing::debug!(request_id = %id, items = count, item_bytes, spilled_bytes, "committed");
         Ok(())
@@ -244,7 +279,8 @@ impl DynamoStore {
 
     async fn decode<T: DeserializeOwned>(&self, item: &Item) -> Result<T, PortError> {
         let json = self.spill.payload(item).await?;
-        serde_json::from_str(&json).map_err(|e| PortError::Permanent(format!("{} does not parse: {e}", describe(item))))
+        serde_json::from_str(&json)
+            .map_err(|e| PortError::Permanent(format!("{} does not parse: {e}", describe(item))))
     }
 
     /// The first `count` items of request `id` whose sort key starts with `prefix`, in order.
@@ -274,7 +310,9 @@ impl DynamoStore {
             .send();
         let mut raw: Vec<Item> = Vec::with_capacity(count);
         while raw.len() < count {
-            let Some(page) = pages.next().await else { break };
+            let Some(page) = pages.next().await else {
+                break;
+            };
             let page = page.map_err(|e| classify(&what, &e))?;
             raw.extend(page.items.unwrap_or_default());
         }
@@ -311,7 +349,12 @@ impl DynamoStore {
         names: &[(&str, &str)],
         values: &[(&str, aws_sdk_dynamodb::types::AttributeValue)],
     ) -> Result<Vec<RequestRecord>, PortError> {
-        let mut scan = self.dynamo.scan().table_name(&self.table).consistent_read(true).filter_expression(filter);
+        let mut scan = self
+            .dynamo
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .filter_expression(filter);
         for (k, v) in names {
             scan = scan.expression_attribute_names(*k, *v);
         }
@@ -342,7 +385,10 @@ impl StateStore for DynamoStore {
             Err(TransactionFailure::ConditionFailed(failed)) if failed.contains(&0) => {
                 match self.load(&record.id).await? {
                     Some(existing) => Ok(Created::Existing(Box::new(existing))),
-                    None => Err(PortError::Transient(format!("{} exists but is not readable yet", record.id))),
+                    None => Err(PortError::Transient(format!(
+                        "{} exists but is not readable yet",
+                        record.id
+                    ))),
                 }
             }
             Err(TransactionFailure::ConditionFailed(_)) => Err(PortError::Conflict(format!(
@@ -370,18 +416,32 @@ impl StateStore for DynamoStore {
         }
     }
 
-    async fn conversation(&self, record: &RequestRecord) -> Result<(Vec<Message>, Vec<ModelCall>), PortError> {
+    async fn conversation(
+        &self,
+        record: &RequestRecord,
+    ) -> Result<(Vec<Message>, Vec<ModelCall>), PortError> {
         tokio::try_join!(
-            self.items::<Message>(&record.id, layout::MSG_PREFIX, record.agent.messages, |i| Some(
-                layout::message_sk(i)
-            )),
+            self.items::<Message>(&record.id, layout::MSG_PREFIX, record.agent.messages, |i| {
+                Some(layout::message_sk(i))
+            }),
             // Calls are keyed by iteration, which need not be contiguous.
-            self.items::<ModelCall>(&record.id, layout::CALL_PREFIX, record.agent.calls, |_| None),
+            self.items::<ModelCall>(&record.id, layout::CALL_PREFIX, record.agent.calls, |_| {
+                None
+            }),
         )
     }
 
-    async fn commit(&self, record: &RequestRecord, expected_version: u64, appended: Appended<'_>) -> Result<(), PortError> {
-        let Appended { first_index, messages, calls } = appended;
+    async fn commit(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+        appended: Appended<'_>,
+    ) -> Result<(), PortError> {
+        let Appended {
+            first_index,
+            messages,
+            calls,
+        } = appended;
         if !messages.is_empty() && first_index + messages.len() != record.agent.messages {
             return Err(PortError::Permanent(format!(
                 "appended messages {first_index}..{} do not end where the record's {} messages do",
@@ -390,7 +450,10 @@ impl StateStore for DynamoStore {
             )));
         }
         let mut drafts = Vec::with_capacity(1 + messages.len() + calls.len());
-        drafts.push(Self::state_draft(record, Condition::Version(expected_version))?);
+        drafts.push(Self::state_draft(
+            record,
+            Condition::Version(expected_version),
+        )?);
         for (i, m) in messages.iter().enumerate() {
             drafts.push(Self::message_draft(first_index + i, m)?);
         }
@@ -405,10 +468,17 @@ impl StateStore for DynamoStore {
                     .iter()
                     .map(|&i| match i {
                         0 => format!("the stored version is no longer {expected_version}"),
-                        _ => format!("{} already exists", sks.get(i).map(String::as_str).unwrap_or("an item")),
+                        _ => format!(
+                            "{} already exists",
+                            sks.get(i).map(String::as_str).unwrap_or("an item")
+                        ),
                     })
                     .collect();
-                Err(PortError::Conflict(format!("{}: {}", record.id, why.join("; "))))
+                Err(PortError::Conflict(format!(
+                    "{}: {}",
+                    record.id,
+                    why.join("; ")
+                )))
             }
             Err(TransactionFailure::Other(e)) => Err(e),
         }
@@ -424,16 +494,27 @@ impl StateStore for DynamoStore {
         .await
     }
 
-    async fn list_for_owner(&self, owner: &UserId, limit: usize) -> Result<Vec<RequestRecord>, PortError> {
+    async fn list_for_owner(
+        &self,
+        owner: &UserId,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, PortError> {
         let mut records = self
             .scan_states(
                 &format!("listing the requests of {owner}"),
                 "#owner = :owner AND #sk = :state",
                 &[("#owner", layout::OWNER), ("#sk", layout::SK)],
-                &[(":owner", s(owner.as_str())), (":state", s(layout::STATE_SK))],
+                &[
+                    (":owner", s(owner.as_str())),
+                    (":state", s(layout::STATE_SK)),
+                ],
             )
             .await?;
-        records.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| b.id.cmp(&a.id)));
+        records.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
         records.truncate(limit);
         Ok(records)
     }

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 
@@ -48,7 +49,10 @@ pub struct TestAws {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique_name() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("tbtest-{}-{n}-{nanos}", std::process::id())
 }
@@ -63,7 +67,10 @@ impl TestAws {
                  `infra/moto.sh start && eval \"$(infra/moto.sh env)\"`, then run the tests again."
             )
         });
-        let region = std::env::var("AWS_REGION").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "us-east-1".into());
+        let region = std::env::var("AWS_REGION")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "us-east-1".into());
         let conf = aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(&endpoint)
             .region(Region::new(region))
@@ -79,9 +86,17 @@ impl TestAws {
             )
         };
 
-        let key = |attr: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(attr).key_type(kind).build();
+        let key = |attr: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(attr)
+                .key_type(kind)
+                .build()
+        };
         let def = |attr: &str| {
-            AttributeDefinition::builder().attribute_name(attr).attribute_type(ScalarAttributeType::S).build()
+            AttributeDefinition::builder()
+                .attribute_name(attr)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
         };
         clients
             .dynamo
@@ -100,16 +115,28 @@ impl TestAws {
             .update_time_to_live()
             .table_name(&name)
             .time_to_live_specification(
-                TimeToLiveSpecification::builder().enabled(true).attribute_name(layout::TTL).build().unwrap(),
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(layout::TTL)
+                    .build()
+                    .unwrap(),
             )
             .send()
             .await
             .expect("enabling TTL");
 
-        clients.s3.create_bucket().bucket(&name).send().await.expect("creating the test bucket");
+        clients
+            .s3
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .expect("creating the test bucket");
 
-        let (work_url, work_dlq_url) = create_queue_pair(&clients.sqs, &format!("{name}-work")).await;
-        let (finalize_url, finalize_dlq_url) = create_queue_pair(&clients.sqs, &format!("{name}-finalize")).await;
+        let (work_url, work_dlq_url) =
+            create_queue_pair(&clients.sqs, &format!("{name}-work")).await;
+        let (finalize_url, finalize_dlq_url) =
+            create_queue_pair(&clients.sqs, &format!("{name}-finalize")).await;
 
         TestAws {
             endpoint,
@@ -143,7 +170,12 @@ impl TestAws {
         self.receive_with(queue_url, wait, None).await
     }
 
-    async fn receive_with(&self, queue_url: &str, wait: Duration, visibility: Option<i32>) -> Vec<Received> {
+    async fn receive_with(
+        &self,
+        queue_url: &str,
+        wait: Duration,
+        visibility: Option<i32>,
+    ) -> Vec<Received> {
         let out = self
             .clients
             .sqs
@@ -244,7 +276,12 @@ impl TestAws {
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
             for item in page.expect("querying items").items.unwrap_or_default() {
-                keys.push(item.get(layout::SK).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default());
+                keys.push(
+                    item.get(layout::SK)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default(),
+                );
             }
         }
         keys
@@ -296,7 +333,10 @@ async fn create_queue_pair(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, St
     let url = sqs
         .create_queue()
         .queue_name(name)
-        .attributes(QueueAttributeName::VisibilityTimeout, VISIBILITY_TIMEOUT_SECS.to_string())
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            VISIBILITY_TIMEOUT_SECS.to_string(),
+        )
         .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
         .send()
         .await

@@ -25,12 +25,22 @@ pub fn turn(i: usize, size: usize) -> [Message; 2] {
     let id = format!("toolu_{i}");
     [
         Message::assistant(vec![
-            Block::Text { text: format!("step {i}: writing a file") },
-            Block::ToolUse { id: id.clone(), name: "write_file".into(), input: json!({"path": format!("f{i}.ts"), "content": "x"}) },
+            Block::Text {
+                text: format!("step {i}: writing a file"),
+            },
+            Block::ToolUse {
+                id: id.clone(),
+                name: "write_file".into(),
+                input: json!({"path": format!("f{i}.ts"), "content": "x"}),
+            },
         ]),
         Message {
             role: tb_core::Role::User,
-            content: vec![Block::ToolResult { tool_use_id: id, content: "o".repeat(size), is_error: false }],
+            content: vec![Block::ToolResult {
+                tool_use_id: id,
+                content: "o".repeat(size),
+                is_error: false,
+            }],
         },
     ]
 }
@@ -39,7 +49,12 @@ pub fn call(iteration: u32) -> ModelCall {
     ModelCall {
         iteration,
         model: "claude-sonnet-4-6".into(),
-        usage: TokenUsage { input: 100, output: 50, cache_write: 10, cache_read: 1000 },
+        usage: TokenUsage {
+            input: 100,
+            output: 50,
+            cache_write: 10,
+            cache_read: 1000,
+        },
         cost: MicroUsd(1234),
         latency_ms: 900,
         stop_reason: StopReason::ToolUse,
@@ -47,7 +62,12 @@ pub fn call(iteration: u32) -> ModelCall {
 }
 
 /// Commits one iteration as the worker does: bump the version, update the header, append.
-pub async fn step(store: &DynamoStore, record: &mut RequestRecord, messages: &[Message], calls: &[ModelCall]) -> Result<(), PortError> {
+pub async fn step(
+    store: &DynamoStore,
+    record: &mut RequestRecord,
+    messages: &[Message],
+    calls: &[ModelCall],
+) -> Result<(), PortError> {
     let expected = record.version;
     let first_index = record.agent.messages;
     record.version += 1;
@@ -56,5 +76,15 @@ pub async fn step(store: &DynamoStore, record: &mut RequestRecord, messages: &[M
     record.agent.calls += calls.len();
     record.agent.iteration += 1;
     record.push_activity(format!("iteration {}", record.agent.iteration));
-    store.commit(record, expected, Appended { first_index, messages, calls }).await
+    store
+        .commit(
+            record,
+            expected,
+            Appended {
+                first_index,
+                messages,
+                calls,
+            },
+        )
+        .await
 }
