@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod instant;
+pub mod scenario;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,49 +3,16 @@
 //! `pipeline_aws.rs` runs the same scenarios against DynamoDB, SQS and S3 (moto).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
-use tb_core::agent::{AgentConfig, AgentState, Outcome};
-use tb_core::domain::{Description, Phase, RequestId, UserId};
-use tb_core::pricing::PriceTable;
+use tb_core::agent::Outcome;
+use tb_core::domain::{Phase, RequestId, UserId};
 use tb_pipeline::memory::{MemoryQueue, MemoryStore};
-use tb_pipeline::{
-    FinalizeMessage, Invocation, NewRequest, Pipeline, SliceSettings, StateStore, WorkError,
-};
-use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
+use tb_pipeline::{FinalizeMessage, Pipeline, StateStore, WorkError};
 use tb_tests::faults::{FaultyStore, Strike};
-use tb_tests::*;
+use tb_tests::scenario::{self, assert_finished_like_reference, invocation, new_request};
 use tempfile::TempDir;
-
-/// Idempotent steps: a worker that dies mid-iteration has its iteration redone, and the
-/// redone commands run again in the sandbox (effects there are at-least-once).
-fn task_script() -> tb_models::Script {
-    script(json!({"turns": [
-        {"tool_calls": [{"name": "write_file", "input": {"path": "a.txt", "content": "one\n"}}]},
-        {"tool_calls": [{"name": "run_command", "input": {"command": "cat a.txt; echo two > b.txt"}}]},
-        {"tool_calls": [{"name": "read_file", "input": {"path": "b.txt"}}]},
-        {"tool_calls": [{"name": "finish", "input": {"summary": "done"}}]}
-    ]}))
-}
-
-fn config() -> AgentConfig {
-    // Caching off: a replayed call then costs exactly what the lost one did.
-    AgentConfig {
-        prompt_caching: false,
-        ..test_config()
-    }
-}
-
-fn slices() -> SliceSettings {
-    SliceSettings {
-        iterations_per_slice: 1,
-        lease: Duration::from_millis(1),
-        safety_margin: Duration::from_secs(1),
-        stall_after: Duration::ZERO,
-        sandbox_max_age: Duration::from_secs(3600),
-    }
-}
 
 struct Rig {
     pipeline: Pipeline,
@@ -56,40 +23,11 @@ struct Rig {
 fn rig(store: Arc<dyn StateStore>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline {
-        store,
-        queue: queue.clone(),
-        sandboxes: Arc::new(LocalSandboxProvider::new(LocalSandboxConfig::new(
-            dir.path(),
-        ))),
-        model: Arc::new(tb_models::ScriptedModel::new(task_script())),
-        dev_db: None,
-        prices: PriceTable::with_defaults(),
-        agent: config(),
-        slices: slices(),
-    };
+    let pipeline = scenario::pipeline(store, queue.clone(), &dir);
     Rig {
         pipeline,
         queue,
         _dir: dir,
-    }
-}
-
-fn invocation() -> Invocation {
-    Invocation {
-        worker_id: tb_core::ids::random_hex(8),
-        deadline: Instant::now() + Duration::from_secs(600),
-    }
-}
-
-fn new_request(key: Option<&str>) -> NewRequest {
-    NewRequest {
-        owner: UserId::parse("user_1").unwrap(),
-        key_id: None,
-        description: Description::parse("Create a simple API with a users endpoint").unwrap(),
-        project: None,
-        idempotency_key: key.map(String::from),
-        callback_url: None,
     }
 }
 
@@ -120,38 +58,6 @@ async fn drain(rig: &Rig, dup: bool, reverse: bool) -> Vec<String> {
         }
     }
     errors
-}
-
-/// The same task run uninterrupted in one go.
-async fn reference() -> AgentState {
-    let sandbox = TestSandbox::new().await;
-    run_agent(
-        &tb_models::ScriptedModel::new(task_script()),
-        &sandbox.sandbox,
-        &config(),
-    )
-    .await
-}
-
-async fn assert_finished_like_reference(store: &dyn StateStore, id: &RequestId) {
-    let expected = reference().await;
-    let record = store.load(id).await.unwrap().unwrap();
-    assert_eq!(record.phase, Phase::Finalizing);
-    let (messages, calls) = store.conversation(&record).await.unwrap();
-    let state = record.agent.join(messages, calls);
-    assert_eq!(
-        state.outcome,
-        Some(Outcome::Finished {
-            summary: "done".into()
-        })
-    );
-    assert_eq!(state.messages, expected.messages);
-    assert_eq!(
-        calls_without_latency(&state),
-        calls_without_latency(&expected)
-    );
-    assert_eq!((state.cost, state.usage), (expected.cost, expected.usage));
-    assert!(record.lease.is_none());
 }
 
 #[tokio::test]

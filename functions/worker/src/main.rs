@@ -1,46 +1,46 @@
-//! The worker function (SQS-triggered).
-//!
-//! Not wired yet: every record is reported as a batch item failure, so SQS redelivers it and
-//! finally moves it to the dead-letter queue. Nothing is dropped silently.
+//! The worker function's entry point: read the configuration once, build the clients once,
+//! then serve events.
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use std::sync::Arc;
 
-async fn handler(event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
-    let mut response = SqsBatchResponse::default();
-    for record in &event.payload.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        tracing::warn!(message_id = %id, "worker not wired yet; returning the record to the queue");
-        response.add_failure(id);
-    }
-    Ok(response)
-}
+use anyhow::Context;
+use lambda_runtime::{Error, run, service_fn};
+use tb_pipeline::{Pipeline, SliceSettings};
+use tb_sandbox::{DaytonaConfig, DaytonaProvider};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .without_time()
-        .init();
-    run(service_fn(handler)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn every_record_is_returned_to_the_queue() {
-        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
-            {"messageId": "m1", "body": "{}"}, {"messageId": "m2", "body": "x"}]}))
-        .unwrap();
-        let out = handler(LambdaEvent::new(event, lambda_runtime::Context::default()))
-            .await
-            .unwrap();
-        assert_eq!(
-            serde_json::to_value(&out).unwrap(),
-            serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]})
+    tb_aws::telemetry::init();
+    let var = |k: &str| std::env::var(k).ok();
+    let aws = tb_aws::AwsSettings::from_env(var)?;
+    let model = tb_models::ModelSettings::from_env(var)?;
+    if model.is_scripted() {
+        return Err(
+            "no model is configured: set ANTHROPIC_API_KEY (or OPENAI_BASE_URL and TB_MODEL)"
+                .into(),
         );
     }
+    let daytona_key = var("DAYTONA_API_KEY")
+        .filter(|k| !k.is_empty())
+        .context("DAYTONA_API_KEY is not set")?;
+    let mut daytona = DaytonaConfig::new(daytona_key);
+    if let Some(url) = var("DAYTONA_API_URL").filter(|u| !u.is_empty()) {
+        daytona.api_url = url;
+    }
+    let clients = aws.clients().await;
+    let pipeline = Arc::new(Pipeline {
+        store: Arc::new(aws.store(&clients)),
+        queue: Arc::new(aws.queue(&clients)),
+        sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
+        model: model.build()?,
+        dev_db: None,
+        prices: tb_core::settings::price_table(var)?,
+        agent: tb_core::settings::agent_config(var)?,
+        slices: SliceSettings::standard(),
+    });
+    run(service_fn(move |event| {
+        let pipeline = pipeline.clone();
+        async move { worker::handle(&pipeline, event).await }
+    }))
+    .await
 }

@@ -16,6 +16,7 @@ pub mod queue;
 pub mod settings;
 mod spill;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -48,9 +48,11 @@ impl Incoming {
         let value: Value =
             serde_json::from_str(body).map_err(|e| MalformedMessage(format!("not JSON: {e}")))?;
         if value.get("kind").is_some() {
-            return serde_json::from_value(value)
-                .map(Incoming::Work)
-                .map_err(|e| MalformedMessage(e.to_string()));
+            return serde_json::from_value(value).map(Incoming::Work).map_err(|e| {
+                MalformedMessage(format!(
+                    "expected {{\"kind\": \"continue\", \"request_id\": <id>, \"seq\": <integer>}}: {e}"
+                ))
+            });
         }
         let (id, data) = match value.get("data") {
             Some(data) if data.is_object() => {

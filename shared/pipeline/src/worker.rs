@@ -112,11 +112,16 @@ impl Pipeline {
     }
 
     async fn work(&self, body: &str, inv: &Invocation) -> Result<WorkDone, WorkError> {
-        let poison = |reason: String| WorkError::Poison {
-            request: None,
-            reason,
-        };
-        let (id, seq) = match Incoming::parse(body).map_err(|e| poison(e.to_string()))? {
+        let incoming = Incoming::parse(body).map_err(|e| WorkError::Poison {
+            // A malformed message that still names a request fails that request.
+            request: serde_json::from_str::<Value>(body).ok().and_then(|v| {
+                v.get("request_id")
+                    .and_then(Value::as_str)
+                    .and_then(|s| RequestId::parse(s).ok())
+            }),
+            reason: e.to_string(),
+        })?;
+        let (id, seq) = match incoming {
             Incoming::Work(WorkMessage::Continue { request_id, seq }) => (request_id, seq),
             Incoming::Job(job) => (self.accept_job(job).await?, 0),
         };

@@ -1,0 +1,418 @@
+//! [`PgPlatformRecords`]: API keys, projects and the usage ledger in Postgres.
+//!
+//! - **Keys** are `tb_` and 40 hex characters (160 bits from the OS-seeded CSPRNG). Only
+//!   their SHA-256 is stored. A fast hash is the right tool here: the keys are random, not
+//!   chosen by people, so there is nothing for a slow password hash to protect against (160
+//!   bits cannot be brute-forced at any hash speed). `authenticate` looks a key up by its
+//!   hash with an index; no constant-time comparison is needed, since the lookup reveals
+//!   nothing about the key beyond what its hash does. Revoked keys never authenticate. The
+//!   visible `prefix` is the first 12 characters (`tb_` and 9 hex).
+//! - **Projects** are upserted by id; the owner never changes (saving an existing id with a
+//!   different owner is refused), nor does `created_at`.
+//! - **Ledger** rows are keyed by (request, iteration): writing the same call twice is a
+//!   no-op. `spent` is the sum of a user's rows.
+//!
+//! Times are stored as `timestamptz` and exchanged as milliseconds since the Unix epoch.
+//! The connection URL is never logged and not shown by `Debug`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use tb_core::domain::{ProjectId, RequestId, UserId};
+use tb_core::model::StopReason;
+use tb_core::money::MicroUsd;
+use tb_core::ports::{ApiKey, PlatformRecords, PortError, ProjectRecord};
+use tb_core::usage::ModelCall;
+
+use crate::error::PgError;
+use crate::{schema, secret};
+
+/// `tb_` + 40 hex characters.
+pub const KEY_PREFIX: &str = "tb_";
+const KEY_RANDOM_BYTES: usize = 20;
+/// Characters of a key shown in listings.
+pub const VISIBLE_PREFIX_LEN: usize = 12;
+/// Longest accepted key label, in characters.
+pub const MAX_LABEL_CHARS: usize = 200;
+
+/// Platform records over a connection pool.
+#[derive(Clone)]
+pub struct PgPlatformRecords {
+    pool: PgPool,
+}
+
+impl fmt::Debug for PgPlatformRecords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgPlatformRecords").finish_non_exhaustive()
+    }
+}
+
+impl PgPlatformRecords {
+    /// Connects to `url` (a pool of up to 5 connections, statements bounded to 30 s) and
+    /// brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, PgError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|_| PgError::Settings("the platform database URL does not parse".into()))?
+            .application_name("turbobackend-records")
+            .options([("statement_timeout", "30000")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(PgError::sql("connecting to the platform database"))?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses an existing pool; brings the schema up to date.
+    pub async fn from_pool(pool: PgPool) -> Result<Self, PgError> {
+        schema::migrator()?
+            .run(&pool)
+            .await
+            .map_err(PgError::Schema)?;
+        Ok(PgPlatformRecords { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The SHA-256 of a key, as stored.
+    pub fn key_hash(key: &str) -> [u8; 32] {
+        Sha256::digest(key.as_bytes()).into()
+    }
+}
+
+/// A fresh key: `tb_` + 40 hex characters.
+fn new_key() -> String {
+    format!("{KEY_PREFIX}{}", secret::random_hex(KEY_RANDOM_BYTES))
+}
+
+/// True if `s` has the shape of a key (saves a lookup for anything else).
+fn looks_like_key(s: &str) -> bool {
+    s.len() == KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES
+        && s.starts_with(KEY_PREFIX)
+        && s[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn sql(context: &'static str) -> impl FnOnce(sqlx::Error) -> PortError {
+    move |source| PgError::Sql { context, source }.into()
+}
+
+fn to_i64(what: &str, v: u64) -> Result<i64, PortError> {
+    i64::try_from(v).map_err(|_| PortError::Permanent(format!("{what} {v} is out of range")))
+}
+
+fn ms(row: &PgRow, column: &str) -> Result<u64, PortError> {
+    let v: i64 = row.try_get(column).map_err(sql("reading a time"))?;
+    u64::try_from(v).map_err(|_| PgError::Corrupt(format!("{column} is before 1970")).into())
+}
+
+fn opt_ms(row: &PgRow, column: &str) -> Result<Option<u64>, PortError> {
+    let v: Option<i64> = row.try_get(column).map_err(sql("reading a time"))?;
+    v.map(|v| {
+        u64::try_from(v).map_err(|_| PgError::Corrupt(format!("{column} is before 1970")).into())
+    })
+    .transpose()
+}
+
+fn parse_id<T>(
+    row: &PgRow,
+    column: &str,
+    parse: fn(&str) -> Result<T, tb_core::domain::IdError>,
+) -> Result<T, PortError> {
+    let s: String = row.try_get(column).map_err(sql("reading an id"))?;
+    parse(&s).map_err(|e| PgError::Corrupt(e.to_string()).into())
+}
+
+/// The columns of an [`ApiKey`], times as epoch milliseconds (a literal, for `concat!`).
+macro_rules! key_columns {
+    () => {
+        "id, user_id, prefix, label, \
+         floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
+         floor(extract(epoch FROM revoked_at) * 1000)::bigint AS revoked_ms"
+    };
+}
+
+fn api_key(row: &PgRow) -> Result<ApiKey, PortError> {
+    Ok(ApiKey {
+        id: row.try_get("id").map_err(sql("reading a key"))?,
+        user: parse_id(row, "user_id", UserId::parse)?,
+        prefix: row.try_get("prefix").map_err(sql("reading a key"))?,
+        label: row.try_get("label").map_err(sql("reading a key"))?,
+        created_at_ms: ms(row, "created_ms")?,
+        revoked_at_ms: opt_ms(row, "revoked_ms")?,
+    })
+}
+
+fn project_record(row: &PgRow) -> Result<ProjectRecord, PortError> {
+    let text = |c: &str| -> Result<Option<String>, PortError> {
+        row.try_get(c).map_err(sql("reading a project"))
+    };
+    let last_request = text("last_request_id")?
+        .map(|s| RequestId::parse(&s).map_err(|e| PortError::from(PgError::Corrupt(e.to_string()))))
+        .transpose()?;
+    Ok(ProjectRecord {
+        id: parse_id(row, "id", ProjectId::parse)?,
+        owner: parse_id(row, "owner_id", UserId::parse)?,
+        name: row.try_get("name").map_err(sql("reading a project"))?,
+        repo_url: text("repo_url")?,
+        deploy_url: text("deploy_url")?,
+        database: text("database_name")?,
+        deployed_version: text("deployed_version")?,
+        previous_version: text("previous_version")?,
+        last_request,
+        created_at_ms: ms(row, "created_ms")?,
+        updated_at_ms: ms(row, "updated_ms")?,
+    })
+}
+
+/// How a stop reason is written in the ledger: its wire name (`end_turn`), or the
+/// provider's own word for unknown ones.
+fn stop_reason_text(r: &StopReason) -> String {
+    match r {
+        StopReason::Other(s) => s.clone(),
+        known => match serde_json::to_value(known) {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => format!("{known:?}"),
+        },
+    }
+}
+
+#[async_trait]
+impl PlatformRecords for PgPlatformRecords {
+    async fn create_key(&self, user: &UserId, label: &str) -> Result<(ApiKey, String), PortError> {
+        if label.chars().count() > MAX_LABEL_CHARS {
+            return Err(PgError::Invalid(format!(
+                "key labels are at most {MAX_LABEL_CHARS} characters"
+            ))
+            .into());
+        }
+        let key = new_key();
+        let id = format!("key_{}", secret::random_hex(12));
+        let prefix: String = key.chars().take(VISIBLE_PREFIX_LEN).collect();
+        let row = sqlx::query(concat!(
+            "INSERT INTO api_keys (id, user_id, prefix, label, key_hash) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING ",
+            key_columns!()
+        ))
+        .bind(&id)
+        .bind(user.as_str())
+        .bind(&prefix)
+        .bind(label)
+        .bind(&Self::key_hash(&key)[..])
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sql("creating an API key"))?;
+        Ok((api_key(&row)?, key))
+    }
+
+    async fn authenticate(&self, presented: &str) -> Result<Option<ApiKey>, PortError> {
+        if !looks_like_key(presented) {
+            return Ok(None);
+        }
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"
+        ))
+        .bind(&Self::key_hash(presented)[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(sql("looking up an API key"))?;
+        row.as_ref().map(api_key).transpose()
+    }
+
+    async fn list_keys(&self, user: &UserId) -> Result<Vec<ApiKey>, PortError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql("listing API keys"))?
+        .iter()
+        .map(api_key)
+        .collect()
+    }
+
+    async fn revoke_key(&self, user: &UserId, key_id: &str) -> Result<bool, PortError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now() \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(sql("revoking an API key"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn save_project(&self, p: &ProjectRecord) -> Result<(), PortError> {
+        let done = sqlx::query(
+            "INSERT INTO projects (id, owner_id, name, repo_url, deploy_url, database_name, \
+                 deployed_version, previous_version, last_request_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 'epoch'::timestamptz + $10::bigint * interval '1 millisecond', \
+                 'epoch'::timestamptz + $11::bigint * interval '1 millisecond') \
+             ON CONFLICT (id) DO UPDATE SET \
+                 name = EXCLUDED.name, repo_url = EXCLUDED.repo_url, \
+                 deploy_url = EXCLUDED.deploy_url, database_name = EXCLUDED.database_name, \
+                 deployed_version = EXCLUDED.deployed_version, \
+                 previous_version = EXCLUDED.previous_version, \
+                 last_request_id = EXCLUDED.last_request_id, updated_at = EXCLUDED.updated_at \
+             WHERE projects.owner_id = EXCLUDED.owner_id",
+        )
+        .bind(p.id.as_str())
+        .bind(p.owner.as_str())
+        .bind(&p.name)
+        .bind(&p.repo_url)
+        .bind(&p.deploy_url)
+        .bind(&p.database)
+        .bind(&p.deployed_version)
+        .bind(&p.previous_version)
+        .bind(p.last_request.as_ref().map(|r| r.as_str()))
+        .bind(to_i64("created_at_ms", p.created_at_ms)?)
+        .bind(to_i64("updated_at_ms", p.updated_at_ms)?)
+        .execute(&self.pool)
+        .await
+        .map_err(sql("saving a project"))?;
+        if done.rows_affected() == 0 {
+            return Err(PgError::Refused(format!(
+                "project {} belongs to another user; its owner cannot change",
+                p.id
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, PortError> {
+        let row = sqlx::query(
+            "SELECT *, floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
+                 floor(extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms \
+             FROM projects WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(sql("reading a project"))?;
+        row.as_ref().map(project_record).transpose()
+    }
+
+    async fn projects(&self, owner: &UserId) -> Result<Vec<ProjectRecord>, PortError> {
+        sqlx::query(
+            "SELECT *, floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
+                 floor(extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms \
+             FROM projects WHERE owner_id = $1 ORDER BY created_at, id",
+        )
+        .bind(owner.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql("listing projects"))?
+        .iter()
+        .map(project_record)
+        .collect()
+    }
+
+    async fn record_usage(
+        &self,
+        request: &RequestId,
+        owner: &UserId,
+        project: &ProjectId,
+        calls: &[ModelCall],
+    ) -> Result<(), PortError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let mut iteration = Vec::with_capacity(calls.len());
+        let mut model = Vec::with_capacity(calls.len());
+        let (mut input, mut output, mut cache_write, mut cache_read) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut cost, mut latency, mut stop) = (vec![], vec![], vec![]);
+        for c in calls {
+            iteration.push(i64::from(c.iteration));
+            model.push(c.model.clone());
+            input.push(to_i64("input tokens", c.usage.input)?);
+            output.push(to_i64("output tokens", c.usage.output)?);
+            cache_write.push(to_i64("cache-write tokens", c.usage.cache_write)?);
+            cache_read.push(to_i64("cache-read tokens", c.usage.cache_read)?);
+            cost.push(c.cost.micros());
+            latency.push(to_i64("latency", c.latency_ms)?);
+            stop.push(stop_reason_text(&c.stop_reason));
+        }
+        sqlx::query(
+            "INSERT INTO usage_ledger (request_id, iteration, user_id, project_id, model, \
+                 input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, \
+                 cost_micro_usd, latency_ms, stop_reason) \
+             SELECT $1, u.iteration, $2, $3, u.model, u.input_tokens, u.output_tokens, \
+                 u.cache_write_tokens, u.cache_read_tokens, u.cost_micro_usd, u.latency_ms, \
+                 u.stop_reason \
+             FROM UNNEST($4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], \
+                 $9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) \
+                 AS u(iteration, model, input_tokens, output_tokens, cache_write_tokens, \
+                      cache_read_tokens, cost_micro_usd, latency_ms, stop_reason) \
+             ON CONFLICT (request_id, iteration) DO NOTHING",
+        )
+        .bind(request.as_str())
+        .bind(owner.as_str())
+        .bind(project.as_str())
+        .bind(&iteration)
+        .bind(&model)
+        .bind(&input)
+        .bind(&output)
+        .bind(&cache_write)
+        .bind(&cache_read)
+        .bind(&cost)
+        .bind(&latency)
+        .bind(&stop)
+        .execute(&self.pool)
+        .await
+        .map_err(sql("writing the usage ledger"))?;
+        Ok(())
+    }
+
+    async fn spent(&self, owner: &UserId) -> Result<MicroUsd, PortError> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(cost_micro_usd), 0)::bigint FROM usage_ledger WHERE user_id = $1",
+        )
+        .bind(owner.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sql("summing the usage ledger"))?;
+        Ok(MicroUsd::from_micros(total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_shape() {
+        let k = new_key();
+        assert_eq!(k.len(), 43);
+        assert!(looks_like_key(&k), "{k}");
+        assert_ne!(new_key(), k);
+        assert!(!looks_like_key("tb_short"));
+        assert!(!looks_like_key(&format!("xx_{}", &k[3..])));
+    }
+
+    #[test]
+    fn stop_reasons_are_written_by_their_wire_names() {
+        assert_eq!(stop_reason_text(&StopReason::EndTurn), "end_turn");
+        assert_eq!(stop_reason_text(&StopReason::ToolUse), "tool_use");
+        assert_eq!(
+            stop_reason_text(&StopReason::Other("weird".into())),
+            "weird"
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! Platform records against a fresh database per test: keys, projects, the usage ledger.
+
+mod common;
+
+use common::{Cleanup, connect, fresh_database};
+use sqlx::Row;
+use tb_core::domain::{ProjectId, RequestId, UserId};
+use tb_core::model::StopReason;
+use tb_core::money::MicroUsd;
+use tb_core::ports::{PlatformRecords, PortError, ProjectRecord};
+use tb_core::usage::{ModelCall, TokenUsage};
+use tb_postgres::PgPlatformRecords;
+
+async fn records() -> (PgPlatformRecords, String, Cleanup) {
+    let cleanup = Cleanup::default();
+    let url = fresh_database(&cleanup).await;
+    let r = PgPlatformRecords::connect(&url)
+        .await
+        .expect("connect and migrate");
+    (r, url, cleanup)
+}
+
+fn user(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+#[tokio::test]
+async fn keys_authenticate_by_the_full_key_only() {
+    let (r, _url, _c) = records().await;
+    let alice = user("user_alice");
+    let (key, secret) = r.create_key(&alice, "laptop").await.unwrap();
+    assert!(secret.starts_with("tb_") && secret.len() == 43, "{secret}");
+    assert_eq!(key.user, alice);
+    assert_eq!(key.label, "laptop");
+    assert_eq!(key.prefix, &secret[..12]);
+    assert!(key.revoked_at_ms.is_none());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        key.created_at_ms.abs_diff(now_ms) < 60_000,
+        "{}",
+        key.created_at_ms
+    );
+
+    assert_eq!(r.authenticate(&secret).await.unwrap(), Some(key.clone()));
+    let mut altered = secret.clone();
+    let last = altered.pop().unwrap();
+    altered.push(if last == '0' { '1' } else { '0' });
+    for wrong in [
+        key.prefix.as_str(),
+        altered.as_str(),
+        &secret.to_uppercase(),
+        "",
+        &format!("{secret} "),
+    ] {
+        assert_eq!(r.authenticate(wrong).await.unwrap(), None, "{wrong:?}");
+    }
+    let (_, other) = r.create_key(&alice, "ci").await.unwrap();
+    assert_ne!(other, secret);
+}
+
+#[tokio::test]
+async fn a_revoked_key_no_longer_authenticates() {
+    let (r, _url, _c) = records().await;
+    let (alice, mallory) = (user("user_alice"), user("user_mallory"));
+    let (key, secret) = r.create_key(&alice, "old").await.unwrap();
+    assert!(
+        !r.revoke_key(&mallory, &key.id).await.unwrap(),
+        "only the owner revokes"
+    );
+    assert!(r.authenticate(&secret).await.unwrap().is_some());
+    assert!(r.revoke_key(&alice, &key.id).await.unwrap());
+    assert!(
+        !r.revoke_key(&alice, &key.id).await.unwrap(),
+        "revoking twice is a no-op"
+    );
+    assert_eq!(r.authenticate(&secret).await.unwrap(), None);
+    let listed = r.list_keys(&alice).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].revoked_at_ms.is_some());
+}
+
+#[tokio::test]
+async fn listings_show_the_prefix_and_the_table_never_holds_the_key() {
+    let (r, url, _c) = records().await;
+    let (alice, bob) = (user("user_alice"), user("user_bob"));
+    let (k1, s1) = r.create_key(&alice, "one").await.unwrap();
+    let (k2, s2) = r.create_key(&alice, "two").await.unwrap();
+    r.create_key(&bob, "bob's").await.unwrap();
+
+    let listed = r.list_keys(&alice).await.unwrap();
+    assert_eq!(listed, vec![k1.clone(), k2.clone()]);
+    for (k, s) in [(&k1, &s1), (&k2, &s2)] {
+        assert_eq!(k.prefix.len(), 12);
+        assert!(s.starts_with(&k.prefix));
+        assert!(!format!("{k:?}").contains(s.as_str()));
+    }
+
+    let mut c = connect(&url).await.unwrap();
+    let rows =
+        sqlx::query("SELECT t::text AS whole, encode(key_hash, 'hex') AS h FROM api_keys AS t")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let whole: String = row.get("whole");
+        for s in [&s1, &s2] {
+            assert!(
+                !whole.contains(s.as_str()) && !whole.contains(&s[12..]),
+                "{whole}"
+            );
+        }
+    }
+    let hashes: Vec<String> = rows.iter().map(|r| r.get("h")).collect();
+    assert!(hashes.contains(&tb_core::ids::sha256_hex(s1.as_bytes())));
+}
+
+fn call(iteration: u32, cost: i64) -> ModelCall {
+    ModelCall {
+        iteration,
+        model: "test-model".into(),
+        usage: TokenUsage {
+            input: 100,
+            output: 20,
+            cache_write: 5,
+            cache_read: 1000,
+        },
+        cost: MicroUsd::from_micros(cost),
+        latency_ms: 1234,
+        stop_reason: StopReason::ToolUse,
+    }
+}
+
+#[tokio::test]
+async fn ledger_writes_are_idempotent_and_spent_sums_them() {
+    let (r, url, _c) = records().await;
+    let (alice, bob) = (user("user_alice"), user("user_bob"));
+    let project = ProjectId::parse("proj_ledger").unwrap();
+    let (req1, req2) = (
+        RequestId::parse("req_1").unwrap(),
+        RequestId::parse("req_2").unwrap(),
+    );
+    assert_eq!(r.spent(&alice).await.unwrap(), MicroUsd::ZERO);
+
+    let calls = [call(1, 1_500), call(2, 2_500)];
+    r.record_usage(&req1, &alice, &project, &calls)
+        .await
+        .unwrap();
+    r.record_usage(&req1, &alice, &project, &calls)
+        .await
+        .unwrap();
+    r.record_usage(&req1, &alice, &project, &calls[1..])
+        .await
+        .unwrap();
+    assert_eq!(r.spent(&alice).await.unwrap(), MicroUsd::from_micros(4_000));
+
+    r.record_usage(&req2, &alice, &project, &[call(1, 10_000)])
+        .await
+        .unwrap();
+    r.record_usage(
+        &RequestId::parse("req_3").unwrap(),
+        &bob,
+        &project,
+        &[call(1, 7)],
+    )
+    .await
+    .unwrap();
+    r.record_usage(&req2, &alice, &project, &[]).await.unwrap();
+    assert_eq!(
+        r.spent(&alice).await.unwrap(),
+        MicroUsd::from_micros(14_000)
+    );
+    assert_eq!(r.spent(&bob).await.unwrap(), MicroUsd::from_micros(7));
+
+    let mut c = connect(&url).await.unwrap();
+    let row = sqlx::query(
+        "SELECT count(*) AS n, sum(input_tokens)::bigint AS input, sum(cache_read_tokens)::bigint AS cached, \
+             min(stop_reason) AS stop FROM usage_ledger WHERE user_id = 'user_alice'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<i64, _>("n"), 3);
+    assert_eq!(row.get::<i64, _>("input"), 300);
+    assert_eq!(row.get::<i64, _>("cached"), 3000);
+    assert_eq!(row.get::<String, _>("stop"), "tool_use");
+}
+
+fn project_record(id: &str, owner: &str) -> ProjectRecord {
+    ProjectRecord {
+        id: ProjectId::parse(id).unwrap(),
+        owner: user(owner),
+        name: "users api".into(),
+        repo_url: None,
+        deploy_url: None,
+        database: None,
+        deployed_version: None,
+        previous_version: None,
+        last_request: None,
+        created_at_ms: 1_700_000_000_123,
+        updated_at_ms: 1_700_000_000_123,
+    }
+}
+
+#[tokio::test]
+async fn a_project_owner_cannot_be_changed_by_upsert() {
+    let (r, _url, _c) = records().await;
+    let mut p = project_record("proj_owned", "user_alice");
+    r.save_project(&p).await.unwrap();
+    assert_eq!(r.project(&p.id).await.unwrap(), Some(p.clone()));
+
+    p.name = "users api v2".into();
+    p.repo_url = Some("https://github.com/acme/proj_owned".into());
+    p.deploy_url = Some("https://proj-owned.fly.dev".into());
+    p.database = Some("tb_proj_owned".into());
+    p.deployed_version = Some("sha256:bbb".into());
+    p.previous_version = Some("sha256:aaa".into());
+    p.last_request = Some(RequestId::parse("req_9").unwrap());
+    p.updated_at_ms = 1_700_000_999_999;
+    r.save_project(&p).await.unwrap();
+    assert_eq!(r.project(&p.id).await.unwrap(), Some(p.clone()));
+
+    let mut stolen = p.clone();
+    stolen.owner = user("user_mallory");
+    stolen.name = "mine now".into();
+    let err = r.save_project(&stolen).await.unwrap_err();
+    assert!(
+        matches!(err, PortError::Permanent(ref m) if m.contains("another user")),
+        "{err:?}"
+    );
+    assert_eq!(
+        r.project(&p.id).await.unwrap(),
+        Some(p.clone()),
+        "unchanged"
+    );
+    assert!(r.projects(&user("user_mallory")).await.unwrap().is_empty());
+
+    let other = project_record("proj_second", "user_alice");
+    r.save_project(&ProjectRecord {
+        created_at_ms: p.created_at_ms + 1,
+        ..other.clone()
+    })
+    .await
+    .unwrap();
+    let mine: Vec<ProjectId> = r
+        .projects(&user("user_alice"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(mine, [p.id.clone(), other.id.clone()]);
+    assert_eq!(
+        r.project(&ProjectId::parse("proj_none").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn connecting_again_finds_the_schema_up_to_date() {
+    let (r, url, _c) = records().await;
+    r.create_key(&user("user_alice"), "k").await.unwrap();
+    let again = PgPlatformRecords::connect(&url).await.unwrap();
+    assert_eq!(again.list_keys(&user("user_alice")).await.unwrap().len(), 1);
+    assert!(!format!("{again:?}").contains("postgres://"));
+}

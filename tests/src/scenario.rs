@@ -1,0 +1,113 @@
+//! The pipeline scenario shared by the in-memory and the AWS (moto) tests: a short scripted
+//! task, small slices, and the uninterrupted run it must end like.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tb_core::agent::{AgentConfig, AgentState, Outcome};
+use tb_core::domain::{Description, Phase, RequestId, UserId};
+use tb_core::pricing::PriceTable;
+use tb_pipeline::{Invocation, NewRequest, Pipeline, Queue, SliceSettings, StateStore};
+use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
+use tempfile::TempDir;
+
+use crate::{TestSandbox, calls_without_latency, run_agent, script, test_config};
+
+/// Idempotent steps: a worker that dies mid-iteration has its iteration redone, and the
+/// redone commands run again in the sandbox (effects there are at-least-once).
+pub fn task_script() -> tb_models::Script {
+    script(json!({"turns": [
+        {"tool_calls": [{"name": "write_file", "input": {"path": "a.txt", "content": "one\n"}}]},
+        {"tool_calls": [{"name": "run_command", "input": {"command": "cat a.txt; echo two > b.txt"}}]},
+        {"tool_calls": [{"name": "read_file", "input": {"path": "b.txt"}}]},
+        {"tool_calls": [{"name": "finish", "input": {"summary": "done"}}]}
+    ]}))
+}
+
+pub fn config() -> AgentConfig {
+    // Caching off: a replayed call then costs exactly what the lost one did.
+    AgentConfig {
+        prompt_caching: false,
+        ..test_config()
+    }
+}
+
+/// One iteration per slice; claims that expire at once and a sweeper that re-drives at once,
+/// so a "dead" worker's request is picked up without waiting.
+pub fn slices() -> SliceSettings {
+    SliceSettings {
+        iterations_per_slice: 1,
+        lease: Duration::from_millis(1),
+        safety_margin: Duration::from_secs(1),
+        stall_after: Duration::ZERO,
+        sandbox_max_age: Duration::from_secs(3600),
+    }
+}
+
+/// A pipeline over `store` and `queue` with the scripted model and local sandboxes in `dir`.
+pub fn pipeline(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>, dir: &TempDir) -> Pipeline {
+    Pipeline {
+        store,
+        queue,
+        sandboxes: Arc::new(LocalSandboxProvider::new(LocalSandboxConfig::new(
+            dir.path(),
+        ))),
+        model: Arc::new(tb_models::ScriptedModel::new(task_script())),
+        dev_db: None,
+        prices: PriceTable::with_defaults(),
+        agent: config(),
+        slices: slices(),
+    }
+}
+
+pub fn invocation() -> Invocation {
+    Invocation {
+        worker_id: tb_core::ids::random_hex(8),
+        deadline: Instant::now() + Duration::from_secs(600),
+    }
+}
+
+pub fn new_request(key: Option<&str>) -> NewRequest {
+    NewRequest {
+        owner: UserId::parse("user_1").unwrap(),
+        key_id: None,
+        description: Description::parse("Create a simple API with a users endpoint").unwrap(),
+        project: None,
+        idempotency_key: key.map(String::from),
+        callback_url: None,
+    }
+}
+
+/// The same task run uninterrupted in one go.
+pub async fn reference() -> AgentState {
+    let sandbox = TestSandbox::new().await;
+    run_agent(
+        &tb_models::ScriptedModel::new(task_script()),
+        &sandbox.sandbox,
+        &config(),
+    )
+    .await
+}
+
+/// The request reached the finalizer with exactly the reference's conversation and cost.
+pub async fn assert_finished_like_reference(store: &dyn StateStore, id: &RequestId) {
+    let expected = reference().await;
+    let record = store.load(id).await.unwrap().unwrap();
+    assert_eq!(record.phase, Phase::Finalizing);
+    let (messages, calls) = store.conversation(&record).await.unwrap();
+    let state = record.agent.join(messages, calls);
+    assert_eq!(
+        state.outcome,
+        Some(Outcome::Finished {
+            summary: "done".into()
+        })
+    );
+    assert_eq!(state.messages, expected.messages);
+    assert_eq!(
+        calls_without_latency(&state),
+        calls_without_latency(&expected)
+    );
+    assert_eq!((state.cost, state.usage), (expected.cost, expected.usage));
+    assert!(record.lease.is_none());
+}

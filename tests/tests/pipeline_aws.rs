@@ -1,0 +1,313 @@
+//! The request pipeline on AWS's wire protocol: DynamoDB, SQS and S3 on the moto server, the
+//! worker function's batch handler fed from real SQS receives. Needs `AWS_ENDPOINT_URL`
+//! (scripts/test starts moto and sets it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use serde_json::{Value, json};
+use tb_aws::testing::{Received, TestAws};
+use tb_core::domain::{Phase, UserId};
+use tb_pipeline::{Pipeline, StateStore};
+use tb_tests::faults::{FaultyStore, Strike};
+use tb_tests::scenario::{self, assert_finished_like_reference, new_request};
+use tempfile::TempDir;
+
+struct Rig {
+    aws: TestAws,
+    pipeline: Pipeline,
+    _dir: TempDir,
+}
+
+async fn rig_with(wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>) -> Rig {
+    let aws = TestAws::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = wrap(Arc::new(aws.store()));
+    let pipeline = scenario::pipeline(store, Arc::new(aws.queue()), &dir);
+    Rig {
+        aws,
+        pipeline,
+        _dir: dir,
+    }
+}
+
+async fn rig() -> Rig {
+    rig_with(|s| s).await
+}
+
+fn batch(messages: &[Received]) -> SqsEvent {
+    let records: Vec<Value> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| json!({"messageId": format!("m{i}"), "body": m.body}))
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+/// Receives work messages and runs them through the worker function's batch handler until
+/// the queue is empty, deleting what the handler acknowledged (as Lambda's event source
+/// mapping does). `dup` delivers every batch twice, the second time reversed. Returns how
+/// many records the handler reported as failed.
+async fn pump(rig: &Rig, dup: bool) -> usize {
+    let mut failed = 0;
+    for _ in 0..100 {
+        let received = rig.aws.receive_work(Duration::ZERO).await;
+        if received.is_empty() {
+            break;
+        }
+        let mut deliveries = vec![received.clone()];
+        if dup {
+            deliveries.push(received.iter().rev().cloned().collect());
+        }
+        for delivery in deliveries {
+            let response = worker::handle_batch(
+                &rig.pipeline,
+                batch(&delivery),
+                &lambda_runtime::Context::default(),
+            )
+            .await;
+            let failures: Vec<String> = response
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.clone())
+                .collect();
+            failed += failures.len();
+            for (i, m) in delivery.iter().enumerate() {
+                if !failures.contains(&format!("m{i}")) {
+                    rig.aws.delete(&rig.aws.settings.work_queue_url, m).await;
+                }
+            }
+        }
+    }
+    failed
+}
+
+async fn finalize_messages(rig: &Rig) -> Vec<Value> {
+    let mut all = Vec::new();
+    loop {
+        let got = rig.aws.receive_finalize(Duration::ZERO).await;
+        if got.is_empty() {
+            return all;
+        }
+        for m in got {
+            all.push(serde_json::from_str(&m.body).unwrap());
+            rig.aws
+                .delete(&rig.aws.settings.finalize_queue_url, &m)
+                .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_created_through_the_api_travels_through_worker_slices_to_the_finalize_queue() {
+    let rig = rig().await;
+    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    assert_eq!(pump(&rig, false).await, 0);
+    assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+    assert_eq!(
+        finalize_messages(&rig).await,
+        vec![json!({"kind": "finalize", "request_id": accepted.request_id})]
+    );
+    // The conversation is stored as append-only items beside the state.
+    let keys = rig.aws.sort_keys(&accepted.request_id).await;
+    assert_eq!(keys.iter().filter(|k| k.starts_with("MSG#")).count(), 9);
+    assert_eq!(keys.iter().filter(|k| k.starts_with("CALL#")).count(), 4);
+}
+
+#[tokio::test]
+async fn every_message_delivered_twice_and_out_of_order_changes_nothing() {
+    let rig = rig().await;
+    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    assert_eq!(pump(&rig, true).await, 0);
+    assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+    assert_eq!(finalize_messages(&rig).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_worker_dying_at_any_write_ends_with_the_same_conversation_and_cost() {
+    // The clean run's number of writes, then a death at each of them, before and after the write.
+    let mut counting = None;
+    let clean = rig_with(|inner| {
+        let c = Arc::new(FaultyStore::new(inner, usize::MAX, Strike::BeforeWrite));
+        counting = Some(c.clone());
+        c
+    })
+    .await;
+    clean.pipeline.create(new_request(None)).await.unwrap();
+    pump(&clean, false).await;
+    let writes = counting.unwrap().commits();
+    assert!(writes >= 10, "{writes}");
+    for strike in [Strike::BeforeWrite, Strike::AfterWrite] {
+        for at in 1..=writes {
+            let mut faulty = None;
+            let rig = rig_with(|inner| {
+                let f = Arc::new(FaultyStore::new(inner, at, strike));
+                faulty = Some(f.clone());
+                f
+            })
+            .await;
+            let faulty = faulty.unwrap();
+            let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+            for _ in 0..10 {
+                pump(&rig, false).await;
+                if !faulty.struck() {
+                    break;
+                }
+                // A new process; the message it died on comes back, or the sweeper re-drives.
+                faulty.revive();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                rig.pipeline.sweep().await;
+                if rig
+                    .pipeline
+                    .store
+                    .load(&accepted.request_id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .phase
+                    == Phase::Finalizing
+                {
+                    break;
+                }
+            }
+            assert!(faulty.struck(), "{strike:?} {at}: the fault never struck");
+            assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+            assert!(
+                !finalize_messages(&rig).await.is_empty(),
+                "{strike:?} at write {at}: never reached the finalizer"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_message_fails_only_its_own_record_and_is_parked_with_its_reason() {
+    let rig = rig().await;
+    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let good = rig.aws.receive_work(Duration::ZERO).await;
+    let poison = vec![
+        Received {
+            body: "{oops".into(),
+            receipt_handle: String::new(),
+            receive_count: 1,
+        },
+        Received {
+            body: json!({"kind": "continue", "request_id": "req_other", "seq": "x"}).to_string(),
+            receipt_handle: String::new(),
+            receive_count: 1,
+        },
+    ];
+    let mixed: Vec<Received> = poison.iter().cloned().chain(good.iter().cloned()).collect();
+    let response = worker::handle_batch(
+        &rig.pipeline,
+        batch(&mixed),
+        &lambda_runtime::Context::default(),
+    )
+    .await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "poison is parked, not retried"
+    );
+    // The good record ran its slice.
+    let rec = rig
+        .pipeline
+        .store
+        .load(&accepted.request_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rec.seq, rec.agent.iteration), (1, 1));
+    let dead: Vec<Value> = rig
+        .aws
+        .work_dlq_bodies()
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["body"], "{oops");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("not JSON"));
+    assert!(
+        dead[1]["reason"].as_str().unwrap().contains("seq"),
+        "{}",
+        dead[1]
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_message_naming_a_request_marks_that_request_failed() {
+    let rig = rig().await;
+    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let body =
+        json!({"kind": "continue", "request_id": accepted.request_id, "seq": "not a number"})
+            .to_string();
+    let r = Received {
+        body,
+        receipt_handle: String::new(),
+        receive_count: 1,
+    };
+    worker::handle_batch(
+        &rig.pipeline,
+        batch(&[r]),
+        &lambda_runtime::Context::default(),
+    )
+    .await;
+    let rec = rig
+        .pipeline
+        .store
+        .load(&accepted.request_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.phase, Phase::Failed);
+    let failure = rec.failure.unwrap();
+    assert_eq!(failure.step, "queue");
+    assert!(failure.reason.contains("malformed"), "{}", failure.reason);
+}
+
+#[tokio::test]
+async fn a_job_published_in_the_original_shape_runs_and_twice_is_still_one_request() {
+    let rig = rig().await;
+    let job = json!({"id": "test-job-123", "data": {"mcp_key_id": "key_123", "tool_name": "execute_request",
+        "request_params": {"description": "Create a simple API with a users endpoint"}, "user_id": "user_456", "project_id": "proj_789"}});
+    for _ in 0..2 {
+        rig.aws
+            .clients
+            .sqs
+            .send_message()
+            .queue_url(&rig.aws.settings.work_queue_url)
+            .message_body(job.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(pump(&rig, false).await, 0);
+    let requests = rig
+        .pipeline
+        .store
+        .list_for_owner(&UserId::parse("user_456").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_finished_like_reference(rig.pipeline.store.as_ref(), &requests[0].id).await;
+    assert_eq!(finalize_messages(&rig).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_scheduled_sweep_redrives_a_lost_continuation() {
+    let rig = rig().await;
+    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    for m in rig.aws.receive_work(Duration::ZERO).await {
+        rig.aws.delete(&rig.aws.settings.work_queue_url, &m).await; // lost
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let event = lambda_runtime::LambdaEvent::new(
+        json!({"sweep": true}),
+        lambda_runtime::Context::default(),
+    );
+    let report = worker::handle(&rig.pipeline, event).await.unwrap();
+    assert_eq!(report["redriven_work"], json!([accepted.request_id]));
+    pump(&rig, false).await;
+    assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+}
