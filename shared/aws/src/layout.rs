@@ -5,8 +5,8 @@
 //! | pk | sk | attributes |
 //! |---|---|---|
 //! | `REQ#<id>` | `STATE` | `body` (the `RequestRecord` as JSON) or `spill`; `version` N, `phase` S, `owner` S, `created_at_ms` N, `updated_at_ms` N; `active` S (= the phase, only while not terminal); `ttl` N (epoch seconds, only once terminal) |
-//! | `REQ#<id>` | `MSG#<index, 9 digits>` | `body` (a `Message` as JSON) or `spill` |
-//! | `REQ#<id>` | `CALL#<iteration, 9 digits>` | `body` (a `ModelCall` as JSON) or `spill` |
+//! | `REQ#<id>` | `MSG#<index, 9 digits>` | `body` (a `Message` as JSON) or `spill`; `ttl` N (60 days after writing) |
+//! | `REQ#<id>` | `CALL#<iteration, 9 digits>` | `body` (a `ModelCall` as JSON) or `spill`; `ttl` N (60 days after writing) |
 //!
 //! A spilled payload lives in S3 under `spill/<id>/<sk>-<sha256 prefix>.json`; the item holds
 //! the key in `spill` and the payload's SHA-256 (hex) in `sha256`. The key is
@@ -43,6 +43,15 @@ pub const SPILL_PREFIX: &str = "spill/";
 
 /// How long a finished request stays in the table.
 pub const RETENTION_SECS: u64 = 30 * 24 * 3600;
+/// Message and call items expire this long after they were written: an item's end is not
+/// known when it is written, and requests last hours at most, so this outlives the `STATE`
+/// item's expiry. (The bucket's `spill/` lifecycle must be longer still.)
+pub const ITEM_RETENTION_SECS: u64 = 60 * 24 * 3600;
+
+/// The `ttl` of a message or call item written now.
+pub fn item_expiry_secs() -> u64 {
+    tb_core::agent::now_ms() / 1000 + ITEM_RETENTION_SECS
+}
 
 /// DynamoDB's limit on the items of one transaction.
 pub const MAX_TRANSACTION_ITEMS: usize = 100;

@@ -164,7 +164,10 @@ impl DynamoStore {
         Ok(Draft {
             json: to_json(&sk, message)?,
             sk,
-            attributes: Item::new(),
+            attributes: Item::from([(
+                layout::TTL.to_string(),
+                aws_sdk_dynamodb::types::AttributeValue::N(layout::item_expiry_secs().to_string()),
+            )]),
             condition: Condition::Absent,
         })
     }
@@ -174,7 +177,10 @@ impl DynamoStore {
         Ok(Draft {
             json: to_json(&sk, call)?,
             sk,
-            attributes: Item::new(),
+            attributes: Item::from([(
+                layout::TTL.to_string(),
+                aws_sdk_dynamodb::types::AttributeValue::N(layout::item_expiry_secs().to_string()),
+            )]),
             condition: Condition::Absent,
         })
     }
