@@ -6,6 +6,8 @@
 //!   directory removed on drop.
 
 pub mod fake_daytona;
+pub mod fake_fly;
+pub mod fake_github;
 pub mod temp_local;
 
 pub use fake_daytona::FakeDaytona;

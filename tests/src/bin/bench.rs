@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     );
     loop_overhead().await?;
     task_cost().await?;
+    state_store().await?;
     Ok(())
 }
 
@@ -177,6 +178,77 @@ async fn task_cost() -> anyhow::Result<()> {
             state.cost,
             state.cost.micros() as f64 / base as f64
         );
+    }
+    Ok(())
+}
+
+/// The worker's per-iteration write (one conditional transaction: the record, two messages,
+/// one call) and its per-slice read (the whole conversation), on DynamoDB via moto.
+async fn state_store() -> anyhow::Result<()> {
+    use tb_core::domain::{Description, ProjectId, RequestId, UserId};
+    use tb_pipeline::{AgentHeader, Appended, RequestRecord, StateStore};
+    println!("\n## 3. State store per iteration: DynamoDB (moto on loopback) and in-memory");
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        println!("skipped: no moto server (run `infra/moto.sh start && eval \"$(infra/moto.sh env)\"` first)");
+        return Ok(());
+    }
+    println!("Per iteration the worker commits the record plus what the iteration appended (an");
+    println!("assistant message, a tool-result message, one call) in one conditional transaction;");
+    println!("per slice it reads the whole conversation once. Mean of 20 commits at each size.");
+    println!("Bytes = DynamoDB item size (names + values) of the items put.\n");
+    println!("| messages | commit ms (moto) | bytes written / iteration | conversation read ms (moto, once per slice) |");
+    println!("|---:|---:|---:|---:|");
+    let aws = tb_aws::testing::TestAws::new().await;
+    let store = aws.store();
+    let base = conversation(1);
+    let (mut rec, first) = RequestRecord::new(
+        RequestId::generate(),
+        UserId::parse("user_bench")?,
+        ProjectId::generate(),
+        Description::parse("Create a simple API with a users endpoint").map_err(anyhow::Error::msg)?,
+        tb_core::agent::now_ms(),
+    );
+    store.create(&rec, &first).await?;
+    let mut state = base;
+    let mut call = 0u32;
+    let mut append = |state: &mut AgentState, rec: &mut RequestRecord, n: usize| {
+        let from = state.messages.len();
+        let grown = conversation(from + n);
+        state.messages = grown.messages;
+        let calls: Vec<tb_core::ModelCall> = (0..n / 2)
+            .map(|_| {
+                call += 1;
+                tb_core::ModelCall { iteration: call, model: "scripted".into(), usage: TokenUsage::default(), cost: MicroUsd::ZERO, latency_ms: 0, stop_reason: tb_core::model::StopReason::ToolUse }
+            })
+            .collect();
+        state.calls.extend(calls.clone());
+        state.iteration = call;
+        rec.agent = AgentHeader::of(state);
+        (from, calls)
+    };
+    for target in [10usize, 100, 1000] {
+        // Grow to `target` messages in large commits (not measured).
+        while state.messages.len() + 2 < target {
+            let n = (target - state.messages.len()).min(90) & !1;
+            let v = rec.version;
+            let (from, calls) = append(&mut state, &mut rec, n.max(2));
+            rec.version += 1;
+            store.commit(&rec, v, Appended { first_index: from, messages: &state.messages[from..], calls: &calls }).await?;
+        }
+        let before = store.bytes_written();
+        let started = Instant::now();
+        for _ in 0..20 {
+            let v = rec.version;
+            let (from, calls) = append(&mut state, &mut rec, 2);
+            rec.version += 1;
+            store.commit(&rec, v, Appended { first_index: from, messages: &state.messages[from..], calls: &calls }).await?;
+        }
+        let commit_ms = started.elapsed().as_secs_f64() * 1000.0 / 20.0;
+        let bytes = (store.bytes_written() - before) / 20;
+        let started = Instant::now();
+        let (messages, _) = store.conversation(&rec).await?;
+        let read_ms = started.elapsed().as_secs_f64() * 1000.0;
+        println!("| {} | {commit_ms:.1} | {bytes} | {read_ms:.1} |", messages.len());
     }
     Ok(())
 }

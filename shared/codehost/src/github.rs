@@ -1,0 +1,650 @@
+//! [`CodeHost`] on GitHub: one private repository per project, one commit per push made
+//! with the Git Data API (no `git` binary, no clone, the token never in a URL).
+//!
+//! A push:
+//!
+//! 1. Creates `{prefix}{project}` (`POST /user/repos` or `POST /orgs/{org}/repos`,
+//!    `private`, `auto_init: false`). A 422 whose `errors` say the name already exists
+//!    means it is there: `GET /repos/{owner}/{name}` and go on.
+//! 2. Reads the head of the default branch (`GET …/git/ref/heads/{branch}`; 404 = no such
+//!    branch, 409 = the repository has no commit at all) and its commit's tree.
+//! 3. Compares the snapshot's tree id, computed locally, with the head's: equal means
+//!    nothing changed, and the push ends with `committed: false` having created nothing.
+//! 4. Otherwise creates the tree (`POST …/git/trees`): UTF-8 files go inline as `content`
+//!    (one request for all of them, which matters under GitHub's limit of 80
+//!    content-creating requests a minute), other files as blobs (`POST …/git/blobs`,
+//!    base64) unless the head tree already holds that blob. GitHub's tree id is compared
+//!    with the head's again, then a commit is created (`POST …/git/commits`, parent = the
+//!    head, author and committer `turbobackend <bot@turbobackend.dev>`) and the branch
+//!    moved to it (`PATCH …/git/refs/heads/{branch}` with `force: false`, or
+//!    `POST …/git/refs` if the branch does not exist). If the branch moved meanwhile the
+//!    push starts again from step 2 (a few times, then [`PortError::Conflict`]).
+//!
+//! **Empty repositories.** GitHub's Git Data API refuses to write blobs and trees into a
+//! repository with no commit (`409 Git Repository is empty.`), while the contents API
+//! (`PUT …/contents/{path}`) may create the first commit. So the first push creates a
+//! placeholder commit that way (file `.turbobackend-init`, message
+//! [`BOOTSTRAP_MESSAGE`]), then writes the snapshot as a root commit (no parent) and
+//! moves the branch onto it with `force: true`, after checking that the branch still
+//! points at the placeholder. The repository's history then starts with the snapshot,
+//! exactly as with the local adapter. A push that dies in between leaves the placeholder
+//! as the head; the next push recognises it (no parent, that message) and replaces it the
+//! same way.
+//!
+//! Retries: 5xx, 429, secondary rate limits (403 with `retry-after`, with
+//! `x-ratelimit-remaining: 0`, or saying "rate limit") and network failures are retried
+//! with exponential backoff and jitter, honouring `retry-after` and `x-ratelimit-reset`;
+//! a wait longer than [`RetryPolicy::max_wait`] ends the push with a transient error.
+//! 401, 403 and 404 are permanent errors that say what to check.
+//!
+//! [`PortError::Conflict`]: tb_core::ports::PortError::Conflict
+
+mod api;
+mod config;
+mod retry;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::Method;
+use serde_json::{Value, json};
+use tb_core::domain::ProjectId;
+use tb_core::ports::{CodeHost, PortError, Pushed, Snapshot};
+use tokio::sync::OnceCell;
+
+pub use config::{GitHubConfig, GitHubToken};
+pub use retry::RetryPolicy;
+
+use crate::error::CodeHostError;
+use crate::tree::{ProjectTree, TreeFile};
+use crate::{AUTHOR_EMAIL, AUTHOR_NAME};
+use api::{Answer, Api, segment};
+
+/// The message of the placeholder commit that gets an empty repository past the Git Data
+/// API's refusal; a parentless head commit with it is replaced by the next push.
+pub const BOOTSTRAP_MESSAGE: &str = "turbobackend: initialize repository";
+const BOOTSTRAP_PATH: &str = ".turbobackend-init";
+/// Times a push re-reads the branch after finding it moved.
+const MAX_BRANCH_ATTEMPTS: u32 = 3;
+/// UTF-8 files up to this size go inline in the tree request; larger ones as blobs.
+const MAX_INLINE_BYTES: usize = 512 * 1024;
+
+/// Publishes projects to GitHub. The HTTP client is built on first use, inside the
+/// caller's Tokio runtime (octocrab spawns a worker task there), and reused: use one
+/// value within one runtime. The token's login is looked up once.
+pub struct GitHubCodeHost {
+    config: GitHubConfig,
+    api: OnceCell<Api>,
+    login: OnceCell<String>,
+}
+
+impl fmt::Debug for GitHubCodeHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitHubCodeHost")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The repository a push goes to.
+struct Repo {
+    owner: String,
+    name: String,
+    html_url: String,
+    branch: String,
+}
+
+impl Repo {
+    /// `/repos/{owner}/{name}{rest}`, escaped.
+    fn path(&self, rest: &str) -> String {
+        format!(
+            "/repos/{}/{}{rest}",
+            segment(&self.owner),
+            segment(&self.name)
+        )
+    }
+
+    fn ref_path(&self) -> String {
+        let branch: Vec<String> = self.branch.split('/').map(segment).collect();
+        self.path(&format!("/git/ref/heads/{}", branch.join("/")))
+    }
+
+    fn refs_path(&self) -> String {
+        let branch: Vec<String> = self.branch.split('/').map(segment).collect();
+        self.path(&format!("/git/refs/heads/{}", branch.join("/")))
+    }
+
+    fn pushed(&self, commit_sha: String, committed: bool) -> Pushed {
+        Pushed {
+            repo_url: self.html_url.clone(),
+            commit_sha,
+            committed,
+        }
+    }
+}
+
+/// The branch as a push finds it.
+#[derive(Debug)]
+enum Head {
+    /// The repository has no commit at all (GitHub answers 409).
+    EmptyRepository,
+    /// The repository has commits, but not on this branch.
+    NoBranch,
+    Commit {
+        sha: String,
+        tree: String,
+        /// The placeholder commit of an empty repository, to be replaced.
+        placeholder: bool,
+    },
+}
+
+impl Head {
+    /// The commit a new commit builds on: none for a placeholder.
+    fn parent(&self) -> Option<(&str, &str)> {
+        match self {
+            Head::Commit {
+                sha,
+                tree,
+                placeholder: false,
+            } => Some((sha, tree)),
+            _ => None,
+        }
+    }
+}
+
+impl GitHubCodeHost {
+    pub fn new(config: GitHubConfig) -> Result<Self, CodeHostError> {
+        config.validate()?;
+        Ok(GitHubCodeHost {
+            config,
+            api: OnceCell::new(),
+            login: OnceCell::new(),
+        })
+    }
+
+    /// The repository name of `project`.
+    pub fn repo_name(&self, project: &ProjectId) -> String {
+        format!("{}{}", self.config.repo_prefix, project.as_str())
+    }
+
+    /// [`CodeHost::push`] with this crate's error type.
+    pub async fn push_snapshot(
+        &self,
+        project: &ProjectId,
+        snapshot: &Snapshot,
+        message: &str,
+    ) -> Result<Pushed, CodeHostError> {
+        let tree = ProjectTree::new(snapshot)?;
+        let api = self.api().await?;
+        let repo = self
+            .ensure_repository(api, &self.repo_name(project))
+            .await?;
+        for _ in 0..MAX_BRANCH_ATTEMPTS {
+            if let Some(pushed) = self.commit_once(api, &repo, &tree, message).await? {
+                return Ok(pushed);
+            }
+            tracing::info!(repo = %repo.name, branch = %repo.branch, "branch moved during the push; reading it again");
+        }
+        Err(CodeHostError::BranchMoved {
+            branch: repo.branch.clone(),
+        })
+    }
+
+    async fn api(&self) -> Result<&Api, CodeHostError> {
+        self.api
+            .get_or_try_init(|| async { Api::new(&self.config) })
+            .await
+    }
+
+    /// The account the repositories belong to: the organization, or the token's user.
+    async fn owner(&self, api: &Api) -> Result<String, CodeHostError> {
+        if let Some(org) = &self.config.owner {
+            return Ok(org.clone());
+        }
+        let login = self
+            .login
+            .get_or_try_init(|| async {
+                let what = "reading the token's user (GET /user)";
+                let answer = api.send(Method::GET, "/user", None, what).await?;
+                if !answer.is_success() {
+                    return Err(answer.refusal(what));
+                }
+                let user: wire::User = answer.json(what)?;
+                if !config::is_account_name(&user.login) {
+                    return Err(CodeHostError::Protocol {
+                        what: what.into(),
+                        message: format!("login `{}` is not an account name", user.login),
+                    });
+                }
+                Ok(user.login)
+            })
+            .await?;
+        Ok(login.clone())
+    }
+
+    /// Creates the repository, or finds it when it already exists.
+    async fn ensure_repository(&self, api: &Api, name: &str) -> Result<Repo, CodeHostError> {
+        let owner = self.owner(api).await?;
+        let create_path = match &self.config.owner {
+            Some(org) => format!("/orgs/{}/repos", segment(org)),
+            None => "/user/repos".to_owned(),
+        };
+        let what = format!("creating repository {owner}/{name}");
+        let body = json!({
+            "name": name,
+            "private": self.config.private,
+            "auto_init": false,
+            "description": "Created by turbobackend",
+            "has_wiki": false,
+            "has_projects": false,
+        });
+        let answer = api
+            .send(Method::POST, &create_path, Some(&body), &what)
+            .await?;
+        let repository: wire::Repository = if answer.is_success() {
+            tracing::info!(owner = %owner, repo = %name, "created the repository");
+            answer.json(&what)?
+        } else if answer.status == 422 && name_already_exists(&answer) {
+            let what = format!("reading repository {owner}/{name}");
+            let path = format!("/repos/{}/{}", segment(&owner), segment(name));
+            let answer = api.send(Method::GET, &path, None, &what).await?;
+            if !answer.is_success() {
+                return Err(answer.refusal(&what));
+            }
+            answer.json(&what)?
+        } else {
+            return Err(answer.refusal(&what));
+        };
+        if repository.private != self.config.private {
+            tracing::warn!(repo = %name, private = repository.private, "the existing repository's visibility differs from the configured one; left as it is");
+        }
+        Ok(Repo {
+            owner: repository.owner.login,
+            name: repository.name,
+            html_url: repository.html_url,
+            branch: repository
+                .default_branch
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "main".to_owned()),
+        })
+    }
+
+    /// One attempt at committing `tree` on the branch. `None` when the branch moved.
+    async fn commit_once(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        tree: &ProjectTree<'_>,
+        message: &str,
+    ) -> Result<Option<Pushed>, CodeHostError> {
+        let mut head = self.head(api, repo).await?;
+        if matches!(head, Head::EmptyRepository) {
+            head = self.create_placeholder(api, repo).await?;
+        }
+        if let Some((sha, head_tree)) = head.parent()
+            && head_tree == tree.tree_id
+        {
+            return Ok(Some(repo.pushed(sha.to_owned(), false)));
+        }
+        let known = match head.parent() {
+            Some((_, head_tree)) => self.blobs_in(api, repo, head_tree).await?,
+            None => HashSet::new(),
+        };
+        let tree_sha = self.create_tree(api, repo, tree, &known).await?;
+        if tree_sha != tree.tree_id {
+            tracing::warn!(repo = %repo.name, github = %tree_sha, local = %tree.tree_id, "GitHub's tree id differs from the locally computed one");
+        }
+        if let Some((sha, head_tree)) = head.parent()
+            && head_tree == tree_sha
+        {
+            return Ok(Some(repo.pushed(sha.to_owned(), false)));
+        }
+        let parent = head.parent().map(|(sha, _)| sha);
+        let commit = self
+            .create_commit(api, repo, &tree_sha, parent, message)
+            .await?;
+        let moved = match &head {
+            Head::NoBranch | Head::EmptyRepository => {
+                self.create_branch(api, repo, &commit).await?
+            }
+            Head::Commit {
+                sha,
+                placeholder: true,
+                ..
+            } => self.replace_placeholder(api, repo, sha, &commit).await?,
+            Head::Commit { .. } => self.move_branch(api, repo, &commit, false).await?,
+        };
+        if moved {
+            return Ok(Some(repo.pushed(commit, true)));
+        }
+        // An earlier attempt's update may have landed with its answer lost.
+        match self.head(api, repo).await? {
+            Head::Commit { sha, .. } if sha == commit => Ok(Some(repo.pushed(commit, true))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn head(&self, api: &Api, repo: &Repo) -> Result<Head, CodeHostError> {
+        let what = format!(
+            "reading branch {} of {}/{}",
+            repo.branch, repo.owner, repo.name
+        );
+        let answer = api.send(Method::GET, &repo.ref_path(), None, &what).await?;
+        let sha = match answer.status {
+            409 => return Ok(Head::EmptyRepository),
+            404 => return Ok(Head::NoBranch),
+            _ if answer.is_success() => answer.json::<wire::GitRef>(&what)?.object.sha,
+            _ => return Err(answer.refusal(&what)),
+        };
+        let what = format!("reading commit {sha} of {}/{}", repo.owner, repo.name);
+        let path = repo.path(&format!("/git/commits/{}", segment(&sha)));
+        let answer = api.send(Method::GET, &path, None, &what).await?;
+        if !answer.is_success() {
+            return Err(answer.refusal(&what));
+        }
+        let commit: wire::Commit = answer.json(&what)?;
+        Ok(Head::Commit {
+            placeholder: commit.parents.is_empty() && commit.message.trim() == BOOTSTRAP_MESSAGE,
+            sha: commit.sha,
+            tree: commit.tree.sha,
+        })
+    }
+
+    /// Creates the placeholder first commit through the contents API.
+    async fn create_placeholder(&self, api: &Api, repo: &Repo) -> Result<Head, CodeHostError> {
+        let what = format!("initializing empty repository {}/{}", repo.owner, repo.name);
+        let body = json!({
+            "message": BOOTSTRAP_MESSAGE,
+            "content": BASE64.encode(b"This repository is being set up by turbobackend.\n"),
+            "author": { "name": AUTHOR_NAME, "email": AUTHOR_EMAIL },
+            "committer": { "name": AUTHOR_NAME, "email": AUTHOR_EMAIL },
+        });
+        let path = repo.path(&format!("/contents/{BOOTSTRAP_PATH}"));
+        let answer = api.send(Method::PUT, &path, Some(&body), &what).await?;
+        if answer.is_success() {
+            let commit = answer.json::<wire::ContentsPut>(&what)?.commit;
+            return Ok(Head::Commit {
+                sha: commit.sha,
+                tree: commit.tree.sha,
+                placeholder: true,
+            });
+        }
+        if matches!(answer.status, 409 | 422) {
+            // Someone else made the first commit meanwhile.
+            return match self.head(api, repo).await? {
+                Head::EmptyRepository => Err(CodeHostError::Unavailable {
+                    what,
+                    message: "the repository still looks empty".into(),
+                }),
+                head => Ok(head),
+            };
+        }
+        Err(answer.refusal(&what))
+    }
+
+    /// The blob ids in a tree (all levels), so they are not uploaded again. A truncated
+    /// listing still names blobs that exist.
+    async fn blobs_in(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        tree_sha: &str,
+    ) -> Result<HashSet<String>, CodeHostError> {
+        let what = format!("listing tree {tree_sha} of {}/{}", repo.owner, repo.name);
+        let path = repo.path(&format!("/git/trees/{}?recursive=1", segment(tree_sha)));
+        let answer = api.send(Method::GET, &path, None, &what).await?;
+        if !answer.is_success() {
+            return Err(answer.refusal(&what));
+        }
+        let listing: wire::Tree = answer.json(&what)?;
+        if listing.truncated {
+            tracing::debug!(repo = %repo.name, "tree listing truncated; some blobs may be uploaded again");
+        }
+        Ok(listing
+            .tree
+            .into_iter()
+            .filter(|item| item.kind == "blob")
+            .map(|item| item.sha)
+            .collect())
+    }
+
+    /// Creates the whole tree; returns GitHub's id for it.
+    async fn create_tree(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        tree: &ProjectTree<'_>,
+        known: &HashSet<String>,
+    ) -> Result<String, CodeHostError> {
+        let mut uploaded: HashMap<&str, String> = HashMap::new();
+        let mut entries = Vec::with_capacity(tree.files.len());
+        for file in &tree.files {
+            let mut entry = json!({ "path": file.path, "mode": file.mode(), "type": "blob" });
+            if known.contains(&file.blob_id) {
+                entry["sha"] = json!(file.blob_id);
+            } else if let Some(text) = inline_text(file) {
+                entry["content"] = json!(text);
+            } else {
+                if !uploaded.contains_key(file.blob_id.as_str()) {
+                    let sha = self.create_blob(api, repo, file).await?;
+                    uploaded.insert(&file.blob_id, sha);
+                }
+                entry["sha"] = json!(uploaded[file.blob_id.as_str()]);
+            }
+            entries.push(entry);
+        }
+        let what = format!(
+            "creating a tree of {} files in {}/{}",
+            tree.files.len(),
+            repo.owner,
+            repo.name
+        );
+        let body = json!({ "tree": entries });
+        let answer = api
+            .send(Method::POST, &repo.path("/git/trees"), Some(&body), &what)
+            .await?;
+        Self::created_sha(answer, what)
+    }
+
+    async fn create_blob(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        file: &TreeFile<'_>,
+    ) -> Result<String, CodeHostError> {
+        let what = format!("uploading {} to {}/{}", file.path, repo.owner, repo.name);
+        let body = json!({ "content": BASE64.encode(file.contents), "encoding": "base64" });
+        let answer = api
+            .send(Method::POST, &repo.path("/git/blobs"), Some(&body), &what)
+            .await?;
+        let sha = Self::created_sha(answer, what.clone())?;
+        if sha != file.blob_id {
+            return Err(CodeHostError::Protocol {
+                what,
+                message: format!("blob id {sha}, expected {}", file.blob_id),
+            });
+        }
+        Ok(sha)
+    }
+
+    async fn create_commit(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        tree_sha: &str,
+        parent: Option<&str>,
+        message: &str,
+    ) -> Result<String, CodeHostError> {
+        let what = format!("creating a commit in {}/{}", repo.owner, repo.name);
+        let person = json!({ "name": AUTHOR_NAME, "email": AUTHOR_EMAIL });
+        let body = json!({
+            "message": message,
+            "tree": tree_sha,
+            "parents": parent.into_iter().collect::<Vec<_>>(),
+            "author": person,
+            "committer": person,
+        });
+        let answer = api
+            .send(Method::POST, &repo.path("/git/commits"), Some(&body), &what)
+            .await?;
+        Self::created_sha(answer, what)
+    }
+
+    /// Creates the branch at `commit`; false if it exists already.
+    async fn create_branch(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        commit: &str,
+    ) -> Result<bool, CodeHostError> {
+        let what = format!(
+            "creating branch {} of {}/{}",
+            repo.branch, repo.owner, repo.name
+        );
+        let body = json!({ "ref": format!("refs/heads/{}", repo.branch), "sha": commit });
+        let answer = api
+            .send(Method::POST, &repo.path("/git/refs"), Some(&body), &what)
+            .await?;
+        match answer.status {
+            _ if answer.is_success() => Ok(true),
+            422 => Ok(false),
+            _ => Err(answer.refusal(&what)),
+        }
+    }
+
+    /// Moves the branch to `commit`; false if that is refused because it moved (not a
+    /// fast-forward, or gone).
+    async fn move_branch(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        commit: &str,
+        force: bool,
+    ) -> Result<bool, CodeHostError> {
+        let what = format!(
+            "moving branch {} of {}/{}",
+            repo.branch, repo.owner, repo.name
+        );
+        let body = json!({ "sha": commit, "force": force });
+        let answer = api
+            .send(Method::PATCH, &repo.refs_path(), Some(&body), &what)
+            .await?;
+        match answer.status {
+            _ if answer.is_success() => Ok(true),
+            422 => Ok(false),
+            _ => Err(answer.refusal(&what)),
+        }
+    }
+
+    /// Moves the branch from the placeholder to `commit` (not a fast-forward: `commit` has
+    /// no parent), if it still points at the placeholder.
+    async fn replace_placeholder(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        placeholder: &str,
+        commit: &str,
+    ) -> Result<bool, CodeHostError> {
+        match self.head(api, repo).await? {
+            Head::Commit { sha, .. } if sha == placeholder => {
+                self.move_branch(api, repo, commit, true).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The `sha` of a 201 answer.
+    fn created_sha(answer: Answer, what: String) -> Result<String, CodeHostError> {
+        if answer.status == 409 {
+            // The repository looks empty again (replication lag right after its first
+            // commit): worth another try later.
+            return Err(CodeHostError::Unavailable {
+                what,
+                message: format!("409 {}", answer.message),
+            });
+        }
+        if !answer.is_success() {
+            return Err(answer.refusal(&what));
+        }
+        Ok(answer.json::<wire::Sha>(&what)?.sha)
+    }
+}
+
+/// The file's text if it can travel inline in a tree request.
+fn inline_text<'a>(file: &TreeFile<'a>) -> Option<&'a str> {
+    if file.contents.len() > MAX_INLINE_BYTES || file.contents.contains(&0) {
+        return None;
+    }
+    std::str::from_utf8(file.contents).ok()
+}
+
+/// Whether a 422 from repository creation says the name is taken.
+fn name_already_exists(answer: &Answer) -> bool {
+    let Some(errors) = answer.body.get("errors").and_then(Value::as_array) else {
+        return false;
+    };
+    errors.iter().any(|error| {
+        let text = match error {
+            Value::String(s) => s.as_str(),
+            other => {
+                let field = other.get("field").and_then(Value::as_str);
+                if field.is_some_and(|f| f != "name") {
+                    return false;
+                }
+                other.get("message").and_then(Value::as_str).unwrap_or("")
+            }
+        };
+        text.contains("already exists")
+    })
+}
+
+#[async_trait]
+impl CodeHost for GitHubCodeHost {
+    async fn push(
+        &self,
+        project: &ProjectId,
+        snapshot: &Snapshot,
+        message: &str,
+    ) -> Result<Pushed, PortError> {
+        let pushed = self
+            .push_snapshot(project, snapshot, message)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(project = %project, error = %e, "GitHub push failed"),
+            )?;
+        tracing::info!(project = %project, repo = %pushed.repo_url, commit = %pushed.commit_sha, committed = pushed.committed, "pushed to GitHub");
+        Ok(pushed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: Value) -> Answer {
+        Answer {
+            status: 422,
+            message: "Repository creation failed.".into(),
+            body,
+        }
+    }
+
+    #[test]
+    fn only_a_name_conflict_counts_as_an_existing_repository() {
+        assert!(name_already_exists(&answer(json!({
+            "message": "Repository creation failed.",
+            "errors": [{"resource": "Repository", "code": "custom", "field": "name", "message": "name already exists on this account"}]
+        }))));
+        assert!(!name_already_exists(&answer(json!({
+            "message": "Repository creation failed.",
+            "errors": [{"resource": "Repository", "code": "custom", "field": "visibility", "message": "Visibility can't be private. Please upgrade your plan."}]
+        }))));
+        assert!(!name_already_exists(&answer(
+            json!({"message": "Validation Failed"})
+        )));
+    }
+}

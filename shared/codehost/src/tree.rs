@@ -1,0 +1,174 @@
+//! A snapshot checked and laid out as a git tree: the files with their blob ids, and the
+//! id of the whole tree, as both adapters will write it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tb_core::ports::Snapshot;
+
+use crate::error::CodeHostError;
+use crate::git_object::{self, EntryKind, ObjectId, TreeEntry};
+
+/// One file of a [`ProjectTree`].
+#[derive(Debug)]
+pub(crate) struct TreeFile<'a> {
+    /// Relative, `/`-separated, normalised (see `WorkspacePath`).
+    pub path: &'a str,
+    pub contents: &'a [u8],
+    pub executable: bool,
+    pub blob_id: ObjectId,
+}
+
+impl TreeFile<'_> {
+    /// The mode git records for the file.
+    pub fn mode(&self) -> &'static str {
+        if self.executable { "100755" } else { "100644" }
+    }
+}
+
+/// A snapshot that can be committed as is: every path a file, no duplicates, no path
+/// both a file and a directory, nothing under `.git`, at least one file.
+#[derive(Debug)]
+pub(crate) struct ProjectTree<'a> {
+    /// Sorted by path.
+    pub files: Vec<TreeFile<'a>>,
+    /// The id git gives the root tree of these files.
+    pub tree_id: ObjectId,
+}
+
+impl<'a> ProjectTree<'a> {
+    pub fn new(snapshot: &'a Snapshot) -> Result<Self, CodeHostError> {
+        let invalid = |reason: String| Err(CodeHostError::InvalidSnapshot(reason));
+        if snapshot.files.is_empty() {
+            return invalid("it has no files; there is nothing to commit".into());
+        }
+        let mut files = Vec::with_capacity(snapshot.files.len());
+        for file in &snapshot.files {
+            let path = file.path.as_str();
+            if file.path.is_root() {
+                return invalid("a file has an empty path".into());
+            }
+            if path
+                .split('/')
+                .any(|part| part.eq_ignore_ascii_case(".git"))
+            {
+                return invalid(format!("`{path}` is inside `.git`, which git refuses"));
+            }
+            files.push(TreeFile {
+                path,
+                contents: &file.contents,
+                executable: file.executable,
+                blob_id: git_object::blob_id(&file.contents),
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(b.path));
+        let mut seen = BTreeSet::new();
+        for file in &files {
+            if !seen.insert(file.path) {
+                return invalid(format!("`{}` appears twice", file.path));
+            }
+        }
+        for file in &files {
+            let mut prefix = file.path;
+            while let Some((parent, _)) = prefix.rsplit_once('/') {
+                if seen.contains(parent) {
+                    return invalid(format!(
+                        "`{parent}` is a file and also the directory of `{}`",
+                        file.path
+                    ));
+                }
+                prefix = parent;
+            }
+        }
+        let tree_id = root_tree_id(&files)?;
+        Ok(ProjectTree { files, tree_id })
+    }
+}
+
+/// A directory while the tree is being built.
+#[derive(Default)]
+struct Dir {
+    files: Vec<TreeEntry>,
+    dirs: BTreeMap<String, Dir>,
+}
+
+impl Dir {
+    fn id(&self) -> Option<ObjectId> {
+        let mut entries = self.files.clone();
+        for (name, dir) in &self.dirs {
+            entries.push(TreeEntry {
+                name: name.clone(),
+                kind: EntryKind::Tree,
+                id: dir.id()?,
+            });
+        }
+        git_object::tree_id(&entries)
+    }
+}
+
+fn root_tree_id(files: &[TreeFile<'_>]) -> Result<ObjectId, CodeHostError> {
+    let mut root = Dir::default();
+    for file in files {
+        let mut parts: Vec<&str> = file.path.split('/').collect();
+        let name = parts.pop().unwrap_or_default();
+        let mut dir = &mut root;
+        for part in parts {
+            dir = dir.dirs.entry(part.to_owned()).or_default();
+        }
+        dir.files.push(TreeEntry {
+            name: name.to_owned(),
+            kind: EntryKind::Blob {
+                executable: file.executable,
+            },
+            id: file.blob_id.clone(),
+        });
+    }
+    root.id()
+        .ok_or_else(|| CodeHostError::Internal("a computed object id is malformed".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tb_core::ports::SnapshotFile;
+    use tb_core::sandbox::WorkspacePath;
+
+    fn snapshot(files: &[(&str, &str, bool)]) -> Snapshot {
+        Snapshot {
+            files: files
+                .iter()
+                .map(|(path, contents, executable)| SnapshotFile {
+                    path: WorkspacePath::parse(path).unwrap(),
+                    contents: contents.as_bytes().to_vec(),
+                    executable: *executable,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_refused_when_git_could_not_hold_it() {
+        for (files, why) in [
+            (vec![], "no files"),
+            (vec![("a", "1", false), ("a", "2", false)], "twice"),
+            (vec![("a", "1", false), ("a/b", "2", false)], "directory"),
+            (vec![(".git/config", "x", false)], ".git"),
+            (vec![("x/.GIT/hooks", "x", false)], ".git"),
+        ] {
+            let err = ProjectTree::new(&snapshot(&files)).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn files_are_sorted_and_carry_their_blob_ids() {
+        let snap = snapshot(&[("b.txt", "hello\n", false), ("a/run.sh", "x", true)]);
+        let tree = ProjectTree::new(&snap).unwrap();
+        let paths: Vec<_> = tree.files.iter().map(|f| f.path).collect();
+        assert_eq!(paths, ["a/run.sh", "b.txt"]);
+        assert_eq!(tree.files[0].mode(), "100755");
+        assert_eq!(
+            tree.files[1].blob_id,
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+    }
+}

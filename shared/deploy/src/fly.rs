@@ -1,0 +1,463 @@
+//! The Fly.io deployer: one app per project, one web machine per app, running the app image
+//! by digest.
+//!
+//! A deploy: ensure the app (`GET /apps/{app}`, create on 404), its public IPs (one
+//! `shared_v4`, one `v6`) and its secrets (the returned version becomes
+//! `min_secrets_version`); push the image ([`crate::image`]) to `<registry>/<app>`; then
+//! update the project's web machine (found by metadata `turbobackend=web`; an update replaces
+//! the whole config) or create it; wait until it is `started`, then until
+//! `<public url>/api/health` answers 200, all within the health timeout.
+//!
+//! Nothing half-done stays running: a new machine that does not get healthy is destroyed,
+//! and an updated one is rolled back to the configuration it had before (its previous image
+//! digest). The Fly token is used for the API and, as the password of user `x`, for the
+//! registry; it never appears in logs, errors or the returned details.
+
+mod api;
+pub mod machine_config;
+pub mod naming;
+mod spacing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tb_core::domain::ProjectId;
+use tb_core::ports::{Artifact, Deployer, Deployment, PortError};
+use tokio::time::Instant;
+
+use self::api::{MachinesApi, Waited};
+use self::machine_config::{HEALTH_PATH, ROLE_KEY, ROLE_WEB};
+use crate::registry::{RegistryClient, RegistryCredentials};
+use crate::{DeployError, ImageRef, Secret, artifact, image};
+
+/// Where and how to deploy.
+#[derive(Clone, Debug)]
+pub struct FlyConfig {
+    /// `https://api.machines.dev/v1`.
+    pub api_base: String,
+    /// An org token (`fly tokens create org`): creating apps needs one. Sent as
+    /// `Authorization: FlyV1 …` when it starts with `FlyV1 `, else as a bearer token.
+    pub token: Secret,
+    pub org_slug: String,
+    /// Where machines run (`iad`).
+    pub region: String,
+    /// The registry images are pushed to: `registry.fly.io`.
+    pub registry: String,
+    /// App names are `<app_prefix><project id>`.
+    pub app_prefix: String,
+    /// The Node base image (`docker.io/library/node:20-slim`). On `registry` itself its
+    /// layers are mounted, elsewhere they are copied (once per app).
+    pub base_image: ImageRef,
+    /// The app's public URL, `{app}` replaced by the app name: `https://{app}.fly.dev`.
+    pub public_url_template: String,
+    /// How long a machine may take to start and answer its health check.
+    pub health_timeout: Duration,
+    pub health_poll_interval: Duration,
+    /// The least time between two mutating calls on the same machine.
+    pub mutation_spacing: Duration,
+    /// How many 429 answers in a row a call absorbs before failing.
+    pub max_429_retries: u32,
+}
+
+impl FlyConfig {
+    pub const DEFAULT_API_BASE: &'static str = "https://api.machines.dev/v1";
+    pub const DEFAULT_REGISTRY: &'static str = "registry.fly.io";
+    pub const DEFAULT_BASE_IMAGE: &'static str = "docker.io/library/node:20-slim";
+
+    /// The defaults, for `token` and `org_slug`.
+    pub fn new(token: Secret, org_slug: impl Into<String>) -> Self {
+        FlyConfig {
+            api_base: Self::DEFAULT_API_BASE.into(),
+            token,
+            org_slug: org_slug.into(),
+            region: "iad".into(),
+            registry: Self::DEFAULT_REGISTRY.into(),
+            app_prefix: "turbobackend-".into(),
+            base_image: Self::DEFAULT_BASE_IMAGE.parse().expect("a valid reference"),
+            public_url_template: "https://{app}.fly.dev".into(),
+            health_timeout: Duration::from_secs(180),
+            health_poll_interval: Duration::from_secs(2),
+            mutation_spacing: Duration::from_secs(1),
+            max_429_retries: 5,
+        }
+    }
+
+    /// From `FLY_API_TOKEN` and `FLY_ORG` (required), and optionally `FLY_REGION`,
+    /// `FLY_API_BASE`, `FLY_REGISTRY`, `TB_FLY_BASE_IMAGE`, `TB_FLY_APP_PREFIX`,
+    /// `TB_FLY_HEALTH_TIMEOUT_SECS`.
+    pub fn from_env() -> Result<Self, DeployError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let token = var("FLY_API_TOKEN")
+            .ok_or_else(|| DeployError::Config("FLY_API_TOKEN is not set".into()))?;
+        let org = var("FLY_ORG").ok_or_else(|| DeployError::Config("FLY_ORG is not set".into()))?;
+        let mut config = FlyConfig::new(Secret::new(token), org);
+        if let Some(v) = var("FLY_REGION") {
+            config.region = v;
+        }
+        if let Some(v) = var("FLY_API_BASE") {
+            config.api_base = v;
+        }
+        if let Some(v) = var("FLY_REGISTRY") {
+            config.registry = v;
+        }
+        if let Some(v) = var("TB_FLY_BASE_IMAGE") {
+            config.base_image = v.parse()?;
+        }
+        if let Some(v) = var("TB_FLY_APP_PREFIX") {
+            config.app_prefix = v;
+        }
+        if let Some(v) = var("TB_FLY_HEALTH_TIMEOUT_SECS") {
+            let secs = v
+                .parse()
+                .map_err(|_| DeployError::Config(format!("TB_FLY_HEALTH_TIMEOUT_SECS={v}")))?;
+            config.health_timeout = Duration::from_secs(secs);
+        }
+        Ok(config)
+    }
+}
+
+/// Deploys to Fly.io Machines. See the module documentation.
+pub struct FlyDeployer {
+    config: FlyConfig,
+    api: MachinesApi,
+    http: reqwest::Client,
+    /// One deploy per app at a time in this process.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for FlyDeployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlyDeployer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlyDeployer {
+    pub fn new(config: FlyConfig) -> Result<Self, DeployError> {
+        let api = MachinesApi::new(
+            &config.api_base,
+            &config.token,
+            config.mutation_spacing,
+            config.max_429_retries,
+        )?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        Ok(FlyDeployer {
+            config,
+            api,
+            http,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &FlyConfig {
+        &self.config
+    }
+
+    /// The Fly app of `project`.
+    pub fn app_name(&self, project: &ProjectId) -> String {
+        naming::app_name(&self.config.app_prefix, project)
+    }
+
+    /// The public URL of `app`.
+    pub fn public_url(&self, app: &str) -> String {
+        self.config.public_url_template.replace("{app}", app)
+    }
+
+    async fn run(
+        &self,
+        project: &ProjectId,
+        artifact: &Artifact,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<Deployment, DeployError> {
+        artifact::verify(artifact)?;
+        let app = self.app_name(project);
+        let lock = self
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(app.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+
+        self.ensure_app(&app).await?;
+        self.ensure_ips(&app).await?;
+        let secrets_version = if secrets.is_empty() {
+            None
+        } else {
+            self.api.set_secrets(&app, secrets).await?
+        };
+        let pushed = self.push_image(&app, artifact).await?;
+        let config = machine_config::web_machine(&pushed.reference);
+
+        let existing = self.api.machines(&app, ROLE_KEY, ROLE_WEB).await?;
+        let mut live: Vec<_> = existing
+            .into_iter()
+            .filter(|m| {
+                m.config["metadata"][ROLE_KEY] == ROLE_WEB
+                    && !matches!(
+                        m.state.as_str(),
+                        "destroyed" | "destroying" | "replaced" | "migrated"
+                    )
+            })
+            .collect();
+        live.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        if live.len() > 1 {
+            tracing::warn!(
+                app,
+                count = live.len(),
+                "several web machines; updating the oldest"
+            );
+        }
+        let deadline = Instant::now() + self.config.health_timeout;
+        let (machine_id, previous_image) = match live.into_iter().next() {
+            None => {
+                let machine = self
+                    .api
+                    .create_machine(&app, &config, &self.config.region, secrets_version)
+                    .await?;
+                tracing::info!(app, machine = %machine.id, "created the web machine");
+                if let Err(e) = self.until_healthy(&app, &machine.id, deadline).await {
+                    let note = match self.api.destroy_machine(&app, &machine.id).await {
+                        Ok(()) => format!("the new machine {} was destroyed", machine.id),
+                        Err(d) => {
+                            format!("destroying the new machine {} failed too: {d}", machine.id)
+                        }
+                    };
+                    return Err(annotate(e, &note));
+                }
+                (machine.id, None)
+            }
+            Some(current) => {
+                let previous_config = current.config.clone();
+                let previous_image = previous_config["image"].as_str().map(str::to_owned);
+                let updated = self
+                    .api
+                    .update_machine(
+                        &app,
+                        &current.id,
+                        &config,
+                        secrets_version,
+                        &current.instance_id,
+                    )
+                    .await?;
+                tracing::info!(app, machine = %current.id, "updated the web machine");
+                if let Err(e) = self.until_healthy(&app, &current.id, deadline).await {
+                    let note = self
+                        .roll_back(
+                            &app,
+                            &current.id,
+                            &previous_config,
+                            secrets_version,
+                            &updated.instance_id,
+                        )
+                        .await;
+                    return Err(annotate(e, &note));
+                }
+                (current.id, previous_image)
+            }
+        };
+        let url = self.public_url(&app);
+        Ok(Deployment {
+            url,
+            version: pushed.digest.clone(),
+            details: json!({
+                "app": app,
+                "machine_id": machine_id,
+                "image": pushed.reference,
+                "previous_image": previous_image,
+            }),
+        })
+    }
+
+    async fn ensure_app(&self, app: &str) -> Result<(), DeployError> {
+        match self.api.app(app).await? {
+            Some(org) => {
+                if !org.is_empty() && org != self.config.org_slug {
+                    tracing::warn!(
+                        app,
+                        org,
+                        "the app belongs to another organization of this token"
+                    );
+                }
+                Ok(())
+            }
+            None => {
+                self.api.create_app(app, &self.config.org_slug).await?;
+                tracing::info!(app, "created the Fly app");
+                Ok(())
+            }
+        }
+    }
+
+    async fn ensure_ips(&self, app: &str) -> Result<(), DeployError> {
+        let ips = self.api.ips(app).await?;
+        let has_v4 = ips.iter().any(|i| !i.ip.contains(':') && i.shared);
+        let has_v6 = ips
+            .iter()
+            .any(|i| i.ip.contains(':') && !i.ip.to_ascii_lowercase().starts_with("fdaa"));
+        if !has_v4 {
+            self.api.allocate_ip(app, "shared_v4").await?;
+        }
+        if !has_v6 {
+            self.api.allocate_ip(app, "v6").await?;
+        }
+        Ok(())
+    }
+
+    async fn push_image(
+        &self,
+        app: &str,
+        artifact: &Artifact,
+    ) -> Result<image::PushedImage, DeployError> {
+        let target = RegistryClient::new(
+            &self.config.registry,
+            Some(RegistryCredentials {
+                username: "x".into(),
+                password: self.config.token.clone(),
+            }),
+        )?;
+        let base = &self.config.base_image;
+        let other;
+        let base_client = if base.registry == self.config.registry {
+            &target
+        } else {
+            other = RegistryClient::new(&base.registry, None)?;
+            &other
+        };
+        let tag = format!("tb-{}", &artifact.sha256[..artifact.sha256.len().min(16)]);
+        image::push_app_image(base_client, base, &target, app, &tag, artifact).await
+    }
+
+    /// Waits until the machine is `started` (its checks pass) and the public health URL
+    /// answers 200, both before `deadline`.
+    async fn until_healthy(
+        &self,
+        app: &str,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<(), DeployError> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let state = self
+                    .api
+                    .machine(app, id)
+                    .await
+                    .map(|m| m.state)
+                    .unwrap_or_default();
+                return Err(DeployError::Unhealthy(format!(
+                    "machine {id} was not started within {:?} (state {state:?})",
+                    self.config.health_timeout
+                )));
+            }
+            match self
+                .api
+                .wait(app, id, "started", remaining.as_secs().max(1))
+                .await?
+            {
+                Waited::Reached => break,
+                Waited::TimedOut => {
+                    let machine = self.api.machine(app, id).await?;
+                    if matches!(
+                        machine.state.as_str(),
+                        "failed" | "destroyed" | "stopped" | "launch_failed"
+                    ) {
+                        return Err(DeployError::Unhealthy(format!(
+                            "machine {id} is {} instead of started",
+                            machine.state
+                        )));
+                    }
+                }
+            }
+        }
+        let url = format!("{}{HEALTH_PATH}", self.public_url(app));
+        crate::health::wait_healthy(
+            &self.http,
+            &url,
+            deadline,
+            self.config.health_poll_interval,
+            || None,
+        )
+        .await
+        .map_err(DeployError::Unhealthy)
+    }
+
+    /// Puts the configuration the machine had before back, and waits for it to serve again.
+    /// Returns what happened, for the error message.
+    async fn roll_back(
+        &self,
+        app: &str,
+        id: &str,
+        previous_config: &Value,
+        secrets_version: Option<u64>,
+        instance_id: &str,
+    ) -> String {
+        let previous_image = previous_config["image"].as_str().unwrap_or("?").to_owned();
+        let result = async {
+            self.api
+                .update_machine(app, id, previous_config, secrets_version, instance_id)
+                .await?;
+            let deadline = Instant::now() + self.config.health_timeout;
+            self.until_healthy(app, id, deadline).await
+        }
+        .await;
+        match result {
+            Ok(()) => format!("machine {id} was rolled back to {previous_image}"),
+            Err(e) => {
+                tracing::error!(app, machine = id, "rolling back failed: {e}");
+                format!("rolling machine {id} back to {previous_image} failed: {e}")
+            }
+        }
+    }
+}
+
+/// `e` with `note` added to its message, keeping how callers must react to it.
+fn annotate(e: DeployError, note: &str) -> DeployError {
+    match e {
+        DeployError::Unhealthy(m) => DeployError::Unhealthy(format!("{m}; {note}")),
+        DeployError::Fly {
+            operation,
+            status,
+            message,
+        } => DeployError::Fly {
+            operation,
+            status,
+            message: format!("{message}; {note}"),
+        },
+        DeployError::Registry {
+            operation,
+            status,
+            message,
+        } => DeployError::Registry {
+            operation,
+            status,
+            message: format!("{message}; {note}"),
+        },
+        other => DeployError::Local(format!("{other}; {note}")),
+    }
+}
+
+#[async_trait]
+impl Deployer for FlyDeployer {
+    async fn deploy(
+        &self,
+        project: &ProjectId,
+        artifact: &Artifact,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<Deployment, PortError> {
+        let app = self.app_name(project);
+        self.run(project, artifact, secrets).await.map_err(|e| {
+            tracing::warn!(app, "deploy failed: {e}");
+            e.into()
+        })
+    }
+}

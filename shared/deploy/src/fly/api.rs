@@ -1,0 +1,407 @@
+//! The Fly.io Machines API calls the deployer makes, with Fly's auth header rule, spacing
+//! of mutating calls per machine, and `retry-after` handling of 429s.
+//!
+//! The token goes into one sensitive header value and nowhere else: paths and bodies never
+//! hold it, and server text is scrubbed of it before it becomes an error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::spacing::Spacing;
+use crate::{DeployError, Secret};
+
+/// What the deployer reads of a machine.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Machine {
+    pub id: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub instance_id: String,
+    #[serde(default)]
+    pub config: Value,
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// One public IP of an app.
+#[derive(Clone, Debug, Deserialize)]
+pub struct IpAssignment {
+    pub ip: String,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// How long a `wait` ran out.
+pub(crate) enum Waited {
+    Reached,
+    TimedOut,
+}
+
+pub(crate) struct MachinesApi {
+    http: reqwest::Client,
+    base: String,
+    authorization: HeaderValue,
+    token: Secret,
+    spacing: Spacing,
+    max_429_retries: u32,
+}
+
+impl MachinesApi {
+    pub(crate) fn new(
+        base: &str,
+        token: &Secret,
+        spacing: Duration,
+        max_429_retries: u32,
+    ) -> Result<Self, DeployError> {
+        // Fly's rule (flyctl's tokens.normalized()): macaroons printed as `FlyV1 fm2_…` are
+        // sent verbatim; anything else is a bearer token.
+        let value = if token.expose().starts_with("FlyV1 ") {
+            token.expose().to_owned()
+        } else {
+            format!("Bearer {}", token.expose())
+        };
+        let mut authorization = HeaderValue::from_str(&value).map_err(|_| {
+            DeployError::Config("the Fly token holds characters not allowed in a header".into())
+        })?;
+        authorization.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(90))
+            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        Ok(MachinesApi {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            authorization,
+            token: token.clone(),
+            spacing: Spacing::new(spacing),
+            max_429_retries,
+        })
+    }
+
+    /// `GET /apps/{app}`: `Some(organization slug)` if it exists and is visible.
+    pub(crate) async fn app(&self, app: &str) -> Result<Option<String>, DeployError> {
+        let op = format!("get app {app}");
+        let (status, body) = self
+            .call(&op, Method::GET, &format!("/apps/{app}"), None, None)
+            .await?;
+        match status {
+            StatusCode::OK => Ok(Some(
+                body["organization"]["slug"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )),
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::FORBIDDEN => Err(self.error(
+                &op,
+                Some(403),
+                "the name is taken by an app in an organization this token cannot see",
+            )),
+            _ => Err(self.status_error(&op, status, &body)),
+        }
+    }
+
+    /// `POST /apps`.
+    pub(crate) async fn create_app(&self, app: &str, org_slug: &str) -> Result<(), DeployError> {
+        let op = format!("create app {app}");
+        // The documented field is `app_name`; flyctl sends `name`. Both, as the reference
+        // suggests.
+        let body = json!({"app_name": app, "name": app, "org_slug": org_slug});
+        let key = format!("create_app/{app}");
+        let (status, body) = self
+            .call(&op, Method::POST, "/apps", Some(&body), Some(&key))
+            .await?;
+        match status {
+            StatusCode::OK | StatusCode::CREATED => Ok(()),
+            StatusCode::UNPROCESSABLE_ENTITY => Err(self.error(
+                &op,
+                Some(422),
+                &format!("the name is taken or invalid: {}", message(&body)),
+            )),
+            _ => Err(self.status_error(&op, status, &body)),
+        }
+    }
+
+    /// `GET /apps/{app}/ip_assignments`.
+    pub(crate) async fn ips(&self, app: &str) -> Result<Vec<IpAssignment>, DeployError> {
+        let op = format!("list IPs of {app}");
+        let (status, body) = self
+            .call(
+                &op,
+                Method::GET,
+                &format!("/apps/{app}/ip_assignments"),
+                None,
+                None,
+            )
+            .await?;
+        self.ok(&op, status, &body, &[StatusCode::OK])?;
+        let ips = body.get("ips").cloned().unwrap_or(Value::Array(vec![]));
+        serde_json::from_value(ips).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+    }
+
+    /// `POST /apps/{app}/ip_assignments` with `type` `shared_v4` or `v6`.
+    pub(crate) async fn allocate_ip(&self, app: &str, kind: &str) -> Result<(), DeployError> {
+        let op = format!("allocate a {kind} IP for {app}");
+        let key = format!("ip_assignments/{app}");
+        let (status, body) = self
+            .call(
+                &op,
+                Method::POST,
+                &format!("/apps/{app}/ip_assignments"),
+                Some(&json!({"type": kind})),
+                Some(&key),
+            )
+            .await?;
+        self.ok(&op, status, &body, &[StatusCode::OK, StatusCode::CREATED])
+    }
+
+    /// `POST /apps/{app}/secrets`; returns the secrets version to pass as
+    /// `min_secrets_version`.
+    pub(crate) async fn set_secrets(
+        &self,
+        app: &str,
+        values: &BTreeMap<String, String>,
+    ) -> Result<Option<u64>, DeployError> {
+        let op = format!("set secrets of {app}");
+        let key = format!("secrets/{app}");
+        let (status, body) = self
+            .call(
+                &op,
+                Method::POST,
+                &format!("/apps/{app}/secrets"),
+                Some(&json!({"values": values})),
+                Some(&key),
+            )
+            .await?;
+        self.ok(&op, status, &body, &[StatusCode::OK, StatusCode::CREATED])?;
+        Ok(body["version"].as_u64())
+    }
+
+    /// `GET /apps/{app}/machines?metadata.{key}={value}`.
+    pub(crate) async fn machines(
+        &self,
+        app: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<Machine>, DeployError> {
+        let op = format!("list machines of {app}");
+        let path = format!("/apps/{app}/machines?metadata.{key}={value}");
+        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
+        self.ok(&op, status, &body, &[StatusCode::OK])?;
+        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+    }
+
+    /// `GET /apps/{app}/machines/{id}`.
+    pub(crate) async fn machine(&self, app: &str, id: &str) -> Result<Machine, DeployError> {
+        let op = format!("get machine {id} of {app}");
+        let path = format!("/apps/{app}/machines/{id}");
+        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
+        self.ok(&op, status, &body, &[StatusCode::OK])?;
+        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+    }
+
+    /// `POST /apps/{app}/machines`.
+    pub(crate) async fn create_machine(
+        &self,
+        app: &str,
+        config: &Value,
+        region: &str,
+        min_secrets_version: Option<u64>,
+    ) -> Result<Machine, DeployError> {
+        let op = format!("create a machine in {app}");
+        let mut body = json!({"config": config, "region": region});
+        if let Some(v) = min_secrets_version {
+            body["min_secrets_version"] = json!(v);
+        }
+        let key = format!("create_machine/{app}");
+        let (status, answer) = self
+            .call(
+                &op,
+                Method::POST,
+                &format!("/apps/{app}/machines"),
+                Some(&body),
+                Some(&key),
+            )
+            .await?;
+        self.ok(&op, status, &answer, &[StatusCode::OK, StatusCode::CREATED])?;
+        serde_json::from_value(answer)
+            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+    }
+
+    /// `POST /apps/{app}/machines/{id}`: replaces the whole configuration.
+    pub(crate) async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        config: &Value,
+        min_secrets_version: Option<u64>,
+        current_version: &str,
+    ) -> Result<Machine, DeployError> {
+        let op = format!("update machine {id} of {app}");
+        let mut body = json!({"config": config});
+        if let Some(v) = min_secrets_version {
+            body["min_secrets_version"] = json!(v);
+        }
+        if !current_version.is_empty() {
+            body["current_version"] = json!(current_version);
+        }
+        let (status, answer) = self
+            .call(
+                &op,
+                Method::POST,
+                &format!("/apps/{app}/machines/{id}"),
+                Some(&body),
+                Some(id),
+            )
+            .await?;
+        self.ok(&op, status, &answer, &[StatusCode::OK])?;
+        serde_json::from_value(answer)
+            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+    }
+
+    /// `GET /apps/{app}/machines/{id}/wait?state=…&timeout=…` (seconds, at most 60).
+    pub(crate) async fn wait(
+        &self,
+        app: &str,
+        id: &str,
+        state: &str,
+        timeout_secs: u64,
+    ) -> Result<Waited, DeployError> {
+        let op = format!("wait for machine {id} of {app} to be {state}");
+        let secs = timeout_secs.clamp(1, 60);
+        let path = format!("/apps/{app}/machines/{id}/wait?state={state}&timeout={secs}");
+        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
+        match status {
+            StatusCode::OK => Ok(Waited::Reached),
+            StatusCode::REQUEST_TIMEOUT => Ok(Waited::TimedOut),
+            _ => Err(self.status_error(&op, status, &body)),
+        }
+    }
+
+    /// `DELETE /apps/{app}/machines/{id}?force=true`: stops it if running, then destroys it.
+    pub(crate) async fn destroy_machine(&self, app: &str, id: &str) -> Result<(), DeployError> {
+        let op = format!("destroy machine {id} of {app}");
+        let path = format!("/apps/{app}/machines/{id}?force=true");
+        let (status, body) = self
+            .call(&op, Method::DELETE, &path, None, Some(id))
+            .await?;
+        self.ok(
+            &op,
+            status,
+            &body,
+            &[
+                StatusCode::OK,
+                StatusCode::ACCEPTED,
+                StatusCode::NO_CONTENT,
+                StatusCode::NOT_FOUND,
+            ],
+        )
+    }
+
+    /// Sends one call. Mutating calls (`spacing_key` set) wait for their slot; a 429 is
+    /// retried after its `retry-after` (at most 10 s) up to the configured number of times.
+    async fn call(
+        &self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        spacing_key: Option<&str>,
+    ) -> Result<(StatusCode, Value), DeployError> {
+        let url = format!("{}{path}", self.base);
+        let mut throttled = 0;
+        loop {
+            if let Some(key) = spacing_key {
+                self.spacing.wait(key).await;
+            }
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .header(header::AUTHORIZATION, self.authorization.clone());
+            if path.contains("/wait?") {
+                request = request.timeout(Duration::from_secs(75));
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let resp = request
+                .send()
+                .await
+                .map_err(|e| self.error(op, None, &e.to_string()))?;
+            let status = resp.status();
+            if status == StatusCode::TOO_MANY_REQUESTS && throttled < self.max_429_retries {
+                throttled += 1;
+                let after = resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map_or(Duration::from_secs(1), Duration::from_secs_f64)
+                    .min(Duration::from_secs(10));
+                tracing::info!(
+                    operation = op,
+                    retry_after_ms = after.as_millis() as u64,
+                    "Fly.io throttled a call"
+                );
+                tokio::time::sleep(after).await;
+                continue;
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let value = if text.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            };
+            return Ok((status, value));
+        }
+    }
+
+    fn ok(
+        &self,
+        op: &str,
+        status: StatusCode,
+        body: &Value,
+        ok: &[StatusCode],
+    ) -> Result<(), DeployError> {
+        if ok.contains(&status) {
+            Ok(())
+        } else {
+            Err(self.status_error(op, status, body))
+        }
+    }
+
+    fn status_error(&self, op: &str, status: StatusCode, body: &Value) -> DeployError {
+        self.error(op, Some(status.as_u16()), &message(body))
+    }
+
+    pub(crate) fn error(&self, op: &str, status: Option<u16>, text: &str) -> DeployError {
+        DeployError::Fly {
+            operation: self.token.scrub(op),
+            status,
+            message: self.token.scrub(text),
+        }
+    }
+}
+
+/// Fly's error bodies are `{"error": "…"}`; anything else is shown shortened.
+fn message(body: &Value) -> String {
+    match body {
+        Value::Object(o) => o
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| body.to_string().chars().take(300).collect()),
+        Value::String(s) => s.chars().take(300).collect(),
+        Value::Null => String::new(),
+        other => other.to_string().chars().take(300).collect(),
+    }
+}

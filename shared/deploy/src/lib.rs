@@ -1,0 +1,25 @@
+//! Deployers for built apps (the [`Deployer`](tb_core::ports::Deployer) port).
+//!
+//! - [`FlyDeployer`]: Fly.io Machines. Fly has no build service and no Docker daemon is
+//!   around, so the image is assembled here ([`image`]): a Node base image plus one layer
+//!   holding the artifact, pushed over the OCI distribution API ([`registry`]) to
+//!   `registry.fly.io/<app>`, and run by digest. Rollback is the previous digest.
+//! - [`LocalDeployer`]: the embedded default; unpacks the artifact and runs it as a local
+//!   `node` process on a free port.
+
+pub mod artifact;
+mod error;
+pub mod fly;
+mod health;
+pub mod image;
+pub mod layer;
+pub mod local;
+pub mod reference;
+pub mod registry;
+mod secret;
+
+pub use error::DeployError;
+pub use fly::{FlyConfig, FlyDeployer};
+pub use local::{LocalConfig, LocalDeployer};
+pub use reference::ImageRef;
+pub use secret::Secret;

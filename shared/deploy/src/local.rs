@@ -1,0 +1,421 @@
+//! The local deployer of the embedded default: the artifact unpacked under
+//! `<root>/<project>/<sha256>/` and run as `node .output/server/index.mjs` on a free port of
+//! `127.0.0.1`.
+//!
+//! A deploy starts the new process next to the old one and switches only once the new one
+//! answers `/api/health`: then the old one is stopped. If the new one does not get healthy
+//! in time it is killed and the old one keeps serving. The running process of each project
+//! is tracked in memory and in `<root>/<project>/app.pid`, so a process left by an earlier
+//! run of the server is still found and stopped on the next deploy. Processes started here
+//! are stopped when the deployer is dropped.
+//!
+//! The process gets a clean environment: `PATH`, `PORT`, `HOST=127.0.0.1`,
+//! `NODE_ENV=production` and the secrets (which cannot override the first four).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tb_core::domain::ProjectId;
+use tb_core::ports::{Artifact, Deployer, Deployment, PortError};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::{DeployError, artifact};
+
+/// Where and how apps run.
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    /// Unpacked artifacts, pid files and logs live under here.
+    pub root: PathBuf,
+    /// The `node` binary (looked up on `PATH` unless absolute).
+    pub node: PathBuf,
+    /// How long a new process may take to answer `/api/health`.
+    pub health_timeout: Duration,
+    pub poll_interval: Duration,
+    /// How long a stopped process gets between `SIGTERM` and `SIGKILL`.
+    pub stop_grace: Duration,
+}
+
+impl LocalConfig {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalConfig {
+            root: root.into(),
+            node: PathBuf::from("node"),
+            health_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A process this deployer started.
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    pid: u32,
+    version: String,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Running>>>;
+
+/// Runs apps as local processes. See the module documentation.
+#[derive(Debug)]
+pub struct LocalDeployer {
+    config: LocalConfig,
+    http: reqwest::Client,
+    /// One slot per project: its running process, locked for the length of a deploy.
+    slots: Mutex<HashMap<ProjectId, Slot>>,
+}
+
+impl LocalDeployer {
+    pub fn new(config: LocalConfig) -> Self {
+        LocalDeployer {
+            config,
+            http: reqwest::Client::new(),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// With the default settings, under `root`.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self::new(LocalConfig::new(root))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    fn slot(&self, project: &ProjectId) -> Slot {
+        self.slots
+            .lock()
+            .expect("slots")
+            .entry(project.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Stops the project's process, if one runs. Returns whether one did.
+    pub async fn stop(&self, project: &ProjectId) -> bool {
+        let slot = self.slot(project);
+        let mut running = slot.lock().await;
+        let project_dir = self.config.root.join(project.as_str());
+        let stopped = match running.take() {
+            Some(r) => {
+                stop_child(r, self.config.stop_grace).await;
+                true
+            }
+            None => stop_recorded(&project_dir, self.config.stop_grace).await,
+        };
+        let _ = std::fs::remove_file(project_dir.join(PID_FILE));
+        stopped
+    }
+
+    async fn run(
+        &self,
+        project: &ProjectId,
+        artifact: &Artifact,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<Deployment, DeployError> {
+        artifact::verify(artifact)?;
+        let slot = self.slot(project);
+        let mut running = slot.lock().await;
+        let project_dir = self.config.root.join(project.as_str());
+        let version = artifact.sha256.to_ascii_lowercase();
+        let dir = project_dir.join(&version);
+        self.unpack(artifact, &project_dir, &dir).await?;
+
+        let port = free_port()?;
+        let log_path = project_dir.join(format!("{version}.log"));
+        let mut child = self.spawn(&dir, &log_path, port, secrets)?;
+        let pid = child.id().unwrap_or(0);
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + self.config.health_timeout;
+        let health = crate::health::wait_healthy(
+            &self.http,
+            &format!("{url}/api/health"),
+            deadline,
+            self.config.poll_interval,
+            || match child.try_wait() {
+                Ok(Some(status)) => Some(format!("the process exited ({status})")),
+                _ => None,
+            },
+        )
+        .await;
+        if let Err(reason) = health {
+            stop_child(
+                Running {
+                    child,
+                    pid,
+                    version: version.clone(),
+                },
+                self.config.stop_grace,
+            )
+            .await;
+            let tail = log_tail(&log_path, secrets);
+            return Err(DeployError::Unhealthy(format!(
+                "{reason}; the previous version keeps running; last output:\n{tail}"
+            )));
+        }
+
+        // The new version serves: retire the old one.
+        let previous_version = match running.take() {
+            Some(old) => {
+                let v = old.version.clone();
+                stop_child(old, self.config.stop_grace).await;
+                Some(v)
+            }
+            None => {
+                let recorded = read_pid_file(&project_dir);
+                stop_recorded(&project_dir, self.config.stop_grace).await;
+                recorded.map(|r| r.version)
+            }
+        };
+        write_pid_file(&project_dir, pid, port, &version)?;
+        *running = Some(Running {
+            child,
+            pid,
+            version: version.clone(),
+        });
+        prune(&project_dir, &version, previous_version.as_deref());
+        tracing::info!(project = %project, %url, pid, "deployed locally");
+        Ok(Deployment {
+            url,
+            version,
+            details: json!({
+                "pid": pid,
+                "port": port,
+                "dir": dir.display().to_string(),
+                "previous_version": previous_version,
+            }),
+        })
+    }
+
+    async fn unpack(
+        &self,
+        artifact: &Artifact,
+        project_dir: &Path,
+        dir: &Path,
+    ) -> Result<(), DeployError> {
+        if dir.join(artifact::ENTRY_POINT).is_file() {
+            return Ok(()); // Unpacked before: directories appear whole (renamed into place).
+        }
+        let tar_gz = artifact.tar_gz.clone();
+        let project_dir = project_dir.to_owned();
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let tree = artifact::read(&tar_gz)?;
+            let local =
+                |e: std::io::Error| DeployError::Local(format!("unpacking the artifact: {e}"));
+            std::fs::create_dir_all(&project_dir).map_err(local)?;
+            let tmp = tempfile_dir(&project_dir).map_err(local)?;
+            artifact::unpack(&tree, &tmp).map_err(local)?;
+            if let Err(e) = std::fs::rename(&tmp, &dir) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                if !dir.join(artifact::ENTRY_POINT).is_file() {
+                    return Err(local(e));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| DeployError::Local(format!("unpacking the artifact: {e}")))?
+    }
+
+    fn spawn(
+        &self,
+        dir: &Path,
+        log_path: &Path,
+        port: u16,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<Child, DeployError> {
+        let local = |what: &str, e: std::io::Error| DeployError::Local(format!("{what}: {e}"));
+        let log = std::fs::File::create(log_path).map_err(|e| local("creating the log", e))?;
+        let log2 = log.try_clone().map_err(|e| local("creating the log", e))?;
+        let mut command = Command::new(&self.config.node);
+        command
+            .arg(artifact::ENTRY_POINT)
+            .current_dir(dir)
+            .env_clear()
+            .envs(secrets)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("NODE_ENV", "production")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group, so stopping it also stops what it started.
+            .process_group(0);
+        command
+            .spawn()
+            .map_err(|e| local(&format!("starting {}", self.config.node.display()), e))
+    }
+}
+
+impl Drop for LocalDeployer {
+    fn drop(&mut self) {
+        let slots = self.slots.get_mut().map(std::mem::take).unwrap_or_default();
+        for slot in slots.into_values() {
+            if let Ok(mut running) = slot.try_lock()
+                && let Some(r) = running.as_mut()
+            {
+                signal_group(r.pid, libc::SIGKILL);
+                let _ = r.child.start_kill();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Deployer for LocalDeployer {
+    async fn deploy(
+        &self,
+        project: &ProjectId,
+        artifact: &Artifact,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<Deployment, PortError> {
+        self.run(project, artifact, secrets).await.map_err(|e| {
+            tracing::warn!(project = %project, "local deploy failed: {e}");
+            e.into()
+        })
+    }
+}
+
+const PID_FILE: &str = "app.pid";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PidRecord {
+    pid: u32,
+    port: u16,
+    version: String,
+}
+
+fn write_pid_file(
+    project_dir: &Path,
+    pid: u32,
+    port: u16,
+    version: &str,
+) -> Result<(), DeployError> {
+    let record = PidRecord {
+        pid,
+        port,
+        version: version.to_owned(),
+    };
+    let tmp = project_dir.join(format!("{PID_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(&record).expect("serialisable"))
+        .and_then(|()| std::fs::rename(&tmp, project_dir.join(PID_FILE)))
+        .map_err(|e| DeployError::Local(format!("writing the pid file: {e}")))
+}
+
+fn read_pid_file(project_dir: &Path) -> Option<PidRecord> {
+    let bytes = std::fs::read(project_dir.join(PID_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Stops the process named in the project's pid file, if it still runs and still is ours
+/// (its working directory lies in the project's directory: pids get reused).
+async fn stop_recorded(project_dir: &Path, grace: Duration) -> bool {
+    let Some(record) = read_pid_file(project_dir) else {
+        return false;
+    };
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", record.pid)).ok();
+    let ours = cwd.is_some_and(|cwd| {
+        std::fs::canonicalize(project_dir).is_ok_and(|dir| cwd.starts_with(dir))
+    });
+    if !ours || !alive(record.pid) {
+        return false;
+    }
+    signal_group(record.pid, libc::SIGTERM);
+    let until = Instant::now() + grace;
+    while alive(record.pid) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive(record.pid) {
+        signal_group(record.pid, libc::SIGKILL);
+    }
+    true
+}
+
+/// `SIGTERM` to the process group, `SIGKILL` after `grace`, then reaps the child.
+async fn stop_child(mut r: Running, grace: Duration) {
+    signal_group(r.pid, libc::SIGTERM);
+    if tokio::time::timeout(grace, r.child.wait()).await.is_err() {
+        signal_group(r.pid, libc::SIGKILL);
+        let _ = r.child.kill().await;
+    }
+    // Whatever the app left in its group goes too.
+    signal_group(r.pid, libc::SIGKILL);
+}
+
+fn signal_group(pid: u32, signal: i32) {
+    if pid > 1 {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
+        unsafe {
+            libc::kill(-(pid as i32), signal);
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still accepts signal 0; /proc tells it apart.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = state
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 1 && unsafe { libc::kill(pid as i32, 0) } == 0 && !zombie
+}
+
+fn free_port() -> Result<u16, DeployError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| DeployError::Local(format!("finding a free port: {e}")))
+}
+
+fn tempfile_dir(parent: &Path) -> std::io::Result<PathBuf> {
+    let dir = parent.join(format!(".unpack-{}", tb_core::ids::random_hex(8)));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
+}
+
+/// The last lines of the app's output, with secret values blanked.
+fn log_tail(path: &Path, secrets: &BTreeMap<String, String>) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(2000);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    let mut tail = text[start..].to_owned();
+    for value in secrets.values().filter(|v| v.len() >= 4) {
+        tail = tail.replace(value.as_str(), "<redacted>");
+    }
+    tail
+}
+
+/// Removes unpacked versions (and their logs) other than the current and the previous one.
+fn prune(project_dir: &Path, current: &str, previous: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(project_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let version = name.strip_suffix(".log").unwrap_or(&name);
+        let is_version = version.len() == 64 && version.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_version || version == current || Some(version) == previous {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}

@@ -1,0 +1,315 @@
+//! `FlyDeployer` against the fake Fly.io, which pulls the pushed image from the real
+//! registry (`TB_TEST_REGISTRY`) and runs it as a real process.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Health, get_json, node_app, push_synthetic_base, test_registry, unique};
+use tb_core::domain::ProjectId;
+use tb_core::ports::{Deployer, PortError};
+use tb_deploy::{FlyConfig, FlyDeployer, Secret};
+use tb_testkit::fake_fly::FakeFly;
+
+const DB_PASSWORD: &str = "pw-7e1f0c9d";
+
+struct Setup {
+    fake: FakeFly,
+    deployer: FlyDeployer,
+    token: String,
+    registry: String,
+}
+
+/// A fake Fly, a synthetic base in the registry, and a deployer pointed at both, with
+/// short timeouts. App names get a fresh prefix, so runs never share registry repositories.
+async fn setup(health_timeout: Duration) -> Setup {
+    let registry = test_registry();
+    let token = format!("FlyV1 fm2_{}", tb_core::ids::random_hex(16));
+    let fake = FakeFly::start(&token, &registry).await;
+    let base = push_synthetic_base(&registry, &unique("tb-test/node")).await;
+    let mut config = FlyConfig::new(Secret::new(token.clone()), "test-org");
+    config.api_base = fake.api_url().to_owned();
+    config.registry = registry.clone();
+    config.base_image = base.reference;
+    config.public_url_template = fake.public_url_template();
+    config.app_prefix = format!("{}-", unique("tbtest"));
+    config.health_timeout = health_timeout;
+    config.health_poll_interval = Duration::from_millis(100);
+    Setup {
+        fake,
+        deployer: FlyDeployer::new(config).unwrap(),
+        token,
+        registry,
+    }
+}
+
+fn secrets() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "DATABASE_URL".to_owned(),
+        format!("postgres://app:{DB_PASSWORD}@db.internal:5432/app"),
+    )])
+}
+
+fn project() -> ProjectId {
+    ProjectId::parse(&format!("proj_{}", tb_core::ids::random_hex(4))).unwrap()
+}
+
+/// The JSON bodies of the recorded requests matching `method` and a path prefix.
+fn bodies(fake: &FakeFly, method: &str, path: &str) -> Vec<Value> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.method == method && r.path.starts_with(path) && r.status < 400)
+        .map(|r| serde_json::from_str(&r.body).unwrap_or(Value::Null))
+        .collect()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[tokio::test]
+async fn a_deployed_app_answers_its_users_endpoint_with_its_secrets_in_the_environment() {
+    let s = setup(Duration::from_secs(30)).await;
+    let project = project();
+    let app = s.deployer.app_name(&project);
+
+    let deployment = s
+        .deployer
+        .deploy(&project, &node_app("v1", Health::Healthy), &secrets())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+
+    assert_eq!(deployment.url, s.fake.app_url(&app));
+    let users = get_json(&format!("{}/api/users", s.fake.app_url(&app))).await;
+    assert_eq!(users["version"], "v1");
+    assert_eq!(users["users"][0]["name"], "Ada");
+    assert_eq!(users["database_url_set"], true);
+    assert_eq!(users["node_env"], "production");
+    assert!(users["cwd"].as_str().unwrap().ends_with("/app"), "{users}");
+    assert!(!users.to_string().contains(DB_PASSWORD));
+
+    // Deployed by digest, from the app's own repository.
+    let digest = deployment.version.clone();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    let image = format!("{}/{app}@{digest}", s.registry);
+    assert_eq!(deployment.details["image"], image.as_str());
+    assert_eq!(deployment.details["app"], app.as_str());
+    assert_eq!(deployment.details["previous_image"], Value::Null);
+    let machines = s.fake.machines(&app);
+    assert_eq!(machines.len(), 1);
+    assert_eq!(deployment.details["machine_id"], machines[0].id.as_str());
+    assert_eq!(machines[0].image, image);
+    assert_eq!(machines[0].state, "started");
+
+    // The app has its public IPs and its secret; the machine waited for that secret.
+    let kinds: Vec<String> = s.fake.ips(&app).into_iter().map(|(k, _)| k).collect();
+    assert!(
+        kinds.contains(&"shared_v4".to_owned()) && kinds.contains(&"v6".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(s.fake.secrets(&app).contains_key("DATABASE_URL"));
+    let create = &bodies(&s.fake, "POST", &format!("/v1/apps/{app}/machines"))[0];
+    assert_eq!(create["min_secrets_version"], 1);
+    let config = &create["config"];
+    assert_eq!(config["services"][0]["internal_port"], 8080);
+    assert_eq!(config["services"][0]["checks"][0]["path"], "/api/health");
+    assert_eq!(config["restart"]["policy"], "always");
+    assert_eq!(
+        config["guest"],
+        serde_json::json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256})
+    );
+}
+
+#[tokio::test]
+async fn redeploying_updates_the_same_machine_to_the_new_digest_and_keeps_the_previous_image() {
+    let s = setup(Duration::from_secs(30)).await;
+    let project = project();
+    let app = s.deployer.app_name(&project);
+
+    let first = s
+        .deployer
+        .deploy(&project, &node_app("v1", Health::Healthy), &secrets())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+    let first_pid = s.fake.machines(&app)[0].pid.unwrap();
+    let second = s
+        .deployer
+        .deploy(&project, &node_app("v2", Health::Healthy), &secrets())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+
+    assert_ne!(first.version, second.version);
+    let machines = s.fake.all_machines(&app);
+    assert_eq!(machines.len(), 1, "one machine in all: {machines:?}");
+    assert_eq!(
+        machines[0].id,
+        first.details["machine_id"].as_str().unwrap()
+    );
+    assert_eq!(machines[0].image, second.details["image"].as_str().unwrap());
+    assert_eq!(second.details["previous_image"], first.details["image"]);
+    assert_eq!(second.details["machine_id"], first.details["machine_id"]);
+    let users = get_json(&format!("{}/api/users", s.fake.app_url(&app))).await;
+    assert_eq!(users["version"], "v2");
+    assert_eq!(s.fake.running_processes(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pid_alive(first_pid), "the first version's process is gone");
+    // The update sent the whole config, on the machine's current instance.
+    let updates = bodies(
+        &s.fake,
+        "POST",
+        &format!("/v1/apps/{app}/machines/{}", machines[0].id),
+    );
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0]["config"]["image"], second.details["image"]);
+    assert!(updates[0]["config"]["services"].is_array());
+    assert!(updates[0]["current_version"].is_string());
+}
+
+#[tokio::test]
+async fn a_new_machine_that_never_gets_healthy_fails_the_deploy_and_is_destroyed() {
+    let s = setup(Duration::from_secs(3)).await;
+    let project = project();
+    let app = s.deployer.app_name(&project);
+
+    let err = s
+        .deployer
+        .deploy(&project, &node_app("sick", Health::Unhealthy), &secrets())
+        .await
+        .unwrap_err();
+
+    let PortError::Permanent(message) = &err else {
+        panic!("a permanent failure expected: {err:?}");
+    };
+    assert!(message.contains("destroyed"), "{message}");
+    assert!(
+        s.fake.machines(&app).is_empty(),
+        "{:?}",
+        s.fake.machines(&app)
+    );
+    let all = s.fake.all_machines(&app);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, "destroyed");
+    assert_eq!(s.fake.running_processes(), 0);
+    assert!(s.fake.requests().iter().any(|r| {
+        r.method == "DELETE"
+            && r.path == format!("/v1/apps/{app}/machines/{}?force=true", all[0].id)
+    }));
+}
+
+#[tokio::test]
+async fn a_failed_update_rolls_the_machine_back_to_the_previous_digest() {
+    let s = setup(Duration::from_secs(4)).await;
+    let project = project();
+    let app = s.deployer.app_name(&project);
+    let good = s
+        .deployer
+        .deploy(&project, &node_app("good", Health::Healthy), &secrets())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+
+    let err = s
+        .deployer
+        .deploy(&project, &node_app("bad", Health::Crashes), &secrets())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    let machines = s.fake.all_machines(&app);
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    assert_eq!(machines[0].image, good.details["image"].as_str().unwrap());
+    assert_eq!(machines[0].state, "started");
+    let users = get_json(&format!("{}/api/users", s.fake.app_url(&app))).await;
+    assert_eq!(users["version"], "good");
+    assert_eq!(s.fake.running_processes(), 1);
+}
+
+#[tokio::test]
+async fn an_app_name_taken_by_another_organization_is_a_permanent_error() {
+    let s = setup(Duration::from_secs(5)).await;
+    let project = project();
+    let app = s.deployer.app_name(&project);
+    s.fake.reserve_app_name_for_other_org(&app);
+
+    let err = s
+        .deployer
+        .deploy(&project, &node_app("v1", Health::Healthy), &secrets())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("422") && err.to_string().contains("taken"),
+        "{err}"
+    );
+    assert!(s.fake.all_machines(&app).is_empty());
+}
+
+#[tokio::test]
+async fn throttled_calls_wait_for_retry_after_and_go_through() {
+    let s = setup(Duration::from_secs(30)).await;
+    let project = project();
+    let app = s.deployer.app_name(&project);
+    s.fake.fail_next_mutations_with_429(2);
+
+    s.deployer
+        .deploy(&project, &node_app("v1", Health::Healthy), &BTreeMap::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+
+    let throttled = s.fake.requests().iter().filter(|r| r.status == 429).count();
+    assert_eq!(throttled, 2);
+    assert_eq!(s.fake.machines(&app).len(), 1);
+}
+
+#[tokio::test]
+async fn the_token_never_appears_in_requests_errors_or_details() {
+    let s = setup(Duration::from_secs(3)).await;
+    let bare = s.token.strip_prefix("FlyV1 ").unwrap().to_owned();
+    let leaks = |text: &str| text.contains(&bare);
+    let project = project();
+    let app = s.deployer.app_name(&project);
+
+    let ok = s
+        .deployer
+        .deploy(&project, &node_app("v1", Health::Healthy), &secrets())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+    let failed = s
+        .deployer
+        .deploy(&project, &node_app("v2", Health::Unhealthy), &secrets())
+        .await
+        .unwrap_err();
+    // A `FlyV1` token went out verbatim: every request was authorized.
+    assert!(s.fake.requests().iter().all(|r| r.authorized));
+
+    // A deployer with a wrong token is refused, and says so without the token.
+    let mut config = s.deployer.config().clone();
+    config.token = Secret::new(format!("{}-wrong", s.token));
+    let refused = FlyDeployer::new(config.clone())
+        .unwrap()
+        .deploy(&project, &node_app("v3", Health::Healthy), &secrets())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, PortError::Permanent(_)), "{refused:?}");
+    assert!(refused.to_string().contains("401"), "{refused}");
+
+    for r in s.fake.requests() {
+        assert!(!leaks(&r.path) && !leaks(&r.body), "{r:?}");
+    }
+    assert!(!leaks(&ok.details.to_string()) && !leaks(&ok.url) && !leaks(&ok.version));
+    assert!(!leaks(&failed.to_string()) && !leaks(&format!("{failed:?}")));
+    assert!(!leaks(&refused.to_string()) && !leaks(&format!("{refused:?}")));
+    assert!(!leaks(&format!("{:?}", s.deployer)) && !leaks(&format!("{config:?}")));
+}

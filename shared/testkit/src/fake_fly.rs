@@ -1,0 +1,392 @@
+//! A fake Fly.io: the Machines API subset a deployer uses (apps, IP assignments, secrets,
+//! machines with create / update / get / list / wait / delete) under `/v1`, and a public
+//! proxy standing in for `https://<app>.fly.dev`.
+//!
+//! It is honest where a deployer's correctness depends on it. A machine created or updated
+//! with `image: <registry>/<repository>@<digest>` really pulls that manifest, its config and
+//! every layer from the real registry given to [`FakeFly::start`], checking every digest
+//! and every `rootfs.diff_ids` entry against the uncompressed layer, and unpacks the layers
+//! in order (whiteouts applied) into a temporary root file system. There is no container
+//! runtime here, so the image's command runs on the host: its `Entrypoint` + `Cmd` must
+//! start with `node` (the host's `node` stands in for the base image's), absolute paths in
+//! the arguments and `WorkingDir` are taken inside the unpacked root, and the base layers'
+//! programs are not used. The process gets the image's `Env`, then the machine's `env`,
+//! then the app's secrets, then `PORT` set to a free loopback port (Fly's proxy would
+//! forward to `internal_port`; the image must say `PORT=<internal_port>`, or the machine's
+//! check fails) and `HOST=127.0.0.1`.
+//!
+//! A machine is `started` only once the process answers its service HTTP check (the first
+//! `services[].checks[]` of type `http`); a process that exits makes it `stopped`, an image
+//! that cannot be pulled or run makes it `failed`. Updates replace the whole config and
+//! restart the machine; `DELETE` needs `force=true` while it runs.
+//!
+//! Every request needs the token as Fly wants it (`FlyV1 …` verbatim, else
+//! `Bearer <token>`); 401 otherwise. App names can be reserved "by another organization"
+//! (`POST /apps` answers 422, `GET` 404 as for a name this token cannot see). Mutating calls
+//! are limited per action and machine (or app) to 1 per second with a burst of 3 (429 with
+//! `retry-after`), and 429s can be injected. Requests are recorded without any header
+//! values: method, path with query, body and the status answered.
+
+mod api;
+mod boot;
+mod proxy;
+mod throttle;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::task::JoinHandle;
+
+/// One request as the fake received it, without header values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path and query, as sent.
+    pub path: String,
+    pub body: String,
+    /// The status the fake answered.
+    pub status: u16,
+    /// Whether the `Authorization` header was the expected one.
+    pub authorized: bool,
+}
+
+/// What a test sees of a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineView {
+    pub id: String,
+    pub state: String,
+    pub image: String,
+    pub instance_id: String,
+    /// The host process running the image, while one runs.
+    pub pid: Option<u32>,
+}
+
+/// A running fake Fly.io; stops (and kills every app process it started) when dropped.
+pub struct FakeFly {
+    state: Arc<Fly>,
+    api_url: String,
+    proxy_url: String,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl FakeFly {
+    /// Starts the API and the proxy on free ports of `127.0.0.1`, accepting `token`, and
+    /// pulling images from `registry` (`127.0.0.1:5056` or `http://127.0.0.1:5056`).
+    /// Panics if it cannot listen.
+    pub async fn start(token: &str, registry: &str) -> FakeFly {
+        let registry = registry
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let expected_auth = if token.starts_with("FlyV1 ") {
+            token.to_owned()
+        } else {
+            format!("Bearer {token}")
+        };
+        let state = Arc::new(Fly {
+            expected_auth,
+            registry,
+            inner: Mutex::new(Inner::default()),
+            http: reqwest::Client::new(),
+        });
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake Fly API");
+        let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake Fly proxy");
+        let api_url = format!("http://{}/v1", api_listener.local_addr().expect("address"));
+        let proxy_url = format!("http://{}", proxy_listener.local_addr().expect("address"));
+        let api = Router::new()
+            .nest("/v1", api::routes())
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                record_and_authorize,
+            ))
+            .with_state(state.clone());
+        let proxy = proxy::routes().with_state(state.clone());
+        let servers = vec![
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(api_listener, api).await {
+                    tracing::error!(error = %e, "fake Fly API stopped");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(proxy_listener, proxy).await {
+                    tracing::error!(error = %e, "fake Fly proxy stopped");
+                }
+            }),
+        ];
+        FakeFly {
+            state,
+            api_url,
+            proxy_url,
+            servers,
+        }
+    }
+
+    /// The Machines API base, `http://127.0.0.1:PORT/v1`.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// The public URL of every app with `{app}` for its name, as a deployer's template:
+    /// `http://127.0.0.1:PORT/{app}` (the proxy routes by the first path segment, where Fly
+    /// routes by host name).
+    pub fn public_url_template(&self) -> String {
+        format!("{}/{{app}}", self.proxy_url)
+    }
+
+    /// Where `app` answers, through the proxy: `http://127.0.0.1:PORT/<app>`. Requests go to
+    /// its started machine; 503 while it has none.
+    pub fn app_url(&self, app: &str) -> String {
+        format!("{}/{app}", self.proxy_url)
+    }
+
+    /// Makes `name` look taken by an app of another organization.
+    pub fn reserve_app_name_for_other_org(&self, name: &str) {
+        self.state.lock().reserved.insert(name.to_owned());
+    }
+
+    /// The next `n` mutating calls answer 429 with `retry-after: 1`.
+    pub fn fail_next_mutations_with_429(&self, n: u32) {
+        self.state.lock().injected_429 = n;
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.lock().requests.clone()
+    }
+
+    /// The machines of `app` that are not destroyed, oldest first.
+    pub fn machines(&self, app: &str) -> Vec<MachineView> {
+        self.all_machines(app)
+            .into_iter()
+            .filter(|m| m.state != "destroyed")
+            .collect()
+    }
+
+    /// Every machine `app` ever had, destroyed ones included, oldest first.
+    pub fn all_machines(&self, app: &str) -> Vec<MachineView> {
+        let inner = self.state.lock();
+        let mut machines: Vec<_> = inner.machines.values().filter(|m| m.app == app).collect();
+        machines.sort_by_key(|m| m.seq);
+        machines.into_iter().map(FakeMachine::view).collect()
+    }
+
+    /// How many app processes run right now, over all apps.
+    pub fn running_processes(&self) -> usize {
+        let mut inner = self.state.lock();
+        inner
+            .machines
+            .values_mut()
+            .filter_map(|m| m.process.as_mut())
+            .filter_map(|p| p.is_running().then_some(()))
+            .count()
+    }
+
+    /// The secrets `app` has.
+    pub fn secrets(&self, app: &str) -> BTreeMap<String, String> {
+        self.state
+            .lock()
+            .apps
+            .get(app)
+            .map(|a| a.secrets.clone())
+            .unwrap_or_default()
+    }
+
+    /// The public IPs of `app`, as `(type, address)`.
+    pub fn ips(&self, app: &str) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .apps
+            .get(app)
+            .map(|a| a.ips.clone())
+            .unwrap_or_default()
+    }
+
+    /// The output of the current process of `app`'s newest machine, and the events of its
+    /// boots (pull failures, exits), for test failure messages.
+    pub fn log(&self, app: &str) -> String {
+        let inner = self.state.lock();
+        let Some(m) = inner
+            .machines
+            .values()
+            .filter(|m| m.app == app)
+            .max_by_key(|m| m.seq)
+        else {
+            return String::new();
+        };
+        let output = m
+            .process
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p.log_path()).unwrap_or_default())
+            .unwrap_or_default();
+        format!("events: {:?}\noutput:\n{output}", m.events)
+    }
+}
+
+impl Drop for FakeFly {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+        let mut inner = self.state.lock();
+        for machine in inner.machines.values_mut() {
+            machine.generation += 1;
+            if let Some(process) = machine.process.take() {
+                process.kill();
+            }
+        }
+    }
+}
+
+/// The server's state, shared by the handlers and the handle.
+pub(crate) struct Fly {
+    expected_auth: String,
+    /// `host:port` of the registry images are pulled from.
+    registry: String,
+    inner: Mutex<Inner>,
+    http: reqwest::Client,
+}
+
+impl Fly {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    apps: BTreeMap<String, FakeApp>,
+    reserved: HashSet<String>,
+    machines: HashMap<String, FakeMachine>,
+    next_seq: u64,
+    requests: Vec<RecordedRequest>,
+    injected_429: u32,
+    buckets: throttle::Buckets,
+}
+
+impl Inner {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+}
+
+struct FakeApp {
+    org_slug: String,
+    ips: Vec<(String, String)>,
+    secrets: BTreeMap<String, String>,
+    secrets_version: u64,
+}
+
+struct FakeMachine {
+    id: String,
+    app: String,
+    name: String,
+    region: String,
+    seq: u64,
+    state: String,
+    instance_id: String,
+    config: serde_json::Value,
+    created_at: String,
+    updated_at: String,
+    /// Bumped by every update and delete: a boot of an older generation gives up.
+    generation: u64,
+    process: Option<boot::Process>,
+    check_status: String,
+    events: Vec<String>,
+}
+
+impl FakeMachine {
+    fn view(&self) -> MachineView {
+        MachineView {
+            id: self.id.clone(),
+            state: self.state.clone(),
+            image: self.config["image"].as_str().unwrap_or("").to_owned(),
+            instance_id: self.instance_id.clone(),
+            pid: self.process.as_ref().map(boot::Process::pid),
+        }
+    }
+}
+
+/// Checks the `Authorization` header (401 otherwise) and records the request and the
+/// status answered, with no header values.
+async fn record_and_authorize(
+    State(fly): State<Arc<Fly>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorized = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .is_some_and(|v| v == HeaderValue::from_str(&fly.expected_auth).expect("ascii"));
+    let method = request.method().to_string();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 << 20)
+        .await
+        .unwrap_or_default();
+    let body_text = String::from_utf8_lossy(&bytes).into_owned();
+    let response = if authorized {
+        next.run(Request::from_parts(parts, Body::from(bytes)))
+            .await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"error": "unauthorized"})),
+        )
+            .into_response()
+    };
+    fly.lock().requests.push(RecordedRequest {
+        method,
+        path,
+        body: body_text,
+        status: response.status().as_u16(),
+        authorized,
+    });
+    response
+}
+
+fn now_rfc3339() -> String {
+    // Seconds since the epoch are enough for a fake; Fly answers RFC 3339 timestamps.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}

@@ -1,0 +1,477 @@
+//! The Machines API routes of the fake: apps, IP assignments, secrets, machines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::{FakeApp, FakeMachine, Fly, Inner, boot, now_rfc3339};
+
+pub(super) fn routes() -> Router<Arc<Fly>> {
+    Router::new()
+        .route("/apps", post(create_app))
+        .route("/apps/{app}", get(get_app))
+        .route(
+            "/apps/{app}/ip_assignments",
+            get(list_ips).post(allocate_ip),
+        )
+        .route("/apps/{app}/secrets", post(set_secrets))
+        .route(
+            "/apps/{app}/machines",
+            get(list_machines).post(create_machine),
+        )
+        .route(
+            "/apps/{app}/machines/{id}",
+            get(get_machine).post(update_machine).delete(delete_machine),
+        )
+        .route("/apps/{app}/machines/{id}/wait", get(wait_machine))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    Refusal::new(status, message).into_response()
+}
+
+/// An error answer: `{"error": message}`, with `retry-after` for 429s.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: &str) -> Self {
+        Refusal {
+            status,
+            message: message.to_owned(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                secs.to_string().parse().expect("digits"),
+            );
+        }
+        response
+    }
+}
+
+/// Takes a rate-limit token for `action` on `target` (or an injected 429).
+fn throttle(inner: &mut Inner, action: &str, target: &str) -> Result<(), Refusal> {
+    let wait = if inner.injected_429 > 0 {
+        inner.injected_429 -= 1;
+        Some(Duration::from_secs(1))
+    } else {
+        inner.buckets.take(action, target).err()
+    };
+    match wait {
+        None => Ok(()),
+        Some(wait) => Err(Refusal {
+            retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ..Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("rate limit exceeded for {action}"),
+            )
+        }),
+    }
+}
+
+fn valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+async fn create_app(State(fly): State<Arc<Fly>>, Json(body): Json<Value>) -> Response {
+    let name = body["app_name"]
+        .as_str()
+        .or_else(|| body["name"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let Some(org_slug) = body["org_slug"].as_str().filter(|s| !s.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "org_slug is required");
+    };
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "create_app", &name) {
+        return r.into_response();
+    }
+    if !valid_app_name(&name) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid app name");
+    }
+    if inner.reserved.contains(&name) || inner.apps.contains_key(&name) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation failed: Name has already been taken",
+        );
+    }
+    inner.apps.insert(
+        name.clone(),
+        FakeApp {
+            org_slug: org_slug.to_owned(),
+            ips: Vec::new(),
+            secrets: BTreeMap::new(),
+            secrets_version: 0,
+        },
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": name, "created_at": now_rfc3339()})),
+    )
+        .into_response()
+}
+
+async fn get_app(State(fly): State<Arc<Fly>>, Path(app): Path<String>) -> Response {
+    let inner = fly.lock();
+    match inner.apps.get(&app) {
+        Some(a) => Json(json!({
+            "id": app, "name": app, "status": "deployed",
+            "organization": {"name": a.org_slug, "slug": a.org_slug},
+        }))
+        .into_response(),
+        // A name reserved elsewhere looks free to this token, as the real API can answer.
+        None => error(StatusCode::NOT_FOUND, "app not found"),
+    }
+}
+
+async fn list_ips(State(fly): State<Arc<Fly>>, Path(app): Path<String>) -> Response {
+    let inner = fly.lock();
+    let Some(a) = inner.apps.get(&app) else {
+        return error(StatusCode::NOT_FOUND, "app not found");
+    };
+    let ips: Vec<Value> = a.ips.iter().map(|(kind, ip)| ip_json(kind, ip)).collect();
+    Json(json!({"ips": ips})).into_response()
+}
+
+fn ip_json(kind: &str, ip: &str) -> Value {
+    json!({"ip": ip, "region": "global", "service_name": "", "shared": kind == "shared_v4",
+           "created_at": now_rfc3339()})
+}
+
+async fn allocate_ip(
+    State(fly): State<Arc<Fly>>,
+    Path(app): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "ip_assignments", &app) {
+        return r.into_response();
+    }
+    let Some(a) = inner.apps.get_mut(&app) else {
+        return error(StatusCode::NOT_FOUND, "app not found");
+    };
+    let kind = body["type"].as_str().unwrap_or("");
+    // Documentation ranges: these addresses only name things, nothing is reachable there.
+    let n = a.ips.len() + 1;
+    let ip = match kind {
+        "shared_v4" => "203.0.113.10".to_owned(),
+        "v4" => format!("198.51.100.{n}"),
+        "v6" => format!("2001:db8::{n}"),
+        "private_v6" => format!("fdaa:0:1::{n}"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "type must be v4, shared_v4, v6 or private_v6",
+            );
+        }
+    };
+    a.ips.push((kind.to_owned(), ip.clone()));
+    Json(ip_json(kind, &ip)).into_response()
+}
+
+async fn set_secrets(
+    State(fly): State<Arc<Fly>>,
+    Path(app): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "secrets", &app) {
+        return r.into_response();
+    }
+    let Some(a) = inner.apps.get_mut(&app) else {
+        return error(StatusCode::NOT_FOUND, "app not found");
+    };
+    let Some(values) = body["values"].as_object() else {
+        return error(StatusCode::BAD_REQUEST, "values is required");
+    };
+    for (name, value) in values {
+        match value {
+            Value::Null => {
+                a.secrets.remove(name);
+            }
+            Value::String(s) => {
+                a.secrets.insert(name.clone(), s.clone());
+            }
+            _ => return error(StatusCode::BAD_REQUEST, "secret values are strings or null"),
+        }
+    }
+    a.secrets_version += 1;
+    let secrets: Vec<Value> = a
+        .secrets
+        .keys()
+        .map(|name| json!({"name": name, "digest": "fake", "created_at": now_rfc3339()}))
+        .collect();
+    Json(json!({"secrets": secrets, "version": a.secrets_version})).into_response()
+}
+
+async fn list_machines(
+    State(fly): State<Arc<Fly>>,
+    Path(app): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let inner = fly.lock();
+    if !inner.apps.contains_key(&app) {
+        return error(StatusCode::NOT_FOUND, "app not found");
+    }
+    let include_deleted = query.get("include_deleted").is_some_and(|v| v == "true");
+    let mut machines: Vec<&FakeMachine> = inner
+        .machines
+        .values()
+        .filter(|m| m.app == app)
+        .filter(|m| include_deleted || m.state != "destroyed")
+        .filter(|m| {
+            query
+                .iter()
+                .all(|(k, v)| match k.strip_prefix("metadata.") {
+                    Some(key) => m.config["metadata"][key] == v.as_str(),
+                    None => true,
+                })
+        })
+        .collect();
+    machines.sort_by_key(|m| m.seq);
+    Json(machines.into_iter().map(machine_json).collect::<Vec<_>>()).into_response()
+}
+
+/// Checks what a create or update asks for, before anything changes.
+fn check_machine_request(inner: &Inner, app: &str, body: &Value) -> Result<Value, Refusal> {
+    let Some(a) = inner.apps.get(app) else {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "app not found"));
+    };
+    let config = body["config"].clone();
+    if config["image"].as_str().is_none_or(str::is_empty) {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config.image is required",
+        ));
+    }
+    if config.get("guest").is_some() && config.get("size").is_some() {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guest and size are exclusive",
+        ));
+    }
+    if let Some(memory) = config["guest"]["memory_mb"].as_u64()
+        && memory % 256 != 0
+    {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "memory_mb must be a multiple of 256",
+        ));
+    }
+    if let Some(v) = body["min_secrets_version"].as_u64()
+        && v > a.secrets_version
+    {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "min_secrets_version is ahead of the app's secrets",
+        ));
+    }
+    Ok(config)
+}
+
+async fn create_machine(
+    State(fly): State<Arc<Fly>>,
+    Path(app): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "create_machine", &app) {
+        return r.into_response();
+    }
+    let config = match check_machine_request(&inner, &app, &body) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let seq = inner.seq();
+    let id = tb_core::ids::random_hex(7);
+    let now = now_rfc3339();
+    let machine = FakeMachine {
+        id: id.clone(),
+        app: app.clone(),
+        name: body["name"]
+            .as_str()
+            .map_or_else(|| format!("machine-{seq}"), str::to_owned),
+        region: body["region"].as_str().unwrap_or("iad").to_owned(),
+        seq,
+        state: "created".into(),
+        instance_id: tb_core::ids::random_hex(13),
+        config,
+        created_at: now.clone(),
+        updated_at: now,
+        generation: 1,
+        process: None,
+        check_status: "critical".into(),
+        events: Vec::new(),
+    };
+    let answer = machine_json(&machine);
+    inner.machines.insert(id.clone(), machine);
+    drop(inner);
+    boot::start(fly.clone(), id, 1);
+    Json(answer).into_response()
+}
+
+async fn get_machine(
+    State(fly): State<Arc<Fly>>,
+    Path((app, id)): Path<(String, String)>,
+) -> Response {
+    let inner = fly.lock();
+    match inner.machines.get(&id).filter(|m| m.app == app) {
+        Some(m) => Json(machine_json(m)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "machine not found"),
+    }
+}
+
+async fn update_machine(
+    State(fly): State<Arc<Fly>>,
+    Path((app, id)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "update", &id) {
+        return r.into_response();
+    }
+    let config = match check_machine_request(&inner, &app, &body) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let Some(m) = inner
+        .machines
+        .get_mut(&id)
+        .filter(|m| m.app == app && m.state != "destroyed")
+    else {
+        return error(StatusCode::NOT_FOUND, "machine not found");
+    };
+    if let Some(current) = body["current_version"].as_str()
+        && current != m.instance_id
+    {
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            "current_version does not match the machine's instance",
+        );
+    }
+    if let Some(process) = m.process.take() {
+        process.kill();
+    }
+    m.generation += 1;
+    m.config = config;
+    m.instance_id = tb_core::ids::random_hex(13);
+    m.state = "updating".into();
+    m.check_status = "critical".into();
+    m.updated_at = now_rfc3339();
+    let (answer, generation) = (machine_json(m), m.generation);
+    drop(inner);
+    boot::start(fly.clone(), id, generation);
+    Json(answer).into_response()
+}
+
+async fn delete_machine(
+    State(fly): State<Arc<Fly>>,
+    Path((app, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "delete", &id) {
+        return r.into_response();
+    }
+    let Some(m) = inner
+        .machines
+        .get_mut(&id)
+        .filter(|m| m.app == app && m.state != "destroyed")
+    else {
+        return error(StatusCode::NOT_FOUND, "machine not found");
+    };
+    let force = query.get("force").is_some_and(|v| v == "true");
+    let active = m.process.as_mut().is_some_and(|p| p.is_running());
+    if active && !force {
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            "failed_precondition: machine still active, stop it or use force=true",
+        );
+    }
+    if let Some(process) = m.process.take() {
+        process.kill();
+    }
+    m.generation += 1;
+    m.state = "destroyed".into();
+    m.updated_at = now_rfc3339();
+    Json(json!({"ok": true})).into_response()
+}
+
+async fn wait_machine(
+    State(fly): State<Arc<Fly>>,
+    Path((app, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let wanted = query
+        .get("state")
+        .cloned()
+        .unwrap_or_else(|| "started".into());
+    let secs = query
+        .get("timeout")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(60)
+        .clamp(1, 60);
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        {
+            let inner = fly.lock();
+            let Some(m) = inner.machines.get(&id).filter(|m| m.app == app) else {
+                return error(StatusCode::NOT_FOUND, "machine not found");
+            };
+            if m.state == wanted {
+                return Json(json!({"ok": true})).into_response();
+            }
+        }
+        if Instant::now() >= until {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("deadline_exceeded: machine did not reach state {wanted}"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn machine_json(m: &FakeMachine) -> Value {
+    let image = m.config["image"].as_str().unwrap_or("");
+    let (name, digest) = image.split_once('@').unwrap_or((image, ""));
+    let (registry, repository) = name.split_once('/').unwrap_or(("", name));
+    json!({
+        "id": m.id,
+        "name": m.name,
+        "state": m.state,
+        "region": m.region,
+        "instance_id": m.instance_id,
+        "private_ip": format!("fdaa:0:1:a7b::{}", m.seq),
+        "config": m.config,
+        "image_ref": {"registry": registry, "repository": repository, "digest": digest},
+        "checks": [{"name": "servicecheck-00-http-8080", "status": m.check_status}],
+        "events": m.events.iter().map(|e| json!({"type": "note", "status": e})).collect::<Vec<_>>(),
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+    })
+}

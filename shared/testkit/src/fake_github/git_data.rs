@@ -1,0 +1,507 @@
+//! The fake's Git Data API: blobs, trees, commits and refs under
+//! `/repos/{owner}/{repo}/git/`, written into the repository's bare git repository.
+//!
+//! As on GitHub, every route answers 409 `Git Repository is empty.` while the repository
+//! has no commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::git_store::{GitStore, Person};
+use super::{Fake, RepoMeta, error, json_body};
+
+pub(super) fn routes() -> Router<Arc<Fake>> {
+    Router::new()
+        .route("/repos/{owner}/{repo}/git/blobs", post(create_blob))
+        .route("/repos/{owner}/{repo}/git/trees", post(create_tree))
+        .route("/repos/{owner}/{repo}/git/trees/{sha}", get(get_tree))
+        .route("/repos/{owner}/{repo}/git/commits", post(create_commit))
+        .route("/repos/{owner}/{repo}/git/commits/{sha}", get(get_commit))
+        .route("/repos/{owner}/{repo}/git/ref/{*reference}", get(get_ref))
+        .route("/repos/{owner}/{repo}/git/refs", post(create_ref))
+        .route(
+            "/repos/{owner}/{repo}/git/refs/{*reference}",
+            patch(update_ref),
+        )
+}
+
+type Rejection = Response;
+
+fn unprocessable(message: impl Into<String>) -> Response {
+    error(StatusCode::UNPROCESSABLE_ENTITY, message)
+}
+
+/// The repository for a Git Data call: 404 if unknown, 409 if it has no commit.
+#[allow(clippy::result_large_err)]
+fn git_repo(fake: &Fake, owner: &str, name: &str) -> Result<RepoMeta, Rejection> {
+    let repo = fake
+        .visible_repo(owner, name)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "Not Found"))?;
+    match fake.git.is_empty(&repo.path) {
+        Ok(false) => Ok(repo),
+        Ok(true) => Err(error(StatusCode::CONFLICT, "Git Repository is empty.")),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.0)),
+    }
+}
+
+/// Runs `handler` for a non-empty repository with the parsed JSON body.
+async fn with_repo(
+    fake: Arc<Fake>,
+    owner: String,
+    name: String,
+    body: Option<Bytes>,
+    handler: impl FnOnce(&Fake, &RepoMeta, Value) -> Response + Send + 'static,
+) -> Response {
+    super::blocking(fake, move |fake| {
+        let repo = match git_repo(fake, &owner, &name) {
+            Ok(repo) => repo,
+            Err(response) => return response,
+        };
+        let body = match body.as_deref().map(json_body) {
+            None => Value::Null,
+            Some(Ok(body)) => body,
+            Some(Err(response)) => return response,
+        };
+        handler(fake, &repo, body)
+    })
+    .await
+}
+
+fn missing(field: &str) -> Response {
+    unprocessable(format!("Invalid request.\n\n\"{field}\" wasn't supplied."))
+}
+
+/// A tree entry path as GitHub accepts it: relative, no empty, `.` or `..` parts.
+pub(super) fn valid_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && part != ".git")
+}
+
+/// `content` in `encoding` (`utf-8` or `base64`) as bytes.
+#[allow(clippy::result_large_err)]
+pub(super) fn decode_content(content: &str, encoding: &str) -> Result<Vec<u8>, Rejection> {
+    match encoding {
+        "utf-8" | "utf8" => Ok(content.as_bytes().to_vec()),
+        "base64" => {
+            let compact: String = content
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .map_err(|_| unprocessable("Invalid request.\n\ncontent is not valid Base64."))
+        }
+        other => Err(unprocessable(format!(
+            "Invalid request.\n\nencoding `{other}` is not one of utf-8, base64."
+        ))),
+    }
+}
+
+/// `author`/`committer` of a request, `fallback` when absent.
+pub(super) fn person(value: Option<&Value>, fallback: &Person) -> Person {
+    let field = |name: &str| {
+        value
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match (field("name"), field("email")) {
+        (Some(name), Some(email)) => Person {
+            name,
+            email,
+            date: field("date").unwrap_or_default(),
+        },
+        _ => Person {
+            name: fallback.name.clone(),
+            email: fallback.email.clone(),
+            date: fallback.date.clone(),
+        },
+    }
+}
+
+/// The authenticated user as a commit author, dated now.
+pub(super) fn user_person(fake: &Fake) -> Person {
+    Person {
+        name: fake.login.clone(),
+        email: format!("{}@users.noreply.github.com", fake.login),
+        date: String::new(),
+    }
+}
+
+async fn create_blob(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    with_repo(fake, owner, name, Some(body), |fake, repo, body| {
+        let Some(content) = body.get("content").and_then(Value::as_str) else {
+            return missing("content");
+        };
+        let encoding = body
+            .get("encoding")
+            .and_then(Value::as_str)
+            .unwrap_or("utf-8");
+        let bytes = match decode_content(content, encoding) {
+            Ok(bytes) => bytes,
+            Err(response) => return response,
+        };
+        match fake.git.write_blob(&repo.path, &bytes) {
+            Ok(sha) => (
+                StatusCode::CREATED,
+                axum::Json(json!({
+                    "sha": sha,
+                    "url": format!("{}/git/blobs/{sha}", fake.repo_api_url(repo)),
+                })),
+            )
+                .into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.0),
+        }
+    })
+    .await
+}
+
+/// One checked entry of a tree request.
+enum Edit {
+    /// A blob or submodule commit at `path`.
+    Add {
+        mode: String,
+        sha: String,
+        path: String,
+    },
+    /// A whole tree at `path`.
+    Graft {
+        sha: String,
+        path: String,
+    },
+    Remove {
+        path: String,
+    },
+}
+
+#[allow(clippy::result_large_err)]
+fn check_entry(git: &GitStore, repo: &RepoMeta, entry: &Value) -> Result<Edit, Rejection> {
+    let text = |name: &str| entry.get(name).and_then(Value::as_str);
+    let path = text("path").ok_or_else(|| missing("tree.path"))?.to_owned();
+    if !valid_path(&path) {
+        return Err(unprocessable(format!(
+            "tree.path `{path}` contains a malformed path component"
+        )));
+    }
+    let mode = text("mode").ok_or_else(|| missing("tree.mode"))?.to_owned();
+    let kind = text("type").unwrap_or("blob");
+    let expected_kind = match mode.as_str() {
+        "100644" | "100755" | "120000" => "blob",
+        "040000" => "tree",
+        "160000" => "commit",
+        _ => {
+            return Err(unprocessable(
+                "tree.mode must be one of: 100644, 100755, 040000, 160000, 120000",
+            ));
+        }
+    };
+    if kind != expected_kind {
+        return Err(unprocessable(format!(
+            "tree.type `{kind}` does not match mode {mode}"
+        )));
+    }
+    let sha = match (entry.get("sha"), text("content")) {
+        (Some(Value::Null), None) => return Ok(Edit::Remove { path }),
+        (Some(Value::String(sha)), None) => {
+            let found = git.object_type(&repo.path, sha);
+            if kind != "commit" && found.as_deref() != Some(kind) {
+                return Err(unprocessable(format!(
+                    "tree.sha {sha} is not a valid {kind}"
+                )));
+            }
+            sha.clone()
+        }
+        (None, Some(content)) if kind == "blob" => {
+            git.write_blob(&repo.path, content.as_bytes())
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.0))?
+        }
+        _ => {
+            return Err(unprocessable(
+                "Invalid request.\n\nexactly one of \"sha\" and \"content\" must be supplied.",
+            ));
+        }
+    };
+    Ok(if kind == "tree" {
+        Edit::Graft { sha, path }
+    } else {
+        Edit::Add { mode, sha, path }
+    })
+}
+
+async fn create_tree(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    with_repo(fake, owner, name, Some(body), |fake, repo, body| {
+        let Some(entries) = body.get("tree").and_then(Value::as_array) else {
+            return missing("tree");
+        };
+        let base = match body.get("base_tree").and_then(Value::as_str) {
+            Some(base) if fake.git.object_type(&repo.path, base).as_deref() != Some("tree") => {
+                return unprocessable(format!("base_tree {base} is not a valid tree"));
+            }
+            base => base.map(str::to_owned),
+        };
+        let mut edits = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match check_entry(&fake.git, repo, entry) {
+                Ok(edit) => edits.push(edit),
+                Err(response) => return response,
+            }
+        }
+        let built = fake.git.build_tree(&repo.path, base.as_deref(), |index| {
+            let mut index_info = Vec::new();
+            for edit in &edits {
+                match edit {
+                    Edit::Graft { sha, path } => {
+                        let prefix = format!("--prefix={path}/");
+                        fake.git.with_index(
+                            &repo.path,
+                            index,
+                            &["read-tree", &prefix, sha],
+                            None,
+                        )?;
+                    }
+                    Edit::Remove { path } => {
+                        fake.git.with_index(
+                            &repo.path,
+                            index,
+                            &["update-index", "--force-remove", "--", path],
+                            None,
+                        )?;
+                    }
+                    Edit::Add { mode, sha, path } => {
+                        index_info.extend_from_slice(format!("{mode} {sha}\t{path}").as_bytes());
+                        index_info.push(0);
+                    }
+                }
+            }
+            if !index_info.is_empty() {
+                fake.git.with_index(
+                    &repo.path,
+                    index,
+                    &["update-index", "-z", "--add", "--index-info"],
+                    Some(&index_info),
+                )?;
+            }
+            Ok(())
+        });
+        let sha = match built {
+            Ok(sha) => sha,
+            Err(e) => return unprocessable(format!("GitRPC::BadObjectState: {}", e.0)),
+        };
+        tree_response(fake, repo, &sha, false, StatusCode::CREATED)
+    })
+    .await
+}
+
+fn tree_response(
+    fake: &Fake,
+    repo: &RepoMeta,
+    sha: &str,
+    recursive: bool,
+    status: StatusCode,
+) -> Response {
+    let url = fake.repo_api_url(repo);
+    match fake.git.ls_tree(&repo.path, sha, recursive) {
+        Ok(items) => (
+            status,
+            axum::Json(json!({
+                "sha": sha,
+                "url": format!("{url}/git/trees/{sha}"),
+                "tree": items.iter().map(|i| i.to_json(&url)).collect::<Vec<_>>(),
+                "truncated": false,
+            })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.0),
+    }
+}
+
+async fn get_tree(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name, tree)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    // GitHub: any value of `recursive` asks for every level.
+    let recursive = query.contains_key("recursive");
+    with_repo(fake, owner, name, None, move |fake, repo, _| {
+        let resolved = fake.git.git(
+            Some(&repo.path),
+            &["rev-parse", "-q", "--verify", &format!("{tree}^{{tree}}")],
+            &[],
+            None,
+        );
+        match resolved {
+            Ok(sha) => tree_response(fake, repo, sha.trim(), recursive, StatusCode::OK),
+            Err(_) => error(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    })
+    .await
+}
+
+async fn create_commit(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    with_repo(fake, owner, name, Some(body), |fake, repo, body| {
+        let Some(message) = body.get("message").and_then(Value::as_str) else {
+            return missing("message");
+        };
+        let Some(tree) = body.get("tree").and_then(Value::as_str) else {
+            return missing("tree");
+        };
+        if fake.git.object_type(&repo.path, tree).as_deref() != Some("tree") {
+            return unprocessable("Tree SHA does not exist");
+        }
+        let mut parents = Vec::new();
+        for parent in body
+            .get("parents")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let parent = parent.as_str().unwrap_or("");
+            if fake.git.object_type(&repo.path, parent).as_deref() != Some("commit") {
+                return unprocessable("Parent SHA does not exist or is not a commit object");
+            }
+            parents.push(parent.to_owned());
+        }
+        let author = person(body.get("author"), &user_person(fake));
+        let committer = person(body.get("committer"), &author);
+        let made = fake
+            .git
+            .commit_tree(&repo.path, tree, &parents, message, &author, &committer)
+            .and_then(|sha| fake.git.commit(&repo.path, &sha));
+        match made {
+            Ok(commit) => (
+                StatusCode::CREATED,
+                axum::Json(commit.to_json(&fake.repo_api_url(repo))),
+            )
+                .into_response(),
+            Err(e) => unprocessable(e.0),
+        }
+    })
+    .await
+}
+
+async fn get_commit(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name, sha)): Path<(String, String, String)>,
+) -> Response {
+    with_repo(fake, owner, name, None, move |fake, repo, _| {
+        if fake.git.object_type(&repo.path, &sha).as_deref() != Some("commit") {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        }
+        match fake.git.commit(&repo.path, &sha) {
+            Ok(commit) => axum::Json(commit.to_json(&fake.repo_api_url(repo))).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.0),
+        }
+    })
+    .await
+}
+
+fn ref_json(fake: &Fake, repo: &RepoMeta, full: &str, sha: &str) -> Value {
+    let url = fake.repo_api_url(repo);
+    json!({
+        "ref": full,
+        "node_id": format!("REF_{sha}"),
+        "url": format!("{url}/git/{full}"),
+        "object": { "sha": sha, "type": "commit", "url": format!("{url}/git/commits/{sha}") },
+    })
+}
+
+async fn get_ref(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name, reference)): Path<(String, String, String)>,
+) -> Response {
+    with_repo(fake, owner, name, None, move |fake, repo, _| {
+        let full = format!("refs/{reference}");
+        match fake.git.resolve(&repo.path, &full) {
+            Some(sha) => axum::Json(ref_json(fake, repo, &full, &sha)).into_response(),
+            None => error(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    })
+    .await
+}
+
+async fn create_ref(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    with_repo(fake, owner, name, Some(body), |fake, repo, body| {
+        let Some(full) = body.get("ref").and_then(Value::as_str) else {
+            return missing("ref");
+        };
+        let Some(sha) = body.get("sha").and_then(Value::as_str) else {
+            return missing("sha");
+        };
+        if !full.starts_with("refs/") || full.matches('/').count() < 2 || !valid_path(full) {
+            return unprocessable(
+                "Reference name must start with 'refs/' and have at least two slashes.",
+            );
+        }
+        if fake.git.object_type(&repo.path, sha).is_none() {
+            return unprocessable("Object does not exist");
+        }
+        if fake.git.resolve(&repo.path, full).is_some() {
+            return unprocessable("Reference already exists");
+        }
+        match fake.git.update_ref(&repo.path, full, sha, None) {
+            Ok(()) => (
+                StatusCode::CREATED,
+                axum::Json(ref_json(fake, repo, full, sha)),
+            )
+                .into_response(),
+            Err(_) => unprocessable("Reference already exists"),
+        }
+    })
+    .await
+}
+
+async fn update_ref(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name, reference)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    with_repo(fake, owner, name, Some(body), move |fake, repo, body| {
+        let full = format!("refs/{reference}");
+        let Some(sha) = body.get("sha").and_then(Value::as_str) else {
+            return missing("sha");
+        };
+        let force = body.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let Some(current) = fake.git.resolve(&repo.path, &full) else {
+            return unprocessable("Reference does not exist");
+        };
+        if fake.git.object_type(&repo.path, sha).as_deref() != Some("commit") {
+            return unprocessable("Object does not exist");
+        }
+        if !force && !fake.git.is_ancestor(&repo.path, &current, sha) {
+            return unprocessable("Update is not a fast forward");
+        }
+        match fake.git.update_ref(&repo.path, &full, sha, Some(&current)) {
+            Ok(()) => axum::Json(ref_json(fake, repo, &full, sha)).into_response(),
+            Err(e) => unprocessable(format!("Reference cannot be updated: {}", e.0)),
+        }
+    })
+    .await
+}
