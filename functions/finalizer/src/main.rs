@@ -1,46 +1,49 @@
-//! The finalizer function (SQS-triggered).
-//!
-//! Not wired yet: every record is reported as a batch item failure, so SQS redelivers it and
-//! finally moves it to the dead-letter queue. Nothing is dropped silently.
+//! The finalizer function's entry point: configuration read once, clients built once.
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use std::sync::Arc;
+
+use anyhow::Context;
+use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
-
-async fn handler(event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
-    let mut response = SqsBatchResponse::default();
-    for record in &event.payload.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        tracing::warn!(message_id = %id, "finalizer not wired yet; returning the record to the queue");
-        response.add_failure(id);
-    }
-    Ok(response)
-}
+use tb_codehost::{GitHubCodeHost, GitHubConfig, GitHubToken};
+use tb_core::ports::DatabaseProvisioner;
+use tb_deploy::{FlyConfig, FlyDeployer};
+use tb_pipeline::{Finalizer, FinalizerSettings};
+use tb_postgres::{ClusterSettings, PgPlatformRecords, PgProvisioner};
+use tb_sandbox::{DaytonaConfig, DaytonaProvider};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .without_time()
-        .init();
-    run(service_fn(handler)).await
-}
+    tb_aws::telemetry::init();
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let aws = tb_aws::AwsSettings::from_env(var)?;
+    let clients = aws.clients().await;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn every_record_is_returned_to_the_queue() {
-        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
-            {"messageId": "m1", "body": "{}"}, {"messageId": "m2", "body": "x"}]}))
-        .unwrap();
-        let out = handler(LambdaEvent::new(event, lambda_runtime::Context::default()))
-            .await
-            .unwrap();
-        assert_eq!(
-            serde_json::to_value(&out).unwrap(),
-            serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]})
-        );
+    let mut daytona = DaytonaConfig::new(var("DAYTONA_API_KEY").context("DAYTONA_API_KEY is not set")?);
+    if let Some(url) = var("DAYTONA_API_URL") {
+        daytona.api_url = url;
     }
+    let mut github = GitHubConfig::new(GitHubToken::new(var("GITHUB_ACCESS_TOKEN").context("GITHUB_ACCESS_TOKEN is not set")?));
+    github.owner = var("GITHUB_OWNER");
+    let databases: Option<Arc<dyn DatabaseProvisioner>> = match var("DB_CLUSTER_HOST") {
+        Some(_) => Some(Arc::new(PgProvisioner::new(ClusterSettings::from_env(var)?))),
+        None => None,
+    };
+    let records = PgPlatformRecords::connect(&var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?).await?;
+
+    let finalizer = Arc::new(Finalizer {
+        store: Arc::new(aws.store(&clients)),
+        sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
+        archive: Arc::new(aws.archive(&clients)),
+        code_host: Arc::new(GitHubCodeHost::new(github)?),
+        databases,
+        deployer: Arc::new(FlyDeployer::new(FlyConfig::from_env()?)?),
+        records: Arc::new(records),
+        settings: FinalizerSettings::standard(),
+    });
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let finalizer = finalizer.clone();
+        async move { Ok::<_, Error>(finalizer::handle_batch(&finalizer, event.payload, &event.context).await) }
+    }))
+    .await
 }

@@ -92,7 +92,9 @@ impl FlyConfig {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let token = var("FLY_API_TOKEN")
             .ok_or_else(|| DeployError::Config("FLY_API_TOKEN is not set".into()))?;
-        let org = var("FLY_ORG").ok_or_else(|| DeployError::Config("FLY_ORG is not set".into()))?;
+        let org = var("FLY_ORG_SLUG")
+            .or_else(|| var("FLY_ORG"))
+            .ok_or_else(|| DeployError::Config("FLY_ORG_SLUG is not set".into()))?;
         let mut config = FlyConfig::new(Secret::new(token), org);
         if let Some(v) = var("FLY_REGION") {
             config.region = v;
