@@ -54,7 +54,7 @@ pub fn pipeline(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>, dir: &TempDir
             dir.path(),
         ))),
         model: Arc::new(tb_models::ScriptedModel::new(task_script())),
-        dev_db: None,
+        dev_databases: None,
         prices: PriceTable::with_defaults(),
         agent: config(),
         slices: slices(),

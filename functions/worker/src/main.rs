@@ -33,7 +33,7 @@ async fn main() -> Result<(), Error> {
         queue: Arc::new(aws.queue(&clients)),
         sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
         model: model.build()?,
-        dev_db: None,
+        dev_databases: None,
         prices: tb_core::settings::price_table(var)?,
         agent: tb_core::settings::agent_config(var)?,
         slices: SliceSettings::standard(),

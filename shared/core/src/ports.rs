@@ -44,6 +44,11 @@ pub trait DevDatabase: Send + Sync {
     async fn query(&self, sql: &str, max_rows: usize) -> Result<QueryRows, String>;
 }
 
+/// Hands out each project's development database (provisioned on first use).
+pub trait DevDatabases: Send + Sync {
+    fn for_project(&self, project: &crate::domain::ProjectId) -> std::sync::Arc<dyn DevDatabase>;
+}
+
 /// Where finished project snapshots and build artifacts are kept.
 #[async_trait]
 pub trait Archive: Send + Sync {

@@ -149,7 +149,7 @@ async fn start(data: &Path, options: Options) -> Host {
         queue: Arc::new(queue.clone()),
         sandboxes: sandboxes.clone(),
         model: options.model,
-        dev_db: None,
+        dev_databases: None,
         prices: PriceTable::with_defaults(),
         agent: agent_config(),
         slices: options.slices,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tb_core::agent::AgentConfig;
 use tb_core::model::Model;
-use tb_core::ports::DevDatabase;
+use tb_core::ports::DevDatabases;
 use tb_core::pricing::PriceTable;
 use tb_core::sandbox::SandboxProvider;
 
@@ -45,7 +45,8 @@ pub struct Pipeline {
     pub queue: Arc<dyn Queue>,
     pub sandboxes: Arc<dyn SandboxProvider>,
     pub model: Arc<dyn Model>,
-    pub dev_db: Option<Arc<dyn DevDatabase>>,
+    /// The projects' development databases for the agent's `query_database` tool.
+    pub dev_databases: Option<Arc<dyn DevDatabases>>,
     pub prices: PriceTable,
     pub agent: AgentConfig,
     pub slices: SliceSettings,

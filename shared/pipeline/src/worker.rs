@@ -102,7 +102,7 @@ impl Pipeline {
             Err(WorkError::Poison { request, reason }) => {
                 tracing::warn!(request_id = ?request, "poison work message: {reason}");
                 if let Some(id) = &request {
-                    self.fail(id, "queue", &reason).await;
+                    self.give_up(id, "queue", &reason).await;
                 }
                 self.queue.dead_letter(body, &reason).await?;
                 Err(WorkError::Poison { request, reason })
@@ -230,13 +230,17 @@ impl Pipeline {
             None
         };
 
+        let dev_db = self
+            .dev_databases
+            .as_ref()
+            .map(|d| d.for_project(&rec.project));
         let mut iterations = 0;
         let (usage0, cost0) = (state.usage, state.cost);
         if let Some(sandbox) = &sandbox {
             let agent = Agent {
                 model: self.model.as_ref(),
                 sandbox: sandbox.as_ref(),
-                db: self.dev_db.as_deref(),
+                db: dev_db.as_deref(),
                 prices: &self.prices,
                 config: &self.agent,
                 cancel: CancelFlag::default(),
@@ -404,8 +408,9 @@ impl Pipeline {
         WorkError::Retry(reason)
     }
 
-    /// Marks a request failed (best effort; used for poison messages).
-    pub(crate) async fn fail(&self, id: &RequestId, step: &str, reason: &str) {
+    /// Marks a request failed at `step` with `reason` (best effort): for poison messages, and
+    /// for hosts that give up on a message after its last delivery.
+    pub async fn give_up(&self, id: &RequestId, step: &str, reason: &str) {
         for _ in 0..3 {
             let Ok(Some(mut rec)) = self.store.load(id).await else {
                 return;

@@ -210,3 +210,26 @@ impl DevDatabase for PgDevDatabase {
         self.run(sql, max_rows).await
     }
 }
+
+/// Each project's dev database, from one provisioner.
+pub struct PgDevDatabases {
+    provisioner: std::sync::Arc<dyn tb_core::ports::DatabaseProvisioner>,
+}
+
+impl PgDevDatabases {
+    pub fn new(provisioner: std::sync::Arc<dyn tb_core::ports::DatabaseProvisioner>) -> Self {
+        PgDevDatabases { provisioner }
+    }
+}
+
+impl tb_core::ports::DevDatabases for PgDevDatabases {
+    fn for_project(
+        &self,
+        project: &tb_core::domain::ProjectId,
+    ) -> std::sync::Arc<dyn tb_core::ports::DevDatabase> {
+        std::sync::Arc::new(PgDevDatabase::new(
+            self.provisioner.clone(),
+            project.clone(),
+        ))
+    }
+}

@@ -35,7 +35,7 @@ pub mod secret;
 pub mod settings;
 pub mod url;
 
-pub use dev_database::PgDevDatabase;
+pub use dev_database::{PgDevDatabase, PgDevDatabases};
 pub use error::PgError;
 pub use naming::DatabaseNames;
 pub use provisioner::PgProvisioner;

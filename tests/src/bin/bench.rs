@@ -189,14 +189,18 @@ async fn state_store() -> anyhow::Result<()> {
     use tb_pipeline::{AgentHeader, Appended, RequestRecord, StateStore};
     println!("\n## 3. State store per iteration: DynamoDB (moto on loopback) and in-memory");
     if std::env::var("AWS_ENDPOINT_URL").is_err() {
-        println!("skipped: no moto server (run `infra/moto.sh start && eval \"$(infra/moto.sh env)\"` first)");
+        println!(
+            "skipped: no moto server (run `infra/moto.sh start && eval \"$(infra/moto.sh env)\"` first)"
+        );
         return Ok(());
     }
     println!("Per iteration the worker commits the record plus what the iteration appended (an");
     println!("assistant message, a tool-result message, one call) in one conditional transaction;");
     println!("per slice it reads the whole conversation once. Mean of 20 commits at each size.");
     println!("Bytes = DynamoDB item size (names + values) of the items put.\n");
-    println!("| messages | commit ms (moto) | bytes written / iteration | conversation read ms (moto, once per slice) |");
+    println!(
+        "| messages | commit ms (moto) | bytes written / iteration | conversation read ms (moto, once per slice) |"
+    );
     println!("|---:|---:|---:|---:|");
     let aws = tb_aws::testing::TestAws::new().await;
     let store = aws.store();
@@ -205,7 +209,8 @@ async fn state_store() -> anyhow::Result<()> {
         RequestId::generate(),
         UserId::parse("user_bench")?,
         ProjectId::generate(),
-        Description::parse("Create a simple API with a users endpoint").map_err(anyhow::Error::msg)?,
+        Description::parse("Create a simple API with a users endpoint")
+            .map_err(anyhow::Error::msg)?,
         tb_core::agent::now_ms(),
     );
     store.create(&rec, &first).await?;
@@ -218,7 +223,14 @@ async fn state_store() -> anyhow::Result<()> {
         let calls: Vec<tb_core::ModelCall> = (0..n / 2)
             .map(|_| {
                 call += 1;
-                tb_core::ModelCall { iteration: call, model: "scripted".into(), usage: TokenUsage::default(), cost: MicroUsd::ZERO, latency_ms: 0, stop_reason: tb_core::model::StopReason::ToolUse }
+                tb_core::ModelCall {
+                    iteration: call,
+                    model: "scripted".into(),
+                    usage: TokenUsage::default(),
+                    cost: MicroUsd::ZERO,
+                    latency_ms: 0,
+                    stop_reason: tb_core::model::StopReason::ToolUse,
+                }
             })
             .collect();
         state.calls.extend(calls.clone());
@@ -233,7 +245,17 @@ async fn state_store() -> anyhow::Result<()> {
             let v = rec.version;
             let (from, calls) = append(&mut state, &mut rec, n.max(2));
             rec.version += 1;
-            store.commit(&rec, v, Appended { first_index: from, messages: &state.messages[from..], calls: &calls }).await?;
+            store
+                .commit(
+                    &rec,
+                    v,
+                    Appended {
+                        first_index: from,
+                        messages: &state.messages[from..],
+                        calls: &calls,
+                    },
+                )
+                .await?;
         }
         let before = store.bytes_written();
         let started = Instant::now();
@@ -241,14 +263,27 @@ async fn state_store() -> anyhow::Result<()> {
             let v = rec.version;
             let (from, calls) = append(&mut state, &mut rec, 2);
             rec.version += 1;
-            store.commit(&rec, v, Appended { first_index: from, messages: &state.messages[from..], calls: &calls }).await?;
+            store
+                .commit(
+                    &rec,
+                    v,
+                    Appended {
+                        first_index: from,
+                        messages: &state.messages[from..],
+                        calls: &calls,
+                    },
+                )
+                .await?;
         }
         let commit_ms = started.elapsed().as_secs_f64() * 1000.0 / 20.0;
         let bytes = (store.bytes_written() - before) / 20;
         let started = Instant::now();
         let (messages, _) = store.conversation(&rec).await?;
         let read_ms = started.elapsed().as_secs_f64() * 1000.0;
-        println!("| {} | {commit_ms:.1} | {bytes} | {read_ms:.1} |", messages.len());
+        println!(
+            "| {} | {commit_ms:.1} | {bytes} | {read_ms:.1} |",
+            messages.len()
+        );
     }
     Ok(())
 }
