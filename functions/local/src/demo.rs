@@ -1,130 +1,208 @@
-//! `turbobackend demo`: the agent builds a backend in a local sandbox, then it runs locally.
+//! `turbobackend demo` / `run`: a request through the whole local pipeline (agent in a
+//! local sandbox → archive → git → database → build → local deploy), watched until it ends,
+//! then the live app is called.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde_json::json;
-use tb_core::agent::{Agent, AgentState, CancelFlag, Slice, SliceEnd};
-use tb_core::domain::{Description, RequestId};
-use tb_core::sandbox::SandboxSpec;
-use tb_models::ModelSettings;
-use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
+use anyhow::bail;
+use serde_json::{Value, json};
+use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
+use tb_pipeline::{NewRequest, Status};
 
-use crate::preview;
+use crate::app::{App, Settings};
 use crate::progress::{Output, Progress};
 
+pub const DEMO_DESCRIPTION: &str = "Create a simple API with a users endpoint";
+/// The user of requests made from the command line.
+pub const LOCAL_USER: &str = "user_local";
+
 #[derive(clap::Args)]
-pub struct DemoArgs {
+pub struct RunArgs {
     /// What to build.
-    #[arg(default_value = "Create a simple API with a users endpoint")]
+    #[arg(default_value = DEMO_DESCRIPTION)]
     description: String,
+    /// Change an existing project instead of creating one.
+    #[arg(long)]
+    project: Option<String>,
+    /// Running again with the same key resumes the same request instead of starting another.
+    #[arg(long)]
+    idempotency_key: Option<String>,
     /// How to report progress.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
-    /// Leave the app running until Ctrl-C instead of stopping it after the checks.
+    /// Leave the app running until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let var = |k: &str| std::env::var(k).ok();
-    let settings = ModelSettings::from_env(var)?;
-    let config = tb_core::settings::agent_config(var)?;
-    let prices = tb_core::settings::price_table(var)?;
-    let description = Description::parse(&args.description).map_err(anyhow::Error::msg)?;
-    let data_dir = data_dir()?;
-    let model = settings.build()?;
-    prices.price_for(model.id())?;
-
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
     let progress = Progress {
         output: args.output,
-        max_iterations: config.max_iterations,
     };
-    let request = RequestId::generate();
-    progress.event(
-        &format!("turbobackend demo: \"{}\"\n  request: {request}\n  model:   {}", description.as_str(), settings.describe()),
-        json!({"event": "start", "request_id": request.as_str(), "description": description.as_str(), "model": model.id(), "scripted": settings.is_scripted()}),
-    );
-
-    let provider = LocalSandboxProvider::new(LocalSandboxConfig {
-        extra_env: BTreeMap::from([(
-            "npm_config_cache".to_string(),
-            data_dir.join("npm-cache").display().to_string(),
-        )]),
-        ..LocalSandboxConfig::new(data_dir.join("sandboxes"))
-    });
-    let labels = BTreeMap::from([("request".to_string(), request.to_string())]);
-    let sandbox = provider
-        .create_local(&SandboxSpec {
-            name: request.to_string(),
-            labels,
-        })
-        .await?;
-    progress.event(
-        &format!("  sandbox: {}\n\nagent", sandbox.workspace_dir().display()),
-        json!({"event": "sandbox", "path": sandbox.workspace_dir()}),
-    );
-
-    let agent = Agent {
-        model: model.as_ref(),
-        sandbox: &sandbox,
-        db: None,
-        prices: &prices,
-        config: &config,
-        cancel: CancelFlag::default(),
+    let app = App::open(&settings, true).await?;
+    let description = Description::parse(&args.description).map_err(anyhow::Error::msg)?;
+    let project = args.project.as_deref().map(ProjectId::parse).transpose()?;
+    let new = NewRequest {
+        owner: UserId::parse(LOCAL_USER)?,
+        key_id: None,
+        description,
+        project,
+        idempotency_key: args.idempotency_key,
+        callback_url: None,
     };
-    let mut state = AgentState::new(description.as_str());
-    let outcome = loop {
-        match agent
-            .run(
-                &mut state,
-                Slice {
-                    max_iterations: 1,
-                    deadline: None,
-                },
-            )
-            .await?
-        {
-            SliceEnd::Paused => progress.iteration(&state),
-            SliceEnd::Done(outcome) => {
-                progress.iteration(&state);
-                break outcome;
-            }
-        }
-    };
-    let u = state.usage;
+    let accepted = app.pipeline.create(new).await?;
     progress.event(
         &format!(
-            "\n{} after {} iterations\n  cost:   {} ({} model calls)\n  tokens: {} input, {} cache write, {} cache read, {} output{}",
-            outcome.describe(),
-            state.iteration,
-            state.cost,
-            state.calls.len(),
-            u.input,
-            u.cache_write,
-            u.cache_read,
-            u.output,
-            if settings.is_scripted() { "\n  (the model was scripted: these are the script's simulated tokens, priced as Sonnet)" } else { "" }
+            "turbobackend: \"{}\"\n  request: {}{}\n  project: {}\n  model:   {}\n  data:    {}\n",
+            args.description,
+            accepted.request_id,
+            if accepted.created { "" } else { " (resumed)" },
+            accepted.project_id,
+            settings.model.describe(),
+            app.data_dir.display()
         ),
-        json!({"event": "agent_done", "outcome": outcome, "iterations": state.iteration, "cost_usd": state.cost.as_usd_f64(), "usage": state.usage, "scripted": settings.is_scripted()}),
+        json!({"event": "start", "request_id": accepted.request_id, "project_id": accepted.project_id, "resumed": !accepted.created,
+               "model": settings.model.describe(), "scripted": settings.model.is_scripted()}),
     );
-    if let tb_core::agent::Outcome::Finished { summary } = &outcome {
-        progress.event(
-            &format!("  summary: {summary}"),
-            json!({"event": "summary", "summary": summary}),
+    let status = watch(&app, &accepted.request_id, &progress).await?;
+    report(&status, &progress, settings.model.is_scripted());
+    if status.phase != Phase::Succeeded {
+        bail!(
+            "the request ended {:?}: {}",
+            status.phase,
+            status
+                .error
+                .map(|e| format!("{}: {}", e.step, e.reason))
+                .unwrap_or_default()
         );
-    } else {
-        bail!("the agent did not finish: {}", outcome.describe());
     }
-    preview::run(&sandbox, &progress, args.keep_running).await
+    let url = status
+        .result
+        .get("deploy")
+        .and_then(|d| d["url"].as_str())
+        .map(String::from);
+    if let Some(url) = url {
+        call_app(&url, &progress).await?;
+        if args.keep_running {
+            progress.event(
+                &format!("\nserving at {url}; Ctrl-C to stop"),
+                json!({"event": "serving", "url": url}),
+            );
+            tokio::signal::ctrl_c().await?;
+        }
+    }
+    Ok(())
 }
 
-/// `TB_DATA_DIR` or `./.turbobackend`, created and made absolute.
-fn data_dir() -> anyhow::Result<PathBuf> {
-    let dir =
-        PathBuf::from(std::env::var("TB_DATA_DIR").unwrap_or_else(|_| ".turbobackend".into()));
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating the data directory {}", dir.display()))?;
-    dir.canonicalize().context("resolving the data directory")
+/// Polls the request until it ends, printing what is new.
+async fn watch(app: &App, id: &RequestId, progress: &Progress) -> anyhow::Result<Status> {
+    let mut seen: VecDeque<String> = VecDeque::new();
+    let mut phase = None;
+    loop {
+        let Some(record) = app.pipeline.store.load(id).await? else {
+            bail!("request {id} vanished")
+        };
+        let status = app.pipeline.status_of(&record);
+        for line in &status.activity {
+            if !seen.contains(line) {
+                seen.push_back(line.clone());
+                if seen.len() > 64 {
+                    seen.pop_front();
+                }
+                progress.event(&format!("  {line}"), json!({"event": "activity", "line": line, "iteration": status.iteration, "cost_usd": status.cost_usd}));
+            }
+        }
+        if phase != Some(status.phase) {
+            phase = Some(status.phase);
+            progress.event(
+                &format!("[{:?}]", status.phase).to_lowercase(),
+                json!({"event": "phase", "phase": status.phase}),
+            );
+        }
+        if status.phase.is_terminal() {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn report(s: &Status, progress: &Progress, scripted: bool) {
+    let step = |name: &str, field: &str| {
+        s.result
+            .get(name)
+            .and_then(|v| v.get(field))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let mut lines = vec![
+        format!("\n{:?} after {} iterations", s.phase, s.iteration),
+        format!("  agent:      {}", s.outcome.clone().unwrap_or_default()),
+        format!(
+            "  cost:       ${:.6} ({} input, {} cache write, {} cache read, {} output tokens)",
+            s.cost_usd, s.tokens.input, s.tokens.cache_write, s.tokens.cache_read, s.tokens.output
+        ),
+    ];
+    if scripted {
+        lines.push("              the model was scripted: no model was called; these are the script's simulated tokens, priced as Sonnet".into());
+    }
+    if let Some(repo) = step("repository", "repo_url") {
+        lines.push(format!(
+            "  repository: {repo} @ {}",
+            step("repository", "commit_sha").unwrap_or_default()
+        ));
+    }
+    if let Some(archive) = step("archive", "key") {
+        lines.push(format!(
+            "  archive:    {archive} (sha256 {})",
+            step("archive", "sha256").unwrap_or_default()
+        ));
+    }
+    match (step("database", "database"), step("database", "skipped")) {
+        (Some(db), _) => lines.push(format!("  database:   {db}")),
+        (None, Some(why)) => lines.push(format!("  database:   skipped: {why}")),
+        _ => {}
+    }
+    if let Some(url) = step("deploy", "url") {
+        lines.push(format!("  live at:    {url}"));
+    }
+    if let Some(e) = &s.error {
+        lines.push(format!("  failed at:  {}: {}", e.step, e.reason));
+    }
+    progress.event(&lines.join("\n"), json!({"event": "done", "status": s}));
+}
+
+/// The demo's own check of the app: health, create a user, list users.
+async fn call_app(base: &str, progress: &Progress) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut calls = vec![
+        ("GET", "/api/health".to_string(), None),
+        ("GET", "/api/users".to_string(), None),
+    ];
+    calls.insert(
+        1,
+        (
+            "POST",
+            "/api/users".to_string(),
+            Some(json!({"name": "Ada Lovelace", "email": "ada@example.com"})),
+        ),
+    );
+    progress.event("\ncalling the app", json!({"event": "calls"}));
+    for (method, path, body) in calls {
+        let req = match method {
+            "POST" => http.post(format!("{base}{path}")).json(&body),
+            _ => http.get(format!("{base}{path}")),
+        };
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        progress.event(&format!("  {method:<4} {path} -> {status} {body}"), json!({"event": "call", "method": method, "path": path, "status": status, "body": body}));
+        if status >= 400 {
+            bail!("{method} {path} answered {status}");
+        }
+    }
+    Ok(())
 }

@@ -1,12 +1,12 @@
 //! `turbobackend`: the whole platform on one machine, with no cloud account.
 //!
-//! `turbobackend demo` runs "Create a simple API with a users endpoint" end to end: the agent
-//! builds a Nitro.js project in a local sandbox (a real model if a key is set, else the
-//! built-in script, which it says plainly), then the built app is started on a free local
-//! port and its endpoints are called.
+//! The same pipeline as on Lambda, with local adapters (see `app.rs`): `demo` builds "Create
+//! a simple API with a users endpoint" end to end and calls the live app; `run` does the same
+//! for any description; `status` and `keys` inspect and administer.
 
+mod admin;
+mod app;
 mod demo;
-mod preview;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -24,8 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a backend from a description and run it locally.
-    Demo(demo::DemoArgs),
+    /// Build the demo backend ("Create a simple API with a users endpoint") and call it.
+    Demo(demo::RunArgs),
+    /// Build a backend from a description and call it.
+    Run(demo::RunArgs),
+    /// Show a request's status as JSON.
+    Status { request_id: String },
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
 }
 
 #[tokio::main]
@@ -41,6 +48,8 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("cannot adopt orphaned processes: {e}");
     }
     match Cli::parse().command {
-        Command::Demo(args) => demo::run(args).await,
+        Command::Demo(args) | Command::Run(args) => demo::run(args).await,
+        Command::Status { request_id } => admin::status(&request_id).await,
+        Command::Keys(cmd) => admin::keys(cmd).await,
     }
 }

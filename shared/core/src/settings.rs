@@ -30,7 +30,7 @@ fn parse<T: std::str::FromStr>(
 }
 
 /// The agent's limits: `TB_MAX_ITERATIONS`, `TB_BUDGET_USD` (dollars, e.g. `2.50`),
-/// `TB_WALL_CLOCK_SECS`, `TB_MAX_TOKENS`, `TB_COMMAND_TIMEOUT_SECS`; the rest are the
+/// `TB_WALL_CLOCK_SECS`, `TB_MAX_TOKENS`, `TB_COMMAND_TIMEOUT_SECS`, `TB_PROMPT_CACHING`; the rest are the
 /// standard values.
 pub fn agent_config(var: impl Fn(&str) -> Option<String>) -> Result<AgentConfig, SettingError> {
     let mut c = AgentConfig::standard();
@@ -51,6 +51,9 @@ pub fn agent_config(var: impl Fn(&str) -> Option<String>) -> Result<AgentConfig,
     }
     if let Some(s) = parse::<u64>(&var, "TB_COMMAND_TIMEOUT_SECS")? {
         c.command_timeout = Duration::from_secs(s);
+    }
+    if let Some(b) = parse::<bool>(&var, "TB_PROMPT_CACHING")? {
+        c.prompt_caching = b;
     }
     if c.max_iterations == 0 || c.max_tokens == 0 || c.budget <= MicroUsd::ZERO {
         return Err(SettingError {

@@ -1,0 +1,139 @@
+//! The embedded default's composition root: every port gets its local adapter, all in one
+//! process, state in one SQLite file under the data directory.
+//!
+//! | port | adapter |
+//! |---|---|
+//! | state store, platform records | SQLite (`<data>/turbobackend.sqlite`) |
+//! | queues | in-process channels; the state store is the truth (a restart re-drives) |
+//! | sandbox | a directory per request and child processes (`<data>/sandboxes`) |
+//! | archive | a directory (`<data>/archive`) |
+//! | code host | a bare git repository per project (`<data>/git`) |
+//! | database | the Postgres cluster of `DB_CLUSTER_*` when set, else skipped |
+//! | deployer | a local `node` process on a free port (`<data>/deploy`) |
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tb_codehost::LocalGitCodeHost;
+use tb_core::ports::{DatabaseProvisioner, DevDatabases, PlatformRecords};
+use tb_deploy::{LocalConfig, LocalDeployer};
+use tb_local::{LocalDb, LocalQueue, SqliteRecords, SqliteStore};
+use tb_models::ModelSettings;
+use tb_pipeline::dir_archive::DirArchive;
+use tb_pipeline::{Finalizer, Pipeline};
+use tb_postgres::{ClusterSettings, PgDevDatabases, PgProvisioner};
+use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
+use tokio::task::JoinHandle;
+
+/// Settings of the local binary, read once at start.
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub model: ModelSettings,
+    pub agent: tb_core::agent::AgentConfig,
+    pub prices: tb_core::pricing::PriceTable,
+    pub cluster: Option<ClusterSettings>,
+    pub port: u16,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let data_dir = PathBuf::from(var("TB_DATA_DIR").unwrap_or_else(|| ".turbobackend".into()));
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let port = match var("TB_PORT") {
+            Some(p) => p
+                .parse()
+                .with_context(|| format!("TB_PORT={p} is not a port number"))?,
+            None => 8787,
+        };
+        Ok(Settings {
+            data_dir: data_dir.canonicalize()?,
+            model: ModelSettings::from_env(var)?,
+            agent: tb_core::settings::agent_config(var)?,
+            prices: tb_core::settings::price_table(var)?,
+            cluster: match var("DB_CLUSTER_HOST") {
+                Some(_) => Some(ClusterSettings::from_env(var)?),
+                None => None,
+            },
+            port,
+        })
+    }
+}
+
+/// The running platform.
+pub struct App {
+    pub pipeline: Arc<Pipeline>,
+    pub records: Arc<dyn PlatformRecords>,
+    pub data_dir: PathBuf,
+    /// The deployer keeps the deployed apps running while it lives.
+    pub deployer: Arc<LocalDeployer>,
+    dispatcher: Option<JoinHandle<()>>,
+}
+
+impl App {
+    /// Opens the data directory; with `run`, starts the workers (and the sweeper, which
+    /// re-drives whatever a killed process left unfinished).
+    pub async fn open(settings: &Settings, run: bool) -> anyhow::Result<App> {
+        let dir = &settings.data_dir;
+        let db = LocalDb::open(dir.join("turbobackend.sqlite")).await?;
+        let store = Arc::new(SqliteStore::new(db.clone()));
+        let records: Arc<dyn PlatformRecords> = Arc::new(SqliteRecords::new(db));
+        let (queue, receivers) = LocalQueue::new(dir);
+        let sandboxes = Arc::new(LocalSandboxProvider::new(LocalSandboxConfig {
+            extra_env: BTreeMap::from([("npm_config_cache".to_string(), path(dir, "npm-cache"))]),
+            ..LocalSandboxConfig::new(dir.join("sandboxes"))
+        }));
+        let databases: Option<Arc<dyn DatabaseProvisioner>> = settings
+            .cluster
+            .clone()
+            .map(|c| Arc::new(PgProvisioner::new(c)) as Arc<dyn DatabaseProvisioner>);
+        let dev_databases = databases
+            .clone()
+            .map(|p| Arc::new(PgDevDatabases::new(p)) as Arc<dyn DevDatabases>);
+        let pipeline = Arc::new(Pipeline {
+            store: store.clone(),
+            queue: Arc::new(queue),
+            sandboxes: sandboxes.clone(),
+            model: settings.model.build()?,
+            dev_databases,
+            prices: settings.prices.clone(),
+            agent: settings.agent.clone(),
+            slices: tb_local::dispatch::local_slice_settings(),
+        });
+        let deployer = Arc::new(LocalDeployer::new(LocalConfig::new(dir.join("deploy"))));
+        let finalizer = Arc::new(Finalizer {
+            store,
+            sandboxes,
+            archive: Arc::new(DirArchive::new(dir.join("archive"))),
+            code_host: Arc::new(LocalGitCodeHost::new(dir.join("git"))?),
+            databases,
+            deployer: deployer.clone(),
+            records: records.clone(),
+            settings: tb_local::dispatch::local_finalizer_settings(),
+        });
+        let dispatcher =
+            run.then(|| tb_local::dispatch::run_workers(pipeline.clone(), finalizer, receivers, 2));
+        Ok(App {
+            pipeline,
+            records,
+            data_dir: dir.clone(),
+            deployer,
+            dispatcher,
+        })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(d) = self.dispatcher.take() {
+            d.abort();
+        }
+    }
+}
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}

@@ -1,0 +1,118 @@
+//! The HTTP front door: one axum [`Router`] that serves the MCP endpoint (`POST /mcp`), the
+//! REST API (`/v1/...`) and `GET /health`, with API-key authentication, per-user tenancy and
+//! per-user limits. The same router runs under the Lambda api function (`lambda_http` serves
+//! an axum `Router`), in the local all-in-one server, and in the tests.
+//!
+//! ```text
+//! POST /mcp            MCP, stateless Streamable HTTP, JSON responses (both protocol eras)
+//! GET|DELETE /mcp      405 (no SSE stream, no sessions)
+//! /v1/requests...      REST (create, list, status, cancel)
+//! /v1/projects[/{id}]  REST (the caller's projects)
+//! GET /health          200, no authentication
+//! ```
+//!
+//! Every route but `/health` needs `Authorization: Bearer <key>` or `X-Api-Key: <key>`
+//! ([`auth`]). Bodies larger than [`Limits::max_body_bytes`] are refused with 413 before
+//! they are parsed.
+
+pub mod auth;
+pub mod limits;
+pub mod mcp;
+pub mod memory;
+pub mod rest;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{any, get};
+use tb_core::MicroUsd;
+use tb_core::ports::PlatformRecords;
+use tb_pipeline::Pipeline;
+
+pub use auth::Caller;
+pub use limits::{Admission, CreateRequest, Refusal, admit};
+
+/// Per-user limits enforced by the front door.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests a user may have in a non-terminal phase at once.
+    pub max_concurrent_per_user: usize,
+    /// What a user may spend in all: the ledger, plus what running requests may still spend,
+    /// plus one request budget for the new request, must stay within this.
+    pub spending_cap_per_user: MicroUsd,
+    /// Request bodies larger than this are refused (413) before parsing.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_per_user: 3,
+            spending_cap_per_user: MicroUsd::from_micros(50_000_000),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The `Host` values the MCP endpoint accepts by default: loopback only (a guard against DNS
+/// rebinding of a local server). A deployment must list its own domain, e.g. the API Gateway
+/// host `abc123.execute-api.eu-west-1.amazonaws.com` or a custom domain; see
+/// [`parse_allowed_hosts`].
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Parses a comma-separated host list (`"api.example.com, api.example.com:8443"`), as read
+/// from configuration (e.g. `TB_ALLOWED_HOSTS`). An entry without a port matches any port.
+pub fn parse_allowed_hosts(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Everything the front door needs, shared by all requests.
+pub struct FrontDoor {
+    pub pipeline: Arc<Pipeline>,
+    pub records: Arc<dyn PlatformRecords>,
+    pub limits: Limits,
+    /// `Host` header values the MCP endpoint accepts (DNS-rebinding protection). Defaults to
+    /// [`LOOPBACK_HOSTS`]; set it to the deployed domain or every MCP call gets 403.
+    pub allowed_hosts: Vec<String>,
+    pub(crate) admission: Admission,
+}
+
+impl FrontDoor {
+    /// A front door with the default [`Limits`] and loopback-only hosts.
+    pub fn new(pipeline: Arc<Pipeline>, records: Arc<dyn PlatformRecords>) -> Self {
+        FrontDoor {
+            pipeline,
+            records,
+            limits: Limits::default(),
+            allowed_hosts: LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect(),
+            admission: Admission::default(),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.allowed_hosts = hosts;
+        self
+    }
+}
+
+/// The front door's routes; see the crate documentation.
+pub fn router(state: Arc<FrontDoor>) -> Router {
+    let mcp = mcp::McpEndpoint::new(state.clone());
+    Router::new()
+        .route("/health", get(rest::health))
+        .route("/mcp", any(mcp::serve).with_state(mcp))
+        .route("/v1", any(rest::serve))
+        .route("/v1/{*rest}", any(rest::serve))
+        .fallback(rest::not_found)
+        .with_state(state)
+}

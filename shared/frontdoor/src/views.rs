@@ -1,0 +1,349 @@
+//! What callers see of requests and projects: compact, bounded views (MCP tool results stay far
+//! below 25k tokens) built from the pipeline's status and the platform records. Each is
+//! serialised as the tool's `structuredContent` and described by its output schema.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use tb_core::domain::{Phase, ProjectId, UserId};
+use tb_core::ports::ProjectRecord;
+use tb_pipeline::{Accepted, RequestRecord, Status};
+
+use crate::FrontDoor;
+use crate::limits::{ACTIVE_SCAN, clip};
+
+/// Activity lines shown in a status, newest last.
+pub const ACTIVITY_SHOWN: usize = 5;
+const LINE_CHARS: usize = 240;
+const REASON_CHARS: usize = 2000;
+/// Projects listed at most.
+pub const PROJECTS_SHOWN: usize = 50;
+/// Recent requests shown per project.
+pub const PROJECT_REQUESTS_SHOWN: usize = 5;
+
+pub const POLL_HINT: &str = "poll get_request_status with request_id every 10-30 s";
+
+/// The answer to `execute_request`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ExecuteView {
+    /// The request's id: pass it to get_request_status and cancel_request.
+    pub request_id: String,
+    /// The project being built or changed.
+    pub project_id: String,
+    /// queued, running, finalizing, succeeded, failed or cancelled.
+    pub phase: String,
+    /// False when the idempotency_key matched an earlier request (that one is returned).
+    pub created: bool,
+    /// What to do next.
+    pub next: String,
+}
+
+impl From<&Accepted> for ExecuteView {
+    fn from(a: &Accepted) -> Self {
+        ExecuteView {
+            request_id: a.request_id.to_string(),
+            project_id: a.project_id.to_string(),
+            phase: phase_name(a.phase),
+            created: a.created,
+            next: POLL_HINT.into(),
+        }
+    }
+}
+
+/// Where a request failed.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ErrorView {
+    /// `agent`, `queue`, or a finalizer step (archive, repository, database, build, deploy).
+    pub step: String,
+    pub reason: String,
+}
+
+/// The answer to `get_request_status` and `cancel_request`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct StatusView {
+    pub request_id: String,
+    pub project_id: String,
+    /// The start of the request's description.
+    pub description: String,
+    /// queued, running, finalizing, succeeded, failed or cancelled.
+    pub phase: String,
+    /// True once the phase is succeeded, failed or cancelled: stop polling.
+    pub done: bool,
+    /// Agent iterations so far.
+    pub iteration: u32,
+    pub max_iterations: u32,
+    /// Model cost so far, in US dollars.
+    pub cost_usd: f64,
+    /// The same cost in integer micro-dollars (exact).
+    pub cost_micro_usd: i64,
+    /// The last few lines of activity, oldest first.
+    pub recent_activity: Vec<String>,
+    /// How the agent ended, once it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// The project's git repository, once pushed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_url: Option<String>,
+    /// The live backend (its `/api/health` answers), once deployed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_url: Option<String>,
+    /// The project's database name, once provisioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Where and why it failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorView>,
+    pub cancel_requested: bool,
+    /// What to do next.
+    pub next: String,
+}
+
+pub fn phase_name(p: Phase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{p:?}").to_lowercase())
+}
+
+fn step_str(s: &Status, step: &str, field: &str) -> Option<String> {
+    s.result
+        .get(step)
+        .and_then(|v| v.get(field))
+        .and_then(|v| v.as_str())
+        .map(String::from)
+}
+
+impl From<&Status> for StatusView {
+    fn from(s: &Status) -> Self {
+        let done = s.phase.is_terminal();
+        let deployment_url = step_str(s, "deploy", "url");
+        let next = match s.phase {
+            Phase::Succeeded => match &deployment_url {
+                Some(url) => format!("done: the backend is live at {url} (try {url}/api/health)"),
+                None => "done".into(),
+            },
+            Phase::Failed => {
+                "done: the request failed (see error); send a new execute_request with the project_id to try again".into()
+            }
+            Phase::Cancelled => "done: the request was cancelled".into(),
+            _ => POLL_HINT.into(),
+        };
+        let skip = s.activity.len().saturating_sub(ACTIVITY_SHOWN);
+        StatusView {
+            request_id: s.request_id.to_string(),
+            project_id: s.project_id.to_string(),
+            description: clip(&s.description, 200),
+            phase: phase_name(s.phase),
+            done,
+            iteration: s.iteration,
+            max_iterations: s.max_iterations,
+            cost_usd: s.cost_usd,
+            cost_micro_usd: s.cost_micro_usd,
+            recent_activity: s.activity[skip..]
+                .iter()
+                .map(|l| clip(l, LINE_CHARS))
+                .collect(),
+            outcome: s.outcome.as_deref().map(|o| clip(o, REASON_CHARS)),
+            repository_url: step_str(s, "repository", "repo_url"),
+            deployment_url,
+            database: step_str(s, "database", "database"),
+            error: s.error.as_ref().map(|f| ErrorView {
+                step: f.step.clone(),
+                reason: clip(&f.reason, REASON_CHARS),
+            }),
+            cancel_requested: s.cancel_requested,
+            next,
+        }
+    }
+}
+
+/// One of a project's requests, in brief.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RequestBrief {
+    pub request_id: String,
+    pub phase: String,
+    pub description: String,
+    pub cost_usd: f64,
+    pub created_at_ms: u64,
+}
+
+impl From<&RequestRecord> for RequestBrief {
+    fn from(r: &RequestRecord) -> Self {
+        RequestBrief {
+            request_id: r.id.to_string(),
+            phase: phase_name(r.phase),
+            description: clip(r.description.as_str(), 120),
+            cost_usd: r.agent.cost.as_usd_f64(),
+            created_at_ms: r.created_at_ms,
+        }
+    }
+}
+
+/// A project in a listing.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ProjectSummary {
+    pub project_id: String,
+    /// `live` once a request has finished for it, `building` while its first request runs.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_request_id: Option<String>,
+    pub updated_at_ms: u64,
+}
+
+/// The answer to `list_projects`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ProjectList {
+    /// Most recently updated first.
+    pub projects: Vec<ProjectSummary>,
+    /// How many projects there are in all.
+    pub total: usize,
+    /// True when only the first ones are listed.
+    pub truncated: bool,
+}
+
+/// The answer to `get_project`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ProjectView {
+    pub project_id: String,
+    /// `live` once a request has finished for it, `building` while its first request runs.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The deployed version and the one before it (the rollback target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    /// The project's newest requests, newest first.
+    pub recent_requests: Vec<RequestBrief>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at_ms: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+/// Why a view could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewError {
+    /// Unknown, or not the caller's: the same answer either way.
+    NotFound(String),
+    Unavailable,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ViewError {
+    tracing::warn!("records unavailable: {e}");
+    ViewError::Unavailable
+}
+
+/// The caller's projects: their project records, plus projects whose first request is still
+/// running (the record is written when a request finishes).
+pub async fn list_projects(fd: &FrontDoor, user: &UserId) -> Result<ProjectList, ViewError> {
+    let records = fd.records.projects(user).await.map_err(unavailable)?;
+    let requests = fd
+        .pipeline
+        .store
+        .list_for_owner(user, ACTIVE_SCAN)
+        .await
+        .map_err(unavailable)?;
+    let mut projects: Vec<ProjectSummary> = records
+        .iter()
+        .filter(|p| &p.owner == user)
+        .map(|p| ProjectSummary {
+            project_id: p.id.to_string(),
+            state: "live".into(),
+            name: Some(p.name.clone()),
+            repository_url: p.repo_url.clone(),
+            deployment_url: p.deploy_url.clone(),
+            last_request_id: p.last_request.as_ref().map(|r| r.to_string()),
+            updated_at_ms: p.updated_at_ms,
+        })
+        .collect();
+    // Newest first: the first request seen per project is its latest.
+    for r in &requests {
+        if projects.iter().any(|p| p.project_id == r.project.as_str()) {
+            continue;
+        }
+        projects.push(ProjectSummary {
+            project_id: r.project.to_string(),
+            state: "building".into(),
+            name: None,
+            repository_url: None,
+            deployment_url: None,
+            last_request_id: Some(r.id.to_string()),
+            updated_at_ms: r.updated_at_ms,
+        });
+    }
+    projects.sort_by_key(|p| std::cmp::Reverse(p.updated_at_ms));
+    let total = projects.len();
+    projects.truncate(PROJECTS_SHOWN);
+    Ok(ProjectList {
+        truncated: total > projects.len(),
+        total,
+        projects,
+    })
+}
+
+/// One of the caller's projects; someone else's is [`ViewError::NotFound`].
+pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectView, ViewError> {
+    let not_found = || ViewError::NotFound(clip(id, 80));
+    let id = ProjectId::parse(id).map_err(|_| not_found())?;
+    let record: Option<ProjectRecord> = fd
+        .records
+        .project(&id)
+        .await
+        .map_err(unavailable)?
+        .filter(|p| &p.owner == user);
+    let requests: Vec<RequestRecord> = fd
+        .pipeline
+        .store
+        .list_for_owner(user, ACTIVE_SCAN)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter(|r| r.project == id)
+        .collect();
+    let recent_requests: Vec<RequestBrief> = requests
+        .iter()
+        .take(PROJECT_REQUESTS_SHOWN)
+        .map(RequestBrief::from)
+        .collect();
+    match record {
+        Some(p) => Ok(ProjectView {
+            project_id: p.id.to_string(),
+            state: "live".into(),
+            name: Some(p.name),
+            repository_url: p.repo_url,
+            deployment_url: p.deploy_url,
+            database: p.database,
+            deployed_version: p.deployed_version,
+            previous_version: p.previous_version,
+            recent_requests,
+            created_at_ms: Some(p.created_at_ms),
+            updated_at_ms: p.updated_at_ms,
+        }),
+        None if !requests.is_empty() => Ok(ProjectView {
+            project_id: id.to_string(),
+            state: "building".into(),
+            name: None,
+            repository_url: None,
+            deployment_url: None,
+            database: None,
+            deployed_version: None,
+            previous_version: None,
+            updated_at_ms: requests[0].updated_at_ms,
+            created_at_ms: requests.last().map(|r| r.created_at_ms),
+            recent_requests,
+        }),
+        None => Err(not_found()),
+    }
+}
