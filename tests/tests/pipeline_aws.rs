@@ -186,7 +186,7 @@ async fn a_malformed_message_fails_only_its_own_record_and_is_parked_with_its_re
     let rig = rig().await;
     let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
     let good = rig.aws.receive_work(Duration::ZERO).await;
-    let poison = vec![
+    let poison = [
         Received {
             body: "{oops".into(),
             receipt_handle: String::new(),

@@ -1,50 +1,41 @@
-//! The api function: the HTTP front door (API Gateway HTTP API → Lambda).
-//!
-//! Today it answers `GET /health`; request creation, status and the MCP endpoint arrive
-//! with the serverless pipeline and the MCP front door.
+//! The api function: the front door (MCP at `/mcp`, REST under `/v1`, `/health`) served by
+//! the Lambda runtime behind API Gateway. The router is `tb_frontdoor::router`, the same one
+//! the local server and the tests serve.
 
-use lambda_http::{Body, Error, Request, Response, run, service_fn};
+use std::sync::Arc;
 
-async fn handler(req: Request) -> Result<Response<Body>, Error> {
-    let (status, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/health") => (200, serde_json::json!({"status": "ok"})),
-        _ => (
-            404,
-            serde_json::json!({"error": "not_found", "message": "no such route"}),
-        ),
-    };
-    Ok(Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::Text(body.to_string()))?)
-}
+use anyhow::Context;
+use lambda_http::{Error, run};
+use tb_frontdoor::{FrontDoor, parse_allowed_hosts, router};
+use tb_pipeline::Pipeline;
+use tb_postgres::PgPlatformRecords;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .without_time()
-        .init();
-    run(service_fn(handler)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn health_answers_ok_and_unknown_routes_404() {
-        let req = lambda_http::http::Request::builder()
-            .uri("/health")
-            .body(Body::Empty)
-            .unwrap();
-        let resp = handler(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let req = lambda_http::http::Request::builder()
-            .uri("/nope")
-            .body(Body::Empty)
-            .unwrap();
-        assert_eq!(handler(req).await.unwrap().status(), 404);
-    }
+    tb_aws::telemetry::init();
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let aws = tb_aws::AwsSettings::from_env(var)?;
+    let clients = aws.clients().await;
+    let records = PgPlatformRecords::connect(
+        &var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?,
+    )
+    .await?;
+    let pipeline = Pipeline::front_only(
+        Arc::new(aws.store(&clients)),
+        Arc::new(aws.queue(&clients)),
+        tb_core::settings::price_table(var)?,
+        tb_core::settings::agent_config(var)?,
+    );
+    // MCP refuses Host headers it does not know: set TB_ALLOWED_HOSTS to the API's domain.
+    // API Gateway's own domain cannot be passed in by the template (it would be a circular
+    // reference), so after the first deploy set the TbAllowedHosts parameter to it.
+    let door = FrontDoor::new(Arc::new(pipeline), Arc::new(records));
+    let door = match var("TB_ALLOWED_HOSTS") {
+        Some(h) => door.with_allowed_hosts(parse_allowed_hosts(&h)),
+        None => {
+            tracing::warn!("TB_ALLOWED_HOSTS is not set: MCP answers only loopback Host headers");
+            door
+        }
+    };
+    run(router(Arc::new(door))).await
 }

@@ -10,23 +10,38 @@ use tb_pipeline::{FinalizeDone, FinalizeError, Finalizer};
 /// One record at a time (the event source mapping's batch size is 1: a finalization takes
 /// minutes). A retryable failure is reported so SQS redelivers it; a poison message is
 /// reported too and reaches the dead-letter queue after the redrive limit.
-pub async fn handle_batch(finalizer: &Finalizer, batch: SqsEvent, ctx: &Context) -> SqsBatchResponse {
+pub async fn handle_batch(
+    finalizer: &Finalizer,
+    batch: SqsEvent,
+    ctx: &Context,
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for record in &batch.records {
         let id = record.message_id.clone().unwrap_or_default();
         let started = Instant::now();
-        let result = finalizer.handle(record.body.as_deref().unwrap_or_default(), &format!("{}/{id}", ctx.request_id)).await;
+        let result = finalizer
+            .handle(
+                record.body.as_deref().unwrap_or_default(),
+                &format!("{}/{id}", ctx.request_id),
+            )
+            .await;
         let ms = started.elapsed().as_millis() as f64;
         match &result {
             Ok(FinalizeDone::Finished { phase, failure }) => {
                 let step = failure.as_ref().map(|f| f.step.as_str()).unwrap_or("none");
                 metrics::emit(
                     &[("Function", "finalizer"), ("FailedStep", step)],
-                    &[("Finalized", Unit::Count, 1.0), ("Failures", Unit::Count, failure.is_some() as u8 as f64), ("FinalizeDuration", Unit::Milliseconds, ms)],
+                    &[
+                        ("Finalized", Unit::Count, 1.0),
+                        ("Failures", Unit::Count, failure.is_some() as u8 as f64),
+                        ("FinalizeDuration", Unit::Milliseconds, ms),
+                    ],
                 );
                 tracing::info!(message_id = %id, ?phase, "finalized");
             }
-            Ok(FinalizeDone::Stale(why)) => tracing::info!(message_id = %id, "stale finalize message: {why}"),
+            Ok(FinalizeDone::Stale(why)) => {
+                tracing::info!(message_id = %id, "stale finalize message: {why}")
+            }
             Err(FinalizeError::Retry(reason)) => {
                 tracing::warn!(message_id = %id, "finalize will be retried: {reason}");
                 response.add_failure(id.clone());

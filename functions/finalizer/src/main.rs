@@ -19,17 +19,25 @@ async fn main() -> Result<(), Error> {
     let aws = tb_aws::AwsSettings::from_env(var)?;
     let clients = aws.clients().await;
 
-    let mut daytona = DaytonaConfig::new(var("DAYTONA_API_KEY").context("DAYTONA_API_KEY is not set")?);
+    let mut daytona =
+        DaytonaConfig::new(var("DAYTONA_API_KEY").context("DAYTONA_API_KEY is not set")?);
     if let Some(url) = var("DAYTONA_API_URL") {
         daytona.api_url = url;
     }
-    let mut github = GitHubConfig::new(GitHubToken::new(var("GITHUB_ACCESS_TOKEN").context("GITHUB_ACCESS_TOKEN is not set")?));
+    let mut github = GitHubConfig::new(GitHubToken::new(
+        var("GITHUB_ACCESS_TOKEN").context("GITHUB_ACCESS_TOKEN is not set")?,
+    ));
     github.owner = var("GITHUB_OWNER");
     let databases: Option<Arc<dyn DatabaseProvisioner>> = match var("DB_CLUSTER_HOST") {
-        Some(_) => Some(Arc::new(PgProvisioner::new(ClusterSettings::from_env(var)?))),
+        Some(_) => Some(Arc::new(PgProvisioner::new(ClusterSettings::from_env(
+            var,
+        )?))),
         None => None,
     };
-    let records = PgPlatformRecords::connect(&var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?).await?;
+    let records = PgPlatformRecords::connect(
+        &var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?,
+    )
+    .await?;
 
     let finalizer = Arc::new(Finalizer {
         store: Arc::new(aws.store(&clients)),
@@ -43,7 +51,9 @@ async fn main() -> Result<(), Error> {
     });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let finalizer = finalizer.clone();
-        async move { Ok::<_, Error>(finalizer::handle_batch(&finalizer, event.payload, &event.context).await) }
+        async move {
+            Ok::<_, Error>(finalizer::handle_batch(&finalizer, event.payload, &event.context).await)
+        }
     }))
     .await
 }

@@ -35,6 +35,8 @@ pub struct Settings {
     pub prices: tb_core::pricing::PriceTable,
     pub cluster: Option<ClusterSettings>,
     pub port: u16,
+    /// npm's cache for the sandboxes (`TB_NPM_CACHE`, default `<data>/npm-cache`).
+    pub npm_cache: String,
 }
 
 impl Settings {
@@ -49,8 +51,10 @@ impl Settings {
                 .with_context(|| format!("TB_PORT={p} is not a port number"))?,
             None => 8787,
         };
+        let data_dir = data_dir.canonicalize()?;
         Ok(Settings {
-            data_dir: data_dir.canonicalize()?,
+            npm_cache: var("TB_NPM_CACHE").unwrap_or_else(|| path(&data_dir, "npm-cache")),
+            data_dir,
             model: ModelSettings::from_env(var)?,
             agent: tb_core::settings::agent_config(var)?,
             prices: tb_core::settings::price_table(var)?,
@@ -68,8 +72,6 @@ pub struct App {
     pub pipeline: Arc<Pipeline>,
     pub records: Arc<dyn PlatformRecords>,
     pub data_dir: PathBuf,
-    /// The deployer keeps the deployed apps running while it lives.
-    pub deployer: Arc<LocalDeployer>,
     dispatcher: Option<JoinHandle<()>>,
 }
 
@@ -83,7 +85,10 @@ impl App {
         let records: Arc<dyn PlatformRecords> = Arc::new(SqliteRecords::new(db));
         let (queue, receivers) = LocalQueue::new(dir);
         let sandboxes = Arc::new(LocalSandboxProvider::new(LocalSandboxConfig {
-            extra_env: BTreeMap::from([("npm_config_cache".to_string(), path(dir, "npm-cache"))]),
+            extra_env: BTreeMap::from([(
+                "npm_config_cache".to_string(),
+                settings.npm_cache.clone(),
+            )]),
             ..LocalSandboxConfig::new(dir.join("sandboxes"))
         }));
         let databases: Option<Arc<dyn DatabaseProvisioner>> = settings
@@ -110,7 +115,7 @@ impl App {
             archive: Arc::new(DirArchive::new(dir.join("archive"))),
             code_host: Arc::new(LocalGitCodeHost::new(dir.join("git"))?),
             databases,
-            deployer: deployer.clone(),
+            deployer,
             records: records.clone(),
             settings: tb_local::dispatch::local_finalizer_settings(),
         });
@@ -120,7 +125,6 @@ impl App {
             pipeline,
             records,
             data_dir: dir.clone(),
-            deployer,
             dispatcher,
         })
     }

@@ -8,6 +8,7 @@ mod admin;
 mod app;
 mod demo;
 mod progress;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Command {
     Demo(demo::RunArgs),
     /// Build a backend from a description and call it.
     Run(demo::RunArgs),
+    /// Serve MCP and REST on 127.0.0.1 (TB_PORT, default 8787), with the workers.
+    Serve,
     /// Show a request's status as JSON.
     Status { request_id: String },
     /// Manage API keys.
@@ -49,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match Cli::parse().command {
         Command::Demo(args) | Command::Run(args) => demo::run(args).await,
+        Command::Serve => serve::serve().await,
         Command::Status { request_id } => admin::status(&request_id).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
     }

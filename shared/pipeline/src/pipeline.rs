@@ -51,3 +51,68 @@ pub struct Pipeline {
     pub agent: AgentConfig,
     pub slices: SliceSettings,
 }
+
+impl Pipeline {
+    /// A pipeline for a host that only creates, reports and cancels requests (the api): it
+    /// never runs the agent, so its model and sandbox provider refuse every call.
+    pub fn front_only(
+        store: Arc<dyn StateStore>,
+        queue: Arc<dyn Queue>,
+        prices: PriceTable,
+        agent: AgentConfig,
+    ) -> Self {
+        Pipeline {
+            store,
+            queue,
+            sandboxes: Arc::new(front_only::NoSandboxes),
+            model: Arc::new(front_only::NoModel),
+            dev_databases: None,
+            prices,
+            agent,
+            slices: SliceSettings::standard(),
+        }
+    }
+}
+
+mod front_only {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse};
+    use tb_core::sandbox::{Sandbox, SandboxError, SandboxInfo, SandboxProvider, SandboxSpec};
+
+    const WHY: &str = "this host does not run agents (it only accepts and reports requests)";
+
+    pub struct NoModel;
+
+    #[async_trait]
+    impl Model for NoModel {
+        fn id(&self) -> &str {
+            "none"
+        }
+        async fn complete(&self, _: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
+            Err(ModelError::Rejected {
+                status: 0,
+                message: WHY.into(),
+            })
+        }
+    }
+
+    pub struct NoSandboxes;
+
+    #[async_trait]
+    impl SandboxProvider for NoSandboxes {
+        async fn create(&self, _: &SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
+            Err(SandboxError::Invalid(WHY.into()))
+        }
+        async fn connect(&self, _: &str) -> Result<Arc<dyn Sandbox>, SandboxError> {
+            Err(SandboxError::Invalid(WHY.into()))
+        }
+        async fn destroy(&self, _: &str) -> Result<(), SandboxError> {
+            Err(SandboxError::Invalid(WHY.into()))
+        }
+        async fn list(&self) -> Result<Vec<SandboxInfo>, SandboxError> {
+            Err(SandboxError::Invalid(WHY.into()))
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `turbobackend serve`: the front door (MCP and REST) on 127.0.0.1, with the workers and the
+//! sweeper in the same process.
+
+use std::sync::Arc;
+
+use tb_core::domain::UserId;
+use tb_frontdoor::{FrontDoor, router};
+
+use crate::app::{App, Settings};
+use crate::demo::LOCAL_USER;
+
+pub async fn serve() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let app = App::open(&settings, true).await?;
+    let user = UserId::parse(LOCAL_USER)?;
+    // On first start, a key for the local user, shown once.
+    let new_key = if app
+        .records
+        .list_keys(&user)
+        .await?
+        .iter()
+        .all(|k| k.revoked_at_ms.is_some())
+    {
+        Some(app.records.create_key(&user, "local").await?.1)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let key = new_key
+        .clone()
+        .unwrap_or_else(|| "<your key: turbobackend keys create>".into());
+    println!(
+        "turbobackend serving at {base}  (model: {})",
+        settings.model.describe()
+    );
+    println!("  MCP:    {base}/mcp");
+    println!("  REST:   {base}/v1/requests");
+    match &new_key {
+        Some(k) => println!("  API key for {LOCAL_USER} (shown once, store it now): {k}"),
+        None => {
+            println!("  API keys: `turbobackend keys list`; a new one: `turbobackend keys create`")
+        }
+    }
+    println!(
+        "\nConnect Claude Code:\n  claude mcp add --transport http turbobackend {base}/mcp --header \"Authorization: Bearer {key}\""
+    );
+    println!(
+        "Or call it:\n  curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\\n    -d '{{\"description\": \"Create a simple API with a users endpoint\"}}' {base}/v1/requests"
+    );
+    let door = Arc::new(FrontDoor::new(app.pipeline.clone(), app.records.clone()));
+    axum::serve(listener, router(door))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

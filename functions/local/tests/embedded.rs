@@ -1,0 +1,155 @@
+//! The embedded default end to end, through the real binary: the scripted model, a real
+//! `npm install` and build, git, a real process on a real port; and a process killed in the
+//! middle of a request, then restarted.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use tb_core::domain::UserId;
+use tb_core::ports::PlatformRecords;
+
+/// The binary with a clean model configuration (the scripted model), its own data directory,
+/// and npm's cache shared between test runs.
+fn turbobackend(data: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turbobackend"));
+    cmd.args(args)
+        .env("TB_DATA_DIR", data)
+        .env("TB_NPM_CACHE", npm_cache())
+        .env("TB_PROMPT_CACHING", "false")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("DB_CLUSTER_HOST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+fn npm_cache() -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+    format!("{home}/.cache/turbobackend/npm-cache")
+}
+
+/// Reads JSON events from the child's stdout until `stop` says so (or the stream ends).
+fn events(child: &mut Child, mut stop: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    let out = child.stdout.take().expect("piped stdout");
+    let mut all = Vec::new();
+    for line in BufReader::new(out).lines() {
+        let Ok(line) = line else { break };
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let done = stop(&event);
+        all.push(event);
+        if done {
+            break;
+        }
+    }
+    all
+}
+
+fn commits(data: &Path) -> usize {
+    let git = std::fs::read_dir(data.join("git"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let out = Command::new("git")
+        .args([
+            "--git-dir",
+            git.to_str().unwrap(),
+            "rev-list",
+            "--count",
+            "main",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn the_demo_builds_deploys_and_serves_the_users_endpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = turbobackend(data.path(), &["demo", "--output", "json"])
+        .spawn()
+        .unwrap();
+    let events = events(&mut child, |_| false);
+    assert!(child.wait().unwrap().success(), "{events:#?}");
+
+    let start = &events[0];
+    assert_eq!(
+        start["scripted"], true,
+        "without a key the model is scripted, and says so"
+    );
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "done")
+        .expect("a done event");
+    assert_eq!(done["status"]["phase"], "succeeded");
+    assert_eq!(
+        done["status"]["result"]["database"]["skipped"]
+            .as_str()
+            .map(|s| s.contains("no database cluster")),
+        Some(true)
+    );
+    let calls: Vec<&Value> = events.iter().filter(|e| e["event"] == "call").collect();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(
+        (calls[0]["path"].as_str(), calls[0]["status"].as_u64()),
+        (Some("/api/health"), Some(200))
+    );
+    assert_eq!(calls[1]["status"], 201);
+    assert_eq!(
+        calls[2]["body"][0]["email"], "ada@example.com",
+        "{}",
+        calls[2]
+    );
+    assert_eq!(commits(data.path()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_process_resumes_its_request_with_the_same_cost_and_one_commit() {
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "--output",
+        "json",
+        "--idempotency-key",
+        "survive-a-kill",
+    ];
+
+    // First process: killed once the agent is past its second iteration.
+    let mut first = turbobackend(data.path(), &args).spawn().unwrap();
+    let seen = events(&mut first, |e| {
+        e["event"] == "activity" && e["iteration"].as_u64() >= Some(2)
+    });
+    let request = seen[0]["request_id"].as_str().unwrap().to_string();
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+
+    // Second process: the same request, resumed and finished.
+    let mut second = turbobackend(data.path(), &args).spawn().unwrap();
+    let events = events(&mut second, |_| false);
+    assert!(second.wait().unwrap().success(), "{events:#?}");
+    assert_eq!(events[0]["request_id"], request.as_str());
+    assert_eq!(events[0]["resumed"], true);
+    let status = &events.iter().find(|e| e["event"] == "done").unwrap()["status"];
+    assert_eq!(status["phase"], "succeeded");
+    assert_eq!(
+        status["iteration"], 7,
+        "the script's seven iterations, none counted twice"
+    );
+
+    // The ledger: one row per iteration, and the request's cost is their sum.
+    let records = tb_local::SqliteRecords::open(data.path().join("turbobackend.sqlite"))
+        .await
+        .unwrap();
+    let spent = records
+        .spent(&UserId::parse("user_local").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(spent.micros(), status["cost_micro_usd"].as_i64().unwrap());
+    assert_eq!(commits(data.path()), 1);
+}
