@@ -170,7 +170,15 @@ fn report(s: &Status, progress: &Progress, scripted: bool) {
     if let Some(e) = &s.error {
         lines.push(format!("  failed at:  {}: {}", e.step, e.reason));
     }
-    progress.event(&lines.join("\n"), json!({"event": "done", "status": s}));
+    let peak_kb = peak_rss_kb();
+    lines.push(format!(
+        "  peak memory of this process: {:.1} MiB",
+        peak_kb as f64 / 1024.0
+    ));
+    progress.event(
+        &lines.join("\n"),
+        json!({"event": "done", "status": s, "peak_rss_kb": peak_kb}),
+    );
 }
 
 /// The demo's own check of the app: health, create a user, list users.
@@ -205,4 +213,14 @@ async fn call_app(base: &str, progress: &Progress) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), 0 where unknown.
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -145,10 +145,15 @@ impl Finalizer {
                 continue;
             }
             tracing::info!(request_id = %rec.id, step, "finalizer step");
+            let started = std::time::Instant::now();
             match self.run_with_retries(step, &rec).await {
-                Ok(result) => {
+                Ok(mut result) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    if let Value::Object(map) = &mut result {
+                        map.insert("duration_ms".into(), json!(ms));
+                    }
                     rec.steps.insert(step.to_string(), result);
-                    rec.push_activity(format!("{step}: done"));
+                    rec.push_activity(format!("{step}: done in {:.1} s", ms as f64 / 1000.0));
                     rec.lease = Some(self.lease(worker_id));
                     self.save(&mut rec).await?;
                 }

@@ -315,7 +315,13 @@ impl Pipeline {
         rec.agent = AgentHeader::of(&state);
         if let Some(outcome) = &state.outcome {
             rec.phase = Phase::Finalizing;
-            rec.push_activity(format!("agent {}", outcome.describe()));
+            let agent_secs =
+                tb_core::agent::now_ms().saturating_sub(rec.created_at_ms) as f64 / 1000.0;
+            rec.push_activity(format!(
+                "agent {} after {agent_secs:.1} s",
+                outcome.describe()
+            ));
+            rec.steps.insert("agent".into(), serde_json::json!({"duration_ms": (agent_secs * 1000.0) as u64, "outcome": outcome.describe()}));
             self.save(&mut rec, Appended::default())
                 .await
                 .map_err(|e| WorkError::Retry(e.to_string()))?;
