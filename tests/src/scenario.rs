@@ -58,6 +58,7 @@ pub fn pipeline(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>, dir: &TempDir
         prices: PriceTable::with_defaults(),
         agent: config(),
         slices: slices(),
+        allow_private_callbacks: true,
     }
 }
 

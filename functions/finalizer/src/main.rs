@@ -6,8 +6,9 @@ use anyhow::Context;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use tb_codehost::{GitHubCodeHost, GitHubConfig, GitHubToken};
-use tb_core::ports::DatabaseProvisioner;
+use tb_core::ports::{DatabaseProvisioner, Notifier};
 use tb_deploy::{FlyConfig, FlyDeployer};
+use tb_notify::HttpNotifier;
 use tb_pipeline::{Finalizer, FinalizerSettings};
 use tb_postgres::{ClusterSettings, PgPlatformRecords, PgProvisioner};
 use tb_sandbox::{DaytonaConfig, DaytonaProvider};
@@ -47,6 +48,9 @@ async fn main() -> Result<(), Error> {
         databases,
         deployer: Arc::new(FlyDeployer::new(FlyConfig::from_env()?)?),
         records: Arc::new(records),
+        // Callbacks are signed with TB_CALLBACK_SECRET; without one, none are sent.
+        notifier: var("TB_CALLBACK_SECRET")
+            .map(|s| Arc::new(HttpNotifier::new(s, false)) as Arc<dyn Notifier>),
         settings: FinalizerSettings::standard(),
     });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {

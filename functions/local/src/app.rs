@@ -107,6 +107,8 @@ impl App {
             prices: settings.prices.clone(),
             agent: settings.agent.clone(),
             slices: tb_local::dispatch::local_slice_settings(),
+            // Local mode: callbacks to this machine are the point.
+            allow_private_callbacks: true,
         });
         let deployer = Arc::new(LocalDeployer::new(LocalConfig::new(dir.join("deploy"))));
         let finalizer = Arc::new(Finalizer {
@@ -117,6 +119,10 @@ impl App {
             databases,
             deployer,
             records: records.clone(),
+            notifier: Some(Arc::new(tb_notify::HttpNotifier::new(
+                callback_secret(dir)?,
+                true,
+            ))),
             settings: tb_local::dispatch::local_finalizer_settings(),
         });
         let dispatcher =
@@ -140,4 +146,22 @@ impl Drop for App {
 
 fn path(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
+}
+
+/// `TB_CALLBACK_SECRET`, or a random secret kept in the data directory (`callback-secret`),
+/// made on first use: receivers verify callbacks with it.
+fn callback_secret(dir: &Path) -> anyhow::Result<String> {
+    if let Some(s) = std::env::var("TB_CALLBACK_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        return Ok(s);
+    }
+    let file = dir.join("callback-secret");
+    if let Ok(s) = std::fs::read_to_string(&file) {
+        return Ok(s.trim().to_string());
+    }
+    let secret = tb_core::ids::hex(&rand::random::<[u8; 32]>());
+    std::fs::write(&file, &secret).with_context(|| format!("writing {}", file.display()))?;
+    Ok(secret)
 }

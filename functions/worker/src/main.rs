@@ -37,6 +37,7 @@ async fn main() -> Result<(), Error> {
         prices: tb_core::settings::price_table(var)?,
         agent: tb_core::settings::agent_config(var)?,
         slices: SliceSettings::standard(),
+        allow_private_callbacks: false,
     });
     run(service_fn(move |event| {
         let pipeline = pipeline.clone();

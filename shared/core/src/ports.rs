@@ -243,3 +243,11 @@ pub trait PlatformRecords: Send + Sync {
         owner: &crate::domain::UserId,
     ) -> Result<crate::money::MicroUsd, PortError>;
 }
+
+/// Tells a request's caller that it finished: a signed JSON summary POSTed to the request's
+/// callback URL. `delivery_id` is the same for every attempt of one notification, so a
+/// receiver can drop duplicates.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    async fn notify(&self, url: &str, delivery_id: &str, payload: &Value) -> Result<(), PortError>;
+}

@@ -153,6 +153,7 @@ async fn start(data: &Path, options: Options) -> Host {
         prices: PriceTable::with_defaults(),
         agent: agent_config(),
         slices: options.slices,
+        allow_private_callbacks: true,
     });
     let finalizer = Arc::new(Finalizer {
         store: store.clone(),
@@ -162,6 +163,7 @@ async fn start(data: &Path, options: Options) -> Host {
         databases: None,
         deployer: Arc::new(NoDeployer),
         records: records.clone(),
+        notifier: None,
         settings: local_finalizer_settings(),
     });
     // Watch the finalize channel on its way to the dispatcher.

@@ -19,8 +19,8 @@ use tb_core::agent::{Outcome, now_ms};
 use tb_core::domain::Phase;
 use tb_core::ids::sha256_hex;
 use tb_core::ports::{
-    Archive, Artifact, CodeHost, DatabaseProvisioner, Deployer, PlatformRecords, PortError,
-    ProjectRecord,
+    Archive, Artifact, CodeHost, DatabaseProvisioner, Deployer, Notifier, PlatformRecords,
+    PortError, ProjectRecord,
 };
 use tb_core::sandbox::{Sandbox, SandboxError, SandboxProvider, WorkspacePath};
 
@@ -63,6 +63,8 @@ pub struct Finalizer {
     pub databases: Option<Arc<dyn DatabaseProvisioner>>,
     pub deployer: Arc<dyn Deployer>,
     pub records: Arc<dyn PlatformRecords>,
+    /// Sends the callback of requests that have a callback URL (`None`: no callbacks).
+    pub notifier: Option<Arc<dyn Notifier>>,
     pub settings: FinalizerSettings,
 }
 
@@ -122,6 +124,15 @@ impl Finalizer {
         let Some(mut rec) = self.store.load(&request_id).await? else {
             return Err(FinalizeError::Poison(format!("no request {request_id}")));
         };
+        if rec.phase.is_terminal() && self.owes_callback(&rec) {
+            // Finished earlier, but the callback was not sent (the finalizer died after the
+            // final commit): send it now.
+            self.notify(&mut rec).await;
+            return Ok(FinalizeDone::Finished {
+                phase: rec.phase,
+                failure: rec.failure.clone(),
+            });
+        }
         if rec.phase != Phase::Finalizing {
             return Ok(FinalizeDone::Stale(
                 "the request is not waiting for the finalizer",
@@ -168,6 +179,8 @@ impl Finalizer {
             }
         }
         self.cleanup(&mut rec).await?;
+        // After the final commit: a slow or failing receiver never holds the request up.
+        self.notify(&mut rec).await;
         Ok(FinalizeDone::Finished {
             phase: rec.phase,
             failure: rec.failure.clone(),
@@ -343,6 +356,52 @@ impl Finalizer {
         self.save(rec).await?;
         tracing::info!(request_id = %rec.id, phase = ?rec.phase, "request finished");
         Ok(())
+    }
+
+    fn owes_callback(&self, rec: &RequestRecord) -> bool {
+        self.notifier.is_some() && rec.callback_url.is_some() && !rec.steps.contains_key("notify")
+    }
+
+    /// Sends the callback once: its outcome is recorded as the `notify` step, so a retried
+    /// finalizer does not send it again. Receivers drop repeats by the delivery id.
+    async fn notify(&self, rec: &mut RequestRecord) {
+        let (Some(notifier), Some(url)) = (&self.notifier, rec.callback_url.clone()) else {
+            return;
+        };
+        if rec.steps.contains_key("notify") {
+            return;
+        }
+        let step = |name: &str, field: &str| {
+            rec.steps
+                .get(name)
+                .and_then(|v| v.get(field))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let payload = json!({
+            "request_id": rec.id,
+            "project_id": rec.project,
+            "phase": rec.phase,
+            "outcome": rec.agent.outcome.as_ref().map(Outcome::describe),
+            "cost_micro_usd": rec.agent.cost.micros(),
+            "repository_url": step("repository", "repo_url"),
+            "commit_sha": step("repository", "commit_sha"),
+            "database": step("database", "database"),
+            "deployment_url": step("deploy", "url"),
+            "error": rec.failure,
+        });
+        let delivery = format!("{}-final", rec.id);
+        let result = match notifier.notify(&url, &delivery, &payload).await {
+            Ok(()) => json!({"delivered": true, "delivery_id": delivery, "at_ms": now_ms()}),
+            Err(e) => {
+                tracing::warn!(request_id = %rec.id, "callback failed: {e}");
+                json!({"delivered": false, "delivery_id": delivery, "error": e.to_string(), "at_ms": now_ms()})
+            }
+        };
+        rec.steps.insert("notify".into(), result);
+        if let Err(e) = self.save(rec).await {
+            tracing::warn!(request_id = %rec.id, "recording the callback failed: {e}");
+        }
     }
 
     async fn save_project(&self, rec: &RequestRecord) -> Result<(), PortError> {

@@ -50,6 +50,9 @@ pub struct Pipeline {
     pub prices: PriceTable,
     pub agent: AgentConfig,
     pub slices: SliceSettings,
+    /// Accept callback URLs on private or loopback addresses, and plain http (local mode,
+    /// tests). Never in the cloud: it would let a caller reach internal endpoints.
+    pub allow_private_callbacks: bool,
 }
 
 impl Pipeline {
@@ -70,6 +73,7 @@ impl Pipeline {
             prices,
             agent,
             slices: SliceSettings::standard(),
+            allow_private_callbacks: false,
         }
     }
 }

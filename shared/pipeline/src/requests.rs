@@ -91,12 +91,10 @@ impl Pipeline {
     /// Stores the request and enqueues its first slice. Idempotent on the key.
     #[tracing::instrument(skip_all, fields(owner = %new.owner))]
     pub async fn create(&self, new: NewRequest) -> Result<Accepted, RequestError> {
-        if let Some(url) = &new.callback_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(RequestError::Invalid(
-                "callback_url must be an http(s) URL".into(),
-            ));
+        if let Some(url) = &new.callback_url {
+            crate::callback::check(url, self.allow_private_callbacks)
+                .await
+                .map_err(RequestError::Invalid)?;
         }
         let id = match &new.idempotency_key {
             Some(k) if k.is_empty() || k.len() > 200 => {

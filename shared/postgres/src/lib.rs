@@ -5,8 +5,9 @@
 //!   ([`ClusterSettings`]); the project's own migrations, applied as the project role.
 //! - [`PgDevDatabase`] ([`DevDatabase`]): the agent's `query_database` tool, one statement
 //!   at a time, as the dev role, with a statement timeout and a row limit.
-//! - [`PgPlatformRecords`] ([`PlatformRecords`]): API keys (hashed), projects and the usage
-//!   ledger, in the schema of the workspace's `migrations/` directory ([`schema`]).
+//! - [`PgPlatformRecords`] ([`PlatformRecords`]): API keys (hashed), projects with their
+//!   deployment history, and the usage ledger, in the schema of the workspace's
+//!   `migrations/` directory ([`schema`]).
 //!
 //! Errors are [`PgError`], mapped onto [`PortError`] at the trait boundary: connection
 //! trouble and timeouts are transient, a missing database is "not found", the rest is

@@ -8,7 +8,9 @@
 //!   nothing about the key beyond what its hash does. Revoked keys never authenticate. The
 //!   visible `prefix` is the first 12 characters (`tb_` and 9 hex).
 //! - **Projects** are upserted by id; the owner never changes (saving an existing id with a
-//!   different owner is refused), nor does `created_at`.
+//!   different owner is refused), nor does `created_at`. A deployed version not seen
+//!   before gets a `deployments` row in the same transaction (the project's rollback
+//!   targets).
 //! - **Ledger** rows are keyed by (request, iteration): writing the same call twice is a
 //!   no-op. `spent` is the sum of a user's rows.
 //!
@@ -257,6 +259,11 @@ impl PlatformRecords for PgPlatformRecords {
     }
 
     async fn save_project(&self, p: &ProjectRecord) -> Result<(), PortError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(sql("starting to save a project"))?;
         let done = sqlx::query(
             "INSERT INTO projects (id, owner_id, name, repo_url, deploy_url, database_name, \
                  deployed_version, previous_version, last_request_id, created_at, updated_at) \
@@ -282,16 +289,36 @@ impl PlatformRecords for PgPlatformRecords {
         .bind(p.last_request.as_ref().map(|r| r.as_str()))
         .bind(to_i64("created_at_ms", p.created_at_ms)?)
         .bind(to_i64("updated_at_ms", p.updated_at_ms)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(sql("saving a project"))?;
         if done.rows_affected() == 0 {
+            // Dropping the transaction rolls it back.
             return Err(PgError::Refused(format!(
                 "project {} belongs to another user; its owner cannot change",
                 p.id
             ))
             .into());
         }
+        // The deployed version joins the project's deployment history the first time it is
+        // seen; saving the same version again keeps its first row.
+        if let (Some(version), Some(url)) = (&p.deployed_version, &p.deploy_url) {
+            sqlx::query(
+                "INSERT INTO deployments (project_id, version, url, created_at) \
+                 VALUES ($1, $2, $3, 'epoch'::timestamptz + $4::bigint * interval '1 millisecond') \
+                 ON CONFLICT (project_id, version) DO NOTHING",
+            )
+            .bind(p.id.as_str())
+            .bind(version)
+            .bind(url)
+            .bind(to_i64("updated_at_ms", p.updated_at_ms)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("recording a deployment"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(sql("committing a saved project"))?;
         Ok(())
     }
 

@@ -14,10 +14,16 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use crate::error::PgError;
 
 /// `(file name, SQL)` of every platform migration, in order.
-pub const FILES: &[(&str, &str)] = &[(
-    "0001_platform.sql",
-    include_str!("../../../migrations/0001_platform.sql"),
-)];
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "0001_platform.sql",
+        include_str!("../../../migrations/0001_platform.sql"),
+    ),
+    (
+        "0002_platform_more.sql",
+        include_str!("../../../migrations/0002_platform_more.sql"),
+    ),
+];
 
 /// The migrator for [`FILES`]. A file is `<version>_<description>.sql`.
 pub fn migrator() -> Result<Migrator, PgError> {

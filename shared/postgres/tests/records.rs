@@ -269,3 +269,148 @@ async fn connecting_again_finds_the_schema_up_to_date() {
     assert_eq!(again.list_keys(&user("user_alice")).await.unwrap().len(), 1);
     assert!(!format!("{again:?}").contains("postgres://"));
 }
+
+#[tokio::test]
+async fn each_new_deployed_version_is_recorded_once_in_the_project_history() {
+    let (r, url, _c) = records().await;
+    let mut p = project_record("proj_deploys", "user_alice");
+    r.save_project(&p).await.unwrap();
+
+    let deploy = |p: &mut ProjectRecord, version: &str, at: u64| {
+        p.previous_version = p.deployed_version.take();
+        p.deployed_version = Some(version.into());
+        p.deploy_url = Some("https://proj-deploys.fly.dev".into());
+        p.updated_at_ms = at;
+    };
+    deploy(&mut p, "sha256:aaa", 1_700_000_001_000);
+    r.save_project(&p).await.unwrap();
+    // Saved again with the same version (a retried finalizer, a later request that only
+    // changed the repository): no second row, the first keeps its time.
+    p.updated_at_ms = 1_700_000_002_000;
+    p.last_request = Some(RequestId::parse("req_again").unwrap());
+    r.save_project(&p).await.unwrap();
+    deploy(&mut p, "sha256:bbb", 1_700_000_003_000);
+    r.save_project(&p).await.unwrap();
+
+    // A refused save (another owner) records nothing either.
+    let mut stolen = p.clone();
+    stolen.owner = user("user_mallory");
+    deploy(&mut stolen, "sha256:evil", 1_700_000_004_000);
+    assert!(r.save_project(&stolen).await.is_err());
+
+    let mut c = connect(&url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT version, url, floor(extract(epoch FROM created_at) * 1000)::bigint AS ms \
+         FROM deployments WHERE project_id = 'proj_deploys' ORDER BY created_at, version",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let history: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|row| (row.get("version"), row.get("url"), row.get("ms")))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (
+                "sha256:aaa".to_owned(),
+                "https://proj-deploys.fly.dev".to_owned(),
+                1_700_000_001_000
+            ),
+            (
+                "sha256:bbb".to_owned(),
+                "https://proj-deploys.fly.dev".to_owned(),
+                1_700_000_003_000
+            ),
+        ]
+    );
+    let saved = r.project(&p.id).await.unwrap().unwrap();
+    assert_eq!(
+        (saved.deployed_version, saved.previous_version),
+        (Some("sha256:bbb".into()), Some("sha256:aaa".into()))
+    );
+}
+
+#[tokio::test]
+async fn the_schema_has_users_request_summaries_and_project_databases() {
+    let (_r, url, _c) = records().await;
+    let mut c = connect(&url).await.unwrap();
+    let columns = |table: &'static str| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+    };
+    assert_eq!(
+        columns("users").fetch_all(&mut c).await.unwrap(),
+        ["id", "created_at", "spending_cap_micro_usd"]
+    );
+    assert_eq!(
+        columns("requests").fetch_all(&mut c).await.unwrap(),
+        [
+            "id",
+            "user_id",
+            "project_id",
+            "key_id",
+            "description",
+            "phase",
+            "cost_micro_usd",
+            "created_at",
+            "finished_at"
+        ]
+    );
+    assert_eq!(
+        columns("deployments").fetch_all(&mut c).await.unwrap(),
+        ["project_id", "version", "url", "created_at"]
+    );
+    assert_eq!(
+        columns("project_databases")
+            .fetch_all(&mut c)
+            .await
+            .unwrap(),
+        ["project_id", "database_name", "role_name", "created_at"]
+    );
+
+    // Rows go in as the reporting queries will write them; bad values are refused.
+    sqlx::raw_sql(
+        "INSERT INTO users (id) VALUES ('user_alice'); \
+         INSERT INTO users (id, spending_cap_micro_usd) VALUES ('user_bob', 5000000); \
+         INSERT INTO requests (id, user_id, project_id, key_id, description, phase, cost_micro_usd, created_at) \
+             VALUES ('req_1', 'user_alice', 'proj_1', 'key_1', 'Create a simple API', 'succeeded', 1234, now()); \
+         INSERT INTO project_databases (project_id, database_name, role_name) \
+             VALUES ('proj_1', 'tb_proj_1', 'tb_proj_1_owner');",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    for bad in [
+        "INSERT INTO users (id, spending_cap_micro_usd) VALUES ('user_neg', -1)",
+        "INSERT INTO requests (id, user_id, project_id, description, phase, cost_micro_usd, created_at) \
+             VALUES ('req_neg', 'u', 'p', 'd', 'failed', -5, now())",
+        "INSERT INTO project_databases (project_id, database_name, role_name) \
+             VALUES ('proj_2', 'tb_proj_1', 'r')",
+        "INSERT INTO deployments (project_id, version, url) VALUES ('proj_missing', 'v1', 'u')",
+    ] {
+        assert!(
+            sqlx::raw_sql(bad).execute(&mut c).await.is_err(),
+            "accepted: {bad}"
+        );
+    }
+    let indexed: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' \
+         AND tablename IN ('requests', 'deployments') ORDER BY indexname",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    for index in [
+        "requests_user_id_idx",
+        "requests_project_id_idx",
+        "requests_key_id_idx",
+        "deployments_project_id_created_at_idx",
+    ] {
+        assert!(indexed.iter().any(|i| i == index), "{index}: {indexed:?}");
+    }
+}

@@ -1,6 +1,6 @@
 //! A fake Fly.io: the Machines API subset a deployer uses (apps, IP assignments, secrets,
-//! machines with create / update / get / list / wait / delete) under `/v1`, and a public
-//! proxy standing in for `https://<app>.fly.dev`.
+//! machines with create / update / get / list / wait / restart / delete) under `/v1`, and a
+//! public proxy standing in for `https://<app>.fly.dev`.
 //!
 //! It is honest where a deployer's correctness depends on it. A machine created or updated
 //! with `image: <registry>/<repository>@<digest>` really pulls that manifest, its config and
@@ -18,7 +18,9 @@
 //! A machine is `started` only once the process answers its service HTTP check (the first
 //! `services[].checks[]` of type `http`); a process that exits makes it `stopped`, an image
 //! that cannot be pulled or run makes it `failed`. Updates replace the whole config and
-//! restart the machine; `DELETE` needs `force=true` while it runs.
+//! restart the machine; `POST …/restart` stops its process and boots the same config again
+//! (the image pulled again by digest into a fresh root); `DELETE` needs `force=true` while
+//! it runs.
 //!
 //! Every request needs the token as Fly wants it (`FlyV1 …` verbatim, else
 //! `Bearer <token>`); 401 otherwise. App names can be reserved "by another organization"
@@ -65,6 +67,9 @@ pub struct MachineView {
     pub instance_id: String,
     /// The host process running the image, while one runs.
     pub pid: Option<u32>,
+    /// The image of every boot that pulled and started it, oldest first (each boot pulls
+    /// by digest into a fresh root file system).
+    pub pulls: Vec<String>,
 }
 
 /// A running fake Fly.io; stops (and kills every app process it started) when dropped.
@@ -305,6 +310,8 @@ struct FakeMachine {
     process: Option<boot::Process>,
     check_status: String,
     events: Vec<String>,
+    /// The image of every boot that got as far as starting its process.
+    pulls: Vec<String>,
 }
 
 impl FakeMachine {
@@ -315,6 +322,7 @@ impl FakeMachine {
             image: self.config["image"].as_str().unwrap_or("").to_owned(),
             instance_id: self.instance_id.clone(),
             pid: self.process.as_ref().map(boot::Process::pid),
+            pulls: self.pulls.clone(),
         }
     }
 }

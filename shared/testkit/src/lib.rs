@@ -2,12 +2,17 @@
 //!
 //! - [`FakeDaytona`]: an HTTP server speaking Daytona's main API and toolbox, backed by
 //!   real local sandboxes, so commands really run and files really land on disk.
+//! - [`fake_github::FakeGitHub`] and [`fake_fly::FakeFly`]: GitHub's REST API over real
+//!   bare git repositories; Fly's Machines API pulling images from a real registry and
+//!   running them as real processes.
+//! - [`oci::synthetic_node_base`]: a small Node base image to push to a test registry.
 //! - [`TempLocalProvider`]: a [`tb_sandbox::LocalSandboxProvider`] in a temporary
 //!   directory removed on drop.
 
 pub mod fake_daytona;
 pub mod fake_fly;
 pub mod fake_github;
+pub mod oci;
 pub mod temp_local;
 
 pub use fake_daytona::FakeDaytona;

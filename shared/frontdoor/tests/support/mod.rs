@@ -84,6 +84,7 @@ pub async fn start_full(limits: Limits, latency: Duration) -> Server {
             ..AgentConfig::standard()
         },
         slices: SliceSettings::standard(),
+        allow_private_callbacks: true,
     };
     let records = Arc::new(MemoryRecords::new());
     let fd = Arc::new(

@@ -31,6 +31,7 @@ pub(super) fn routes() -> Router<Arc<Fly>> {
             get(get_machine).post(update_machine).delete(delete_machine),
         )
         .route("/apps/{app}/machines/{id}/wait", get(wait_machine))
+        .route("/apps/{app}/machines/{id}/restart", post(restart_machine))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -326,6 +327,7 @@ async fn create_machine(
         process: None,
         check_status: "critical".into(),
         events: Vec::new(),
+        pulls: Vec::new(),
     };
     let answer = machine_json(&machine);
     inner.machines.insert(id.clone(), machine);
@@ -418,6 +420,38 @@ async fn delete_machine(
     m.generation += 1;
     m.state = "destroyed".into();
     m.updated_at = now_rfc3339();
+    Json(json!({"ok": true})).into_response()
+}
+
+/// Stops the machine's process and boots its current config again: the same image, pulled
+/// again by digest and unpacked into a fresh root. The machine keeps its instance (a
+/// restart is not an update).
+async fn restart_machine(
+    State(fly): State<Arc<Fly>>,
+    Path((app, id)): Path<(String, String)>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "restart", &id) {
+        return r.into_response();
+    }
+    let Some(m) = inner
+        .machines
+        .get_mut(&id)
+        .filter(|m| m.app == app && m.state != "destroyed")
+    else {
+        return error(StatusCode::NOT_FOUND, "machine not found");
+    };
+    if let Some(process) = m.process.take() {
+        process.kill();
+    }
+    m.generation += 1;
+    m.state = "starting".into();
+    m.check_status = "critical".into();
+    m.updated_at = now_rfc3339();
+    m.events.push("restarted".into());
+    let generation = m.generation;
+    drop(inner);
+    boot::start(fly.clone(), id, generation);
     Json(json!({"ok": true})).into_response()
 }
 

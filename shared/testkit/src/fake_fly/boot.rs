@@ -133,6 +133,8 @@ async fn run(fly: Arc<Fly>, id: String, generation: u64) {
         {
             Some(m) => {
                 m.process = Some(process);
+                m.pulls
+                    .push(config["image"].as_str().unwrap_or("").to_owned());
                 m.state = "starting".into();
                 if let Some(why) = &prepared.check_blocked {
                     m.events.push(why.clone());
