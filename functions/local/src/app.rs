@@ -37,11 +37,15 @@ pub struct Settings {
     pub port: u16,
     /// npm's cache for the sandboxes (`TB_NPM_CACHE`, default `<data>/npm-cache`).
     pub npm_cache: String,
+    pub callback_secret: Option<String>,
 }
 
 impl Settings {
+    /// From the environment over the configuration file (see `config.rs`); the error names
+    /// the setting that is missing or wrong.
     pub fn from_env() -> anyhow::Result<Self> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let config = crate::config::Config::load()?;
+        let var = |k: &str| config.var(k);
         let data_dir = PathBuf::from(var("TB_DATA_DIR").unwrap_or_else(|| ".turbobackend".into()));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -54,6 +58,7 @@ impl Settings {
         let data_dir = data_dir.canonicalize()?;
         Ok(Settings {
             npm_cache: var("TB_NPM_CACHE").unwrap_or_else(|| path(&data_dir, "npm-cache")),
+            callback_secret: var("TB_CALLBACK_SECRET"),
             data_dir,
             model: ModelSettings::from_env(var)?,
             agent: tb_core::settings::agent_config(var)?,
@@ -120,7 +125,7 @@ impl App {
             deployer,
             records: records.clone(),
             notifier: Some(Arc::new(tb_notify::HttpNotifier::new(
-                callback_secret(dir)?,
+                callback_secret(settings, dir)?,
                 true,
             ))),
             settings: tb_local::dispatch::local_finalizer_settings(),
@@ -150,12 +155,9 @@ fn path(dir: &Path, name: &str) -> String {
 
 /// `TB_CALLBACK_SECRET`, or a random secret kept in the data directory (`callback-secret`),
 /// made on first use: receivers verify callbacks with it.
-fn callback_secret(dir: &Path) -> anyhow::Result<String> {
-    if let Some(s) = std::env::var("TB_CALLBACK_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-    {
-        return Ok(s);
+fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
+    if let Some(s) = &settings.callback_secret {
+        return Ok(s.clone());
     }
     let file = dir.join("callback-secret");
     if let Ok(s) = std::fs::read_to_string(&file) {

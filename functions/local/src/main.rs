@@ -6,6 +6,7 @@
 
 mod admin;
 mod app;
+mod config;
 mod demo;
 mod progress;
 mod serve;
