@@ -334,7 +334,7 @@ async fn bad_ids_and_bad_arguments_are_tool_errors_the_model_can_act_on() {
         (
             "execute_request",
             json!({"description": "x", "callback_url": "ftp://x"}),
-            "callback_url must be an http(s) URL",
+            "callback_url must be an https URL",
         ),
         (
             "execute_request",
