@@ -1,9 +1,13 @@
 //! Shared helpers of the integration tests (`tests/tests/*.rs`) and the `bench` binary.
 //!
 //! Tests use real things: a local sandbox in a temporary directory (real bash, real files),
-//! the real model clients against the scripted server on loopback.
+//! the real model clients against the scripted server on loopback; for the finalizer
+//! ([`finalize`]), the real adapters against Postgres, moto, a registry and the fakes of
+//! `tb-testkit`, with network faults from [`flaky::FlakyProxy`].
 
 pub mod faults;
+pub mod finalize;
+pub mod flaky;
 pub mod instant;
 pub mod scenario;
 

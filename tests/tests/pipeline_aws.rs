@@ -282,7 +282,17 @@ async fn a_job_published_in_the_original_shape_runs_and_twice_is_still_one_reque
             .await
             .unwrap();
     }
-    assert_eq!(pump(&rig, false).await, 0);
+    // The two copies may run at once: the loser of a concurrent write is retried (SQS
+    // redelivers it after the visibility timeout) and then finds the request already there.
+    let mut failed = pump(&rig, false).await;
+    for _ in 0..3 {
+        if failed == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        failed = pump(&rig, false).await;
+    }
+    assert_eq!(failed, 0);
     let requests = rig
         .pipeline
         .store

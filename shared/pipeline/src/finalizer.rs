@@ -268,7 +268,7 @@ impl Finalizer {
                 let build = sandbox.exec("npm run build", t).await?;
                 check(&build, "npm run build")?;
                 let pack = sandbox
-                    .exec("test -f .output/server/index.mjs && mkdir -p .turbobackend && tar -czf .turbobackend/artifact.tar.gz .output", Duration::from_secs(120))
+                    .exec("set -o pipefail; test -f .output/server/index.mjs && mkdir -p .turbobackend && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - .output | gzip -n > .turbobackend/artifact.tar.gz", Duration::from_secs(120))
                     .await?;
                 if pack.exit_code != Some(0) {
                     return Err(StepError::Permanent(

@@ -1,0 +1,670 @@
+//! The finalizer on real backing services: GitHub's REST API over real git repositories,
+//! the local Postgres cluster, Fly's Machines API over a real OCI registry and real node
+//! processes, S3 and DynamoDB on moto, and sandboxes where `npm` really runs. Each test has
+//! its own fakes, AWS resources, database prefix and app names.
+//!
+//! Needs `AWS_ENDPOINT_URL` (moto), `TB_TEST_REGISTRY` (registry) and Postgres on
+//! 127.0.0.1:5432; `scripts/test` provides them.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tb_aws::S3Archive;
+use tb_codehost::{GitHubCodeHost, GitHubConfig, GitHubToken};
+use tb_core::domain::{Phase, ProjectId};
+use tb_core::ids::sha256_hex;
+use tb_core::ports::PlatformRecords;
+use tb_deploy::FlyDeployer;
+use tb_pipeline::finalizer::STEPS;
+use tb_pipeline::{FinalizeDone, RequestRecord, StateStore};
+use tb_tests::faults::{FaultyStore, Strike};
+use tb_tests::finalize::{
+    Files, GITHUB_LOGIN, Parts, Services, assert_no_database_secrets, calls, cluster_address,
+    cluster_via, finalize, get, project_files, with_failing_build,
+};
+use tb_tests::flaky::FlakyProxy;
+
+fn v1() -> Files {
+    project_files("v1", &["Ada", "Grace"])
+}
+
+/// Another snapshot of the same project: a changed module and a new migration.
+fn v2() -> Files {
+    let mut files = project_files("v2", &["Ada", "Grace", "Katherine"]);
+    files.insert(
+        "migrations/002_users_email.sql".into(),
+        b"ALTER TABLE users ADD COLUMN email text;\n".to_vec(),
+    );
+    files
+}
+
+fn succeeded() -> FinalizeDone {
+    FinalizeDone::Finished {
+        phase: Phase::Succeeded,
+        failure: None,
+    }
+}
+
+async fn load(store: &dyn StateStore, rec: &RequestRecord) -> RequestRecord {
+    store.load(&rec.id).await.unwrap().expect("the request")
+}
+
+/// Finalizes a new finished request for `project` with `files` on `parts`, expecting it to
+/// succeed; returns the stored record.
+async fn finalize_ok(
+    s: &Services,
+    parts: Parts,
+    project: &ProjectId,
+    files: &Files,
+) -> RequestRecord {
+    let store = parts.store.clone();
+    let rec = s.finished_request(store.as_ref(), project, files).await;
+    let finalizer = s.finalizer(parts);
+    let done = finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
+    let after = load(store.as_ref(), &rec).await;
+    assert_eq!(
+        done,
+        succeeded(),
+        "{:?}\n{:?}\nfake Fly: {}",
+        after.failure,
+        after.activity,
+        s.fly.log(&s.app(project))
+    );
+    after
+}
+
+fn step<'a>(rec: &'a RequestRecord, name: &str) -> &'a Value {
+    rec.steps
+        .get(name)
+        .unwrap_or_else(|| panic!("no `{name}` step in {:?}", rec.steps))
+}
+
+fn text<'a>(rec: &'a RequestRecord, name: &str, field: &str) -> &'a str {
+    step(rec, name)[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{name}.{field}` missing: {}", step(rec, name)))
+}
+
+/// The app answers its health check through the Fly proxy.
+async fn assert_healthy(s: &Services, project: &ProjectId) {
+    let url = format!("{}/api/health", s.fly.app_url(&s.app(project)));
+    assert_eq!(get(&url).await, (200, json!({"status": "ok"})), "{url}");
+}
+
+/// The ledger has one row per call, and the user's spend is the request's cost.
+async fn assert_billed(s: &Services, rec: &RequestRecord) {
+    let expected: Vec<(i64, i64)> = calls()
+        .iter()
+        .map(|c| (i64::from(c.iteration), c.cost.micros()))
+        .collect();
+    assert_eq!(s.ledger(&rec.id).await, expected);
+    assert_eq!(
+        rec.agent.cost.micros(),
+        expected.iter().map(|(_, c)| c).sum::<i64>()
+    );
+}
+
+#[tokio::test]
+async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_end_to_end() {
+    let s = Services::start().await;
+    let project = s.project();
+    let app = s.app(&project);
+    let files = v1();
+
+    let rec = finalize_ok(&s, s.parts(), &project, &files).await;
+
+    assert_eq!(rec.phase, Phase::Succeeded);
+    assert_eq!((rec.failure.clone(), rec.lease.clone()), (None, None));
+    let step_names: Vec<&str> = rec.steps.keys().map(String::as_str).collect();
+    assert_eq!(
+        step_names,
+        ["archive", "build", "database", "deploy", "repository"]
+    );
+    assert_no_database_secrets(&rec);
+
+    // The app runs and answers, through Fly's proxy, with its database URL set.
+    assert_healthy(&s, &project).await;
+    let (status, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
+    assert_eq!(status, 200, "{users}");
+    assert_eq!(users["version"], "v1");
+    assert_eq!(users["users"][1]["name"], "Grace");
+    assert_eq!(users["database_url_set"], true);
+    let url_secret = s.fly.secrets(&app)["DATABASE_URL"].clone();
+    let names = s.database_names(&project);
+    assert!(url_secret.contains(&names.database));
+    assert!(
+        !serde_json::to_string(&rec).unwrap().contains(&url_secret),
+        "the deployment's database URL is in the record"
+    );
+
+    // Archive: the object is the snapshot of the sandbox, with its SHA-256.
+    let key = text(&rec, "archive", "key");
+    let (bytes, metadata) = s.archived(key).await;
+    assert_eq!(sha256_hex(&bytes), text(&rec, "archive", "sha256"));
+    assert_eq!(metadata.as_deref(), Some(text(&rec, "archive", "sha256")));
+    let archived: Files = tb_pipeline::snapshot::unpack(&bytes)
+        .unwrap()
+        .files
+        .into_iter()
+        .map(|f| (f.path.as_str().to_owned(), f.contents))
+        .collect();
+    assert_eq!(archived, files);
+    let (artifact, _) = s.archived(text(&rec, "build", "key")).await;
+    assert_eq!(sha256_hex(&artifact), text(&rec, "build", "sha256"));
+
+    // Repository: one commit whose tree is the snapshot.
+    let repo = s.repo(&project);
+    assert_eq!(
+        text(&rec, "repository", "repo_url"),
+        format!("{}/{GITHUB_LOGIN}/{repo}", s.github.api_url())
+    );
+    assert_eq!(step(&rec, "repository")["committed"], true);
+    let sha = text(&rec, "repository", "commit_sha");
+    assert_eq!(s.github.repo_is_private(GITHUB_LOGIN, &repo), Some(true));
+    let clone = s.clone_repo(&project);
+    assert_eq!(clone.commits(), [sha]);
+    assert_eq!(clone.tree(sha), files);
+
+    // Database: provisioned with the project's migration applied.
+    assert_eq!(text(&rec, "database", "database"), names.database);
+    assert_eq!(text(&rec, "database", "role"), names.role);
+    assert_eq!(step(&rec, "database")["applied"], json!(["001_users.sql"]));
+    let (applied, tables) = s.project_database(&project).await;
+    assert_eq!(applied, ["001_users.sql"]);
+    assert!(tables.contains(&"users".to_owned()), "{tables:?}");
+
+    // Deploy: one machine running the pushed digest.
+    let version = text(&rec, "deploy", "version");
+    assert!(version.starts_with("sha256:"), "{version}");
+    assert_eq!(text(&rec, "deploy", "url"), s.fly.app_url(&app));
+    let machines = s.fly.machines(&app);
+    assert_eq!(machines.len(), 1);
+    assert_eq!(machines[0].image, format!("{}/{app}@{version}", s.registry));
+    assert_eq!(
+        step(&rec, "deploy")["details"]["machine_id"],
+        machines[0].id
+    );
+
+    // Cleanup: sandbox released, ledger and project written.
+    assert!(!s.sandbox_dir(&rec).exists(), "the sandbox was released");
+    assert_billed(&s, &rec).await;
+    assert_eq!(s.records.spent(&s.owner).await.unwrap(), rec.agent.cost);
+    let p = s.records.project(&project).await.unwrap().expect("project");
+    assert_eq!(
+        (
+            p.repo_url.as_deref(),
+            p.deploy_url.as_deref(),
+            p.database.as_deref()
+        ),
+        (
+            Some(text(&rec, "repository", "repo_url")),
+            Some(s.fly.app_url(&app).as_str()),
+            Some(names.database.as_str())
+        )
+    );
+    assert_eq!(
+        (p.deployed_version.as_deref(), p.previous_version.as_deref()),
+        (Some(version), None)
+    );
+    assert_eq!(p.last_request, Some(rec.id.clone()));
+    assert_eq!(s.deployments(&project).await, [version]);
+}
+
+#[tokio::test]
+async fn a_changed_project_gets_a_second_commit_on_the_same_machine_and_an_unchanged_one_no_commit()
+{
+    let s = Services::start().await;
+    let project = s.project();
+    let app = s.app(&project);
+
+    let first = finalize_ok(&s, s.parts(), &project, &v1()).await;
+    let second = finalize_ok(&s, s.parts(), &project, &v2()).await;
+
+    // The second deploy updated the first machine; the project keeps the first digest as
+    // its rollback target.
+    let (d1, d2) = (
+        text(&first, "deploy", "version"),
+        text(&second, "deploy", "version"),
+    );
+    assert_ne!(d1, d2);
+    let p = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(
+        (p.deployed_version.as_deref(), p.previous_version.as_deref()),
+        (Some(d2), Some(d1))
+    );
+    assert_eq!(
+        step(&second, "deploy")["details"]["machine_id"],
+        step(&first, "deploy")["details"]["machine_id"]
+    );
+    assert_eq!(
+        step(&second, "database")["applied"],
+        json!(["002_users_email.sql"])
+    );
+    let (_, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
+    assert_eq!(users["version"], "v2");
+
+    let commits_before_third = s.commit_creations(&project);
+    let third = finalize_ok(&s, s.parts(), &project, &v2()).await;
+
+    // Git: two commits whose trees are the two snapshots; the third request made none.
+    let c1 = text(&first, "repository", "commit_sha");
+    let c2 = text(&second, "repository", "commit_sha");
+    let clone = s.clone_repo(&project);
+    assert_eq!(clone.commits(), [c1, c2]);
+    assert_eq!(clone.tree(c1), v1());
+    assert_eq!(clone.tree(c2), v2());
+    assert_eq!(step(&third, "repository")["committed"], false);
+    assert_eq!(text(&third, "repository", "commit_sha"), c2);
+    assert_eq!(s.commit_creations(&project), commits_before_third);
+    assert_eq!(s.commit_creations(&project), 2);
+    assert_eq!(step(&third, "database")["applied"], json!([]));
+
+    // Fly: one machine in all, created once, now on the third deploy's digest.
+    assert_eq!(s.machine_creations(&project), 1);
+    let machines = s.fly.all_machines(&app);
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    let d3 = text(&third, "deploy", "version");
+    assert_eq!(machines[0].image, format!("{}/{app}@{d3}", s.registry));
+    assert_eq!(
+        s.deployments(&project).await.len(),
+        [d1, d2, d3]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+
+    // A restart boots the same image again, pulled by digest, and it answers.
+    let before = machines[0].clone();
+    let api = format!("{}/apps/{app}/machines/{}", s.fly.api_url(), before.id);
+    let http = reqwest::Client::new();
+    let restarted = http
+        .post(format!("{api}/restart"))
+        .header("authorization", &s.fly_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restarted.status(), 200);
+    let waited = http
+        .get(format!("{api}/wait?state=started&timeout=30"))
+        .header("authorization", &s.fly_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waited.status(), 200, "{}", s.fly.log(&app));
+    let after = s.fly.machines(&app)[0].clone();
+    assert_eq!(
+        (after.id.as_str(), after.state.as_str()),
+        (before.id.as_str(), "started")
+    );
+    assert_eq!(after.image, before.image);
+    assert_ne!(after.pid, before.pid, "a new process");
+    assert_eq!(after.pulls.len(), before.pulls.len() + 1);
+    assert_eq!(after.pulls.last(), Some(&before.image));
+    assert_healthy(&s, &project).await;
+    let (_, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
+    assert_eq!(users["version"], "v2");
+    assert_eq!(s.fly.running_processes(), 1);
+}
+
+// Transient failures. Each adapter is set up so that the injected fault outlasts its own
+// retries: only the finalizer's retry of the step can make the request succeed.
+
+#[tokio::test]
+async fn github_answering_500_to_commit_creation_is_retried_and_the_request_succeeds() {
+    let s = Services::start().await;
+    let project = s.project();
+    let attempts = s.github_config().retry.max_attempts as usize;
+    s.github
+        .fail_next_matching("POST", "/git/commits", attempts as u32, 500, &[]);
+
+    let rec = finalize_ok(&s, s.parts(), &project, &v1()).await;
+
+    let failed = s
+        .github
+        .requests()
+        .iter()
+        .filter(|r| r.status == 500)
+        .count();
+    assert_eq!(
+        failed, attempts,
+        "the fault outlasted the adapter's retries"
+    );
+    assert_eq!(s.commit_creations(&project), 1);
+    let sha = text(&rec, "repository", "commit_sha");
+    assert_eq!(s.clone_repo(&project).commits(), [sha]);
+    assert_healthy(&s, &project).await;
+}
+
+#[tokio::test]
+async fn github_rate_limits_429_and_403_with_retry_after_0_are_retried_and_the_request_succeeds() {
+    let s = Services::start().await;
+    let project = s.project();
+    let attempts = s.github_config().retry.max_attempts;
+    let retry_now = [("retry-after", "0")];
+    s.github
+        .fail_next_matching("POST", "/git/trees", attempts, 429, &retry_now);
+    s.github
+        .fail_next_matching("PATCH", "/git/refs", attempts, 403, &retry_now);
+
+    let rec = finalize_ok(&s, s.parts(), &project, &v1()).await;
+
+    let count = |status| {
+        s.github
+            .requests()
+            .iter()
+            .filter(|r| r.status == status)
+            .count()
+    };
+    assert_eq!(
+        (count(429), count(403)),
+        (attempts as usize, attempts as usize)
+    );
+    let clone = s.clone_repo(&project);
+    assert_eq!(clone.commits(), [text(&rec, "repository", "commit_sha")]);
+    assert_eq!(clone.tree(text(&rec, "repository", "commit_sha")), v1());
+    assert_healthy(&s, &project).await;
+}
+
+#[tokio::test]
+async fn fly_throttling_the_deploy_with_429_is_retried_and_the_request_succeeds() {
+    let s = Services::start().await;
+    let project = s.project();
+    let mut parts = s.parts();
+    let mut config = s.fly_config();
+    config.max_429_retries = 0;
+    parts.deployer = Arc::new(FlyDeployer::new(config).unwrap());
+    s.fly.fail_next_mutations_with_429(1);
+
+    finalize_ok(&s, parts, &project, &v1()).await;
+
+    let throttled = s.fly.requests().iter().filter(|r| r.status == 429).count();
+    assert_eq!(throttled, 1);
+    assert_eq!(s.machine_creations(&project), 1);
+    assert_healthy(&s, &project).await;
+}
+
+#[tokio::test]
+async fn a_dropped_postgres_connection_is_retried_and_the_request_succeeds() {
+    let s = Services::start().await;
+    let project = s.project();
+    let proxy = FlakyProxy::start(&cluster_address()).await;
+    let mut parts = s.parts();
+    parts.databases = Arc::new(s.provisioner(cluster_via(proxy.port())));
+    proxy.drop_next(1);
+
+    let rec = finalize_ok(&s, parts, &project, &v1()).await;
+
+    assert_eq!(proxy.dropped(), 1);
+    assert!(proxy.accepted() > 1, "the retry went through the proxy");
+    assert_eq!(step(&rec, "database")["applied"], json!(["001_users.sql"]));
+    assert_eq!(s.project_database(&project).await.0, ["001_users.sql"]);
+    assert_healthy(&s, &project).await;
+}
+
+#[tokio::test]
+async fn a_dropped_s3_connection_is_retried_and_the_request_succeeds() {
+    use aws_sdk_s3::config::retry::RetryConfig;
+    let s = Services::start().await;
+    let project = s.project();
+    let moto = s
+        .aws
+        .endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let proxy = FlakyProxy::start(moto).await;
+    // The SDK does not retry on its own here: the finalizer must.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        s.aws
+            .clients
+            .s3
+            .config()
+            .to_builder()
+            .endpoint_url(proxy.http_url())
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .build(),
+    );
+    let mut parts = s.parts();
+    parts.archive = Arc::new(S3Archive::new(s3, &s.aws.settings.bucket));
+    proxy.drop_next(1);
+
+    let rec = finalize_ok(&s, parts, &project, &v1()).await;
+
+    assert_eq!(proxy.dropped(), 1);
+    let (bytes, _) = s.archived(text(&rec, "archive", "key")).await;
+    assert_eq!(sha256_hex(&bytes), text(&rec, "archive", "sha256"));
+    assert_healthy(&s, &project).await;
+}
+
+// Permanent failures: the request fails at once naming the step; the sandbox is still
+// released and the ledger written.
+
+#[tokio::test]
+async fn a_rejected_github_token_fails_the_request_at_the_repository_step_and_still_cleans_up() {
+    let s = Services::start().await;
+    let project = s.project();
+    let mut parts = s.parts();
+    parts.code_host = Arc::new(
+        GitHubCodeHost::new(GitHubConfig {
+            token: GitHubToken::new("ghp_revoked0000000000000000000000"),
+            ..s.github_config()
+        })
+        .unwrap(),
+    );
+    let rec = s
+        .finished_request(parts.store.as_ref(), &project, &v1())
+        .await;
+
+    let done = finalize(&s.finalizer(parts), &rec.id, "finalizer-1")
+        .await
+        .unwrap();
+
+    let FinalizeDone::Finished {
+        phase: Phase::Failed,
+        failure: Some(failure),
+    } = &done
+    else {
+        panic!("a failed request expected: {done:?}");
+    };
+    assert_eq!(failure.step, "repository");
+    assert!(
+        failure.reason.contains("401") && failure.reason.contains("token"),
+        "{}",
+        failure.reason
+    );
+    let stored = load(s.store.as_ref(), &rec).await;
+    assert_eq!(
+        (stored.phase, stored.failure.as_ref()),
+        (Phase::Failed, Some(failure))
+    );
+    assert_eq!(
+        stored.steps.keys().collect::<Vec<_>>(),
+        ["archive"],
+        "nothing after the failed step ran"
+    );
+    assert_eq!(
+        s.github.requests().len(),
+        1,
+        "a permanent error is not retried"
+    );
+    assert!(s.fly.requests().is_empty());
+    assert!(!s.sandbox_dir(&rec).exists(), "the sandbox was released");
+    assert_billed(&s, &stored).await;
+    assert_eq!(s.records.spent(&s.owner).await.unwrap(), stored.agent.cost);
+    assert_no_database_secrets(&stored);
+}
+
+#[tokio::test]
+async fn a_build_whose_script_exits_1_fails_the_request_at_the_build_step_with_its_output() {
+    let s = Services::start().await;
+    let project = s.project();
+    let parts = s.parts();
+    let store = parts.store.clone();
+    let rec = s
+        .finished_request(store.as_ref(), &project, &with_failing_build(v1()))
+        .await;
+
+    let done = finalize(&s.finalizer(parts), &rec.id, "finalizer-1")
+        .await
+        .unwrap();
+
+    let FinalizeDone::Finished {
+        phase: Phase::Failed,
+        failure: Some(failure),
+    } = &done
+    else {
+        panic!("a failed request expected: {done:?}");
+    };
+    assert_eq!(failure.step, "build");
+    for expected in [
+        "npm run build failed",
+        "exit Some(1)",
+        "cannot resolve ./server/missing.mjs",
+    ] {
+        assert!(failure.reason.contains(expected), "{}", failure.reason);
+    }
+    let stored = load(store.as_ref(), &rec).await;
+    assert_eq!(stored.phase, Phase::Failed);
+    assert_eq!(
+        stored.steps.keys().collect::<Vec<_>>(),
+        ["archive", "database", "repository"]
+    );
+    assert!(s.fly.all_machines(&s.app(&project)).is_empty());
+    assert!(!s.sandbox_dir(&rec).exists(), "the sandbox was released");
+    assert_billed(&s, &stored).await;
+    let p = s.records.project(&project).await.unwrap().unwrap();
+    assert!(p.repo_url.is_some() && p.database.is_some());
+    assert_eq!((p.deploy_url, p.deployed_version), (None, None));
+    assert_no_database_secrets(&stored);
+}
+
+// A finalizer that dies: the store goes away right at a commit (the process is gone), then
+// the finalize message is delivered again to a new process.
+
+/// The finalizer's commits, in order: 1 claims the request, 2..=6 record the steps,
+/// 7 is the final one (phase, lease released).
+const FINAL_COMMIT: usize = STEPS.len() + 2;
+
+struct Killed {
+    project: ProjectId,
+    /// The record as the dead finalizer left it.
+    left: RequestRecord,
+    /// The record after the redelivery.
+    after: RequestRecord,
+    redelivery: FinalizeDone,
+    /// Requests the fakes received during the redelivery.
+    github_requests: usize,
+    fly_requests: usize,
+}
+
+async fn kill_at(s: &Services, at: usize, strike: Strike) -> Killed {
+    let project = s.project();
+    let rec = s.finished_request(s.store.as_ref(), &project, &v1()).await;
+    let faulty = Arc::new(FaultyStore::new(s.store.clone(), at, strike));
+    let finalizer = |store: Arc<FaultyStore>| {
+        let mut parts = s.parts();
+        parts.store = store;
+        // Expired at once: the redelivery does not wait for the dead finalizer's lease.
+        parts.settings.lease = std::time::Duration::from_millis(1);
+        s.finalizer(parts)
+    };
+
+    let died = finalize(&finalizer(faulty.clone()), &rec.id, "finalizer-1").await;
+    assert!(faulty.struck(), "commit {at} never came");
+    assert!(died.is_err(), "{strike:?} at commit {at}: {died:?}");
+    let left = load(s.store.as_ref(), &rec).await;
+
+    faulty.revive();
+    let (github_before, fly_before) = (s.github.requests().len(), s.fly.requests().len());
+    let redelivery = finalize(&finalizer(faulty.clone()), &rec.id, "finalizer-2")
+        .await
+        .unwrap();
+    let after = load(s.store.as_ref(), &rec).await;
+    Killed {
+        project,
+        left,
+        after,
+        redelivery,
+        github_requests: s.github.requests().len() - github_before,
+        fly_requests: s.fly.requests().len() - fly_before,
+    }
+}
+
+/// What must hold however the finalizer died: the request succeeded with one commit, one
+/// machine, one ledger row per call, and the app answers.
+async fn assert_finished_once(s: &Services, k: &Killed) {
+    assert_eq!(k.after.phase, Phase::Succeeded, "{:?}", k.after.activity);
+    assert_eq!(s.commit_creations(&k.project), 1);
+    assert_eq!(s.machine_creations(&k.project), 1);
+    assert_eq!(s.fly.all_machines(&s.app(&k.project)).len(), 1);
+    assert_eq!(s.clone_repo(&k.project).commits().len(), 1);
+    assert_billed(s, &k.after).await;
+    assert_eq!(s.deployments(&k.project).await.len(), 1);
+    assert!(!s.sandbox_dir(&k.after).exists());
+    assert_healthy(s, &k.project).await;
+}
+
+#[tokio::test]
+async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_repeating_done_ones()
+{
+    let s = Services::start().await;
+    for at in 1..=FINAL_COMMIT {
+        let k = kill_at(&s, at, Strike::AfterWrite).await;
+        let done: Vec<&str> = STEPS.iter().take(at.saturating_sub(1)).copied().collect();
+        let mut left_steps: Vec<&str> = k.left.steps.keys().map(String::as_str).collect();
+        left_steps.sort_by_key(|name| STEPS.iter().position(|s| s == name));
+        assert_eq!(left_steps, done, "commit {at}");
+
+        if at == FINAL_COMMIT {
+            // It died after finishing: the redelivery finds nothing to do.
+            assert_eq!(k.left.phase, Phase::Succeeded);
+            assert!(
+                matches!(k.redelivery, FinalizeDone::Stale(_)),
+                "{:?}",
+                k.redelivery
+            );
+        } else {
+            assert_eq!(k.left.phase, Phase::Finalizing);
+            assert_eq!(k.redelivery, succeeded(), "commit {at}");
+        }
+        // The steps done before the kill were not run again: their results (durations
+        // included) are exactly as the dead finalizer recorded them.
+        for name in &done {
+            assert_eq!(
+                k.after.steps[*name], k.left.steps[*name],
+                "commit {at}: {name}"
+            );
+        }
+        if done.contains(&"repository") {
+            assert_eq!(
+                k.github_requests, 0,
+                "commit {at}: GitHub was not called again"
+            );
+        }
+        if done.contains(&"deploy") {
+            assert_eq!(k.fly_requests, 0, "commit {at}: Fly was not called again");
+        }
+        assert_finished_once(&s, &k).await;
+    }
+}
+
+#[tokio::test]
+async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_commit_or_machine() {
+    let s = Services::start().await;
+    // Commit 3 would record `repository`, 6 `deploy`, 7 the end (after the sandbox was
+    // released, the ledger and the project written).
+    for at in [3, 6, FINAL_COMMIT] {
+        let k = kill_at(&s, at, Strike::BeforeWrite).await;
+        assert_eq!(k.left.phase, Phase::Finalizing);
+        assert_eq!(k.left.steps.len(), (at - 2).min(STEPS.len()), "commit {at}");
+        assert_eq!(k.redelivery, succeeded(), "commit {at}");
+        if at == 3 {
+            // Pushed again: the tree is already there, so no new commit.
+            assert_eq!(step(&k.after, "repository")["committed"], false);
+        }
+        if at == 6 {
+            assert!(k.fly_requests > 0, "deployed again");
+        }
+        assert_finished_once(&s, &k).await;
+        assert_no_database_secrets(&k.after);
+    }
+}
