@@ -187,7 +187,7 @@ async fn task_cost() -> anyhow::Result<()> {
 async fn state_store() -> anyhow::Result<()> {
     use tb_core::domain::{Description, ProjectId, RequestId, UserId};
     use tb_pipeline::{AgentHeader, Appended, RequestRecord, StateStore};
-    println!("\n## 3. State store per iteration: DynamoDB (moto on loopback) and in-memory");
+    println!("\n## 3. State store per iteration: DynamoDB (moto on loopback)");
     if std::env::var("AWS_ENDPOINT_URL").is_err() {
         println!(
             "skipped: no moto server (run `infra/moto.sh start && eval \"$(infra/moto.sh env)\"` first)"
@@ -199,7 +199,7 @@ async fn state_store() -> anyhow::Result<()> {
     println!("per slice it reads the whole conversation once. Mean of 20 commits at each size.");
     println!("Bytes = DynamoDB item size (names + values) of the items put.\n");
     println!(
-        "| messages | commit ms (moto) | bytes written / iteration | conversation read ms (moto, once per slice) |"
+        "| messages before the 20 commits | commit ms (moto) | bytes written / iteration | conversation read ms (moto, once per slice) |"
     );
     println!("|---:|---:|---:|---:|");
     let aws = tb_aws::testing::TestAws::new().await;
@@ -241,7 +241,7 @@ async fn state_store() -> anyhow::Result<()> {
     for target in [10usize, 100, 1000] {
         // Grow to `target` messages in large commits (not measured).
         while state.messages.len() + 2 < target {
-            let n = (target - state.messages.len()).min(90) & !1;
+            let n = (target - state.messages.len()).min(60) & !1;
             let v = rec.version;
             let (from, calls) = append(&mut state, &mut rec, n.max(2));
             rec.version += 1;
@@ -257,6 +257,7 @@ async fn state_store() -> anyhow::Result<()> {
                 )
                 .await?;
         }
+        let at_start = state.messages.len();
         let before = store.bytes_written();
         let started = Instant::now();
         for _ in 0..20 {
@@ -281,7 +282,7 @@ async fn state_store() -> anyhow::Result<()> {
         let (messages, _) = store.conversation(&rec).await?;
         let read_ms = started.elapsed().as_secs_f64() * 1000.0;
         println!(
-            "| {} | {commit_ms:.1} | {bytes} | {read_ms:.1} |",
+            "| {at_start} (read {}) | {commit_ms:.1} | {bytes} | {read_ms:.1} |",
             messages.len()
         );
     }
