@@ -118,4 +118,14 @@ impl StateStore for FaultyStore {
         self.check()?;
         self.inner.list_for_owner(owner, limit).await
     }
+
+    async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError> {
+        self.check()?;
+        self.inner.acquire_slot(owner, limit).await
+    }
+
+    async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
+        self.check()?;
+        self.inner.release_slot(owner).await
+    }
 }

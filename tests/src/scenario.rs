@@ -77,6 +77,7 @@ pub fn new_request(key: Option<&str>) -> NewRequest {
         project: None,
         idempotency_key: key.map(String::from),
         callback_url: None,
+        holds_slot: false,
     }
 }
 

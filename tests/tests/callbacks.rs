@@ -67,6 +67,9 @@ async fn finalizing_request(store: &dyn StateStore, callback: &str) -> RequestId
         tb_core::agent::now_ms(),
     );
     rec.callback_url = Some(callback.to_string());
+    // It holds its owner's only slot, which the finalizer must give back.
+    assert!(store.acquire_slot(&rec.owner, 1).await.unwrap());
+    rec.holds_slot = true;
     store.create(&rec, &first).await.unwrap();
     let v = rec.version;
     rec.version += 1;
@@ -130,6 +133,16 @@ async fn a_finished_request_sends_one_signed_callback_even_when_finalized_twice(
     );
     let rec = store.load(&id).await.unwrap().unwrap();
     assert_eq!(rec.steps["notify"]["delivered"], true);
+    assert!(!rec.holds_slot);
+    let owner = UserId::parse("user_cb").unwrap();
+    assert!(
+        store.acquire_slot(&owner, 1).await.unwrap(),
+        "the slot came back"
+    );
+    assert!(
+        !store.acquire_slot(&owner, 1).await.unwrap(),
+        "and only one"
+    );
 }
 
 #[tokio::test]
@@ -155,6 +168,10 @@ async fn a_finalizer_that_dies_after_the_final_commit_still_sends_the_callback_o
     f.handle(&message(&id), "w2").await.unwrap();
     f.handle(&message(&id), "w3").await.unwrap();
     assert_eq!(receiver.got.lock().unwrap().len(), 1);
+    // The slot came back once, on the redelivery.
+    let owner = UserId::parse("user_cb").unwrap();
+    assert!(memory.acquire_slot(&owner, 1).await.unwrap());
+    assert!(!memory.acquire_slot(&owner, 1).await.unwrap());
 }
 
 #[tokio::test]

@@ -321,3 +321,33 @@ async fn the_scheduled_sweep_redrives_a_lost_continuation() {
     pump(&rig, false).await;
     assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
 }
+
+#[tokio::test]
+async fn concurrent_slots_are_counted_atomically_in_dynamodb() {
+    let rig = rig().await;
+    let store = rig.pipeline.store.clone();
+    let owner = UserId::parse("user_slots").unwrap();
+    let tries = (0..8).map(|_| {
+        let store = store.clone();
+        let owner = owner.clone();
+        async move { store.acquire_slot(&owner, 3).await.unwrap() }
+    });
+    let taken = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .filter(|t| *t)
+        .count();
+    assert_eq!(taken, 3);
+    store.release_slot(&owner).await.unwrap();
+    assert!(store.acquire_slot(&owner, 3).await.unwrap());
+    assert!(!store.acquire_slot(&owner, 3).await.unwrap());
+    // Never below zero.
+    for _ in 0..5 {
+        store.release_slot(&owner).await.unwrap();
+    }
+    let again = futures::future::join_all((0..5).map(|_| store.acquire_slot(&owner, 3))).await;
+    assert_eq!(
+        again.into_iter().filter(|t| *t.as_ref().unwrap()).count(),
+        3
+    );
+}

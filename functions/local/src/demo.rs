@@ -51,6 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         project,
         idempotency_key: args.idempotency_key,
         callback_url: None,
+        holds_slot: false,
     };
     let accepted = app.pipeline.create(new).await?;
     progress.event(

@@ -18,6 +18,14 @@ use std::collections::HashMap;
 use tb_core::domain::{Phase, RequestId};
 
 pub const PK: &str = "pk";
+/// Per user: `pk = USER#<id>`, `sk = SLOTS`, `slots_active` N = requests holding a
+/// concurrent-request slot.
+pub const SLOTS_SK: &str = "SLOTS";
+pub const ACTIVE_SLOTS: &str = "slots_active";
+
+pub fn user_pk(owner: &tb_core::domain::UserId) -> String {
+    format!("USER#{owner}")
+}
 pub const SK: &str = "sk";
 /// The payload as JSON, when stored inline.
 pub const BODY: &str = "body";

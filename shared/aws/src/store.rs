@@ -524,4 +524,57 @@ impl StateStore for DynamoStore {
         records.truncate(limit);
         Ok(records)
     }
+
+    async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError> {
+        if limit == 0 {
+            return Ok(false);
+        }
+        // One conditional update of the owner's counter item: atomic across every instance.
+        let result = self
+            .dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key(layout::PK, s(layout::user_pk(owner)))
+            .key(layout::SK, s(layout::SLOTS_SK))
+            .update_expression("ADD #active :one")
+            .condition_expression("attribute_not_exists(#active) OR #active < :limit")
+            .expression_attribute_names("#active", layout::ACTIVE_SLOTS)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(u64::from(limit)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match classify(&format!("taking a slot of {owner}"), &e) {
+                PortError::Conflict(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
+        let result = self
+            .dynamo
+            .update_item()
+            .table_name(&self.table)
+            .key(layout::PK, s(layout::user_pk(owner)))
+            .key(layout::SK, s(layout::SLOTS_SK))
+            .update_expression("ADD #active :minus")
+            .condition_expression("#active > :zero")
+            .expression_attribute_names("#active", layout::ACTIVE_SLOTS)
+            .expression_attribute_values(
+                ":minus",
+                aws_sdk_dynamodb::types::AttributeValue::N("-1".into()),
+            )
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match classify(&format!("returning a slot of {owner}"), &e) {
+                PortError::Conflict(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
 }

@@ -3,14 +3,15 @@
 //!
 //! # Atomicity
 //!
-//! "Count the user's running requests → check the limits → create the request" runs under a
-//! per-user async mutex, so parallel calls of one user are admitted one at a time and the
-//! limits hold. That is correct within one process (the local server, the tests, and one
-//! warm Lambda instance). Several instances (Lambda scales out) each have their own mutex, so
-//! a burst spread over instances can exceed the limits by up to one request per instance.
-//! The fix is a store-level counter: `StateStore::acquire_slot(owner, limit)` /
-//! `release_slot(owner)` (a conditional update on a per-user item in DynamoDB), which this
-//! module should call instead of counting once the store has it.
+//! The running-requests limit is a slot counter in the state store
+//! (`StateStore::acquire_slot` / `release_slot`: a conditional update of a per-user item in
+//! DynamoDB, one upsert in SQLite), so it holds across every api instance. A request that
+//! took a slot carries `holds_slot`; the finalizer gives the slot back after the request's
+//! final commit (and a redelivered finalize message does it if the first one died in
+//! between). The spending check runs under a per-user async mutex, which serialises it within
+//! one process; across instances the slot limit bounds what can run at once, so the cap can
+//! be overshot by at most the budgets of requests admitted in the same instant on other
+//! instances.
 //!
 //! # Spending
 //!
@@ -238,6 +239,7 @@ pub async fn admit(
         project,
         idempotency_key: req.idempotency_key,
         callback_url: req.callback_url,
+        holds_slot: false,
     };
 
     let _guard = fd.admission.lock(&caller.user).await;
@@ -255,17 +257,38 @@ pub async fn admit(
 
     let running = running(fd, &caller.user).await?;
     let limit = fd.limits.max_concurrent_per_user;
-    if running.len() >= limit {
+    // The slot is taken in the state store, atomically across every api instance; the
+    // request gives it back when it ends.
+    let slot_limit = u32::try_from(limit).unwrap_or(u32::MAX);
+    if !fd
+        .pipeline
+        .store
+        .acquire_slot(&caller.user, slot_limit)
+        .await
+        .map_err(unavailable)?
+    {
         return Err(Refusal::TooManyRunning {
-            running: running.len(),
+            running: running.len().max(limit),
             limit,
         });
     }
+    let give_back = || async {
+        if let Err(e) = fd.pipeline.store.release_slot(&caller.user).await {
+            tracing::warn!(user = %caller.user, "giving back a slot failed: {e}");
+        }
+    };
     let budget = fd.pipeline.agent.budget;
     let committed = committed(&running, budget);
-    let spent = fd.records.spent(&caller.user).await.map_err(unavailable)?;
+    let spent = match fd.records.spent(&caller.user).await {
+        Ok(s) => s,
+        Err(e) => {
+            give_back().await;
+            return Err(unavailable(e));
+        }
+    };
     let cap = fd.limits.spending_cap_per_user;
     if spent + committed + budget > cap {
+        give_back().await;
         return Err(Refusal::SpendingCap {
             spent,
             committed,
@@ -273,7 +296,20 @@ pub async fn admit(
             cap,
         });
     }
-    let accepted = fd.pipeline.create(new).await?;
+    let new = NewRequest {
+        holds_slot: true,
+        ..new
+    };
+    let accepted = match fd.pipeline.create(new).await {
+        Ok(a) => a,
+        Err(e) => {
+            give_back().await;
+            return Err(e.into());
+        }
+    };
+    if !accepted.created {
+        give_back().await;
+    }
     tracing::info!(
         user = %caller.user,
         request_id = %accepted.request_id,

@@ -113,6 +113,8 @@ async fn finish_one(s: &support::Server, user_id: &str) {
     tb_pipeline::ports::save_next(s.store.as_ref(), &mut rec, Default::default())
         .await
         .unwrap();
+    // As the finalizer does after the final commit.
+    tb_pipeline::ports::give_back_slot(s.store.as_ref(), &mut rec).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

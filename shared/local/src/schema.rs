@@ -80,4 +80,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX usage_by_owner ON usage (owner);
     "#,
+    // 3: per-user concurrent-request slots.
+    r#"
+    CREATE TABLE slots (
+        owner  TEXT    PRIMARY KEY NOT NULL,
+        active INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];

@@ -285,4 +285,28 @@ impl StateStore for SqliteStore {
         .map_err(|e| port_error(&format!("listing the requests of {owner}"), e))?;
         rows.iter().map(record_of).collect()
     }
+
+    async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError> {
+        // One statement: the upsert increments only while below the limit.
+        let done = sqlx::query(
+            "INSERT INTO slots (owner, active) SELECT ?, 1 WHERE ? > 0
+             ON CONFLICT (owner) DO UPDATE SET active = active + 1 WHERE active < ?",
+        )
+        .bind(owner.as_str())
+        .bind(i64::from(limit))
+        .bind(i64::from(limit))
+        .execute(self.db.pool())
+        .await
+        .map_err(|e| port_error(&format!("taking a slot of {owner}"), e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
+        sqlx::query("UPDATE slots SET active = active - 1 WHERE owner = ? AND active > 0")
+            .bind(owner.as_str())
+            .execute(self.db.pool())
+            .await
+            .map_err(|e| port_error(&format!("returning a slot of {owner}"), e))?;
+        Ok(())
+    }
 }

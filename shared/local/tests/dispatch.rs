@@ -204,6 +204,7 @@ fn new_request() -> NewRequest {
         project: None,
         idempotency_key: None,
         callback_url: None,
+        holds_slot: false,
     }
 }
 
@@ -418,6 +419,14 @@ impl StateStore for Faulty {
         limit: usize,
     ) -> Result<Vec<RequestRecord>, PortError> {
         self.inner.list_for_owner(owner, limit).await
+    }
+
+    async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError> {
+        self.inner.acquire_slot(owner, limit).await
+    }
+
+    async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
+        self.inner.release_slot(owner).await
     }
 }
 

@@ -124,7 +124,8 @@ impl Finalizer {
         let Some(mut rec) = self.store.load(&request_id).await? else {
             return Err(FinalizeError::Poison(format!("no request {request_id}")));
         };
-        if rec.phase.is_terminal() && self.owes_callback(&rec) {
+        if rec.phase.is_terminal() && (self.owes_callback(&rec) || rec.holds_slot) {
+            crate::ports::give_back_slot(self.store.as_ref(), &mut rec).await;
             // Finished earlier, but the callback was not sent (the finalizer died after the
             // final commit): send it now.
             self.notify(&mut rec).await;
@@ -179,6 +180,7 @@ impl Finalizer {
             }
         }
         self.cleanup(&mut rec).await?;
+        crate::ports::give_back_slot(self.store.as_ref(), &mut rec).await;
         // After the final commit: a slow or failing receiver never holds the request up.
         self.notify(&mut rec).await;
         Ok(FinalizeDone::Finished {

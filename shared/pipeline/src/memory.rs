@@ -18,6 +18,7 @@ use crate::record::RequestRecord;
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<BTreeMap<RequestId, Stored>>,
+    slots: Mutex<BTreeMap<UserId, u32>>,
 }
 
 struct Stored {
@@ -100,6 +101,23 @@ impl StateStore for MemoryStore {
             s.calls.insert(c.iteration, c.clone());
         }
         s.record = record.clone();
+        Ok(())
+    }
+
+    async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError> {
+        let mut slots = self.slots.lock().unwrap();
+        let taken = slots.entry(owner.clone()).or_insert(0);
+        if *taken >= limit {
+            return Ok(false);
+        }
+        *taken += 1;
+        Ok(true)
+    }
+
+    async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
+        if let Some(taken) = self.slots.lock().unwrap().get_mut(owner) {
+            *taken = taken.saturating_sub(1);
+        }
         Ok(())
     }
 

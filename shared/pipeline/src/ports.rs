@@ -59,6 +59,11 @@ pub trait StateStore: Send + Sync {
         owner: &UserId,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, PortError>;
+    /// Takes one of `owner`'s concurrent-request slots if fewer than `limit` are taken,
+    /// atomically across processes; `false` when all are taken.
+    async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError>;
+    /// Gives a slot back (the request ended, or was not created after all); never below zero.
+    async fn release_slot(&self, owner: &UserId) -> Result<(), PortError>;
 }
 
 /// The work and finalize queues. At-least-once: every message may arrive twice, late, or
@@ -87,4 +92,20 @@ pub async fn save_next(
         rec.version = expected;
     }
     result
+}
+
+/// Gives back the owner's concurrent-request slot of a request that has ended, and records
+/// that it did (best effort: a failure is logged, and a later finalize delivery retries).
+pub async fn give_back_slot(store: &dyn StateStore, rec: &mut RequestRecord) {
+    if !rec.holds_slot || !rec.phase.is_terminal() {
+        return;
+    }
+    if let Err(e) = store.release_slot(&rec.owner).await {
+        tracing::warn!(request_id = %rec.id, "giving back the slot failed: {e}");
+        return;
+    }
+    rec.holds_slot = false;
+    if let Err(e) = save_next(store, rec, Appended::default()).await {
+        tracing::warn!(request_id = %rec.id, "recording the returned slot failed: {e}");
+    }
 }

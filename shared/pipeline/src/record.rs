@@ -32,6 +32,9 @@ pub struct RequestRecord {
     pub sandbox_id: Option<String>,
     pub agent: AgentHeader,
     pub cancel_requested: bool,
+    /// The request holds one of its owner's concurrent-request slots (given back when it ends).
+    #[serde(default)]
+    pub holds_slot: bool,
     /// Finalizer step name → its recorded result (a step with a result is not run again).
     pub steps: BTreeMap<String, Value>,
     pub failure: Option<Failure>,
@@ -126,6 +129,7 @@ impl RequestRecord {
                 ..AgentHeader::of(&state)
             },
             cancel_requested: false,
+            holds_slot: false,
             steps: BTreeMap::new(),
             failure: None,
             activity: Vec::new(),

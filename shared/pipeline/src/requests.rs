@@ -24,6 +24,9 @@ pub struct NewRequest {
     /// The same owner and key always give the same request.
     pub idempotency_key: Option<String>,
     pub callback_url: Option<String>,
+    /// The caller took one of the owner's concurrent-request slots for this request
+    /// ([`crate::StateStore::acquire_slot`]); it is given back when the request ends.
+    pub holds_slot: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,7 @@ impl Pipeline {
             RequestRecord::new(id.clone(), new.owner, project, new.description, now_ms());
         record.key_id = new.key_id;
         record.callback_url = new.callback_url;
+        record.holds_slot = new.holds_slot;
         match self.store.create(&record, &first).await? {
             Created::Existing(existing) => {
                 return Ok(Accepted {

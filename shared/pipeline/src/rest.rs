@@ -143,6 +143,7 @@ async fn create(
         project,
         idempotency_key: b.idempotency_key,
         callback_url: b.callback_url,
+        holds_slot: false,
     };
     let accepted = p.create(new).await?;
     let status = if accepted.created {

@@ -166,6 +166,7 @@ impl Pipeline {
             project,
             idempotency_key: None,
             callback_url: None,
+            holds_slot: false,
         };
         match self.create_with_id(id.clone(), new).await {
             Ok(_) => Ok(id),
@@ -432,7 +433,8 @@ impl Pipeline {
             });
             match self.save(&mut rec, Appended::default()).await {
                 Err(PortError::Conflict(_)) => continue,
-                _ => return,
+                Ok(()) => return crate::ports::give_back_slot(self.store.as_ref(), &mut rec).await,
+                Err(_) => return,
             }
         }
     }

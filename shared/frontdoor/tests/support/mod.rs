@@ -166,6 +166,14 @@ impl StateStore for Latent {
         self.wait().await;
         self.inner.list_for_owner(owner, limit).await
     }
+
+    async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError> {
+        self.inner.acquire_slot(owner, limit).await
+    }
+
+    async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
+        self.inner.release_slot(owner).await
+    }
 }
 
 pub fn user(s: &str) -> UserId {
