@@ -40,7 +40,7 @@ use tb_testkit::fake_fly::FakeFly;
 use tb_testkit::fake_github::FakeGitHub;
 use tempfile::TempDir;
 
-pub const GITHUB_TOKEN: &str = "ghp_FinalizerTest0123456789abcdefSECRET";
+pub const GITHUB_TOKEN: &str = "test-github-token-finalizer-SECRET";
 pub const GITHUB_LOGIN: &str = "tb-bot";
 pub const DESCRIPTION: &str = "Create a simple API with a users endpoint";
 /// The model of the calls a test request carries (priced by the default table).

@@ -445,7 +445,7 @@ async fn a_rejected_github_token_fails_the_request_at_the_repository_step_and_st
     let mut parts = s.parts();
     parts.code_host = Arc::new(
         GitHubCodeHost::new(GitHubConfig {
-            token: GitHubToken::new("ghp_revoked0000000000000000000000"),
+            token: GitHubToken::new("test-github-token-revoked"),
             ..s.github_config()
         })
         .unwrap(),

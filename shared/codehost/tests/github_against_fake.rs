@@ -11,7 +11,7 @@ use tb_core::domain::ProjectId;
 use tb_core::ports::{CodeHost, PortError, Snapshot};
 use tb_testkit::fake_github::FakeGitHub;
 
-const TOKEN: &str = "ghp_TestToken0123456789abcdefSECRET";
+const TOKEN: &str = "test-github-token-0123456789-SECRET";
 const LOGIN: &str = "octo-user";
 const REPO: &str = "turbobackend-proj_gh1";
 
