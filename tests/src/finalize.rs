@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use tb_pipeline::{
     Appended, Created, FinalizeDone, FinalizeError, FinalizeMessage, Finalizer, FinalizerSettings,
     RequestRecord, StateStore,
 };
+use tb_postgres::testing::Cleanup;
 use tb_postgres::{ClusterSettings, DatabaseNames, PgPlatformRecords, PgProvisioner, quote_ident};
 use tb_testkit::TempLocalProvider;
 use tb_testkit::fake_fly::FakeFly;
@@ -194,7 +195,7 @@ pub struct Services {
     db_prefix: String,
     app_prefix: String,
     base_image: ImageRef,
-    cleanup: PgCleanup,
+    cleanup: Cleanup,
 }
 
 impl Services {
@@ -207,7 +208,7 @@ impl Services {
             push_synthetic_base(&registry, &format!("tb-test/node-{}", ids::random_hex(5))).await;
         let aws = TestAws::new().await;
         let store: Arc<dyn StateStore> = Arc::new(aws.store());
-        let cleanup = PgCleanup::default();
+        let cleanup = Cleanup::default();
         let records_url = fresh_database(&cleanup).await;
         let records = PgPlatformRecords::connect(&records_url)
             .await
@@ -648,30 +649,7 @@ pub async fn push_synthetic_base(registry: &str, repository: &str) -> ImageRef {
     ImageRef::new(registry, repository, "20-slim").unwrap()
 }
 
-/// The Postgres cluster the tests use, as an admin URL.
-pub fn admin_url() -> String {
-    std::env::var("TB_POSTGRES_TEST_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// The admin URL with another database.
-pub fn admin_url_for(database: &str) -> String {
-    let url = admin_url();
-    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
-    format!("{base}/{database}")
-}
-
-/// The cluster as the provisioner's settings.
-pub fn cluster() -> ClusterSettings {
-    let o = PgConnectOptions::from_str(&admin_url()).expect("admin url");
-    let password = std::env::var("TB_POSTGRES_TEST_PASSWORD").ok();
-    ClusterSettings::new(
-        o.get_host(),
-        o.get_port(),
-        o.get_username(),
-        password.as_deref(),
-    )
-}
+pub use tb_postgres::testing::{admin_url, admin_url_for, cluster};
 
 /// The cluster reached through `127.0.0.1:port` (a proxy in front of it).
 pub fn cluster_via(port: u16) -> ClusterSettings {
@@ -696,7 +674,7 @@ async fn connect(url: &str) -> PgConnection {
 }
 
 /// A new empty database owned by the admin, dropped with `cleanup`; returns its URL.
-async fn fresh_database(cleanup: &PgCleanup) -> String {
+async fn fresh_database(cleanup: &Cleanup) -> String {
     let name = format!("t{}_records", ids::random_hex(5));
     cleanup.database(&name);
     let mut c = connect(&admin_url()).await;
@@ -709,50 +687,4 @@ async fn fresh_database(cleanup: &PgCleanup) -> String {
     .expect("create database");
     let _ = c.close().await;
     admin_url_for(&name)
-}
-
-/// Databases and roles dropped when the test ends, however it ends.
-#[derive(Default)]
-struct PgCleanup {
-    databases: Mutex<Vec<String>>,
-    roles: Mutex<Vec<String>>,
-}
-
-impl PgCleanup {
-    fn database(&self, name: &str) {
-        self.databases.lock().unwrap().push(name.to_owned());
-    }
-
-    fn role(&self, name: &str) {
-        self.roles.lock().unwrap().push(name.to_owned());
-    }
-}
-
-impl Drop for PgCleanup {
-    fn drop(&mut self) {
-        let databases = std::mem::take(&mut *self.databases.lock().unwrap());
-        let roles = std::mem::take(&mut *self.roles.lock().unwrap());
-        // A runtime of its own on a thread of its own: Drop may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let Ok(mut c) = PgConnection::connect(&admin_url()).await else {
-                    return;
-                };
-                for d in databases {
-                    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&d));
-                    let _ = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut c).await;
-                }
-                for r in roles {
-                    let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(&r));
-                    let _ = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut c).await;
-                }
-                let _ = c.close().await;
-            });
-        })
-        .join();
-    }
 }

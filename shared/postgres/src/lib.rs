@@ -34,6 +34,8 @@ pub mod schema;
 pub mod scram;
 pub mod secret;
 pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod url;
 
 pub use dev_database::{PgDevDatabase, PgDevDatabases};
