@@ -674,7 +674,7 @@ async fn connect(url: &str) -> PgConnection {
 }
 
 /// A new empty database owned by the admin, dropped with `cleanup`; returns its URL.
-async fn fresh_database(cleanup: &Cleanup) -> String {
+pub async fn fresh_database(cleanup: &Cleanup) -> String {
     let name = format!("t{}_records", ids::random_hex(5));
     cleanup.database(&name);
     let mut c = connect(&admin_url()).await;

@@ -15,13 +15,16 @@ async fn main() -> Result<(), Error> {
     tb_aws::telemetry::init();
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let aws = tb_aws::AwsSettings::from_env(var)?;
+    let records_url =
+        var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?;
     let clients = aws.clients().await;
-    let records = PgPlatformRecords::connect(
-        &var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?,
-    )
-    .await?;
+    let store = aws.store(&clients);
+    // Every invocation checks a key in Postgres and reads or writes DynamoDB: open both
+    // connections now, together, while init runs at full CPU.
+    let (records, ()) = tokio::join!(PgPlatformRecords::connect(&records_url), store.warm());
+    let records = records?;
     let pipeline = Pipeline::front_only(
-        Arc::new(aws.store(&clients)),
+        Arc::new(store),
         Arc::new(aws.queue(&clients)),
         tb_core::settings::price_table(var)?,
         tb_core::settings::agent_config(var)?,

@@ -35,13 +35,16 @@ async fn main() -> Result<(), Error> {
         )?))),
         None => None,
     };
-    let records = PgPlatformRecords::connect(
-        &var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?,
-    )
-    .await?;
+    let records_url =
+        var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?;
+    let store = aws.store(&clients);
+    // Every invocation reads and commits the request in DynamoDB and writes the ledger in
+    // Postgres: open both connections now, together, while init runs at full CPU.
+    let (records, ()) = tokio::join!(PgPlatformRecords::connect(&records_url), store.warm());
+    let records = records?;
 
     let finalizer = Arc::new(Finalizer {
-        store: Arc::new(aws.store(&clients)),
+        store: Arc::new(store),
         sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
         archive: Arc::new(aws.archive(&clients)),
         code_host: Arc::new(GitHubCodeHost::new(github)?),

@@ -28,8 +28,11 @@ async fn main() -> Result<(), Error> {
         daytona.api_url = url;
     }
     let clients = aws.clients().await;
+    let store = aws.store(&clients);
+    // Every invocation starts by loading the request from DynamoDB: open the connection now.
+    store.warm().await;
     let pipeline = Arc::new(Pipeline {
-        store: Arc::new(aws.store(&clients)),
+        store: Arc::new(store),
         queue: Arc::new(aws.queue(&clients)),
         sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
         model: model.build()?,

@@ -83,6 +83,35 @@ fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, PortErr
 }
 
 impl DynamoStore {
+    /// Opens the connection every invocation needs, at start-up: one `GetItem` of a key no
+    /// request has, bounded to two seconds. On Lambda the first call on a new client pays
+    /// for credentials, endpoint resolution and the TLS handshake; made during init it
+    /// runs at full CPU and off the first request's path. Errors are only logged: the first
+    /// real call then pays instead.
+    pub async fn warm(&self) {
+        let get = self
+            .dynamo
+            .get_item()
+            .table_name(&self.table)
+            .key(
+                layout::PK,
+                aws_sdk_dynamodb::types::AttributeValue::S("WARM".into()),
+            )
+            .key(
+                layout::SK,
+                aws_sdk_dynamodb::types::AttributeValue::S("WARM".into()),
+            )
+            .send();
+        match tokio::time::timeout(std::time::Duration::from_secs(2), get).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "warming the DynamoDB connection failed: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+            ),
+            Err(_) => tracing::warn!("warming the DynamoDB connection timed out"),
+        }
+    }
+
     /// A store over `table`, spilling large payloads to `bucket` (under `spill/`).
     pub fn new(
         dynamo: aws_sdk_dynamodb::Client,

@@ -73,10 +73,7 @@ impl PgPlatformRecords {
 
     /// Uses an existing pool; brings the schema up to date.
     pub async fn from_pool(pool: PgPool) -> Result<Self, PgError> {
-        schema::migrator()?
-            .run(&pool)
-            .await
-            .map_err(PgError::Schema)?;
+        schema::bring_up_to_date(&pool).await?;
         Ok(PgPlatformRecords { pool })
     }
 

@@ -270,6 +270,62 @@ async fn connecting_again_finds_the_schema_up_to_date() {
     assert!(!format!("{again:?}").contains("postgres://"));
 }
 
+/// Connecting skips the migrator only when every migration is recorded with its checksum:
+/// an edited one is refused, a missing one goes to the migrator.
+#[tokio::test]
+async fn the_quick_schema_check_falls_back_to_the_migrator_when_anything_differs() {
+    let (_r, url, _c) = records().await;
+    let mut c = connect(&url).await.unwrap();
+    let first: i64 = sqlx::query_scalar("SELECT min(version) FROM _sqlx_migrations")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    let original: Vec<u8> =
+        sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = $1")
+            .bind(first)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea WHERE version = $1")
+        .bind(first)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        PgPlatformRecords::connect(&url).await.is_err(),
+        "an edited migration was accepted"
+    );
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2")
+        .bind(&original)
+        .bind(first)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    PgPlatformRecords::connect(&url).await.unwrap();
+
+    // Forget the last migration: the migrator must run, and either apply it again (the row
+    // comes back) or fail trying (its tables exist). Skipping it would succeed without it.
+    let last: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(last)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let again = PgPlatformRecords::connect(&url).await;
+    let back: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE version = $1")
+        .bind(last)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        again.is_err() || back == 1,
+        "a missing migration was skipped"
+    );
+}
+
 #[tokio::test]
 async fn each_new_deployed_version_is_recorded_once_in_the_project_history() {
     let (r, url, _c) = records().await;
