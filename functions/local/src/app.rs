@@ -38,6 +38,11 @@ pub struct Settings {
     /// npm's cache for the sandboxes (`TB_NPM_CACHE`, default `<data>/npm-cache`).
     pub npm_cache: String,
     pub callback_secret: Option<String>,
+    /// The front door's per-user limits (`TB_MAX_CONCURRENT_REQUESTS`, `TB_SPENDING_CAP_USD`).
+    pub limits: tb_frontdoor::Limits,
+    /// Agent slices run at once (`TB_WORKERS`, default 2); 0 runs none: requests wait queued
+    /// in the store until a process with workers starts (its sweeper re-drives them).
+    pub workers: usize,
 }
 
 impl Settings {
@@ -68,9 +73,64 @@ impl Settings {
                 None => None,
             },
             port,
+            limits: limits(var)?,
+            workers: workers(var)?,
         })
     }
 }
+
+/// The per-user limits: `TB_MAX_CONCURRENT_REQUESTS` (requests not yet finished, at least 1;
+/// default 3) and `TB_SPENDING_CAP_USD` (dollars, e.g. `50` or `12.50`, more than zero;
+/// default $50). The body size limit is the standard one.
+pub fn limits(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<tb_frontdoor::Limits> {
+    let mut limits = tb_frontdoor::Limits::default();
+    if let Some(v) = var("TB_MAX_CONCURRENT_REQUESTS") {
+        limits.max_concurrent_per_user = v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "TB_MAX_CONCURRENT_REQUESTS={v} is not a whole number from 1 to {}",
+                    u32::MAX
+                )
+            })?;
+    }
+    if let Some(v) = var("TB_SPENDING_CAP_USD") {
+        limits.spending_cap_per_user = tb_core::MicroUsd::parse_usd(&v)
+            .ok()
+            .filter(|cap| *cap > tb_core::MicroUsd::ZERO)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "TB_SPENDING_CAP_USD={v} is not an amount of dollars greater than zero (e.g. 50 or 12.50)"
+                )
+            })?;
+    }
+    Ok(limits)
+}
+
+/// `TB_WORKERS`: agent slices run at once, 0 to 64 (default 2).
+pub fn workers(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<usize> {
+    match var("TB_WORKERS") {
+        None => Ok(2),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_WORKERS)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "TB_WORKERS={v} is not a whole number from 0 to {MAX_WORKERS} (0: serve only, run no requests)"
+                )
+            }),
+    }
+}
+
+/// Each worker runs an agent and its commands (npm and the like): more than a few per core
+/// only queue on the machine.
+const MAX_WORKERS: usize = 64;
 
 /// The running platform.
 pub struct App {
@@ -90,10 +150,12 @@ impl App {
         let records: Arc<dyn PlatformRecords> = Arc::new(SqliteRecords::new(db));
         let (queue, receivers) = LocalQueue::new(dir);
         let sandboxes = Arc::new(LocalSandboxProvider::new(LocalSandboxConfig {
-            extra_env: BTreeMap::from([(
-                "npm_config_cache".to_string(),
-                settings.npm_cache.clone(),
-            )]),
+            // One npm cache for every project, used before the registry: with it warm,
+            // `npm install` does not ask the registry about every package again.
+            extra_env: BTreeMap::from([
+                ("npm_config_cache".to_string(), settings.npm_cache.clone()),
+                ("npm_config_prefer_offline".to_string(), "true".to_string()),
+            ]),
             ..LocalSandboxConfig::new(dir.join("sandboxes"))
         }));
         let databases: Option<Arc<dyn DatabaseProvisioner>> = settings
@@ -130,8 +192,18 @@ impl App {
             ))),
             settings: tb_local::dispatch::local_finalizer_settings(),
         });
-        let dispatcher =
-            run.then(|| tb_local::dispatch::run_workers(pipeline.clone(), finalizer, receivers, 2));
+        let dispatcher = match (run, settings.workers) {
+            (false, _) => None,
+            // Front door only: the store is the truth, so messages are dropped here; the
+            // sweeper of the next process with workers re-drives the requests.
+            (true, 0) => Some(tokio::spawn(discard(receivers))),
+            (true, n) => Some(tb_local::dispatch::run_workers(
+                pipeline.clone(),
+                finalizer,
+                receivers,
+                n,
+            )),
+        };
         Ok(App {
             pipeline,
             records,
@@ -145,6 +217,21 @@ impl Drop for App {
     fn drop(&mut self) {
         if let Some(d) = self.dispatcher.take() {
             d.abort();
+        }
+    }
+}
+
+/// Takes the queues' messages and drops them (`TB_WORKERS=0`).
+async fn discard(receivers: tb_local::Receivers) {
+    let tb_local::Receivers {
+        mut work,
+        mut finalize,
+    } = receivers;
+    loop {
+        tokio::select! {
+            Some(_) = work.recv() => {}
+            Some(_) = finalize.recv() => {}
+            else => return,
         }
     }
 }
@@ -166,4 +253,70 @@ fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
     let secret = tb_core::ids::hex(&rand::random::<[u8; 32]>());
     std::fs::write(&file, &secret).with_context(|| format!("writing {}", file.display()))?;
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tb_core::MicroUsd;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn limits_and_workers_default_to_three_fifty_dollars_and_two() {
+        let l = limits(env(&[])).unwrap();
+        assert_eq!(l, tb_frontdoor::Limits::default());
+        assert_eq!(l.max_concurrent_per_user, 3);
+        assert_eq!(l.spending_cap_per_user, MicroUsd::from_micros(50_000_000));
+        assert_eq!(workers(env(&[])).unwrap(), 2);
+    }
+
+    #[test]
+    fn limits_and_workers_are_read() {
+        let l = limits(env(&[
+            ("TB_MAX_CONCURRENT_REQUESTS", "100000"),
+            ("TB_SPENDING_CAP_USD", " 12.50 "),
+        ]))
+        .unwrap();
+        assert_eq!(l.max_concurrent_per_user, 100_000);
+        assert_eq!(l.spending_cap_per_user, MicroUsd::from_micros(12_500_000));
+        assert_eq!(
+            l.max_body_bytes,
+            tb_frontdoor::Limits::default().max_body_bytes
+        );
+        assert_eq!(workers(env(&[("TB_WORKERS", "0")])).unwrap(), 0);
+        assert_eq!(workers(env(&[("TB_WORKERS", "8")])).unwrap(), 8);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (name, bad) in [
+            ("TB_MAX_CONCURRENT_REQUESTS", "0"),
+            ("TB_MAX_CONCURRENT_REQUESTS", "-1"),
+            ("TB_MAX_CONCURRENT_REQUESTS", "three"),
+            ("TB_MAX_CONCURRENT_REQUESTS", "99999999999"),
+            ("TB_SPENDING_CAP_USD", "0"),
+            ("TB_SPENDING_CAP_USD", "-5"),
+            ("TB_SPENDING_CAP_USD", "fifty"),
+            ("TB_SPENDING_CAP_USD", "1.0000001"),
+        ] {
+            let e = limits(|k| (k == name).then(|| bad.to_string()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("{name}={bad} ")), "{e}");
+        }
+        for bad in ["-1", "two", "65", "1.5"] {
+            let e = workers(|k| (k == "TB_WORKERS").then(|| bad.to_string()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("TB_WORKERS={bad} ")), "{e}");
+        }
+    }
 }

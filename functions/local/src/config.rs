@@ -35,6 +35,9 @@ pub const KNOWN: &[&str] = &[
     "TB_PORT",
     "TB_NPM_CACHE",
     "TB_CALLBACK_SECRET",
+    "TB_MAX_CONCURRENT_REQUESTS",
+    "TB_SPENDING_CAP_USD",
+    "TB_WORKERS",
     "TB_LOG",
 ];
 

@@ -38,6 +38,9 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
+    if settings.workers == 0 {
+        bail!("TB_WORKERS=0 runs no requests; `run` and `demo` need at least 1 worker");
+    }
     let progress = Progress {
         output: args.output,
     };

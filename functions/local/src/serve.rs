@@ -36,6 +36,11 @@ pub async fn serve() -> anyhow::Result<()> {
     );
     println!("  MCP:    {base}/mcp");
     println!("  REST:   {base}/v1/requests");
+    if settings.workers == 0 {
+        println!(
+            "  TB_WORKERS=0: requests are accepted and wait queued; a `serve` with workers runs them"
+        );
+    }
     match &new_key {
         Some(k) => println!("  API key for {LOCAL_USER} (shown once, store it now): {k}"),
         None => {
@@ -48,7 +53,10 @@ pub async fn serve() -> anyhow::Result<()> {
     println!(
         "Or call it:\n  curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\\n    -d '{{\"description\": \"Create a simple API with a users endpoint\"}}' {base}/v1/requests"
     );
-    let door = Arc::new(FrontDoor::new(app.pipeline.clone(), app.records.clone()));
+    let door = Arc::new(
+        FrontDoor::new(app.pipeline.clone(), app.records.clone())
+            .with_limits(settings.limits.clone()),
+    );
     axum::serve(listener, router(door))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -35,9 +35,10 @@ use tb_pipeline::{Accepted, NewRequest, RequestError, RequestRecord};
 use crate::FrontDoor;
 use crate::auth::Caller;
 
-/// How many of a user's most recent requests are scanned for running ones. Requests run for
-/// minutes and users have a handful running at once, so running requests are among the
-/// newest.
+/// How many of a user's most recent requests are scanned for running ones, or for a project
+/// (at most this many running requests are listed, by stores that select them directly).
+/// Requests run for minutes and users have a handful running at once, so running requests
+/// are among the newest.
 pub const ACTIVE_SCAN: usize = 1000;
 
 /// A request to create, as the caller gave it (REST body or MCP tool arguments).
@@ -174,17 +175,14 @@ impl Admission {
     }
 }
 
-/// The user's requests that are not in a terminal phase.
+/// The user's requests that are not in a terminal phase (see
+/// [`tb_pipeline::StateStore::running_for_owner`]).
 pub async fn running(fd: &FrontDoor, user: &UserId) -> Result<Vec<RequestRecord>, Refusal> {
-    Ok(fd
-        .pipeline
+    fd.pipeline
         .store
-        .list_for_owner(user, ACTIVE_SCAN)
+        .running_for_owner(user, ACTIVE_SCAN)
         .await
-        .map_err(unavailable)?
-        .into_iter()
-        .filter(|r| !r.phase.is_terminal())
-        .collect())
+        .map_err(unavailable)
 }
 
 /// What running requests may still cost at most (see the module documentation).
@@ -255,10 +253,11 @@ pub async fn admit(
         }
     }
 
-    let running = running(fd, &caller.user).await?;
     let limit = fd.limits.max_concurrent_per_user;
     // The slot is taken in the state store, atomically across every api instance; the
-    // request gives it back when it ends.
+    // request gives it back when it ends. It is taken first: a refusal then costs one
+    // conditional update, not a listing of the user's recent requests (clients retry at the
+    // limit, and a refusal must stay cheap however long the user's history is).
     let slot_limit = u32::try_from(limit).unwrap_or(u32::MAX);
     if !fd
         .pipeline
@@ -267,14 +266,23 @@ pub async fn admit(
         .await
         .map_err(unavailable)?
     {
+        // The counter is the truth: all `limit` slots are taken.
         return Err(Refusal::TooManyRunning {
-            running: running.len().max(limit),
+            running: limit,
             limit,
         });
     }
     let give_back = || async {
         if let Err(e) = fd.pipeline.store.release_slot(&caller.user).await {
             tracing::warn!(user = %caller.user, "giving back a slot failed: {e}");
+        }
+    };
+    // Admitted by the slot: the running requests are needed for the spending check only.
+    let running = match running(fd, &caller.user).await {
+        Ok(r) => r,
+        Err(refusal) => {
+            give_back().await;
+            return Err(refusal);
         }
     };
     let budget = fd.pipeline.agent.budget;

@@ -87,4 +87,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         active INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 4: a user's running requests (admission), without reading their finished ones.
+    r#"
+    CREATE INDEX requests_running_by_owner ON requests (owner, created_at_ms DESC)
+        WHERE active = 1;
+    "#,
 ];

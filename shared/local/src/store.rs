@@ -225,21 +225,20 @@ impl StateStore for SqliteStore {
         let what = format!("committing {id}");
         let c = Columns::of(record)?;
         let mut tx = self.db.write(&what).await?;
-        let updated = sqlx::query(
-            "UPDATE requests SET owner = ?, phase = ?, version = ?, active = ?, body = ?
-             WHERE id = ? AND version = ?",
-        )
-        .bind(&c.owner)
-        .bind(&c.phase)
-        .bind(c.version)
-        .bind(c.active)
-        .bind(&c.body)
-        .bind(id.as_str())
-        .bind(to_i64("expected version", expected_version)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| port_error(&what, e))?
-        .rows_affected();
+        // The owner never changes, and phase and `active` (both indexed) rarely do: setting
+        // them on every commit would rewrite their index entries each iteration. So the
+        // versioned update sets the unindexed columns, and a second statement touches the
+        // indexed ones only when they differ.
+        let updated =
+            sqlx::query("UPDATE requests SET version = ?, body = ? WHERE id = ? AND version = ?")
+                .bind(c.version)
+                .bind(&c.body)
+                .bind(id.as_str())
+                .bind(to_i64("expected version", expected_version)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| port_error(&what, e))?
+                .rows_affected();
         if updated == 0 {
             // Dropping the transaction rolls it back (it wrote nothing anyway).
             return Err(match load_in(&mut tx, id).await? {
@@ -250,6 +249,18 @@ impl StateStore for SqliteStore {
                 )),
             });
         }
+        sqlx::query(
+            "UPDATE requests SET phase = ?, active = ?
+             WHERE id = ? AND (phase IS NOT ? OR active IS NOT ?)",
+        )
+        .bind(&c.phase)
+        .bind(c.active)
+        .bind(id.as_str())
+        .bind(&c.phase)
+        .bind(c.active)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| port_error(&what, e))?;
         insert_items(
             &mut tx,
             id,
@@ -283,6 +294,25 @@ impl StateStore for SqliteStore {
         .fetch_all(self.db.pool())
         .await
         .map_err(|e| port_error(&format!("listing the requests of {owner}"), e))?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// Through the partial index of running requests by owner: finished requests are never
+    /// read.
+    async fn running_for_owner(
+        &self,
+        owner: &UserId,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, PortError> {
+        let rows = sqlx::query(
+            "SELECT body FROM requests WHERE owner = ? AND active = 1
+             ORDER BY created_at_ms DESC, id ASC LIMIT ?",
+        )
+        .bind(owner.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(|e| port_error(&format!("listing the running requests of {owner}"), e))?;
         rows.iter().map(record_of).collect()
     }
 

@@ -266,6 +266,61 @@ async fn active_skips_finished_requests_and_an_owners_list_is_newest_first() {
 }
 
 #[tokio::test]
+async fn an_owners_running_requests_are_newest_first_and_finished_ones_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("db.sqlite")).await;
+    let mut requests = vec![
+        ("req_a", "user_1", 1_000, Phase::Queued),
+        ("req_b", "user_1", 3_000, Phase::Running),
+        ("req_c", "user_1", 2_000, Phase::Succeeded),
+        ("req_d", "user_2", 4_000, Phase::Finalizing),
+    ];
+    // Newer than all of them, and finished.
+    let finished: Vec<String> = (0..5).map(|i| format!("req_done{i}")).collect();
+    for (i, id) in finished.iter().enumerate() {
+        requests.push((id.as_str(), "user_1", 5_000 + i as u64, Phase::Failed));
+    }
+    for (id, owner, at, phase) in requests {
+        let (mut rec, first) = new_record(id, owner, at);
+        store.create(&rec, &first).await.unwrap();
+        if phase != Phase::Queued {
+            rec.phase = phase;
+            tb_pipeline::ports::save_next(&store, &mut rec, Appended::default())
+                .await
+                .unwrap();
+        }
+    }
+    let running = |owner: &str, limit: usize| {
+        let store = &store;
+        let owner = UserId::parse(owner).unwrap();
+        async move {
+            store
+                .running_for_owner(&owner, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(running("user_1", 10).await, ["req_b", "req_a"]);
+    assert_eq!(running("user_1", 1).await, ["req_b"]);
+    // The five newest are finished: the running ones are found all the same.
+    assert_eq!(running("user_1", 2).await, ["req_b", "req_a"]);
+    assert_eq!(running("user_2", 10).await, ["req_d"]);
+    assert_eq!(running("user_3", 10).await, Vec::<String>::new());
+    let listed = store
+        .running_for_owner(&UserId::parse("user_1").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed[0].phase,
+        Phase::Running,
+        "listed records are the stored ones"
+    );
+}
+
+#[tokio::test]
 async fn a_request_that_does_not_exist_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("db.sqlite")).await;

@@ -59,6 +59,19 @@ pub trait StateStore: Send + Sync {
         owner: &UserId,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, PortError>;
+    /// A user's requests not in a terminal phase, newest first: at most `limit`, and at
+    /// least those among the user's `limit` newest requests. The default lists the `limit`
+    /// newest and keeps those; a store that can select running requests by owner should, so
+    /// that the cost does not grow with the user's finished requests.
+    async fn running_for_owner(
+        &self,
+        owner: &UserId,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, PortError> {
+        let mut listed = self.list_for_owner(owner, limit).await?;
+        listed.retain(|r| !r.phase.is_terminal());
+        Ok(listed)
+    }
     /// Takes one of `owner`'s concurrent-request slots if fewer than `limit` are taken,
     /// atomically across processes; `false` when all are taken.
     async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError>;
