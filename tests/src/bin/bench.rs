@@ -2,8 +2,9 @@
 //!
 //! 1. The loop's own overhead per iteration, with a zero-latency model and sandbox, for
 //!    conversations of 10, 100 and 1,000 messages.
-//! 2. Tokens and cost of the scripted tasks the project ships, with prompt caching, output
-//!    truncation and context compaction on and off (the scripted model, a real local sandbox).
+//! 2. Tokens and cost of the scripted tasks the project ships, and of a long generated one,
+//!    with prompt caching, output truncation and context compaction on and off (the scripted
+//!    model, a real local sandbox).
 //! 3. The state store per iteration (commit latency, bytes written, the once-per-slice
 //!    conversation read): the local SQLite store always, DynamoDB when moto is running.
 //!
@@ -16,7 +17,7 @@ use tb_core::domain::{Description, ProjectId, RequestId, UserId};
 use tb_core::pricing::PriceTable;
 use tb_core::{Block, Message, MicroUsd, ModelCall, Role, TokenUsage};
 use tb_models::USERS_API_SCRIPT;
-use tb_models::scripted::{Script, ScriptedModel};
+use tb_models::scripted::{Script, ScriptTurn, ScriptedModel};
 use tb_pipeline::{AgentHeader, Appended, RequestRecord, StateStore};
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tb_tests::instant::{InstantModel, InstantSandbox};
@@ -174,6 +175,36 @@ async fn loop_overhead() -> anyhow::Result<()> {
 const TASK_WINDOW: u64 = 16_384;
 const DEFAULT_WINDOW: u64 = 200_000;
 
+/// The long task of section 2: this many `run_command` turns, then `finish`.
+const LONG_TURNS: usize = 180;
+/// Bytes each of its commands prints (plus " step N"): under the 8,000 (`output_head` +
+/// `output_tail`) that truncation keeps whole, so every row sends the same outputs.
+const LONG_OUTPUT: usize = 7_900;
+
+/// A long exploration: `turns` commands printing `bytes` bytes each (numbered, so the stuck
+/// detector sees different steps), then `finish`.
+fn long_task(turns: usize, bytes: usize) -> Script {
+    let mut steps: Vec<ScriptTurn> = (1..=turns)
+        .map(|n| {
+            ScriptTurn::tool_call(
+                "run_command",
+                serde_json::json!({
+                    "command": format!("head -c {bytes} /dev/zero | tr '\\0' x; echo \" step {n}\"")
+                }),
+            )
+            .with_text(format!("Looking at part {n}."))
+        })
+        .collect();
+    steps.push(
+        ScriptTurn::tool_call(
+            "finish",
+            serde_json::json!({ "summary": format!("explored {turns} parts") }),
+        )
+        .with_text("Done."),
+    );
+    Script::new(steps)
+}
+
 /// Which of the three token savers are on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Savers {
@@ -249,6 +280,8 @@ async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Resul
         compaction: savers.compaction,
         // Without truncation the prompts cost more than the production budget allows.
         budget: MicroUsd::from_micros(1_000_000_000),
+        // The long task has more turns than the production limit of iterations.
+        max_iterations: (script.turns.len() as u32 + 1).max(AgentConfig::standard().max_iterations),
         ..tb_tests::test_config()
     };
     let prices = PriceTable::with_defaults();
@@ -331,12 +364,21 @@ async fn task_cost() -> anyhow::Result<()> {
     println!(
         "threshold of a 32,768 or the default {DEFAULT_WINDOW}-token window (see the reference row)."
     );
-    println!("`compacted` = the final compacted_upto; then each call (#iteration) that was sent a");
     println!(
-        "compacted view, and its boundary. `peak prompt` = the largest prompt of one call (the"
+        "The shipped tasks are too short for compaction to change a request (once set, the boundary"
     );
     println!(
-        "scripted model accepts any size). npm uses the cache {}",
+        "moves only in steps of {} messages); the generated long task (last table) shows its effect.",
+        standard.keep_recent_messages
+    );
+    println!(
+        "`compacted` = the final compacted_upto; then each call (#iteration; #a-#b for a run of"
+    );
+    println!(
+        "them) that was sent a compacted view, and its boundary. `peak prompt` = the largest prompt"
+    );
+    println!(
+        "of one call (the scripted model accepts any size). npm uses the cache {}",
         npm_cache()
     );
     println!("and prefers it to the registry (npm_config_prefer_offline), to keep the runs short.");
@@ -379,6 +421,26 @@ async fn task_cost() -> anyhow::Result<()> {
         &[
             (Savers::ALL_OFF, TASK_WINDOW),
             (Savers::ALL_ON, TASK_WINDOW),
+        ],
+    )
+    .await;
+
+    let long = long_task(LONG_TURNS, LONG_OUTPUT);
+    task_table(
+        &format!(
+            "generated long task ({LONG_TURNS} turns of run_command printing {LONG_OUTPUT} bytes, then finish; default window)"
+        ),
+        &long,
+        &[
+            (Savers::ALL_OFF, DEFAULT_WINDOW),
+            (
+                Savers {
+                    compaction: false,
+                    ..Savers::ALL_ON
+                },
+                DEFAULT_WINDOW,
+            ),
+            (Savers::ALL_ON, DEFAULT_WINDOW),
         ],
     )
     .await;
@@ -427,10 +489,23 @@ async fn task_table(title: &str, script: &Script, rows: &[(Savers, u64)]) {
                 format!("{:.3}", cost.micros() as f64 / b.micros() as f64)
             });
         let compacted = if savers.compaction {
-            let calls: Vec<String> = run
-                .compacted_calls
+            // Consecutive calls sent with the same boundary as one run: (first, last, boundary).
+            let mut runs: Vec<(u32, u32, usize)> = Vec::new();
+            for &(i, b) in &run.compacted_calls {
+                match runs.last_mut() {
+                    Some((_, last, lb)) if *lb == b && *last + 1 == i => *last = i,
+                    _ => runs.push((i, i, b)),
+                }
+            }
+            let calls: Vec<String> = runs
                 .iter()
-                .map(|(i, b)| format!("#{i} at {b}"))
+                .map(|&(first, last, b)| {
+                    if first == last {
+                        format!("#{first} at {b}")
+                    } else {
+                        format!("#{first}-#{last} at {b}")
+                    }
+                })
                 .collect();
             format!(
                 "{}; {}",
