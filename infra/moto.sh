@@ -57,7 +57,8 @@ start() {
     fi
     [[ -x "$venv/bin/moto_server" ]] || { echo "moto: $venv/bin/moto_server missing; run infra/setup-venv.sh" >&2; exit 1; }
     mkdir -p "$state"
-    nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" </dev/null >"$logfile" 2>&1 &
+    # infra/moto_server.py: moto's server with DynamoDB's conditional writes made atomic.
+    nohup "$venv/bin/python" infra/moto_server.py -H 127.0.0.1 -p "$port" </dev/null >"$logfile" 2>&1 &
     echo $! >"$pidfile"
     local tries=0
     until ready; do
