@@ -150,3 +150,12 @@ pub fn calls_without_latency(state: &AgentState) -> Vec<ModelCall> {
         .map(|c| ModelCall { latency_ms: 0, ..c })
         .collect()
 }
+
+/// The peak resident set (VmHWM) of process `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

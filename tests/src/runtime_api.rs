@@ -206,12 +206,3 @@ async fn init_error(State(s): State<Arc<Shared>>, body: Bytes) -> StatusCode {
     s.next_seen.notify_waiters();
     StatusCode::ACCEPTED
 }
-
-/// The peak resident set (VmHWM) of process `pid`, in KiB.
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}

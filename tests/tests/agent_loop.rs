@@ -295,12 +295,7 @@ async fn a_100_mb_output_neither_floods_the_context_nor_the_memory() {
 }
 
 fn peak_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    tb_tests::peak_rss_kib(std::process::id()).unwrap_or(0)
 }
 
 #[tokio::test]

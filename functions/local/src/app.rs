@@ -73,42 +73,10 @@ impl Settings {
                 None => None,
             },
             port,
-            limits: limits(var)?,
+            limits: tb_frontdoor::Limits::from_env(var)?,
             workers: workers(var)?,
         })
     }
-}
-
-/// The per-user limits: `TB_MAX_CONCURRENT_REQUESTS` (requests not yet finished, at least 1;
-/// default 3) and `TB_SPENDING_CAP_USD` (dollars, e.g. `50` or `12.50`, more than zero;
-/// default $50). The body size limit is the standard one.
-pub fn limits(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<tb_frontdoor::Limits> {
-    let mut limits = tb_frontdoor::Limits::default();
-    if let Some(v) = var("TB_MAX_CONCURRENT_REQUESTS") {
-        limits.max_concurrent_per_user = v
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .map(|n| n as usize)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "TB_MAX_CONCURRENT_REQUESTS={v} is not a whole number from 1 to {}",
-                    u32::MAX
-                )
-            })?;
-    }
-    if let Some(v) = var("TB_SPENDING_CAP_USD") {
-        limits.spending_cap_per_user = tb_core::MicroUsd::parse_usd(&v)
-            .ok()
-            .filter(|cap| *cap > tb_core::MicroUsd::ZERO)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "TB_SPENDING_CAP_USD={v} is not an amount of dollars greater than zero (e.g. 50 or 12.50)"
-                )
-            })?;
-    }
-    Ok(limits)
 }
 
 /// `TB_WORKERS`: agent slices run at once, 0 to 64 (default 2).
@@ -271,7 +239,7 @@ mod tests {
 
     #[test]
     fn limits_and_workers_default_to_three_fifty_dollars_and_two() {
-        let l = limits(env(&[])).unwrap();
+        let l = tb_frontdoor::Limits::from_env(env(&[])).unwrap();
         assert_eq!(l, tb_frontdoor::Limits::default());
         assert_eq!(l.max_concurrent_per_user, 3);
         assert_eq!(l.spending_cap_per_user, MicroUsd::from_micros(50_000_000));
@@ -280,7 +248,7 @@ mod tests {
 
     #[test]
     fn limits_and_workers_are_read() {
-        let l = limits(env(&[
+        let l = tb_frontdoor::Limits::from_env(env(&[
             ("TB_MAX_CONCURRENT_REQUESTS", "100000"),
             ("TB_SPENDING_CAP_USD", " 12.50 "),
         ]))
@@ -307,7 +275,7 @@ mod tests {
             ("TB_SPENDING_CAP_USD", "fifty"),
             ("TB_SPENDING_CAP_USD", "1.0000001"),
         ] {
-            let e = limits(|k| (k == name).then(|| bad.to_string()))
+            let e = tb_frontdoor::Limits::from_env(|k| (k == name).then(|| bad.to_string()))
                 .unwrap_err()
                 .to_string();
             assert!(e.starts_with(&format!("{name}={bad} ")), "{e}");

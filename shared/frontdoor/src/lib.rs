@@ -45,6 +45,46 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
+/// A limit setting that does not parse; the message names the setting and its value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitsError(String);
+
+impl Limits {
+    /// The per-user limits from environment-style variables (pass `|k| std::env::var(k).ok()`):
+    /// `TB_MAX_CONCURRENT_REQUESTS` (requests not yet finished, at least 1; default 3) and
+    /// `TB_SPENDING_CAP_USD` (dollars, e.g. `50` or `12.50`, more than zero; default $50).
+    /// The body size limit is the standard one.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Limits, LimitsError> {
+        let mut limits = Limits::default();
+        if let Some(v) = var("TB_MAX_CONCURRENT_REQUESTS") {
+            limits.max_concurrent_per_user = v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(|n| n as usize)
+                .ok_or_else(|| {
+                    LimitsError(format!(
+                        "TB_MAX_CONCURRENT_REQUESTS={v} is not a whole number from 1 to {}",
+                        u32::MAX
+                    ))
+                })?;
+        }
+        if let Some(v) = var("TB_SPENDING_CAP_USD") {
+            limits.spending_cap_per_user = MicroUsd::parse_usd(&v)
+                .ok()
+                .filter(|cap| *cap > MicroUsd::ZERO)
+                .ok_or_else(|| {
+                    LimitsError(format!(
+                        "TB_SPENDING_CAP_USD={v} is not an amount of dollars greater than zero (e.g. 50 or 12.50)"
+                    ))
+                })?;
+        }
+        Ok(limits)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -27,7 +27,8 @@ use tb_pipeline::{NewRequest, Pipeline};
 use tb_postgres::PgPlatformRecords;
 use tb_postgres::testing::Cleanup;
 use tb_testkit::fake_daytona::FakeDaytona;
-use tb_tests::runtime_api::{Answer, RuntimeApi, peak_rss_kib};
+use tb_tests::peak_rss_kib;
+use tb_tests::runtime_api::{Answer, RuntimeApi};
 use tokio::process::{Child, Command};
 
 const DAYTONA_KEY: &str = "bench-daytona-key";
