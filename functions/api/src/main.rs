@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lambda_http::{Error, run};
-use tb_frontdoor::{FrontDoor, parse_allowed_hosts, router};
+use tb_frontdoor::{FrontDoor, Limits, parse_allowed_hosts, router};
 use tb_pipeline::Pipeline;
 use tb_postgres::PgPlatformRecords;
 
@@ -15,6 +15,7 @@ async fn main() -> Result<(), Error> {
     tb_aws::telemetry::init();
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let aws = tb_aws::AwsSettings::from_env(var)?;
+    let limits = Limits::from_env(var)?;
     let records_url =
         var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?;
     let clients = aws.clients().await;
@@ -32,7 +33,7 @@ async fn main() -> Result<(), Error> {
     // MCP refuses Host headers it does not know: set TB_ALLOWED_HOSTS to the API's domain.
     // API Gateway's own domain cannot be passed in by the template (it would be a circular
     // reference), so after the first deploy set the TbAllowedHosts parameter to it.
-    let door = FrontDoor::new(Arc::new(pipeline), Arc::new(records));
+    let door = FrontDoor::new(Arc::new(pipeline), Arc::new(records)).with_limits(limits);
     let door = match var("TB_ALLOWED_HOSTS") {
         Some(h) => door.with_allowed_hosts(parse_allowed_hosts(&h)),
         None => {
