@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use lambda_http::{Error, run};
-use tb_frontdoor::{FrontDoor, Limits, parse_allowed_hosts, router};
+use lambda_http::request::RequestContext;
+use lambda_http::tower::ServiceExt;
+use lambda_http::{Error, Request, RequestExt, run, service_fn};
+use tb_frontdoor::{FrontDoor, Limits, ReceivedAt, parse_allowed_hosts, router};
 use tb_pipeline::Pipeline;
 use tb_postgres::PgPlatformRecords;
 
@@ -30,16 +32,28 @@ async fn main() -> Result<(), Error> {
         tb_core::settings::price_table(var)?,
         tb_core::settings::agent_config(var)?,
     );
-    // MCP refuses Host headers it does not know: set TB_ALLOWED_HOSTS to the API's domain.
-    // API Gateway's own domain cannot be passed in by the template (it would be a circular
-    // reference), so after the first deploy set the TbAllowedHosts parameter to it.
-    let door = FrontDoor::new(Arc::new(pipeline), Arc::new(records)).with_limits(limits);
-    let door = match var("TB_ALLOWED_HOSTS") {
-        Some(h) => door.with_allowed_hosts(parse_allowed_hosts(&h)),
-        None => {
-            tracing::warn!("TB_ALLOWED_HOSTS is not set: MCP answers only loopback Host headers");
-            door
+    let mut door = FrontDoor::new(Arc::new(pipeline), Arc::new(records)).with_limits(limits);
+    // MCP answers the domain API Gateway received each request at (its execute-api domain or
+    // a custom domain); TB_ALLOWED_HOSTS adds names that reach it otherwise (e.g. a CDN).
+    if let Some(extra) = var("TB_ALLOWED_HOSTS") {
+        door.allowed_hosts.extend(parse_allowed_hosts(&extra));
+    }
+    let app = router(Arc::new(door));
+    run(service_fn(move |mut req: Request| {
+        if let Some(domain) = received_at(&req) {
+            req.extensions_mut().insert(domain);
         }
-    };
-    run(router(Arc::new(door))).await
+        app.clone().oneshot(req)
+    }))
+    .await
+}
+
+/// The domain API Gateway reports it received the request at (`requestContext.domainName`).
+fn received_at(req: &Request) -> Option<ReceivedAt> {
+    let domain = match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => ctx.domain_name.clone(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }?;
+    Some(ReceivedAt(domain))
 }

@@ -16,6 +16,7 @@
 //! they are parsed.
 
 pub mod auth;
+pub mod host;
 pub mod limits;
 pub mod mcp;
 pub mod memory;
@@ -31,6 +32,7 @@ use tb_core::ports::PlatformRecords;
 use tb_pipeline::Pipeline;
 
 pub use auth::Caller;
+pub use host::ReceivedAt;
 pub use limits::{Admission, CreateRequest, Refusal, admit};
 
 /// Per-user limits enforced by the front door.
@@ -96,8 +98,8 @@ impl Default for Limits {
 }
 
 /// The `Host` values the MCP endpoint accepts by default: loopback only (a guard against DNS
-/// rebinding of a local server). A deployment must list its own domain, e.g. the API Gateway
-/// host `abc123.execute-api.eu-west-1.amazonaws.com` or a custom domain; see
+/// rebinding of a local server). Behind API Gateway the domain the request was received at
+/// is accepted too ([`host::ReceivedAt`]); other names (e.g. behind a CDN) are listed with
 /// [`parse_allowed_hosts`].
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
@@ -116,8 +118,8 @@ pub struct FrontDoor {
     pub pipeline: Arc<Pipeline>,
     pub records: Arc<dyn PlatformRecords>,
     pub limits: Limits,
-    /// `Host` header values the MCP endpoint accepts (DNS-rebinding protection). Defaults to
-    /// [`LOOPBACK_HOSTS`]; set it to the deployed domain or every MCP call gets 403.
+    /// `Host` header values the MCP endpoint accepts besides the domain the request was
+    /// received at ([`host`]). Defaults to [`LOOPBACK_HOSTS`].
     pub allowed_hosts: Vec<String>,
     pub(crate) admission: Admission,
 }

@@ -4,8 +4,9 @@
 //!
 //! rmcp is configured with no sessions (`legacy_session_mode = false`, never an
 //! `Mcp-Session-Id`), JSON responses (`json_response = true`; the tools emit no notifications,
-//! so no response falls back to SSE), and `allowed_hosts` from [`FrontDoor::allowed_hosts`]
-//! (loopback by default; a deployment sets its domain). rmcp validates `Host`, `Accept`,
+//! so no response falls back to SSE), and its own `Host` check off: [`crate::host::check`]
+//! runs first, with [`FrontDoor::allowed_hosts`] and the domain the request was received at
+//! (loopback only by default). rmcp validates `Accept`,
 //! `Content-Type`, `MCP-Protocol-Version` and the 2026-07-28 `Mcp-Method` / `Mcp-Name`
 //! headers against the body, answers notifications with 202, and maps modern errors to HTTP
 //! statuses.
@@ -47,6 +48,7 @@ use tb_pipeline::RequestError;
 
 use crate::FrontDoor;
 use crate::auth::{self, Caller};
+use crate::host::ReceivedAt;
 use crate::limits::{self, CreateRequest, clip};
 use crate::rest::read_body;
 use crate::views::{self, ExecuteView, ProjectList, ProjectView, StatusView, ViewError};
@@ -347,7 +349,9 @@ impl McpEndpoint {
             .with_json_response(true)
             .with_sse_keep_alive(None)
             .with_sse_retry(None)
-            .with_allowed_hosts(fd.allowed_hosts.clone())
+            // The Host is checked by `host::check` before this service sees a request: it
+            // also accepts the domain the request was received at, which rmcp cannot know.
+            .disable_allowed_hosts()
             .with_max_request_body_bytes(fd.limits.max_body_bytes);
         let tools = McpTools { fd: fd.clone() };
         let service = StreamableHttpService::new(
@@ -481,6 +485,18 @@ pub async fn serve(State(endpoint): State<McpEndpoint>, req: Request) -> Respons
             .into_response();
     }
     let fd = &endpoint.fd;
+    if let Err(refusal) = crate::host::check(
+        req.uri(),
+        req.headers(),
+        req.extensions().get::<ReceivedAt>(),
+        &fd.allowed_hosts,
+    ) {
+        tracing::warn!(
+            host = ?req.headers().get(header::HOST),
+            "refused a request whose Host is not allowed (possible DNS rebinding)"
+        );
+        return (refusal.status(), refusal.message()).into_response();
+    }
     let caller = match auth::authenticate(fd.records.as_ref(), req.headers()).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
