@@ -5,7 +5,8 @@
 #      mappings and routes);
 #   2. infra/check_queues.py on that output: the queue rules cfn-lint does not know
 #      (visibility timeout >= 6 x function timeout, redrive, DLQ retention);
-#   3. cfn-lint on template.yaml itself (parameters, conditions, plain resources).
+#   3. cfn-lint on template.yaml itself (parameters, conditions, plain resources);
+#   4. infra/check_iam.py: each function is granted exactly the AWS calls its code makes.
 # cfn-lint alone does not run the SAM translator, so stage 1 catches most errors.
 # Exits non-zero on any error or warning.
 set -euo pipefail
@@ -30,4 +31,6 @@ echo "validate: queue rules on the translated template"
 "$venv/bin/python" infra/check_queues.py "$translated"
 echo "validate: cfn-lint on ${template#"$root"/}"
 "$venv/bin/cfn-lint" --regions "$AWS_DEFAULT_REGION" -- "$template"
+echo "validate: IAM grants against the code"
+"$venv/bin/python" infra/check_iam.py "$template"
 echo "validate: ${template#"$root"/} is valid"
