@@ -51,6 +51,7 @@ impl Model for InstantModel {
                 cache_write: 0,
                 cache_read: (prompt_bytes / 4) as u64,
             },
+            refusal: None,
         })
     }
 }

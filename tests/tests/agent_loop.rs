@@ -378,6 +378,104 @@ async fn overloaded_and_rate_limited_models_are_retried_and_bad_requests_are_not
     assert_eq!(state.cost, MicroUsd::ZERO);
 }
 
+/// A run through everything the Messages API is picky about sending back: a whitespace
+/// text block and thinking blocks before a tool call, a paused turn, a reply cut off by
+/// `max_tokens` in the middle of a tool call.
+fn picky_script() -> Script {
+    script(json!({"turns": [
+        {"text": "\n", "thinking": "Write the notes first.", "redacted_thinking": true,
+         "tool_calls": [{"name": "write_file", "input": {"path": "notes/a.txt", "content": "a\n"}}]},
+        {"text": "Looking things up.", "stop_reason": "pause_turn"},
+        {"text": "Writing the rest.", "stop_reason": "max_tokens",
+         "tool_calls": [{"name": "write_file", "input": {"path": "notes/cut.txt"}}]},
+        {"tool_calls": [{"name": "finish", "input": {"summary": "notes written"}}]}
+    ]}))
+}
+
+#[tokio::test]
+async fn conversations_the_messages_api_would_refuse_are_never_sent() {
+    let server = ScriptedServer::start(picky_script()).await;
+    let sandbox = TestSandbox::new().await;
+    let state = run_agent(&anthropic_client(&server), &sandbox.sandbox, &test_config()).await;
+    assert_eq!(
+        outcome(&state),
+        &Outcome::Finished {
+            summary: "notes written".into()
+        },
+        "{:#?}",
+        state.messages
+    );
+    assert_eq!(server.requests(), 4);
+    assert_eq!(sandbox.read("notes/a.txt"), "a\n");
+    assert!(
+        !sandbox.file("notes/cut.txt").exists(),
+        "a tool call cut off by max_tokens never runs"
+    );
+    let results = tool_results(&state);
+    assert!(
+        results[1].1 && results[1].0.contains("cut off"),
+        "{results:?}"
+    );
+    // The thinking blocks are stored as received, signatures included.
+    let first = &state.messages[1].content;
+    assert!(
+        matches!(first[0], tb_core::Block::Thinking { .. })
+            && matches!(first[1], tb_core::Block::RedactedThinking { .. }),
+        "{first:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_ends_the_run_with_the_models_explanation() {
+    for openai in [false, true] {
+        let server = ScriptedServer::start(script(json!({"turns": [
+            {"text": "Writing.", "tool_calls": [{"name": "write_file", "input": {"path": "a.txt", "content": "a"}}]},
+            {"stop_reason": "refusal"}
+        ]})))
+        .await;
+        let sandbox = TestSandbox::new().await;
+        let state = if openai {
+            run_agent(&openai_client(&server), &sandbox.sandbox, &test_config()).await
+        } else {
+            run_agent(&anthropic_client(&server), &sandbox.sandbox, &test_config()).await
+        };
+        let end = outcome(&state);
+        assert_eq!(
+            end,
+            &Outcome::Refused {
+                message: tb_models::scripted::REFUSAL_EXPLANATION.into()
+            },
+            "openai: {openai}"
+        );
+        assert_eq!(
+            end.describe(),
+            "the model refused: The scripted model declined this request."
+        );
+        assert_eq!(state.calls.len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_reply_cut_off_by_the_context_window_runs_no_tool_and_ends_the_run() {
+    let server = ScriptedServer::start(script(json!({"turns": [
+        {"stop_reason": "model_context_window_exceeded",
+         "tool_calls": [{"name": "write_file", "input": {"path": "big.txt", "content": "x"}}]}
+    ]})))
+    .await;
+    let sandbox = TestSandbox::new().await;
+    let state = run_agent(&anthropic_client(&server), &sandbox.sandbox, &test_config()).await;
+    assert!(
+        !sandbox.file("big.txt").exists(),
+        "a cut-off tool call never runs"
+    );
+    assert!(
+        matches!(outcome(&state), Outcome::Failed { reason } if reason.contains("context window")),
+        "{:?}",
+        state.outcome
+    );
+    assert_eq!(server.requests(), 1);
+}
+
 #[tokio::test]
 async fn a_cancelled_run_stops_before_the_next_call() {
     let model = ScriptedModel::new(endless_script());

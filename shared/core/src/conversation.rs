@@ -2,6 +2,8 @@
 //!
 //! The block shapes follow Anthropic's Messages API (the richest of the formats we speak);
 //! the OpenAI-compatible adapter maps them to `tool_calls` and `role: tool` messages.
+//! Thinking blocks are kept exactly as the provider returned them, signature included: the
+//! Messages API verifies them when they are sent back, and refuses a modified block.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,6 +32,23 @@ pub enum Block {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         is_error: bool,
     },
+    /// The model's reasoning, with the provider's signature of it; sent back unchanged.
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    /// Reasoning the provider encrypted (`data` is opaque); sent back unchanged.
+    RedactedThinking {
+        data: String,
+    },
+}
+
+impl Block {
+    /// A text block with nothing but whitespace in it: the Messages API refuses those
+    /// ("text content blocks must be non-empty"), so they are never stored or sent.
+    pub fn is_blank_text(&self) -> bool {
+        matches!(self, Block::Text { text } if text.trim().is_empty())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -65,6 +65,9 @@ pub struct ModelResponse {
     pub content: Vec<Block>,
     pub stop_reason: StopReason,
     pub usage: TokenUsage,
+    /// Why the model declined, when it says (Anthropic's `stop_details` of a `refusal`,
+    /// OpenAI's `message.refusal`).
+    pub refusal: Option<String>,
 }
 
 /// Errors, by how the caller must react.

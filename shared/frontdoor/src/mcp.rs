@@ -123,10 +123,63 @@ fn tool<I: JsonSchema + 'static, O: JsonSchema + 'static>(
     hints: Hints,
 ) -> Tool {
     let input = schema_for_input::<I>().unwrap_or_else(|e| panic!("input schema of {name}: {e}"));
-    Tool::new(name, description, input)
+    Tool::new(name, description, standard_schema(&input))
         .with_title(title)
-        .with_raw_output_schema(schema_for_output::<O>())
+        .with_raw_output_schema(standard_schema(&schema_for_output::<O>()))
         .with_annotations(annotations(title, hints))
+}
+
+/// The formats JSON Schema 2020-12 defines (Validation, section 7.3:
+/// <https://json-schema.org/draft/2020-12/json-schema-validation#section-7.3>).
+const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// `schema` as standard JSON Schema: schemars describes Rust numbers with formats of its own
+/// (`uint64`, `uint32`, `uint`, `int64`, `double`, ...) that strict validators in MCP clients
+/// warn about, one warning per field at every connection. Every format JSON Schema does not
+/// define is removed, in every subschema; an unsigned one keeps its meaning as `minimum: 0`.
+fn standard_schema(schema: &Arc<rmcp::model::JsonObject>) -> Arc<rmcp::model::JsonObject> {
+    use schemars::transform::{RecursiveTransform, Transform};
+    let mut schema = schemars::Schema::from(schema.as_ref().clone());
+    RecursiveTransform(|s: &mut schemars::Schema| {
+        let Some(object) = s.as_object_mut() else {
+            return;
+        };
+        let Some(format) = object.get("format").and_then(Value::as_str) else {
+            return;
+        };
+        if STANDARD_FORMATS.contains(&format) {
+            return;
+        }
+        if format.starts_with("uint") {
+            object.entry("minimum").or_insert(json!(0));
+        }
+        object.remove("format");
+    })
+    .transform(&mut schema);
+    match schema.to_value() {
+        Value::Object(object) => Arc::new(object),
+        other => unreachable!("an object schema stays an object: {other}"),
+    }
 }
 
 /// The tools, with input and output schemas and annotations.

@@ -95,6 +95,105 @@ async fn every_tool_declares_input_and_output_schemas_and_annotations() {
     assert!(all.len() < FAR_BELOW_25K_TOKENS, "{}", all.len());
 }
 
+/// The formats JSON Schema 2020-12 defines (Validation vocabulary, section 7.3:
+/// <https://json-schema.org/draft/2020-12/json-schema-validation#section-7.3>). A strict
+/// validator refuses any other (Ajv's `strict` mode, which Claude Code runs in, warns
+/// `unknown format "uint64" ignored` for each).
+const FORMATS_2020_12: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// Every schema keyword in `schema` a strict validator would refuse, as `path: problem`; and
+/// the integer properties found, by name, with their `minimum`.
+fn strict_check(
+    schema: &Value,
+    path: &str,
+    problems: &mut Vec<String>,
+    integers: &mut Vec<(String, Value)>,
+) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(format) = map.get("format").and_then(Value::as_str)
+                && !FORMATS_2020_12.contains(&format)
+            {
+                problems.push(format!("{path}: unknown format {format:?}"));
+            }
+            let is_integer = match &map.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            if is_integer {
+                let name = path.rsplit('/').next().unwrap_or_default().to_string();
+                integers.push((name, map.get("minimum").cloned().unwrap_or(Value::Null)));
+            }
+            for (k, v) in map {
+                strict_check(v, &format!("{path}/{k}"), problems, integers);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                strict_check(v, &format!("{path}/{i}"), problems, integers);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_schema_is_standard_json_schema_with_no_unknown_format() {
+    let s = support::start().await;
+    let key = s.key("user_a").await;
+    let tools = list_tools(&s, &key).await;
+    let mut problems = Vec::new();
+    let mut integers = Vec::new();
+    for tool in &tools {
+        for which in ["inputSchema", "outputSchema"] {
+            let path = format!("{}.{which}#", tool["name"].as_str().unwrap());
+            assert!(tool[which].is_object(), "{path}");
+            strict_check(&tool[which], &path, &mut problems, &mut integers);
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The unsigned counters and times keep their bound as standard `minimum: 0`.
+    for name in [
+        "iteration",
+        "max_iterations",
+        "updated_at_ms",
+        "created_at_ms",
+        "total",
+    ] {
+        let found: Vec<&Value> = integers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, min)| min)
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "no integer property {name}: {integers:?}"
+        );
+        assert!(found.iter().all(|m| **m == json!(0)), "{name}: {found:?}");
+    }
+}
+
 #[tokio::test]
 async fn results_carry_structured_content_and_the_same_json_as_text() {
     let s = support::start().await;

@@ -2,8 +2,8 @@
 //!
 //! `POST {base_url}/v1/messages` with `x-api-key` and `anthropic-version: 2023-06-01`.
 //! Our [`Block`] enum already serialises to Anthropic's block shapes, so the request body
-//! is mostly a direct serialisation; see [`request_body`] for where prompt-cache
-//! breakpoints go. Retries follow [`RetryPolicy`].
+//! is mostly a direct serialisation; see [`request_body`] for what is left out and where
+//! prompt-cache breakpoints go. Retries follow [`RetryPolicy`].
 
 use std::fmt;
 use std::time::Duration;
@@ -119,17 +119,31 @@ impl Model for AnthropicClient {
 
 /// The Messages API body for `req`.
 ///
+/// The conversation goes out as the API accepts it back: text blocks holding nothing but
+/// whitespace are left out (the API refuses them: "text content blocks must be non-empty"),
+/// and so is a message left with no content; thinking blocks go out exactly as they came,
+/// signatures included. The conversation is sent as the agent built it otherwise: it ends
+/// on a user turn, except to continue a turn the model paused (`pause_turn`).
+///
 /// With `req.prompt_caching`, three `cache_control: {"type":"ephemeral"}` breakpoints are
 /// set (the API allows four): on the last tool definition, on the system prompt (sent as
-/// a one-block array), and on the last content block of the last message. Without it the
-/// system prompt is a plain string and no block carries `cache_control`. An empty system
-/// prompt and an empty tool list are left out.
+/// a one-block array), and on the last content block of the last message that is not a
+/// thinking block. Without it the system prompt is a plain string and no block carries
+/// `cache_control`. An empty system prompt and an empty tool list are left out.
 pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
     let cache = || json!({"type": "ephemeral"});
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .filter_map(|m| {
+            let content: Vec<&Block> = m.content.iter().filter(|b| !b.is_blank_text()).collect();
+            (!content.is_empty()).then(|| json!({"role": m.role, "content": content}))
+        })
+        .collect();
     let mut body = json!({
         "model": model,
         "max_tokens": req.max_tokens,
-        "messages": req.messages,
+        "messages": messages,
     });
     if !req.system.is_empty() {
         body["system"] = if req.prompt_caching {
@@ -151,20 +165,30 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
         }
         body["tools"] = Value::Array(tools);
     }
+    // Thinking blocks cannot carry `cache_control`.
     if req.prompt_caching
         && let Some(block) = body["messages"]
             .as_array_mut()
             .and_then(|m| m.last_mut())
             .and_then(|m| m["content"].as_array_mut())
-            .and_then(|c| c.last_mut())
+            .and_then(|c| {
+                c.iter_mut()
+                    .rev()
+                    .find(|b| !matches!(b["type"].as_str(), Some("thinking" | "redacted_thinking")))
+            })
     {
         block["cache_control"] = cache();
     }
     body
 }
 
-/// Reads a Messages API response body. Block types other than `text` and `tool_use`
-/// (`thinking`, server tools) are skipped; missing usage counters read as zero.
+/// Reads a Messages API response body.
+///
+/// `text`, `tool_use`, `thinking` and `redacted_thinking` blocks are kept (thinking ones
+/// verbatim, to be sent back); a text block of nothing but whitespace is dropped, as the API
+/// would refuse it back; other block types (server tools, which we do not declare) are
+/// skipped. A refusal's `stop_details` becomes [`ModelResponse::refusal`]. Missing usage
+/// counters read as zero.
 pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
         ModelError::Protocol(format!(
@@ -174,18 +198,31 @@ pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelRespons
     })?;
     let mut content = Vec::with_capacity(wire.content.len());
     for (i, block) in wire.content.into_iter().enumerate() {
+        let field = |name: &str| {
+            block[name].as_str().map(str::to_string).ok_or_else(|| {
+                ModelError::Protocol(format!(
+                    "content[{i}]: {} block without a string `{name}`",
+                    block["type"].as_str().unwrap_or("?")
+                ))
+            })
+        };
         match block["type"].as_str() {
-            Some("text") => content.push(Block::Text {
-                text: block["text"].as_str().unwrap_or_default().to_string(),
+            Some("text") => {
+                let text = Block::Text {
+                    text: block["text"].as_str().unwrap_or_default().to_string(),
+                };
+                if !text.is_blank_text() {
+                    content.push(text);
+                }
+            }
+            Some("thinking") => content.push(Block::Thinking {
+                thinking: field("thinking")?,
+                signature: field("signature")?,
+            }),
+            Some("redacted_thinking") => content.push(Block::RedactedThinking {
+                data: field("data")?,
             }),
             Some("tool_use") => {
-                let field = |name: &str| {
-                    block[name].as_str().map(str::to_string).ok_or_else(|| {
-                        ModelError::Protocol(format!(
-                            "content[{i}]: tool_use block without a string `{name}`"
-                        ))
-                    })
-                };
                 let (id, name) = (field("id")?, field("name")?);
                 let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
                 content.push(Block::ToolUse { id, name, input });
@@ -212,11 +249,24 @@ pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelRespons
         .model
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| requested_model.to_string());
+    let refusal = match (&stop_reason, wire.stop_details) {
+        (StopReason::Refusal, Some(details)) => {
+            let explanation = details["explanation"].as_str().filter(|e| !e.is_empty());
+            let category = details["category"].as_str();
+            match (explanation, category) {
+                (Some(e), _) => Some(e.to_string()),
+                (None, Some(c)) => Some(format!("declined (category `{c}`)")),
+                (None, None) => None,
+            }
+        }
+        _ => None,
+    };
     Ok(ModelResponse {
         model,
         content,
         stop_reason,
         usage,
+        refusal,
     })
 }
 
@@ -227,6 +277,9 @@ struct WireResponse {
     content: Vec<Value>,
     #[serde(default)]
     stop_reason: Option<String>,
+    /// `RefusalStopDetails` (`type`, `category`, `explanation`) with a `refusal`.
+    #[serde(default)]
+    stop_details: Option<Value>,
     #[serde(default)]
     usage: Option<WireUsage>,
 }
@@ -394,11 +447,14 @@ mod tests {
     }
 
     #[test]
-    fn responses_skip_unknown_blocks_and_map_every_usage_counter() {
+    fn responses_keep_thinking_skip_unknown_and_blank_blocks_and_map_every_usage_counter() {
         let body = json!({
             "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
             "content": [
                 {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}},
+                {"type": "text", "text": " \n "},
                 {"type": "text", "text": "Writing it."},
                 {"type": "tool_use", "id": "toolu_9", "name": "write_file", "input": {"path": "a.txt"}}
             ],
@@ -412,6 +468,13 @@ mod tests {
         assert_eq!(
             r.content,
             vec![
+                Block::Thinking {
+                    thinking: "hmm".into(),
+                    signature: "s".into()
+                },
+                Block::RedactedThinking {
+                    data: "opaque".into()
+                },
                 Block::Text {
                     text: "Writing it.".into()
                 },
@@ -431,6 +494,86 @@ mod tests {
                 cache_read: 5
             }
         );
+    }
+
+    #[test]
+    fn blank_text_blocks_and_messages_left_empty_are_not_sent() {
+        let messages = vec![
+            Message::user_text("build"),
+            Message::assistant(vec![
+                Block::Thinking {
+                    thinking: "plan".into(),
+                    signature: "sig".into(),
+                },
+                Block::Text { text: "\n".into() },
+                Block::ToolUse {
+                    id: "toolu_1".into(),
+                    name: "read_file".into(),
+                    input: json!({}),
+                },
+            ]),
+            Message {
+                role: tb_core::Role::User,
+                content: vec![Block::ToolResult {
+                    tool_use_id: "toolu_1".into(),
+                    content: "x".into(),
+                    is_error: false,
+                }],
+            },
+            Message::assistant(vec![Block::Text {
+                text: String::new(),
+            }]),
+            Message::user_text("go on"),
+        ];
+        let body = request_body("m", &request(&messages, &[], false));
+        let sent = body["messages"].as_array().unwrap();
+        assert_eq!(sent.len(), 4, "{sent:?}");
+        assert_eq!(
+            sent[1]["content"],
+            json!([{"type": "thinking", "thinking": "plan", "signature": "sig"},
+                   {"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {}}])
+        );
+        assert_eq!(sent[3]["role"], "user");
+    }
+
+    #[test]
+    fn the_cache_breakpoint_skips_thinking_blocks() {
+        let messages = vec![
+            Message::user_text("build"),
+            Message::assistant(vec![
+                Block::Text {
+                    text: "Looking.".into(),
+                },
+                Block::RedactedThinking {
+                    data: "opaque".into(),
+                },
+            ]),
+        ];
+        let body = request_body("m", &request(&messages, &[], true));
+        assert_eq!(
+            body["messages"][1]["content"][0]["cache_control"],
+            json!({"type": "ephemeral"})
+        );
+        assert!(
+            body["messages"][1]["content"][1]
+                .get("cache_control")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_refusal_reads_its_stop_details() {
+        let body = br#"{"content":[],"stop_reason":"refusal","stop_details":{"type":"refusal","category":"cyber","explanation":null}}"#;
+        let r = parse_response(body, "m").unwrap();
+        assert_eq!(r.stop_reason, StopReason::Refusal);
+        assert_eq!(r.refusal.as_deref(), Some("declined (category `cyber`)"));
+        let body = br#"{"content":[],"stop_reason":"refusal","stop_details":{"type":"refusal","explanation":"Not this."}}"#;
+        assert_eq!(
+            parse_response(body, "m").unwrap().refusal.as_deref(),
+            Some("Not this.")
+        );
+        let body = br#"{"content":[],"stop_reason":"end_turn","stop_details":null}"#;
+        assert_eq!(parse_response(body, "m").unwrap().refusal, None);
     }
 
     #[test]

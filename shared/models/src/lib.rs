@@ -27,5 +27,5 @@ pub use http::{ConfigError, DEFAULT_TIMEOUT};
 pub use openai::{OpenAiClient, OpenAiConfig};
 pub use retry::RetryPolicy;
 pub use scripted::{Script, ScriptError, ScriptToolCall, ScriptTurn, ScriptedModel};
-pub use server::{OpenAiDialect, ScriptedServer};
+pub use server::{OpenAiDialect, ScriptedServer, TokenLimitParameter};
 pub use settings::{ModelSettings, USERS_API_SCRIPT};

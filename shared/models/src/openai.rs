@@ -4,8 +4,16 @@
 //! `POST {base_url}/chat/completions`, with `Authorization: Bearer <key>` when a key is
 //! set. The conversation maps to `tool_calls` and `role: tool` messages (see
 //! [`request_body`]); responses are read leniently (see [`parse_response`]).
+//!
+//! The output limit is sent as `max_completion_tokens`, which OpenAI's API reference names
+//! the successor of `max_tokens` ("deprecated in favor of `max_completion_tokens`, and is
+//! not compatible with o-series models": `openai/openai-python`
+//! `src/openai/types/chat/completion_create_params.py`). A server that refuses it with a 400
+//! naming the parameter (servers that predate it) gets `max_tokens` instead, once, and from
+//! then on.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,6 +81,26 @@ pub struct OpenAiClient {
     http: Client,
     url: Url,
     headers: HeaderMap,
+    /// The server refused `max_completion_tokens`: send `max_tokens`.
+    legacy_max_tokens: AtomicBool,
+}
+
+/// The name the output limit is sent under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenLimitField {
+    /// `max_completion_tokens`, what OpenAI's API defines.
+    MaxCompletionTokens,
+    /// `max_tokens`, for servers that refuse the former.
+    MaxTokens,
+}
+
+impl TokenLimitField {
+    fn name(self) -> &'static str {
+        match self {
+            TokenLimitField::MaxCompletionTokens => "max_completion_tokens",
+            TokenLimitField::MaxTokens => "max_tokens",
+        }
+    }
 }
 
 impl OpenAiClient {
@@ -91,6 +119,7 @@ impl OpenAiClient {
             http,
             url,
             headers,
+            legacy_max_tokens: AtomicBool::new(false),
         })
     }
 
@@ -110,8 +139,40 @@ impl Model for OpenAiClient {
     }
 
     async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
-        let body = request_body(&self.config.model, &request);
-        let bytes = http::post_json(
+        let field = if self.legacy_max_tokens.load(Ordering::Relaxed) {
+            TokenLimitField::MaxTokens
+        } else {
+            TokenLimitField::MaxCompletionTokens
+        };
+        let bytes = match self.post(&request, field).await {
+            Err(ModelError::Rejected {
+                status: 400,
+                message,
+            }) if field == TokenLimitField::MaxCompletionTokens
+                && message.contains("max_completion_tokens") =>
+            {
+                tracing::warn!(
+                    base_url = %self.config.base_url,
+                    refusal = %message,
+                    "the server refuses max_completion_tokens; sending max_tokens from now on"
+                );
+                self.legacy_max_tokens.store(true, Ordering::Relaxed);
+                self.post(&request, TokenLimitField::MaxTokens).await?
+            }
+            other => other?,
+        };
+        parse_response(&bytes, &self.config.model)
+    }
+}
+
+impl OpenAiClient {
+    async fn post(
+        &self,
+        request: &ModelRequest<'_>,
+        field: TokenLimitField,
+    ) -> Result<Vec<u8>, ModelError> {
+        let body = request_body(&self.config.model, request, field);
+        http::post_json(
             &self.http,
             &self.url,
             &self.headers,
@@ -119,8 +180,7 @@ impl Model for OpenAiClient {
             &self.config.retry,
             "openai",
         )
-        .await?;
-        parse_response(&bytes, &self.config.model)
+        .await
     }
 }
 
@@ -131,8 +191,8 @@ impl Model for OpenAiClient {
 /// tool result becomes a `role: tool` message, in order; an error result's content is
 /// prefixed with `Error: ` (the format has no error flag). User text in the same message
 /// follows as one user message. `prompt_caching` is ignored: these servers cache
-/// automatically.
-pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
+/// automatically. `max_tokens` goes out under the name `field` says.
+pub fn request_body(model: &str, req: &ModelRequest<'_>, field: TokenLimitField) -> Value {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if !req.system.is_empty() {
         messages.push(json!({"role": "system", "content": req.system}));
@@ -143,7 +203,8 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
             Role::User => push_user_message(message, &mut messages),
         }
     }
-    let mut body = json!({"model": model, "messages": messages, "max_tokens": req.max_tokens, "stream": false});
+    let mut body = json!({"model": model, "messages": messages, "stream": false});
+    body[field.name()] = json!(req.max_tokens);
     if !req.tools.is_empty() {
         let tools: Vec<Value> = req
             .tools
@@ -164,7 +225,9 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
 /// be a JSON string or an object; a string that is not valid JSON is kept as
 /// `Value::String` so the agent can report a tool error. Missing call ids become
 /// `call_<index>`. Tool calls make the stop reason `ToolUse` whatever `finish_reason`
-/// says. `prompt_tokens` includes cached tokens, which are subtracted from `input`.
+/// says; a `message.refusal` makes it `Refusal`, with the refusal's text. Text that is
+/// only whitespace is dropped. `prompt_tokens` includes cached tokens, which are
+/// subtracted from `input`.
 pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
         ModelError::Protocol(format!(
@@ -179,16 +242,20 @@ pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelRespons
         .ok_or_else(|| ModelError::Protocol("the response has no choices".to_string()))?;
     let message = choice.message.unwrap_or_default();
     let mut content = Vec::new();
-    let text = message_text(&message.content);
-    if !text.is_empty() {
-        content.push(Block::Text { text });
+    let text = Block::Text {
+        text: message_text(&message.content),
+    };
+    if !text.is_blank_text() {
+        content.push(text);
     }
     for (index, call) in message.tool_calls.unwrap_or_default().iter().enumerate() {
         content.push(tool_use(index, call)?);
     }
     let has_calls = content.iter().any(|b| matches!(b, Block::ToolUse { .. }));
+    let refusal = message.refusal.filter(|r| !r.trim().is_empty());
     let stop_reason = match choice.finish_reason.as_deref() {
         _ if has_calls => StopReason::ToolUse,
+        _ if refusal.is_some() => StopReason::Refusal,
         Some(reason) => StopReason::parse(reason),
         None => StopReason::EndTurn,
     };
@@ -202,6 +269,7 @@ pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelRespons
         content,
         stop_reason,
         usage,
+        refusal,
     })
 }
 
@@ -325,6 +393,9 @@ struct WireMessage {
     content: Value,
     #[serde(default)]
     tool_calls: Option<Vec<Value>>,
+    /// Set when the model declined (`ChatCompletionMessage.refusal`).
+    #[serde(default)]
+    refusal: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -538,7 +609,7 @@ mod tests {
             max_tokens: 99,
             prompt_caching: true,
         };
-        let body = request_body("qwen", &req);
+        let body = request_body("qwen", &req, TokenLimitField::MaxCompletionTokens);
         assert_eq!(
             body["messages"],
             json!([
@@ -557,7 +628,32 @@ mod tests {
             body["tools"],
             json!([{"type": "function", "function": {"name": "run", "description": "d", "parameters": {"type": "object"}}}])
         );
-        assert_eq!(body["max_tokens"], 99);
+        assert_eq!(body["max_completion_tokens"], 99);
+        assert!(body.get("max_tokens").is_none());
+        let legacy = request_body("qwen", &req, TokenLimitField::MaxTokens);
+        assert_eq!(legacy["max_tokens"], 99);
+        assert!(legacy.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
+    fn a_refusal_is_the_stop_reason_with_its_text() {
+        let r = parse(reply(
+            json!({"role": "assistant", "content": null, "refusal": "I can't help with that."}),
+            json!("stop"),
+            json!(null),
+        ));
+        assert_eq!(r.stop_reason, StopReason::Refusal);
+        assert_eq!(r.refusal.as_deref(), Some("I can't help with that."));
+        assert!(r.content.is_empty());
+        let r = parse(reply(
+            json!({"content": "  \n", "refusal": null}),
+            json!("stop"),
+            json!(null),
+        ));
+        assert_eq!(
+            (r.stop_reason, r.content, r.refusal),
+            (StopReason::EndTurn, vec![], None)
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!   optional; `input` defaults to `{}`, and a string `input` stands for arguments that
 //!   are not valid JSON (the OpenAI endpoint of the scripted server sends it verbatim).
 //!   `stop_reason` defaults to `tool_use` when there are tool calls, else `end_turn`.
+//!   `thinking` (a text) and `redacted_thinking` (true) put signed thinking blocks first.
 //! - `repeat_last` (default false): past the end, replay the last turn; otherwise answer
 //!   `end_turn` with the text "The script has no more turns."
 //!
@@ -70,6 +71,12 @@ pub struct ScriptTurn {
     /// Anthropic or OpenAI spelling (`end_turn`, `tool_use`, `max_tokens`, `stop`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// A `thinking` block before the text, signed by the scripted model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    /// A `redacted_thinking` block (opaque data) before the text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted_thinking: bool,
 }
 
 /// One tool call of a turn.
@@ -235,7 +242,18 @@ impl ScriptedModel {
                 );
             }
         };
-        let mut content = Vec::with_capacity(turn.tool_calls.len() + 1);
+        let mut content = Vec::with_capacity(turn.tool_calls.len() + 3);
+        if let Some(thinking) = &turn.thinking {
+            content.push(Block::Thinking {
+                thinking: thinking.clone(),
+                signature: thinking_signature(thinking),
+            });
+        }
+        if turn.redacted_thinking {
+            content.push(Block::RedactedThinking {
+                data: redacted_thinking_data(index),
+            });
+        }
         if let Some(text) = turn.text.as_deref().filter(|t| !t.is_empty()) {
             content.push(Block::Text {
                 text: text.to_string(),
@@ -263,11 +281,13 @@ impl ScriptedModel {
         let (content, stop_reason) = self.turn(turn);
         let mut usage = self.cache.anthropic(anthropic_body);
         usage.output = output_tokens(&content);
+        let refusal = (stop_reason == StopReason::Refusal).then(|| REFUSAL_EXPLANATION.to_string());
         ModelResponse {
             model: self.script.model.clone(),
             content,
             stop_reason,
             usage,
+            refusal,
         }
     }
 }
@@ -296,6 +316,28 @@ impl Model for ScriptedModel {
         let body = anthropic::request_body(&self.script.model, &request);
         Ok(self.answer(assistant_turns(request.messages), &body))
     }
+}
+
+/// Why the scripted model declines, in a turn whose `stop_reason` is `refusal`.
+pub const REFUSAL_EXPLANATION: &str = "The scripted model declined this request.";
+
+/// The signature of a scripted `thinking` block: a digest of its text, so that a block sent
+/// back modified is recognised (as the Messages API recognises one by its signature).
+pub fn thinking_signature(thinking: &str) -> String {
+    digest(&format!("scripted thinking\n{thinking}"))
+}
+
+/// The opaque data of the scripted `redacted_thinking` block of turn `turn`.
+pub fn redacted_thinking_data(turn: usize) -> String {
+    digest(&format!("scripted redacted thinking\n{turn}"))
+}
+
+fn digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The approximate output tokens of a response's content.

@@ -3,10 +3,13 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
 use serde_json::json;
 use tb_core::model::{Model, ModelError, StopReason};
 use tb_core::{Block, Message};
-use tb_models::{AnthropicClient, AnthropicConfig, ScriptedModel, ScriptedServer};
+use tb_models::{
+    AnthropicClient, AnthropicConfig, Script, ScriptTurn, ScriptedModel, ScriptedServer,
+};
 
 fn client(server: &ScriptedServer, model: &str) -> AnthropicClient {
     let mut config = AnthropicConfig::new("sk-test-key", model);
@@ -332,4 +335,211 @@ async fn the_server_answers_malformed_requests_with_anthropic_error_bodies() {
     .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(server.requests(), 4);
+}
+
+/// Turn 0 says only whitespace before its tool call; turn 1 finishes.
+fn blank_text_script() -> Script {
+    Script::new(vec![
+        ScriptTurn::tool_call("write_file", json!({"path": "a.txt", "content": "hi"}))
+            .with_text("\n\n"),
+        ScriptTurn::text("Done."),
+    ])
+}
+
+#[tokio::test]
+async fn a_whitespace_text_block_from_the_model_is_never_sent_back() {
+    let server = ScriptedServer::start(blank_text_script()).await;
+    let client = client(&server, "claude-sonnet-4-6");
+    let (messages, tools) = (opening(), tools());
+    let first = client
+        .complete(request(&messages, &tools, true))
+        .await
+        .unwrap();
+    assert!(
+        !first.content.iter().any(Block::is_blank_text),
+        "{:?}",
+        first.content
+    );
+    let second = client
+        .complete(request(&answered(&first), &tools, true))
+        .await
+        .expect("the API accepts the conversation back");
+    assert_eq!(
+        second.content,
+        vec![Block::Text {
+            text: "Done.".into()
+        }]
+    );
+
+    // A conversation stored before, with blank blocks in it, goes out without them.
+    let mut stored = answered(&first);
+    stored[1]
+        .content
+        .insert(0, Block::Text { text: " ".into() });
+    stored[1].content.push(Block::Text {
+        text: String::new(),
+    });
+    client
+        .complete(request(&stored, &tools, true))
+        .await
+        .expect("blank blocks of a stored conversation are left out");
+    let sent = server.last_request().unwrap();
+    assert_eq!(sent["messages"][1]["content"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_server_refuses_blank_text_blocks_as_the_api_does() {
+    let server = ScriptedServer::start(blank_text_script()).await;
+    let post = |messages: Value| {
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/messages", server.url());
+        async move {
+            let r = http
+                .post(url)
+                .header("x-api-key", "k")
+                .header("anthropic-version", "2023-06-01")
+                .json(&json!({"model": "m", "max_tokens": 10, "messages": messages}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = post(json!([{"role": "user", "content": ""}])).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"],
+        json!({"type": "invalid_request_error", "message": "messages: text content blocks must be non-empty"})
+    );
+    let (status, body) =
+        post(json!([{"role": "user", "content": [{"type": "text", "text": " \n"}]}])).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"]["message"],
+        "messages: text content blocks must contain non-whitespace text"
+    );
+    let (status, _) = post(json!([{"role": "user", "content": [{"type": "text", "text": " "}, {"type": "text", "text": "hi"}]}])).await;
+    assert_eq!(status, 200, "whitespace beside real text is accepted");
+}
+
+#[tokio::test]
+async fn the_conversation_must_end_on_a_user_turn_unless_a_paused_turn_continues() {
+    let paused = Script::new(vec![
+        ScriptTurn {
+            text: Some("Searching.".into()),
+            stop_reason: Some("pause_turn".into()),
+            ..ScriptTurn::default()
+        },
+        ScriptTurn::text("Found it."),
+    ]);
+    let server = ScriptedServer::start(paused).await;
+    let client = client(&server, "claude-sonnet-4-6");
+    let (mut messages, tools) = (opening(), tools());
+    let first = client
+        .complete(request(&messages, &tools, true))
+        .await
+        .unwrap();
+    assert_eq!(first.stop_reason, StopReason::PauseTurn);
+    // Sent back as is, the paused turn continues.
+    messages.push(Message::assistant(first.content.clone()));
+    let second = client
+        .complete(request(&messages, &tools, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.content,
+        vec![Block::Text {
+            text: "Found it.".into()
+        }]
+    );
+    // Any other final assistant turn is a prefill, which Claude 4.6 models refuse.
+    messages.push(Message::assistant(second.content.clone()));
+    let e = client
+        .complete(request(&messages, &tools, true))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ModelError::Rejected { status: 400, message } if message.contains("must end with a user message")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn thinking_blocks_go_back_unchanged_with_their_signatures() {
+    let thinking = Script::new(vec![
+        ScriptTurn {
+            thinking: Some("The user wants a file; write it first.".into()),
+            redacted_thinking: true,
+            ..ScriptTurn::tool_call("write_file", json!({"path": "a.txt", "content": "hi"}))
+        },
+        ScriptTurn::text("Done."),
+    ]);
+    let server = ScriptedServer::start(thinking).await;
+    let client = client(&server, "claude-sonnet-4-6");
+    let (messages, tools) = (opening(), tools());
+    let first = client
+        .complete(request(&messages, &tools, true))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&first.content[..], [Block::Thinking { signature, .. }, Block::RedactedThinking { data }, Block::ToolUse { .. }]
+            if !signature.is_empty() && !data.is_empty()),
+        "{:?}",
+        first.content
+    );
+    let next = answered(&first);
+    client
+        .complete(request(&next, &tools, true))
+        .await
+        .expect("the thinking blocks pass the signature check");
+    let sent = server.last_request().unwrap();
+    assert_eq!(sent["messages"][1]["content"][0]["type"], "thinking");
+    assert!(
+        sent["messages"][1]["content"][0]
+            .get("cache_control")
+            .is_none()
+    );
+
+    // A modified block, or none at all, is refused.
+    let mut modified = next.clone();
+    if let Block::Thinking { thinking, .. } = &mut modified[1].content[0] {
+        thinking.push_str(" Or not.");
+    }
+    let e = client
+        .complete(request(&modified, &tools, true))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Invalid `signature` in `thinking` block"),
+        "{e}"
+    );
+    let mut dropped = next;
+    dropped[1]
+        .content
+        .retain(|b| matches!(b, Block::ToolUse { .. }));
+    let e = client
+        .complete(request(&dropped, &tools, true))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("thinking blocks"), "{e}");
+}
+
+#[tokio::test]
+async fn a_refusal_carries_its_explanation() {
+    let refusing = Script::new(vec![ScriptTurn {
+        stop_reason: Some("refusal".into()),
+        ..ScriptTurn::default()
+    }]);
+    let server = ScriptedServer::start(refusing).await;
+    let (messages, tools) = (opening(), tools());
+    let r = client(&server, "claude-sonnet-4-6")
+        .complete(request(&messages, &tools, true))
+        .await
+        .unwrap();
+    assert_eq!(r.stop_reason, StopReason::Refusal);
+    assert_eq!(
+        r.refusal.as_deref(),
+        Some(tb_models::scripted::REFUSAL_EXPLANATION)
+    );
 }

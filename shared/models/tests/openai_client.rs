@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 use tb_core::model::{Model, ModelError, StopReason};
 use tb_core::{Block, Message};
 use tb_models::cache_sim::approx_tokens;
-use tb_models::{OpenAiClient, OpenAiConfig, OpenAiDialect, Script, ScriptTurn, ScriptedServer};
+use tb_models::{
+    OpenAiClient, OpenAiConfig, OpenAiDialect, Script, ScriptTurn, ScriptedServer,
+    TokenLimitParameter,
+};
 
 fn client(server: &ScriptedServer) -> OpenAiClient {
     let mut config = OpenAiConfig::new(server.openai_url(), "qwen3-coder").with_api_key("sk-test");
@@ -214,4 +217,79 @@ async fn rate_limits_are_retried_with_the_shared_policy() {
         "{err:?}"
     );
     assert_eq!(server.requests(), 6);
+}
+
+#[tokio::test]
+async fn max_completion_tokens_is_sent_and_max_tokens_only_to_a_server_that_refuses_it() {
+    let server = ScriptedServer::start(script()).await;
+    let (messages, tools) = (opening(), tools());
+    // OpenAI's own models refuse `max_tokens`.
+    client(&server)
+        .complete(request(&messages, &tools, false))
+        .await
+        .expect("max_completion_tokens is accepted");
+    let sent = server.last_request().unwrap();
+    assert_eq!(sent["max_completion_tokens"], 4096);
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+    assert_eq!(server.requests(), 1);
+
+    // An older server refuses `max_completion_tokens`: one fallback, then remembered.
+    server.set_openai_token_limit(TokenLimitParameter::MaxTokens);
+    let client = client(&server);
+    let first = client
+        .complete(request(&messages, &tools, false))
+        .await
+        .expect("falls back to max_tokens");
+    assert_eq!(server.requests(), 3, "one refused request, one fallback");
+    let sent = server.last_request().unwrap();
+    assert_eq!(sent["max_tokens"], 4096);
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
+    client
+        .complete(request(&answered(&first), &tools, false))
+        .await
+        .unwrap();
+    assert_eq!(server.requests(), 4, "the fallback is remembered");
+}
+
+#[tokio::test]
+async fn other_bad_requests_do_not_fall_back() {
+    let server = ScriptedServer::start(script()).await;
+    server.set_openai_token_limit(TokenLimitParameter::MaxTokens);
+    let messages = vec![
+        Message::user_text("go"),
+        Message::assistant(vec![Block::ToolUse {
+            id: "call_9".into(),
+            name: "read_file".into(),
+            input: json!({}),
+        }]),
+    ];
+    let tools = tools();
+    let client = client(&server);
+    // Refused for the parameter first, then for the conversation: no second fallback.
+    let err = client
+        .complete(request(&messages, &tools, false))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("call_9"), "{err}");
+    assert_eq!(server.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_refusal_is_surfaced_with_its_message() {
+    let refusing = Script::new(vec![ScriptTurn {
+        stop_reason: Some("refusal".into()),
+        ..ScriptTurn::default()
+    }]);
+    let server = ScriptedServer::start(refusing).await;
+    let (messages, tools) = (opening(), tools());
+    let r = client(&server)
+        .complete(request(&messages, &tools, false))
+        .await
+        .unwrap();
+    assert_eq!(r.stop_reason, StopReason::Refusal);
+    assert_eq!(
+        r.refusal.as_deref(),
+        Some(tb_models::scripted::REFUSAL_EXPLANATION)
+    );
+    assert!(r.content.is_empty(), "{:?}", r.content);
 }

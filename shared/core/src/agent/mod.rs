@@ -339,7 +339,10 @@ impl Agent<'_> {
             stop_reason: response.stop_reason.clone(),
         };
         tracing::info!(tokens_in = call.usage.input, tokens_out = call.usage.output, cache_read = call.usage.cache_read, cache_write = call.usage.cache_write, cost_micros = call.cost.micros(), stop = ?call.stop_reason, "model call");
-        let assistant = Message::assistant(response.content);
+        // The provider would refuse blank text blocks back; they say nothing anyway.
+        let mut content = response.content;
+        content.retain(|b| !b.is_blank_text());
+        let assistant = Message::assistant(content);
         let mut step = Step {
             call,
             assistant,
@@ -348,16 +351,30 @@ impl Agent<'_> {
             compacted_upto: state.compacted_upto,
             outcome: None,
         };
-        match response.stop_reason {
+        // Stop reasons as Anthropic documents them
+        // (https://platform.claude.com/docs/en/build-with-claude/handling-stop-reasons).
+        let cut_off = match response.stop_reason {
             StopReason::Refusal => {
-                step.outcome = Some(Outcome::Refused {
-                    message: step.assistant.text(),
-                });
+                let text = step.assistant.text();
+                let message = response
+                    .refusal
+                    .or_else(|| (!text.trim().is_empty()).then_some(text))
+                    .unwrap_or_else(|| "no reason given".into());
+                step.outcome = Some(Outcome::Refused { message });
                 return Ok(step);
             }
+            // A paused turn continues when its content is sent back as it is: the next
+            // request ends on it, the one assistant turn a request may end on.
             StopReason::PauseTurn => return Ok(step),
-            _ => {}
-        }
+            // The reply is truncated: a tool call in it may be cut short, so none is run.
+            StopReason::MaxTokens => Some(
+                "Your reply hit max_tokens and was cut off, so this call was not run. Write smaller pieces (e.g. one file per call).",
+            ),
+            StopReason::ContextWindowExceeded => Some(
+                "Your reply was cut off because the conversation filled the context window, so this call was not run.",
+            ),
+            _ => None,
+        };
 
         let mut blocks = Vec::new();
         let mut fingerprint = String::new();
@@ -373,8 +390,12 @@ impl Agent<'_> {
             config: c,
         };
         for (k, (id, name, input)) in uses.iter().enumerate() {
-            let reply = if step.call.stop_reason == StopReason::MaxTokens {
-                tools::ToolReply::Observation { content: "Your reply hit max_tokens and was cut off, so this call was not run. Write smaller pieces (e.g. one file per call).".into(), is_error: true, fingerprint: "max_tokens".into() }
+            let reply = if let Some(why) = cut_off {
+                tools::ToolReply::Observation {
+                    content: why.into(),
+                    is_error: true,
+                    fingerprint: "cut off".into(),
+                }
             } else if self.cancel.is_cancelled() {
                 tools::ToolReply::Observation {
                     content: "Cancelled by the user; not run.".into(),
@@ -424,10 +445,15 @@ impl Agent<'_> {
             role: Role::User,
             content: blocks,
         });
+        let full = step.call.stop_reason == StopReason::ContextWindowExceeded;
         if c.compaction {
             let after = state.messages.len() + 2;
             let window = self.model.context_window();
-            let prompt = step.call.usage.prompt_total() + c.max_tokens as u64;
+            let prompt = if full {
+                window
+            } else {
+                step.call.usage.prompt_total() + c.max_tokens as u64
+            };
             if let Some(b) = compaction::next_boundary(
                 state.compacted_upto,
                 after,
@@ -439,6 +465,14 @@ impl Agent<'_> {
                 tracing::info!(boundary = b, "compacting the context");
                 step.compacted_upto = b;
             }
+        }
+        if full && step.compacted_upto == state.compacted_upto && step.outcome.is_none() {
+            step.outcome = Some(Outcome::Failed {
+                reason: format!(
+                    "the conversation filled the model's context window ({} tokens) and cannot be compacted further",
+                    self.model.context_window()
+                ),
+            });
         }
         Ok(step)
     }

@@ -1,9 +1,36 @@
 //! `POST /v1/messages`: Anthropic's Messages API, answered by the scripted model.
 //!
-//! The body is converted back to our conversation types and validated like the real API
-//! (headers, required fields, tool_use/tool_result pairing); the answer comes from
-//! `ScriptedModel::answer`, the same code path as the in-process model, with the cache
-//! simulated over the body as received.
+//! The body is converted back to our conversation types and validated like the real API;
+//! the answer comes from `ScriptedModel::answer`, the same code path as the in-process
+//! model, with the cache simulated over the body as received. Each rule names its source:
+//!
+//! - headers and required fields (`model`, `max_tokens`, `messages`): the API reference,
+//!   <https://platform.claude.com/docs/en/api/messages/create>, and `MessageCreateParamsBase`
+//!   in `anthropics/anthropic-sdk-python` `src/anthropic/types/message_create_params.py`;
+//! - text blocks: an empty one is refused ("text content blocks must be non-empty"), and so
+//!   is a whitespace-only one in a message with no other text ("text content blocks must
+//!   contain non-whitespace text"), as the API answers (observed and tabulated in
+//!   LibreChat-AI/agents#124; the messages as in anthropics/claude-code#23440 and #59812);
+//! - every message but an optional final assistant one has content (the API's 400 "all
+//!   messages must have non-empty content except for the optional final assistant message");
+//! - consecutive turns of one role are combined into one turn before the rules below apply
+//!   ("Consecutive `user` or `assistant` turns in your request will be combined into a single
+//!   turn", `messages` in `message_create_params.py`);
+//! - every `tool_use` is answered by `tool_result` blocks at the start of the next user turn,
+//!   and every `tool_result` answers one of the turn before
+//!   (<https://platform.claude.com/docs/en/agents-and-tools/tool-use/implement-tool-use>);
+//! - no final assistant turn: Claude 4.6 and later models refuse a prefill ("This model does
+//!   not support assistant message prefill. The conversation must end with a user message.",
+//!   <https://platform.claude.com/docs/en/about-claude/models/migration-guide>), except the
+//!   continuation of a turn the server paused (`pause_turn`: "You may provide the response
+//!   back as-is in a subsequent request to let the model continue", `stop_reason` in
+//!   `src/anthropic/types/message.py`;
+//!   <https://platform.claude.com/docs/en/agents-and-tools/tool-use/server-tools>);
+//! - thinking blocks go back unmodified, signature included ("a modified block results in a
+//!   400 `invalid_request_error`", `src/anthropic/types/thinking_block_param.py`; the data of
+//!   `redacted_thinking` likewise, `redacted_thinking_block_param.py`), and those of the
+//!   assistant turn whose tool calls the request answers must be there
+//!   (<https://platform.claude.com/docs/en/build-with-claude/extended-thinking#preserving-thinking-blocks>).
 
 use std::sync::Arc;
 
@@ -16,7 +43,10 @@ use serde_json::{Value, json};
 use tb_core::{Block, Message, Role};
 
 use super::{ServerState, stop_reason_name};
-use crate::scripted::assistant_turns;
+use crate::scripted::{
+    REFUSAL_EXPLANATION, assistant_turns, redacted_thinking_data, thinking_signature,
+};
+use tb_core::model::StopReason;
 
 pub(super) async fn messages(
     State(state): State<Arc<ServerState>>,
@@ -54,12 +84,27 @@ pub(super) async fn messages(
         Ok(m) => m,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    if let Err(message) = check_tool_pairing(&messages) {
+    let turn = assistant_turns(&messages);
+    let paused = |t: usize| state.model.turn(t).1 == StopReason::PauseTurn;
+    let checks = check_text_blocks(&messages)
+        .and_then(|()| check_non_empty(&messages))
+        .and_then(|()| check_thinking(&messages, |t| state.model.turn(t).0))
+        .and_then(|()| check_tool_pairing(&combined(&messages)))
+        .and_then(|()| check_final_turn(&messages, turn, paused));
+    if let Err(message) = checks {
         return error(StatusCode::BAD_REQUEST, &message);
     }
     let n = state.requests.load(std::sync::atomic::Ordering::SeqCst);
-    let answer = state.model.answer(assistant_turns(&messages), &body);
+    let answer = state.model.answer(turn, &body);
     let u = answer.usage;
+    // A refusal says why in `stop_details` (`RefusalStopDetails`,
+    // `src/anthropic/types/refusal_stop_details.py`).
+    let stop_details = match answer.stop_reason {
+        StopReason::Refusal => {
+            json!({"type": "refusal", "category": null, "explanation": REFUSAL_EXPLANATION})
+        }
+        _ => Value::Null,
+    };
     Json(json!({
         "id": format!("msg_scripted_{n:06}"),
         "type": "message",
@@ -67,6 +112,7 @@ pub(super) async fn messages(
         "model": answer.model,
         "content": answer.content,
         "stop_reason": stop_reason_name(&answer.stop_reason),
+        "stop_details": stop_details,
         "stop_sequence": null,
         "usage": {
             "input_tokens": u.input,
@@ -171,6 +217,13 @@ fn block(b: &Value) -> Result<Block, String> {
                 .cloned()
                 .ok_or("`input` must be an object")?,
         }),
+        Some("thinking") => Ok(Block::Thinking {
+            thinking: text_field("thinking")?,
+            signature: text_field("signature")?,
+        }),
+        Some("redacted_thinking") => Ok(Block::RedactedThinking {
+            data: text_field("data")?,
+        }),
         Some("tool_result") => {
             let content = match &b["content"] {
                 Value::String(s) => s.clone(),
@@ -193,6 +246,129 @@ fn block(b: &Value) -> Result<Block, String> {
             "the scripted server does not support `{other}` blocks"
         )),
         None => Err("`type` is required".into()),
+    }
+}
+
+/// No empty text block anywhere, and no whitespace-only one in a message without other text.
+fn check_text_blocks(messages: &[Message]) -> Result<(), String> {
+    for m in messages {
+        let texts = m.content.iter().filter_map(|b| match b {
+            Block::Text { text } => Some(text.as_str()),
+            _ => None,
+        });
+        let mut blank = false;
+        let mut some_text = false;
+        for text in texts {
+            if text.is_empty() {
+                return Err("messages: text content blocks must be non-empty".into());
+            }
+            blank |= text.trim().is_empty();
+            some_text |= !text.trim().is_empty();
+        }
+        if blank && !some_text {
+            return Err("messages: text content blocks must contain non-whitespace text".into());
+        }
+    }
+    Ok(())
+}
+
+/// Every message has content, except an optional final assistant message.
+fn check_non_empty(messages: &[Message]) -> Result<(), String> {
+    let last = messages.len() - 1;
+    for (i, m) in messages.iter().enumerate() {
+        if m.content.is_empty() && !(i == last && m.role == Role::Assistant) {
+            return Err(format!(
+                "messages.{i}: all messages must have non-empty content except for the optional final assistant message"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Thinking blocks carry the signature (or data) the server gave them; the assistant
+/// message whose tool calls the last user message answers keeps the thinking blocks it
+/// was answered with, in order. `issued(t)` is the content the server answered turn `t`.
+fn check_thinking(
+    messages: &[Message],
+    issued: impl Fn(usize) -> Vec<Block>,
+) -> Result<(), String> {
+    let mut turn = 0;
+    let mut last_assistant = None;
+    for (i, m) in messages.iter().enumerate() {
+        if m.role != Role::Assistant {
+            continue;
+        }
+        for (k, b) in m.content.iter().enumerate() {
+            let valid = match b {
+                Block::Thinking {
+                    thinking,
+                    signature,
+                } => *signature == thinking_signature(thinking),
+                Block::RedactedThinking { data } => *data == redacted_thinking_data(turn),
+                _ => true,
+            };
+            if !valid {
+                let kind = if matches!(b, Block::Thinking { .. }) {
+                    "`signature` in `thinking`"
+                } else {
+                    "`data` in `redacted_thinking`"
+                };
+                return Err(format!("messages.{i}.content.{k}: Invalid {kind} block"));
+            }
+        }
+        last_assistant = Some((i, turn));
+        turn += 1;
+    }
+    let Some((i, turn)) = last_assistant else {
+        return Ok(());
+    };
+    let answers_it = messages.last().is_some_and(|m| m.role == Role::User);
+    let has_calls = messages[i].tool_uses().next().is_some();
+    if !(answers_it && has_calls) {
+        return Ok(());
+    }
+    let thinking = |content: &[Block]| -> Vec<Block> {
+        content
+            .iter()
+            .filter(|b| matches!(b, Block::Thinking { .. } | Block::RedactedThinking { .. }))
+            .cloned()
+            .collect()
+    };
+    let expected = thinking(&issued(turn));
+    if !expected.is_empty() && thinking(&messages[i].content) != expected {
+        return Err(format!(
+            "messages.{i}.content: the thinking blocks of the assistant turn whose tool calls this request answers \
+             must be passed back unmodified and in their original order"
+        ));
+    }
+    Ok(())
+}
+
+/// The conversation with consecutive messages of one role combined into one.
+fn combined(messages: &[Message]) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    for m in messages {
+        match out.last_mut() {
+            Some(last) if last.role == m.role => last.content.extend(m.content.iter().cloned()),
+            _ => out.push(m.clone()),
+        }
+    }
+    out
+}
+
+/// The request ends on a user turn, unless its final assistant message (turn `turn - 1`)
+/// is the continuation of a turn the server paused.
+fn check_final_turn(
+    messages: &[Message],
+    turn: usize,
+    paused: impl Fn(usize) -> bool,
+) -> Result<(), String> {
+    match messages.last() {
+        Some(m) if m.role == Role::Assistant && !(turn > 0 && paused(turn - 1)) => Err(
+            "This model does not support assistant message prefill. The conversation must end with a user message."
+                .into(),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -366,6 +542,45 @@ mod tests {
                 .unwrap_err()
                 .contains("unexpected `tool_use_id` found in `tool_result` blocks: zzz")
         );
+    }
+
+    #[test]
+    fn consecutive_turns_of_one_role_are_combined_before_the_pairing_check() {
+        let m = vec![
+            Message::user_text("go"),
+            Message::assistant(vec![use_("a")]),
+            Message::assistant(vec![Block::Text {
+                text: "and then".into(),
+            }]),
+            user(vec![result("a")]),
+            Message::user_text("more"),
+        ];
+        assert_eq!(combined(&m).len(), 3);
+        assert_eq!(check_tool_pairing(&combined(&m)), Ok(()));
+    }
+
+    #[test]
+    fn only_a_final_assistant_message_may_be_empty() {
+        let m = vec![Message::user_text("go"), Message::assistant(vec![])];
+        assert_eq!(check_non_empty(&m), Ok(()));
+        let m = vec![Message::assistant(vec![]), Message::user_text("go")];
+        assert!(
+            check_non_empty(&m)
+                .unwrap_err()
+                .starts_with("messages.0: all messages")
+        );
+    }
+
+    #[test]
+    fn a_final_assistant_turn_is_a_refused_prefill_unless_the_turn_was_paused() {
+        let m = vec![Message::user_text("go"), Message::assistant(vec![])];
+        assert!(
+            check_final_turn(&m, 1, |_| false)
+                .unwrap_err()
+                .contains("does not support assistant message prefill")
+        );
+        assert_eq!(check_final_turn(&m, 1, |t| t == 0), Ok(()));
+        assert_eq!(check_final_turn(&m[..1], 0, |_| false), Ok(()));
     }
 
     #[test]

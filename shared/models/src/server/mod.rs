@@ -3,7 +3,8 @@
 //! answering from one [`ScriptedModel`], so tests can drive the real clients.
 //!
 //! Both endpoints validate the conversation the way the real APIs do (every tool call
-//! answered right after it), count requests, and can be told to fail the next requests
+//! answered right after it; the Anthropic endpoint also text blocks, the final turn and
+//! thinking signatures, the OpenAI one the output-limit parameter), count requests, and can be told to fail the next requests
 //! ([`ScriptedServer::fail_next`]) to exercise retries. The server stops when its handle
 //! is dropped.
 
@@ -38,6 +39,19 @@ pub enum OpenAiDialect {
     OllamaLike,
 }
 
+/// Which output-limit parameter the chat-completions endpoint accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenLimitParameter {
+    /// `max_completion_tokens`; `max_tokens` is refused, as OpenAI refuses it for its
+    /// reasoning models (it is "deprecated in favor of `max_completion_tokens`, and is not
+    /// compatible with o-series models": `max_tokens` in `openai/openai-python`
+    /// `src/openai/types/chat/completion_create_params.py`).
+    #[default]
+    MaxCompletionTokens,
+    /// `max_tokens` only; `max_completion_tokens` is refused, as servers that predate it do.
+    MaxTokens,
+}
+
 /// A running scripted server; dropping it stops the server.
 pub struct ScriptedServer {
     addr: SocketAddr,
@@ -66,6 +80,7 @@ impl ScriptedServer {
             faults: Mutex::new(VecDeque::new()),
             last_body: Mutex::new(None),
             ollama_like: AtomicBool::new(false),
+            max_tokens_only: AtomicBool::new(false),
         });
         let router = Router::new()
             .route("/v1/messages", post(anthropic_api::messages))
@@ -125,6 +140,15 @@ impl ScriptedServer {
         faults.extend(std::iter::repeat_n(Fault { status, headers }, n));
     }
 
+    /// Which output-limit parameter the chat-completions endpoint accepts (the other is
+    /// refused with a 400 naming it).
+    pub fn set_openai_token_limit(&self, parameter: TokenLimitParameter) {
+        self.state.max_tokens_only.store(
+            parameter == TokenLimitParameter::MaxTokens,
+            Ordering::SeqCst,
+        );
+    }
+
     pub fn set_openai_dialect(&self, dialect: OpenAiDialect) {
         self.state
             .ollama_like
@@ -153,6 +177,7 @@ struct ServerState {
     faults: Mutex<VecDeque<Fault>>,
     last_body: Mutex<Option<Value>>,
     ollama_like: AtomicBool,
+    max_tokens_only: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -170,6 +195,14 @@ impl ServerState {
 
     fn record(&self, body: &Value) {
         *lock(&self.last_body) = Some(body.clone());
+    }
+
+    fn token_limit(&self) -> TokenLimitParameter {
+        if self.max_tokens_only.load(Ordering::SeqCst) {
+            TokenLimitParameter::MaxTokens
+        } else {
+            TokenLimitParameter::MaxCompletionTokens
+        }
     }
 
     fn dialect(&self) -> OpenAiDialect {

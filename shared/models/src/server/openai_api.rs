@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use tb_core::Block;
 use tb_core::model::StopReason;
 
-use super::{OpenAiDialect, ServerState};
-use crate::scripted::output_tokens;
+use super::{OpenAiDialect, ServerState, TokenLimitParameter};
+use crate::scripted::{REFUSAL_EXPLANATION, output_tokens};
 
 pub(super) async fn chat_completions(
     State(state): State<Arc<ServerState>>,
@@ -38,6 +38,9 @@ pub(super) async fn chat_completions(
         }
     };
     state.record(&body);
+    if let Some(refused) = refused_token_limit(&body, state.token_limit()) {
+        return refused;
+    }
     let turn = match check(&body) {
         Ok(turn) => turn,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -60,13 +63,42 @@ pub(super) async fn chat_completions(
         "object": "chat.completion",
         "created": 0,
         "model": state.model.script().model,
-        "choices": [{"index": 0, "message": message(&content, dialect), "finish_reason": finish_reason(&stop_reason)}],
+        "choices": [{"index": 0, "message": message(&content, &stop_reason, dialect), "finish_reason": finish_reason(&stop_reason)}],
         "usage": usage,
     }))
     .into_response()
 }
 
-fn message(content: &[Block], dialect: OpenAiDialect) -> Value {
+/// The 400 a server answers for the output-limit parameter it does not accept.
+///
+/// OpenAI's reasoning models refuse `max_tokens` naming its replacement (the body of
+/// `invalid_request_error`s: `message`, `type`, `param`, `code`, as in `openai/openai-openapi`
+/// `openapi.yaml` `Error`); servers from before `max_completion_tokens` refuse it as an
+/// unrecognized argument (Azure OpenAI's wording; vLLM and others answer alike).
+fn refused_token_limit(body: &Value, accepted: TokenLimitParameter) -> Option<Response> {
+    let (refused, message, code) = match accepted {
+        TokenLimitParameter::MaxCompletionTokens => (
+            "max_tokens",
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+            json!("unsupported_parameter"),
+        ),
+        TokenLimitParameter::MaxTokens => (
+            "max_completion_tokens",
+            "Unrecognized request argument supplied: max_completion_tokens",
+            Value::Null,
+        ),
+    };
+    body.get(refused)?;
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": refused, "code": code}});
+    Some((StatusCode::BAD_REQUEST, Json(body)).into_response())
+}
+
+/// The assistant message; a refusal is `message.refusal` with no content
+/// (`ChatCompletionMessage.refusal`, `src/openai/types/chat/chat_completion_message.py`).
+fn message(content: &[Block], stop_reason: &StopReason, dialect: OpenAiDialect) -> Value {
+    if *stop_reason == StopReason::Refusal {
+        return json!({"role": "assistant", "content": null, "refusal": REFUSAL_EXPLANATION});
+    }
     let text: Vec<&str> = content
         .iter()
         .filter_map(|b| match b {
@@ -106,7 +138,6 @@ fn finish_reason(reason: &StopReason) -> &str {
     match reason {
         StopReason::ToolUse => "tool_calls",
         StopReason::MaxTokens | StopReason::ContextWindowExceeded => "length",
-        StopReason::Refusal => "content_filter",
         StopReason::Other(other) => other,
         _ => "stop",
     }
