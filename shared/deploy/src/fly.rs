@@ -59,8 +59,10 @@ pub struct FlyConfig {
     pub registry: String,
     /// App names are `<app_prefix><project id>`.
     pub app_prefix: String,
-    /// The Node base image (`docker.io/library/node:20-slim`). On `registry` itself its
-    /// layers are mounted, elsewhere they are copied (once per app).
+    /// The Node base image: by default the official `node:20-slim` from its mirror on ECR
+    /// Public, which does not throttle anonymous pulls the way Docker Hub does. On
+    /// `registry` itself its layers are mounted, elsewhere they are copied (once per app);
+    /// each app's repository keeps the base for a week (see [`crate::image`]).
     pub base_image: ImageRef,
     /// The app's public URL, `{app}` replaced by the app name: `https://{app}.fly.dev`.
     pub public_url_template: String,
@@ -79,7 +81,7 @@ pub struct FlyConfig {
 impl FlyConfig {
     pub const DEFAULT_API_BASE: &'static str = "https://api.machines.dev/v1";
     pub const DEFAULT_REGISTRY: &'static str = "registry.fly.io";
-    pub const DEFAULT_BASE_IMAGE: &'static str = "docker.io/library/node:20-slim";
+    pub const DEFAULT_BASE_IMAGE: &'static str = "public.ecr.aws/docker/library/node:20-slim";
 
     /// The defaults, for `token` and `org_slug`.
     pub fn new(token: Secret, org_slug: impl Into<String>) -> Self {
@@ -101,8 +103,8 @@ impl FlyConfig {
     }
 
     /// From `FLY_API_TOKEN` and `FLY_ORG` (required), and optionally `FLY_REGION`,
-    /// `FLY_API_BASE`, `FLY_REGISTRY`, `TB_FLY_BASE_IMAGE`, `TB_FLY_APP_PREFIX`,
-    /// `TB_FLY_HEALTH_TIMEOUT_SECS`.
+    /// `FLY_API_BASE`, `FLY_REGISTRY`, `TB_BASE_IMAGE` (formerly `TB_FLY_BASE_IMAGE`, still
+    /// read), `TB_FLY_APP_PREFIX`, `TB_FLY_HEALTH_TIMEOUT_SECS`.
     pub fn from_env() -> Result<Self, DeployError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let token = var("FLY_API_TOKEN")
@@ -120,8 +122,10 @@ impl FlyConfig {
         if let Some(v) = var("FLY_REGISTRY") {
             config.registry = v;
         }
-        if let Some(v) = var("TB_FLY_BASE_IMAGE") {
-            config.base_image = v.parse()?;
+        if let Some(v) = var("TB_BASE_IMAGE").or_else(|| var("TB_FLY_BASE_IMAGE")) {
+            config.base_image = v
+                .parse()
+                .map_err(|e| DeployError::Config(format!("TB_BASE_IMAGE={v}: {e}")))?;
         }
         if let Some(v) = var("TB_FLY_APP_PREFIX") {
             config.app_prefix = v;

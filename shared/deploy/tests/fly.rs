@@ -10,7 +10,7 @@ use serde_json::Value;
 use support::{Health, get_json, node_app, push_synthetic_base, test_registry, unique};
 use tb_core::domain::ProjectId;
 use tb_core::ports::{Deployer, PortError};
-use tb_deploy::{FlyConfig, FlyDeployer, Secret};
+use tb_deploy::{FlyConfig, FlyDeployer, ImageRef, Secret};
 use tb_testkit::fake_fly::FakeFly;
 use tb_testkit::registry_proxy::RegistryProxy;
 
@@ -449,4 +449,55 @@ async fn the_token_never_appears_in_requests_errors_or_details() {
     assert!(!leaks(&failed.to_string()) && !leaks(&format!("{failed:?}")));
     assert!(!leaks(&refused.to_string()) && !leaks(&format!("{refused:?}")));
     assert!(!leaks(&format!("{:?}", s.deployer)) && !leaks(&format!("{config:?}")));
+}
+
+#[tokio::test]
+async fn the_second_deploy_makes_no_request_to_the_base_registry() {
+    let s = setup(Duration::from_secs(30)).await;
+    // The base on "another registry" that hands out anonymous tokens as ECR Public does.
+    let upstream = test_registry();
+    let base_registry = RegistryProxy::like_ecr_public(&upstream).await;
+    let repository = unique("tb-test/docker/library/node");
+    push_synthetic_base(&upstream, &repository).await;
+    let mut config = s.deployer.config().clone();
+    config.base_image = ImageRef::new(base_registry.registry(), &repository, "20-slim").unwrap();
+    let deployer = FlyDeployer::new(config).unwrap();
+    let project = project();
+    let app = deployer.app_name(&project);
+
+    deployer
+        .deploy(&project, &node_app("v1", Health::Healthy), &BTreeMap::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+    let after_first = base_registry.count();
+    assert!(after_first > 0);
+    assert!(
+        base_registry
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/token/")),
+        "the anonymous token flow: {:?}",
+        base_registry.requests()
+    );
+    let target_before = s.target.requests().len();
+
+    deployer
+        .deploy(&project, &node_app("v2", Health::Healthy), &BTreeMap::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.fake.log(&app)));
+
+    assert_eq!(
+        base_registry.count(),
+        after_first,
+        "{:?}",
+        &base_registry.requests()[after_first..]
+    );
+    let users = get_json(&format!("{}/api/users", s.fake.app_url(&app))).await;
+    assert_eq!(users["version"], "v2");
+    // Only the new app layer and config were uploaded; the base layers were there (HEAD).
+    let uploads = s.target.requests()[target_before..]
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/") && r.status == 201)
+        .count();
+    assert_eq!(uploads, 2, "{:?}", &s.target.requests()[target_before..]);
 }

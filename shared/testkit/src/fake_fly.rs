@@ -37,8 +37,9 @@
 //! name held by another organization comes back as a 403"). Every app is in a private
 //! network: the one named at creation (`network`, fly-go `CreateAppRequest`), else its
 //! organization's default network, which all such apps share (Fly docs,
-//! `networking/custom-private-networks`: apps in an organization share one private network
-//! unless created in a custom one). [`FakeFly::can_reach`] tells whether two apps' machines
+//! `machines/api/apps-resource`: "To segment the app into its own network, you can pass a
+//! network argument … Any Machine started in such an app will not be able to access other
+//! apps within their organization over the private network"; `reference/private-networking`). [`FakeFly::can_reach`] tells whether two apps' machines
 //! could talk over `.internal`. Mutating calls
 //! are limited per action and machine (or app) to 1 per second with a burst of 3 (429 with
 //! `retry-after`), and 429s can be injected. Requests are recorded without any header

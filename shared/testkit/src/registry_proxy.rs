@@ -1,7 +1,15 @@
 //! A proxy in front of the real test registry (`infra/registry.sh`) that counts the
-//! requests it passes on and, when asked, wants Basic credentials as a registry with
-//! htpasswd auth does (the distribution server, `registry/auth/htpasswd`: `401` with
-//! `WWW-Authenticate: Basic realm=…` and an `UNAUTHORIZED` error body). Seen from a client
+//! requests it passes on and, when asked, wants credentials:
+//!
+//! - Basic, as a registry with htpasswd auth does (the distribution server,
+//!   `registry/auth/htpasswd`: `401` with `WWW-Authenticate: Basic realm=…` and an
+//!   `UNAUTHORIZED` error body);
+//! - an anonymous bearer token, as ECR Public does for anonymous pulls: the Docker token
+//!   flow (distribution `docs/spec/auth/token.md`), a `401` with
+//!   `WWW-Authenticate: Bearer realm="…/token/",service="public.ecr.aws",scope="aws"`,
+//!   then `GET <realm>?scope=…&service=…` without credentials answering `{"token": …}`.
+//!
+//! Seen from a client
 //! it is another registry (its own `host:port`), so tests can tell which registry a deploy
 //! talked to and how often.
 //!
@@ -25,15 +33,23 @@ pub struct ProxiedRequest {
     /// Path and query.
     pub path: String,
     pub status: u16,
-    /// Whether it carried the expected credentials (always true without auth).
+    /// Whether it carried the expected credentials (always true without auth, and for
+    /// token requests).
     pub authorized: bool,
+}
+
+enum Auth {
+    None,
+    /// The expected `Authorization` value.
+    Basic(String),
+    /// The token the realm hands out.
+    AnonymousBearer(String),
 }
 
 struct Proxy {
     upstream: String,
     own: String,
-    /// The expected `Authorization` value, when credentials are required.
-    basic: Option<String>,
+    auth: Auth,
     requests: Mutex<Vec<ProxiedRequest>>,
     http: reqwest::Client,
 }
@@ -47,17 +63,24 @@ pub struct RegistryProxy {
 impl RegistryProxy {
     /// Proxies `upstream` (`127.0.0.1:5056`) without asking for credentials.
     pub async fn start(upstream: &str) -> RegistryProxy {
-        Self::launch(upstream, None).await
+        Self::launch(upstream, Auth::None).await
+    }
+
+    /// Proxies `upstream` behind ECR Public's anonymous token flow (its `/token/` realm
+    /// requests are counted too).
+    pub async fn like_ecr_public(upstream: &str) -> RegistryProxy {
+        let token = format!("anon-{}", tb_core::ids::random_hex(12));
+        Self::launch(upstream, Auth::AnonymousBearer(token)).await
     }
 
     /// Proxies `upstream`, answering 401 to every request without Basic `user:password`.
     pub async fn with_basic_auth(upstream: &str, user: &str, password: &str) -> RegistryProxy {
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        Self::launch(upstream, Some(format!("Basic {encoded}"))).await
+        Self::launch(upstream, Auth::Basic(format!("Basic {encoded}"))).await
     }
 
-    async fn launch(upstream: &str, basic: Option<String>) -> RegistryProxy {
+    async fn launch(upstream: &str, auth: Auth) -> RegistryProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the registry proxy");
@@ -68,7 +91,7 @@ impl RegistryProxy {
                 .trim_end_matches('/')
                 .to_owned(),
             own,
-            basic,
+            auth,
             requests: Mutex::new(Vec::new()),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -113,28 +136,44 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let authorized = match &proxy.basic {
-        None => true,
-        Some(expected) => request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .is_some_and(|v| v.as_bytes() == expected.as_bytes()),
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let (authorized, challenge) = match &proxy.auth {
+        Auth::None => (true, String::new()),
+        Auth::Basic(expected) => (
+            presented.as_deref() == Some(expected.as_bytes()),
+            "Basic realm=\"Registry Realm\"".to_owned(),
+        ),
+        Auth::AnonymousBearer(token) => (
+            path.starts_with("/token/")
+                || presented.as_deref() == Some(format!("Bearer {token}").as_bytes()),
+            format!(
+                "Bearer realm=\"http://{}/token/\",service=\"public.ecr.aws\",scope=\"aws\"",
+                proxy.own
+            ),
+        ),
     };
-    let response = if authorized {
-        relay(&proxy, request, &path).await
-    } else {
-        let mut response = (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({"errors": [{
-                "code": "UNAUTHORIZED", "message": "authentication required", "detail": null,
-            }]})),
-        )
-            .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"Registry Realm\""),
-        );
-        response
+    let response = match &proxy.auth {
+        Auth::AnonymousBearer(token) if path.starts_with("/token/") => {
+            axum::Json(serde_json::json!({"token": token})).into_response()
+        }
+        _ if authorized => relay(&proxy, request, &path).await,
+        _ => {
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"errors": [{
+                    "code": "UNAUTHORIZED", "message": "authentication required", "detail": null,
+                }]})),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_str(&challenge).expect("ascii"),
+            );
+            response
+        }
     };
     proxy
         .requests
