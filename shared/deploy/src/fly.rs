@@ -1,22 +1,33 @@
 //! The Fly.io deployer: one app per project, one web machine per app, running the app image
 //! by digest.
 //!
-//! A deploy: ensure the app (`GET /apps/{app}`, create on 404), its public IPs (one
-//! `shared_v4`, one `v6`) and its secrets (the returned version becomes
-//! `min_secrets_version`); push the image ([`crate::image`]) to `<registry>/<app>`; then
-//! update the project's web machine (found by metadata `turbobackend=web`; an update replaces
-//! the whole config) or create it; wait until it is `started`, then until
-//! `<public url>/api/health` answers 200, all within the health timeout.
+//! A deploy: ensure the app (`GET /apps/{app}`; on 404 create it in its own private network
+//! `<app>-net`, then wait until it is visible, as fly-go's `WaitForApp` does; a 422 means
+//! the name is taken: the app is reused when it belongs to our organization, anything else
+//! fails naming it), its public IPs (one `shared_v4`, one `v6`) and its secrets (the
+//! returned version becomes `min_secrets_version`); push the image ([`crate::image`]) to
+//! `<registry>/<app>`; then update the project's web machine (found by metadata
+//! `turbobackend=web`; an update replaces the whole config) or create it; wait until it is
+//! `started`, then until `<public url>/api/health` answers 200, all within the health
+//! timeout.
+//!
+//! Fly is eventually consistent: a just-created app or machine answers 404 (or 401) for a
+//! moment. Calls on the app are retried on those for up to `visibility_timeout` with
+//! fly-go's backoff, and a machine's `wait` answering 404 is tried again as flyctl does,
+//! until the health timeout; neither is taken as a failure of the machine.
 //!
 //! Nothing half-done stays running: a new machine that does not get healthy is destroyed,
 //! and an updated one is rolled back to the configuration it had before (its previous image
-//! digest). The Fly token is used for the API and, as the password of user `x`, for the
-//! registry; it never appears in logs, errors or the returned details.
+//! digest). The Fly token is used for the API (`FlyV1 <macaroons>` or `Bearer <token>`)
+//! and, without its scheme, as the password of user `x` for the registry, exactly as
+//! flyctl sends them (see `token.rs`); it never appears in logs, errors or the returned
+//! details.
 
 mod api;
 pub mod machine_config;
 pub mod naming;
 mod spacing;
+mod token;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -28,7 +39,7 @@ use tb_core::domain::ProjectId;
 use tb_core::ports::{Artifact, Deployer, Deployment, PortError};
 use tokio::time::Instant;
 
-use self::api::{MachinesApi, Waited};
+use self::api::{AppLookup, Backoff, Created, MachinesApi, Waited};
 use self::machine_config::{HEALTH_PATH, ROLE_KEY, ROLE_WEB};
 use crate::registry::{RegistryClient, RegistryCredentials};
 use crate::{DeployError, ImageRef, Secret, artifact, image};
@@ -48,8 +59,10 @@ pub struct FlyConfig {
     pub registry: String,
     /// App names are `<app_prefix><project id>`.
     pub app_prefix: String,
-    /// The Node base image (`docker.io/library/node:20-slim`). On `registry` itself its
-    /// layers are mounted, elsewhere they are copied (once per app).
+    /// The Node base image: by default the official `node:20-slim` from its mirror on ECR
+    /// Public, which does not throttle anonymous pulls the way Docker Hub does. On
+    /// `registry` itself its layers are mounted, elsewhere they are copied (once per app);
+    /// each app's repository keeps the base for a week (see [`crate::image`]).
     pub base_image: ImageRef,
     /// The app's public URL, `{app}` replaced by the app name: `https://{app}.fly.dev`.
     pub public_url_template: String,
@@ -60,12 +73,15 @@ pub struct FlyConfig {
     pub mutation_spacing: Duration,
     /// How many 429 answers in a row a call absorbs before failing.
     pub max_429_retries: u32,
+    /// How long a just-created app or machine may answer 404 (or 401) before that counts
+    /// as an error (fly-go's `flaps.Retry` gives up after one minute).
+    pub visibility_timeout: Duration,
 }
 
 impl FlyConfig {
     pub const DEFAULT_API_BASE: &'static str = "https://api.machines.dev/v1";
     pub const DEFAULT_REGISTRY: &'static str = "registry.fly.io";
-    pub const DEFAULT_BASE_IMAGE: &'static str = "docker.io/library/node:20-slim";
+    pub const DEFAULT_BASE_IMAGE: &'static str = "public.ecr.aws/docker/library/node:20-slim";
 
     /// The defaults, for `token` and `org_slug`.
     pub fn new(token: Secret, org_slug: impl Into<String>) -> Self {
@@ -82,12 +98,13 @@ impl FlyConfig {
             health_poll_interval: Duration::from_secs(2),
             mutation_spacing: Duration::from_secs(1),
             max_429_retries: 5,
+            visibility_timeout: Duration::from_secs(60),
         }
     }
 
     /// From `FLY_API_TOKEN` and `FLY_ORG` (required), and optionally `FLY_REGION`,
-    /// `FLY_API_BASE`, `FLY_REGISTRY`, `TB_FLY_BASE_IMAGE`, `TB_FLY_APP_PREFIX`,
-    /// `TB_FLY_HEALTH_TIMEOUT_SECS`.
+    /// `FLY_API_BASE`, `FLY_REGISTRY`, `TB_BASE_IMAGE` (formerly `TB_FLY_BASE_IMAGE`, still
+    /// read), `TB_FLY_APP_PREFIX`, `TB_FLY_HEALTH_TIMEOUT_SECS`.
     pub fn from_env() -> Result<Self, DeployError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let token = var("FLY_API_TOKEN")
@@ -105,8 +122,10 @@ impl FlyConfig {
         if let Some(v) = var("FLY_REGISTRY") {
             config.registry = v;
         }
-        if let Some(v) = var("TB_FLY_BASE_IMAGE") {
-            config.base_image = v.parse()?;
+        if let Some(v) = var("TB_BASE_IMAGE").or_else(|| var("TB_FLY_BASE_IMAGE")) {
+            config.base_image = v
+                .parse()
+                .map_err(|e| DeployError::Config(format!("TB_BASE_IMAGE={v}: {e}")))?;
         }
         if let Some(v) = var("TB_FLY_APP_PREFIX") {
             config.app_prefix = v;
@@ -145,6 +164,7 @@ impl FlyDeployer {
             &config.token,
             config.mutation_spacing,
             config.max_429_retries,
+            config.visibility_timeout,
         )?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -166,6 +186,13 @@ impl FlyDeployer {
     /// The Fly app of `project`.
     pub fn app_name(&self, project: &ProjectId) -> String {
         naming::app_name(&self.config.app_prefix, project)
+    }
+
+    /// The private network of `app`: its own, named after it, so one project's machines
+    /// cannot reach another's over `.internal` (apps created without `network` share their
+    /// organization's default network).
+    pub fn network_name(app: &str) -> String {
+        format!("{app}-net")
     }
 
     /// The public URL of `app`.
@@ -280,23 +307,81 @@ impl FlyDeployer {
         })
     }
 
+    /// Finds the app or creates it in its own network. A 422 on creation means the name is
+    /// taken: the app is looked up again (it may be ours, created by a deploy whose answer
+    /// was lost, and not visible yet) and reused when it belongs to our organization.
     async fn ensure_app(&self, app: &str) -> Result<(), DeployError> {
+        let network = Self::network_name(app);
         match self.api.app(app).await? {
-            Some(org) => {
-                if !org.is_empty() && org != self.config.org_slug {
-                    tracing::warn!(
-                        app,
-                        org,
-                        "the app belongs to another organization of this token"
-                    );
+            AppLookup::Found { org, network: has } => return self.ours(app, &org, &has, &network),
+            AppLookup::OtherOrganization => return Err(self.taken(app, "")),
+            AppLookup::NotVisible => {}
+        }
+        match self
+            .api
+            .create_app(app, &self.config.org_slug, &network)
+            .await?
+        {
+            Created::Created => {
+                tracing::info!(app, network, "created the Fly app");
+                self.api.wait_for_app(app).await
+            }
+            Created::Refused(message) => {
+                let deadline = Instant::now() + self.api.visibility_timeout();
+                let mut backoff = Backoff::fly_go();
+                loop {
+                    match self.api.app(app).await? {
+                        AppLookup::Found { org, network: has } => {
+                            tracing::info!(app, "the app exists already; reusing it");
+                            return self.ours(app, &org, &has, &network);
+                        }
+                        AppLookup::OtherOrganization => return Err(self.taken(app, &message)),
+                        AppLookup::NotVisible => {
+                            if !backoff.sleep_before(deadline).await {
+                                return Err(self.taken(app, &message));
+                            }
+                        }
+                    }
                 }
-                Ok(())
             }
-            None => {
-                self.api.create_app(app, &self.config.org_slug).await?;
-                tracing::info!(app, "created the Fly app");
-                Ok(())
-            }
+        }
+    }
+
+    /// Accepts an existing app when it belongs to the configured organization.
+    fn ours(&self, app: &str, org: &str, has: &str, network: &str) -> Result<(), DeployError> {
+        if org != self.config.org_slug {
+            return Err(DeployError::Fly {
+                operation: format!("create app {app}"),
+                status: Some(422),
+                message: format!(
+                    "the app name {app} is taken by organization {org}, not {}",
+                    self.config.org_slug
+                ),
+            });
+        }
+        if !has.is_empty() && has != network {
+            tracing::warn!(
+                app,
+                network = has,
+                "the app was created in another private network (it cannot be moved)"
+            );
+        }
+        Ok(())
+    }
+
+    fn taken(&self, app: &str, message: &str) -> DeployError {
+        let detail = if message.is_empty() {
+            String::new()
+        } else {
+            format!(" ({message})")
+        };
+        DeployError::Fly {
+            operation: format!("create app {app}"),
+            status: Some(422),
+            message: format!(
+                "the app name {app} is taken by an organization this token cannot see{detail}; \
+                 choose another TB_FLY_APP_PREFIX"
+            ),
         }
     }
 
@@ -320,11 +405,12 @@ impl FlyDeployer {
         app: &str,
         artifact: &Artifact,
     ) -> Result<image::PushedImage, DeployError> {
+        // User `x` and the token without its scheme, as flyctl gives them to Docker.
         let target = RegistryClient::new(
             &self.config.registry,
             Some(RegistryCredentials {
                 username: "x".into(),
-                password: self.config.token.clone(),
+                password: Secret::new(token::FlyTokens::parse(self.config.token.expose()).docker()),
             }),
         )?;
         let base = &self.config.base_image;
@@ -347,15 +433,18 @@ impl FlyDeployer {
         id: &str,
         deadline: Instant,
     ) -> Result<(), DeployError> {
+        // flyctl `internal/machine/wait.go` (`WaitForStartOrStop`): a failed wait call is
+        // tried again after 500 ms doubling to 2 s until the timeout; a just-created machine
+        // answers 404 for a moment, which is not a reason to give up on it.
+        let mut backoff = Backoff::flyctl_wait();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                let state = self
-                    .api
-                    .machine(app, id)
-                    .await
-                    .map(|m| m.state)
-                    .unwrap_or_default();
+                let state = match self.api.machine(app, id).await {
+                    Ok(Some(m)) => m.state,
+                    Ok(None) => "not visible".into(),
+                    Err(_) => String::new(),
+                };
                 return Err(DeployError::Unhealthy(format!(
                     "machine {id} was not started within {:?} (state {state:?})",
                     self.config.health_timeout
@@ -367,15 +456,22 @@ impl FlyDeployer {
                 .await?
             {
                 Waited::Reached => break,
+                Waited::NotVisible => {
+                    tracing::debug!(app, machine = id, "the machine is not visible yet");
+                    if !backoff.sleep_before(deadline).await {
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                }
                 Waited::TimedOut => {
-                    let machine = self.api.machine(app, id).await?;
-                    if matches!(
-                        machine.state.as_str(),
-                        "failed" | "destroyed" | "stopped" | "launch_failed"
-                    ) {
+                    let state = self.api.machine(app, id).await?.map(|m| m.state);
+                    if let Some(state) = state
+                        && matches!(
+                            state.as_str(),
+                            "failed" | "destroyed" | "stopped" | "launch_failed"
+                        )
+                    {
                         return Err(DeployError::Unhealthy(format!(
-                            "machine {id} is {} instead of started",
-                            machine.state
+                            "machine {id} is {state} instead of started"
                         )));
                     }
                 }

@@ -1,7 +1,12 @@
 //! Assembling an app image without Docker, as crane, ko and Jib do: the base image's
 //! manifest and config, plus one layer holding the artifact under `/app/`.
 //!
-//! 1. Resolve the base (an index is narrowed to its `linux/amd64` manifest).
+//! 1. Resolve the base (an index is narrowed to its `linux/amd64` manifest). The target
+//!    repository keeps the base manifest it was built on under a tag of the week
+//!    ([`base_cache_tag`]), with the base config, so later pushes that week find the base
+//!    there and make no request at all to the base registry (Docker Hub allows a handful of
+//!    anonymous pulls per hour per address, ECR Public one pull a second, and Lambda's
+//!    outbound addresses are shared). A tag that moved upstream is picked up the next week.
 //! 2. Build the app layer ([`crate::layer`]) and a new config: the base config with the
 //!    layer's diff_id appended to `rootfs.diff_ids`, `WorkingDir=/app`,
 //!    `Cmd=["node","/app/.output/server/index.mjs"]` (no `Entrypoint`: the image runs exactly
@@ -84,6 +89,83 @@ pub struct BaseImage {
     pub media_type: String,
     pub manifest: Value,
     pub config: Value,
+    /// The manifest's and the config's bytes as served (their digests are theirs).
+    pub manifest_bytes: Vec<u8>,
+    pub config_bytes: Vec<u8>,
+}
+
+/// The tag under which a target repository keeps the base manifest `base` resolved to this
+/// week: `tb-base-<hash of the reference>-w<weeks since the epoch>`.
+pub fn base_cache_tag(base: &ImageRef, unix_secs: u64) -> String {
+    let hash = tb_core::ids::sha256_hex(base.to_string().as_bytes());
+    format!("tb-base-{}-w{}", &hash[..12], unix_secs / (7 * 86_400))
+}
+
+/// The base as the target repository kept it under `tag`, if it did. Any failure to read
+/// it (a repository that does not exist yet, a registry refusing the read) only means the
+/// base is looked up where it lives.
+async fn cached_base(target: &RegistryClient, repository: &str, tag: &str) -> Option<BaseImage> {
+    let result = async {
+        let fetched = target.get_manifest(repository, tag).await?;
+        if fetched.media_type != OCI_MANIFEST && fetched.media_type != DOCKER_MANIFEST {
+            return Err(DeployError::Image("not an image manifest".into()));
+        }
+        let manifest: Value = parse(&fetched.bytes, "the kept base manifest")?;
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| DeployError::Image("no config".into()))?;
+        let config_bytes = target.get_blob(repository, config_digest).await?;
+        let config: Value = parse(&config_bytes, "the kept base config")?;
+        Ok(BaseImage {
+            digest: fetched.digest,
+            media_type: fetched.media_type,
+            manifest,
+            config,
+            manifest_bytes: fetched.bytes,
+            config_bytes,
+        })
+    }
+    .await;
+    match result {
+        Ok(base) => Some(base),
+        Err(e) => {
+            tracing::debug!(repository, tag, "no kept base image: {e}");
+            None
+        }
+    }
+}
+
+/// Stores the base's config and manifest in the target repository under `tag` (its
+/// layers are there already). A failure only costs a lookup next time, so it is logged.
+async fn keep_base(target: &RegistryClient, repository: &str, tag: &str, base: &BaseImage) {
+    let result = async {
+        let config_digest = base.manifest["config"]["digest"].as_str().unwrap_or("");
+        if !target.blob_exists(repository, config_digest).await? {
+            target
+                .push_blob(
+                    repository,
+                    config_digest,
+                    Bytes::from(base.config_bytes.clone()),
+                )
+                .await?;
+        }
+        target
+            .put_manifest(
+                repository,
+                tag,
+                &base.media_type,
+                base.manifest_bytes.clone(),
+            )
+            .await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(
+            repository,
+            tag,
+            "keeping the base image in the target repository failed: {e}"
+        );
+    }
 }
 
 /// Fetches the base image's `linux/amd64` manifest and its config.
@@ -124,6 +206,8 @@ pub async fn resolve_base(
         media_type: fetched.media_type,
         manifest,
         config,
+        manifest_bytes: fetched.bytes,
+        config_bytes,
     })
 }
 
@@ -143,7 +227,16 @@ pub async fn push_app_image(
     let layer = tokio::task::spawn_blocking(move || layer::app_layer(&artifact::read(&tar_gz)?))
         .await
         .map_err(|e| DeployError::Local(format!("building the layer: {e}")))??;
-    let resolved = resolve_base(base_client, base).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let cache_tag = base_cache_tag(base, now);
+    let kept = cached_base(target, repository, &cache_tag).await;
+    let from_cache = kept.is_some();
+    let resolved = match kept {
+        Some(kept) => kept,
+        None => resolve_base(base_client, base).await?,
+    };
     let config = app_config(&resolved.config, &layer, &artifact.sha256)?;
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialise");
     let config_digest = format!("sha256:{}", tb_core::ids::sha256_hex(&config_bytes));
@@ -183,6 +276,9 @@ pub async fn push_app_image(
         };
         tracing::debug!(%digest, ?transfer, "base layer");
         blobs.push((digest.to_owned(), transfer));
+    }
+    if !from_cache {
+        keep_base(target, repository, &cache_tag, &resolved).await;
     }
     for (digest, data) in [
         (layer.digest.clone(), Bytes::from(layer.blob.clone())),
@@ -369,6 +465,22 @@ mod tests {
     }
 
     #[test]
+    fn the_base_is_kept_under_a_tag_per_reference_and_week() {
+        let a: ImageRef = "public.ecr.aws/docker/library/node:20-slim"
+            .parse()
+            .unwrap();
+        let b: ImageRef = "node:20-slim".parse().unwrap();
+        let week = 7 * 86_400;
+        let tag = base_cache_tag(&a, 3 * week + 5);
+        assert!(tag.starts_with("tb-base-") && tag.ends_with("-w3"), "{tag}");
+        assert_eq!(tag, base_cache_tag(&a, 4 * week - 1));
+        assert_ne!(tag, base_cache_tag(&a, 4 * week));
+        assert_ne!(tag, base_cache_tag(&b, 3 * week));
+        // A valid tag: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+        assert!(tag.len() <= 128 && tag.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'));
+    }
+
+    #[test]
     fn an_index_is_narrowed_to_linux_amd64() {
         let index = json!({"manifests": [
             {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64"}},
@@ -386,6 +498,8 @@ mod tests {
             manifest: json!({"config": {"mediaType": "application/vnd.docker.container.image.v1+json"},
                              "layers": [{"mediaType": DOCKER_LAYER, "digest": "sha256:l1", "size": 5}]}),
             config: json!({}),
+            manifest_bytes: Vec::new(),
+            config_bytes: Vec::new(),
         };
         let base_ref: ImageRef = "node:20-slim".parse().unwrap();
         let m = app_manifest(&base, &base_ref, &layer(), "sha256:cfg", 10).unwrap();

@@ -36,7 +36,7 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 
 /// How many times a read (`GET`/`HEAD`) is tried when the registry is unreachable or
 /// answers 429/5xx.
-const READ_ATTEMPTS: u32 = 3;
+const READ_ATTEMPTS: u32 = 4;
 
 /// A user name and password for a registry (`x` and the Fly token for `registry.fly.io`).
 #[derive(Clone, Debug)]
@@ -400,7 +400,20 @@ impl RegistryClient {
             if !transient || attempt >= READ_ATTEMPTS {
                 return result;
             }
-            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+            // A 429 waits for its `retry-after` (at most 10 s), else a second per attempt:
+            // anonymous pulls from ECR Public are limited to one a second per address
+            // (docs.aws.amazon.com/AmazonECR/latest/public/public-service-quotas.html).
+            let wait = match &result {
+                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map_or(Duration::from_secs(u64::from(attempt)), Duration::from_secs)
+                    .min(Duration::from_secs(10)),
+                _ => Duration::from_millis(250 * u64::from(attempt)),
+            };
+            tokio::time::sleep(wait).await;
             attempt += 1;
         }
     }

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use serde_json::{Value, json};
 use support::{Health, node_app, push_synthetic_base, test_registry, unique};
@@ -50,6 +52,7 @@ async fn app_with_machine(fake: &FakeFly, app: &str, image: &str) -> String {
 #[tokio::test]
 async fn a_wrong_token_is_refused_and_recorded_without_header_values() {
     let fake = FakeFly::start(TOKEN, &test_registry()).await;
+    fake.set_invisibility(Duration::ZERO, Duration::ZERO);
     let resp = reqwest::Client::new()
         .post(format!("{}/apps", fake.api_url()))
         .header("authorization", "Bearer not-the-token")
@@ -73,6 +76,7 @@ async fn a_wrong_token_is_refused_and_recorded_without_header_values() {
 async fn an_image_whose_diff_id_does_not_match_its_layer_fails_the_machine() {
     let registry = test_registry();
     let fake = FakeFly::start(TOKEN, &registry).await;
+    fake.set_invisibility(Duration::ZERO, Duration::ZERO);
     let base = push_synthetic_base(&registry, &unique("tb-test/base")).await;
     let repo = unique("tb-test/tampered");
     let client = RegistryClient::new(&registry, None).unwrap();
@@ -141,6 +145,7 @@ async fn an_image_whose_diff_id_does_not_match_its_layer_fails_the_machine() {
 async fn a_machine_is_started_only_once_its_check_answers_and_deleting_it_running_needs_force() {
     let registry = test_registry();
     let fake = FakeFly::start(TOKEN, &registry).await;
+    fake.set_invisibility(Duration::ZERO, Duration::ZERO);
     let base = push_synthetic_base(&registry, &unique("tb-test/base")).await;
     let repo = unique("tb-test/sick");
     let client = RegistryClient::new(&registry, None).unwrap();
@@ -188,4 +193,57 @@ async fn a_machine_is_started_only_once_its_check_answers_and_deleting_it_runnin
     assert_eq!(status, 200);
     assert_eq!(fake.running_processes(), 0);
     assert!(fake.machines(&app).is_empty());
+}
+
+#[tokio::test]
+async fn new_apps_and_machines_answer_404_for_a_moment_and_names_are_one_namespace() {
+    let registry = test_registry();
+    let fake = FakeFly::start(TOKEN, &registry).await;
+    fake.set_invisibility(Duration::from_millis(400), Duration::from_millis(400));
+    let (status, _) = call(
+        &fake,
+        "POST",
+        "/apps",
+        Some(json!({"name": "fresh", "org_slug": "o", "network": "fresh-net"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(call(&fake, "GET", "/apps/fresh", None).await.0, 404);
+    assert_eq!(
+        call(&fake, "GET", "/apps/fresh/ip_assignments", None)
+            .await
+            .0,
+        404
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (status, app) = call(&fake, "GET", "/apps/fresh", None).await;
+    assert_eq!((status, app["network"].as_str()), (200, Some("fresh-net")));
+    assert!(fake.invisible_answers() >= 2);
+
+    // A taken name: 422 on creation; another organization's app reads as 403.
+    let (status, body) = call(
+        &fake,
+        "POST",
+        "/apps",
+        Some(json!({"name": "fresh", "org_slug": "o"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    fake.reserve_app_name_for_other_org("theirs");
+    assert_eq!(call(&fake, "GET", "/apps/theirs", None).await.0, 403);
+
+    // Apps created without a network share the organization's default one.
+    fake.set_invisibility(Duration::ZERO, Duration::ZERO);
+    for name in ["a1", "a2"] {
+        let (status, _) = call(
+            &fake,
+            "POST",
+            "/apps",
+            Some(json!({"name": name, "org_slug": "o"})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    assert!(fake.can_reach("a1", "a2"));
+    assert!(!fake.can_reach("a1", "fresh"));
 }

@@ -22,9 +22,25 @@
 //! (the image pulled again by digest into a fresh root); `DELETE` needs `force=true` while
 //! it runs.
 //!
-//! Every request needs the token as Fly wants it (`FlyV1 …` verbatim, else
-//! `Bearer <token>`); 401 otherwise. App names can be reserved "by another organization"
-//! (`POST /apps` answers 422, `GET` 404 as for a name this token cannot see). Mutating calls
+//! Every request needs the token as flyctl sends it (fly-go `tokens/tokens.go`,
+//! `FlapsHeader`: `FlyV1 <macaroons>`, or `Bearer <user token>`); 401 otherwise. Image pulls
+//! send user `x` and the token's `Docker()` form (no scheme) to the registry.
+//!
+//! New apps and machines are not visible at once: for a random short while after their
+//! creation (`set_invisibility`) every call naming them answers 404 as if they did not
+//! exist. fly-go waits for a new app (`flaps/flaps_apps.go`, `WaitForApp`, retrying 404 and
+//! 401) and flyctl retries a new machine's `wait` (`internal/machine/wait.go`,
+//! `WaitForStartOrStop`) for exactly this.
+//!
+//! App names are one global namespace: a name reserved "by another organization" answers
+//! `POST /apps` with 422 and `GET /apps/{name}` with 403 (fly-go `AppNameAvailable`: "a
+//! name held by another organization comes back as a 403"). Every app is in a private
+//! network: the one named at creation (`network`, fly-go `CreateAppRequest`), else its
+//! organization's default network, which all such apps share (Fly docs,
+//! `machines/api/apps-resource`: "To segment the app into its own network, you can pass a
+//! network argument … Any Machine started in such an app will not be able to access other
+//! apps within their organization over the private network"; `reference/private-networking`). [`FakeFly::can_reach`] tells whether two apps' machines
+//! could talk over `.internal`. Mutating calls
 //! are limited per action and machine (or app) to 1 per second with a burst of 3 (429 with
 //! `retry-after`), and 429s can be injected. Requests are recorded without any header
 //! values: method, path with query, body and the status answered.
@@ -36,6 +52,7 @@ mod throttle;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -89,13 +106,10 @@ impl FakeFly {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let expected_auth = if token.starts_with("FlyV1 ") {
-            token.to_owned()
-        } else {
-            format!("Bearer {token}")
-        };
+        let (expected_auth, docker_password) = flyctl_token_forms(token);
         let state = Arc::new(Fly {
             expected_auth,
+            docker_password,
             registry,
             inner: Mutex::new(Inner::default()),
             http: reqwest::Client::new(),
@@ -157,6 +171,33 @@ impl FakeFly {
     /// Makes `name` look taken by an app of another organization.
     pub fn reserve_app_name_for_other_org(&self, name: &str) {
         self.state.lock().reserved.insert(name.to_owned());
+    }
+
+    /// New apps and machines stay invisible (404) for a random time between `min` and
+    /// `max` after their creation. The default is 0 to 300 ms.
+    pub fn set_invisibility(&self, min: std::time::Duration, max: std::time::Duration) {
+        self.state.lock().invisibility = (min, max.max(min));
+    }
+
+    /// The private network `app` was created in (`default` when none was named).
+    pub fn network(&self, app: &str) -> Option<String> {
+        let inner = self.state.lock();
+        inner.apps.get(app).map(|a| a.network.clone())
+    }
+
+    /// Whether the machines of `a` and `b` could reach each other over Fly's private
+    /// network: both exist, in the same organization and the same network.
+    pub fn can_reach(&self, a: &str, b: &str) -> bool {
+        let inner = self.state.lock();
+        match (inner.apps.get(a), inner.apps.get(b)) {
+            (Some(a), Some(b)) => a.org_slug == b.org_slug && a.network == b.network,
+            _ => false,
+        }
+    }
+
+    /// How many requests answered 404 because an app or machine was not visible yet.
+    pub fn invisible_answers(&self) -> usize {
+        self.state.lock().invisible_answers
     }
 
     /// The next `n` mutating calls answer 429 with `retry-after: 1`.
@@ -255,6 +296,8 @@ impl Drop for FakeFly {
 /// The server's state, shared by the handlers and the handle.
 pub(crate) struct Fly {
     expected_auth: String,
+    /// The password (user `x`) image pulls send.
+    docker_password: String,
     /// `host:port` of the registry images are pulled from.
     registry: String,
     inner: Mutex<Inner>,
@@ -269,7 +312,6 @@ impl Fly {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     apps: BTreeMap<String, FakeApp>,
     reserved: HashSet<String>,
@@ -278,6 +320,24 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     injected_429: u32,
     buckets: throttle::Buckets,
+    invisibility: (Duration, Duration),
+    invisible_answers: usize,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            apps: BTreeMap::new(),
+            reserved: HashSet::new(),
+            machines: HashMap::new(),
+            next_seq: 0,
+            requests: Vec::new(),
+            injected_429: 0,
+            buckets: throttle::Buckets::default(),
+            invisibility: (Duration::ZERO, Duration::from_millis(300)),
+            invisible_answers: 0,
+        }
+    }
 }
 
 impl Inner {
@@ -285,10 +345,53 @@ impl Inner {
         self.next_seq += 1;
         self.next_seq
     }
+
+    /// When something created now becomes visible.
+    fn visible_from_now(&self) -> Instant {
+        let (min, max) = self.invisibility;
+        let spread = (max - min).as_millis() as u64;
+        let extra = if spread == 0 {
+            0
+        } else {
+            rand::random::<u64>() % (spread + 1)
+        };
+        Instant::now() + min + Duration::from_millis(extra)
+    }
+}
+
+/// The `Authorization` value and the registry password flyctl derives from `token`
+/// (fly-go `tokens/tokens.go`: `Parse` strips a `FlyV1`/`Bearer` scheme and sorts the
+/// comma-separated tokens into macaroons, `fm1r_`/`fm1a_`/`fm2_`, and user tokens;
+/// `FlapsHeader` is `FlyV1 <macaroons>` or `Bearer <user tokens>`, `Docker` the same
+/// without a scheme).
+fn flyctl_token_forms(token: &str) -> (String, String) {
+    let mut rest = token.trim();
+    while let Some((scheme, after)) = rest.split_once(' ')
+        && (scheme.eq_ignore_ascii_case("flyv1") || scheme.eq_ignore_ascii_case("bearer"))
+    {
+        rest = after.trim();
+    }
+    let (mut macaroons, mut users) = (Vec::new(), Vec::new());
+    for tok in rest.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match tok.split_once('_').map(|(p, _)| p) {
+            Some("fm1r" | "fm1a" | "fm2") => macaroons.push(tok),
+            _ => users.push(tok),
+        }
+    }
+    if macaroons.is_empty() {
+        let joined = users.join(",");
+        (format!("Bearer {joined}"), joined)
+    } else {
+        let joined = macaroons.join(",");
+        (format!("FlyV1 {joined}"), joined)
+    }
 }
 
 struct FakeApp {
     org_slug: String,
+    /// The private network: named at creation, else `default`.
+    network: String,
+    visible_at: Instant,
     ips: Vec<(String, String)>,
     secrets: BTreeMap<String, String>,
     secrets_version: u64,
@@ -312,6 +415,7 @@ struct FakeMachine {
     events: Vec<String>,
     /// The image of every boot that got as far as starting its process.
     pulls: Vec<String>,
+    visible_at: Instant,
 }
 
 impl FakeMachine {
@@ -337,7 +441,13 @@ async fn record_and_authorize(
     let authorized = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .is_some_and(|v| v == HeaderValue::from_str(&fly.expected_auth).expect("ascii"));
+        .is_some_and(|v| {
+            // What flyctl sends, or the documented `Bearer <token>` (the Machines API docs,
+            // `machines/api/working-with-machines-api`).
+            v == HeaderValue::from_str(&fly.expected_auth).expect("ascii")
+                || v == HeaderValue::from_str(&format!("Bearer {}", fly.docker_password))
+                    .expect("ascii")
+        });
     let method = request.method().to_string();
     let path = request
         .uri()

@@ -6,6 +6,8 @@
 //!   bare git repositories; Fly's Machines API pulling images from a real registry and
 //!   running them as real processes.
 //! - [`oci::synthetic_node_base`]: a small Node base image to push to a test registry.
+//! - [`registry_proxy::RegistryProxy`]: a counting proxy in front of the test registry,
+//!   optionally asking for Basic credentials.
 //! - [`TempLocalProvider`]: a [`tb_sandbox::LocalSandboxProvider`] in a temporary
 //!   directory removed on drop.
 
@@ -13,6 +15,7 @@ pub mod fake_daytona;
 pub mod fake_fly;
 pub mod fake_github;
 pub mod oci;
+pub mod registry_proxy;
 pub mod temp_local;
 
 pub use fake_daytona::FakeDaytona;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::spacing::Spacing;
+use super::token::FlyTokens;
 use crate::{DeployError, Secret};
 
 /// What the deployer reads of a machine.
@@ -37,10 +38,31 @@ pub struct IpAssignment {
     pub shared: bool,
 }
 
-/// How long a `wait` ran out.
+/// How a `wait` ended.
 pub(crate) enum Waited {
     Reached,
     TimedOut,
+    /// 404: the machine is not visible (yet: a new machine can take a moment).
+    NotVisible,
+}
+
+/// What `GET /apps/{app}` found.
+pub(crate) enum AppLookup {
+    Found {
+        org: String,
+        network: String,
+    },
+    /// 404 (or 401, which fly-go's `WaitForApp` also treats as "not visible yet").
+    NotVisible,
+    /// 403: the name belongs to an organization this token cannot see.
+    OtherOrganization,
+}
+
+/// What `POST /apps` did.
+pub(crate) enum Created {
+    Created,
+    /// 422, with Fly's message: the name is taken (or invalid).
+    Refused(String),
 }
 
 pub(crate) struct MachinesApi {
@@ -50,6 +72,44 @@ pub(crate) struct MachinesApi {
     token: Secret,
     spacing: Spacing,
     max_429_retries: u32,
+    visibility_timeout: Duration,
+}
+
+/// Exponential backoff with jitter, for waiting out eventual consistency.
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// fly-go `flaps/retry.go`: from 100 ms, doubling, at most 500 ms.
+    pub(crate) fn fly_go() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        }
+    }
+
+    /// flyctl `internal/machine/wait.go` between wait calls: 500 ms doubling to 2 s.
+    pub(crate) fn flyctl_wait() -> Self {
+        Backoff {
+            next: Duration::from_millis(500),
+            max: Duration::from_secs(2),
+        }
+    }
+
+    /// Sleeps the next interval (±50 %) unless that would pass `deadline`; false then.
+    pub(crate) async fn sleep_before(&mut self, deadline: tokio::time::Instant) -> bool {
+        let jitter = u64::from_str_radix(&tb_core::ids::random_hex(1), 16).unwrap_or(128);
+        let base = self.next.as_millis() as u64;
+        let wait = Duration::from_millis(base / 2 + base * jitter / 255);
+        self.next = (self.next * 2).min(self.max);
+        if tokio::time::Instant::now() + wait > deadline {
+            return false;
+        }
+        tokio::time::sleep(wait).await;
+        true
+    }
 }
 
 impl MachinesApi {
@@ -58,14 +118,11 @@ impl MachinesApi {
         token: &Secret,
         spacing: Duration,
         max_429_retries: u32,
+        visibility_timeout: Duration,
     ) -> Result<Self, DeployError> {
-        // Fly's rule (flyctl's tokens.normalized()): macaroons printed as `FlyV1 fm2_…` are
-        // sent verbatim; anything else is a bearer token.
-        let value = if token.expose().starts_with("FlyV1 ") {
-            token.expose().to_owned()
-        } else {
-            format!("Bearer {}", token.expose())
-        };
+        // As flyctl sends it (fly-go `tokens.FlapsHeader`): `FlyV1 <macaroons>`, or
+        // `Bearer <token>` for a user token.
+        let value = FlyTokens::parse(token.expose()).api_header();
         let mut authorization = HeaderValue::from_str(&value).map_err(|_| {
             DeployError::Config("the Fly token holds characters not allowed in a header".into())
         })?;
@@ -83,49 +140,56 @@ impl MachinesApi {
             token: token.clone(),
             spacing: Spacing::new(spacing),
             max_429_retries,
+            visibility_timeout,
         })
     }
 
-    /// `GET /apps/{app}`: `Some(organization slug)` if it exists and is visible.
-    pub(crate) async fn app(&self, app: &str) -> Result<Option<String>, DeployError> {
+    /// `GET /apps/{app}`. A name held by an organization this token cannot see answers
+    /// 403 (fly-go `flaps/flaps_apps.go`, `AppNameAvailable`); 404 means no such app, or
+    /// one too new to be visible yet.
+    pub(crate) async fn app(&self, app: &str) -> Result<AppLookup, DeployError> {
         let op = format!("get app {app}");
         let (status, body) = self
             .call(&op, Method::GET, &format!("/apps/{app}"), None, None)
             .await?;
         match status {
-            StatusCode::OK => Ok(Some(
-                body["organization"]["slug"]
+            StatusCode::OK => Ok(AppLookup::Found {
+                org: body["organization"]["slug"]
                     .as_str()
                     .unwrap_or("")
                     .to_owned(),
-            )),
-            StatusCode::NOT_FOUND => Ok(None),
-            StatusCode::FORBIDDEN => Err(self.error(
-                &op,
-                Some(403),
-                "the name is taken by an app in an organization this token cannot see",
-            )),
+                network: body["network"].as_str().unwrap_or("").to_owned(),
+            }),
+            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED => Ok(AppLookup::NotVisible),
+            StatusCode::FORBIDDEN => Ok(AppLookup::OtherOrganization),
             _ => Err(self.status_error(&op, status, &body)),
         }
     }
 
-    /// `POST /apps`.
-    pub(crate) async fn create_app(&self, app: &str, org_slug: &str) -> Result<(), DeployError> {
+    /// `POST /apps?wait=true` with the app's own private network, as fly-go's `CreateApp`
+    /// sends it (`flaps/flaps_apps.go`: `name`, `org_slug`, `network`; the API description
+    /// calls the name `app_name`, so both go). 422 means the name is taken (or invalid).
+    pub(crate) async fn create_app(
+        &self,
+        app: &str,
+        org_slug: &str,
+        network: &str,
+    ) -> Result<Created, DeployError> {
         let op = format!("create app {app}");
-        // The documented field is `app_name`; flyctl sends `name`. Both, as the reference
-        // suggests.
-        let body = json!({"app_name": app, "name": app, "org_slug": org_slug});
+        let body = json!({"app_name": app, "name": app, "org_slug": org_slug, "network": network});
         let key = format!("create_app/{app}");
         let (status, body) = self
-            .call(&op, Method::POST, "/apps", Some(&body), Some(&key))
+            .call(
+                &op,
+                Method::POST,
+                "/apps?wait=true",
+                Some(&body),
+                Some(&key),
+            )
             .await?;
         match status {
-            StatusCode::OK | StatusCode::CREATED => Ok(()),
-            StatusCode::UNPROCESSABLE_ENTITY => Err(self.error(
-                &op,
-                Some(422),
-                &format!("the name is taken or invalid: {}", message(&body)),
-            )),
+            StatusCode::OK | StatusCode::CREATED => Ok(Created::Created),
+            StatusCode::UNPROCESSABLE_ENTITY => Ok(Created::Refused(message(&body))),
             _ => Err(self.status_error(&op, status, &body)),
         }
     }
@@ -134,7 +198,7 @@ impl MachinesApi {
     pub(crate) async fn ips(&self, app: &str) -> Result<Vec<IpAssignment>, DeployError> {
         let op = format!("list IPs of {app}");
         let (status, body) = self
-            .call(
+            .call_visible(
                 &op,
                 Method::GET,
                 &format!("/apps/{app}/ip_assignments"),
@@ -152,7 +216,7 @@ impl MachinesApi {
         let op = format!("allocate a {kind} IP for {app}");
         let key = format!("ip_assignments/{app}");
         let (status, body) = self
-            .call(
+            .call_visible(
                 &op,
                 Method::POST,
                 &format!("/apps/{app}/ip_assignments"),
@@ -173,7 +237,7 @@ impl MachinesApi {
         let op = format!("set secrets of {app}");
         let key = format!("secrets/{app}");
         let (status, body) = self
-            .call(
+            .call_visible(
                 &op,
                 Method::POST,
                 &format!("/apps/{app}/secrets"),
@@ -199,13 +263,22 @@ impl MachinesApi {
         serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
     }
 
-    /// `GET /apps/{app}/machines/{id}`.
-    pub(crate) async fn machine(&self, app: &str, id: &str) -> Result<Machine, DeployError> {
+    /// `GET /apps/{app}/machines/{id}`; `None` on 404 (gone, or not visible yet).
+    pub(crate) async fn machine(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<Option<Machine>, DeployError> {
         let op = format!("get machine {id} of {app}");
         let path = format!("/apps/{app}/machines/{id}");
         let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         self.ok(&op, status, &body, &[StatusCode::OK])?;
-        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        serde_json::from_value(body)
+            .map(Some)
+            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
     }
 
     /// `POST /apps/{app}/machines`.
@@ -282,6 +355,7 @@ impl MachinesApi {
         match status {
             StatusCode::OK => Ok(Waited::Reached),
             StatusCode::REQUEST_TIMEOUT => Ok(Waited::TimedOut),
+            StatusCode::NOT_FOUND => Ok(Waited::NotVisible),
             _ => Err(self.status_error(&op, status, &body)),
         }
     }
@@ -304,6 +378,48 @@ impl MachinesApi {
                 StatusCode::NOT_FOUND,
             ],
         )
+    }
+
+    /// [`MachinesApi::call`], retrying 404 and 401 for a while: a just-created app is not
+    /// visible at once to every part of the API. The backoff is fly-go's `flaps.Retry`
+    /// (`flaps/retry.go`: 100 ms doubling to 500 ms, ±50 % jitter), as its `WaitForApp`
+    /// (`flaps/flaps_apps.go`) uses it for exactly these two statuses; bounded by
+    /// `visibility_timeout` (fly-go: one minute).
+    async fn call_visible(
+        &self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        spacing_key: Option<&str>,
+    ) -> Result<(StatusCode, Value), DeployError> {
+        let deadline = tokio::time::Instant::now() + self.visibility_timeout;
+        let mut backoff = Backoff::fly_go();
+        loop {
+            let (status, answer) = self
+                .call(op, method.clone(), path, body, spacing_key)
+                .await?;
+            let not_visible = matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED);
+            if !not_visible || !backoff.sleep_before(deadline).await {
+                return Ok((status, answer));
+            }
+            tracing::debug!(operation = op, %status, "not visible yet; trying again");
+        }
+    }
+
+    /// Waits until `GET /apps/{app}` answers 200, as fly-go's `WaitForApp` does after
+    /// creating an app (404 and 401 are retried, anything else ends the wait).
+    pub(crate) async fn wait_for_app(&self, app: &str) -> Result<(), DeployError> {
+        let op = format!("wait for app {app}");
+        let (status, body) = self
+            .call_visible(&op, Method::GET, &format!("/apps/{app}"), None, None)
+            .await?;
+        self.ok(&op, status, &body, &[StatusCode::OK])
+    }
+
+    /// How long calls on a just-created app or machine keep being retried on 404 / 401.
+    pub(crate) fn visibility_timeout(&self) -> Duration {
+        self.visibility_timeout
     }
 
     /// Sends one call. Mutating calls (`spacing_key` set) wait for their slot; a 429 is

@@ -11,15 +11,20 @@ pub const ROLE_WEB: &str = "web";
 /// The path of the health check.
 pub const HEALTH_PATH: &str = "/api/health";
 
-/// Runs `image` (`registry.fly.io/<app>@sha256:…`) on a shared-cpu-1x with 256 MB, always
-/// restarted, serving HTTP on 80 and HTTPS on 443 (forwarded to 8080), started on demand
-/// and stopped when idle, with an HTTP check on [`HEALTH_PATH`].
+/// Runs `image` (`registry.fly.io/<app>@sha256:…`) on a shared-cpu-1x with 256 MB, serving
+/// HTTP on 80 and HTTPS on 443 (forwarded to 8080), started on demand and stopped when
+/// idle, with an HTTP check on [`HEALTH_PATH`].
+///
+/// The restart policy is `on-failure`, what `fly deploy` gives its machines (flyctl
+/// `internal/command/machine/run.go`, the `--restart` flag: "Default is 'on-failure' for
+/// Machines created by 'fly deploy'"): under `always` a machine the proxy stopped for being
+/// idle would be started again at once, and autostop would never save anything.
 pub fn web_machine(image: &str) -> Value {
     json!({
         "image": image,
         "env": {"PORT": APP_PORT.to_string(), "NODE_ENV": "production"},
         "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
-        "restart": {"policy": "always"},
+        "restart": {"policy": "on-failure"},
         "auto_destroy": false,
         "metadata": {ROLE_KEY: ROLE_WEB},
         "services": [{
@@ -58,7 +63,7 @@ mod tests {
         assert_eq!(service["internal_port"], 8080);
         assert_eq!(service["ports"][1]["handlers"], json!(["tls", "http"]));
         assert_eq!(service["checks"][0]["path"], "/api/health");
-        assert_eq!(c["restart"]["policy"], "always");
+        assert_eq!(c["restart"]["policy"], "on-failure");
         assert_eq!(c["guest"]["memory_mb"], 256);
     }
 }

@@ -88,6 +88,33 @@ fn throttle(inner: &mut Inner, action: &str, target: &str) -> Result<(), Refusal
     }
 }
 
+/// 404 unless `app` exists and is visible already (a new app is not, for a moment).
+fn app_refusal(inner: &mut Inner, app: &str) -> Option<Refusal> {
+    let visible_at = inner.apps.get(app)?.visible_at;
+    if Instant::now() < visible_at {
+        inner.invisible_answers += 1;
+        return Some(Refusal::new(StatusCode::NOT_FOUND, "app not found"));
+    }
+    None
+}
+
+/// 404 unless machine `id` of `app` exists, is not destroyed (unless `destroyed_ok`) and
+/// is visible already (a new machine is not, for a moment).
+fn machine_refusal(inner: &mut Inner, app: &str, id: &str, destroyed_ok: bool) -> Option<Refusal> {
+    let not_found = || Some(Refusal::new(StatusCode::NOT_FOUND, "machine not found"));
+    let Some(m) = inner.machines.get(id).filter(|m| m.app == app) else {
+        return not_found();
+    };
+    if !destroyed_ok && m.state == "destroyed" {
+        return not_found();
+    }
+    if Instant::now() < m.visible_at {
+        inner.invisible_answers += 1;
+        return not_found();
+    }
+    None
+}
+
 fn valid_app_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -120,10 +147,18 @@ async fn create_app(State(fly): State<Arc<Fly>>, Json(body): Json<Value>) -> Res
             "Validation failed: Name has already been taken",
         );
     }
+    let network = body["network"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    let visible_at = inner.visible_from_now();
     inner.apps.insert(
         name.clone(),
         FakeApp {
             org_slug: org_slug.to_owned(),
+            network,
+            visible_at,
             ips: Vec::new(),
             secrets: BTreeMap::new(),
             secrets_version: 0,
@@ -137,20 +172,30 @@ async fn create_app(State(fly): State<Arc<Fly>>, Json(body): Json<Value>) -> Res
 }
 
 async fn get_app(State(fly): State<Arc<Fly>>, Path(app): Path<String>) -> Response {
-    let inner = fly.lock();
+    let mut inner = fly.lock();
+    if inner.reserved.contains(&app) {
+        // fly-go `flaps/flaps_apps.go`, `AppNameAvailable`: the API looks the name up
+        // globally and refuses the read of another organization's app with a 403.
+        return error(StatusCode::FORBIDDEN, "unauthorized to access this app");
+    }
+    if let Some(r) = app_refusal(&mut inner, &app) {
+        return r.into_response();
+    }
     match inner.apps.get(&app) {
         Some(a) => Json(json!({
-            "id": app, "name": app, "status": "deployed",
+            "id": app, "name": app, "status": "deployed", "network": a.network,
             "organization": {"name": a.org_slug, "slug": a.org_slug},
         }))
         .into_response(),
-        // A name reserved elsewhere looks free to this token, as the real API can answer.
         None => error(StatusCode::NOT_FOUND, "app not found"),
     }
 }
 
 async fn list_ips(State(fly): State<Arc<Fly>>, Path(app): Path<String>) -> Response {
-    let inner = fly.lock();
+    let mut inner = fly.lock();
+    if let Some(r) = app_refusal(&mut inner, &app) {
+        return r.into_response();
+    }
     let Some(a) = inner.apps.get(&app) else {
         return error(StatusCode::NOT_FOUND, "app not found");
     };
@@ -170,6 +215,9 @@ async fn allocate_ip(
 ) -> Response {
     let mut inner = fly.lock();
     if let Err(r) = throttle(&mut inner, "ip_assignments", &app) {
+        return r.into_response();
+    }
+    if let Some(r) = app_refusal(&mut inner, &app) {
         return r.into_response();
     }
     let Some(a) = inner.apps.get_mut(&app) else {
@@ -203,6 +251,9 @@ async fn set_secrets(
     if let Err(r) = throttle(&mut inner, "secrets", &app) {
         return r.into_response();
     }
+    if let Some(r) = app_refusal(&mut inner, &app) {
+        return r.into_response();
+    }
     let Some(a) = inner.apps.get_mut(&app) else {
         return error(StatusCode::NOT_FOUND, "app not found");
     };
@@ -234,16 +285,21 @@ async fn list_machines(
     Path(app): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let inner = fly.lock();
+    let mut inner = fly.lock();
     if !inner.apps.contains_key(&app) {
         return error(StatusCode::NOT_FOUND, "app not found");
     }
+    if let Some(r) = app_refusal(&mut inner, &app) {
+        return r.into_response();
+    }
+    let now = Instant::now();
     let include_deleted = query.get("include_deleted").is_some_and(|v| v == "true");
     let mut machines: Vec<&FakeMachine> = inner
         .machines
         .values()
         .filter(|m| m.app == app)
         .filter(|m| include_deleted || m.state != "destroyed")
+        .filter(|m| m.visible_at <= now)
         .filter(|m| {
             query
                 .iter()
@@ -303,11 +359,15 @@ async fn create_machine(
     if let Err(r) = throttle(&mut inner, "create_machine", &app) {
         return r.into_response();
     }
+    if let Some(r) = app_refusal(&mut inner, &app) {
+        return r.into_response();
+    }
     let config = match check_machine_request(&inner, &app, &body) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
     let seq = inner.seq();
+    let visible_at = inner.visible_from_now();
     let id = tb_core::ids::random_hex(7);
     let now = now_rfc3339();
     let machine = FakeMachine {
@@ -328,6 +388,7 @@ async fn create_machine(
         check_status: "critical".into(),
         events: Vec::new(),
         pulls: Vec::new(),
+        visible_at,
     };
     let answer = machine_json(&machine);
     inner.machines.insert(id.clone(), machine);
@@ -340,7 +401,10 @@ async fn get_machine(
     State(fly): State<Arc<Fly>>,
     Path((app, id)): Path<(String, String)>,
 ) -> Response {
-    let inner = fly.lock();
+    let mut inner = fly.lock();
+    if let Some(r) = machine_refusal(&mut inner, &app, &id, true) {
+        return r.into_response();
+    }
     match inner.machines.get(&id).filter(|m| m.app == app) {
         Some(m) => Json(machine_json(m)).into_response(),
         None => error(StatusCode::NOT_FOUND, "machine not found"),
@@ -354,6 +418,9 @@ async fn update_machine(
 ) -> Response {
     let mut inner = fly.lock();
     if let Err(r) = throttle(&mut inner, "update", &id) {
+        return r.into_response();
+    }
+    if let Some(r) = machine_refusal(&mut inner, &app, &id, false) {
         return r.into_response();
     }
     let config = match check_machine_request(&inner, &app, &body) {
@@ -399,6 +466,9 @@ async fn delete_machine(
     if let Err(r) = throttle(&mut inner, "delete", &id) {
         return r.into_response();
     }
+    if let Some(r) = machine_refusal(&mut inner, &app, &id, false) {
+        return r.into_response();
+    }
     let Some(m) = inner
         .machines
         .get_mut(&id)
@@ -432,6 +502,9 @@ async fn restart_machine(
 ) -> Response {
     let mut inner = fly.lock();
     if let Err(r) = throttle(&mut inner, "restart", &id) {
+        return r.into_response();
+    }
+    if let Some(r) = machine_refusal(&mut inner, &app, &id, false) {
         return r.into_response();
     }
     let Some(m) = inner
@@ -472,7 +545,10 @@ async fn wait_machine(
     let until = Instant::now() + Duration::from_secs(secs);
     loop {
         {
-            let inner = fly.lock();
+            let mut inner = fly.lock();
+            if let Some(r) = machine_refusal(&mut inner, &app, &id, true) {
+                return r.into_response();
+            }
             let Some(m) = inner.machines.get(&id).filter(|m| m.app == app) else {
                 return error(StatusCode::NOT_FOUND, "machine not found");
             };

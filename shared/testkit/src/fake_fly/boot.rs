@@ -387,6 +387,9 @@ async fn fetch(fly: &Fly, url: &str, accept: &str) -> Result<Vec<u8>, String> {
         .http
         .get(url)
         .header("accept", accept)
+        // Fly pulls from its own registry with the app's credentials; a test registry
+        // without auth ignores them.
+        .basic_auth("x", Some(&fly.docker_password))
         .send()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
