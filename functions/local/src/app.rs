@@ -5,7 +5,7 @@
 //! |---|---|
 //! | state store, platform records | SQLite (`<data>/turbobackend.sqlite`) |
 //! | queues | in-process channels; the state store is the truth (a restart re-drives) |
-//! | sandbox | a directory per request and child processes (`<data>/sandboxes`) |
+//! | sandbox | a directory per request; commands in a bubblewrap boundary (`<data>/sandboxes`) |
 //! | archive | a directory (`<data>/archive`) |
 //! | code host | a bare git repository per project (`<data>/git`) |
 //! | database | the Postgres cluster of `DB_CLUSTER_*` when set, else skipped |
@@ -24,7 +24,7 @@ use tb_models::ModelSettings;
 use tb_pipeline::dir_archive::DirArchive;
 use tb_pipeline::{Finalizer, Pipeline};
 use tb_postgres::{ClusterSettings, PgDevDatabases, PgProvisioner};
-use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
+use tb_sandbox::{Isolation, Limits, LocalSandboxConfig, LocalSandboxProvider};
 use tokio::task::JoinHandle;
 
 /// Settings of the local binary, read once at start.
@@ -43,6 +43,12 @@ pub struct Settings {
     /// Agent slices run at once (`TB_WORKERS`, default 2); 0 runs none: requests wait queued
     /// in the store until a process with workers starts (its sweeper re-drives them).
     pub workers: usize,
+    /// How commands are confined, or why they cannot be here (no bubblewrap, user
+    /// namespaces refused).
+    pub isolation: Result<Isolation, String>,
+    /// `TB_ALLOW_UNISOLATED_COMMANDS`: `serve` starts even where commands cannot be
+    /// isolated.
+    pub allow_unisolated: bool,
 }
 
 impl Settings {
@@ -75,6 +81,11 @@ impl Settings {
             port,
             limits: tb_frontdoor::Limits::from_env(var)?,
             workers: workers(var)?,
+            isolation: {
+                let isolation = isolation(var)?;
+                isolation.probe().map(|()| isolation)
+            },
+            allow_unisolated: flag(var, "TB_ALLOW_UNISOLATED_COMMANDS")?,
         })
     }
 }
@@ -95,6 +106,74 @@ pub fn workers(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<usize> {
             }),
     }
 }
+
+/// The sandbox boundary's settings: egress allow-list and limits (see README).
+pub fn isolation(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Isolation> {
+    let d = Limits::default();
+    let number = |key: &str, default: u64, unit: u64| -> anyhow::Result<u64> {
+        match var(key) {
+            None => Ok(default * unit),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .and_then(|n| n.checked_mul(unit))
+                .ok_or_else(|| anyhow::anyhow!("{key}={v} is not a whole number above 0")),
+        }
+    };
+    let cpu_millicores = match var("TB_SANDBOX_CPUS") {
+        None => d.cpu_millicores,
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|c| c.is_finite() && *c >= 0.01 && *c <= 1024.0)
+            .map(|c| (c * 1000.0).round() as u64)
+            .ok_or_else(|| {
+                anyhow::anyhow!("TB_SANDBOX_CPUS={v} is not a number of cores (e.g. 1 or 0.5)")
+            })?,
+    };
+    let mut isolation = Isolation {
+        limits: Limits {
+            processes: number("TB_SANDBOX_PROCESSES", d.processes, 1)?,
+            memory_bytes: number("TB_SANDBOX_MEMORY_MB", d.memory_bytes >> 20, 1 << 20)?,
+            cpu_millicores,
+            file_size_bytes: number("TB_SANDBOX_FILE_SIZE_MB", d.file_size_bytes >> 20, 1 << 20)?,
+            cpu_seconds: number("TB_SANDBOX_CPU_SECONDS", d.cpu_seconds, 1)?,
+            disk_bytes: number("TB_SANDBOX_DISK_MB", d.disk_bytes >> 20, 1 << 20)?,
+        },
+        ..Isolation::new()
+    };
+    if let Some(hosts) = var("TB_SANDBOX_EGRESS_HOSTS") {
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let name = host.trim_start_matches('.');
+            if name.parse::<std::net::IpAddr>().is_ok()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                anyhow::bail!(
+                    "TB_SANDBOX_EGRESS_HOSTS: `{host}` is not a host name (names only, like registry.yarnpkg.com or .example.com)"
+                );
+            }
+            isolation.egress.allow_hosts.push(host.to_ascii_lowercase());
+        }
+    }
+    isolation.read_only.extend(Isolation::node_outside_usr());
+    Ok(isolation)
+}
+
+fn flag(var: impl Fn(&str) -> Option<String>, key: &str) -> anyhow::Result<bool> {
+    match var(key).as_deref().map(str::trim) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(v) => anyhow::bail!("{key}={v} is not true or false"),
+    }
+}
+
+/// Where npm's cache is seen inside the sandbox boundary.
+const NPM_CACHE_INSIDE: &str = "/var/cache/npm";
 
 /// Each worker runs an agent and its commands (npm and the like): more than a few per core
 /// only queue on the machine.
@@ -117,13 +196,25 @@ impl App {
         let store = Arc::new(SqliteStore::new(db.clone()));
         let records: Arc<dyn PlatformRecords> = Arc::new(SqliteRecords::new(db));
         let (queue, receivers) = LocalQueue::new(dir);
+        // One npm cache for every project, used before the registry: with it warm,
+        // `npm install` does not ask the registry about every package again.
+        std::fs::create_dir_all(&settings.npm_cache)
+            .with_context(|| format!("creating the npm cache {}", settings.npm_cache))?;
+        let mut isolation = settings.isolation.clone().ok();
+        let npm_cache = match &mut isolation {
+            Some(iso) => {
+                iso.shared
+                    .push((PathBuf::from(&settings.npm_cache), NPM_CACHE_INSIDE.into()));
+                NPM_CACHE_INSIDE.to_string()
+            }
+            None => settings.npm_cache.clone(),
+        };
         let sandboxes = Arc::new(LocalSandboxProvider::new(LocalSandboxConfig {
-            // One npm cache for every project, used before the registry: with it warm,
-            // `npm install` does not ask the registry about every package again.
             extra_env: BTreeMap::from([
-                ("npm_config_cache".to_string(), settings.npm_cache.clone()),
+                ("npm_config_cache".to_string(), npm_cache),
                 ("npm_config_prefer_offline".to_string(), "true".to_string()),
             ]),
+            isolation,
             ..LocalSandboxConfig::new(dir.join("sandboxes"))
         }));
         let databases: Option<Arc<dyn DatabaseProvisioner>> = settings
@@ -261,6 +352,44 @@ mod tests {
         );
         assert_eq!(workers(env(&[("TB_WORKERS", "0")])).unwrap(), 0);
         assert_eq!(workers(env(&[("TB_WORKERS", "8")])).unwrap(), 8);
+    }
+
+    #[test]
+    fn sandbox_limits_and_egress_hosts_are_read_and_checked() {
+        let iso = isolation(env(&[])).unwrap();
+        assert_eq!(iso.limits, Limits::default());
+        assert_eq!(iso.egress.allow_hosts, ["registry.npmjs.org"]);
+        let iso = isolation(env(&[
+            ("TB_SANDBOX_MEMORY_MB", "512"),
+            ("TB_SANDBOX_CPUS", "0.5"),
+            ("TB_SANDBOX_DISK_MB", "100"),
+            (
+                "TB_SANDBOX_EGRESS_HOSTS",
+                "registry.yarnpkg.com, .example.org",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(iso.limits.memory_bytes, 512 << 20);
+        assert_eq!(iso.limits.cpu_millicores, 500);
+        assert_eq!(iso.limits.disk_bytes, 100 << 20);
+        assert_eq!(
+            iso.egress.allow_hosts,
+            ["registry.npmjs.org", "registry.yarnpkg.com", ".example.org"]
+        );
+        for (name, bad) in [
+            ("TB_SANDBOX_PROCESSES", "0"),
+            ("TB_SANDBOX_MEMORY_MB", "lots"),
+            ("TB_SANDBOX_CPUS", "-1"),
+            ("TB_SANDBOX_EGRESS_HOSTS", "169.254.169.254"),
+            ("TB_SANDBOX_EGRESS_HOSTS", "http://x.org/"),
+        ] {
+            let e = isolation(|k| (k == name).then(|| bad.to_string()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name), "{e}");
+        }
+        assert!(flag(env(&[]), "TB_ALLOW_UNISOLATED_COMMANDS").is_ok_and(|f| !f));
+        assert!(flag(env(&[("X", "yes")]), "X").is_err());
     }
 
     #[test]

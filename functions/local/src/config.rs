@@ -39,6 +39,14 @@ pub const KNOWN: &[&str] = &[
     "TB_SPENDING_CAP_USD",
     "TB_WORKERS",
     "TB_LOG",
+    "TB_ALLOW_UNISOLATED_COMMANDS",
+    "TB_SANDBOX_EGRESS_HOSTS",
+    "TB_SANDBOX_PROCESSES",
+    "TB_SANDBOX_MEMORY_MB",
+    "TB_SANDBOX_CPUS",
+    "TB_SANDBOX_FILE_SIZE_MB",
+    "TB_SANDBOX_CPU_SECONDS",
+    "TB_SANDBOX_DISK_MB",
 ];
 
 pub struct Config {

@@ -44,6 +44,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let progress = Progress {
         output: args.output,
     };
+    if let Err(why) = &settings.isolation {
+        eprintln!(
+            "WARNING: commands are NOT isolated: {why}. The agent's commands run as this user and can read what it can; install bubblewrap (apt-get install -y bubblewrap) to confine them."
+        );
+    }
     let app = App::open(&settings, true).await?;
     let description = Description::parse(&args.description).map_err(anyhow::Error::msg)?;
     let project = args.project.as_deref().map(ProjectId::parse).transpose()?;

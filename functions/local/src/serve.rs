@@ -11,6 +11,16 @@ use crate::demo::LOCAL_USER;
 
 pub async fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
+    if let Err(why) = &settings.isolation {
+        if !settings.allow_unisolated {
+            anyhow::bail!(
+                "commands cannot be isolated here ({why}); `serve` is for several users, whose agents' commands must not reach the platform or each other. Install bubblewrap (apt-get install -y bubblewrap) and allow user namespaces, or set TB_ALLOW_UNISOLATED_COMMANDS=true to serve anyway"
+            );
+        }
+        eprintln!(
+            "WARNING: commands are NOT isolated ({why}); TB_ALLOW_UNISOLATED_COMMANDS=true accepts that every user's agent runs commands as this user"
+        );
+    }
     let app = App::open(&settings, true).await?;
     let user = UserId::parse(LOCAL_USER)?;
     // On first start, a key for the local user, shown once.

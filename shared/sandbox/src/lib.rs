@@ -1,19 +1,21 @@
 //! Adapters for the [`tb_core::sandbox`] ports: where the agent's commands run and its
 //! files live.
 //!
-//! - [`local`]: a directory per sandbox on this host, commands run with `bash` as the host
-//!   user. Confines the file tools to the project; it is not an isolation boundary for
-//!   commands.
+//! - [`local`]: a directory per sandbox on this host; commands run inside a bubblewrap
+//!   boundary (namespaces, limits, network only through [`egress`]) where the host allows
+//!   it, as the host user otherwise.
 //! - [`daytona`]: a REST client for Daytona sandboxes (isolated VMs/containers).
 //!
 //! Both bound command output in memory the same way ([`OutputCap`]).
 
 pub mod daytona;
+pub mod egress;
 pub mod local;
 pub mod rfc3339;
 
 mod output_cap;
 
 pub use daytona::{DaytonaConfig, DaytonaProvider, DaytonaSandbox, RetryPolicy};
-pub use local::{LocalSandbox, LocalSandboxConfig, LocalSandboxProvider};
+pub use egress::EgressPolicy;
+pub use local::{Isolation, Limits, LocalSandbox, LocalSandboxConfig, LocalSandboxProvider};
 pub use output_cap::OutputCap;

@@ -9,30 +9,46 @@
 //! <root>/<id>/meta.json   labels and creation time
 //! ```
 //!
-//! Commands run as `bash <script>` (the script lives beside the workspace, not in it) in a
-//! process group of their own, with a minimal environment (`PATH`, `HOME`, `TMPDIR`,
-//! `LANG`, `CI` and [`LocalSandboxConfig::extra_env`]; nothing of the host's leaks in),
-//! stdin from `/dev/null`, and stdout and stderr merged into one pipe in the order written.
-//! The whole group is killed at the timeout and also when the script exits, so
-//! `server &` does not outlive the command. Killed processes are reaped by PID 1, or by
-//! this process after [`adopt_orphans`].
+//! # Commands run inside an isolation boundary
 //!
-//! # Not a security boundary for commands
+//! With [`LocalSandboxConfig::isolation`] set (the local binary sets it wherever
+//! bubblewrap works), each command runs under `bwrap` in new user, PID, IPC, UTS, cgroup,
+//! mount and network namespaces ([`boundary`] has the details):
 //!
-//! The file *tools* ([`Sandbox::read_file`], [`Sandbox::write_file`], …) are confined to
-//! the workspace, symlinks included. *Commands* are not: they run as the host user and can
-//! read and write whatever that user can, open the network, and escape the process group
-//! with `setsid`. Use this provider for development and tests with trusted input; use
-//! [`crate::daytona`] when the commands need isolation.
+//! - it sees a read-only system (`/usr`, `/etc` without its secrets), its workspace at
+//!   `/workspace` (the only writable path besides its own `/home/sandbox` and `/tmp`), and
+//!   nothing else of the host: not the platform's processes, environment, data directory,
+//!   working directory or HOME, nor other sandboxes;
+//! - its environment is built from nothing ([`LocalSandboxConfig::extra_env`] added);
+//! - its network is its own loopback; the only way out is the platform's egress proxy
+//!   ([`crate::egress`]), which allows npm's registry by default and never a loopback,
+//!   private or link-local address;
+//! - processes, memory and CPU are bounded by cgroups where the host lets us, by rlimits
+//!   otherwise; file size and CPU time by rlimits; the sandbox's disk use is checked after
+//!   each command ([`Limits`]);
+//! - when the command exits (or times out) its PID namespace ends, and every process it
+//!   started (`setsid`, double forks, daemons) dies with it.
+//!
+//! Without isolation (no bubblewrap, or user namespaces refused) commands run as
+//! `bash <script>` as the host user in a process group of their own, with the same minimal
+//! environment: the file tools stay confined, the commands are not (they can read what the
+//! host user can, open the network, and leave the group with `setsid`). The local binary
+//! says so at start and refuses to `serve` that way unless told to.
+//!
+//! In both modes stdin is `/dev/null`, stdout and stderr are merged into one pipe in the
+//! order written and capped in memory ([`crate::OutputCap`]), and the command is killed at
+//! its timeout.
 
+pub mod boundary;
 mod exec;
 mod files;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -42,8 +58,11 @@ use tb_core::sandbox::{
     WorkspacePath,
 };
 
+pub use boundary::{Isolation, Limits};
 pub use exec::adopt_orphans;
 use files::Workspace;
+
+use crate::egress::{EgressProxy, SystemNetwork};
 
 /// Where local sandboxes live and how commands are bounded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +76,8 @@ pub struct LocalSandboxConfig {
     pub output_cap_bytes: usize,
     /// Files larger than this are refused by `read_file`.
     pub read_limit_bytes: u64,
+    /// Run commands inside the isolation boundary; `None` runs them as the host user.
+    pub isolation: Option<Isolation>,
 }
 
 impl LocalSandboxConfig {
@@ -69,6 +90,7 @@ impl LocalSandboxConfig {
             extra_env: BTreeMap::new(),
             output_cap_bytes: Self::DEFAULT_OUTPUT_CAP_BYTES,
             read_limit_bytes: Self::DEFAULT_READ_LIMIT_BYTES,
+            isolation: None,
         }
     }
 }
@@ -77,13 +99,50 @@ impl LocalSandboxConfig {
 #[derive(Clone, Debug)]
 pub struct LocalSandboxProvider {
     config: Arc<LocalSandboxConfig>,
+    boundary: Option<Arc<Boundary>>,
+}
+
+/// What isolated sandboxes of one provider share: the cgroup hierarchies found usable, and
+/// the egress proxy (started with the first command).
+#[derive(Debug)]
+struct Boundary {
+    cgroups: boundary::Cgroups,
+    proxy: OnceLock<Result<EgressProxy, String>>,
+}
+
+impl Boundary {
+    fn proxy_socket(&self, isolation: &Isolation) -> Result<&Path, SandboxError> {
+        let started = self.proxy.get_or_init(|| {
+            EgressProxy::start(isolation.egress.clone(), Arc::new(SystemNetwork))
+                .map_err(|e| format!("starting the egress proxy: {e}"))
+        });
+        match started {
+            Ok(proxy) => Ok(proxy.socket()),
+            Err(e) => Err(SandboxError::Unavailable(e.clone())),
+        }
+    }
 }
 
 impl LocalSandboxProvider {
     pub fn new(config: LocalSandboxConfig) -> Self {
+        let boundary = config.isolation.as_ref().map(|_| {
+            Arc::new(Boundary {
+                cgroups: boundary::Cgroups::detect(),
+                proxy: OnceLock::new(),
+            })
+        });
         LocalSandboxProvider {
             config: Arc::new(config),
+            boundary,
         }
+    }
+
+    /// The cgroup controllers limits go through (empty: rlimits only, or no isolation).
+    pub fn cgroup_controllers(&self) -> Vec<&'static str> {
+        self.boundary
+            .as_ref()
+            .map(|b| b.cgroups.controllers())
+            .unwrap_or_default()
     }
 
     pub fn config(&self) -> &LocalSandboxConfig {
@@ -94,15 +153,17 @@ impl LocalSandboxProvider {
     /// (`[A-Za-z0-9_-]{1,64}`) not in use, otherwise `sbx-<random hex>`.
     pub async fn create_local(&self, spec: &SandboxSpec) -> Result<LocalSandbox, SandboxError> {
         let config = self.config.clone();
+        let boundary = self.boundary.clone();
         let spec = spec.clone();
-        blocking(move || create_dirs(&config, &spec)).await
+        blocking(move || create_dirs(&config, boundary, &spec)).await
     }
 
     /// [`SandboxProvider::connect`], typed.
     pub async fn open(&self, id: &str) -> Result<LocalSandbox, SandboxError> {
         let config = self.config.clone();
+        let boundary = self.boundary.clone();
         let id = id.to_owned();
-        blocking(move || LocalSandbox::open(config, &id)).await
+        blocking(move || LocalSandbox::open(config, boundary, &id)).await
     }
 }
 
@@ -144,6 +205,7 @@ pub struct LocalSandbox {
     workspace: Workspace,
     env: Arc<BTreeMap<String, String>>,
     config: Arc<LocalSandboxConfig>,
+    boundary: Option<Arc<Boundary>>,
 }
 
 impl LocalSandbox {
@@ -171,7 +233,11 @@ impl LocalSandbox {
         blocking(move || workspace.is_dir(&path)).await
     }
 
-    fn open(config: Arc<LocalSandboxConfig>, id: &str) -> Result<Self, SandboxError> {
+    fn open(
+        config: Arc<LocalSandboxConfig>,
+        boundary: Option<Arc<Boundary>>,
+        id: &str,
+    ) -> Result<Self, SandboxError> {
         let not_found = || SandboxError::NotFound(format!("sandbox `{id}`"));
         if !is_valid_id(id) {
             return Err(not_found());
@@ -181,19 +247,42 @@ impl LocalSandbox {
             io::ErrorKind::NotFound => not_found(),
             _ => SandboxError::Unavailable(format!("opening sandbox `{id}`: {e}")),
         })?;
-        let mut env = BTreeMap::from([
-            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            (
-                "HOME".to_owned(),
+        let (home, tmp) = match &config.isolation {
+            Some(_) => (boundary::HOME.to_owned(), "/tmp".to_owned()),
+            None => (
                 dir.join("home").to_string_lossy().into_owned(),
-            ),
-            (
-                "TMPDIR".to_owned(),
                 dir.join("tmp").to_string_lossy().into_owned(),
             ),
+        };
+        let mut path = "/usr/local/bin:/usr/bin:/bin".to_owned();
+        if let Some(iso) = &config.isolation {
+            for p in &iso.read_only {
+                path = format!("{}:{path}", p.join("bin").display());
+            }
+        }
+        let mut env = BTreeMap::from([
+            ("PATH".to_owned(), path),
+            ("HOME".to_owned(), home),
+            ("TMPDIR".to_owned(), tmp),
             ("LANG".to_owned(), "C.UTF-8".to_owned()),
             ("CI".to_owned(), "true".to_owned()),
         ]);
+        if config.isolation.is_some() {
+            // The only way out: the egress proxy, through its bridge on the sandbox's own
+            // loopback (see `boundary`).
+            for k in [
+                "HTTPS_PROXY",
+                "HTTP_PROXY",
+                "https_proxy",
+                "http_proxy",
+                "npm_config_proxy",
+                "npm_config_https_proxy",
+            ] {
+                env.insert(k.to_owned(), boundary::PROXY_URL.to_owned());
+            }
+            env.insert("NO_PROXY".to_owned(), "localhost,127.0.0.1,::1".to_owned());
+            env.insert("no_proxy".to_owned(), "localhost,127.0.0.1,::1".to_owned());
+        }
         env.extend(config.extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(LocalSandbox {
             id: id.to_owned(),
@@ -201,6 +290,7 @@ impl LocalSandbox {
             workspace,
             env: Arc::new(env),
             config,
+            boundary,
         })
     }
 }
@@ -219,15 +309,71 @@ impl Sandbox for LocalSandbox {
         tokio::fs::write(&script.0, command)
             .await
             .map_err(|e| SandboxError::Unavailable(format!("writing the command script: {e}")))?;
-        exec::run(exec::Run {
-            script: &script.0,
-            cwd: self.workspace.root(),
-            env: &self.env,
+        let (Some(isolation), Some(shared)) = (&self.config.isolation, &self.boundary) else {
+            return exec::run(exec::Run {
+                argv: vec!["bash".into(), script.0.clone().into()],
+                cwd: self.workspace.root(),
+                env: &self.env,
+                timeout,
+                output_cap: self.config.output_cap_bytes,
+                pre_exec: None,
+            })
+            .await
+            .map_err(|e| SandboxError::Unavailable(format!("running the command: {e}")));
+        };
+        let socket = shared.proxy_socket(isolation)?;
+        let args = isolation.bwrap_args(&self.dir, &script.0, &self.env, Some(socket));
+        let args_pipe = Isolation::args_pipe(&args).map_err(|e| {
+            SandboxError::Unavailable(format!("passing the sandbox's arguments: {e}"))
+        })?;
+        let mut argv = vec![
+            isolation.bwrap.clone().into_os_string(),
+            "--args".into(),
+            "3".into(),
+        ];
+        argv.extend(Isolation::command(true));
+        let cgroups = shared
+            .cgroups
+            .for_command(
+                &format!("{}-{:08x}", self.id, rand::random::<u32>()),
+                &isolation.limits,
+            )
+            .map_err(|e| {
+                SandboxError::Unavailable(format!("creating the command's cgroups: {e}"))
+            })?;
+        let mut pre_exec = boundary::PreExec::new(&isolation.limits, Some(&cgroups));
+        pre_exec.args_fd = Some(args_pipe.as_raw_fd());
+        let ran = exec::run(exec::Run {
+            argv,
+            cwd: &self.dir,
+            env: &BTreeMap::new(),
             timeout,
             output_cap: self.config.output_cap_bytes,
+            pre_exec: Some(pre_exec),
         })
         .await
-        .map_err(|e| SandboxError::Unavailable(format!("running the command: {e}")))
+        .map_err(|e| SandboxError::Unavailable(format!("running the command: {e}")));
+        drop(args_pipe);
+        let dir = self.dir.clone();
+        let budget = isolation.limits.disk_bytes;
+        let used = tokio::task::spawn_blocking(move || {
+            drop(cgroups); // waits for the emptied groups to go
+            boundary::disk_usage(&dir)
+        })
+        .await
+        .unwrap_or(0);
+        let out = ran?;
+        if used > budget {
+            return Err(SandboxError::Invalid(format!(
+                "the command ran (exit code {}), but the sandbox now holds {} MiB, over its disk budget of {} MiB: delete files (e.g. build outputs, large downloads) before going on",
+                out.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                used >> 20,
+                budget >> 20
+            )));
+        }
+        Ok(out)
     }
 
     async fn write_file(&self, path: &WorkspacePath, contents: &[u8]) -> Result<(), SandboxError> {
@@ -283,6 +429,7 @@ impl Drop for ScriptFile {
 
 fn create_dirs(
     config: &Arc<LocalSandboxConfig>,
+    boundary: Option<Arc<Boundary>>,
     spec: &SandboxSpec,
 ) -> Result<LocalSandbox, SandboxError> {
     let unavailable = |what: &str, e: io::Error| SandboxError::Unavailable(format!("{what}: {e}"));
@@ -316,7 +463,7 @@ fn create_dirs(
     let json = serde_json::to_vec_pretty(&meta).expect("metadata serialises");
     fs::write(dir.join("meta.json"), json)
         .map_err(|e| unavailable("writing sandbox metadata", e))?;
-    LocalSandbox::open(config.clone(), &id)
+    LocalSandbox::open(config.clone(), boundary, &id)
 }
 
 fn list_sandboxes(root: &Path) -> Result<Vec<SandboxInfo>, SandboxError> {

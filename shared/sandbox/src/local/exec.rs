@@ -1,7 +1,9 @@
-//! Running one command script with `bash` in its own process group, output merged into one
-//! pipe and capped, the whole group killed at the deadline or when the script exits.
+//! Running one command (`bash <script>`, or `bwrap … bash` inside the boundary) in its own
+//! process group, output merged into one pipe and capped, the whole group killed at the
+//! deadline or when the command exits.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -13,6 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::time::Instant;
 
+use super::boundary::PreExec;
 use crate::OutputCap;
 
 /// How long to keep reading after the script exited and its group was killed: only a
@@ -22,21 +25,28 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 const DRAIN_AFTER_KILL: Duration = Duration::from_millis(500);
 
 pub(crate) struct Run<'a> {
-    pub script: &'a Path,
+    /// The program and its arguments (`bash <script>`, or `bwrap … bash -c …`).
+    pub argv: Vec<OsString>,
     pub cwd: &'a Path,
     /// The complete environment (nothing is inherited).
     pub env: &'a BTreeMap<String, String>,
     pub timeout: Duration,
     pub output_cap: usize,
+    /// Limits the child sets on itself before exec.
+    pub pre_exec: Option<PreExec>,
 }
 
 pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
     // A year stands for "no limit" without overflowing the clock.
     let deadline = Instant::now() + req.timeout.min(Duration::from_secs(365 * 24 * 3600));
     let (reader, writer) = io::pipe()?;
-    let mut command = tokio::process::Command::new("bash");
+    let (program, args) = req
+        .argv
+        .split_first()
+        .ok_or_else(|| io::Error::other("no program to run"))?;
+    let mut command = tokio::process::Command::new(program);
     command
-        .arg(req.script)
+        .args(args)
         .current_dir(req.cwd)
         .env_clear()
         .envs(req.env)
@@ -45,6 +55,13 @@ pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
         .stderr(writer)
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(pre) = req.pre_exec {
+        // SAFETY: `PreExec::apply` makes only async-signal-safe calls (write, setrlimit)
+        // on data prepared before the fork.
+        unsafe {
+            command.pre_exec(move || pre.apply());
+        }
+    }
     let spawned = command.spawn();
     // The command holds our copies of the write end; without dropping it the pipe never
     // reaches end-of-file.
