@@ -67,13 +67,15 @@ impl Settings {
             None => 8787,
         };
         let data_dir = data_dir.canonicalize()?;
+        let model = ModelSettings::from_env(var)?;
+        let prices = tb_core::settings::price_table_for(var, model.model_id())?;
         Ok(Settings {
             npm_cache: var("TB_NPM_CACHE").unwrap_or_else(|| path(&data_dir, "npm-cache")),
             callback_secret: var("TB_CALLBACK_SECRET"),
             data_dir,
-            model: ModelSettings::from_env(var)?,
+            model,
             agent: tb_core::settings::agent_config(var)?,
-            prices: tb_core::settings::price_table(var)?,
+            prices,
             cluster: match var("DB_CLUSTER_HOST") {
                 Some(_) => Some(ClusterSettings::from_env(var)?),
                 None => None,

@@ -153,3 +153,24 @@ async fn a_killed_process_resumes_its_request_with_the_same_cost_and_one_commit(
     assert_eq!(spent.micros(), status["cost_micro_usd"].as_i64().unwrap());
     assert_eq!(commits(data.path()), 1);
 }
+
+#[test]
+fn a_model_with_no_price_stops_start_up_naming_the_setting() {
+    let data = tempfile::tempdir().unwrap();
+    // Any command stops at start-up, before anything runs (nothing listens on loopback's
+    // port 9 either).
+    let out = turbobackend(data.path(), &["keys", "list"])
+        .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+        .env("TB_MODEL", "mystery-model-7b")
+        .env_remove("TB_MODEL_PRICES")
+        .env_remove("TB_ALLOW_UNPRICED_MODELS")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TB_MODEL_PRICES") && stderr.contains("mystery-model-7b"),
+        "{stderr}"
+    );
+}

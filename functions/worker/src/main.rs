@@ -20,6 +20,8 @@ async fn main() -> Result<(), Error> {
                 .into(),
         );
     }
+    // A model with no price would fail every request: stop here instead.
+    let prices = tb_core::settings::price_table_for(var, model.model_id())?;
     let daytona_key = var("DAYTONA_API_KEY")
         .filter(|k| !k.is_empty())
         .context("DAYTONA_API_KEY is not set")?;
@@ -37,7 +39,7 @@ async fn main() -> Result<(), Error> {
         sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
         model: model.build()?,
         dev_databases: None,
-        prices: tb_core::settings::price_table(var)?,
+        prices,
         agent: tb_core::settings::agent_config(var)?,
         slices: SliceSettings::standard(),
         allow_private_callbacks: false,

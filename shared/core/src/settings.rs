@@ -78,6 +78,21 @@ pub fn price_table(var: impl Fn(&str) -> Option<String>) -> Result<PriceTable, S
     Ok(t.allow_unpriced(allow))
 }
 
+/// [`price_table`], checked to price `model` (the model the process will call): a model
+/// with no known price stops start-up with an error naming `TB_MODEL_PRICES`, unless
+/// `TB_ALLOW_UNPRICED_MODELS=true`.
+pub fn price_table_for(
+    var: impl Fn(&str) -> Option<String>,
+    model: &str,
+) -> Result<PriceTable, SettingError> {
+    let table = price_table(var)?;
+    table.price_for(model).map_err(|e| SettingError {
+        name: "TB_MODEL_PRICES",
+        problem: e.to_string(),
+    })?;
+    Ok(table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +137,28 @@ mod tests {
                 .name,
             "TB_MODEL_PRICES"
         );
+    }
+
+    #[test]
+    fn a_model_without_a_price_stops_start_up_naming_the_setting() {
+        let e = price_table_for(env(&[]), "claude-sonnet-4-9").unwrap_err();
+        assert_eq!(e.name, "TB_MODEL_PRICES");
+        assert!(
+            e.to_string()
+                .starts_with("TB_MODEL_PRICES: model `claude-sonnet-4-9` has no known price"),
+            "{e}"
+        );
+        assert!(price_table_for(env(&[]), "claude-sonnet-4-6").is_ok());
+        assert!(
+            price_table_for(
+                env(&[(
+                    "TB_MODEL_PRICES",
+                    r#"{"claude-sonnet-4-9": {"input": "3", "output": "15"}}"#
+                )]),
+                "claude-sonnet-4-9"
+            )
+            .is_ok()
+        );
+        assert!(price_table_for(env(&[("TB_ALLOW_UNPRICED_MODELS", "true")]), "llama3").is_ok());
     }
 }

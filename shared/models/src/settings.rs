@@ -78,6 +78,14 @@ impl ModelSettings {
         Ok(ModelSettings::Scripted(script))
     }
 
+    /// The id of the model requests are made with (and priced by).
+    pub fn model_id(&self) -> &str {
+        match self {
+            ModelSettings::Anthropic { model, .. } | ModelSettings::OpenAi { model, .. } => model,
+            ModelSettings::Scripted(script) => &script.model,
+        }
+    }
+
     pub fn is_scripted(&self) -> bool {
         matches!(self, ModelSettings::Scripted(_))
     }

@@ -13,6 +13,9 @@
 //!   LibreChat-AI/agents#124; the messages as in anthropics/claude-code#23440 and #59812);
 //! - every message but an optional final assistant one has content (the API's 400 "all
 //!   messages must have non-empty content except for the optional final assistant message");
+//! - the first message is a user message (the API's 400 "messages: first message must use
+//!   the \"user\" role", as reported in livekit/agents#669; today's reference no longer
+//!   states the rule, so this stand-in may be stricter than the API, never laxer);
 //! - consecutive turns of one role are combined into one turn before the rules below apply
 //!   ("Consecutive `user` or `assistant` turns in your request will be combined into a single
 //!   turn", `messages` in `message_create_params.py`);
@@ -272,8 +275,12 @@ fn check_text_blocks(messages: &[Message]) -> Result<(), String> {
     Ok(())
 }
 
-/// Every message has content, except an optional final assistant message.
+/// Every message has content, except an optional final assistant message; the first is
+/// the user's.
 fn check_non_empty(messages: &[Message]) -> Result<(), String> {
+    if messages[0].role != Role::User {
+        return Err(r#"messages: first message must use the "user" role"#.into());
+    }
     let last = messages.len() - 1;
     for (i, m) in messages.iter().enumerate() {
         if m.content.is_empty() && !(i == last && m.role == Role::Assistant) {
@@ -563,11 +570,24 @@ mod tests {
     fn only_a_final_assistant_message_may_be_empty() {
         let m = vec![Message::user_text("go"), Message::assistant(vec![])];
         assert_eq!(check_non_empty(&m), Ok(()));
-        let m = vec![Message::assistant(vec![]), Message::user_text("go")];
+        let m = vec![
+            Message::user_text("go"),
+            user(vec![]),
+            Message::user_text("go"),
+        ];
         assert!(
             check_non_empty(&m)
                 .unwrap_err()
-                .starts_with("messages.0: all messages")
+                .starts_with("messages.1: all messages")
+        );
+        let m = vec![
+            Message::assistant(vec![use_("a")]),
+            Message::user_text("go"),
+        ];
+        assert!(
+            check_non_empty(&m)
+                .unwrap_err()
+                .contains(r#"first message must use the "user" role"#)
         );
     }
 
