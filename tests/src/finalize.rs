@@ -560,10 +560,16 @@ impl GitClone {
         self.dir.path().join("repo")
     }
 
-    /// The commits of `main`, oldest first.
+    /// The commits of `main` made by pushes, oldest first: without the placeholder that
+    /// got the empty repository past the Git Data API (the first snapshot is committed on
+    /// top of it).
     pub fn commits(&self) -> Vec<String> {
         git(&self.path(), &["rev-list", "--reverse", "HEAD"])
             .lines()
+            .filter(|sha| {
+                git(&self.path(), &["log", "-1", "--format=%s", sha]).trim()
+                    != tb_codehost::github::BOOTSTRAP_MESSAGE
+            })
             .map(str::to_owned)
             .collect()
     }

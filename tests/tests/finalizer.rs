@@ -109,7 +109,11 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
     let s = Services::start().await;
     let project = s.project();
     let app = s.app(&project);
-    let files = v1();
+    // A workflow the agent wrote: archived, never pushed (Actions would run it with the
+    // organisation's secrets).
+    let mut files = v1();
+    let workflow = ".github/workflows/ci.yml";
+    files.insert(workflow.into(), b"on: push\njobs: {}\n".to_vec());
 
     let rec = finalize_ok(&s, s.parts(), &project, &files).await;
 
@@ -163,7 +167,17 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
     assert_eq!(s.github.repo_is_private(GITHUB_LOGIN, &repo), Some(true));
     let clone = s.clone_repo(&project);
     assert_eq!(clone.commits(), [sha]);
-    assert_eq!(clone.tree(sha), files);
+    let mut pushed = files.clone();
+    pushed.remove(workflow);
+    assert_eq!(clone.tree(sha), pushed);
+    assert_eq!(step(&rec, "repository")["left_out"], json!([workflow]));
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("repository: done") && l.contains("left out of the repository")),
+        "{:?}",
+        rec.activity
+    );
 
     // Database: provisioned with the project's migration applied.
     assert_eq!(text(&rec, "database", "database"), names.database);

@@ -24,12 +24,21 @@
 //! repository with no commit (`409 Git Repository is empty.`), while the contents API
 //! (`PUT …/contents/{path}`) may create the first commit. So the first push creates a
 //! placeholder commit that way (file `.turbobackend-init`, message
-//! [`BOOTSTRAP_MESSAGE`]), then writes the snapshot as a root commit (no parent) and
-//! moves the branch onto it with `force: true`, after checking that the branch still
-//! points at the placeholder. The repository's history then starts with the snapshot,
-//! exactly as with the local adapter. A push that dies in between leaves the placeholder
-//! as the head; the next push recognises it (no parent, that message) and replaces it the
-//! same way.
+//! [`BOOTSTRAP_MESSAGE`]) and commits the snapshot on top of it, a fast-forward like every
+//! other push: organisations commonly forbid force pushes with a ruleset, so the branch is
+//! never moved any other way. The repository's history starts with the placeholder. A
+//! push that dies in between leaves the placeholder as the head; the next push builds on
+//! it the same way.
+//!
+//! **Refused ref updates.** A 422 on `PATCH …/git/refs/heads/{branch}` that says `Update is
+//! not a fast forward` (or that the ref is gone) means another writer moved the branch:
+//! the push starts again from step 2. Any other 422 (`Repository rule violations found`,
+//! a validation error) will not change by trying again: the push fails at once with
+//! GitHub's message.
+//!
+//! **Workflows are never pushed.** Files under `.github/workflows/` are left out of every
+//! commit: GitHub Actions in the owner's organisation would run agent-written code with
+//! that organisation's secrets. (The archive keeps them.)
 //!
 //! Retries: 5xx, 429, secondary rate limits (403 with `retry-after`, with
 //! `x-ratelimit-remaining: 0`, or saying "rate limit") and network failures are retried
@@ -65,7 +74,7 @@ use crate::{AUTHOR_EMAIL, AUTHOR_NAME};
 use api::{Answer, Api, segment};
 
 /// The message of the placeholder commit that gets an empty repository past the Git Data
-/// API's refusal; a parentless head commit with it is replaced by the next push.
+/// API's refusal; the first snapshot is committed on top of it.
 pub const BOOTSTRAP_MESSAGE: &str = "turbobackend: initialize repository";
 const BOOTSTRAP_PATH: &str = ".turbobackend-init";
 /// Times a push re-reads the branch after finding it moved.
@@ -137,23 +146,27 @@ enum Head {
     Commit {
         sha: String,
         tree: String,
-        /// The placeholder commit of an empty repository, to be replaced.
-        placeholder: bool,
     },
 }
 
 impl Head {
-    /// The commit a new commit builds on: none for a placeholder.
+    /// The commit a new commit builds on (the placeholder of an empty repository too).
     fn parent(&self) -> Option<(&str, &str)> {
         match self {
-            Head::Commit {
-                sha,
-                tree,
-                placeholder: false,
-            } => Some((sha, tree)),
+            Head::Commit { sha, tree } => Some((sha, tree)),
             _ => None,
         }
     }
+}
+
+/// Whether `path` is a GitHub Actions workflow (or anything else under
+/// `.github/workflows/`, which Actions reads). Matched without regard to ASCII case.
+pub fn is_ci_workflow(path: &str) -> bool {
+    const DIR: &str = ".github/workflows/";
+    path.len() > DIR.len()
+        && path
+            .get(..DIR.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(DIR))
 }
 
 impl GitHubCodeHost {
@@ -178,7 +191,22 @@ impl GitHubCodeHost {
         snapshot: &Snapshot,
         message: &str,
     ) -> Result<Pushed, CodeHostError> {
-        let tree = ProjectTree::new(snapshot)?;
+        let kept = Snapshot {
+            files: snapshot
+                .files
+                .iter()
+                .filter(|f| !is_ci_workflow(f.path.as_str()))
+                .cloned()
+                .collect(),
+        };
+        if kept.files.len() != snapshot.files.len() {
+            tracing::info!(
+                project = %project,
+                left_out = snapshot.files.len() - kept.files.len(),
+                "workflows under .github/workflows/ are not pushed"
+            );
+        }
+        let tree = ProjectTree::new(&kept)?;
         let api = self.api().await?;
         let repo = self
             .ensure_repository(api, &self.repo_name(project))
@@ -311,12 +339,7 @@ impl GitHubCodeHost {
             Head::NoBranch | Head::EmptyRepository => {
                 self.create_branch(api, repo, &commit).await?
             }
-            Head::Commit {
-                sha,
-                placeholder: true,
-                ..
-            } => self.replace_placeholder(api, repo, sha, &commit).await?,
-            Head::Commit { .. } => self.move_branch(api, repo, &commit, false).await?,
+            Head::Commit { .. } => self.move_branch(api, repo, &commit).await?,
         };
         if moved {
             return Ok(Some(repo.pushed(commit, true)));
@@ -348,7 +371,6 @@ impl GitHubCodeHost {
         }
         let commit: wire::Commit = answer.json(&what)?;
         Ok(Head::Commit {
-            placeholder: commit.parents.is_empty() && commit.message.trim() == BOOTSTRAP_MESSAGE,
             sha: commit.sha,
             tree: commit.tree.sha,
         })
@@ -370,7 +392,6 @@ impl GitHubCodeHost {
             return Ok(Head::Commit {
                 sha: commit.sha,
                 tree: commit.tree.sha,
-                placeholder: true,
             });
         }
         if matches!(answer.status, 409 | 422) {
@@ -494,7 +515,7 @@ impl GitHubCodeHost {
         Self::created_sha(answer, what)
     }
 
-    /// Creates the branch at `commit`; false if it exists already.
+    /// Creates the branch at `commit`; false if it exists already (another writer).
     async fn create_branch(
         &self,
         api: &Api,
@@ -511,49 +532,32 @@ impl GitHubCodeHost {
             .await?;
         match answer.status {
             _ if answer.is_success() => Ok(true),
-            422 => Ok(false),
+            422 if answer.message.contains("Reference already exists") => Ok(false),
             _ => Err(answer.refusal(&what)),
         }
     }
 
-    /// Moves the branch to `commit`; false if that is refused because it moved (not a
-    /// fast-forward, or gone).
+    /// Moves the branch to `commit` (a fast-forward, never forced); false if that is
+    /// refused because the branch moved. Any other refusal (a repository rule, a
+    /// validation error) is returned as GitHub worded it.
     async fn move_branch(
         &self,
         api: &Api,
         repo: &Repo,
         commit: &str,
-        force: bool,
     ) -> Result<bool, CodeHostError> {
         let what = format!(
             "moving branch {} of {}/{}",
             repo.branch, repo.owner, repo.name
         );
-        let body = json!({ "sha": commit, "force": force });
+        let body = json!({ "sha": commit, "force": false });
         let answer = api
             .send(Method::PATCH, &repo.refs_path(), Some(&body), &what)
             .await?;
         match answer.status {
             _ if answer.is_success() => Ok(true),
-            422 => Ok(false),
+            422 if branch_moved(&answer.message) => Ok(false),
             _ => Err(answer.refusal(&what)),
-        }
-    }
-
-    /// Moves the branch from the placeholder to `commit` (not a fast-forward: `commit` has
-    /// no parent), if it still points at the placeholder.
-    async fn replace_placeholder(
-        &self,
-        api: &Api,
-        repo: &Repo,
-        placeholder: &str,
-        commit: &str,
-    ) -> Result<bool, CodeHostError> {
-        match self.head(api, repo).await? {
-            Head::Commit { sha, .. } if sha == placeholder => {
-                self.move_branch(api, repo, commit, true).await
-            }
-            _ => Ok(false),
         }
     }
 
@@ -580,6 +584,17 @@ fn inline_text<'a>(file: &TreeFile<'a>) -> Option<&'a str> {
         return None;
     }
     std::str::from_utf8(file.contents).ok()
+}
+
+/// Whether a 422 on a ref update says the branch moved: GitHub's `Update is not a fast
+/// forward`, or `Reference does not exist` (deleted meanwhile). Rule violations
+/// (`Repository rule violations found…`) and validation errors (`Object does not exist`,
+/// `Validation Failed`) are not: trying again cannot help.
+fn branch_moved(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("not a fast forward")
+        || m.contains("not a fast-forward")
+        || m.contains("reference does not exist")
 }
 
 /// Whether a 422 from repository creation says the name is taken.
@@ -631,6 +646,30 @@ mod tests {
             message: "Repository creation failed.".into(),
             body,
         }
+    }
+
+    #[test]
+    fn only_a_non_fast_forward_422_means_the_branch_moved() {
+        assert!(branch_moved("Update is not a fast forward"));
+        assert!(branch_moved("Reference does not exist"));
+        assert!(!branch_moved(
+            "Repository rule violations found\n\nCannot force-push to this branch\n\n"
+        ));
+        assert!(!branch_moved(
+            "Repository rule violations found\n\nCannot update this protected ref.\n\n"
+        ));
+        assert!(!branch_moved("Object does not exist"));
+        assert!(!branch_moved("Validation Failed"));
+    }
+
+    #[test]
+    fn workflows_are_recognised_in_any_case() {
+        assert!(is_ci_workflow(".github/workflows/ci.yml"));
+        assert!(is_ci_workflow(".GitHub/Workflows/deploy.yaml"));
+        assert!(is_ci_workflow(".github/workflows/nested/x.yml"));
+        assert!(!is_ci_workflow(".github/CODEOWNERS"));
+        assert!(!is_ci_workflow(".github/workflows"));
+        assert!(!is_ci_workflow("docs/.github/workflows/ci.yml"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use common::{Clone, expected, git, snapshot};
 use tb_codehost::{GitHubCodeHost, GitHubConfig, GitHubToken, RetryPolicy};
 use tb_core::domain::ProjectId;
 use tb_core::ports::{CodeHost, PortError, Snapshot};
-use tb_testkit::fake_github::FakeGitHub;
+use tb_testkit::fake_github::{FakeGitHub, Ruleset};
 
 const TOKEN: &str = "test-github-token-0123456789-SECRET";
 const LOGIN: &str = "octo-user";
@@ -111,11 +111,16 @@ async fn a_first_push_creates_a_private_repository_with_one_commit_holding_exact
         expected(&snap),
         "exactly the snapshot, executable bits included"
     );
-    assert_eq!(
-        clone.log(),
-        vec![(pushed.commit_sha.clone(), vec![])],
-        "one root commit: the empty-repository placeholder is not in the history"
-    );
+    // The snapshot is committed on top of the placeholder that got the empty repository
+    // past the Git Data API, a fast-forward: nothing was ever forced.
+    let log = clone.log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0], (pushed.commit_sha.clone(), vec![log[1].0.clone()]));
+    assert!(log[1].1.is_empty(), "the placeholder is the root commit");
+    for r in fake.requests().iter().filter(|r| r.method == "PATCH") {
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["force"], false, "{}", r.body);
+    }
     assert_eq!(
         clone.head_format("%an <%ae>|%cn <%ce>|%s"),
         "turbobackend <bot@turbobackend.dev>|turbobackend <bot@turbobackend.dev>|Build the users API"
@@ -158,7 +163,8 @@ async fn pushing_the_same_snapshot_again_makes_no_commit_and_creates_no_git_obje
         writes_before,
         "no blob, tree, commit or ref written"
     );
-    assert_eq!(Clone::of(&fake.clone_url(LOGIN, REPO)).log().len(), 1);
+    // The placeholder and the first snapshot's commit.
+    assert_eq!(Clone::of(&fake.clone_url(LOGIN, REPO)).log().len(), 2);
 }
 
 #[tokio::test]
@@ -183,11 +189,13 @@ async fn a_changed_snapshot_makes_exactly_one_new_commit_whose_parent_is_the_pre
         expected(&changed_snapshot()),
         "removed files are gone"
     );
+    let log = clone.log();
+    assert_eq!(log.len(), 3, "{log:?}");
     assert_eq!(
-        clone.log(),
-        vec![
+        log[..2],
+        [
             (second.commit_sha.clone(), vec![first.commit_sha.clone()]),
-            (first.commit_sha.clone(), vec![]),
+            (first.commit_sha.clone(), vec![log[2].0.clone()]),
         ]
     );
     assert_eq!(
@@ -230,10 +238,11 @@ async fn a_secondary_rate_limit_403_with_retry_after_is_retried() {
 
     assert!(pushed.committed);
     let path = format!("/repos/{LOGIN}/{REPO}/git/trees");
-    assert_eq!(
-        statuses(&fake, &path),
-        vec![("POST".into(), 403), ("POST".into(), 201)]
-    );
+    let trees: Vec<_> = statuses(&fake, &path)
+        .into_iter()
+        .filter(|(m, _)| m == "POST")
+        .collect();
+    assert_eq!(trees, vec![("POST".into(), 403), ("POST".into(), 201)]);
     let path = format!("/repos/{LOGIN}/{REPO}/git/commits");
     let commits: Vec<_> = statuses(&fake, &path)
         .into_iter()
@@ -410,7 +419,9 @@ async fn a_push_that_died_after_the_placeholder_commit_is_completed_by_the_next_
     assert!(pushed.committed);
     let clone = Clone::of(&fake.clone_url(LOGIN, REPO));
     assert_eq!(clone.files(), expected(&first_snapshot()));
-    assert_eq!(clone.log(), vec![(pushed.commit_sha, vec![])]);
+    let log = clone.log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0], (pushed.commit_sha, vec![log[1].0.clone()]));
 }
 
 #[tokio::test]
@@ -435,4 +446,90 @@ async fn a_branch_moved_by_another_writer_becomes_the_parent() {
     let clone = Clone::of(&fake.clone_url(LOGIN, REPO));
     assert_eq!(clone.log()[0], (pushed.commit_sha, vec![by_hand]));
     assert_eq!(clone.files(), expected(&changed_snapshot()));
+}
+
+#[tokio::test]
+async fn a_ruleset_blocking_force_pushes_does_not_stop_the_first_push() {
+    let fake = FakeGitHub::start(TOKEN, LOGIN).await;
+    fake.add_ruleset(
+        LOGIN,
+        REPO,
+        Ruleset {
+            branch: "main".into(),
+            block_force_pushes: true,
+            ..Ruleset::default()
+        },
+    );
+
+    let pushed = host(&fake)
+        .push(&project(), &first_snapshot(), "first")
+        .await
+        .unwrap();
+
+    assert!(pushed.committed);
+    let clone = Clone::of(&fake.clone_url(LOGIN, REPO));
+    assert_eq!(clone.files(), expected(&first_snapshot()));
+    assert!(
+        fake.requests().iter().all(|r| r.status != 422),
+        "{:?}",
+        statuses(&fake, "/repos/")
+    );
+}
+
+#[tokio::test]
+async fn a_rule_violation_fails_at_once_with_githubs_message() {
+    let fake = FakeGitHub::start(TOKEN, LOGIN).await;
+    let host = host(&fake);
+    host.push(&project(), &first_snapshot(), "first")
+        .await
+        .unwrap();
+    fake.add_ruleset(
+        LOGIN,
+        REPO,
+        Ruleset {
+            branch: "main".into(),
+            restrict_updates: true,
+            ..Ruleset::default()
+        },
+    );
+    let patches_before = fake.count("PATCH", "/repos/");
+
+    let err = host
+        .push(&project(), &changed_snapshot(), "second")
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("Repository rule violations found")
+            && text.contains("Cannot update this protected ref"),
+        "{text}"
+    );
+    assert_eq!(
+        fake.count("PATCH", "/repos/") - patches_before,
+        1,
+        "no retry"
+    );
+    let clone = Clone::of(&fake.clone_url(LOGIN, REPO));
+    assert_eq!(clone.files(), expected(&first_snapshot()), "nothing moved");
+}
+
+#[tokio::test]
+async fn workflows_are_never_pushed() {
+    let fake = FakeGitHub::start(TOKEN, LOGIN).await;
+    let with_workflows = snapshot(&[
+        ("package.json", b"{\"name\":\"app\"}\n", false),
+        (".github/workflows/ci.yml", b"on: push\njobs: {}\n", false),
+        (".github/CODEOWNERS", b"* @someone\n", false),
+    ]);
+
+    host(&fake)
+        .push(&project(), &with_workflows, "first")
+        .await
+        .unwrap();
+
+    let clone = Clone::of(&fake.clone_url(LOGIN, REPO));
+    let files: Vec<String> = clone.files().into_keys().collect();
+    assert_eq!(files, vec![".github/CODEOWNERS", "package.json"]);
 }

@@ -347,9 +347,10 @@ impl FlyDeployer {
         }
     }
 
-    /// Accepts an existing app when it belongs to the configured organization.
+    /// Accepts an existing app when it belongs to the configured organization (an answer
+    /// without an organization is taken as ours: another organization's app reads as 403).
     fn ours(&self, app: &str, org: &str, has: &str, network: &str) -> Result<(), DeployError> {
-        if org != self.config.org_slug {
+        if !org.is_empty() && org != self.config.org_slug {
             return Err(DeployError::Fly {
                 operation: format!("create app {app}"),
                 status: Some(422),

@@ -164,8 +164,13 @@ impl Finalizer {
                     if let Value::Object(map) = &mut result {
                         map.insert("duration_ms".into(), json!(ms));
                     }
+                    let note = result["note"].as_str().map(|n| format!("; {n}"));
                     rec.steps.insert(step.to_string(), result);
-                    rec.push_activity(format!("{step}: done in {:.1} s", ms as f64 / 1000.0));
+                    rec.push_activity(format!(
+                        "{step}: done in {:.1} s{}",
+                        ms as f64 / 1000.0,
+                        note.unwrap_or_default()
+                    ));
                     rec.lease = Some(self.lease(worker_id));
                     self.save(&mut rec).await?;
                 }
@@ -240,8 +245,18 @@ impl Finalizer {
                     first_line(rec.description.as_str()),
                     rec.id
                 );
+                let (snap, left_out) = snapshot::without_workflows(&snap);
                 let pushed = self.code_host.push(&rec.project, &snap, &message).await?;
-                Ok(serde_json::to_value(pushed).expect("serialisable"))
+                let mut result = serde_json::to_value(pushed).expect("serialisable");
+                if !left_out.is_empty() {
+                    result["note"] = json!(format!(
+                        "{} file(s) under .github/workflows/ left out of the repository (kept in the archive): {}",
+                        left_out.len(),
+                        left_out.join(", ")
+                    ));
+                    result["left_out"] = json!(left_out);
+                }
+                Ok(result)
             }
             "database" => {
                 let Some(dbs) = &self.databases else {

@@ -98,6 +98,31 @@ pub fn unpack(tar_gz: &[u8]) -> std::io::Result<Snapshot> {
     Ok(Snapshot { files })
 }
 
+/// The snapshot without its CI workflows (files under `.github/workflows/`, in any ASCII
+/// case), and the paths left out. They are never published to a repository: GitHub
+/// Actions in the repository owner's organisation would run agent-written code with that
+/// organisation's secrets. The archive keeps them.
+pub fn without_workflows(snapshot: &Snapshot) -> (Snapshot, Vec<String>) {
+    const DIR: &str = ".github/workflows/";
+    let is_workflow = |p: &str| {
+        p.len() > DIR.len()
+            && p.get(..DIR.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(DIR))
+    };
+    let (left_out, kept): (Vec<_>, Vec<_>) = snapshot
+        .files
+        .iter()
+        .cloned()
+        .partition(|f| is_workflow(f.path.as_str()));
+    (
+        Snapshot { files: kept },
+        left_out
+            .into_iter()
+            .map(|f| f.path.as_str().to_owned())
+            .collect(),
+    )
+}
+
 /// The project's SQL migrations (`migrations/*.sql`), in name order.
 pub fn migrations(snapshot: &Snapshot) -> Vec<tb_core::ports::Migration> {
     snapshot
@@ -116,6 +141,30 @@ pub fn migrations(snapshot: &Snapshot) -> Vec<tb_core::ports::Migration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workflows_are_left_out_and_named() {
+        let f = |p: &str| SnapshotFile {
+            path: WorkspacePath::parse(p).unwrap(),
+            contents: b"x".to_vec(),
+            executable: false,
+        };
+        let snap = Snapshot {
+            files: vec![
+                f(".github/CODEOWNERS"),
+                f(".github/workflows/ci.yml"),
+                f(".GitHub/Workflows/x.yaml"),
+                f("server/api/a.ts"),
+            ],
+        };
+        let (kept, left_out) = without_workflows(&snap);
+        let kept: Vec<_> = kept.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(kept, [".github/CODEOWNERS", "server/api/a.ts"]);
+        assert_eq!(
+            left_out,
+            [".github/workflows/ci.yml", ".GitHub/Workflows/x.yaml"]
+        );
+    }
 
     fn snap() -> Snapshot {
         let f = |p: &str, c: &str| SnapshotFile {

@@ -14,8 +14,15 @@
 //!   account`; an organization must be known ([`FakeGitHub::add_org`]), 404 otherwise;
 //! - like GitHub, the Git Data API refuses to work on a repository without commits
 //!   (409 `Git Repository is empty.`), while the contents API may create the first commit;
-//! - moving a ref without `force` must be a fast-forward (422 otherwise), and creating an
-//!   existing ref is a 422.
+//! - moving a ref without `force` must be a fast-forward (422 `Update is not a fast
+//!   forward`), and creating an existing ref is a 422 (`Reference already exists`);
+//! - repository rulesets ([`FakeGitHub::add_ruleset`]) refuse what their rules forbid on a
+//!   branch with GitHub's 422 for rule violations: `message` `Repository rule violations
+//!   found\n\n<one line per rule>\n\n`, `documentation_url` of the endpoint (as the REST
+//!   API answers `PATCH …/git/refs/{ref}`; the rules are those of the rulesets API in
+//!   `github/rest-api-description`: `non_fast_forward` "Block force pushes", with the text
+//!   `Cannot force-push to this branch`, and `update` "Restrict updates", `Cannot update this
+//!   protected ref.`).
 //!
 //! Faults can be injected ([`FakeGitHub::fail_next`], [`FakeGitHub::fail_next_matching`]),
 //! and every request is logged ([`FakeGitHub::requests`]) with its headers except the
@@ -53,6 +60,17 @@ const BODY_LIMIT: usize = 64 * 1024 * 1024;
 pub struct FakeGitHub {
     state: Arc<Fake>,
     server: JoinHandle<()>,
+}
+
+/// A repository ruleset on one branch (the rules of GitHub's rulesets API this fake knows).
+#[derive(Clone, Debug, Default)]
+pub struct Ruleset {
+    /// The branch it applies to (`main`).
+    pub branch: String,
+    /// `non_fast_forward`: no update that is not a fast-forward, forced or not.
+    pub block_force_pushes: bool,
+    /// `update`: no update at all (creation is still allowed).
+    pub restrict_updates: bool,
 }
 
 /// One request as the fake saw it.
@@ -121,6 +139,17 @@ impl FakeGitHub {
             .lock()
             .orgs
             .insert(org.to_ascii_lowercase(), org.to_owned());
+    }
+
+    /// Adds a ruleset to `owner/repo` (as an organization's rulesets apply to its
+    /// repositories, existing or created later).
+    pub fn add_ruleset(&self, owner: &str, repo: &str, ruleset: Ruleset) {
+        self.state
+            .lock()
+            .rulesets
+            .entry(repo_key(owner, repo))
+            .or_default()
+            .push(ruleset);
     }
 
     /// Creates an empty repository directly (as if made earlier through the web UI).
@@ -245,6 +274,15 @@ impl Fake {
         format!("{}/repos/{}/{}", self.base_url, repo.owner, repo.name)
     }
 
+    /// The rulesets of `repo` that apply to `branch`.
+    fn rulesets_for(&self, repo: &RepoMeta, branch: &str) -> Vec<Ruleset> {
+        self.lock()
+            .rulesets
+            .get(&repo_key(&repo.owner, &repo.name))
+            .map(|all| all.iter().filter(|r| r.branch == branch).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The repository, if the token's user can see it.
     fn visible_repo(&self, owner: &str, name: &str) -> Option<RepoMeta> {
         let inner = self.lock();
@@ -261,6 +299,7 @@ struct Inner {
     orgs: BTreeMap<String, String>,
     repos: BTreeMap<(String, String), RepoMeta>,
     next_id: u64,
+    rulesets: BTreeMap<(String, String), Vec<Ruleset>>,
     faults: Vec<Fault>,
     log: Vec<LoggedRequest>,
 }

@@ -34,10 +34,6 @@ pub(crate) struct GitRef {
 pub(crate) struct Commit {
     pub sha: String,
     pub tree: Sha,
-    #[serde(default)]
-    pub parents: Vec<Sha>,
-    #[serde(default)]
-    pub message: String,
 }
 
 /// `GET /repos/{o}/{r}/git/trees/{sha}?recursive=1`.

@@ -76,6 +76,23 @@ async fn with_repo(
     .await
 }
 
+/// GitHub's 422 for a ref update that repository rules refuse (the body the REST API
+/// answers `PATCH /repos/{owner}/{repo}/git/refs/{ref}` with, as clients quote it:
+/// "Repository rule violations found\n\nCannot force-push to this branch\n\n").
+fn rule_violations(violations: &[&str]) -> Response {
+    let mut message = String::from("Repository rule violations found\n\n");
+    for v in violations {
+        message.push_str(v);
+        message.push_str("\n\n");
+    }
+    let body = serde_json::json!({
+        "message": message,
+        "documentation_url": "https://docs.github.com/rest/git/refs#update-a-reference",
+        "status": "422",
+    });
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+}
+
 fn missing(field: &str) -> Response {
     unprocessable(format!("Invalid request.\n\n\"{field}\" wasn't supplied."))
 }
@@ -495,8 +512,22 @@ async fn update_ref(
         if fake.git.object_type(&repo.path, sha).as_deref() != Some("commit") {
             return unprocessable("Object does not exist");
         }
-        if !force && !fake.git.is_ancestor(&repo.path, &current, sha) {
+        let fast_forward = fake.git.is_ancestor(&repo.path, &current, sha);
+        if !force && !fast_forward {
             return unprocessable("Update is not a fast forward");
+        }
+        let branch = reference.strip_prefix("heads/").unwrap_or("");
+        let mut violations = Vec::new();
+        for rules in fake.rulesets_for(repo, branch) {
+            if rules.restrict_updates {
+                violations.push("Cannot update this protected ref.");
+            }
+            if rules.block_force_pushes && !fast_forward {
+                violations.push("Cannot force-push to this branch");
+            }
+        }
+        if !violations.is_empty() {
+            return rule_violations(&violations);
         }
         match fake.git.update_ref(&repo.path, &full, sha, Some(&current)) {
             Ok(()) => axum::Json(ref_json(fake, repo, &full, sha)).into_response(),
