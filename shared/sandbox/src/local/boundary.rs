@@ -178,6 +178,10 @@ impl Isolation {
             "--unshare-all",
             "--die-with-parent",
             "--new-session",
+            // The command is the namespace's init: when it exits, every process left in the
+            // namespace is killed, and no bwrap reaper outlives its parent as a zombie
+            // (re-parented to this process, a subreaper).
+            "--as-pid-1",
             "--hostname",
             "sandbox",
             "--clearenv",
@@ -188,14 +192,7 @@ impl Isolation {
             a.extend([OsString::from("--setenv"), k.into(), v.into()]);
         }
         a.extend(system_binds());
-        for secret in ETC_SECRETS {
-            let p = Path::new(secret);
-            if p.is_dir() {
-                a.extend(["--tmpfs", secret].map(OsString::from));
-            } else if p.exists() {
-                a.extend(["--ro-bind", "/dev/null", secret].map(OsString::from));
-            }
-        }
+        a.extend(etc_masks());
         for p in &self.read_only {
             a.extend([
                 OsString::from("--ro-bind-try"),
@@ -230,6 +227,40 @@ impl Isolation {
         a
     }
 
+    /// The program and arguments that run `app` (a deployed app's command) inside a
+    /// boundary like the commands' one, with `dir` (the unpacked app) read-only as its
+    /// working directory at `/app`. It shares the host's network: the platform reaches its
+    /// port, and it reaches its database. Its environment is the one bubblewrap is given.
+    pub fn app_args(&self, dir: &Path, app: &[OsString]) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![self.bwrap.clone().into()];
+        a.extend(
+            [
+                "--unshare-all",
+                "--share-net",
+                "--die-with-parent",
+                "--new-session",
+                "--as-pid-1",
+                "--hostname",
+                "app",
+            ]
+            .map(OsString::from),
+        );
+        a.extend(system_binds());
+        a.extend(etc_masks());
+        for p in &self.read_only {
+            a.extend([
+                OsString::from("--ro-bind-try"),
+                p.clone().into(),
+                p.clone().into(),
+            ]);
+        }
+        a.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
+        a.extend([OsString::from("--ro-bind"), dir.into(), "/app".into()]);
+        a.extend(["--chdir", "/app", "--"].map(OsString::from));
+        a.extend(app.iter().cloned());
+        a
+    }
+
     /// The command bubblewrap runs (after its options; `--args` cannot carry it).
     pub(crate) fn command(bridge: bool) -> Vec<OsString> {
         vec!["bash".into(), "-c".into(), init_script(bridge).into()]
@@ -255,6 +286,20 @@ fn system_binds() -> Vec<OsString> {
                 a.extend(["--ro-bind", top, top].map(OsString::from))
             }
             Err(_) => {}
+        }
+    }
+    a
+}
+
+/// Hides [`ETC_SECRETS`] under the read-only `/etc`.
+fn etc_masks() -> Vec<OsString> {
+    let mut a = Vec::new();
+    for secret in ETC_SECRETS {
+        let p = Path::new(secret);
+        if p.is_dir() {
+            a.extend(["--tmpfs", secret].map(OsString::from));
+        } else if p.exists() {
+            a.extend(["--ro-bind", "/dev/null", secret].map(OsString::from));
         }
     }
     a
