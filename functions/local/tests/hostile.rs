@@ -382,3 +382,65 @@ async fn a_hostile_agent_gets_nothing_out_and_the_app_survives_a_killed_server()
         .map(|mut o| o.read_to_string(&mut rest));
     second.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_without_package_json_fails_the_build_step_and_runs_nothing() {
+    let base = tempfile::tempdir().unwrap();
+    let (data, cwd, home) = (
+        base.path().join("data"),
+        base.path().join("platform"),
+        base.path().join("home"),
+    );
+    for d in [&data, &cwd, &home] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // A project above the workspace, which npm would otherwise walk up to and run.
+    let marker = base.path().join("parent-scripts-ran");
+    let touch = format!("touch {}", marker.display());
+    std::fs::write(
+        data.join("package.json"),
+        json!({"name": "parent", "version": "1.0.0", "scripts": {"preinstall": touch, "postinstall": touch, "build": touch}}).to_string(),
+    )
+    .unwrap();
+    let script = Script::from_json(
+        &json!({"turns": [
+            {"tool_calls": [{"name": "write_file", "input": {"path": "README.md", "content": "no project here\n"}}]},
+            {"tool_calls": [{"name": "finish", "input": {"summary": "done"}}]}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let server = ScriptedServer::start(script).await;
+    let canaries = Canaries {
+        env: "unused-env".into(),
+        file: "unused-file".into(),
+        home: "unused-home".into(),
+    };
+    let run = turbobackend(
+        &data,
+        &cwd,
+        &home,
+        &canaries,
+        &server.url(),
+        &["run", "--output", "json"],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(!run.status.success(), "{stdout}");
+    let done: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "done")
+        .unwrap();
+    assert_eq!(done["status"]["phase"], "failed", "{done}");
+    assert_eq!(done["status"]["error"]["step"], "build", "{done}");
+    assert!(
+        done["status"]["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no package.json"),
+        "{done}"
+    );
+    assert!(!marker.exists(), "the parent project's scripts ran");
+}
