@@ -16,11 +16,15 @@ struct Fixture {
 }
 
 async fn fixture_with(limits: Limits) -> Fixture {
-    let dir = TempDir::new().unwrap();
-    let isolation = Isolation {
+    fixture_with_isolation(Isolation {
         limits,
         ..Isolation::new()
-    };
+    })
+    .await
+}
+
+async fn fixture_with_isolation(isolation: Isolation) -> Fixture {
+    let dir = TempDir::new().unwrap();
     isolation
         .probe()
         .expect("bubblewrap works here (apt-get install -y bubblewrap)");
@@ -146,7 +150,19 @@ async fn every_process_a_command_started_dies_with_it() {
 
 #[tokio::test]
 async fn loopback_services_are_unreachable_and_the_proxy_refuses_them() {
-    let f = fixture().await;
+    // Root's way (the platform opens the proxy's port inside the namespace) and the
+    // bridge others get.
+    for bridge in [false, true] {
+        let f = fixture_with_isolation(Isolation {
+            bridge,
+            ..Isolation::new()
+        })
+        .await;
+        loopback_is_unreachable(&f).await;
+    }
+}
+
+async fn loopback_is_unreachable(f: &Fixture) {
     // Something listening on the host's loopback, like Postgres or the platform's port.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
