@@ -137,6 +137,10 @@ fn tool_result(body: &Value, id: &str) -> (String, bool) {
 
 /// `node` processes of the project's app (marked by its environment).
 fn app_processes(project: &str) -> usize {
+    app_pids(project).len()
+}
+
+fn app_pids(project: &str) -> Vec<std::path::PathBuf> {
     let needle = format!("TB_PROJECT={project}");
     std::fs::read_dir("/proc")
         .unwrap()
@@ -146,7 +150,17 @@ fn app_processes(project: &str) -> usize {
                 && std::fs::read(e.path().join("environ"))
                     .is_ok_and(|env| String::from_utf8_lossy(&env).contains(&needle))
         })
-        .count()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Whether the process at `/proc/<pid>` lives in namespaces of its own (mount, PID, user).
+fn in_own_namespaces(proc_dir: &Path) -> bool {
+    ["mnt", "pid", "user"].iter().all(|ns| {
+        let theirs = std::fs::read_link(proc_dir.join("ns").join(ns)).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        theirs != ours
+    })
 }
 
 fn processes_with(marker: &str) -> Vec<String> {
@@ -359,6 +373,11 @@ async fn a_hostile_agent_gets_nothing_out_and_the_app_survives_a_killed_server()
     assert!(line.contains(&url), "{line}");
     assert!(healthy(&url));
     assert_eq!(app_processes(&project), 1);
+    let app = &app_pids(&project)[0];
+    assert!(in_own_namespaces(app), "the app runs inside the boundary");
+    // It sees its own files, not the data directory.
+    let root = std::fs::read_link(app.join("cwd")).unwrap();
+    assert_eq!(root, Path::new("/app"));
 
     // SIGKILL: no chance to clean up. The app goes with it (no orphan).
     unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };

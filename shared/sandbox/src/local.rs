@@ -112,6 +112,9 @@ pub struct LocalSandboxProvider {
 struct Boundary {
     cgroups: boundary::Cgroups,
     proxy: OnceLock<Result<EgressProxy, String>>,
+    /// Sandboxes whose last command left them over their disk budget: their next command
+    /// runs only once files are deleted (with the file tools).
+    over_budget: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Boundary {
@@ -133,6 +136,7 @@ impl LocalSandboxProvider {
             Arc::new(Boundary {
                 cgroups: boundary::Cgroups::detect(),
                 proxy: OnceLock::new(),
+                over_budget: Default::default(),
             })
         });
         LocalSandboxProvider {
@@ -326,6 +330,30 @@ impl Sandbox for LocalSandbox {
             .await
             .map_err(|e| SandboxError::Unavailable(format!("running the command: {e}")));
         };
+        let budget = isolation.limits.disk_bytes;
+        let was_over = shared
+            .over_budget
+            .lock()
+            .expect("over_budget")
+            .contains(&self.id);
+        if was_over {
+            let dir = self.dir.clone();
+            let used = tokio::task::spawn_blocking(move || boundary::disk_usage(&dir))
+                .await
+                .unwrap_or(u64::MAX);
+            if used > budget {
+                return Err(SandboxError::Invalid(format!(
+                    "not run: the sandbox holds {} MiB, over its disk budget of {} MiB; delete files with delete_file first",
+                    used >> 20,
+                    budget >> 20
+                )));
+            }
+            shared
+                .over_budget
+                .lock()
+                .expect("over_budget")
+                .remove(&self.id);
+        }
         let socket = shared.proxy_socket(isolation)?;
         // As root the platform puts the proxy's listener into the sandbox's namespace
         // itself; otherwise a bridge started inside forwards to the proxy's socket.
@@ -392,7 +420,6 @@ impl Sandbox for LocalSandbox {
             }
         }
         let dir = self.dir.clone();
-        let budget = isolation.limits.disk_bytes;
         // The emptied groups can take a moment to go: not on the command's time.
         tokio::task::spawn_blocking(move || drop(cgroups));
         let used = tokio::task::spawn_blocking(move || boundary::disk_usage(&dir))
@@ -400,8 +427,13 @@ impl Sandbox for LocalSandbox {
             .unwrap_or(0);
         let out = ran?;
         if used > budget {
+            shared
+                .over_budget
+                .lock()
+                .expect("over_budget")
+                .insert(self.id.clone());
             return Err(SandboxError::Invalid(format!(
-                "the command ran (exit code {}), but the sandbox now holds {} MiB, over its disk budget of {} MiB: delete files (e.g. build outputs, large downloads) before going on",
+                "the command ran (exit code {}), but the sandbox now holds {} MiB, over its disk budget of {} MiB: delete files (e.g. build outputs, large downloads) with delete_file; no command runs until then",
                 out.exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "none".into()),

@@ -149,6 +149,34 @@ async fn every_process_a_command_started_dies_with_it() {
 }
 
 #[tokio::test]
+async fn a_command_past_its_timeout_is_killed_with_everything_it_started() {
+    let f = fixture().await;
+    let marker = format!("tb-timeout-{:08x}", rand_u32());
+    let started = std::time::Instant::now();
+    let out = f
+        .sandbox
+        .exec(
+            &format!("setsid bash -c 'sleep 300; :' {marker} & echo begun; sleep 300"),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(out.timed_out, "{out:?}");
+    assert!(out.output.contains("begun"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker))
+        .collect();
+    assert!(survivors.is_empty(), "still running: {survivors:?}");
+    assert_eq!(run(&f.sandbox, "echo next").await.output.trim(), "next");
+}
+
+#[tokio::test]
 async fn loopback_services_are_unreachable_and_the_proxy_refuses_them() {
     // Root's way (the platform opens the proxy's port inside the namespace) and the
     // bridge others get.
@@ -265,8 +293,24 @@ async fn going_over_the_disk_budget_is_reported_after_the_command() {
         }
         other => panic!("expected the disk budget error, got {other:?}"),
     }
-    // Deleting brings it back under: the next command succeeds.
-    let out = run(&f.sandbox, "rm f1 f2; echo cleaned").await;
+    // While over it, no command runs (a hostile loop cannot keep filling the disk).
+    match f
+        .sandbox
+        .exec("head -c 8M /dev/zero > f4", TEN_SECONDS)
+        .await
+    {
+        Err(SandboxError::Invalid(m)) => assert!(m.starts_with("not run:"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!f.sandbox.workspace_dir().join("f4").exists());
+    // Deleting with the file tools brings it back under: the next command runs.
+    for name in ["f1", "f2"] {
+        f.sandbox
+            .delete(&tb_core::sandbox::WorkspacePath::parse(name).unwrap())
+            .await
+            .unwrap();
+    }
+    let out = run(&f.sandbox, "echo cleaned").await;
     assert_eq!(out.output.trim(), "cleaned");
 }
 
