@@ -332,11 +332,24 @@ where
     if let Some(why) = policy.refusal(&host, port, &addrs) {
         return refuse(&mut client, &host, port, &why).await;
     }
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, network.connect(addrs[0])).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return reply(&mut client, 502, &format!("connecting to {host}: {e}")).await,
-        Err(_) => return reply(&mut client, 504, &format!("connecting to {host} timed out")).await,
+    // Each checked address in turn (IPv6 first may have no route here); never another
+    // lookup.
+    let mut last = String::from("no address");
+    let mut upstream = None;
+    for addr in &addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, network.connect(*addr)).await {
+            Ok(Ok(s)) => {
+                upstream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+    }
+    let Some(upstream) = upstream else {
+        return reply(&mut client, 502, &format!("connecting to {host}: {last}")).await;
     };
+
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await?;

@@ -274,6 +274,23 @@ async fn memory_past_the_limit_ends_the_command() {
 }
 
 #[tokio::test]
+async fn cpu_is_held_to_its_share() {
+    let f = fixture_with(Limits {
+        cpu_millicores: 100,
+        ..Limits::default()
+    })
+    .await;
+    // A busy loop for one second of wall time gets about a tenth of a core.
+    let out = run(
+        &f.sandbox,
+        "TIMEFORMAT=%U; time (timeout 1 bash -c 'while :; do :; done')",
+    )
+    .await;
+    let user: f64 = out.output.trim().lines().last().unwrap().parse().unwrap();
+    assert!(user < 0.4, "{} s of CPU in 1 s at 0.1 core", user);
+}
+
+#[tokio::test]
 async fn going_over_the_disk_budget_is_reported_after_the_command() {
     let f = fixture_with(Limits {
         disk_bytes: 16 << 20,
