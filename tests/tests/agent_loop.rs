@@ -1,7 +1,7 @@
 //! The agent loop end to end: real model clients against the scripted server on loopback,
 //! a real local sandbox.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tb_core::MicroUsd;
 use tb_core::agent::{Agent, AgentConfig, AgentState, CancelFlag, Outcome, Slice, SliceEnd};
 use tb_core::pricing::PriceTable;
@@ -292,6 +292,33 @@ async fn a_100_mb_output_neither_floods_the_context_nor_the_memory() {
         "the full output is kept in the sandbox"
     );
     assert!(grown_mb < 50, "peak memory grew by {grown_mb} MB");
+}
+
+#[tokio::test]
+async fn output_written_past_the_log_to_the_commands_own_pipe_is_capped_too() {
+    // The command writes to its parent's stdout (the sandbox's output pipe, not the log),
+    // before and after the wrapper's markers: every path ends in the same cap.
+    let commands = [
+        "head -c 262144 /dev/zero | tr '\\0' b > /proc/$PPID/fd/1; echo done",
+        "(sleep 0.3; head -c 262144 /dev/zero | tr '\\0' c > /proc/$PPID/fd/1) & echo bg",
+        "head -c 262144 /dev/zero | tr '\\0' d > /proc/$PPID/fd/2; exit 3",
+    ];
+    let mut turns: Vec<Value> = commands
+        .iter()
+        .map(|c| json!({"tool_calls": [{"name": "run_command", "input": {"command": c}}]}))
+        .collect();
+    turns.push(json!({"tool_calls": [{"name": "finish", "input": {"summary": "ok"}}]}));
+    let model = ScriptedModel::new(script(json!({ "turns": turns })));
+    let sandbox = TestSandbox::new().await;
+    let state = run_agent(&model, &sandbox.sandbox, &test_config()).await;
+    let results = tool_results(&state);
+    for (i, (content, _)) in results.iter().take(commands.len()).enumerate() {
+        assert!(
+            content.len() < 10_000,
+            "command {i}: {} bytes reached the context",
+            content.len()
+        );
+    }
 }
 
 fn peak_rss_kb() -> u64 {

@@ -184,6 +184,8 @@ const MAX_WORKERS: usize = 64;
 /// The running platform.
 pub struct App {
     pub pipeline: Arc<Pipeline>,
+    /// The local apps; `serve` starts the recorded ones again at start.
+    pub deployer: Arc<LocalDeployer>,
     pub records: Arc<dyn PlatformRecords>,
     pub data_dir: PathBuf,
     dispatcher: Option<JoinHandle<()>>,
@@ -238,14 +240,21 @@ impl App {
             // Local mode: callbacks to this machine are the point.
             allow_private_callbacks: true,
         });
-        let deployer = Arc::new(LocalDeployer::new(LocalConfig::new(dir.join("deploy"))));
+        let deployer = Arc::new(LocalDeployer::new(LocalConfig {
+            // Deployed apps run agent-written code: inside the same kind of boundary.
+            confine: settings.isolation.clone().ok().map(|iso| {
+                Arc::new(move |dir: &Path, app: &[std::ffi::OsString]| iso.app_args(dir, app))
+                    as tb_deploy::local::Confine
+            }),
+            ..LocalConfig::new(dir.join("deploy"))
+        }));
         let finalizer = Arc::new(Finalizer {
             store,
             sandboxes,
             archive: Arc::new(DirArchive::new(dir.join("archive"))),
             code_host: Arc::new(LocalGitCodeHost::new(dir.join("git"))?),
             databases,
-            deployer,
+            deployer: deployer.clone(),
             records: records.clone(),
             notifier: Some(Arc::new(tb_notify::HttpNotifier::new(
                 callback_secret(settings, dir)?,
@@ -267,6 +276,7 @@ impl App {
         };
         Ok(App {
             pipeline,
+            deployer,
             records,
             data_dir: dir.clone(),
             dispatcher,

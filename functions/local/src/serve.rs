@@ -63,6 +63,16 @@ pub async fn serve() -> anyhow::Result<()> {
     println!(
         "Or call it:\n  curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \\\n    -d '{{\"description\": \"Create a simple API with a users endpoint\"}}' {base}/v1/requests"
     );
+    // Apps deployed before (whose processes ended with the previous server) serve again.
+    let deployer = app.deployer.clone();
+    tokio::spawn(async move {
+        for (project, result) in deployer.restore().await {
+            match result {
+                Ok(url) => println!("  app of {project} serving again at {url}"),
+                Err(e) => eprintln!("  app of {project} did not start again: {e}"),
+            }
+        }
+    });
     let door = Arc::new(
         FrontDoor::new(app.pipeline.clone(), app.records.clone())
             .with_limits(settings.limits.clone()),

@@ -11,8 +11,22 @@
 //!
 //! The process gets a clean environment: `PATH`, `PORT`, `HOST=127.0.0.1`,
 //! `NODE_ENV=production` and the secrets (which cannot override the first four).
+//!
+//! Apps run agent-written code, so with [`LocalConfig::confine`] set (the local binary sets
+//! it wherever commands are isolated) each runs inside the same kind of boundary as the
+//! sandboxes' commands: its own user, PID, IPC and mount namespaces, a read-only system, its
+//! unpacked directory read-only as its working directory, a private `/tmp`. It shares the
+//! host's network (the platform must reach its port, and it must reach its database on the
+//! local cluster). The boundary dies with the process that started it.
+//!
+//! Apps do not outlive the server: each is tied to the server's life, and stopped when the
+//! deployer is dropped. [`LocalDeployer::restore`] starts every recorded app again on its
+//! recorded port (the next `serve` calls it), with the environment kept beside it in
+//! `<root>/<project>/app.env.json` (mode 0600: it holds the database URL).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -27,8 +41,13 @@ use tokio::time::Instant;
 
 use crate::{DeployError, artifact};
 
+/// Wraps an app in an isolation boundary: given the unpacked app's directory and the
+/// command (`node .output/server/index.mjs`), the program and arguments that run that
+/// command inside it, in that directory. The environment is passed to the program.
+pub type Confine = Arc<dyn Fn(&Path, &[OsString]) -> Vec<OsString> + Send + Sync>;
+
 /// Where and how apps run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LocalConfig {
     /// Unpacked artifacts, pid files and logs live under here.
     pub root: PathBuf,
@@ -39,6 +58,19 @@ pub struct LocalConfig {
     pub poll_interval: Duration,
     /// How long a stopped process gets between `SIGTERM` and `SIGKILL`.
     pub stop_grace: Duration,
+    /// The isolation boundary apps run in; `None` runs them as plain processes.
+    pub confine: Option<Confine>,
+}
+
+impl fmt::Debug for LocalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalConfig")
+            .field("root", &self.root)
+            .field("node", &self.node)
+            .field("health_timeout", &self.health_timeout)
+            .field("confined", &self.confine.is_some())
+            .finish()
+    }
 }
 
 impl LocalConfig {
@@ -49,6 +81,7 @@ impl LocalConfig {
             health_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
             stop_grace: Duration::from_secs(5),
+            confine: None,
         }
     }
 }
@@ -130,8 +163,121 @@ impl LocalDeployer {
         self.unpack(artifact, &project_dir, &dir).await?;
 
         let port = free_port()?;
+        let (child, pid) = self
+            .start_healthy(project, &project_dir, &version, port, secrets)
+            .await?;
+
+        // The new version serves: retire the old one.
+        let previous_version = match running.take() {
+            Some(old) => {
+                let v = old.version.clone();
+                stop_child(old, self.config.stop_grace).await;
+                Some(v)
+            }
+            None => {
+                let recorded = read_pid_file(&project_dir);
+                stop_recorded(&project_dir, self.config.stop_grace).await;
+                recorded.map(|r| r.version)
+            }
+        };
+        write_env_file(&project_dir, secrets)?;
+        write_pid_file(&project_dir, pid, port, &version)?;
+        *running = Some(Running {
+            child,
+            pid,
+            version: version.clone(),
+        });
+        prune(&project_dir, &version, previous_version.as_deref());
+        let url = format!("http://127.0.0.1:{port}");
+        tracing::info!(project = %project, %url, pid, "deployed locally");
+        Ok(Deployment {
+            url,
+            version,
+            details: json!({
+                "pid": pid,
+                "port": port,
+                "dir": dir.display().to_string(),
+                "previous_version": previous_version,
+            }),
+        })
+    }
+
+    /// Starts every app recorded under the root again, on its recorded port, unless it
+    /// runs already (e.g. after the server was killed: its apps died with it). Returns
+    /// each project's URL or why it did not start.
+    pub async fn restore(&self) -> Vec<(ProjectId, Result<String, DeployError>)> {
+        let mut restored = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.config.root) else {
+            return restored;
+        };
+        for entry in entries.flatten() {
+            let Ok(project) = ProjectId::parse(&entry.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let project_dir = entry.path();
+            let Some(record) = read_pid_file(&project_dir) else {
+                continue;
+            };
+            let slot = self.slot(&project);
+            let mut running = slot.lock().await;
+            if running.is_some() {
+                continue;
+            }
+            // A process from a server that was not killed outright may still hold the port.
+            stop_recorded(&project_dir, self.config.stop_grace).await;
+            let env = read_env_file(&project_dir);
+            let port = if port_free(record.port) {
+                record.port
+            } else {
+                match free_port() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        restored.push((project, Err(e)));
+                        continue;
+                    }
+                }
+            };
+            let result = match self
+                .start_healthy(&project, &project_dir, &record.version, port, &env)
+                .await
+            {
+                Ok((child, pid)) => {
+                    match write_pid_file(&project_dir, pid, port, &record.version) {
+                        Ok(()) => {
+                            *running = Some(Running {
+                                child,
+                                pid,
+                                version: record.version.clone(),
+                            });
+                            tracing::info!(project = %project, port, pid, "restarted locally");
+                            Ok(format!("http://127.0.0.1:{port}"))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(project = %project, "restarting the app failed: {e}");
+            }
+            restored.push((project, result));
+        }
+        restored
+    }
+
+    /// Starts the unpacked `version` on `port` and waits until it answers `/api/health`;
+    /// kills it if it does not.
+    async fn start_healthy(
+        &self,
+        project: &ProjectId,
+        project_dir: &Path,
+        version: &str,
+        port: u16,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<(Child, u32), DeployError> {
+        let dir = project_dir.join(version);
         let log_path = project_dir.join(format!("{version}.log"));
-        let mut child = self.spawn(&dir, &log_path, port, secrets)?;
+        let mut child = self.spawn(project, &dir, &log_path, port, secrets)?;
         let pid = child.id().unwrap_or(0);
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + self.config.health_timeout;
@@ -151,7 +297,7 @@ impl LocalDeployer {
                 Running {
                     child,
                     pid,
-                    version: version.clone(),
+                    version: version.to_owned(),
                 },
                 self.config.stop_grace,
             )
@@ -161,38 +307,7 @@ impl LocalDeployer {
                 "{reason}; the previous version keeps running; last output:\n{tail}"
             )));
         }
-
-        // The new version serves: retire the old one.
-        let previous_version = match running.take() {
-            Some(old) => {
-                let v = old.version.clone();
-                stop_child(old, self.config.stop_grace).await;
-                Some(v)
-            }
-            None => {
-                let recorded = read_pid_file(&project_dir);
-                stop_recorded(&project_dir, self.config.stop_grace).await;
-                recorded.map(|r| r.version)
-            }
-        };
-        write_pid_file(&project_dir, pid, port, &version)?;
-        *running = Some(Running {
-            child,
-            pid,
-            version: version.clone(),
-        });
-        prune(&project_dir, &version, previous_version.as_deref());
-        tracing::info!(project = %project, %url, pid, "deployed locally");
-        Ok(Deployment {
-            url,
-            version,
-            details: json!({
-                "pid": pid,
-                "port": port,
-                "dir": dir.display().to_string(),
-                "previous_version": previous_version,
-            }),
-        })
+        Ok((child, pid))
     }
 
     async fn unpack(
@@ -228,6 +343,7 @@ impl LocalDeployer {
 
     fn spawn(
         &self,
+        project: &ProjectId,
         dir: &Path,
         log_path: &Path,
         port: u16,
@@ -236,9 +352,22 @@ impl LocalDeployer {
         let local = |what: &str, e: std::io::Error| DeployError::Local(format!("{what}: {e}"));
         let log = std::fs::File::create(log_path).map_err(|e| local("creating the log", e))?;
         let log2 = log.try_clone().map_err(|e| local("creating the log", e))?;
-        let mut command = Command::new(&self.config.node);
+        let app = [
+            self.config.node.clone().into_os_string(),
+            OsString::from(artifact::ENTRY_POINT),
+        ];
+        let argv = match &self.config.confine {
+            Some(confine) => confine(dir, &app),
+            None => app.to_vec(),
+        };
+        let Some((program, args)) = argv.split_first() else {
+            return Err(DeployError::Local(
+                "no program to start the app with".into(),
+            ));
+        };
+        let mut command = Command::new(program);
         command
-            .arg(artifact::ENTRY_POINT)
+            .args(args)
             .current_dir(dir)
             .env_clear()
             .envs(secrets)
@@ -246,11 +375,31 @@ impl LocalDeployer {
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
             .env("NODE_ENV", "production")
+            // Names the app's processes (`/proc/<pid>/environ`) for the operator.
+            .env("TB_PROJECT", project.as_str())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             // Its own process group, so stopping it also stops what it started.
             .process_group(0);
+        // The app dies with the server, whichever way the server ends; the next server
+        // starts it again (`restore`).
+        // SAFETY: prctl(2) with plain integer arguments, async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         command
             .spawn()
             .map_err(|e| local(&format!("starting {}", self.config.node.display()), e))
@@ -287,6 +436,34 @@ impl Deployer for LocalDeployer {
 }
 
 const PID_FILE: &str = "app.pid";
+/// The app's environment (secrets included), to start it again after a restart.
+const ENV_FILE: &str = "app.env.json";
+
+fn write_env_file(project_dir: &Path, env: &BTreeMap<String, String>) -> Result<(), DeployError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = project_dir.join(format!("{ENV_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&serde_json::to_vec(env).expect("serialisable")))
+        .and_then(|()| std::fs::rename(&tmp, project_dir.join(ENV_FILE)))
+        .map_err(|e| DeployError::Local(format!("writing the app's environment: {e}")))
+}
+
+fn read_env_file(project_dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read(project_dir.join(ENV_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PidRecord {

@@ -274,6 +274,20 @@ impl Finalizer {
                     .sandbox(rec)
                     .await?
                     .ok_or_else(|| StepError::Permanent("the sandbox is gone".into()))?;
+                // Without a package.json of its own, npm walks up to the nearest parent
+                // project and runs that one's scripts: nothing runs.
+                match sandbox
+                    .read_file(&WorkspacePath::parse("package.json").expect("valid"))
+                    .await
+                {
+                    Err(SandboxError::NotFound(_)) => {
+                        return Err(StepError::Permanent(
+                            "the project has no package.json at its root: nothing to install or build".into(),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                    Ok(_) => {}
+                }
                 let t = self.settings.build_timeout;
                 let install = sandbox
                     .exec(

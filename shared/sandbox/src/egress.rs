@@ -168,6 +168,29 @@ impl Network for SystemNetwork {
 pub struct EgressProxy {
     socket: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: tokio::runtime::Handle,
+    policy: Arc<EgressPolicy>,
+    network: NetworkHandle,
+}
+
+/// The proxy's [`Network`], shared with the listeners it serves.
+#[derive(Clone)]
+struct NetworkHandle(Arc<dyn Network>);
+
+impl std::fmt::Debug for NetworkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Network")
+    }
+}
+
+/// Serves one sandbox's listener until dropped.
+#[derive(Debug)]
+pub struct ListenerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl EgressProxy {
@@ -183,6 +206,8 @@ impl EgressProxy {
             .enable_all()
             .build()?;
         let policy = Arc::new(policy);
+        let runtime_handle = runtime.handle().clone();
+        let (thread_policy, thread_network) = (policy.clone(), network.clone());
         std::thread::Builder::new()
             .name("egress-proxy".into())
             .spawn(move || {
@@ -199,7 +224,7 @@ impl EgressProxy {
                             let Ok((stream, _)) = listener.accept().await else {
                                 continue;
                             };
-                            let (policy, network) = (policy.clone(), network.clone());
+                            let (policy, network) = (thread_policy.clone(), thread_network.clone());
                             tokio::spawn(async move {
                                 let _ = handle(stream, &policy, network.as_ref()).await;
                             });
@@ -214,7 +239,29 @@ impl EgressProxy {
         Ok(EgressProxy {
             socket,
             stop: Some(stop),
+            runtime: runtime_handle,
+            policy,
+            network: NetworkHandle(network),
         })
+    }
+
+    /// Serves `listener` (opened inside a sandbox's network namespace) like the socket,
+    /// until the guard is dropped.
+    pub fn serve_listener(&self, listener: std::net::TcpListener) -> io::Result<ListenerGuard> {
+        let _entered = self.runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (policy, network) = (self.policy.clone(), self.network.0.clone());
+        Ok(ListenerGuard(self.runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (policy, network) = (policy.clone(), network.clone());
+                tokio::spawn(async move {
+                    let _ = handle(stream, &policy, network.as_ref()).await;
+                });
+            }
+        })))
     }
 
     /// The socket to bind into sandboxes.
@@ -285,11 +332,24 @@ where
     if let Some(why) = policy.refusal(&host, port, &addrs) {
         return refuse(&mut client, &host, port, &why).await;
     }
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, network.connect(addrs[0])).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return reply(&mut client, 502, &format!("connecting to {host}: {e}")).await,
-        Err(_) => return reply(&mut client, 504, &format!("connecting to {host} timed out")).await,
+    // Each checked address in turn (IPv6 first may have no route here); never another
+    // lookup.
+    let mut last = String::from("no address");
+    let mut upstream = None;
+    for addr in &addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, network.connect(*addr)).await {
+            Ok(Ok(s)) => {
+                upstream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+    }
+    let Some(upstream) = upstream else {
+        return reply(&mut client, 502, &format!("connecting to {host}: {last}")).await;
     };
+
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await?;

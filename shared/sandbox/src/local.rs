@@ -23,6 +23,10 @@
 //! - its network is its own loopback; the only way out is the platform's egress proxy
 //!   ([`crate::egress`]), which allows npm's registry by default and never a loopback,
 //!   private or link-local address;
+//! - npm's cache ([`Isolation::shared`]) is the one directory shared by all sandboxes,
+//!   read-write, so that installs stay fast; npm checks each package's integrity against
+//!   the lockfile, but a command could still plant cache entries another project's
+//!   install would use where there is no lockfile;
 //! - processes, memory and CPU are bounded by cgroups where the host lets us, by rlimits
 //!   otherwise; file size and CPU time by rlimits; the sandbox's disk use is checked after
 //!   each command ([`Limits`]);
@@ -108,6 +112,9 @@ pub struct LocalSandboxProvider {
 struct Boundary {
     cgroups: boundary::Cgroups,
     proxy: OnceLock<Result<EgressProxy, String>>,
+    /// Sandboxes whose last command left them over their disk budget: their next command
+    /// runs only once files are deleted (with the file tools).
+    over_budget: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Boundary {
@@ -129,6 +136,7 @@ impl LocalSandboxProvider {
             Arc::new(Boundary {
                 cgroups: boundary::Cgroups::detect(),
                 proxy: OnceLock::new(),
+                over_budget: Default::default(),
             })
         });
         LocalSandboxProvider {
@@ -317,32 +325,81 @@ impl Sandbox for LocalSandbox {
                 timeout,
                 output_cap: self.config.output_cap_bytes,
                 pre_exec: None,
+                child_fds: Vec::new(),
             })
             .await
             .map_err(|e| SandboxError::Unavailable(format!("running the command: {e}")));
         };
+        let budget = isolation.limits.disk_bytes;
+        let was_over = shared
+            .over_budget
+            .lock()
+            .expect("over_budget")
+            .contains(&self.id);
+        if was_over {
+            let dir = self.dir.clone();
+            let used = tokio::task::spawn_blocking(move || boundary::disk_usage(&dir))
+                .await
+                .unwrap_or(u64::MAX);
+            if used > budget {
+                return Err(SandboxError::Invalid(format!(
+                    "not run: the sandbox holds {} MiB, over its disk budget of {} MiB; delete files with delete_file first",
+                    used >> 20,
+                    budget >> 20
+                )));
+            }
+            shared
+                .over_budget
+                .lock()
+                .expect("over_budget")
+                .remove(&self.id);
+        }
         let socket = shared.proxy_socket(isolation)?;
-        let args = isolation.bwrap_args(&self.dir, &script.0, &self.env, Some(socket));
-        let args_pipe = Isolation::args_pipe(&args).map_err(|e| {
-            SandboxError::Unavailable(format!("passing the sandbox's arguments: {e}"))
-        })?;
+        // As root the platform puts the proxy's listener into the sandbox's namespace
+        // itself; otherwise a bridge started inside forwards to the proxy's socket.
+        let listener_path = !isolation.bridge;
+        let proxy_path = if listener_path {
+            boundary::ProxyPath::Listener
+        } else {
+            boundary::ProxyPath::Bridge(socket)
+        };
+        let args = isolation.bwrap_args(&self.dir, &script.0, &self.env, proxy_path);
+        let unavailable =
+            |what: &str, e: io::Error| SandboxError::Unavailable(format!("{what}: {e}"));
+        let args_pipe = Isolation::args_pipe(&args)
+            .map_err(|e| unavailable("passing the sandbox's arguments", e))?;
         let mut argv = vec![
             isolation.bwrap.clone().into_os_string(),
             "--args".into(),
             "3".into(),
         ];
-        argv.extend(Isolation::command(true));
+        argv.extend(Isolation::command(!listener_path));
         let cgroups = shared
             .cgroups
             .for_command(
                 &format!("{}-{:08x}", self.id, rand::random::<u32>()),
                 &isolation.limits,
             )
-            .map_err(|e| {
-                SandboxError::Unavailable(format!("creating the command's cgroups: {e}"))
-            })?;
+            .map_err(|e| unavailable("creating the command's cgroups", e))?;
         let mut pre_exec = boundary::PreExec::new(&isolation.limits, Some(&cgroups));
-        pre_exec.args_fd = Some(args_pipe.as_raw_fd());
+        pre_exec.fds.push((args_pipe.as_raw_fd(), 3));
+        let mut child_fds: Vec<std::os::fd::OwnedFd> = vec![args_pipe.into()];
+        let mut listening = None;
+        if listener_path {
+            let (info_reader, info_writer) =
+                io::pipe().map_err(|e| unavailable("making a pipe", e))?;
+            let (block_reader, block_writer) =
+                io::pipe().map_err(|e| unavailable("making a pipe", e))?;
+            pre_exec.fds.push((info_writer.as_raw_fd(), 4));
+            pre_exec.fds.push((block_reader.as_raw_fd(), 5));
+            child_fds.push(info_writer.into());
+            child_fds.push(block_reader.into());
+            listening = Some(tokio::spawn(open_proxy_listener(
+                shared.clone(),
+                info_reader,
+                block_writer,
+            )));
+        }
         let ran = exec::run(exec::Run {
             argv,
             cwd: &self.dir,
@@ -350,22 +407,33 @@ impl Sandbox for LocalSandbox {
             timeout,
             output_cap: self.config.output_cap_bytes,
             pre_exec: Some(pre_exec),
+            child_fds,
         })
         .await
         .map_err(|e| SandboxError::Unavailable(format!("running the command: {e}")));
-        drop(args_pipe);
+        if let Some(task) = listening {
+            task.abort();
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(sandbox = %self.id, "no egress in the sandbox: {e}"),
+                Ok(Ok(guard)) => drop(guard),
+                Err(_) => {}
+            }
+        }
         let dir = self.dir.clone();
-        let budget = isolation.limits.disk_bytes;
-        let used = tokio::task::spawn_blocking(move || {
-            drop(cgroups); // waits for the emptied groups to go
-            boundary::disk_usage(&dir)
-        })
-        .await
-        .unwrap_or(0);
+        // The emptied groups can take a moment to go: not on the command's time.
+        tokio::task::spawn_blocking(move || drop(cgroups));
+        let used = tokio::task::spawn_blocking(move || boundary::disk_usage(&dir))
+            .await
+            .unwrap_or(0);
         let out = ran?;
         if used > budget {
+            shared
+                .over_budget
+                .lock()
+                .expect("over_budget")
+                .insert(self.id.clone());
             return Err(SandboxError::Invalid(format!(
-                "the command ran (exit code {}), but the sandbox now holds {} MiB, over its disk budget of {} MiB: delete files (e.g. build outputs, large downloads) before going on",
+                "the command ran (exit code {}), but the sandbox now holds {} MiB, over its disk budget of {} MiB: delete files (e.g. build outputs, large downloads) with delete_file; no command runs until then",
                 out.exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "none".into()),
@@ -401,6 +469,48 @@ impl Sandbox for LocalSandbox {
         let dir = dir.clone();
         blocking(move || workspace.list(&dir)).await
     }
+}
+
+/// Waits for bubblewrap to report the sandbox's pid (`--info-fd`), opens the proxy's
+/// listener inside its network namespace, then lets the command start (`--block-fd`).
+/// On failure the block pipe closes, and the command starts without a way out.
+async fn open_proxy_listener(
+    shared: Arc<Boundary>,
+    info: io::PipeReader,
+    block: io::PipeWriter,
+) -> io::Result<crate::egress::ListenerGuard> {
+    use tokio::io::AsyncReadExt;
+    let mut info = tokio::net::unix::pipe::Receiver::from_owned_fd(info.into())?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 512];
+    while !text.contains(&b'}') {
+        let n = tokio::time::timeout(Duration::from_secs(10), info.read(&mut buf))
+            .await
+            .map_err(|_| io::Error::other("bwrap did not report the sandbox's pid"))??;
+        if n == 0 {
+            return Err(io::Error::other(
+                "bwrap ended before reporting the sandbox's pid",
+            ));
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    let end = text.iter().position(|b| *b == b'}').unwrap_or(0) + 1;
+    let report: serde_json::Value = serde_json::from_slice(&text[..end])
+        .map_err(|e| io::Error::other(format!("bwrap's report: {e}")))?;
+    let pid = report["child-pid"]
+        .as_i64()
+        .ok_or_else(|| io::Error::other("bwrap's report has no child-pid"))? as i32;
+    let listener = tokio::task::spawn_blocking(move || boundary::listen_in_namespace_of(pid))
+        .await
+        .map_err(io::Error::other)??;
+    let proxy = match shared.proxy.get() {
+        Some(Ok(proxy)) => proxy,
+        _ => return Err(io::Error::other("the egress proxy is not running")),
+    };
+    let guard = proxy.serve_listener(listener)?;
+    use std::io::Write;
+    (&block).write_all(b"1")?;
+    Ok(guard)
 }
 
 /// `[A-Za-z0-9_-]{1,64}`: safe as a directory name.

@@ -7,6 +7,9 @@
 //!    model, a real local sandbox).
 //! 3. The state store per iteration (commit latency, bytes written, the once-per-slice
 //!    conversation read): the local SQLite store always, DynamoDB when moto is running.
+//! 4. The local sandbox's isolation cost per command: spawn to exit of `true` inside the
+//!    bubblewrap boundary (namespaces, cgroups, egress bridge, disk check) against the same
+//!    without it.
 //!
 //! Run: `cargo run --release -p tb-tests --bin bench` (arguments pick sections: `-- 2 3`)
 
@@ -21,6 +24,51 @@ use tb_models::scripted::{Script, ScriptTurn, ScriptedModel};
 use tb_pipeline::{AgentHeader, Appended, RequestRecord, StateStore};
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tb_tests::instant::{InstantModel, InstantSandbox};
+
+/// Section 4: `true` through the local sandbox, with and without the boundary.
+async fn isolation_cost() -> anyhow::Result<()> {
+    use tb_core::sandbox::Sandbox;
+    println!("\n## 4. Isolation cost per command (local sandbox)");
+    println!("`exec(\"true\")` spawn to exit, 100 runs each after 5 warm-up runs; median and p95.");
+    let isolation = tb_sandbox::Isolation::new();
+    if let Err(e) = isolation.probe() {
+        println!("skipped: {e}");
+        return Ok(());
+    }
+    for (label, isolation) in [
+        ("without the boundary", None),
+        ("inside the boundary", Some(isolation)),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let provider = LocalSandboxProvider::new(LocalSandboxConfig {
+            isolation,
+            ..LocalSandboxConfig::new(dir.path())
+        });
+        let controllers = provider.cgroup_controllers();
+        let sandbox = provider.create_local(&Default::default()).await?;
+        let mut ms = Vec::new();
+        for i in 0..105 {
+            let t = Instant::now();
+            let out = sandbox.exec("true", Duration::from_secs(30)).await?;
+            anyhow::ensure!(out.exit_code == Some(0), "true failed: {out:?}");
+            if i >= 5 {
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "{label:<22} median {:6.2} ms   p95 {:6.2} ms{}",
+            ms[ms.len() / 2],
+            ms[ms.len() * 95 / 100],
+            if controllers.is_empty() {
+                String::new()
+            } else {
+                format!("   (cgroups: {})", controllers.join(", "))
+            }
+        );
+    }
+    Ok(())
+}
 
 const BENCH_SCRIPT: &str = include_str!("../../../shared/models/scripts/bench-explore.json");
 const TASK: &str = "Create a simple API with a users endpoint";
@@ -43,14 +91,14 @@ async fn main() -> anyhow::Result<()> {
     let picked: Vec<String> = std::env::args().skip(1).collect();
     if let Some(a) = picked
         .iter()
-        .find(|a| !["1", "2", "3"].contains(&a.as_str()))
+        .find(|a| !["1", "2", "3", "4"].contains(&a.as_str()))
     {
-        anyhow::bail!("unknown section {a:?}: pass 1, 2 or 3, or nothing for all");
+        anyhow::bail!("unknown section {a:?}: pass 1, 2, 3 or 4, or nothing for all");
     }
     let wanted = |n: &str| picked.is_empty() || picked.iter().any(|a| a == n);
     let started = Instant::now();
     let mut times = Vec::new();
-    for section in ["1", "2", "3"] {
+    for section in ["1", "2", "3", "4"] {
         if !wanted(section) {
             continue;
         }
@@ -58,7 +106,8 @@ async fn main() -> anyhow::Result<()> {
         match section {
             "1" => loop_overhead().await?,
             "2" => task_cost().await?,
-            _ => state_store().await?,
+            "3" => state_store().await?,
+            _ => isolation_cost().await?,
         }
         times.push(format!(
             "section {section}: {:.0} s",

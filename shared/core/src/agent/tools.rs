@@ -234,9 +234,11 @@ async fn run_command(
                 rest.to_string(),
             ),
             _ => {
+                // Something wrote to the wrapper's own output ahead of its markers (e.g.
+                // `> /proc/$PPID/fd/1`): still capped like any output.
                 return Ok(ToolReply::error(format!(
                     "The command could not be run: {}",
-                    out.output
+                    head_tail(&out.output, head.min(4_000), tail.min(4_000), Some(&log))
                 )));
             }
         }
@@ -274,6 +276,15 @@ async fn run_command(
             content.push_str(body);
             content.clone()
         }
+    };
+    // The log's head and tail are within the cap, but a command can also write around the
+    // log, straight to the wrapper's output: whatever arrived is capped the same way.
+    let limit = head.saturating_add(tail).saturating_add(512);
+    let (content, fingerprint) = if content.len() > limit {
+        let capped = head_tail(&content, head, tail, Some(&log));
+        (capped.clone(), capped)
+    } else {
+        (content, fingerprint)
     };
     Ok(ToolReply::Observation {
         content,

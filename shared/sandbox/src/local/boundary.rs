@@ -1,9 +1,19 @@
 //! The isolation boundary of local commands: bubblewrap namespaces, cgroup or rlimit
-//! limits, and the bridge to the egress proxy.
+//! limits, and the sandbox's one way out, to the egress proxy.
 //!
-//! Each command runs as `bwrap … bash -c INIT` where INIT starts the bridge from
-//! `127.0.0.1:3128` (inside the sandbox's own network namespace) to the egress proxy's Unix
-//! socket, waits until it listens, and runs the command's script. What the sandbox sees:
+//! Each command runs as `bwrap --args 3 bash /run/tb/command.sh`: bubblewrap reads its
+//! options (host paths, the environment) from a pipe, so nothing of them shows in the
+//! sandbox's `/proc`, and the command's shell is the PID namespace's init (`--as-pid-1`):
+//! when it exits, everything left in the namespace is killed.
+//!
+//! The sandbox's network namespace has only its loopback. Commands find the egress proxy
+//! at `127.0.0.1:3128` there (`HTTPS_PROXY`). As root, the platform opens that listener
+//! itself inside the namespace (bwrap reports the sandbox's pid on `--info-fd`, the
+//! platform `setns`es a thread of its own into the namespace and binds, then releases
+//! `--block-fd`), so the command starts with the proxy already there and nothing extra
+//! runs inside. Otherwise (`setns` needs `CAP_SYS_ADMIN`), a bridge started inside
+//! (socat, else a few lines of Node) forwards that port to the proxy's Unix socket, bound
+//! into the sandbox, and the command starts once it listens. What the sandbox sees:
 //!
 //! ```text
 //! /usr, /etc (secrets masked)   read-only, /bin /lib /lib64 /sbin as on the host
@@ -12,7 +22,7 @@
 //! /home/sandbox                 <sandbox>/home, read-write, $HOME
 //! /tmp                          <sandbox>/tmp, read-write, $TMPDIR
 //! /run/tb/command.sh            the command, read-only
-//! /run/tb/egress.sock           the egress proxy
+//! /run/tb/egress.sock           the egress proxy's socket (bridge mode only)
 //! ```
 //!
 //! plus what [`Isolation::read_only`] and [`Isolation::shared`] add. Nothing else of the
@@ -62,6 +72,10 @@ pub struct Isolation {
     /// Host directories shared read-write by every sandbox: `(host path, path inside)`
     /// (npm's cache).
     pub shared: Vec<(PathBuf, String)>,
+    /// Reach the proxy through a bridge started inside the sandbox instead of a listener
+    /// the platform opens in its namespace (default: only when not root, see the module
+    /// docs).
+    pub bridge: bool,
 }
 
 /// Per-command limits. Processes, memory and CPU go through cgroups (v1) where this host
@@ -105,6 +119,8 @@ impl Isolation {
             egress: EgressPolicy::default(),
             read_only: Vec::new(),
             shared: Vec::new(),
+            // SAFETY: geteuid(2) has no preconditions.
+            bridge: unsafe { libc::geteuid() } != 0,
         }
     }
 
@@ -172,12 +188,16 @@ impl Isolation {
         dir: &Path,
         script: &Path,
         env: &BTreeMap<String, String>,
-        proxy_socket: Option<&Path>,
+        proxy: ProxyPath<'_>,
     ) -> Vec<OsString> {
         let mut a: Vec<OsString> = [
             "--unshare-all",
             "--die-with-parent",
             "--new-session",
+            // The command is the namespace's init: when it exits, every process left in the
+            // namespace is killed, and no bwrap reaper outlives its parent as a zombie
+            // (re-parented to this process, a subreaper).
+            "--as-pid-1",
             "--hostname",
             "sandbox",
             "--clearenv",
@@ -188,14 +208,7 @@ impl Isolation {
             a.extend([OsString::from("--setenv"), k.into(), v.into()]);
         }
         a.extend(system_binds());
-        for secret in ETC_SECRETS {
-            let p = Path::new(secret);
-            if p.is_dir() {
-                a.extend(["--tmpfs", secret].map(OsString::from));
-            } else if p.exists() {
-                a.extend(["--ro-bind", "/dev/null", secret].map(OsString::from));
-            }
-        }
+        a.extend(etc_masks());
         for p in &self.read_only {
             a.extend([
                 OsString::from("--ro-bind-try"),
@@ -223,16 +236,60 @@ impl Isolation {
             script.into(),
             COMMAND_PATH.into(),
         ]);
-        if let Some(socket) = proxy_socket {
-            a.extend([OsString::from("--bind"), socket.into(), PROXY_SOCKET.into()]);
+        match proxy {
+            ProxyPath::Bridge(socket) => {
+                a.extend([OsString::from("--bind"), socket.into(), PROXY_SOCKET.into()])
+            }
+            // bwrap reports the sandbox's pid on 4 and waits on 5 until the platform has
+            // put the proxy's listener into the sandbox's network namespace.
+            ProxyPath::Listener => {
+                a.extend(["--info-fd", "4", "--block-fd", "5"].map(OsString::from))
+            }
         }
         a.extend(["--chdir", WORKSPACE].map(OsString::from));
         a
     }
 
+    /// The program and arguments that run `app` (a deployed app's command) inside a
+    /// boundary like the commands' one, with `dir` (the unpacked app) read-only as its
+    /// working directory at `/app`. It shares the host's network: the platform reaches its
+    /// port, and it reaches its database. Its environment is the one bubblewrap is given.
+    pub fn app_args(&self, dir: &Path, app: &[OsString]) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![self.bwrap.clone().into()];
+        a.extend(
+            [
+                "--unshare-all",
+                "--share-net",
+                "--die-with-parent",
+                "--new-session",
+                "--as-pid-1",
+                "--hostname",
+                "app",
+            ]
+            .map(OsString::from),
+        );
+        a.extend(system_binds());
+        a.extend(etc_masks());
+        for p in &self.read_only {
+            a.extend([
+                OsString::from("--ro-bind-try"),
+                p.clone().into(),
+                p.clone().into(),
+            ]);
+        }
+        a.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
+        a.extend([OsString::from("--ro-bind"), dir.into(), "/app".into()]);
+        a.extend(["--chdir", "/app", "--"].map(OsString::from));
+        a.extend(app.iter().cloned());
+        a
+    }
+
     /// The command bubblewrap runs (after its options; `--args` cannot carry it).
     pub(crate) fn command(bridge: bool) -> Vec<OsString> {
-        vec!["bash".into(), "-c".into(), init_script(bridge).into()]
+        if !bridge {
+            return vec!["bash".into(), COMMAND_PATH.into()];
+        }
+        vec!["bash".into(), "-c".into(), init_script().into()]
     }
 }
 
@@ -240,6 +297,33 @@ impl Default for Isolation {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// How a sandbox's `127.0.0.1:3128` reaches the egress proxy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ProxyPath<'a> {
+    /// The platform opens the listener inside the sandbox's network namespace itself
+    /// (`setns`, which needs `CAP_SYS_ADMIN`: root): nothing to start in the sandbox.
+    Listener,
+    /// A bridge started in the sandbox (socat, else Node) to the proxy's Unix socket.
+    Bridge(&'a Path),
+}
+
+/// Opens a listener on `127.0.0.1:3128` inside the network namespace of process `pid`
+/// (from a thread of its own, which ends there: the namespace is per thread).
+pub(crate) fn listen_in_namespace_of(pid: i32) -> io::Result<std::net::TcpListener> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on an open namespace descriptor; affects this thread only.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 3128))?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
 /// `/usr` and `/etc` read-only, and `/bin`, `/lib`, `/lib64`, `/sbin` as the host has
@@ -260,13 +344,24 @@ fn system_binds() -> Vec<OsString> {
     a
 }
 
+/// Hides [`ETC_SECRETS`] under the read-only `/etc`.
+fn etc_masks() -> Vec<OsString> {
+    let mut a = Vec::new();
+    for secret in ETC_SECRETS {
+        let p = Path::new(secret);
+        if p.is_dir() {
+            a.extend(["--tmpfs", secret].map(OsString::from));
+        } else if p.exists() {
+            a.extend(["--ro-bind", "/dev/null", secret].map(OsString::from));
+        }
+    }
+    a
+}
+
 /// Starts the bridge to the proxy (socat where installed, else a few lines of Node), waits
 /// until it listens, then runs the command.
-fn init_script(bridge: bool) -> String {
+fn init_script() -> String {
     let run = format!("bash {COMMAND_PATH}");
-    if !bridge {
-        return run;
-    }
     const NODE_BRIDGE: &str = "require('net').createServer(c=>{const u=require('net').connect('/run/tb/egress.sock');c.pipe(u).pipe(c);c.on('error',()=>u.destroy());u.on('error',()=>c.destroy())}).listen(3128,'127.0.0.1')";
     format!(
         "if [ -x /usr/bin/socat ]; then /usr/bin/socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{PROXY_SOCKET} 2>/dev/null & \
@@ -389,8 +484,9 @@ impl Drop for CommandCgroups {
 pub(crate) struct PreExec {
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     pub cgroup_procs: Vec<i32>,
-    /// Made the child's descriptor 3 (bubblewrap's `--args 3`).
-    pub args_fd: Option<i32>,
+    /// Descriptors the child gets at fixed numbers: `(ours, theirs)` (bubblewrap's
+    /// `--args 3`, `--info-fd 4`, `--block-fd 5`).
+    pub fds: Vec<(i32, i32)>,
 }
 
 impl PreExec {
@@ -408,28 +504,32 @@ impl PreExec {
         PreExec {
             rlimits,
             cgroup_procs: cgroups.map(|c| c.procs_fds()).unwrap_or_default(),
-            args_fd: None,
+            fds: Vec::new(),
         }
     }
 
     /// Runs in the child: joins the cgroups, then lowers the rlimits.
     pub fn apply(&self) -> io::Result<()> {
-        if let Some(fd) = self.args_fd {
-            // SAFETY: dup2/fcntl on descriptors of this process; no memory is touched.
-            let ok = unsafe {
-                if fd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0) == 0
-                } else {
-                    libc::dup2(fd, 3) == 3
-                }
-            };
-            if !ok {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        // Cgroups first: their descriptors may have the numbers the others are moved to.
         for fd in &self.cgroup_procs {
             // SAFETY: write(2) on a descriptor opened by the parent, with a valid buffer.
             if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // Out of the way first (a source may sit on another's target), then in place;
+        // dup2 leaves the copies without close-on-exec.
+        let mut moved = [0i32; 8];
+        for (i, (ours, _)) in self.fds.iter().enumerate().take(moved.len()) {
+            // SAFETY: fcntl(2) on a descriptor of this process.
+            moved[i] = unsafe { libc::fcntl(*ours, libc::F_DUPFD_CLOEXEC, 100) };
+            if moved[i] < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        for (i, (_, theirs)) in self.fds.iter().enumerate().take(moved.len()) {
+            // SAFETY: dup2(2) on descriptors of this process.
+            if unsafe { libc::dup2(moved[i], *theirs) } != *theirs {
                 return Err(io::Error::last_os_error());
             }
         }
@@ -482,7 +582,7 @@ mod tests {
             Path::new("/data/sandboxes/s1"),
             Path::new("/data/sandboxes/s1/exec-1.sh"),
             &BTreeMap::from([("HOME".into(), HOME.into())]),
-            Some(Path::new("/tmp/tb-egress-1/egress.sock")),
+            ProxyPath::Bridge(Path::new("/tmp/tb-egress-1/egress.sock")),
         );
         let args: Vec<String> = args
             .iter()

@@ -34,6 +34,8 @@ pub(crate) struct Run<'a> {
     pub output_cap: usize,
     /// Limits the child sets on itself before exec.
     pub pre_exec: Option<PreExec>,
+    /// Our copies of descriptors meant for the child: closed once it is spawned.
+    pub child_fds: Vec<OwnedFd>,
 }
 
 pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
@@ -66,6 +68,7 @@ pub(crate) async fn run(req: Run<'_>) -> io::Result<ExecOutput> {
     // The command holds our copies of the write end; without dropping it the pipe never
     // reaches end-of-file.
     drop(command);
+    drop(req.child_fds);
     let mut child = spawned?;
     let mut group = GroupKiller {
         pgid: child.id().map(|id| id as libc::pid_t),
