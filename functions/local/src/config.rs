@@ -25,6 +25,7 @@ pub const KNOWN: &[&str] = &[
     "TB_WALL_CLOCK_SECS",
     "TB_MAX_TOKENS",
     "TB_COMMAND_TIMEOUT_SECS",
+    "TB_TOOL_TIMEOUT_SECS",
     "TB_PROMPT_CACHING",
     "DB_CLUSTER_HOST",
     "DB_CLUSTER_PORT",

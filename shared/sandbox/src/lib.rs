@@ -2,8 +2,9 @@
 //! files live.
 //!
 //! - [`local`]: a directory per sandbox on this host, commands run with `bash` as the host
-//!   user. Confines the file tools to the project; it is not an isolation boundary for
-//!   commands.
+//!   user. The file tools are confined to the project by the kernel (`openat2` with
+//!   `RESOLVE_BENEATH`; regular files and directories only, no hard-linked files; see
+//!   `local/files.rs`); what confines commands is described in [`local`].
 //! - [`daytona`]: a REST client for Daytona sandboxes (isolated VMs/containers).
 //!
 //! Both bound command output in memory the same way ([`OutputCap`]).
