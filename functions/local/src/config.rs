@@ -62,6 +62,7 @@ impl Config {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading the configuration file {}", path.display()))?;
+        warn_if_readable_by_others(&path);
         Ok(Config {
             file: parse(&text).with_context(|| format!("in {}", path.display()))?,
         })
@@ -73,6 +74,20 @@ impl Config {
             .ok()
             .or_else(|| self.file.get(key).cloned())
             .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// The file holds model keys and the database password: say so when others can read it
+/// (it is the operator's file; its mode is theirs to change).
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{} is readable by other users and may hold API keys and passwords; `chmod 600` it",
+            path.display()
+        );
     }
 }
 

@@ -41,14 +41,14 @@ fn first_line(child: &mut Child) -> String {
 }
 
 fn assert_private(data: &Path) {
-    assert_eq!(mode(data), 0o700, "the data directory");
+    assert_eq!(format!("{:o}", mode(data)), "700", "the data directory");
     for name in [
         "callback-secret",
         "turbobackend.sqlite",
         "turbobackend.sqlite-wal",
         "turbobackend.sqlite-shm",
     ] {
-        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+        assert_eq!(format!("{:o}", mode(&data.join(name))), "600", "{name}");
     }
 }
 
@@ -94,4 +94,32 @@ fn run_tightens_a_data_directory_left_readable() {
     assert!(line.contains("request_id"), "{line}");
     assert_private(&data);
     stop(child);
+}
+
+#[test]
+fn a_configuration_file_others_can_read_is_named_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("turbobackend.env");
+    std::fs::write(&config, "TB_WORKERS=1\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turbobackend"))
+        .arg("serve")
+        .env("TB_CONFIG", &config)
+        .env("TB_DATA_DIR", tmp.path().join("data"))
+        .env("TB_PORT", "0")
+        .env_remove("TB_LOG")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("DB_CLUSTER_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    stop(child);
+    assert!(line.contains("readable by other users"), "{line}");
+    assert!(line.contains("chmod 600"), "{line}");
 }
