@@ -58,7 +58,8 @@ impl Settings {
         let config = crate::config::Config::load()?;
         let var = |k: &str| config.var(k);
         let data_dir = PathBuf::from(var("TB_DATA_DIR").unwrap_or_else(|| ".turbobackend".into()));
-        std::fs::create_dir_all(&data_dir)
+        // Owner only: it holds every user's conversations, the keys and the callback secret.
+        tb_local::private::secure_dir(&data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
         let port = match var("TB_PORT") {
             Some(p) => p
@@ -319,10 +320,13 @@ fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
     }
     let file = dir.join("callback-secret");
     if let Ok(s) = std::fs::read_to_string(&file) {
+        tb_local::private::secure_file(&file)
+            .with_context(|| format!("restricting {} to its owner", file.display()))?;
         return Ok(s.trim().to_string());
     }
     let secret = tb_core::ids::hex(&rand::random::<[u8; 32]>());
-    std::fs::write(&file, &secret).with_context(|| format!("writing {}", file.display()))?;
+    tb_local::private::write_new_secret(&file, secret.as_bytes())
+        .with_context(|| format!("writing {}", file.display()))?;
     Ok(secret)
 }
 

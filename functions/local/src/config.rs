@@ -25,6 +25,7 @@ pub const KNOWN: &[&str] = &[
     "TB_WALL_CLOCK_SECS",
     "TB_MAX_TOKENS",
     "TB_COMMAND_TIMEOUT_SECS",
+    "TB_TOOL_TIMEOUT_SECS",
     "TB_PROMPT_CACHING",
     "DB_CLUSTER_HOST",
     "DB_CLUSTER_PORT",
@@ -69,6 +70,7 @@ impl Config {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading the configuration file {}", path.display()))?;
+        warn_if_readable_by_others(&path);
         Ok(Config {
             file: parse(&text).with_context(|| format!("in {}", path.display()))?,
         })
@@ -80,6 +82,20 @@ impl Config {
             .ok()
             .or_else(|| self.file.get(key).cloned())
             .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// The file holds model keys and the database password: say so when others can read it
+/// (it is the operator's file; its mode is theirs to change).
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{} is readable by other users and may hold API keys and passwords; `chmod 600` it",
+            path.display()
+        );
     }
 }
 

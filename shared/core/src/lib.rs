@@ -17,6 +17,7 @@ pub mod domain;
 pub mod ids;
 pub mod model;
 pub mod money;
+pub mod net;
 pub mod ports;
 pub mod pricing;
 pub mod sandbox;

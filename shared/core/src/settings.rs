@@ -30,8 +30,8 @@ fn parse<T: std::str::FromStr>(
 }
 
 /// The agent's limits: `TB_MAX_ITERATIONS`, `TB_BUDGET_USD` (dollars, e.g. `2.50`),
-/// `TB_WALL_CLOCK_SECS`, `TB_MAX_TOKENS`, `TB_COMMAND_TIMEOUT_SECS`, `TB_PROMPT_CACHING`; the rest are the
-/// standard values.
+/// `TB_WALL_CLOCK_SECS`, `TB_MAX_TOKENS`, `TB_COMMAND_TIMEOUT_SECS`, `TB_TOOL_TIMEOUT_SECS`,
+/// `TB_PROMPT_CACHING`; the rest are the standard values.
 pub fn agent_config(var: impl Fn(&str) -> Option<String>) -> Result<AgentConfig, SettingError> {
     let mut c = AgentConfig::standard();
     if let Some(n) = parse::<u32>(&var, "TB_MAX_ITERATIONS")? {
@@ -51,6 +51,15 @@ pub fn agent_config(var: impl Fn(&str) -> Option<String>) -> Result<AgentConfig,
     }
     if let Some(s) = parse::<u64>(&var, "TB_COMMAND_TIMEOUT_SECS")? {
         c.command_timeout = Duration::from_secs(s);
+    }
+    if let Some(s) = parse::<u64>(&var, "TB_TOOL_TIMEOUT_SECS")? {
+        if s == 0 {
+            return Err(SettingError {
+                name: "TB_TOOL_TIMEOUT_SECS",
+                problem: "must be at least 1 second".into(),
+            });
+        }
+        c.tool_timeout = Duration::from_secs(s);
     }
     if let Some(b) = parse::<bool>(&var, "TB_PROMPT_CACHING")? {
         c.prompt_caching = b;
@@ -122,6 +131,18 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
+        assert_eq!(
+            agent_config(env(&[("TB_TOOL_TIMEOUT_SECS", "0")]))
+                .unwrap_err()
+                .name,
+            "TB_TOOL_TIMEOUT_SECS"
+        );
+        assert_eq!(
+            agent_config(env(&[("TB_TOOL_TIMEOUT_SECS", "90")]))
+                .unwrap()
+                .tool_timeout,
+            Duration::from_secs(90)
+        );
         let e = agent_config(env(&[("TB_MAX_ITERATIONS", "many")])).unwrap_err();
         assert_eq!(e.name, "TB_MAX_ITERATIONS");
         assert!(agent_config(env(&[("TB_BUDGET_USD", "-1")])).is_err());

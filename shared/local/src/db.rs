@@ -51,6 +51,19 @@ impl LocalDb {
                 .await
                 .map_err(|e| PortError::Permanent(format!("creating {}: {e}", parent.display())))?;
         }
+        // 0600 before SQLite first writes to it; its -wal and -shm take the database
+        // file's mode when SQLite creates them. Files of an older data directory are
+        // tightened here too.
+        let private = |e: std::io::Error| {
+            PortError::Permanent(format!("restricting {} to its owner: {e}", path.display()))
+        };
+        match crate::private::write_new_secret(&path, b"") {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(private(e)),
+            _ => {}
+        }
+        for file in crate::private::sqlite_files(&path) {
+            crate::private::secure_file(&file).map_err(private)?;
+        }
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)

@@ -8,7 +8,8 @@
 //! - [`LocalQueue`]: the work and finalize queues as in-process channels, dead letters in a
 //!   JSON-lines file;
 //! - [`dispatch`]: the loops that feed queued messages to the worker and finalizer handlers,
-//!   with bounded concurrency, retries and the periodic sweeper.
+//!   with bounded concurrency, retries and the periodic sweeper;
+//! - [`private`]: the modes of what holds secrets (data directory 0700, secret files 0600).
 //!
 //! A host wires them up like this (building the `Pipeline` and the `Finalizer` themselves
 //! is the host's business):
@@ -39,6 +40,7 @@ pub mod dispatch;
 mod error;
 mod gates;
 pub mod keys;
+pub mod private;
 mod queue;
 mod records;
 mod schema;

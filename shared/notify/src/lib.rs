@@ -4,9 +4,10 @@
 //! notification, so receivers drop duplicates) and `X-Turbobackend-Signature: t=<unix
 //! seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>" under the shared secret>`. How receivers
 //! verify it: docs/callbacks.md. Retried with exponential backoff on 429, 5xx and network
-//! errors. Unless private targets are allowed (local mode), the host is resolved again at send
-//! time and must be public, and the connection is pinned to the checked address, so a DNS
-//! change after the request was accepted cannot redirect it inside.
+//! errors; a redirect is never followed and counts as a failed delivery. Unless private
+//! targets are allowed (local mode), the host is resolved again at send time and must be
+//! public ([`tb_core::net::is_public`]), and the connection is pinned to the checked address,
+//! so a DNS change after the request was accepted cannot redirect it inside.
 
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+use tb_core::net::is_public;
 use tb_core::ports::{Notifier, PortError};
-use tb_pipeline::callback::is_public;
 
 pub const SIGNATURE_HEADER: &str = "x-turbobackend-signature";
 pub const DELIVERY_HEADER: &str = "x-turbobackend-delivery";
@@ -59,6 +60,9 @@ impl HttpNotifier {
 
     async fn client_for(&self, url: &str) -> Result<reqwest::Client, PortError> {
         let builder = reqwest::Client::builder()
+            // Never followed: a redirect would send the signed request wherever the
+            // receiver points (loopback, the metadata service), past the address check.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")));
         let builder = if self.allow_private {
@@ -117,6 +121,12 @@ impl Notifier for HttpNotifier {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
                     last = format!("HTTP {}", r.status())
+                }
+                Ok(r) if r.status().is_redirection() => {
+                    return Err(PortError::Permanent(format!(
+                        "the callback receiver answered HTTP {} (a redirect; callbacks do not follow redirects)",
+                        r.status()
+                    )));
                 }
                 Ok(r) => {
                     return Err(PortError::Permanent(format!(

@@ -1,8 +1,11 @@
 //! Callback URLs: refused at request time unless they are https and resolve only to public
 //! addresses (no loopback, private, link-local, e.g. the cloud metadata endpoint), unless the
-//! operator allows it (local mode, tests). The notifier checks again when it sends.
+//! operator allows it (local mode, tests). The notifier checks again when it sends. Both
+//! ask the one classifier, [`tb_core::net::is_public`].
 
 use std::net::IpAddr;
+
+pub use tb_core::net::is_public;
 
 /// Checks `url` as a callback target.
 pub async fn check(url: &str, allow_private: bool) -> Result<(), String> {
@@ -40,62 +43,9 @@ pub async fn check(url: &str, allow_private: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether an address is reachable on the public internet (and so a safe callback target).
-pub fn is_public(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 198 && (18..20).contains(&o[1]))
-                || o[0] >= 224)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(&IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || s[0] == 0x2001 && s[1] == 0x0db8)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_loopback_and_metadata_addresses_are_not_public() {
-        for a in [
-            "10.0.0.1",
-            "172.16.3.4",
-            "192.168.1.1",
-            "127.0.0.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(&a.parse().unwrap()), "{a}");
-        }
-        for a in ["1.1.1.1", "8.8.8.8", "2606:4700:4700::1111"] {
-            assert!(is_public(&a.parse().unwrap()), "{a}");
-        }
-    }
 
     #[tokio::test]
     async fn only_https_urls_to_public_hosts_are_accepted() {
@@ -126,6 +76,20 @@ mod tests {
         );
         assert!(check("https://localhost:8443/hook", false).await.is_err());
         assert!(check("https://[::1]/hook", false).await.is_err());
+        // IPv6 literals that carry loopback or the metadata address (no traffic: a literal
+        // resolves to itself).
+        for literal in [
+            "[::ffff:127.0.0.1]",
+            "[::127.0.0.1]",
+            "[64:ff9b::a9fe:a9fe]",
+            "[2002:a9fe:a9fe::1]",
+            "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+        ] {
+            let err = check(&format!("https://{literal}/hook"), false)
+                .await
+                .unwrap_err();
+            assert!(err.contains("not a public address"), "{literal}: {err}");
+        }
         // Allowed by the operator (local mode, tests).
         assert!(check("http://127.0.0.1:9/hook", true).await.is_ok());
         assert!(check("not a url", true).await.is_err());

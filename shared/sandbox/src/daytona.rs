@@ -13,6 +13,10 @@
 //!   [`SandboxError::Unavailable`]; 400 becomes `Invalid`, 404 `NotFound`.
 //! - [`DaytonaConfig::labels`] scope a provider: they are added to every sandbox it
 //!   creates, and it lists and connects only to sandboxes that carry them.
+//! - Servers of several versions are understood: process results with `exitCode` or (older
+//!   daemons) `code`; the sandbox list as `{items, nextCursor}` pages, followed, or (older
+//!   servers) one plain array. Waiting for `started` ends at once on a state that cannot
+//!   get there, and starts a sandbox found stopped (see `Shared::wait_started`).
 
 mod api;
 mod retry;
@@ -38,7 +42,7 @@ pub use retry::RetryPolicy;
 use crate::OutputCap;
 use api::{Api, Resend, parse_json, read_limited, status_error, url_with};
 use wire::{
-    BuildInfo, CreateSandbox, ExecuteRequest, ExecuteResponse, FileInfo, SandboxDto, SandboxPage,
+    BuildInfo, CreateSandbox, ExecuteRequest, ExecuteResponse, FileInfo, SandboxDto, SandboxList,
 };
 
 /// How to reach Daytona and what to create.
@@ -230,7 +234,7 @@ impl DaytonaProvider {
         if id.is_empty() {
             return Err(SandboxError::NotFound("sandbox ``".into()));
         }
-        let mut dto = shared.get(id).await?;
+        let dto = shared.get(id).await?;
         if !carries(&dto, &shared.config.labels) {
             return Err(SandboxError::NotFound(format!(
                 "sandbox `{id}` (not labelled for this provider)"
@@ -242,22 +246,9 @@ impl DaytonaProvider {
                     "sandbox `{id}` (destroyed)"
                 )));
             }
-            "stopped" | "archived" | "paused" => {
-                tracing::info!(sandbox = %dto.id, state = dto.state(), "starting Daytona sandbox");
-                let url = url_with(&shared.api_url, &["sandbox", &dto.id, "start"]);
-                let body = shared
-                    .api
-                    .send_ok(
-                        "starting a sandbox",
-                        Resend::Freely,
-                        shared.config.request_timeout,
-                        &|http| http.post(url.clone()),
-                    )
-                    .await?;
-                dto = parse_json("starting a sandbox", &body)?;
-            }
             _ => {}
         }
+        // A stopped, archived or paused sandbox is started by the wait.
         shared.attach(dto).await
     }
 
@@ -288,7 +279,7 @@ impl DaytonaProvider {
                     &|http| http.get(url.clone()).query(&query),
                 )
                 .await?;
-            let page: SandboxPage = parse_json("listing sandboxes", &body)?;
+            let page = parse_json::<SandboxList>("listing sandboxes", &body)?.into_page();
             let next = page.next_cursor();
             infos.extend(
                 page.items
@@ -407,40 +398,89 @@ impl Shared {
         Ok(sandbox)
     }
 
-    /// Polls the sandbox (100 ms, growing ×1.1 up to 1 s) until it is `started`, failing on
-    /// `error` / `build_failed` or after `start_timeout`. Other states mean "wait".
+    /// `POST /sandbox/{id}/start`: the sandbox as the server answers.
+    async fn start(&self, id: &str) -> Result<SandboxDto, SandboxError> {
+        let url = url_with(&self.api_url, &["sandbox", id, "start"]);
+        let body = self
+            .api
+            .send_ok(
+                "starting a sandbox",
+                Resend::Freely,
+                self.config.request_timeout,
+                &|http| http.post(url.clone()),
+            )
+            .await?;
+        parse_json("starting a sandbox", &body)
+    }
+
+    /// Polls the sandbox (100 ms, growing ×1.1 up to 1 s) until it is `started`, or at
+    /// most `start_timeout`. What each of Daytona's states means here (`SandboxState`,
+    /// apps/api/src/sandbox/enums/sandbox-state.enum.ts; which states start: `start` in
+    /// apps/api/src/sandbox/services/sandbox.service.ts):
+    ///
+    /// - `error`, `build_failed`, `destroying`, `destroyed`: it will never start; fail now
+    ///   with the state and the server's `errorReason`.
+    /// - `stopped`, `archived`, `archiving`, `paused`: stopped meanwhile (auto-stop, an
+    ///   operator); start it, once per wait, and wait while `desiredState` is `started`.
+    ///   Stopped again after that: fail.
+    /// - `stopping`, `pausing`: on the way down and not startable until there; fail now
+    ///   rather than wait out the timeout.
+    /// - anything else (`creating`, `starting`, `pulling_snapshot`, …): wait.
     async fn wait_started(&self, mut dto: SandboxDto) -> Result<SandboxDto, SandboxError> {
         let deadline = Instant::now() + self.config.start_timeout;
         let mut delay = Duration::from_millis(100);
+        let mut restarted = false;
         loop {
+            let id = dto.id.clone();
             match dto.state() {
                 "started" => return Ok(dto),
                 state @ ("error" | "build_failed") => {
                     return Err(SandboxError::Unavailable(format!(
-                        "sandbox `{}` failed to start ({state}): {}",
-                        dto.id,
+                        "sandbox `{id}` failed to start ({state}): {}",
                         dto.error_reason.as_deref().unwrap_or("no reason given")
                     )));
                 }
                 state @ ("destroyed" | "destroying") => {
                     return Err(SandboxError::Unavailable(format!(
-                        "sandbox `{}` was {state} while starting",
-                        dto.id
+                        "sandbox `{id}` was {state} while starting"
                     )));
+                }
+                state @ ("stopping" | "pausing") => {
+                    return Err(SandboxError::Unavailable(format!(
+                        "sandbox `{id}` is {state} (stopped while it was starting, e.g. by auto-stop); it cannot be started until that ends"
+                    )));
+                }
+                // The server answers a start with the state still `stopped` and
+                // `desiredState` `started`: that start is under way.
+                "stopped" | "archived" | "archiving" | "paused"
+                    if dto.desired_state.as_deref() == Some("started") => {}
+                state @ ("stopped" | "archived" | "archiving" | "paused") => {
+                    if restarted {
+                        return Err(SandboxError::Unavailable(format!(
+                            "sandbox `{id}` is {state} again after being started"
+                        )));
+                    }
+                    restarted = true;
+                    tracing::info!(sandbox = %id, state, "starting Daytona sandbox");
+                    dto = self.start(&id).await.map_err(|e| {
+                        SandboxError::Unavailable(format!(
+                            "sandbox `{id}` is {state} and could not be started: {e}"
+                        ))
+                    })?;
+                    continue;
                 }
                 _ => {}
             }
             if Instant::now() + delay > deadline {
                 return Err(SandboxError::Unavailable(format!(
-                    "sandbox `{}` did not start within {} s (last state `{}`)",
-                    dto.id,
+                    "sandbox `{id}` did not start within {} s (last state `{}`)",
                     self.config.start_timeout.as_secs(),
                     dto.state()
                 )));
             }
             tokio::time::sleep(delay).await;
             delay = delay.mul_f64(1.1).min(Duration::from_secs(1));
-            dto = self.get(&dto.id).await?;
+            dto = self.get(&id).await?;
         }
     }
 }
@@ -550,7 +590,7 @@ impl Sandbox for DaytonaSandbox {
             result.result.as_bytes(),
         );
         Ok(ExecOutput {
-            exit_code: result.exit_code,
+            exit_code: result.exit_code(),
             output,
             total_bytes,
             timed_out: false,

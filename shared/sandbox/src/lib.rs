@@ -3,7 +3,9 @@
 //!
 //! - [`local`]: a directory per sandbox on this host; commands run inside a bubblewrap
 //!   boundary (namespaces, limits, network only through [`egress`]) where the host allows
-//!   it, as the host user otherwise.
+//!   it, as the host user otherwise. The file tools are confined to the project by the
+//!   kernel (`openat2` with `RESOLVE_BENEATH`; regular files and directories only, no
+//!   hard-linked files; see `local/files.rs`).
 //! - [`daytona`]: a REST client for Daytona sandboxes (isolated VMs/containers).
 //!
 //! Both bound command output in memory the same way ([`OutputCap`]).

@@ -8,7 +8,11 @@
 //! `creating` on its first `GET` and `started` after that, so clients must poll.
 //!
 //! Faults can be injected ([`FakeDaytona::fail_next_create_with_429`],
-//! [`FakeDaytona::fail_next_start_with`], [`FakeDaytona::stop`]) and counters read.
+//! [`FakeDaytona::fail_next_start_with`], [`FakeDaytona::stop`],
+//! [`FakeDaytona::next_create_goes_through`] for any sequence of Daytona's states) and
+//! counters read. Older servers' shapes can be asked for
+//! ([`FakeDaytona::answer_exit_codes_as_code`], [`FakeDaytona::list_as_plain_array`]).
+//! Each behaviour names its source in the daytonaio/daytona repository beside it.
 
 mod main_api;
 mod toolbox;
@@ -139,10 +143,32 @@ impl FakeDaytona {
             Some(sandbox) => {
                 sandbox.state = "stopped".into();
                 sandbox.pending = None;
+                sandbox.script.clear();
                 true
             }
             None => false,
         }
+    }
+
+    /// Answers process results as daemons before the current one did: `{"code": …}` instead
+    /// of `{"exitCode": …}` (see `toolbox.rs`).
+    pub fn answer_exit_codes_as_code(&self) {
+        self.state.lock().legacy_exit_code = true;
+    }
+
+    /// Answers `GET /api/sandbox` as servers before cursor pagination did: a plain array
+    /// of every matching sandbox, `cursor` and `limit` ignored (see `main_api.rs`).
+    pub fn list_as_plain_array(&self) {
+        self.state.lock().legacy_list = true;
+    }
+
+    /// The next sandbox created reports `states` on its successive `GET`s after `creating`
+    /// (one per `GET`), then stays in the last one, e.g. `["starting", "stopped"]` for a
+    /// sandbox auto-stopped while the client waits. The values are Daytona's
+    /// `SandboxState` (apps/api/src/sandbox/enums/sandbox-state.enum.ts); a state given as
+    /// `error: <reason>` sets `errorReason` too.
+    pub fn next_create_goes_through(&self, states: &[&str]) {
+        self.state.lock().next_states = Some(states.iter().map(|s| s.to_string()).collect());
     }
 
     /// `GET /api/sandbox` pages hold at most `n` items whatever `limit` asks.
@@ -234,6 +260,9 @@ struct Inner {
     creates_to_lose: u32,
     next_start_error: Option<String>,
     page_size: Option<usize>,
+    legacy_exit_code: bool,
+    legacy_list: bool,
+    next_states: Option<Vec<String>>,
     counters: Counters,
     last_create_body: Option<serde_json::Value>,
     last_exec_body: Option<serde_json::Value>,
@@ -272,6 +301,9 @@ struct FakeSandbox {
     state: String,
     /// A state change that happens after some more `GET`s.
     pending: Option<Pending>,
+    /// States reported one per `GET`, before `pending` (see
+    /// [`FakeDaytona::next_create_goes_through`]).
+    script: std::collections::VecDeque<String>,
     error_reason: Option<String>,
     snapshot: Option<String>,
     auto_stop_interval: i64,
@@ -289,6 +321,16 @@ struct Pending {
 impl FakeSandbox {
     /// Called on each `GET`: the state reported now, advancing a pending change.
     fn observe(&mut self) {
+        if let Some(next) = self.script.pop_front() {
+            match next.split_once(": ") {
+                Some((state, reason)) => {
+                    self.state = state.to_owned();
+                    self.error_reason = Some(reason.to_owned());
+                }
+                None => self.state = next,
+            }
+            return;
+        }
         if let Some(pending) = &mut self.pending {
             if pending.gets_left > 0 {
                 pending.gets_left -= 1;

@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub max_tokens: u32,
     pub command_timeout: Duration,
     pub max_command_timeout: Duration,
+    /// Bounds every tool call; `run_command` gets this on top of its command's timeout.
+    pub tool_timeout: Duration,
     pub prompt_caching: bool,
     pub truncate_outputs: bool,
     pub output_head: usize,
@@ -64,6 +66,7 @@ impl AgentConfig {
             max_tokens: 8_192,
             command_timeout: Duration::from_secs(300),
             max_command_timeout: Duration::from_secs(900),
+            tool_timeout: Duration::from_secs(60),
             prompt_caching: true,
             truncate_outputs: true,
             output_head: 4_000,

@@ -115,18 +115,58 @@ pub(crate) struct ToolContext<'a> {
 }
 
 /// Runs one tool call. `call_key` is unique per call within a request (`<iteration>-<k>`).
+///
+/// Every call is bounded: by [`AgentConfig::tool_timeout`], and `run_command` by its
+/// command's timeout plus that much. A call that outlives its bound is abandoned and
+/// answered with an error the model can act on; the request goes on.
 pub(crate) async fn run_tool(
     ctx: &ToolContext<'_>,
     name: &str,
     input: &Value,
     call_key: &str,
 ) -> Result<ToolReply, SandboxError> {
+    let command_timeout = command_timeout(ctx.config, input);
+    let bound = match name {
+        "run_command" => command_timeout + ctx.config.tool_timeout,
+        _ => ctx.config.tool_timeout,
+    };
+    match tokio::time::timeout(bound, dispatch(ctx, name, input, call_key, command_timeout)).await {
+        Ok(reply) => reply,
+        Err(_) => {
+            tracing::warn!(
+                tool = name,
+                bound_secs = bound.as_secs(),
+                "tool call abandoned"
+            );
+            Ok(ToolReply::error(format!(
+                "`{name}` did not finish within {} s and was stopped. If it touched something that never answers (a FIFO, a device, a socket), delete that or leave it alone; otherwise do the work in smaller steps.",
+                bound.as_secs()
+            )))
+        }
+    }
+}
+
+/// The timeout of a `run_command` call: its `timeout_seconds`, else the default, at most
+/// the maximum.
+fn command_timeout(cfg: &AgentConfig, input: &Value) -> Duration {
+    input
+        .get("timeout_seconds")
+        .and_then(Value::as_u64)
+        .map(Duration::from_secs)
+        .unwrap_or(cfg.command_timeout)
+        .min(cfg.max_command_timeout)
+}
+
+async fn dispatch(
+    ctx: &ToolContext<'_>,
+    name: &str,
+    input: &Value,
+    call_key: &str,
+    command_timeout: Duration,
+) -> Result<ToolReply, SandboxError> {
     let reply = match name {
         "run_command" => match arg(input, "command") {
-            Ok(command) => {
-                let secs = input.get("timeout_seconds").and_then(Value::as_u64);
-                run_command(ctx, command, secs, call_key).await
-            }
+            Ok(command) => run_command(ctx, command, command_timeout, call_key).await,
             Err(e) => Ok(e),
         },
         "write_file" => match (arg(input, "path"), arg(input, "content")) {
@@ -180,7 +220,7 @@ fn arg<'v>(input: &'v Value, name: &str) -> Result<&'v str, ToolReply> {
 async fn run_command(
     ctx: &ToolContext<'_>,
     command: &str,
-    timeout_secs: Option<u64>,
+    timeout: Duration,
     call_key: &str,
 ) -> Result<ToolReply, SandboxError> {
     if command.trim().is_empty() {
@@ -192,10 +232,6 @@ async fn run_command(
         ));
     }
     let cfg = ctx.config;
-    let timeout = timeout_secs
-        .map(Duration::from_secs)
-        .unwrap_or(cfg.command_timeout)
-        .min(cfg.max_command_timeout);
     let script = WorkspacePath::parse(&format!("{OUTPUTS_DIR}/{call_key}.sh"))?;
     let log = format!("{OUTPUTS_DIR}/{call_key}.log");
     ctx.sandbox.write_file(&script, command.as_bytes()).await?;

@@ -1,5 +1,6 @@
 //! Daytona's JSON bodies, as far as this client uses them. Unknown fields are ignored and
-//! most fields are optional: the hosted API no longer has a public spec to track.
+//! most fields are optional: servers of several versions answer, and the shapes that
+//! changed are read in each of their forms (sources: the daytonaio/daytona repository).
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,10 @@ pub(crate) struct SandboxDto {
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub state: Option<String>,
+    /// Where the server is taking it (`SandboxDesiredState`: started, stopped, archived,
+    /// paused, destroyed, resized).
+    #[serde(default)]
+    pub desired_state: Option<String>,
     #[serde(default)]
     pub error_reason: Option<String>,
     #[serde(default)]
@@ -51,7 +56,28 @@ impl SandboxDto {
     }
 }
 
-/// `GET /sandbox`.
+/// `GET /sandbox`: a page `{items, nextCursor}` (`ListSandboxesResponse`, since
+/// daytonaio/daytona commit cfbf686bf), or on older servers every sandbox as a plain array
+/// (`SandboxDto[]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SandboxList {
+    Page(SandboxPage),
+    All(Vec<SandboxDto>),
+}
+
+impl SandboxList {
+    pub fn into_page(self) -> SandboxPage {
+        match self {
+            SandboxList::Page(page) => page,
+            SandboxList::All(items) => SandboxPage {
+                items,
+                next_cursor: None,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SandboxPage {
@@ -81,13 +107,24 @@ pub(crate) struct ExecuteRequest<'a> {
     pub timeout: u64,
 }
 
+/// Current daemons send `exitCode`; older ones `code` (daytonaio/daytona
+/// apps/daemon/pkg/toolbox/process/types.go; the SDKs read either:
+/// libs/sdk-typescript/src/Process.ts, libs/sdk-python/src/daytona/_async/process.py).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ExecuteResponse {
     #[serde(default)]
-    pub exit_code: Option<i32>,
+    exit_code: Option<i32>,
+    #[serde(default)]
+    code: Option<i32>,
     #[serde(default)]
     pub result: String,
+}
+
+impl ExecuteResponse {
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit_code.or(self.code)
+    }
 }
 
 /// An entry of `GET {toolbox}/files`.
@@ -160,6 +197,28 @@ mod tests {
         );
         assert_eq!(error_message(b"Bad Gateway"), "Bad Gateway");
         assert_eq!(error_message(b""), "no details");
+    }
+
+    #[test]
+    fn exit_codes_come_from_exit_code_or_code() {
+        let parse = |json: &str| serde_json::from_str::<ExecuteResponse>(json).unwrap();
+        assert_eq!(parse(r#"{"exitCode":2,"result":""}"#).exit_code(), Some(2));
+        assert_eq!(parse(r#"{"code":3,"result":""}"#).exit_code(), Some(3));
+        assert_eq!(parse(r#"{"result":""}"#).exit_code(), None);
+    }
+
+    #[test]
+    fn both_list_shapes_parse() {
+        let page: SandboxList =
+            serde_json::from_str(r#"{"items":[{"id":"a"}],"nextCursor":"2"}"#).unwrap();
+        let page = page.into_page();
+        assert_eq!(
+            (page.items.len(), page.next_cursor()),
+            (1, Some("2".into()))
+        );
+        let all: SandboxList = serde_json::from_str(r#"[{"id":"a"},{"id":"b"}]"#).unwrap();
+        let all = all.into_page();
+        assert_eq!((all.items.len(), all.next_cursor()), (2, None));
     }
 
     #[test]

@@ -1,41 +1,72 @@
-//! File tools confined to a workspace directory, symlinks included.
+//! File tools confined to a workspace directory by the kernel, not by checks.
 //!
-//! A [`WorkspacePath`] cannot leave the workspace lexically; what is left is symlinks,
-//! which commands may create anywhere. Every operation resolves the deepest existing part of
-//! its path and requires the result to be inside the canonical workspace root:
+//! The workspace root is opened once; every path a file tool touches is then opened
+//! relative to that descriptor with `openat2(2)` and `RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS`. The kernel resolves the path, symlinks included, and refuses
+//! (`EXDEV`) any step that would leave the root: absolute symlinks, `..` above the root,
+//! `/proc` magic links. There is no window between a check and the open: a command swapping
+//! a directory for a symlink at the same moment changes which file *inside* the workspace
+//! is opened, never whether it is inside. A link that stays inside is followed.
 //!
-//! - read and list resolve the whole path (a link that stays inside is followed);
-//! - write resolves the parent before creating anything and opens the file itself with
-//!   `O_NOFOLLOW`, so a link planted at the target is refused rather than followed;
-//! - delete resolves the parent and removes a link itself, never its target.
+//! On top of that:
 //!
-//! These are checks, then actions: a command running at the same moment could swap a
-//! directory for a link in between. The checks keep the file tools from being a way out;
-//! they do not make commands safe (see the module docs of [`crate::local`]).
+//! - Only regular files and directories are handled. FIFOs, sockets and devices are refused
+//!   with their type named. Every open is `O_NONBLOCK` (a FIFO cannot stall a tool) and the
+//!   type is checked on the opened descriptor (`fstat`), never on the path.
+//! - A regular file with more than one hard link is refused: its other name may be a file
+//!   outside the project (a hard link is not a symlink; no path resolution can see it).
+//! - `write_file` opens the target with `O_NOFOLLOW` and without `O_TRUNC`: a symlink at the
+//!   target is refused (even one pointing inside), and nothing is truncated before the
+//!   opened file has passed the checks above. Parent directories are created one at a time
+//!   (`mkdirat` in the opened parent), each reopened beneath the root.
+//! - Delete removes a symlink itself, never its target, and walks a directory tree through
+//!   descriptors opened with `O_NOFOLLOW`.
+//!
+//! Needs Linux 5.6 or later (`openat2`); elsewhere the file tools answer "unavailable".
+//! Commands are another matter: see the module docs of [`crate::local`].
 
+use std::ffi::CStr;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
 use tb_core::sandbox::{FileEntry, PathError, SandboxError, WorkspacePath};
 
 const OUTSIDE: &str = "resolves outside the project through a symlink";
 const DANGLING: &str = "goes through a symlink that points nowhere";
-const IS_SYMLINK: &str = "is a symlink; refusing to write through it";
+const IS_SYMLINK: &str = "is a symlink (or a loop of symlinks) the file tools do not follow here";
 
-/// A workspace directory and the operations confined to it (all blocking).
+/// How every path is resolved: beneath the start directory, no magic links.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+/// `openat2` answers `EAGAIN` when a rename raced with the resolution; it is retried.
+const RACE_RETRIES: usize = 16;
+
+/// A workspace directory and the operations confined to it (all blocking, none of them
+/// waiting on anything but the disk).
 #[derive(Clone, Debug)]
 pub(crate) struct Workspace {
     /// Canonical (symlink-free, absolute) path of the workspace root.
     root: PathBuf,
+    /// The root, opened once (`O_PATH`): every file tool resolves beneath it.
+    dir: Arc<OwnedFd>,
 }
 
 impl Workspace {
-    /// `root` must exist; it is canonicalised once here.
+    /// `root` must exist; it is canonicalised and opened once here.
     pub(crate) fn open(root: &Path) -> io::Result<Self> {
+        let root = fs::canonicalize(root)?;
+        let dir = rustix::fs::open(
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(Workspace {
-            root: fs::canonicalize(root)?,
+            root,
+            dir: Arc::new(dir),
         })
     }
 
@@ -44,22 +75,22 @@ impl Workspace {
     }
 
     pub(crate) fn read(&self, path: &WorkspacePath, limit: u64) -> Result<Vec<u8>, SandboxError> {
-        let resolved = self.resolve_existing(path)?;
-        let meta = fs::metadata(&resolved).map_err(|e| io_error(path, e))?;
-        if meta.is_dir() {
-            return Err(SandboxError::Invalid(format!("`{path}` is a directory")));
+        let fd = self
+            .open_beneath(
+                self.dir.as_fd(),
+                path.as_str(),
+                OFlags::RDONLY | OFlags::NONBLOCK,
+            )
+            .map_err(|e| io_error(path, e))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_error(path, e.into()))?;
+        check_regular(path, &stat)?;
+        let size = stat.st_size as u64;
+        if size > limit {
+            return Err(too_large(path, size, limit));
         }
-        if !meta.is_file() {
-            return Err(SandboxError::Invalid(format!(
-                "`{path}` is not a regular file"
-            )));
-        }
-        if meta.len() > limit {
-            return Err(too_large(path, meta.len(), limit));
-        }
-        let file = fs::File::open(&resolved).map_err(|e| io_error(path, e))?;
-        let mut contents = Vec::with_capacity(meta.len() as usize);
-        file.take(limit + 1)
+        let mut contents = Vec::with_capacity(size as usize);
+        fs::File::from(fd)
+            .take(limit + 1)
             .read_to_end(&mut contents)
             .map_err(|e| io_error(path, e))?;
         if contents.len() as u64 > limit {
@@ -74,16 +105,20 @@ impl Workspace {
             SandboxError::Invalid("`.` is the project root; give a file path".into())
         })?;
         let parent = self.make_dirs(&parent, path)?;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(parent.join(name))
+        let fd = self
+            .open_beneath(
+                parent.as_fd(),
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            )
             .map_err(|e| io_error(path, e))?;
-        file.write_all(contents).map_err(|e| io_error(path, e))?;
-        Ok(())
+        // Checked on what was opened, before a byte of it changes.
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_error(path, e.into()))?;
+        check_regular(path, &stat)?;
+        rustix::fs::ftruncate(&fd, 0).map_err(|e| io_error(path, e.into()))?;
+        fs::File::from(fd)
+            .write_all(contents)
+            .map_err(|e| io_error(path, e))
     }
 
     /// `mkdir -p` inside the workspace.
@@ -94,47 +129,58 @@ impl Workspace {
     pub(crate) fn delete(&self, path: &WorkspacePath) -> Result<(), SandboxError> {
         let (parent, name) = split_parent(path)
             .ok_or_else(|| SandboxError::Invalid("refusing to delete the project root".into()))?;
-        let parent = self.resolve_existing(&parent).map_err(|e| match e {
-            SandboxError::NotFound(_) => SandboxError::NotFound(path.to_string()),
-            other => other,
-        })?;
-        let target = parent.join(name);
-        let meta = fs::symlink_metadata(&target).map_err(|e| io_error(path, e))?;
-        if meta.is_dir() {
-            fs::remove_dir_all(&target).map_err(|e| io_error(path, e))
+        let parent = self
+            .open_beneath(
+                self.dir.as_fd(),
+                parent.as_str(),
+                OFlags::PATH | OFlags::DIRECTORY,
+            )
+            .map_err(|e| io_error(path, e))?;
+        let stat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_error(path, e.into()))?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+            remove_tree(parent.as_fd(), name).map_err(|e| io_error(path, e))
         } else {
-            fs::remove_file(&target).map_err(|e| io_error(path, e))
+            rustix::fs::unlinkat(&parent, name, AtFlags::empty())
+                .map_err(|e| io_error(path, e.into()))
         }
     }
 
     pub(crate) fn list(&self, dir: &WorkspacePath) -> Result<Vec<FileEntry>, SandboxError> {
-        let resolved = self.resolve_existing(dir)?;
-        if !fs::metadata(&resolved)
-            .map_err(|e| io_error(dir, e))?
-            .is_dir()
-        {
-            return Err(SandboxError::Invalid(format!("`{dir}` is not a directory")));
-        }
+        let fd = self
+            .open_beneath(
+                self.dir.as_fd(),
+                dir.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK,
+            )
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTDIR) => SandboxError::Invalid(format!("`{dir}` is not a directory")),
+                _ => io_error(dir, e),
+            })?;
         let mut entries = Vec::new();
-        for entry in fs::read_dir(&resolved).map_err(|e| io_error(dir, e))? {
-            let entry = entry.map_err(|e| io_error(dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for entry in Dir::read_from(&fd).map_err(|e| io_error(dir, e.into()))? {
+            let entry = entry.map_err(|e| io_error(dir, e.into()))?;
+            let name = entry.file_name();
+            if is_dot(name) {
+                continue;
+            }
             // Not followed: a link is listed as what it is.
-            let meta = match fs::symlink_metadata(entry.path()) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // deleted meanwhile
-                Err(e) => return Err(io_error(dir, e)),
+            let stat = match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                Err(Errno::NOENT) => continue, // deleted meanwhile
+                Err(e) => return Err(io_error(dir, e.into())),
             };
+            let name = name.to_string_lossy();
             let path = if dir.is_root() {
-                name
+                name.into_owned()
             } else {
                 format!("{}/{name}", dir.as_str())
             };
-            let is_dir = meta.is_dir();
+            let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
             entries.push(FileEntry {
                 path,
                 is_dir,
-                size: if is_dir { 0 } else { meta.len() },
+                size: if is_dir { 0 } else { stat.st_size as u64 },
             });
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -146,86 +192,155 @@ impl Workspace {
         let Some((parent, name)) = split_parent(path) else {
             return Ok(true);
         };
-        let parent = self.resolve_existing(&parent)?;
-        let meta = fs::symlink_metadata(parent.join(name)).map_err(|e| io_error(path, e))?;
-        Ok(meta.is_dir())
+        let parent = self
+            .open_beneath(
+                self.dir.as_fd(),
+                parent.as_str(),
+                OFlags::PATH | OFlags::DIRECTORY,
+            )
+            .map_err(|e| io_error(path, e))?;
+        let stat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_error(path, e.into()))?;
+        Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory)
     }
 
-    fn host_path(&self, path: &WorkspacePath) -> PathBuf {
-        if path.is_root() {
-            self.root.clone()
+    /// `openat2(start, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`; `""` is
+    /// `start` itself. Files are created 0644.
+    fn open_beneath(&self, start: BorrowedFd<'_>, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        let rel = if rel.is_empty() { "." } else { rel };
+        // openat2 refuses flags that mean nothing with O_PATH (EINVAL), O_NOCTTY among them.
+        let flags = if flags.contains(OFlags::PATH) {
+            flags | OFlags::CLOEXEC
         } else {
-            self.root.join(path.as_str())
+            flags | OFlags::CLOEXEC | OFlags::NOCTTY
+        };
+        let mode = if flags.contains(OFlags::CREATE) {
+            Mode::from_raw_mode(0o644)
+        } else {
+            Mode::empty()
+        };
+        for _ in 0..RACE_RETRIES {
+            match rustix::fs::openat2(start, rel, flags, mode, BENEATH) {
+                Err(Errno::AGAIN) => continue,
+                other => return other.map_err(Into::into),
+            }
         }
+        Err(Errno::AGAIN.into())
     }
 
-    /// Resolves every symlink of an existing path and checks that it stays inside.
-    fn resolve_existing(&self, path: &WorkspacePath) -> Result<PathBuf, SandboxError> {
-        let resolved = fs::canonicalize(self.host_path(path)).map_err(|e| io_error(path, e))?;
-        self.check_inside(path, &resolved)?;
-        Ok(resolved)
-    }
-
-    /// Creates `dir` and its parents after checking that the deepest existing ancestor
-    /// resolves inside; returns the canonical directory. `reported` names errors.
+    /// Creates `dir` and its parents one at a time, each made in its opened parent and
+    /// reopened beneath the root; returns the directory (`O_PATH`). `reported` names errors.
     fn make_dirs(
         &self,
         dir: &WorkspacePath,
         reported: &WorkspacePath,
-    ) -> Result<PathBuf, SandboxError> {
-        let host = self.host_path(dir);
-        let ancestor = self.deepest_existing(&host, reported)?;
-        let resolved = fs::canonicalize(&ancestor).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => refuse(reported, DANGLING),
-            _ => io_error(reported, e),
-        })?;
-        self.check_inside(reported, &resolved)?;
-        if ancestor != host {
-            fs::create_dir_all(&host).map_err(|e| io_error(reported, e))?;
+    ) -> Result<OwnedFd, SandboxError> {
+        let as_dir = OFlags::PATH | OFlags::DIRECTORY;
+        let root = self.dir.as_fd();
+        let mut current = self
+            .open_beneath(root, "", as_dir)
+            .map_err(|e| io_error(reported, e))?;
+        let mut prefix = String::new();
+        for part in dir.as_str().split('/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            current = match self.open_beneath(root, &prefix, as_dir) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match rustix::fs::mkdirat(&current, part, Mode::from_raw_mode(0o755)) {
+                        // EEXIST: made meanwhile, or a symlink is there (reopened below).
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(io_error(reported, e.into())),
+                    }
+                    self.open_beneath(root, &prefix, as_dir)
+                        .map_err(|e| match e.kind() {
+                            io::ErrorKind::NotFound => refuse(reported, DANGLING),
+                            _ => io_error(reported, e),
+                        })?
+                }
+                Err(e) => return Err(io_error(reported, e)),
+            };
         }
-        // Again, now that it exists: nothing was swapped in between.
-        let resolved = fs::canonicalize(&host).map_err(|e| io_error(reported, e))?;
-        self.check_inside(reported, &resolved)?;
-        if !resolved.is_dir() {
+        Ok(current)
+    }
+}
+
+/// Removes the directory `name` in `parent` and everything in it, through descriptors: a
+/// symlink inside is unlinked, never followed.
+fn remove_tree(parent: BorrowedFd<'_>, name: impl rustix::path::Arg) -> io::Result<()> {
+    let name = name.into_c_str()?;
+    let dir = rustix::fs::openat2(
+        parent,
+        name.as_ref(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        BENEATH,
+    )?;
+    let mut children = Vec::new();
+    for entry in Dir::read_from(&dir)? {
+        let entry = entry?;
+        if !is_dot(entry.file_name()) {
+            children.push((entry.file_name().to_owned(), entry.file_type()));
+        }
+    }
+    for (child, kind) in children {
+        let kind = match kind {
+            FileType::Unknown => {
+                match rustix::fs::statat(&dir, &child, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            known => known,
+        };
+        let removed = if kind == FileType::Directory {
+            remove_tree(dir.as_fd(), child.as_c_str())
+        } else {
+            rustix::fs::unlinkat(&dir, &child, AtFlags::empty()).map_err(Into::into)
+        };
+        match removed {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    rustix::fs::unlinkat(parent, name.as_ref(), AtFlags::REMOVEDIR)?;
+    Ok(())
+}
+
+fn is_dot(name: &CStr) -> bool {
+    matches!(name.to_bytes(), b"." | b"..")
+}
+
+/// Only a regular file with a single name passes.
+fn check_regular(path: &WorkspacePath, stat: &Stat) -> Result<(), SandboxError> {
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile if stat.st_nlink > 1 => {
             return Err(SandboxError::Invalid(format!(
-                "a parent of `{reported}` is not a directory"
+                "`{path}` has {} hard links; the file tools refuse a file with more than one name, since another may lie outside the project. Delete it, or replace it with a copy of its own (`cp {path} {path}.copy && mv {path}.copy {path}`).",
+                stat.st_nlink
             )));
         }
-        Ok(resolved)
-    }
-
-    /// The deepest of `host` and its ancestors (up to the root) that exists, links included.
-    fn deepest_existing(
-        &self,
-        host: &Path,
-        reported: &WorkspacePath,
-    ) -> Result<PathBuf, SandboxError> {
-        for candidate in host.ancestors() {
-            match fs::symlink_metadata(candidate) {
-                Ok(_) => return Ok(candidate.to_path_buf()),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                    ) => {}
-                Err(e) => return Err(io_error(reported, e)),
-            }
-            if candidate == self.root {
-                break;
-            }
+        FileType::RegularFile => return Ok(()),
+        FileType::Directory => {
+            return Err(SandboxError::Invalid(format!("`{path}` is a directory")));
         }
-        Err(SandboxError::Unavailable(
-            "the project directory is gone".into(),
-        ))
-    }
+        FileType::Fifo => "a FIFO (named pipe)",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Symlink => "a symlink",
+        FileType::Unknown => "not a regular file",
+    };
+    Err(not_regular(path, kind))
+}
 
-    fn check_inside(&self, path: &WorkspacePath, resolved: &Path) -> Result<(), SandboxError> {
-        if resolved.starts_with(&self.root) {
-            Ok(())
-        } else {
-            Err(refuse(path, OUTSIDE))
-        }
-    }
+fn not_regular(path: &WorkspacePath, kind: &str) -> SandboxError {
+    SandboxError::Invalid(format!(
+        "`{path}` is {kind}; the file tools only read and write regular files and directories. Delete it with delete_file, or leave it alone."
+    ))
 }
 
 /// `a/b/c` → (`a/b`, `c`); `None` for the root.
@@ -255,8 +370,22 @@ fn too_large(path: &WorkspacePath, size: u64, limit: u64) -> SandboxError {
 /// Maps an I/O error on `path` to what the caller can act on.
 pub(crate) fn io_error(path: &WorkspacePath, e: io::Error) -> SandboxError {
     use io::ErrorKind as K;
-    if e.raw_os_error() == Some(libc::ELOOP) {
-        return refuse(path, IS_SYMLINK);
+    match e.raw_os_error() {
+        Some(libc::EXDEV) => return refuse(path, OUTSIDE),
+        Some(libc::ELOOP) => return refuse(path, IS_SYMLINK),
+        // Opening a socket, or a FIFO for writing with no reader, without blocking.
+        Some(libc::ENXIO) => return not_regular(path, "a FIFO (named pipe) or a socket"),
+        Some(libc::EAGAIN) => {
+            return SandboxError::Invalid(format!(
+                "`{path}` kept changing while it was opened; try again"
+            ));
+        }
+        Some(libc::ENOSYS) => {
+            return SandboxError::Unavailable(
+                "the file tools need openat2 (Linux 5.6 or later), which this host refuses".into(),
+            );
+        }
+        _ => {}
     }
     match e.kind() {
         K::NotFound => SandboxError::NotFound(path.to_string()),

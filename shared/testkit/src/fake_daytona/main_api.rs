@@ -126,17 +126,20 @@ async fn create(State(fake): State<Arc<Fake>>, Json(raw): Json<Value>) -> Respon
         Some(reason) => ("error".to_owned(), Some(reason)),
         None => ("started".to_owned(), None),
     };
+    let script: std::collections::VecDeque<String> =
+        inner.next_states.take().unwrap_or_default().into();
     let sandbox = FakeSandbox {
         id: id.clone(),
         name: body.name.unwrap_or_else(|| id.clone()),
         seq,
         labels,
         state: "creating".into(),
-        pending: Some(Pending {
+        pending: script.is_empty().then_some(Pending {
             gets_left: 1,
             then,
             reason,
         }),
+        script,
         error_reason: None,
         snapshot: body.snapshot,
         auto_stop_interval: body.auto_stop_interval.unwrap_or(15),
@@ -203,6 +206,17 @@ async fn list(State(fake): State<Arc<Fake>>, Query(query): Query<ListQuery>) -> 
         .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
         .collect();
     matching.sort_by_key(|s| s.seq);
+    if inner.legacy_list {
+        // Before cursor pagination (daytonaio/daytona commit cfbf686bf, "BREAKING CHANGE:
+        // The GET /api/sandbox endpoint now returns a paginated response object"), the
+        // endpoint returned `SandboxDto[]`: every match at once
+        // (apps/api/src/sandbox/controllers/sandbox.controller.ts at cfbf686bf^,
+        // `listSandboxes(): Promise<SandboxDto[]>`).
+        let all: Vec<Value> = matching.iter().map(|s| dto(&fake, s)).collect();
+        return Json(all).into_response();
+    }
+    // Today's shape, `ListSandboxesResponse` {items, nextCursor: string | null}
+    // (apps/api/src/sandbox/dto/list-sandboxes-response.dto.ts).
     let items: Vec<Value> = matching
         .iter()
         .skip(start)
@@ -224,22 +238,32 @@ async fn start(State(fake): State<Arc<Fake>>, Path(id): Path<String>) -> Respons
     let Some(sandbox) = inner.find_mut(&id) else {
         return not_found(&id);
     };
+    // The rules of `SandboxService.start` (apps/api/src/sandbox/services/sandbox.service.ts):
+    // started is a no-op; errored sandboxes are refused (`assertSandboxNotErrored`, 400);
+    // stopped, archived and archiving ones start; paused ones resume only for VM classes
+    // (422, and this fake's class is `container`); any other state is a state change in
+    // progress (`StateChangeInProgressError`, 409).
     match sandbox.state.as_str() {
         "started" | "starting" => {}
-        "stopped" | "archived" | "paused" => {
+        "error" | "build_failed" => {
+            return error(StatusCode::BAD_REQUEST, "Sandbox is in an errored state");
+        }
+        "stopped" | "archived" | "archiving" => {
             sandbox.state = "starting".into();
+            sandbox.script.clear();
             sandbox.pending = Some(Pending {
                 gets_left: 1,
                 then: "started".into(),
                 reason: None,
             });
         }
-        other => {
+        "paused" => {
             return error(
-                StatusCode::BAD_REQUEST,
-                format!("Sandbox is {other} and cannot be started"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Resuming is not supported for this sandbox",
             );
         }
+        _ => return error(StatusCode::CONFLICT, "Sandbox state change in progress"),
     }
     Json(dto(&fake, sandbox)).into_response()
 }
@@ -251,6 +275,7 @@ async fn stop(State(fake): State<Arc<Fake>>, Path(id): Path<String>) -> Response
     };
     sandbox.state = "stopped".into();
     sandbox.pending = None;
+    sandbox.script.clear();
     Json(dto(&fake, sandbox)).into_response()
 }
 
@@ -302,7 +327,7 @@ fn dto(fake: &Fake, s: &FakeSandbox) -> Value {
         "memory": 1,
         "disk": 3,
         "state": s.state,
-        "desiredState": if s.state == "stopped" { "stopped" } else { "started" },
+        "desiredState": desired_state(&s.state),
         "errorReason": s.error_reason,
         "snapshot": s.snapshot,
         "autoStopInterval": s.auto_stop_interval,
@@ -312,4 +337,17 @@ fn dto(fake: &Fake, s: &FakeSandbox) -> Value {
         "updatedAt": created_at,
         "sandboxClass": "container",
     })
+}
+
+/// The `desiredState` that goes with a state (`SandboxDesiredState`,
+/// apps/api/src/sandbox/enums/sandbox-desired-state.enum.ts): a sandbox on its way down or
+/// down wants to be there; any other is being taken to `started`.
+fn desired_state(state: &str) -> &'static str {
+    match state {
+        "stopped" | "stopping" => "stopped",
+        "archived" | "archiving" => "archived",
+        "paused" | "pausing" => "paused",
+        "destroyed" | "destroying" => "destroyed",
+        _ => "started",
+    }
 }

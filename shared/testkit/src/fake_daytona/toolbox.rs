@@ -78,9 +78,22 @@ async fn execute(
         Ok(out) if out.timed_out => {
             daemon_error(StatusCode::REQUEST_TIMEOUT, "command execution timeout")
         }
-        // Go reports -1 for a process killed by a signal.
-        Ok(out) => Json(json!({ "exitCode": out.exit_code.unwrap_or(-1), "result": out.output }))
-            .into_response(),
+        Ok(out) => {
+            // Go reports -1 for a process killed by a signal.
+            let code = out.exit_code.unwrap_or(-1);
+            // Daemons before the current `ExecuteResponse`
+            // (daytonaio/daytona apps/daemon/pkg/toolbox/process/types.go: "TODO: Set
+            // ExitCode as required once all sandboxes migrated to the new daemon") answer
+            // `code`; the SDKs read either (libs/sdk-typescript/src/Process.ts:
+            // `response.data.exitCode ?? response.data.code`; libs/sdk-python/src/daytona/
+            // _async/process.py: `additional_properties.get("code")`).
+            let field = if fake.lock().legacy_exit_code {
+                "code"
+            } else {
+                "exitCode"
+            };
+            Json(json!({ field: code, "result": out.output })).into_response()
+        }
         Err(e) => sandbox_error(e),
     }
 }
