@@ -165,6 +165,7 @@ pub fn settings() -> FinalizerSettings {
         max_delay: Duration::from_millis(40),
         build_timeout: Duration::from_secs(120),
         lease: Duration::from_secs(60),
+        safety_margin: Duration::from_secs(60),
     }
 }
 

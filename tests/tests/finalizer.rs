@@ -668,3 +668,76 @@ async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_c
         assert_no_database_secrets(&k.after);
     }
 }
+
+// Deadlines: Lambda's timeout, scaled down (a 6 s invocation, a 0.5 s margin).
+
+/// `npm install` and `npm run build` take about 2.5 s each (a `postinstall` and a build
+/// script that sleep), so the steps up to the end of the build do not fit in one 6 s
+/// invocation: each invocation returns before its deadline, the next continues after the
+/// last recorded sub-step, and the request succeeds.
+#[tokio::test]
+async fn a_build_longer_than_one_invocation_continues_in_the_next_and_the_request_succeeds() {
+    let s = Services::start().await;
+    let project = s.project();
+    let mut files = v1();
+    let package = String::from_utf8(files["package.json"].clone()).unwrap();
+    let slow = package.replace(
+        r#""build": "node scripts/build.mjs","#,
+        r#""postinstall": "sleep 2", "build": "sleep 2.5 && node scripts/build.mjs","#,
+    );
+    assert_ne!(slow, package);
+    files.insert("package.json".into(), slow.into_bytes());
+    let mut parts = s.parts();
+    parts.settings.safety_margin = std::time::Duration::from_millis(500);
+    let rec = s
+        .finished_request(parts.store.as_ref(), &project, &files)
+        .await;
+    let finalizer = s.finalizer(parts);
+    let body = json!({"kind": "finalize", "request_id": rec.id}).to_string();
+    let timeout = std::time::Duration::from_secs(6);
+
+    let mut invocations = Vec::new();
+    loop {
+        assert!(
+            invocations.len() < 6,
+            "not done in 6 invocations: {invocations:?}"
+        );
+        let started = std::time::Instant::now();
+        let done = finalizer
+            .handle_until(&body, "finalizer-1", Some(started + timeout))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let after = load(s.store.as_ref(), &rec).await;
+        invocations.push((took, after.steps.keys().cloned().collect::<Vec<_>>()));
+        assert!(
+            took < timeout,
+            "invocation {} outran its deadline ({took:?}): {invocations:?}",
+            invocations.len()
+        );
+        if done != FinalizeDone::Continue {
+            assert_eq!(
+                done,
+                succeeded(),
+                "{:?}\n{:?}",
+                after.failure,
+                after.activity
+            );
+            break;
+        }
+    }
+    println!("{invocations:?}");
+    assert!(invocations.len() >= 2, "{invocations:?}");
+    let rec = load(s.store.as_ref(), &rec).await;
+    for sub in ["build:install", "build:compile", "build", "deploy"] {
+        step(&rec, sub);
+    }
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.contains("continues in the next invocation")),
+        "{:?}",
+        rec.activity
+    );
+    assert_healthy(&s, &project).await;
+}

@@ -43,6 +43,8 @@ pub struct Settings {
     /// Agent slices run at once (`TB_WORKERS`, default 2); 0 runs none: requests wait queued
     /// in the store until a process with workers starts (its sweeper re-drives them).
     pub workers: usize,
+    /// How long an outage of the model or the sandbox is waited out (`TB_OUTAGE_RETRY_SECS`).
+    pub outage_retry: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             port,
             limits: tb_frontdoor::Limits::from_env(var)?,
             workers: workers(var)?,
+            outage_retry: tb_pipeline::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")?,
         })
     }
 }
@@ -141,7 +144,13 @@ impl App {
             dev_databases,
             prices: settings.prices.clone(),
             agent: settings.agent.clone(),
-            slices: tb_local::dispatch::local_slice_settings(),
+            slices: {
+                let mut s = tb_local::dispatch::local_slice_settings();
+                if let Some(d) = settings.outage_retry {
+                    s.outage_retry = d;
+                }
+                s
+            },
             // Local mode: callbacks to this machine are the point.
             allow_private_callbacks: true,
         });

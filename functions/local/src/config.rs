@@ -38,6 +38,7 @@ pub const KNOWN: &[&str] = &[
     "TB_MAX_CONCURRENT_REQUESTS",
     "TB_SPENDING_CAP_USD",
     "TB_WORKERS",
+    "TB_OUTAGE_RETRY_SECS",
     "TB_LOG",
 ];
 

@@ -39,7 +39,7 @@ async fn main() -> Result<(), Error> {
         dev_databases: None,
         prices: tb_core::settings::price_table(var)?,
         agent: tb_core::settings::agent_config(var)?,
-        slices: SliceSettings::standard(),
+        slices: SliceSettings::from_env(var)?,
         allow_private_callbacks: false,
     });
     run(service_fn(move |event| {

@@ -38,6 +38,9 @@ pub struct RequestRecord {
     /// Finalizer step name → its recorded result (a step with a result is not run again).
     pub steps: BTreeMap<String, Value>,
     pub failure: Option<Failure>,
+    /// A service the agent needs is unreachable and the worker is waiting it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<Outage>,
     pub activity: Vec<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
@@ -55,6 +58,21 @@ pub struct Failure {
     /// Where it failed: `agent`, `queue`, or a finalizer step.
     pub step: String,
     pub reason: String,
+}
+
+/// An outage the worker is waiting out: retried with growing waits until
+/// `SliceSettings::outage_retry` after `since_ms`, then the request fails naming it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    /// What is unreachable: `the model`, `the sandbox provider`.
+    pub service: String,
+    /// The last error seen.
+    pub cause: String,
+    /// Failed attempts so far (slices that hit it).
+    pub attempts: u32,
+    pub since_ms: u64,
+    /// When the next attempt is due (the sweeper leaves the request alone until then).
+    pub retry_at_ms: u64,
 }
 
 /// [`AgentState`] without its messages and calls, plus their counts.
@@ -132,6 +150,7 @@ impl RequestRecord {
             holds_slot: false,
             steps: BTreeMap::new(),
             failure: None,
+            outage: None,
             activity: Vec::new(),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,

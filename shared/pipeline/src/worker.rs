@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::messages::{FinalizeMessage, Incoming, Job, WorkMessage};
 use crate::pipeline::Pipeline;
 use crate::ports::Appended;
-use crate::record::{AgentHeader, Failure, Lease, RequestRecord};
+use crate::record::{AgentHeader, Failure, Lease, Outage, RequestRecord};
 use crate::requests::{NewRequest, RequestError, derived_request_id};
 
 /// The invocation a message is handled in.
@@ -216,16 +216,39 @@ impl Pipeline {
         if rec.cancel_requested && state.outcome.is_none() {
             state.outcome = Some(Outcome::Cancelled);
         }
+        // Every wait of this invocation ends by `hard`; the margin after it is for the
+        // commit and the hand-over.
+        let hard = inv
+            .deadline
+            .checked_sub(self.slices.safety_margin)
+            .unwrap_or_else(Instant::now);
+        // Set when an outage is being waited out: the continuation is delayed this long.
+        let mut wait = None;
         let sandbox = if state.outcome.is_none() {
-            match self.sandbox_for(&mut rec).await {
+            let unavailable =
+                match tokio::time::timeout_at(hard.into(), self.sandbox_for(&mut rec)).await {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) if e.is_model_fault() => {
+                        state.outcome = Some(Outcome::Failed {
+                            reason: format!("sandbox: {e}"),
+                        });
+                        Err(None)
+                    }
+                    Ok(Err(e)) => Err(Some(e.to_string())),
+                    Err(_) => Err(Some(
+                        "no sandbox before the invocation's time ran out".to_string(),
+                    )),
+                };
+            match unavailable {
                 Ok(s) => Some(s),
-                Err(e) if e.is_model_fault() => {
-                    state.outcome = Some(Outcome::Failed {
-                        reason: format!("sandbox: {e}"),
-                    });
+                Err(None) => None,
+                Err(Some(cause)) => {
+                    match self.note_outage(&mut rec, "the sandbox provider", &cause) {
+                        Ok(delay) => wait = Some(delay),
+                        Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
+                    }
                     None
                 }
-                Err(e) => return Err(self.release(rec, e.to_string()).await),
             }
         } else {
             None
@@ -246,33 +269,68 @@ impl Pipeline {
                 config: &self.agent,
                 cancel: CancelFlag::default(),
             };
+            // How long an iteration takes: the longest seen in this invocation, at first the
+            // last model call's. One that would not finish by `hard` is left to the next
+            // invocation (the first of an invocation is always tried: none will have longer).
+            let mut estimate = state
+                .calls
+                .last()
+                .map(|c| Duration::from_millis(c.latency_ms))
+                .unwrap_or_default();
             while state.outcome.is_none()
                 && iterations < self.slices.iterations_per_slice
-                && Instant::now() + self.slices.safety_margin < inv.deadline
+                && Instant::now() < hard
+                && (iterations == 0 || Instant::now() + estimate < hard)
             {
                 let (m0, c0) = (state.messages.len(), state.calls.len());
-                match agent
-                    .run(
-                        &mut state,
-                        Slice {
-                            max_iterations: 1,
-                            deadline: None,
-                        },
-                    )
-                    .await
-                {
-                    Ok(_) => {}
+                let started = Instant::now();
+                let slice = Slice {
+                    max_iterations: 1,
+                    deadline: Some(hard),
+                };
+                let unavailable = match agent.run(&mut state, slice).await {
+                    Ok(_) => None,
                     Err(AgentError::Pricing(e)) => {
                         state.outcome = Some(Outcome::Failed {
                             reason: e.to_string(),
-                        })
+                        });
+                        None
                     }
-                    Err(e) => return Err(self.release(rec, e.to_string()).await),
+                    // Abandoned, nothing applied: the next invocation redoes it.
+                    Err(AgentError::OutOfTime) if iterations > 0 => {
+                        tracing::info!(request_id = %id, "the invocation's time ran out during a model call; handing over");
+                        break;
+                    }
+                    // Even a whole invocation was too short for the model's answer.
+                    Err(AgentError::OutOfTime) => Some((
+                        "the model",
+                        format!(
+                            "no answer within {:.0} s, the time one invocation has",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    )),
+                    Err(AgentError::Model(e)) => Some(("the model", e.to_string())),
+                    Err(AgentError::Sandbox(e)) => Some(("the sandbox provider", e.to_string())),
+                };
+                if let Some((service, cause)) = unavailable {
+                    match self.note_outage(&mut rec, service, &cause) {
+                        Ok(delay) => {
+                            wait = Some(delay);
+                            break;
+                        }
+                        Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
+                    }
+                } else if let Some(outage) = rec.outage.take() {
+                    let secs = now_ms().saturating_sub(outage.since_ms) / 1000;
+                    rec.push_activity(format!("{} is back after {secs} s", outage.service));
                 }
+                estimate = estimate.max(started.elapsed());
                 iterations += 1;
                 rec.agent = AgentHeader::of(&state);
                 rec.lease = Some(self.lease(&inv.worker_id));
-                rec.push_activity(activity_line(&state));
+                if state.calls.len() > c0 {
+                    rec.push_activity(activity_line(&state));
+                }
                 let appended = Appended {
                     first_index: m0,
                     messages: &state.messages[m0..],
@@ -349,7 +407,11 @@ impl Pipeline {
                 request_id: id.clone(),
                 seq: rec.seq,
             };
-            if let Err(e) = self.queue.send_work(&next, Duration::ZERO).await {
+            if let Err(e) = self
+                .queue
+                .send_work(&next, wait.unwrap_or(Duration::ZERO))
+                .await
+            {
                 tracing::warn!(request_id = %id, "continuation not sent ({e}); the sweeper will re-drive it");
             }
             Ok(WorkDone::Continued {
@@ -405,14 +467,52 @@ impl Pipeline {
         Ok(sandbox)
     }
 
-    /// Gives up the claim after an infrastructure failure, so a redelivery can proceed.
-    async fn release(&self, mut rec: RequestRecord, reason: String) -> WorkError {
-        tracing::warn!(request_id = %rec.id, "slice failed: {reason}");
-        rec.lease = None;
-        if let Err(e) = self.save(&mut rec, Appended::default()).await {
-            tracing::warn!(request_id = %rec.id, "could not release the claim ({e}); it expires on its own");
+    /// Records that `service` failed with `cause` (after its client's own retries): `Ok`
+    /// with the wait before the next attempt, said in the activity; or, once the outage has
+    /// lasted [`crate::SliceSettings::outage_retry`], `Err` with the reason the request fails.
+    fn note_outage(
+        &self,
+        rec: &mut RequestRecord,
+        service: &str,
+        cause: &str,
+    ) -> Result<Duration, String> {
+        let now = now_ms();
+        let mut outage = rec.outage.take().unwrap_or(Outage {
+            service: service.into(),
+            cause: String::new(),
+            attempts: 0,
+            since_ms: now,
+            retry_at_ms: now,
+        });
+        outage.service = service.into();
+        outage.cause = cause.into();
+        outage.attempts += 1;
+        let lasted = Duration::from_millis(now.saturating_sub(outage.since_ms));
+        tracing::warn!(request_id = %rec.id, attempts = outage.attempts, lasted_secs = lasted.as_secs(), "{service} unavailable: {cause}");
+        if lasted >= self.slices.outage_retry {
+            let reason = format!(
+                "{service} was unreachable for {} s ({} attempts): {cause}",
+                lasted.as_secs(),
+                outage.attempts
+            );
+            rec.push_activity(format!("giving up: {reason}"));
+            return Err(reason);
         }
-        WorkError::Retry(reason)
+        let left = self.slices.outage_retry - lasted;
+        let delay = self
+            .slices
+            .outage_backoff()
+            .equal_jitter(outage.attempts)
+            .min(left);
+        outage.retry_at_ms = now + delay.as_millis() as u64;
+        rec.push_activity(format!(
+            "waiting for {service}: {}; attempt {}, next in {} s",
+            short_cause(cause),
+            outage.attempts,
+            delay.as_secs_f64().ceil()
+        ));
+        rec.outage = Some(outage);
+        Ok(delay)
     }
 
     /// Marks a request failed at `step` with `reason` (best effort): for poison messages, and
@@ -437,6 +537,28 @@ impl Pipeline {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// The gist of an error for an activity line: the innermost cause of a connection failure
+/// (`connection refused`), else the message cut to 160 characters.
+fn short_cause(cause: &str) -> String {
+    let lower = cause.to_lowercase();
+    for gist in [
+        "connection refused",
+        "connection reset",
+        "timed out",
+        "dns error",
+    ] {
+        if lower.contains(gist) {
+            return gist.into();
+        }
+    }
+    let cut: String = cause.chars().take(160).collect();
+    if cut.len() < cause.len() {
+        format!("{cut}…")
+    } else {
+        cut
     }
 }
 
