@@ -12,14 +12,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tb_aws::testing::{Received, TestAws};
 use tb_core::agent::Outcome;
-use tb_core::domain::Phase;
+use tb_core::domain::{Phase, RequestId};
 use tb_core::pricing::PriceTable;
 use tb_models::server::ScriptedServer;
 use tb_pipeline::Pipeline;
 use tb_testkit::fake_daytona::FakeDaytona;
 use tb_tests::runtime_api::{Answer, RuntimeApi};
 use tb_tests::scenario;
-use tb_tests::slow_http::SlowHttp;
+use tb_tests::slow_http::{SlowHttp, reserve_port};
 use tokio::process::{Child, Command};
 
 const DAYTONA_KEY: &str = "deadline-daytona-key";
@@ -132,48 +132,33 @@ fn sqs_event(m: &Received) -> Value {
     }]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once() {
-    let aws = TestAws::new().await;
-    let front = Pipeline::front_only(
-        Arc::new(aws.store()),
-        Arc::new(aws.queue()),
-        PriceTable::with_defaults(),
-        scenario::config(),
-    );
-    let model = ScriptedServer::start(six_turns()).await;
-    let slow = SlowHttp::start(&model.url(), Duration::from_secs(2)).await;
-    let daytona = FakeDaytona::start(DAYTONA_KEY).await;
-    let mut worker = Worker::start(
-        &aws,
-        &slow.url(),
-        &daytona,
-        Duration::from_secs(5),
-        &[("TB_INVOCATION_MARGIN_SECS", "0.5")],
-    )
-    .await;
-
-    let id = front
-        .create(scenario::new_request(None))
-        .await
-        .unwrap()
-        .request_id;
+/// Feeds the work messages of `id` to the worker, as Lambda's event source mapping does
+/// (a message is deleted when its batch is acknowledged), until the request leaves the
+/// agent phase; every message must be acknowledged at its first receive and no invocation
+/// may be killed. Returns the number of invocations.
+async fn drive(aws: &TestAws, front: &Pipeline, worker: &Worker, id: &RequestId) -> usize {
     let queue = aws.settings.work_queue_url.clone();
     let mut invocations = 0;
     loop {
-        let rec = front.store.load(&id).await.unwrap().unwrap();
+        let rec = front.store.load(id).await.unwrap().unwrap();
         if !matches!(rec.phase, Phase::Queued | Phase::Running) {
-            break;
+            return invocations;
         }
-        assert!(invocations < 20, "not done in 20 invocations");
+        assert!(
+            invocations < 30,
+            "not done in 30 invocations: {:?}",
+            rec.activity
+        );
+        // A continuation may be delayed (an outage being waited out).
         let mut got = Vec::new();
-        for _ in 0..10 {
-            got = aws.receive(&queue, Duration::from_secs(2)).await;
+        for _ in 0..30 {
+            got = aws.receive(&queue, Duration::from_secs(1)).await;
             if !got.is_empty() {
                 break;
             }
         }
         let message = got.pop().expect("a work message");
+        assert_eq!(message.receive_count, 1, "a message was received again");
         let (took, answer) = worker.runtime.invoke(sqs_event(&message)).await.unwrap();
         invocations += 1;
         match answer {
@@ -199,6 +184,39 @@ async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once(
             ),
         }
     }
+}
+
+fn front(aws: &TestAws) -> Pipeline {
+    Pipeline::front_only(
+        Arc::new(aws.store()),
+        Arc::new(aws.queue()),
+        PriceTable::with_defaults(),
+        scenario::config(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once() {
+    let aws = TestAws::new().await;
+    let front = front(&aws);
+    let model = ScriptedServer::start(six_turns()).await;
+    let slow = SlowHttp::start(&model.url(), Duration::from_secs(2)).await;
+    let daytona = FakeDaytona::start(DAYTONA_KEY).await;
+    let mut worker = Worker::start(
+        &aws,
+        &slow.url(),
+        &daytona,
+        Duration::from_secs(5),
+        &[("TB_INVOCATION_MARGIN_SECS", "0.5")],
+    )
+    .await;
+
+    let id = front
+        .create(scenario::new_request(None))
+        .await
+        .unwrap()
+        .request_id;
+    let invocations = drive(&aws, &front, &worker, &id).await;
     let rec = front.store.load(&id).await.unwrap().unwrap();
     let (_, calls) = front.store.conversation(&rec).await.unwrap();
     println!(
@@ -220,5 +238,126 @@ async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once(
         invocations >= 3,
         "2 s calls in 5 s invocations: at most 2 per invocation"
     );
+    let _ = worker.child.kill().await;
+}
+
+// Outages: the model's endpoint refuses connections (nothing listens on its port).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_down_for_the_whole_request_fails_it_naming_the_model_within_the_bound() {
+    let aws = TestAws::new().await;
+    let front = front(&aws);
+    let down = format!("http://{}", reserve_port());
+    let daytona = FakeDaytona::start(DAYTONA_KEY).await;
+    let bound = Duration::from_secs(10);
+    let mut worker = Worker::start(
+        &aws,
+        &down,
+        &daytona,
+        Duration::from_secs(30),
+        &[
+            ("TB_OUTAGE_RETRY_SECS", "10"),
+            ("TB_INVOCATION_MARGIN_SECS", "2"),
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let id = front
+        .create(scenario::new_request(None))
+        .await
+        .unwrap()
+        .request_id;
+
+    let invocations = drive(&aws, &front, &worker, &id).await;
+
+    let took = started.elapsed();
+    let rec = front.store.load(&id).await.unwrap().unwrap();
+    println!(
+        "{invocations} invocations in {took:?}; activity: {:#?}",
+        rec.activity
+    );
+    assert_eq!(rec.phase, Phase::Finalizing);
+    let Some(Outcome::Failed { reason }) = &rec.agent.outcome else {
+        panic!("a failed agent expected: {:?}", rec.agent.outcome);
+    };
+    assert!(
+        reason.starts_with("the model was unreachable for")
+            && reason.contains("Connection refused"),
+        "{reason}"
+    );
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("waiting for the model: connection refused; attempt 1, next in")),
+        "{:?}",
+        rec.activity
+    );
+    assert_eq!(rec.agent.iteration, 0);
+    // No attempt outlasts the bound; then the hand-over.
+    assert!(took < bound + Duration::from_secs(3), "{took:?}");
+    assert!(invocations >= 2, "the outage was retried");
+    assert!(aws.work_dlq_bodies().await.is_empty(), "nothing parked");
+    let _ = worker.child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_down_for_a_while_is_waited_out_and_the_wait_shows_in_the_activity() {
+    let aws = TestAws::new().await;
+    let front = front(&aws);
+    let model = ScriptedServer::start(scenario::task_script()).await;
+    let port = reserve_port();
+    let daytona = FakeDaytona::start(DAYTONA_KEY).await;
+    let mut worker = Worker::start(
+        &aws,
+        &format!("http://{port}"),
+        &daytona,
+        Duration::from_secs(30),
+        &[
+            ("TB_OUTAGE_RETRY_SECS", "60"),
+            ("TB_INVOCATION_MARGIN_SECS", "2"),
+        ],
+    )
+    .await;
+    let id = front
+        .create(scenario::new_request(None))
+        .await
+        .unwrap()
+        .request_id;
+    // Back after 6 s.
+    let target = model.url();
+    let back = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        SlowHttp::start_on(port, &target, Duration::ZERO).await
+    });
+
+    let invocations = drive(&aws, &front, &worker, &id).await;
+
+    let rec = front.store.load(&id).await.unwrap().unwrap();
+    println!("{invocations} invocations; activity: {:#?}", rec.activity);
+    assert_eq!(rec.phase, Phase::Finalizing, "{:?}", rec.agent.outcome);
+    assert_eq!(
+        rec.agent.outcome,
+        Some(Outcome::Finished {
+            summary: "done".into()
+        })
+    );
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("waiting for the model: connection refused; attempt 1")),
+        "{:?}",
+        rec.activity
+    );
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("the model is back after")),
+        "{:?}",
+        rec.activity
+    );
+    assert!(rec.outage.is_none());
+    let (_, calls) = front.store.conversation(&rec).await.unwrap();
+    assert_eq!(calls.len(), 4, "each call billed once");
+    drop(back);
     let _ = worker.child.kill().await;
 }

@@ -11,7 +11,7 @@
 //! budget, or at once for permanent ones, the request fails naming the step and the cause.
 //!
 //! Deadlines ([`Finalizer::handle_until`]): no step runs past the invocation's deadline
-//! less [`FinalizerSettings::safety_margin`]. The build is checkpointed: `npm install` and
+//! less [`FinalizerSettings::safety_margin`] (at most half the time left). The build is checkpointed: `npm install` and
 //! `npm run build` are sub-steps recorded as `build:install` and `build:compile` when
 //! done, so a build longer than one invocation continues in the next. A step (or sub-step)
 //! the deadline cuts is redone from its start in the next invocation
@@ -167,10 +167,7 @@ impl Finalizer {
         worker_id: &str,
         deadline: Option<Instant>,
     ) -> Result<FinalizeDone, FinalizeError> {
-        let hard = deadline.map(|d| {
-            d.checked_sub(self.settings.safety_margin)
-                .unwrap_or_else(Instant::now)
-        });
+        let hard = deadline.map(|d| crate::worker::hard_deadline(d, self.settings.safety_margin));
         let msg: FinalizeMessage = serde_json::from_str(body)
             .map_err(|e| FinalizeError::Poison(format!("malformed finalize message: {e}")))?;
         let FinalizeMessage::Finalize { request_id } = msg;

@@ -218,15 +218,22 @@ impl Pipeline {
         }
         // Every wait of this invocation ends by `hard`; the margin after it is for the
         // commit and the hand-over.
-        let hard = inv
-            .deadline
-            .checked_sub(self.slices.safety_margin)
-            .unwrap_or_else(Instant::now);
+        let hard = hard_deadline(inv.deadline, self.slices.safety_margin);
         // Set when an outage is being waited out: the continuation is delayed this long.
         let mut wait = None;
+        // During an outage no attempt outlasts its bound: it ends the request by then.
+        let began_ms = now_ms();
+        let limit = match &rec.outage {
+            Some(o) => {
+                let end_ms = o.since_ms + self.slices.outage_retry.as_millis() as u64;
+                hard.min(Instant::now() + Duration::from_millis(end_ms.saturating_sub(began_ms)))
+            }
+            None => hard,
+        };
+        let ongoing = |rec: &RequestRecord| rec.outage.as_ref().map(|o| o.cause.clone());
         let sandbox = if state.outcome.is_none() {
             let unavailable =
-                match tokio::time::timeout_at(hard.into(), self.sandbox_for(&mut rec)).await {
+                match tokio::time::timeout_at(limit.into(), self.sandbox_for(&mut rec)).await {
                     Ok(Ok(s)) => Ok(s),
                     Ok(Err(e)) if e.is_model_fault() => {
                         state.outcome = Some(Outcome::Failed {
@@ -235,15 +242,15 @@ impl Pipeline {
                         Err(None)
                     }
                     Ok(Err(e)) => Err(Some(e.to_string())),
-                    Err(_) => Err(Some(
-                        "no sandbox before the invocation's time ran out".to_string(),
-                    )),
+                    Err(_) => Err(Some(ongoing(&rec).unwrap_or_else(|| {
+                        "no sandbox before the invocation's time ran out".to_string()
+                    }))),
                 };
             match unavailable {
                 Ok(s) => Some(s),
                 Err(None) => None,
                 Err(Some(cause)) => {
-                    match self.note_outage(&mut rec, "the sandbox provider", &cause) {
+                    match self.note_outage(&mut rec, "the sandbox provider", &cause, began_ms) {
                         Ok(delay) => wait = Some(delay),
                         Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
                     }
@@ -286,7 +293,7 @@ impl Pipeline {
                 let started = Instant::now();
                 let slice = Slice {
                     max_iterations: 1,
-                    deadline: Some(hard),
+                    deadline: Some(limit),
                 };
                 let unavailable = match agent.run(&mut state, slice).await {
                     Ok(_) => None,
@@ -297,23 +304,26 @@ impl Pipeline {
                         None
                     }
                     // Abandoned, nothing applied: the next invocation redoes it.
-                    Err(AgentError::OutOfTime) if iterations > 0 => {
+                    Err(AgentError::OutOfTime) if iterations > 0 && rec.outage.is_none() => {
                         tracing::info!(request_id = %id, "the invocation's time ran out during a model call; handing over");
                         break;
                     }
-                    // Even a whole invocation was too short for the model's answer.
+                    // The outage's bound came, or even a whole invocation was too short for
+                    // the model's answer.
                     Err(AgentError::OutOfTime) => Some((
                         "the model",
-                        format!(
-                            "no answer within {:.0} s, the time one invocation has",
-                            started.elapsed().as_secs_f64()
-                        ),
+                        ongoing(&rec).unwrap_or_else(|| {
+                            format!(
+                                "no answer within {:.0} s, the time one invocation has",
+                                started.elapsed().as_secs_f64()
+                            )
+                        }),
                     )),
                     Err(AgentError::Model(e)) => Some(("the model", e.to_string())),
                     Err(AgentError::Sandbox(e)) => Some(("the sandbox provider", e.to_string())),
                 };
                 if let Some((service, cause)) = unavailable {
-                    match self.note_outage(&mut rec, service, &cause) {
+                    match self.note_outage(&mut rec, service, &cause, began_ms) {
                         Ok(delay) => {
                             wait = Some(delay);
                             break;
@@ -467,7 +477,8 @@ impl Pipeline {
         Ok(sandbox)
     }
 
-    /// Records that `service` failed with `cause` (after its client's own retries): `Ok`
+    /// Records that `service` failed with `cause` (after its client's own retries) in an
+    /// attempt that began at `began_ms`: `Ok`
     /// with the wait before the next attempt, said in the activity; or, once the outage has
     /// lasted [`crate::SliceSettings::outage_retry`], `Err` with the reason the request fails.
     fn note_outage(
@@ -475,13 +486,14 @@ impl Pipeline {
         rec: &mut RequestRecord,
         service: &str,
         cause: &str,
+        began_ms: u64,
     ) -> Result<Duration, String> {
         let now = now_ms();
         let mut outage = rec.outage.take().unwrap_or(Outage {
             service: service.into(),
             cause: String::new(),
             attempts: 0,
-            since_ms: now,
+            since_ms: began_ms,
             retry_at_ms: now,
         });
         outage.service = service.into();
@@ -491,9 +503,14 @@ impl Pipeline {
         tracing::warn!(request_id = %rec.id, attempts = outage.attempts, lasted_secs = lasted.as_secs(), "{service} unavailable: {cause}");
         if lasted >= self.slices.outage_retry {
             let reason = format!(
-                "{service} was unreachable for {} s ({} attempts): {cause}",
+                "{service} was unreachable for {} s ({} {}): {cause}",
                 lasted.as_secs(),
-                outage.attempts
+                outage.attempts,
+                if outage.attempts == 1 {
+                    "attempt"
+                } else {
+                    "attempts"
+                }
             );
             rec.push_activity(format!("giving up: {reason}"));
             return Err(reason);
@@ -538,6 +555,15 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// When the work of an invocation that must have returned by `deadline` must end: `margin`
+/// before it, or half the time left when that is less (a margin as long as the function's
+/// timeout would leave no time at all).
+pub fn hard_deadline(deadline: Instant, margin: Duration) -> Instant {
+    let now = Instant::now();
+    let left = deadline.saturating_duration_since(now);
+    now + left - margin.min(left / 2)
 }
 
 /// The gist of an error for an activity line: the innermost cause of a connection failure
