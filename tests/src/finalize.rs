@@ -166,6 +166,8 @@ pub fn settings() -> FinalizerSettings {
         build_timeout: Duration::from_secs(120),
         lease: Duration::from_secs(60),
         safety_margin: Duration::from_secs(60),
+        // A test whose fault outlasts the step's attempts fails soon.
+        outage_retry: Duration::from_secs(5),
     }
 }
 

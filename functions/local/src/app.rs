@@ -43,7 +43,8 @@ pub struct Settings {
     /// Agent slices run at once (`TB_WORKERS`, default 2); 0 runs none: requests wait queued
     /// in the store until a process with workers starts (its sweeper re-drives them).
     pub workers: usize,
-    /// How long an outage of the model or the sandbox is waited out (`TB_OUTAGE_RETRY_SECS`).
+    /// How long an outage of the model, the sandbox or a finalizer step's service is waited
+    /// out (`TB_OUTAGE_RETRY_SECS`).
     pub outage_retry: Option<std::time::Duration>,
 }
 
@@ -167,7 +168,13 @@ impl App {
                 callback_secret(settings, dir)?,
                 true,
             ))),
-            settings: tb_local::dispatch::local_finalizer_settings(),
+            settings: {
+                let mut s = tb_local::dispatch::local_finalizer_settings();
+                if let Some(d) = settings.outage_retry {
+                    s.outage_retry = d;
+                }
+                s
+            },
         });
         let dispatcher = match (run, settings.workers) {
             (false, _) => None,

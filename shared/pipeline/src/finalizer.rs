@@ -51,6 +51,10 @@ pub struct FinalizerSettings {
     /// Kept back before an invocation's deadline for the commit and the hand-over
     /// (`TB_INVOCATION_MARGIN_SECS`).
     pub safety_margin: Duration,
+    /// How long a service a step needs (the deploy target, the code host, …) is waited out
+    /// once the step's own attempts are used up, before the request fails naming it
+    /// (`TB_OUTAGE_RETRY_SECS`).
+    pub outage_retry: Duration,
 }
 
 impl FinalizerSettings {
@@ -62,16 +66,21 @@ impl FinalizerSettings {
             build_timeout: Duration::from_secs(600),
             lease: Duration::from_secs(960),
             safety_margin: Duration::from_secs(60),
+            outage_retry: Duration::from_secs(600),
         }
     }
 
-    /// The standard settings with `TB_INVOCATION_MARGIN_SECS` read through `var`.
+    /// The standard settings with `TB_INVOCATION_MARGIN_SECS` and `TB_OUTAGE_RETRY_SECS`
+    /// read through `var`.
     pub fn from_env(
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, tb_core::settings::SettingError> {
         let mut s = FinalizerSettings::standard();
         if let Some(m) = crate::pipeline::seconds(&var, "TB_INVOCATION_MARGIN_SECS")? {
             s.safety_margin = m;
+        }
+        if let Some(b) = crate::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
+            s.outage_retry = b;
         }
         Ok(s)
     }
@@ -221,7 +230,8 @@ impl Finalizer {
                     rec.lease = Some(self.lease(worker_id));
                     self.save(&mut rec).await?;
                 }
-                Err(StepError::OutOfTime) if rec.steps.len() > recorded => {
+                // Progress was recorded (a step, a sub-step, an outage being waited out).
+                Err(StepError::OutOfTime) if rec.steps.len() > recorded || rec.outage.is_some() => {
                     rec.lease = None;
                     rec.push_activity(format!("{step}: continues in the next invocation"));
                     self.save(&mut rec).await?;
@@ -271,6 +281,7 @@ impl Finalizer {
         let s = &self.settings;
         let backoff = tb_core::backoff::Backoff::new(s.base_delay, s.max_delay);
         let mut attempt = 0;
+        let mut began_ms = now_ms();
         loop {
             attempt += 1;
             // The build bounds its own commands by `hard` (dropping a running command would
@@ -284,11 +295,24 @@ impl Finalizer {
                 _ => self.run_step(step, rec, worker_id, hard).await,
             };
             match result {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    rec.outage_over();
+                    return Ok(v);
+                }
+                // The step's attempts are used up: an outage, waited out up to its bound.
                 Err(StepError::Transient(m)) if attempt >= s.attempts => {
-                    return Err(StepError::Permanent(format!(
-                        "{m} (gave up after {attempt} attempts)"
-                    )));
+                    let cause = format!("{m} (after {attempt} attempts)");
+                    let wait = rec
+                        .note_outage(service_of(step), &cause, began_ms, s.outage_retry)
+                        .map_err(StepError::Permanent)?;
+                    rec.lease = Some(self.lease(worker_id));
+                    self.save(rec).await?;
+                    if hard.is_some_and(|h| Instant::now() + wait >= h) {
+                        return Err(StepError::OutOfTime);
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt = 0;
+                    began_ms = now_ms();
                 }
                 Err(StepError::Transient(m)) => {
                     let wait = backoff.full_jitter(attempt);
@@ -582,6 +606,18 @@ impl Finalizer {
 
     async fn save(&self, rec: &mut RequestRecord) -> Result<(), PortError> {
         crate::ports::save_next(self.store.as_ref(), rec, Appended::default()).await
+    }
+}
+
+/// What a step needs from outside, for outage messages.
+fn service_of(step: &str) -> &'static str {
+    match step {
+        "archive" => "the archive",
+        "repository" => "the code host",
+        "database" => "the database cluster",
+        "build" => "the sandbox provider",
+        "deploy" => "the deploy target",
+        _ => "a service",
     }
 }
 

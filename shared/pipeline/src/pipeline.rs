@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tb_core::agent::AgentConfig;
-use tb_core::backoff::Backoff;
 use tb_core::model::Model;
 use tb_core::ports::DevDatabases;
 use tb_core::pricing::PriceTable;
@@ -55,16 +54,6 @@ impl SliceSettings {
             s.safety_margin = secs;
         }
         Ok(s)
-    }
-
-    /// The waits between attempts during an outage, scaled to [`SliceSettings::outage_retry`]:
-    /// from `outage_retry / 40` (at most 5 s) doubling up to `outage_retry / 4` (at most
-    /// 5 minutes; SQS delays a message 15 minutes at most).
-    pub fn outage_backoff(&self) -> Backoff {
-        Backoff::new(
-            (self.outage_retry / 40).min(Duration::from_secs(5)),
-            (self.outage_retry / 4).min(Duration::from_secs(300)),
-        )
     }
 }
 

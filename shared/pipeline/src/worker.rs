@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::messages::{FinalizeMessage, Incoming, Job, WorkMessage};
 use crate::pipeline::Pipeline;
 use crate::ports::Appended;
-use crate::record::{AgentHeader, Failure, Lease, Outage, RequestRecord};
+use crate::record::{AgentHeader, Failure, Lease, RequestRecord};
 use crate::requests::{NewRequest, RequestError, derived_request_id};
 
 /// The invocation a message is handled in.
@@ -330,9 +330,8 @@ impl Pipeline {
                         }
                         Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
                     }
-                } else if let Some(outage) = rec.outage.take() {
-                    let secs = now_ms().saturating_sub(outage.since_ms) / 1000;
-                    rec.push_activity(format!("{} is back after {secs} s", outage.service));
+                } else {
+                    rec.outage_over();
                 }
                 estimate = estimate.max(started.elapsed());
                 iterations += 1;
@@ -477,10 +476,6 @@ impl Pipeline {
         Ok(sandbox)
     }
 
-    /// Records that `service` failed with `cause` (after its client's own retries) in an
-    /// attempt that began at `began_ms`: `Ok`
-    /// with the wait before the next attempt, said in the activity; or, once the outage has
-    /// lasted [`crate::SliceSettings::outage_retry`], `Err` with the reason the request fails.
     fn note_outage(
         &self,
         rec: &mut RequestRecord,
@@ -488,48 +483,7 @@ impl Pipeline {
         cause: &str,
         began_ms: u64,
     ) -> Result<Duration, String> {
-        let now = now_ms();
-        let mut outage = rec.outage.take().unwrap_or(Outage {
-            service: service.into(),
-            cause: String::new(),
-            attempts: 0,
-            since_ms: began_ms,
-            retry_at_ms: now,
-        });
-        outage.service = service.into();
-        outage.cause = cause.into();
-        outage.attempts += 1;
-        let lasted = Duration::from_millis(now.saturating_sub(outage.since_ms));
-        tracing::warn!(request_id = %rec.id, attempts = outage.attempts, lasted_secs = lasted.as_secs(), "{service} unavailable: {cause}");
-        if lasted >= self.slices.outage_retry {
-            let reason = format!(
-                "{service} was unreachable for {} s ({} {}): {cause}",
-                lasted.as_secs(),
-                outage.attempts,
-                if outage.attempts == 1 {
-                    "attempt"
-                } else {
-                    "attempts"
-                }
-            );
-            rec.push_activity(format!("giving up: {reason}"));
-            return Err(reason);
-        }
-        let left = self.slices.outage_retry - lasted;
-        let delay = self
-            .slices
-            .outage_backoff()
-            .equal_jitter(outage.attempts)
-            .min(left);
-        outage.retry_at_ms = now + delay.as_millis() as u64;
-        rec.push_activity(format!(
-            "waiting for {service}: {}; attempt {}, next in {} s",
-            short_cause(cause),
-            outage.attempts,
-            delay.as_secs_f64().ceil()
-        ));
-        rec.outage = Some(outage);
-        Ok(delay)
+        rec.note_outage(service, cause, began_ms, self.slices.outage_retry)
     }
 
     /// Marks a request failed at `step` with `reason` (best effort): for poison messages, and
@@ -564,28 +518,6 @@ pub fn hard_deadline(deadline: Instant, margin: Duration) -> Instant {
     let now = Instant::now();
     let left = deadline.saturating_duration_since(now);
     now + left - margin.min(left / 2)
-}
-
-/// The gist of an error for an activity line: the innermost cause of a connection failure
-/// (`connection refused`), else the message cut to 160 characters.
-fn short_cause(cause: &str) -> String {
-    let lower = cause.to_lowercase();
-    for gist in [
-        "connection refused",
-        "connection reset",
-        "timed out",
-        "dns error",
-    ] {
-        if lower.contains(gist) {
-            return gist.into();
-        }
-    }
-    let cut: String = cause.chars().take(160).collect();
-    if cut.len() < cause.len() {
-        format!("{cut}…")
-    } else {
-        cut
-    }
 }
 
 /// One line about the last iteration, for status pages.
