@@ -165,6 +165,9 @@ pub fn settings() -> FinalizerSettings {
         max_delay: Duration::from_millis(40),
         build_timeout: Duration::from_secs(120),
         lease: Duration::from_secs(60),
+        safety_margin: Duration::from_secs(60),
+        // A test whose fault outlasts the step's attempts fails soon.
+        outage_retry: Duration::from_secs(5),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod flaky;
 pub mod instant;
 pub mod runtime_api;
 pub mod scenario;
+pub mod slow_http;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -6,6 +6,15 @@
 //! The server hands out one event per `GET .../invocation/next` (the call blocks until
 //! [`RuntimeApi::invoke`] supplies one) and completes the invocation when the bootstrap
 //! posts its response or error.
+//!
+//! The deadline is enforced as Lambda enforces a function's timeout: the event carries
+//! `Lambda-Runtime-Deadline-Ms` (the hand-over time plus the timeout, as in
+//! <https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html#runtimes-api-next>); when
+//! no answer has come by then, the invocation counts as failed ([`Answer::TimedOut`], the
+//! "Task timed out after N seconds" of Lambda's log) and the process registered with
+//! [`RuntimeApi::kill_at_deadline`] is killed (Lambda stops the execution environment and
+//! initialises a new one for the next event:
+//! <https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html#runtimes-lifecycle-invoke-with-errors>).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,11 +36,15 @@ use tokio::task::JoinHandle;
 pub enum Answer {
     Response(Value),
     Error(String),
+    /// No answer by the deadline: the invocation failed and its process was killed.
+    TimedOut,
 }
 
 struct Event {
     id: String,
     payload: Value,
+    /// Told when the bootstrap received the event (its deadline runs from then).
+    handed: oneshot::Sender<Instant>,
 }
 
 struct Shared {
@@ -42,6 +55,9 @@ struct Shared {
     init_error: Mutex<Option<String>>,
     /// Invocation timeout reported to the function as its deadline.
     timeout: Duration,
+    /// The process killed when an invocation outlives its deadline.
+    process: Mutex<Option<u32>>,
+    timeouts: std::sync::atomic::AtomicUsize,
 }
 
 /// A running Runtime API server; stops when dropped.
@@ -70,6 +86,8 @@ impl RuntimeApi {
             waiting: Mutex::new(HashMap::new()),
             init_error: Mutex::new(None),
             timeout,
+            process: Mutex::new(None),
+            timeouts: Default::default(),
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
@@ -118,24 +136,62 @@ impl RuntimeApi {
         }
     }
 
-    /// Hands `payload` to the bootstrap and waits for its answer; returns the answer and the
-    /// time from handing it over to the answer.
+    /// The process (the bootstrap) to kill when an invocation outlives its deadline; a new
+    /// one must then be started for the next invocation, as Lambda does.
+    pub fn kill_at_deadline(&self, pid: u32) {
+        *lock(&self.shared.process) = Some(pid);
+    }
+
+    /// Invocations that outlived their deadline so far.
+    pub fn timeouts(&self) -> usize {
+        self.shared
+            .timeouts
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Hands `payload` to the bootstrap and waits for its answer, at most until the
+    /// invocation's deadline; returns the answer and the time from handing it over to the
+    /// answer. Fails when the bootstrap does not ask for the event within a minute.
     pub async fn invoke(&self, payload: Value) -> anyhow::Result<(Duration, Answer)> {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("bench-invocation-{n}");
         let (tx, rx) = oneshot::channel();
+        let (handed_tx, handed_rx) = oneshot::channel();
         lock(&self.shared.waiting).insert(id.clone(), tx);
-        let started = Instant::now();
         self.events
-            .send(Event { id, payload })
+            .send(Event {
+                id: id.clone(),
+                payload,
+                handed: handed_tx,
+            })
             .map_err(|_| anyhow::anyhow!("the runtime API server stopped"))?;
-        let answer = tokio::time::timeout(self.shared.timeout + Duration::from_secs(5), rx)
+        let started = tokio::time::timeout(Duration::from_secs(60), handed_rx)
             .await
-            .map_err(|_| anyhow::anyhow!("the invocation did not finish in time"))?
+            .map_err(|_| anyhow::anyhow!("the function did not ask for the event"))?
             .map_err(|_| anyhow::anyhow!("the runtime API server stopped"))?;
-        Ok((started.elapsed(), answer))
+        let deadline = started + self.shared.timeout;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(answer) => {
+                let answer =
+                    answer.map_err(|_| anyhow::anyhow!("the runtime API server stopped"))?;
+                Ok((started.elapsed(), answer))
+            }
+            Err(_) => {
+                lock(&self.shared.waiting).remove(&id);
+                self.shared
+                    .timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(pid) = lock(&self.shared.process).take() {
+                    // SIGKILL, as Lambda gives no grace at a timeout.
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                Ok((started.elapsed(), Answer::TimedOut))
+            }
+        }
     }
 }
 
@@ -157,6 +213,7 @@ async fn next(State(s): State<Arc<Shared>>) -> Response {
         return StatusCode::GONE.into_response();
     };
     let deadline = tb_core::agent::now_ms() + s.timeout.as_millis() as u64;
+    let _ = event.handed.send(Instant::now());
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {

@@ -42,6 +42,7 @@ pub fn slices() -> SliceSettings {
         safety_margin: Duration::from_secs(1),
         stall_after: Duration::ZERO,
         sandbox_max_age: Duration::from_secs(3600),
+        outage_retry: Duration::from_secs(600),
     }
 }
 

@@ -15,7 +15,6 @@ use tb_core::domain::{Phase, ProjectId};
 use tb_core::ids::sha256_hex;
 use tb_core::ports::PlatformRecords;
 use tb_deploy::FlyDeployer;
-use tb_pipeline::finalizer::STEPS;
 use tb_pipeline::{FinalizeDone, RequestRecord, StateStore};
 use tb_tests::faults::{FaultyStore, Strike};
 use tb_tests::finalize::{
@@ -122,7 +121,15 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
     let step_names: Vec<&str> = rec.steps.keys().map(String::as_str).collect();
     assert_eq!(
         step_names,
-        ["archive", "build", "database", "deploy", "repository"]
+        [
+            "archive",
+            "build",
+            "build:compile",
+            "build:install",
+            "database",
+            "deploy",
+            "repository"
+        ]
     );
     assert_no_database_secrets(&rec);
 
@@ -540,7 +547,7 @@ async fn a_build_whose_script_exits_1_fails_the_request_at_the_build_step_with_i
     assert_eq!(stored.phase, Phase::Failed);
     assert_eq!(
         stored.steps.keys().collect::<Vec<_>>(),
-        ["archive", "database", "repository"]
+        ["archive", "build:install", "database", "repository"]
     );
     assert!(s.fly.all_machines(&s.app(&project)).is_empty());
     assert!(!s.sandbox_dir(&rec).exists(), "the sandbox was released");
@@ -554,9 +561,20 @@ async fn a_build_whose_script_exits_1_fails_the_request_at_the_build_step_with_i
 // A finalizer that dies: the store goes away right at a commit (the process is gone), then
 // the finalize message is delivered again to a new process.
 
-/// The finalizer's commits, in order: 1 claims the request, 2..=6 record the steps,
-/// 7 is the final one (phase, lease released).
-const FINAL_COMMIT: usize = STEPS.len() + 2;
+/// What the finalizer records, in order: the steps, and the build's sub-steps before it.
+const RECORDED: [&str; 7] = [
+    "archive",
+    "repository",
+    "database",
+    "build:install",
+    "build:compile",
+    "build",
+    "deploy",
+];
+
+/// The finalizer's commits, in order: 1 claims the request, 2..=8 record the steps and
+/// sub-steps, 9 is the final one (phase, lease released).
+const FINAL_COMMIT: usize = RECORDED.len() + 2;
 
 struct Killed {
     project: ProjectId,
@@ -623,9 +641,13 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
     let s = Services::start().await;
     for at in 1..=FINAL_COMMIT {
         let k = kill_at(&s, at, Strike::AfterWrite).await;
-        let done: Vec<&str> = STEPS.iter().take(at.saturating_sub(1)).copied().collect();
+        let done: Vec<&str> = RECORDED
+            .iter()
+            .take(at.saturating_sub(1))
+            .copied()
+            .collect();
         let mut left_steps: Vec<&str> = k.left.steps.keys().map(String::as_str).collect();
-        left_steps.sort_by_key(|name| STEPS.iter().position(|s| s == name));
+        left_steps.sort_by_key(|name| RECORDED.iter().position(|s| s == name));
         assert_eq!(left_steps, done, "commit {at}");
 
         if at == FINAL_COMMIT {
@@ -664,21 +686,197 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
 #[tokio::test]
 async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_commit_or_machine() {
     let s = Services::start().await;
-    // Commit 3 would record `repository`, 6 `deploy`, 7 the end (after the sandbox was
+    // Commit 3 would record `repository`, 8 `deploy`, 9 the end (after the sandbox was
     // released, the ledger and the project written).
-    for at in [3, 6, FINAL_COMMIT] {
+    for at in [3, 8, FINAL_COMMIT] {
         let k = kill_at(&s, at, Strike::BeforeWrite).await;
         assert_eq!(k.left.phase, Phase::Finalizing);
-        assert_eq!(k.left.steps.len(), (at - 2).min(STEPS.len()), "commit {at}");
+        assert_eq!(
+            k.left.steps.len(),
+            (at - 2).min(RECORDED.len()),
+            "commit {at}"
+        );
         assert_eq!(k.redelivery, succeeded(), "commit {at}");
         if at == 3 {
             // Pushed again: the tree is already there, so no new commit.
             assert_eq!(step(&k.after, "repository")["committed"], false);
         }
-        if at == 6 {
+        if at == 8 {
             assert!(k.fly_requests > 0, "deployed again");
         }
         assert_finished_once(&s, &k).await;
         assert_no_database_secrets(&k.after);
     }
+}
+
+// Deadlines: Lambda's timeout, scaled down (a 6 s invocation, a 0.5 s margin).
+
+/// `npm install` and `npm run build` take about 2.5 s each (a `postinstall` and a build
+/// script that sleep), so the steps up to the end of the build do not fit in one 6 s
+/// invocation: each invocation returns before its deadline, the next continues after the
+/// last recorded sub-step, and the request succeeds.
+#[tokio::test]
+async fn a_build_longer_than_one_invocation_continues_in_the_next_and_the_request_succeeds() {
+    let s = Services::start().await;
+    let project = s.project();
+    let mut files = v1();
+    let package = String::from_utf8(files["package.json"].clone()).unwrap();
+    let slow = package.replace(
+        r#""build": "node scripts/build.mjs","#,
+        r#""postinstall": "sleep 2", "build": "sleep 2.5 && node scripts/build.mjs","#,
+    );
+    assert_ne!(slow, package);
+    files.insert("package.json".into(), slow.into_bytes());
+    let mut parts = s.parts();
+    parts.settings.safety_margin = std::time::Duration::from_millis(500);
+    let rec = s
+        .finished_request(parts.store.as_ref(), &project, &files)
+        .await;
+    let finalizer = s.finalizer(parts);
+    let body = json!({"kind": "finalize", "request_id": rec.id}).to_string();
+    let timeout = std::time::Duration::from_secs(6);
+
+    let mut invocations = Vec::new();
+    loop {
+        assert!(
+            invocations.len() < 6,
+            "not done in 6 invocations: {invocations:?}"
+        );
+        let started = std::time::Instant::now();
+        let done = finalizer
+            .handle_until(&body, "finalizer-1", Some(started + timeout))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let after = load(s.store.as_ref(), &rec).await;
+        invocations.push((took, after.steps.keys().cloned().collect::<Vec<_>>()));
+        assert!(
+            took < timeout,
+            "invocation {} outran its deadline ({took:?}): {invocations:?}",
+            invocations.len()
+        );
+        if done != FinalizeDone::Continue {
+            assert_eq!(
+                done,
+                succeeded(),
+                "{:?}\n{:?}",
+                after.failure,
+                after.activity
+            );
+            break;
+        }
+    }
+    println!("{invocations:?}");
+    assert!(invocations.len() >= 2, "{invocations:?}");
+    let rec = load(s.store.as_ref(), &rec).await;
+    for sub in ["build:install", "build:compile", "build", "deploy"] {
+        step(&rec, sub);
+    }
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.contains("continues in the next invocation")),
+        "{:?}",
+        rec.activity
+    );
+    assert_healthy(&s, &project).await;
+}
+
+// Outages: the deploy target (Fly's Machines API) refuses connections (nothing listens on
+// its port) for longer than the deploy step's own attempts last.
+
+/// The deployer on the fake Fly, but at `port` (a reserved one: down until something
+/// listens there); returns it with the fake's real API address.
+fn fly_at(s: &Services, port: std::net::SocketAddr) -> (Arc<FlyDeployer>, String) {
+    let mut config = s.fly_config();
+    // `http://127.0.0.1:PORT/v1`: the forwarder keeps the path.
+    let real = config.api_base.trim_end_matches("/v1").to_owned();
+    config.api_base = format!("http://{port}/v1");
+    (Arc::new(FlyDeployer::new(config).unwrap()), real)
+}
+
+#[tokio::test]
+async fn a_deploy_target_down_for_a_while_is_waited_out_and_the_request_succeeds() {
+    let s = Services::start().await;
+    let project = s.project();
+    let port = tb_tests::slow_http::reserve_port();
+    let mut parts = s.parts();
+    let (deployer, real) = fly_at(&s, port);
+    parts.deployer = deployer;
+    parts.settings.outage_retry = std::time::Duration::from_secs(60);
+    let back = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        tb_tests::slow_http::SlowHttp::start_on(port, &real, std::time::Duration::ZERO).await
+    });
+
+    let rec = finalize_ok(&s, parts, &project, &v1()).await;
+
+    println!("{:#?}", rec.activity);
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("waiting for the deploy target: ")
+                && l.contains("; attempt 1, next in")),
+        "{:?}",
+        rec.activity
+    );
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("the deploy target is back after")),
+        "{:?}",
+        rec.activity
+    );
+    assert!(rec.outage.is_none());
+    let _forwarder = back.await.unwrap();
+    assert_healthy(&s, &project).await;
+}
+
+#[tokio::test]
+async fn a_deploy_target_down_for_good_fails_the_request_naming_it_within_the_bound() {
+    let s = Services::start().await;
+    let project = s.project();
+    let mut parts = s.parts();
+    let (deployer, _) = fly_at(&s, tb_tests::slow_http::reserve_port());
+    parts.deployer = deployer;
+    let bound = std::time::Duration::from_secs(3);
+    parts.settings.outage_retry = bound;
+    let store = parts.store.clone();
+    let rec = s.finished_request(store.as_ref(), &project, &v1()).await;
+    let finalizer = s.finalizer(parts);
+
+    let started = std::time::Instant::now();
+    let done = finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
+    let took = started.elapsed();
+
+    let FinalizeDone::Finished {
+        phase: Phase::Failed,
+        failure: Some(failure),
+    } = &done
+    else {
+        panic!("a failed request expected: {done:?}");
+    };
+    assert_eq!(failure.step, "deploy");
+    assert!(
+        failure
+            .reason
+            .starts_with("the deploy target was unreachable for"),
+        "{}",
+        failure.reason
+    );
+    let stored = load(store.as_ref(), &rec).await;
+    assert!(
+        stored
+            .activity
+            .iter()
+            .any(|l| l.starts_with("waiting for the deploy target: ")),
+        "{:?}",
+        stored.activity
+    );
+    // The steps before the deploy, the bound, and one last round of the step's attempts.
+    println!("{took:?}");
+    assert!(
+        took < bound + std::time::Duration::from_secs(20),
+        "{took:?}"
+    );
 }

@@ -54,12 +54,17 @@ async fn main() -> Result<(), Error> {
         // Callbacks are signed with TB_CALLBACK_SECRET; without one, none are sent.
         notifier: var("TB_CALLBACK_SECRET")
             .map(|s| Arc::new(HttpNotifier::new(s, false)) as Arc<dyn Notifier>),
-        settings: FinalizerSettings::standard(),
+        settings: FinalizerSettings::from_env(var)?,
     });
+    // Where a finalization that outlasts one invocation continues.
+    let queue = Arc::new(aws.queue(&clients));
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let finalizer = finalizer.clone();
+        let (finalizer, queue) = (finalizer.clone(), queue.clone());
         async move {
-            Ok::<_, Error>(finalizer::handle_batch(&finalizer, event.payload, &event.context).await)
+            Ok::<_, Error>(
+                finalizer::handle_batch(&finalizer, queue.as_ref(), event.payload, &event.context)
+                    .await,
+            )
         }
     }))
     .await

@@ -49,6 +49,9 @@ pub struct Settings {
     /// `TB_ALLOW_UNISOLATED_COMMANDS`: `serve` starts even where commands cannot be
     /// isolated.
     pub allow_unisolated: bool,
+    /// How long an outage of the model, the sandbox or a finalizer step's service is waited
+    /// out (`TB_OUTAGE_RETRY_SECS`).
+    pub outage_retry: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -89,6 +92,7 @@ impl Settings {
                 isolation.probe().map(|()| isolation)
             },
             allow_unisolated: flag(var, "TB_ALLOW_UNISOLATED_COMMANDS")?,
+            outage_retry: tb_pipeline::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")?,
         })
     }
 }
@@ -237,7 +241,13 @@ impl App {
             dev_databases,
             prices: settings.prices.clone(),
             agent: settings.agent.clone(),
-            slices: tb_local::dispatch::local_slice_settings(),
+            slices: {
+                let mut s = tb_local::dispatch::local_slice_settings();
+                if let Some(d) = settings.outage_retry {
+                    s.outage_retry = d;
+                }
+                s
+            },
             // Local mode: callbacks to this machine are the point.
             allow_private_callbacks: true,
         });
@@ -261,7 +271,13 @@ impl App {
                 callback_secret(settings, dir)?,
                 true,
             ))),
-            settings: tb_local::dispatch::local_finalizer_settings(),
+            settings: {
+                let mut s = tb_local::dispatch::local_finalizer_settings();
+                if let Some(d) = settings.outage_retry {
+                    s.outage_retry = d;
+                }
+                s
+            },
         });
         let dispatcher = match (run, settings.workers) {
             (false, _) => None,

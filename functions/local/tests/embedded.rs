@@ -174,3 +174,50 @@ fn a_model_with_no_price_stops_start_up_naming_the_setting() {
         "{stderr}"
     );
 }
+
+/// The model's endpoint refuses every connection (nothing listens on its port): the wait
+/// shows in the progress, then `run` names the model and the cause and exits non-zero,
+/// within the outage bound (`TB_OUTAGE_RETRY_SECS`) and the model client's last attempt.
+#[test]
+fn a_model_that_stays_down_ends_the_run_failed_naming_it_within_the_bound() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let mut child = turbobackend(data.path(), &["run", "--output", "json"])
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("ANTHROPIC_BASE_URL", format!("http://127.0.0.1:{port}"))
+        .env("TB_OUTAGE_RETRY_SECS", "8")
+        .spawn()
+        .unwrap();
+    let events = events(&mut child, |_| false);
+    let status = child.wait().unwrap();
+    let took = started.elapsed();
+
+    assert!(!status.success(), "{events:#?}");
+    assert!(took < std::time::Duration::from_secs(25), "{took:?}");
+    let lines: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "activity")
+        .filter_map(|e| e["line"].as_str())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("waiting for the model: connection refused; attempt 1, next in")),
+        "{lines:#?}"
+    );
+    let done = &events
+        .iter()
+        .find(|e| e["event"] == "done")
+        .expect("a done event")["status"];
+    assert_eq!(done["phase"], "failed");
+    let reason = done["error"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the model was unreachable for") && reason.contains("Connection refused"),
+        "{reason}"
+    );
+}

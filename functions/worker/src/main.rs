@@ -41,7 +41,7 @@ async fn main() -> Result<(), Error> {
         dev_databases: None,
         prices,
         agent: tb_core::settings::agent_config(var)?,
-        slices: SliceSettings::standard(),
+        slices: SliceSettings::from_env(var)?,
         allow_private_callbacks: false,
     });
     run(service_fn(move |event| {

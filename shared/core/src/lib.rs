@@ -12,6 +12,7 @@
 //! [`agent::AgentState`], so a worker can stop after any iteration and another can resume.
 
 pub mod agent;
+pub mod backoff;
 pub mod conversation;
 pub mod domain;
 pub mod ids;

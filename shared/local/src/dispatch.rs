@@ -75,11 +75,7 @@ impl DispatchSettings {
     /// The backoff after failed attempt number `attempt` (1-based): between half and all of
     /// `base_backoff * 2^(attempt - 1)`, at most `max_backoff`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base_backoff
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
-            .min(self.max_backoff);
-        ceiling.mul_f64(rand::random_range(0.5..=1.0))
+        tb_core::backoff::Backoff::new(self.base_backoff, self.max_backoff).equal_jitter(attempt)
     }
 }
 
@@ -271,6 +267,8 @@ async fn handle_finalize(
                 tracing::debug!(why, "stale finalize message");
                 return;
             }
+            // Not with `handle`'s missing deadline; a new invocation continues at once.
+            Ok(FinalizeDone::Continue) => attempt -= 1,
             Err(FinalizeError::Poison(reason)) => {
                 return dead_letter(&pipeline, &body, &reason).await;
             }

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use reqwest::header::HeaderMap;
+use tb_core::backoff::Backoff;
 
 /// The longest wait a server's `retry-after` header can impose.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -47,18 +47,20 @@ impl RetryPolicy {
     /// The wait after failed attempt number `attempt` (1-based): a uniformly random
     /// duration between zero and `min(max_delay, base_delay * 2^(attempt-1))`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(0..=ceiling_ms))
+        self.schedule().full_jitter(attempt)
     }
 
     pub(crate) fn attempts(&self) -> u32 {
         self.max_attempts.max(1)
     }
 
+    fn schedule(&self) -> Backoff {
+        Backoff::new(self.base_delay, self.max_delay)
+    }
+
+    #[cfg(test)]
     fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.base_delay.saturating_mul(factor).min(self.max_delay)
+        self.schedule().ceiling(attempt)
     }
 }
 
@@ -79,22 +81,11 @@ pub(crate) fn should_retry_header(headers: &HeaderMap) -> Option<bool> {
 /// The wait the server asked for (`retry-after-ms` first, then `retry-after` in seconds),
 /// capped at [`MAX_RETRY_AFTER`]. HTTP-date values are ignored (backoff applies).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let ms = header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok());
-    let wait = match ms {
-        Some(ms) => seconds(ms / 1000.0)?,
-        None => seconds(
-            header_str(headers, "retry-after")?
-                .trim()
-                .parse::<f64>()
-                .ok()?,
-        )?,
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
-}
-
-fn seconds(s: f64) -> Option<Duration> {
-    (s.is_finite() && s >= 0.0)
-        .then(|| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())))
+    tb_core::backoff::retry_after(
+        header_str(headers, "retry-after-ms"),
+        header_str(headers, "retry-after"),
+        MAX_RETRY_AFTER,
+    )
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

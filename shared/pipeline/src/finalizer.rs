@@ -9,10 +9,18 @@
 //! phase). A request whose agent did not finish gets only its archive and the cleanup.
 //! Transient failures are retried with exponential backoff and jitter; after the retry
 //! budget, or at once for permanent ones, the request fails naming the step and the cause.
+//!
+//! Deadlines ([`Finalizer::handle_until`]): no step runs past the invocation's deadline
+//! less [`FinalizerSettings::safety_margin`] (at most half the time left). The build is checkpointed: `npm install` and
+//! `npm run build` are sub-steps recorded as `build:install` and `build:compile` when
+//! done, so a build longer than one invocation continues in the next. A step (or sub-step)
+//! the deadline cuts is redone from its start in the next invocation
+//! ([`FinalizeDone::Continue`]: the host delivers the message again); one cut although it
+//! was the first work of its invocation can never fit, and fails the request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tb_core::agent::{Outcome, now_ms};
@@ -40,6 +48,13 @@ pub struct FinalizerSettings {
     pub build_timeout: Duration,
     /// Longer than the finalizer's function timeout.
     pub lease: Duration,
+    /// Kept back before an invocation's deadline for the commit and the hand-over
+    /// (`TB_INVOCATION_MARGIN_SECS`).
+    pub safety_margin: Duration,
+    /// How long a service a step needs (the deploy target, the code host, …) is waited out
+    /// once the step's own attempts are used up, before the request fails naming it
+    /// (`TB_OUTAGE_RETRY_SECS`).
+    pub outage_retry: Duration,
 }
 
 impl FinalizerSettings {
@@ -50,9 +65,36 @@ impl FinalizerSettings {
             max_delay: Duration::from_secs(20),
             build_timeout: Duration::from_secs(600),
             lease: Duration::from_secs(960),
+            safety_margin: Duration::from_secs(60),
+            outage_retry: Duration::from_secs(600),
         }
     }
+
+    /// The standard settings with `TB_INVOCATION_MARGIN_SECS` and `TB_OUTAGE_RETRY_SECS`
+    /// read through `var`.
+    pub fn from_env(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, tb_core::settings::SettingError> {
+        let mut s = FinalizerSettings::standard();
+        if let Some(m) = crate::pipeline::seconds(&var, "TB_INVOCATION_MARGIN_SECS")? {
+            s.safety_margin = m;
+        }
+        if let Some(b) = crate::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
+            s.outage_retry = b;
+        }
+        Ok(s)
+    }
 }
+
+/// The build's sub-steps: (recorded as, what, command).
+const BUILD_STEPS: [(&str, &str, &str); 2] = [
+    (
+        "build:install",
+        "npm install",
+        "npm ci --no-audit --no-fund || npm install --no-audit --no-fund",
+    ),
+    ("build:compile", "npm run build", "npm run build"),
+];
 
 pub struct Finalizer {
     pub store: Arc<dyn StateStore>,
@@ -75,6 +117,9 @@ pub enum FinalizeDone {
         failure: Option<Failure>,
     },
     Stale(&'static str),
+    /// The invocation's time ran out; what was done is recorded. Deliver the same message
+    /// again (at once) to continue.
+    Continue,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +136,12 @@ impl From<PortError> for FinalizeError {
     }
 }
 
-/// A step's failure: retry it, or give up.
+/// A step's failure: retry it, or give up; or the invocation's time ran out.
 #[derive(Debug)]
 enum StepError {
     Transient(String),
     Permanent(String),
+    OutOfTime,
 }
 
 impl From<PortError> for StepError {
@@ -117,7 +163,20 @@ impl From<SandboxError> for StepError {
 }
 
 impl Finalizer {
+    /// [`Finalizer::handle_until`] with no deadline (hosts whose invocations have none).
     pub async fn handle(&self, body: &str, worker_id: &str) -> Result<FinalizeDone, FinalizeError> {
+        self.handle_until(body, worker_id, None).await
+    }
+
+    /// Handles one finalize message within an invocation that must have returned by
+    /// `deadline` (see the module documentation).
+    pub async fn handle_until(
+        &self,
+        body: &str,
+        worker_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<FinalizeDone, FinalizeError> {
+        let hard = deadline.map(|d| crate::worker::hard_deadline(d, self.settings.safety_margin));
         let msg: FinalizeMessage = serde_json::from_str(body)
             .map_err(|e| FinalizeError::Poison(format!("malformed finalize message: {e}")))?;
         let FinalizeMessage::Finalize { request_id } = msg;
@@ -152,13 +211,15 @@ impl Finalizer {
 
         let agent_finished = rec.agent.outcome.as_ref().is_some_and(Outcome::is_success);
         let plan: &[&str] = if agent_finished { &STEPS } else { &STEPS[..1] };
+        // Steps and sub-steps recorded before this invocation.
+        let recorded = rec.steps.len();
         for step in plan {
             if rec.steps.contains_key(*step) {
                 continue;
             }
             tracing::info!(request_id = %rec.id, step, "finalizer step");
             let started = std::time::Instant::now();
-            match self.run_with_retries(step, &rec).await {
+            match self.run_with_retries(step, &mut rec, worker_id, hard).await {
                 Ok(mut result) => {
                     let ms = started.elapsed().as_millis() as u64;
                     if let Value::Object(map) = &mut result {
@@ -174,7 +235,26 @@ impl Finalizer {
                     rec.lease = Some(self.lease(worker_id));
                     self.save(&mut rec).await?;
                 }
-                Err(reason) => {
+                // Progress was recorded (a step, a sub-step, an outage being waited out).
+                Err(StepError::OutOfTime) if rec.steps.len() > recorded || rec.outage.is_some() => {
+                    rec.lease = None;
+                    rec.push_activity(format!("{step}: continues in the next invocation"));
+                    self.save(&mut rec).await?;
+                    tracing::info!(request_id = %rec.id, step, "the invocation's time ran out; continuing in the next");
+                    return Ok(FinalizeDone::Continue);
+                }
+                Err(e) => {
+                    let reason = match e {
+                        StepError::OutOfTime => {
+                            let secs = hard
+                                .map(|h| h.saturating_duration_since(started).as_secs())
+                                .unwrap_or(0);
+                            format!(
+                                "it takes longer than one invocation of the finalizer allows ({secs} s)"
+                            )
+                        }
+                        StepError::Transient(m) | StepError::Permanent(m) => m,
+                    };
                     tracing::warn!(request_id = %rec.id, step, "finalizer step failed: {reason}");
                     rec.failure = Some(Failure {
                         step: step.to_string(),
@@ -194,24 +274,56 @@ impl Finalizer {
         })
     }
 
-    async fn run_with_retries(&self, step: &str, rec: &RequestRecord) -> Result<Value, String> {
+    /// Runs `step`, retrying transient failures; `Err` is `Permanent` (with the reason to
+    /// fail with) or `OutOfTime`.
+    async fn run_with_retries(
+        &self,
+        step: &str,
+        rec: &mut RequestRecord,
+        worker_id: &str,
+        hard: Option<Instant>,
+    ) -> Result<Value, StepError> {
         let s = &self.settings;
+        let backoff = tb_core::backoff::Backoff::new(s.base_delay, s.max_delay);
         let mut attempt = 0;
+        let mut began_ms = now_ms();
         loop {
             attempt += 1;
-            match self.run_step(step, rec).await {
-                Ok(v) => return Ok(v),
-                Err(StepError::Permanent(m)) => return Err(m),
+            // The build bounds its own commands by `hard` (dropping a running command would
+            // leave it running); every other step is cut off there.
+            let result = match hard {
+                Some(h) if step != "build" => {
+                    tokio::time::timeout_at(h.into(), self.run_step(step, rec, worker_id, hard))
+                        .await
+                        .unwrap_or(Err(StepError::OutOfTime))
+                }
+                _ => self.run_step(step, rec, worker_id, hard).await,
+            };
+            match result {
+                Ok(v) => {
+                    rec.outage_over();
+                    return Ok(v);
+                }
+                // The step's attempts are used up: an outage, waited out up to its bound.
                 Err(StepError::Transient(m)) if attempt >= s.attempts => {
-                    return Err(format!("{m} (gave up after {attempt} attempts)"));
+                    let cause = format!("{m} (after {attempt} attempts)");
+                    let wait = rec
+                        .note_outage(service_of(step), &cause, began_ms, s.outage_retry)
+                        .map_err(StepError::Permanent)?;
+                    rec.lease = Some(self.lease(worker_id));
+                    self.save(rec).await?;
+                    if hard.is_some_and(|h| Instant::now() + wait >= h) {
+                        return Err(StepError::OutOfTime);
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt = 0;
+                    began_ms = now_ms();
                 }
                 Err(StepError::Transient(m)) => {
-                    let ceiling = s
-                        .base_delay
-                        .saturating_mul(1 << (attempt - 1).min(16))
-                        .min(s.max_delay);
-                    let jitter = u64::from_str_radix(&tb_core::ids::random_hex(4), 16).unwrap_or(0);
-                    let wait = Duration::from_millis(jitter % (ceiling.as_millis() as u64 + 1));
+                    let wait = backoff.full_jitter(attempt);
+                    if hard.is_some_and(|h| Instant::now() + wait >= h) {
+                        return Err(StepError::OutOfTime);
+                    }
                     tracing::info!(
                         step,
                         attempt,
@@ -219,11 +331,18 @@ impl Finalizer {
                     );
                     tokio::time::sleep(wait).await;
                 }
+                Err(e) => return Err(e),
             }
         }
     }
 
-    async fn run_step(&self, step: &str, rec: &RequestRecord) -> Result<Value, StepError> {
+    async fn run_step(
+        &self,
+        step: &str,
+        rec: &mut RequestRecord,
+        worker_id: &str,
+        hard: Option<Instant>,
+    ) -> Result<Value, StepError> {
         let source_key = format!("projects/{}/requests/{}/source.tar.gz", rec.project, rec.id);
         match step {
             "archive" => {
@@ -288,19 +407,31 @@ impl Finalizer {
                     Err(e) => return Err(e.into()),
                     Ok(_) => {}
                 }
-                let t = self.settings.build_timeout;
-                let install = sandbox
-                    .exec(
-                        "npm ci --no-audit --no-fund || npm install --no-audit --no-fund",
-                        t,
-                    )
-                    .await?;
-                check(&install, "npm install")?;
-                let build = sandbox.exec("npm run build", t).await?;
-                check(&build, "npm run build")?;
+                for (name, what, command) in BUILD_STEPS {
+                    if rec.steps.contains_key(name) {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let (t, cut) = bounded(self.settings.build_timeout, hard)?;
+                    let out = sandbox.exec(command, t).await?;
+                    if out.timed_out && cut {
+                        return Err(StepError::OutOfTime);
+                    }
+                    check(&out, what)?;
+                    let ms = started.elapsed().as_millis() as u64;
+                    rec.steps
+                        .insert(name.to_string(), json!({ "duration_ms": ms }));
+                    rec.push_activity(format!("{what}: done in {:.1} s", ms as f64 / 1000.0));
+                    rec.lease = Some(self.lease(worker_id));
+                    self.save(rec).await?;
+                }
+                let (t, cut) = bounded(Duration::from_secs(120), hard)?;
                 let pack = sandbox
-                    .exec("set -o pipefail; test -f .output/server/index.mjs && mkdir -p .turbobackend && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - .output | gzip -n > .turbobackend/artifact.tar.gz", Duration::from_secs(120))
+                    .exec("set -o pipefail; test -f .output/server/index.mjs && mkdir -p .turbobackend && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - .output | gzip -n > .turbobackend/artifact.tar.gz", t)
                     .await?;
+                if pack.timed_out && cut {
+                    return Err(StepError::OutOfTime);
+                }
                 if pack.exit_code != Some(0) {
                     return Err(StepError::Permanent(
                         "the build did not produce .output/server/index.mjs".into(),
@@ -505,6 +636,31 @@ impl Finalizer {
     async fn save(&self, rec: &mut RequestRecord) -> Result<(), PortError> {
         crate::ports::save_next(self.store.as_ref(), rec, Appended::default()).await
     }
+}
+
+/// What a step needs from outside, for outage messages.
+fn service_of(step: &str) -> &'static str {
+    match step {
+        "archive" => "the archive",
+        "repository" => "the code host",
+        "database" => "the database cluster",
+        "build" => "the sandbox provider",
+        "deploy" => "the deploy target",
+        _ => "a service",
+    }
+}
+
+/// `timeout`, or less when less is left before `hard` (then `true`); `OutOfTime` when
+/// nothing is left.
+fn bounded(timeout: Duration, hard: Option<Instant>) -> Result<(Duration, bool), StepError> {
+    let Some(hard) = hard else {
+        return Ok((timeout, false));
+    };
+    let left = hard.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(StepError::OutOfTime);
+    }
+    Ok((timeout.min(left), left < timeout))
 }
 
 fn check(out: &tb_core::sandbox::ExecOutput, what: &str) -> Result<(), StepError> {

@@ -8,6 +8,7 @@ use tb_core::model::Model;
 use tb_core::ports::DevDatabases;
 use tb_core::pricing::PriceTable;
 use tb_core::sandbox::SandboxProvider;
+use tb_core::settings::SettingError;
 
 use crate::ports::{Queue, StateStore};
 
@@ -25,6 +26,9 @@ pub struct SliceSettings {
     pub stall_after: Duration,
     /// The sweeper deletes sandboxes older than this that no live request owns.
     pub sandbox_max_age: Duration,
+    /// How long an outage of the model or the sandbox provider is waited out (with growing
+    /// waits between attempts) before the request fails naming it (`TB_OUTAGE_RETRY_SECS`).
+    pub outage_retry: Duration,
 }
 
 impl SliceSettings {
@@ -35,7 +39,38 @@ impl SliceSettings {
             safety_margin: Duration::from_secs(60),
             stall_after: Duration::from_secs(420),
             sandbox_max_age: Duration::from_secs(6 * 3600),
+            outage_retry: Duration::from_secs(600),
         }
+    }
+
+    /// The standard settings with `TB_OUTAGE_RETRY_SECS` and `TB_INVOCATION_MARGIN_SECS`
+    /// (the safety margin; decimals allowed) read through `var`.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
+        let mut s = SliceSettings::standard();
+        if let Some(secs) = seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
+            s.outage_retry = secs;
+        }
+        if let Some(secs) = seconds(&var, "TB_INVOCATION_MARGIN_SECS")? {
+            s.safety_margin = secs;
+        }
+        Ok(s)
+    }
+}
+
+/// A duration setting in seconds (decimals allowed), `None` when unset.
+pub fn seconds(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<Duration>, SettingError> {
+    let Some(v) = var(name).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<f64>() {
+        Ok(s) if (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(SettingError {
+            name,
+            problem: format!("`{v}` is not a number of seconds"),
+        }),
     }
 }
 

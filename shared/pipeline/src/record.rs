@@ -4,10 +4,12 @@
 //! and model calls are stored as separate append-only items.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tb_core::agent::{AgentState, Outcome, StuckState};
+use tb_core::backoff::Backoff;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::{Message, MicroUsd, ModelCall, TokenUsage};
 
@@ -38,6 +40,9 @@ pub struct RequestRecord {
     /// Finalizer step name → its recorded result (a step with a result is not run again).
     pub steps: BTreeMap<String, Value>,
     pub failure: Option<Failure>,
+    /// A service the agent needs is unreachable and the worker is waiting it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<Outage>,
     pub activity: Vec<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
@@ -55,6 +60,53 @@ pub struct Failure {
     /// Where it failed: `agent`, `queue`, or a finalizer step.
     pub step: String,
     pub reason: String,
+}
+
+/// An outage the worker is waiting out: retried with growing waits until
+/// `SliceSettings::outage_retry` after `since_ms`, then the request fails naming it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    /// What is unreachable: `the model`, `the sandbox provider`.
+    pub service: String,
+    /// The last error seen.
+    pub cause: String,
+    /// Failed attempts so far (slices that hit it).
+    pub attempts: u32,
+    pub since_ms: u64,
+    /// When the next attempt is due (the sweeper leaves the request alone until then).
+    pub retry_at_ms: u64,
+}
+
+/// The waits between attempts during an outage bounded by `bound`: from `bound / 40` (at
+/// most 5 s) doubling up to `bound / 4` (at most 5 minutes; SQS delays a message 15
+/// minutes at most).
+pub fn outage_backoff(bound: Duration) -> Backoff {
+    Backoff::new(
+        (bound / 40).min(Duration::from_secs(5)),
+        (bound / 4).min(Duration::from_secs(300)),
+    )
+}
+
+/// The gist of an error for an activity line: the innermost cause of a connection failure
+/// (`connection refused`), else the message cut to 160 characters.
+fn short_cause(cause: &str) -> String {
+    let lower = cause.to_lowercase();
+    for gist in [
+        "connection refused",
+        "connection reset",
+        "timed out",
+        "dns error",
+    ] {
+        if lower.contains(gist) {
+            return gist.into();
+        }
+    }
+    let cut: String = cause.chars().take(160).collect();
+    if cut.len() < cause.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
 }
 
 /// [`AgentState`] without its messages and calls, plus their counts.
@@ -132,6 +184,7 @@ impl RequestRecord {
             holds_slot: false,
             steps: BTreeMap::new(),
             failure: None,
+            outage: None,
             activity: Vec::new(),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
@@ -143,6 +196,66 @@ impl RequestRecord {
         self.activity.push(line);
         let excess = self.activity.len().saturating_sub(ACTIVITY_LINES);
         self.activity.drain(..excess);
+    }
+
+    /// Records that `service` failed with `cause` (after its client's own retries) in an
+    /// attempt that began at `began_ms`: `Ok` with the wait before the next attempt, said in
+    /// the activity; or, once the outage has lasted `bound`, `Err` with the reason the
+    /// request fails.
+    pub fn note_outage(
+        &mut self,
+        service: &str,
+        cause: &str,
+        began_ms: u64,
+        bound: Duration,
+    ) -> Result<Duration, String> {
+        let now = tb_core::agent::now_ms();
+        let mut outage = self.outage.take().unwrap_or(Outage {
+            service: service.into(),
+            cause: String::new(),
+            attempts: 0,
+            since_ms: began_ms,
+            retry_at_ms: now,
+        });
+        outage.service = service.into();
+        outage.cause = cause.into();
+        outage.attempts += 1;
+        let lasted = Duration::from_millis(now.saturating_sub(outage.since_ms));
+        tracing::warn!(request_id = %self.id, attempts = outage.attempts, lasted_secs = lasted.as_secs(), "{service} unavailable: {cause}");
+        if lasted >= bound {
+            let reason = format!(
+                "{service} was unreachable for {} s ({} {}): {cause}",
+                lasted.as_secs(),
+                outage.attempts,
+                if outage.attempts == 1 {
+                    "attempt"
+                } else {
+                    "attempts"
+                }
+            );
+            self.push_activity(format!("giving up: {reason}"));
+            return Err(reason);
+        }
+        let delay = outage_backoff(bound)
+            .equal_jitter(outage.attempts)
+            .min(bound - lasted);
+        outage.retry_at_ms = now + delay.as_millis() as u64;
+        self.push_activity(format!(
+            "waiting for {service}: {}; attempt {}, next in {} s",
+            short_cause(cause),
+            outage.attempts,
+            delay.as_secs_f64().ceil()
+        ));
+        self.outage = Some(outage);
+        Ok(delay)
+    }
+
+    /// Ends the outage being waited out, if any, saying so in the activity.
+    pub fn outage_over(&mut self) {
+        if let Some(outage) = self.outage.take() {
+            let secs = tb_core::agent::now_ms().saturating_sub(outage.since_ms) / 1000;
+            self.push_activity(format!("{} is back after {secs} s", outage.service));
+        }
     }
 
     /// Whether another worker holds a live lease.

@@ -33,7 +33,9 @@ impl Pipeline {
             Ok(active) => {
                 for r in active {
                     let claimed = r.lease.as_ref().is_some_and(|l| l.until_ms > now);
-                    if claimed || now.saturating_sub(r.updated_at_ms) < stall {
+                    // Waiting out an outage: its delayed continuation is on the queue.
+                    let waiting = r.outage.as_ref().map_or(0, |o| o.retry_at_ms);
+                    if claimed || now.saturating_sub(r.updated_at_ms.max(waiting)) < stall {
                         continue;
                     }
                     let sent = match r.phase {

@@ -216,16 +216,46 @@ impl Pipeline {
         if rec.cancel_requested && state.outcome.is_none() {
             state.outcome = Some(Outcome::Cancelled);
         }
+        // Every wait of this invocation ends by `hard`; the margin after it is for the
+        // commit and the hand-over.
+        let hard = hard_deadline(inv.deadline, self.slices.safety_margin);
+        // Set when an outage is being waited out: the continuation is delayed this long.
+        let mut wait = None;
+        // During an outage no attempt outlasts its bound: it ends the request by then.
+        let began_ms = now_ms();
+        let limit = match &rec.outage {
+            Some(o) => {
+                let end_ms = o.since_ms + self.slices.outage_retry.as_millis() as u64;
+                hard.min(Instant::now() + Duration::from_millis(end_ms.saturating_sub(began_ms)))
+            }
+            None => hard,
+        };
+        let ongoing = |rec: &RequestRecord| rec.outage.as_ref().map(|o| o.cause.clone());
         let sandbox = if state.outcome.is_none() {
-            match self.sandbox_for(&mut rec).await {
+            let unavailable =
+                match tokio::time::timeout_at(limit.into(), self.sandbox_for(&mut rec)).await {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) if e.is_model_fault() => {
+                        state.outcome = Some(Outcome::Failed {
+                            reason: format!("sandbox: {e}"),
+                        });
+                        Err(None)
+                    }
+                    Ok(Err(e)) => Err(Some(e.to_string())),
+                    Err(_) => Err(Some(ongoing(&rec).unwrap_or_else(|| {
+                        "no sandbox before the invocation's time ran out".to_string()
+                    }))),
+                };
+            match unavailable {
                 Ok(s) => Some(s),
-                Err(e) if e.is_model_fault() => {
-                    state.outcome = Some(Outcome::Failed {
-                        reason: format!("sandbox: {e}"),
-                    });
+                Err(None) => None,
+                Err(Some(cause)) => {
+                    match self.note_outage(&mut rec, "the sandbox provider", &cause, began_ms) {
+                        Ok(delay) => wait = Some(delay),
+                        Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
+                    }
                     None
                 }
-                Err(e) => return Err(self.release(rec, e.to_string()).await),
             }
         } else {
             None
@@ -246,33 +276,70 @@ impl Pipeline {
                 config: &self.agent,
                 cancel: CancelFlag::default(),
             };
+            // How long an iteration takes: the longest seen in this invocation, at first the
+            // last model call's. One that would not finish by `hard` is left to the next
+            // invocation (the first of an invocation is always tried: none will have longer).
+            let mut estimate = state
+                .calls
+                .last()
+                .map(|c| Duration::from_millis(c.latency_ms))
+                .unwrap_or_default();
             while state.outcome.is_none()
                 && iterations < self.slices.iterations_per_slice
-                && Instant::now() + self.slices.safety_margin < inv.deadline
+                && Instant::now() < hard
+                && (iterations == 0 || Instant::now() + estimate < hard)
             {
                 let (m0, c0) = (state.messages.len(), state.calls.len());
-                match agent
-                    .run(
-                        &mut state,
-                        Slice {
-                            max_iterations: 1,
-                            deadline: None,
-                        },
-                    )
-                    .await
-                {
-                    Ok(_) => {}
+                let started = Instant::now();
+                let slice = Slice {
+                    max_iterations: 1,
+                    deadline: Some(limit),
+                };
+                let unavailable = match agent.run(&mut state, slice).await {
+                    Ok(_) => None,
                     Err(AgentError::Pricing(e)) => {
                         state.outcome = Some(Outcome::Failed {
                             reason: e.to_string(),
-                        })
+                        });
+                        None
                     }
-                    Err(e) => return Err(self.release(rec, e.to_string()).await),
+                    // Abandoned, nothing applied: the next invocation redoes it.
+                    Err(AgentError::OutOfTime) if iterations > 0 && rec.outage.is_none() => {
+                        tracing::info!(request_id = %id, "the invocation's time ran out during a model call; handing over");
+                        break;
+                    }
+                    // The outage's bound came, or even a whole invocation was too short for
+                    // the model's answer.
+                    Err(AgentError::OutOfTime) => Some((
+                        "the model",
+                        ongoing(&rec).unwrap_or_else(|| {
+                            format!(
+                                "no answer within {:.0} s, the time one invocation has",
+                                started.elapsed().as_secs_f64()
+                            )
+                        }),
+                    )),
+                    Err(AgentError::Model(e)) => Some(("the model", e.to_string())),
+                    Err(AgentError::Sandbox(e)) => Some(("the sandbox provider", e.to_string())),
+                };
+                if let Some((service, cause)) = unavailable {
+                    match self.note_outage(&mut rec, service, &cause, began_ms) {
+                        Ok(delay) => {
+                            wait = Some(delay);
+                            break;
+                        }
+                        Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
+                    }
+                } else {
+                    rec.outage_over();
                 }
+                estimate = estimate.max(started.elapsed());
                 iterations += 1;
                 rec.agent = AgentHeader::of(&state);
                 rec.lease = Some(self.lease(&inv.worker_id));
-                rec.push_activity(activity_line(&state));
+                if state.calls.len() > c0 {
+                    rec.push_activity(activity_line(&state));
+                }
                 let appended = Appended {
                     first_index: m0,
                     messages: &state.messages[m0..],
@@ -349,7 +416,11 @@ impl Pipeline {
                 request_id: id.clone(),
                 seq: rec.seq,
             };
-            if let Err(e) = self.queue.send_work(&next, Duration::ZERO).await {
+            if let Err(e) = self
+                .queue
+                .send_work(&next, wait.unwrap_or(Duration::ZERO))
+                .await
+            {
                 tracing::warn!(request_id = %id, "continuation not sent ({e}); the sweeper will re-drive it");
             }
             Ok(WorkDone::Continued {
@@ -405,14 +476,14 @@ impl Pipeline {
         Ok(sandbox)
     }
 
-    /// Gives up the claim after an infrastructure failure, so a redelivery can proceed.
-    async fn release(&self, mut rec: RequestRecord, reason: String) -> WorkError {
-        tracing::warn!(request_id = %rec.id, "slice failed: {reason}");
-        rec.lease = None;
-        if let Err(e) = self.save(&mut rec, Appended::default()).await {
-            tracing::warn!(request_id = %rec.id, "could not release the claim ({e}); it expires on its own");
-        }
-        WorkError::Retry(reason)
+    fn note_outage(
+        &self,
+        rec: &mut RequestRecord,
+        service: &str,
+        cause: &str,
+        began_ms: u64,
+    ) -> Result<Duration, String> {
+        rec.note_outage(service, cause, began_ms, self.slices.outage_retry)
     }
 
     /// Marks a request failed at `step` with `reason` (best effort): for poison messages, and
@@ -438,6 +509,15 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// When the work of an invocation that must have returned by `deadline` must end: `margin`
+/// before it, or half the time left when that is less (a margin as long as the function's
+/// timeout would leave no time at all).
+pub fn hard_deadline(deadline: Instant, margin: Duration) -> Instant {
+    let now = Instant::now();
+    let left = deadline.saturating_duration_since(now);
+    now + left - margin.min(left / 2)
 }
 
 /// One line about the last iteration, for status pages.

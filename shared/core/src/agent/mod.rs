@@ -171,6 +171,11 @@ impl AgentState {
 #[derive(Clone, Copy, Debug)]
 pub struct Slice {
     pub max_iterations: u32,
+    /// When the slice's time is up (the caller keeps its own margin after it): no iteration
+    /// starts at or after it, and no wait inside an iteration outlasts it. A model call
+    /// still running then is abandoned with [`AgentError::OutOfTime`] (nothing of the
+    /// iteration is applied, so it is redone and billed once); a command still running is
+    /// killed and the model is told it ran out of time.
     pub deadline: Option<Instant>,
 }
 
@@ -200,6 +205,10 @@ pub enum AgentError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Pricing(#[from] PricingError),
+    /// The slice's deadline came during the model call: the iteration was abandoned and
+    /// nothing of it applied. Not a failure: hand over and redo it with a fresh deadline.
+    #[error("the slice's time ran out during the model call; the iteration was not applied")]
+    OutOfTime,
 }
 
 /// Cooperative cancellation, checked before every model call and tool call.
@@ -253,7 +262,7 @@ impl Agent<'_> {
             if done >= slice.max_iterations || slice.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(SliceEnd::Paused);
             }
-            let step = self.step(state, &price, &tools).await?;
+            let step = self.step(state, &price, &tools, slice.deadline).await?;
             apply(state, step);
             done += 1;
         }
@@ -288,6 +297,7 @@ impl Agent<'_> {
         state: &AgentState,
         price: &ModelPrice,
         tools: &[ToolSpec],
+        deadline: Option<Instant>,
     ) -> Result<Step, AgentError> {
         let c = self.config;
         let iteration = state.iteration + 1;
@@ -305,7 +315,14 @@ impl Agent<'_> {
             max_tokens: c.max_tokens,
             prompt_caching: c.prompt_caching,
         };
-        let response = match self.model.complete(request).await {
+        let call = self.model.complete(request);
+        let answer = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), call)
+                .await
+                .map_err(|_| AgentError::OutOfTime)?,
+            None => call.await,
+        };
+        let response = match answer {
             Ok(r) => r,
             Err(ModelError::Transient { status, message }) => {
                 return Err(AgentError::Model(ModelError::Transient { status, message }));
@@ -391,6 +408,7 @@ impl Agent<'_> {
             sandbox: self.sandbox,
             db: self.db,
             config: c,
+            deadline,
         };
         for (k, (id, name, input)) in uses.iter().enumerate() {
             let reply = if let Some(why) = cut_off {

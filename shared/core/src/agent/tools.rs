@@ -112,6 +112,8 @@ pub(crate) struct ToolContext<'a> {
     pub sandbox: &'a dyn Sandbox,
     pub db: Option<&'a dyn DevDatabase>,
     pub config: &'a AgentConfig,
+    /// No command runs past it (see [`super::Slice::deadline`]).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Runs one tool call. `call_key` is unique per call within a request (`<iteration>-<k>`).
@@ -232,6 +234,13 @@ async fn run_command(
         ));
     }
     let cfg = ctx.config;
+    // The slice's time left caps the command; a command cut by it is told apart below.
+    let asked = timeout;
+    let left = ctx
+        .deadline
+        .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+    let timeout = left.map_or(asked, |l| asked.min(l));
+    let cut_by_deadline = timeout < asked;
     let script = WorkspacePath::parse(&format!("{OUTPUTS_DIR}/{call_key}.sh"))?;
     let log = format!("{OUTPUTS_DIR}/{call_key}.log");
     ctx.sandbox.write_file(&script, command.as_bytes()).await?;
@@ -253,13 +262,19 @@ async fn run_command(
     let (status, shown) = if out.timed_out {
         // The wrapper died with the command; what the command printed is still in the log.
         let shown = ctx.sandbox.exec(&show, Duration::from_secs(30)).await?;
-        (
+        let status = if cut_by_deadline {
+            format!(
+                "stopped after {}s, when this step's time ran out (each step of the platform runs within a time limit), before its own timeout of {}s; the command and its children were killed. Run it again to give it a fresh step, or run long work in the background (`nohup cmd > out.log 2>&1 &`) and check its log",
+                timeout.as_secs(),
+                asked.as_secs()
+            )
+        } else {
             format!(
                 "timed out after {}s; the command and its children were killed",
                 timeout.as_secs()
-            ),
-            shown.output,
-        )
+            )
+        };
+        (status, shown.output)
     } else {
         match out.output.split_once('\n') {
             Some((first, rest)) if first.starts_with("__TB_EXIT ") => (
