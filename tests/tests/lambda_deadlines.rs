@@ -361,3 +361,56 @@ async fn a_model_down_for_a_while_is_waited_out_and_the_wait_shows_in_the_activi
     drop(back);
     let _ = worker.child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_provider_down_for_the_whole_request_fails_it_naming_the_provider() {
+    let aws = TestAws::new().await;
+    let front = front(&aws);
+    let model = ScriptedServer::start(scenario::task_script()).await;
+    let daytona = FakeDaytona::start(DAYTONA_KEY).await;
+    let down = format!("http://{}/api", reserve_port());
+    let mut worker = Worker::start(
+        &aws,
+        &model.url(),
+        &daytona,
+        Duration::from_secs(30),
+        &[
+            ("TB_OUTAGE_RETRY_SECS", "10"),
+            ("TB_INVOCATION_MARGIN_SECS", "2"),
+            ("DAYTONA_API_URL", &down),
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let id = front
+        .create(scenario::new_request(None))
+        .await
+        .unwrap()
+        .request_id;
+
+    let invocations = drive(&aws, &front, &worker, &id).await;
+
+    let took = started.elapsed();
+    let rec = front.store.load(&id).await.unwrap().unwrap();
+    println!(
+        "{invocations} invocations in {took:?}; activity: {:#?}",
+        rec.activity
+    );
+    let Some(Outcome::Failed { reason }) = &rec.agent.outcome else {
+        panic!("a failed agent expected: {:?}", rec.agent.outcome);
+    };
+    assert!(
+        reason.starts_with("the sandbox provider was unreachable for"),
+        "{reason}"
+    );
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("waiting for the sandbox provider: ")),
+        "{:?}",
+        rec.activity
+    );
+    assert!(took < Duration::from_secs(13), "{took:?}");
+    assert_eq!(model.requests(), 0);
+    let _ = worker.child.kill().await;
+}
