@@ -2,8 +2,9 @@
 //! binary (built with the workspace) started as a process on the local Runtime API
 //! ([`tb_tests::runtime_api`], which kills it at an invocation's deadline, as Lambda does),
 //! the state store and queues on moto, the fake Daytona, and the scripted model behind a
-//! forwarder that makes every answer slow. Scaled down: a model answering in 2 s, a 5 s
-//! function timeout, a 0.5 s margin. Needs `AWS_ENDPOINT_URL` (scripts/test starts moto).
+//! forwarder that makes every answer slow. Scaled down: a model answering in 2 s, a 6 s
+//! function timeout, a 1 s margin (with the old check, which started an iteration whenever
+//! the margin was left, the third iteration of the first invocation is killed). Needs `AWS_ENDPOINT_URL` (scripts/test starts moto).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -206,8 +207,8 @@ async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once(
         &aws,
         &slow.url(),
         &daytona,
-        Duration::from_secs(5),
-        &[("TB_INVOCATION_MARGIN_SECS", "0.5")],
+        Duration::from_secs(6),
+        &[("TB_INVOCATION_MARGIN_SECS", "1")],
     )
     .await;
 
@@ -236,7 +237,7 @@ async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once(
     assert_eq!(rec.agent.iteration, 6);
     assert!(
         invocations >= 3,
-        "2 s calls in 5 s invocations: at most 2 per invocation"
+        "2 s calls in 6 s invocations: at most 2 per invocation"
     );
     let _ = worker.child.kill().await;
 }
@@ -359,5 +360,58 @@ async fn a_model_down_for_a_while_is_waited_out_and_the_wait_shows_in_the_activi
     let (_, calls) = front.store.conversation(&rec).await.unwrap();
     assert_eq!(calls.len(), 4, "each call billed once");
     drop(back);
+    let _ = worker.child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_provider_down_for_the_whole_request_fails_it_naming_the_provider() {
+    let aws = TestAws::new().await;
+    let front = front(&aws);
+    let model = ScriptedServer::start(scenario::task_script()).await;
+    let daytona = FakeDaytona::start(DAYTONA_KEY).await;
+    let down = format!("http://{}/api", reserve_port());
+    let mut worker = Worker::start(
+        &aws,
+        &model.url(),
+        &daytona,
+        Duration::from_secs(30),
+        &[
+            ("TB_OUTAGE_RETRY_SECS", "10"),
+            ("TB_INVOCATION_MARGIN_SECS", "2"),
+            ("DAYTONA_API_URL", &down),
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let id = front
+        .create(scenario::new_request(None))
+        .await
+        .unwrap()
+        .request_id;
+
+    let invocations = drive(&aws, &front, &worker, &id).await;
+
+    let took = started.elapsed();
+    let rec = front.store.load(&id).await.unwrap().unwrap();
+    println!(
+        "{invocations} invocations in {took:?}; activity: {:#?}",
+        rec.activity
+    );
+    let Some(Outcome::Failed { reason }) = &rec.agent.outcome else {
+        panic!("a failed agent expected: {:?}", rec.agent.outcome);
+    };
+    assert!(
+        reason.starts_with("the sandbox provider was unreachable for"),
+        "{reason}"
+    );
+    assert!(
+        rec.activity
+            .iter()
+            .any(|l| l.starts_with("waiting for the sandbox provider: ")),
+        "{:?}",
+        rec.activity
+    );
+    assert!(took < Duration::from_secs(13), "{took:?}");
+    assert_eq!(model.requests(), 0);
     let _ = worker.child.kill().await;
 }

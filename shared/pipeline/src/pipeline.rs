@@ -155,3 +155,57 @@ mod front_only {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_bound_and_margin_are_read_in_seconds_and_bad_values_are_named() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let s = SliceSettings::from_env(env(&[
+            ("TB_OUTAGE_RETRY_SECS", "90"),
+            ("TB_INVOCATION_MARGIN_SECS", "0.5"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (s.outage_retry, s.safety_margin),
+            (Duration::from_secs(90), Duration::from_millis(500))
+        );
+        let d = SliceSettings::from_env(env(&[])).unwrap();
+        assert_eq!(d.outage_retry, Duration::from_secs(600));
+        for bad in ["soon", "-1", "NaN"] {
+            let e = SliceSettings::from_env(move |k: &str| {
+                (k == "TB_OUTAGE_RETRY_SECS").then(|| bad.to_string())
+            })
+            .unwrap_err();
+            assert_eq!(e.name, "TB_OUTAGE_RETRY_SECS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_margin_is_at_most_half_the_time_left() {
+        let now = std::time::Instant::now();
+        let hard =
+            crate::worker::hard_deadline(now + Duration::from_secs(300), Duration::from_secs(60));
+        let left = hard.saturating_duration_since(now);
+        assert!(
+            left.abs_diff(Duration::from_secs(240)) < Duration::from_millis(100),
+            "{left:?}"
+        );
+        let hard =
+            crate::worker::hard_deadline(now + Duration::from_secs(30), Duration::from_secs(60));
+        let left = hard.saturating_duration_since(now);
+        assert!(
+            left.abs_diff(Duration::from_secs(15)) < Duration::from_millis(100),
+            "{left:?}"
+        );
+    }
+}

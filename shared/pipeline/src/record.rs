@@ -265,3 +265,88 @@ impl RequestRecord {
             .is_some_and(|l| l.owner != me && l.until_ms > now_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> RequestRecord {
+        RequestRecord::new(
+            RequestId::generate(),
+            UserId::parse("user_1").unwrap(),
+            ProjectId::generate(),
+            Description::parse("An API").unwrap(),
+            tb_core::agent::now_ms(),
+        )
+        .0
+    }
+
+    #[test]
+    fn an_outage_is_counted_said_and_given_up_after_its_bound() {
+        let mut rec = record();
+        let now = tb_core::agent::now_ms();
+        let bound = Duration::from_secs(600);
+        let wait = rec
+            .note_outage(
+                "the model",
+                "error sending request: tcp connect error: Connection refused (os error 111)",
+                now,
+                bound,
+            )
+            .unwrap();
+        // The first wait: between half and all of 600 s / 40 (capped at 5 s).
+        assert!(
+            wait >= Duration::from_millis(2500) && wait <= Duration::from_secs(5),
+            "{wait:?}"
+        );
+        let line = rec.activity.last().unwrap();
+        assert!(
+            line.starts_with("waiting for the model: connection refused; attempt 1, next in "),
+            "{line}"
+        );
+        rec.note_outage("the model", "HTTP 529: overloaded", now, bound)
+            .unwrap();
+        assert_eq!(rec.outage.as_ref().map(|o| o.attempts), Some(2));
+        assert!(
+            rec.activity
+                .last()
+                .unwrap()
+                .contains("HTTP 529: overloaded; attempt 2")
+        );
+
+        // Begun longer ago than the bound: given up, naming the service and the cause.
+        let mut old = record();
+        let reason = old
+            .note_outage("the model", "HTTP 529: overloaded", now - 601_000, bound)
+            .unwrap_err();
+        assert!(
+            reason.starts_with("the model was unreachable for 601 s (1 attempt): HTTP 529"),
+            "{reason}"
+        );
+
+        rec.outage_over();
+        assert!(rec.outage.is_none());
+        assert!(
+            rec.activity
+                .last()
+                .unwrap()
+                .starts_with("the model is back after")
+        );
+    }
+
+    #[test]
+    fn outage_waits_grow_with_the_bound_within_sqs_limits() {
+        let b = outage_backoff(Duration::from_secs(600));
+        assert_eq!(
+            (b.base, b.max),
+            (Duration::from_secs(5), Duration::from_secs(150))
+        );
+        let b = outage_backoff(Duration::from_secs(4));
+        assert_eq!(
+            (b.base, b.max),
+            (Duration::from_millis(100), Duration::from_secs(1))
+        );
+        let b = outage_backoff(Duration::from_secs(86_400));
+        assert!(b.max <= Duration::from_secs(900));
+    }
+}

@@ -8,6 +8,11 @@
 //! 4. Load the conversation, attach to (or create) the sandbox.
 //! 5. Run iterations one at a time, committing each (its messages, its call, the header)
 //!    conditionally; a conflict means someone else wrote (a cancel, or we were fenced out).
+//!    Every wait ends by the invocation's deadline less the safety margin ([`hard_deadline`]):
+//!    an iteration that would not end by then is not started, a model call still running
+//!    then is abandoned (redone by the next invocation, billed once). An outage of the model
+//!    or the sandbox provider is recorded on the request and waited out by a delayed
+//!    continuation, up to `SliceSettings::outage_retry`; then the agent fails naming it.
 //! 6. Hand over: re-enqueue a continuation with the next sequence, or send the request to
 //!    the finalizer. The commit comes before the send; a lost send is re-driven by the
 //!    sweeper, a duplicate one is dropped at step 2.
