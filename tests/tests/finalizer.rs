@@ -804,12 +804,30 @@ async fn a_deploy_target_down_for_a_while_is_waited_out_and_the_request_succeeds
     let (deployer, real) = fly_at(&s, port);
     parts.deployer = deployer;
     parts.settings.outage_retry = std::time::Duration::from_secs(60);
+    // The deploy target comes back once the finalizer has shown that it waits for it (not
+    // after a fixed time, which the earlier steps may outlast on a loaded machine).
+    let store = parts.store.clone();
+    let rec = s.finished_request(store.as_ref(), &project, &v1()).await;
+    let watched = rec.clone();
     let back = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        for _ in 0..600 {
+            let now = load(store.as_ref(), &watched).await;
+            if now
+                .activity
+                .iter()
+                .any(|l| l.starts_with("waiting for the deploy target: "))
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         tb_tests::slow_http::SlowHttp::start_on(port, &real, std::time::Duration::ZERO).await
     });
-
-    let rec = finalize_ok(&s, parts, &project, &v1()).await;
+    let store = parts.store.clone();
+    let finalizer = s.finalizer(parts);
+    let done = finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
+    let rec = load(store.as_ref(), &rec).await;
+    assert_eq!(done, succeeded(), "{:?}\n{:?}", rec.failure, rec.activity);
 
     println!("{:#?}", rec.activity);
     assert!(
