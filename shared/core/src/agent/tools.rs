@@ -129,7 +129,7 @@ pub(crate) async fn run_tool(
 ) -> Result<ToolReply, SandboxError> {
     let command_timeout = command_timeout(ctx.config, input);
     let bound = match name {
-        "run_command" => command_timeout + ctx.config.tool_timeout,
+        "run_command" => command_timeout.saturating_add(ctx.config.tool_timeout),
         _ => ctx.config.tool_timeout,
     };
     match tokio::time::timeout(bound, dispatch(ctx, name, input, call_key, command_timeout)).await {
