@@ -39,6 +39,7 @@ pub mod dispatch;
 mod error;
 mod gates;
 pub mod keys;
+mod oauth;
 mod queue;
 mod records;
 mod schema;
