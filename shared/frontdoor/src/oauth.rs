@@ -1083,7 +1083,11 @@ async fn token_inner(fd: &FrontDoor, req: Request) -> Result<Response, OAuthErro
     let grant = match p.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let g = use_once(fd, need("code")?, GrantKind::Code, &client_id).await?;
-            if g.redirect_uri.as_deref() != Some(need("redirect_uri")?.as_str()) {
+            // OAuth 2.0 clients send the redirect URI again (RFC 6749 section 4.1.3); OAuth
+            // 2.1 drops it, PKCE binding the code to its client. When sent, it must match.
+            if let Some(r) = p.get("redirect_uri")
+                && g.redirect_uri.as_deref() != Some(r.as_str())
+            {
                 return Err(invalid_grant(
                     "redirect_uri differs from the authorization request's",
                 ));

@@ -405,6 +405,22 @@ async fn a_wrong_verifier_or_a_reused_code_is_invalid_grant_and_reuse_revokes_th
 }
 
 #[tokio::test]
+async fn an_oauth_2_1_token_request_may_leave_out_the_redirect_uri() {
+    let s = support::start().await;
+    let key = s.key("user_a").await;
+    let flow = Flow::register(&s).await;
+    let code = flow.code(&key).await;
+    let r = flow
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", VERIFIER),
+        ])
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_foreign_redirect_uri_is_shown_never_followed() {
     let s = support::start().await;
     let flow = Flow::register(&s).await;
