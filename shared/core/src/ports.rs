@@ -315,6 +315,10 @@ pub struct OAuthGrant {
     pub revoked_at_ms: Option<u64>,
 }
 
+/// Grants that expired longer ago than this may be deleted by an [`OAuthStore`] adapter (the
+/// Postgres and SQLite ones do when a new code is saved).
+pub const PURGE_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// What [`OAuthStore::use_grant`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrantUse {

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use tb_core::agent::now_ms;
-use tb_core::ports::{GrantUse, OAuthClient, OAuthGrant, OAuthStore, PortError};
+use tb_core::ports::{
+    GrantKind, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PURGE_AFTER_MS, PortError,
+};
 
 use crate::SqliteRecords;
 use crate::error::{json_error, port_error, to_i64, to_u64};
@@ -73,6 +75,17 @@ impl OAuthStore for SqliteRecords {
         .execute(self.db().pool())
         .await
         .map_err(|e| port_error("saving an OAuth grant", e))?;
+        // Each new authorization clears grants that expired more than a day ago.
+        if grant.kind == GrantKind::Code {
+            sqlx::query("DELETE FROM oauth_grants WHERE expires_at_ms < ?")
+                .bind(to_i64(
+                    "expires_at_ms",
+                    now_ms().saturating_sub(PURGE_AFTER_MS),
+                )?)
+                .execute(self.db().pool())
+                .await
+                .map_err(|e| port_error("purging expired OAuth grants", e))?;
+        }
         Ok(())
     }
 

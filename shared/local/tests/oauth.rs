@@ -9,6 +9,7 @@ async fn sqlite_keeps_oauth_state_like_every_adapter() {
         .await
         .unwrap();
     tb_testkit::oauth_store::check(&records).await;
+    tb_testkit::oauth_store::check_purge(&records).await;
     // It survives reopening.
     drop(records);
     let records = SqliteRecords::open(dir.path().join("t.sqlite"))

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use tb_core::agent::now_ms;
-use tb_core::ports::{GrantUse, OAuthClient, OAuthGrant, OAuthStore, PortError};
+use tb_core::ports::{
+    GrantKind, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PURGE_AFTER_MS, PortError,
+};
 
 use crate::error::PgError;
 use crate::records::{PgPlatformRecords, opt_ms, sql, to_i64};
@@ -78,6 +80,20 @@ impl OAuthStore for PgPlatformRecords {
             .execute(self.pool())
             .await
             .map_err(sql("saving an OAuth grant"))?;
+        // Each new authorization clears grants that expired more than a day ago.
+        if grant.kind == GrantKind::Code {
+            sqlx::query(
+                "DELETE FROM oauth_grants \
+                 WHERE expires_at < 'epoch'::timestamptz + $1::bigint * interval '1 millisecond'",
+            )
+            .bind(to_i64(
+                "expires_at_ms",
+                now_ms().saturating_sub(PURGE_AFTER_MS),
+            )?)
+            .execute(self.pool())
+            .await
+            .map_err(sql("purging expired OAuth grants"))?;
+        }
         Ok(())
     }
 

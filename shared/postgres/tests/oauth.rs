@@ -13,4 +13,5 @@ async fn postgres_keeps_oauth_state_like_every_adapter() {
         .await
         .expect("connect and migrate");
     tb_testkit::oauth_store::check(&records).await;
+    tb_testkit::oauth_store::check_purge(&records).await;
 }

@@ -76,5 +76,27 @@ pub async fn check(store: &dyn OAuthStore) {
             .revoked_at_ms
             .is_some()
     );
-    assert_eq!(store.grant("h_other").await.unwrap(), Some(other));
+    assert_eq!(store.grant("h_other").await.unwrap(), Some(other.clone()));
+}
+
+/// Saving a new code purges grants that expired more than [`PURGE_AFTER_MS`] ago, and
+/// nothing else. (The in-memory double keeps everything; only the databases purge.)
+///
+/// [`PURGE_AFTER_MS`]: tb_core::ports::PURGE_AFTER_MS
+pub async fn check_purge(store: &dyn OAuthStore) {
+    let now = tb_core::agent::now_ms();
+    let mut old = grant("h_old", GrantKind::Refresh, "fam_3");
+    old.expires_at_ms = now - tb_core::ports::PURGE_AFTER_MS - 1000;
+    let mut recent = grant("h_recent", GrantKind::Refresh, "fam_3");
+    recent.expires_at_ms = now - 1000;
+    store.save_grant(&old).await.unwrap();
+    store.save_grant(&recent).await.unwrap();
+    assert!(store.grant("h_old").await.unwrap().is_some());
+    store
+        .save_grant(&grant("h_code_2", GrantKind::Code, "fam_4"))
+        .await
+        .unwrap();
+    assert_eq!(store.grant("h_old").await.unwrap(), None);
+    assert!(store.grant("h_recent").await.unwrap().is_some());
+    assert!(store.grant("h_code_2").await.unwrap().is_some());
 }
