@@ -8,7 +8,7 @@ use anyhow::Context;
 use lambda_http::request::RequestContext;
 use lambda_http::tower::ServiceExt;
 use lambda_http::{Error, Request, RequestExt, run, service_fn};
-use tb_frontdoor::{FrontDoor, Limits, ReceivedAt, parse_allowed_hosts, router};
+use tb_frontdoor::{FrontDoor, Limits, OAuthSettings, ReceivedAt, parse_allowed_hosts, router};
 use tb_pipeline::Pipeline;
 use tb_postgres::PgPlatformRecords;
 
@@ -32,7 +32,16 @@ async fn main() -> Result<(), Error> {
         tb_core::settings::price_table(var)?,
         tb_core::settings::agent_config(var)?,
     );
-    let mut door = FrontDoor::new(Arc::new(pipeline), Arc::new(records)).with_limits(limits);
+    let records = Arc::new(records);
+    // OAuth for remote MCP clients keeps its state beside the records. TB_PUBLIC_URL names
+    // the origin clients use when it is not the domain API Gateway received the request at.
+    let oauth = OAuthSettings {
+        public_url: var("TB_PUBLIC_URL").filter(|u| !u.trim().is_empty()),
+        ..OAuthSettings::default()
+    };
+    let mut door = FrontDoor::new(Arc::new(pipeline), records.clone())
+        .with_limits(limits)
+        .with_oauth(records, oauth);
     // MCP answers the domain API Gateway received each request at (its execute-api domain or
     // a custom domain); TB_ALLOWED_HOSTS adds names that reach it otherwise (e.g. a CDN).
     if let Some(extra) = var("TB_ALLOWED_HOSTS") {

@@ -192,6 +192,8 @@ pub struct App {
     /// The local apps; `serve` starts the recorded ones again at start.
     pub deployer: Arc<LocalDeployer>,
     pub records: Arc<dyn PlatformRecords>,
+    /// The OAuth authorization server's state, in the same database as the records.
+    pub oauth: Arc<dyn tb_core::ports::OAuthStore>,
     pub data_dir: PathBuf,
     dispatcher: Option<JoinHandle<()>>,
 }
@@ -203,7 +205,9 @@ impl App {
         let dir = &settings.data_dir;
         let db = LocalDb::open(dir.join("turbobackend.sqlite")).await?;
         let store = Arc::new(SqliteStore::new(db.clone()));
-        let records: Arc<dyn PlatformRecords> = Arc::new(SqliteRecords::new(db));
+        let sqlite_records = Arc::new(SqliteRecords::new(db));
+        let oauth: Arc<dyn tb_core::ports::OAuthStore> = sqlite_records.clone();
+        let records: Arc<dyn PlatformRecords> = sqlite_records;
         let (queue, receivers) = LocalQueue::new(dir);
         // One npm cache for every project, used before the registry: with it warm,
         // `npm install` does not ask the registry about every package again.
@@ -295,6 +299,7 @@ impl App {
             pipeline,
             deployer,
             records,
+            oauth,
             data_dir: dir.clone(),
             dispatcher,
         })

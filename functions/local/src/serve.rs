@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tb_core::domain::UserId;
-use tb_frontdoor::{FrontDoor, router};
+use tb_frontdoor::{FrontDoor, OAuthSettings, router};
 
 use crate::app::{App, Settings};
 use crate::demo::LOCAL_USER;
@@ -75,7 +75,15 @@ pub async fn serve() -> anyhow::Result<()> {
     });
     let door = Arc::new(
         FrontDoor::new(app.pipeline.clone(), app.records.clone())
-            .with_limits(settings.limits.clone()),
+            .with_limits(settings.limits.clone())
+            // Locally, connectors' client metadata documents may be served on loopback.
+            .with_oauth(
+                app.oauth.clone(),
+                OAuthSettings {
+                    allow_loopback_clients: true,
+                    ..OAuthSettings::default()
+                },
+            ),
     );
     axum::serve(listener, router(door))
         .with_graceful_shutdown(async {

@@ -251,3 +251,96 @@ pub trait PlatformRecords: Send + Sync {
 pub trait Notifier: Send + Sync {
     async fn notify(&self, url: &str, delivery_id: &str, payload: &Value) -> Result<(), PortError>;
 }
+
+/// An OAuth client the authorization server knows: registered dynamically (RFC 7591). Clients
+/// identified by a client ID metadata document are not stored; their document is fetched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_name: Option<String>,
+    /// Compared exactly with the `redirect_uri` of each authorization request.
+    pub redirect_uris: Vec<String>,
+    pub created_at_ms: u64,
+}
+
+/// What an OAuth grant record is: an authorization code, an access token or a refresh token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    Code,
+    Access,
+    Refresh,
+}
+
+impl GrantKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GrantKind::Code => "code",
+            GrantKind::Access => "access",
+            GrantKind::Refresh => "refresh",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GrantKind> {
+        match s {
+            "code" => Some(GrantKind::Code),
+            "access" => Some(GrantKind::Access),
+            "refresh" => Some(GrantKind::Refresh),
+            _ => None,
+        }
+    }
+}
+
+/// An authorization code or token, as stored: only its SHA-256, never the value. All the
+/// codes and tokens that descend from one authorization share a `family`, revoked together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthGrant {
+    /// SHA-256 (hex) of the code or token.
+    pub hash: String,
+    pub kind: GrantKind,
+    pub family: String,
+    pub client_id: String,
+    pub user: crate::domain::UserId,
+    /// The API key the user signed in with; its revocation ends the grant.
+    pub key_id: String,
+    /// The RFC 8707 resource (audience) the grant is for.
+    pub resource: String,
+    pub scope: String,
+    /// For codes: the redirect URI and the PKCE S256 challenge of the authorization request.
+    pub redirect_uri: Option<String>,
+    pub code_challenge: Option<String>,
+    pub expires_at_ms: u64,
+    /// Codes and refresh tokens are used once; a second use is a replay.
+    pub used_at_ms: Option<u64>,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// Grants that expired longer ago than this may be deleted by an [`OAuthStore`] adapter (the
+/// Postgres and SQLite ones do when a new code is saved).
+pub const PURGE_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// What [`OAuthStore::use_grant`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantUse {
+    /// Unused until now; marked used by this call.
+    First(OAuthGrant),
+    /// Used before (a replay); the record as stored.
+    Again(OAuthGrant),
+    Unknown,
+}
+
+/// The authorization server's state: registered clients and grants. Postgres in the cloud,
+/// SQLite locally.
+#[async_trait]
+pub trait OAuthStore: Send + Sync {
+    async fn save_client(&self, client: &OAuthClient) -> Result<(), PortError>;
+    async fn client(&self, client_id: &str) -> Result<Option<OAuthClient>, PortError>;
+    async fn save_grant(&self, grant: &OAuthGrant) -> Result<(), PortError>;
+    /// The grant with this hash, if any (used, revoked and expired ones too).
+    async fn grant(&self, hash: &str) -> Result<Option<OAuthGrant>, PortError>;
+    /// Marks a code or refresh token used, atomically: of two concurrent calls, one sees
+    /// [`GrantUse::First`].
+    async fn use_grant(&self, hash: &str) -> Result<GrantUse, PortError>;
+    /// Revokes every grant of `family` (a no-op for an unknown family).
+    async fn revoke_family(&self, family: &str) -> Result<(), PortError>;
+}

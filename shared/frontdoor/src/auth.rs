@@ -28,7 +28,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    fn message(&self) -> &'static str {
+    pub fn message(&self) -> &'static str {
         match self {
             AuthError::Missing => {
                 "an API key is required: send `Authorization: Bearer <key>` or `X-Api-Key: <key>`"

@@ -9,10 +9,12 @@
 //! /v1/requests...      REST (create, list, status, cancel)
 //! /v1/projects[/{id}]  REST (the caller's projects)
 //! GET /health          200, no authentication
+//! /.well-known/oauth-*, /register, /authorize, /token, /revoke
+//!                      OAuth 2.1 for remote MCP clients ([`oauth`])
 //! ```
 //!
-//! Every route but `/health` needs `Authorization: Bearer <key>` or `X-Api-Key: <key>`
-//! ([`auth`]). Bodies larger than [`Limits::max_body_bytes`] are refused with 413 before
+//! Every route but `/health` and the OAuth ones needs `Authorization: Bearer <key>` or `X-Api-Key: <key>`
+//! ([`auth`]); `/mcp` also takes OAuth access tokens ([`oauth`]). Bodies larger than [`Limits::max_body_bytes`] are refused with 413 before
 //! they are parsed.
 
 pub mod auth;
@@ -20,20 +22,22 @@ pub mod host;
 pub mod limits;
 pub mod mcp;
 pub mod memory;
+pub mod oauth;
 pub mod rest;
 pub mod views;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use tb_core::MicroUsd;
-use tb_core::ports::PlatformRecords;
+use tb_core::ports::{OAuthStore, PlatformRecords};
 use tb_pipeline::Pipeline;
 
 pub use auth::Caller;
 pub use host::ReceivedAt;
 pub use limits::{Admission, CreateRequest, Refusal, admit};
+pub use oauth::OAuthSettings;
 
 /// Per-user limits enforced by the front door.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +125,11 @@ pub struct FrontDoor {
     /// `Host` header values the MCP endpoint accepts besides the domain the request was
     /// received at ([`host`]). Defaults to [`LOOPBACK_HOSTS`].
     pub allowed_hosts: Vec<String>,
+    /// The authorization server's state (clients, codes, tokens); in memory by default.
+    pub oauth: Arc<dyn OAuthStore>,
+    pub oauth_settings: OAuthSettings,
     pub(crate) admission: Admission,
+    pub(crate) token_limiter: oauth::TokenLimiter,
 }
 
 impl FrontDoor {
@@ -132,8 +140,18 @@ impl FrontDoor {
             records,
             limits: Limits::default(),
             allowed_hosts: LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect(),
+            oauth: Arc::new(memory::MemoryOAuth::new()),
+            oauth_settings: OAuthSettings::default(),
             admission: Admission::default(),
+            token_limiter: oauth::TokenLimiter::default(),
         }
+    }
+
+    /// Keeps the authorization server's state in `store` (Postgres, SQLite).
+    pub fn with_oauth(mut self, store: Arc<dyn OAuthStore>, settings: OAuthSettings) -> Self {
+        self.oauth = store;
+        self.oauth_settings = settings;
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -153,6 +171,25 @@ pub fn router(state: Arc<FrontDoor>) -> Router {
     Router::new()
         .route("/health", get(rest::health))
         .route("/mcp", any(mcp::serve).with_state(mcp))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(oauth::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(oauth::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::authorization_server),
+        )
+        .route("/register", post(oauth::register))
+        .route(
+            "/authorize",
+            get(oauth::authorize_page).post(oauth::authorize_decision),
+        )
+        .route("/token", post(oauth::token))
+        .route("/revoke", post(oauth::revoke))
         .route("/v1", any(rest::serve))
         .route("/v1/{*rest}", any(rest::serve))
         .fallback(rest::not_found)

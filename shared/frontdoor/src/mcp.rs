@@ -12,7 +12,7 @@
 //! statuses.
 //!
 //! In front of rmcp, [`serve`] answers everything but POST with 405, authenticates the
-//! caller (401), refuses bodies over the limit (413) before parsing, and refuses bodies that
+//! caller by API key or OAuth access token (401 with the RFC 9728 `resource_metadata`), refuses bodies over the limit (413) before parsing, and refuses bodies that
 //! are not one JSON-RPC message with a JSON-RPC error (400: `-32700` parse error, `-32600`
 //! batch or invalid request). The authenticated [`Caller`] is put in the HTTP request's
 //! extensions; rmcp hands the request's `http::request::Parts` to handlers in
@@ -524,6 +524,39 @@ fn is_json(req: &Request) -> bool {
         })
 }
 
+/// The caller of an MCP request: an OAuth access token (`tbat_…`) or an API key. A request
+/// without credentials, or with a refused token, gets the 401 that points OAuth clients at
+/// the protected resource metadata.
+async fn authenticate(
+    fd: &FrontDoor,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    received_at: Option<&ReceivedAt>,
+) -> Result<Caller, Response> {
+    let origin =
+        crate::oauth::origin(fd, headers, uri, received_at).map_err(crate::oauth::refused)?;
+    match auth::presented_key(headers) {
+        Ok(token) if token.starts_with(crate::oauth::ACCESS_PREFIX) => {
+            match crate::oauth::check_access_token(fd, token, &origin).await {
+                Ok(caller) => Ok(caller),
+                Err(crate::oauth::TokenRefusal::Invalid(why)) => {
+                    tracing::info!("MCP request refused: {why}");
+                    Err(crate::oauth::unauthorized(&origin, why, true))
+                }
+                Err(crate::oauth::TokenRefusal::Unavailable) => {
+                    Err(auth::AuthError::Unavailable.into_response())
+                }
+            }
+        }
+        Ok(_) => match auth::authenticate(fd.records.as_ref(), headers).await {
+            Ok(c) => Ok(c),
+            Err(auth::AuthError::Unavailable) => Err(auth::AuthError::Unavailable.into_response()),
+            Err(e) => Err(crate::oauth::unauthorized(&origin, e.message(), false)),
+        },
+        Err(e) => Err(crate::oauth::unauthorized(&origin, e.message(), false)),
+    }
+}
+
 /// `/mcp`: see the module documentation for the order of checks.
 pub async fn serve(State(endpoint): State<McpEndpoint>, req: Request) -> Response {
     if req.method() != Method::POST {
@@ -550,9 +583,10 @@ pub async fn serve(State(endpoint): State<McpEndpoint>, req: Request) -> Respons
         );
         return (refusal.status(), refusal.message()).into_response();
     }
-    let caller = match auth::authenticate(fd.records.as_ref(), req.headers()).await {
+    let received_at = req.extensions().get::<ReceivedAt>().cloned();
+    let caller = match authenticate(fd, req.headers(), req.uri(), received_at.as_ref()).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(response) => return response,
     };
     let json = is_json(&req);
     let modern = req

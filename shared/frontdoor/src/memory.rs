@@ -12,7 +12,10 @@ use tb_core::MicroUsd;
 use tb_core::agent::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ids::{hex, sha256_hex};
-use tb_core::ports::{ApiKey, PlatformRecords, PortError, ProjectRecord};
+use tb_core::ports::{
+    ApiKey, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PlatformRecords, PortError,
+    ProjectRecord,
+};
 use tb_core::usage::ModelCall;
 
 /// Keys look like `tb_<40 hex characters>` (160 random bits).
@@ -173,6 +176,83 @@ impl PlatformRecords for MemoryRecords {
             .filter(|(o, _)| o == owner)
             .map(|(_, c)| *c)
             .sum())
+    }
+}
+
+/// In-memory [`OAuthStore`], with the semantics of the real adapters: `use_grant` marks a
+/// grant used atomically, `revoke_family` revokes every grant of the family.
+#[derive(Default)]
+pub struct MemoryOAuth {
+    inner: Mutex<(HashMap<String, OAuthClient>, HashMap<String, OAuthGrant>)>,
+}
+
+impl MemoryOAuth {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (HashMap<String, OAuthClient>, HashMap<String, OAuthGrant>)>
+    {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether any stored grant or client contains `needle` (tests check that tokens are
+    /// stored as hashes only).
+    pub fn stores_text(&self, needle: &str) -> bool {
+        let inner = self.lock();
+        inner
+            .1
+            .iter()
+            .any(|(h, g)| h.contains(needle) || format!("{g:?}").contains(needle))
+    }
+}
+
+#[async_trait]
+impl OAuthStore for MemoryOAuth {
+    async fn save_client(&self, client: &OAuthClient) -> Result<(), PortError> {
+        self.lock()
+            .0
+            .insert(client.client_id.clone(), client.clone());
+        Ok(())
+    }
+
+    async fn client(&self, client_id: &str) -> Result<Option<OAuthClient>, PortError> {
+        Ok(self.lock().0.get(client_id).cloned())
+    }
+
+    async fn save_grant(&self, grant: &OAuthGrant) -> Result<(), PortError> {
+        self.lock().1.insert(grant.hash.clone(), grant.clone());
+        Ok(())
+    }
+
+    async fn grant(&self, hash: &str) -> Result<Option<OAuthGrant>, PortError> {
+        Ok(self.lock().1.get(hash).cloned())
+    }
+
+    async fn use_grant(&self, hash: &str) -> Result<GrantUse, PortError> {
+        let mut inner = self.lock();
+        Ok(match inner.1.get_mut(hash) {
+            None => GrantUse::Unknown,
+            Some(g) if g.used_at_ms.is_some() => GrantUse::Again(g.clone()),
+            Some(g) => {
+                let before = g.clone();
+                g.used_at_ms = Some(now_ms());
+                GrantUse::First(before)
+            }
+        })
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<(), PortError> {
+        let now = now_ms();
+        for g in self.lock().1.values_mut() {
+            if g.family == family && g.revoked_at_ms.is_none() {
+                g.revoked_at_ms = Some(now);
+            }
+        }
+        Ok(())
     }
 }
 

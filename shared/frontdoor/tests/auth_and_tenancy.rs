@@ -18,11 +18,16 @@ fn initialize() -> Value {
 
 async fn assert_unauthorized(resp: reqwest::Response) {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        resp.headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap()),
-        Some("Bearer")
+    // REST says `Bearer`; MCP adds where OAuth clients discover how to sign in (RFC 9728).
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(
+        challenge.as_deref().is_some_and(|c| c == "Bearer"
+            || (c.starts_with("Bearer resource_metadata=\"http://127.0.0.1:")
+                && c.contains("/.well-known/oauth-protected-resource\""))),
+        "{challenge:?}"
     );
     let body: Value = resp.json().await.expect("a JSON body");
     assert_eq!(body["error"], "unauthorized", "{body}");

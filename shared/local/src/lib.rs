@@ -40,6 +40,7 @@ pub mod dispatch;
 mod error;
 mod gates;
 pub mod keys;
+mod oauth;
 pub mod private;
 mod queue;
 mod records;

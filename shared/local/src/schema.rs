@@ -6,6 +6,8 @@
 //!   `requests.body` is the whole record as JSON; `owner`, `phase`, `version`,
 //!   `created_at_ms` and `active` are copies of its fields for conditions and queries.
 //! - `api_keys`, `projects`, `usage`: platform records ([`SqliteRecords`]).
+//! - `oauth_clients`, `oauth_grants`: the OAuth authorization server's state (also
+//!   [`SqliteRecords`]).
 //!
 //! [`SqliteStore`]: crate::SqliteStore
 //! [`SqliteRecords`]: crate::SqliteRecords
@@ -91,5 +93,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX requests_running_by_owner ON requests (owner, created_at_ms DESC)
         WHERE active = 1;
+    "#,
+    // 5: the OAuth authorization server's clients and grants (codes, access and refresh
+    // tokens by SHA-256); `body` is the record as JSON, the other columns copies of its
+    // fields (`used_at_ms`, `revoked_at_ms` are authoritative).
+    r#"
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY NOT NULL,
+        body      TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE oauth_grants (
+        hash          TEXT    PRIMARY KEY NOT NULL,
+        family        TEXT    NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        used_at_ms    INTEGER,
+        revoked_at_ms INTEGER,
+        body          TEXT    NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX oauth_grants_by_family ON oauth_grants (family);
     "#,
 ];

@@ -26,6 +26,7 @@ pub mod dev_database;
 pub mod error;
 pub mod migrations;
 pub mod naming;
+pub mod oauth;
 pub mod provisioner;
 pub mod quote;
 pub mod records;

@@ -99,11 +99,11 @@ fn looks_like_key(s: &str) -> bool {
         && s[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn sql(context: &'static str) -> impl FnOnce(sqlx::Error) -> PortError {
+pub(crate) fn sql(context: &'static str) -> impl FnOnce(sqlx::Error) -> PortError {
     move |source| PgError::Sql { context, source }.into()
 }
 
-fn to_i64(what: &str, v: u64) -> Result<i64, PortError> {
+pub(crate) fn to_i64(what: &str, v: u64) -> Result<i64, PortError> {
     i64::try_from(v).map_err(|_| PortError::Permanent(format!("{what} {v} is out of range")))
 }
 
@@ -112,7 +112,7 @@ fn ms(row: &PgRow, column: &str) -> Result<u64, PortError> {
     u64::try_from(v).map_err(|_| PgError::Corrupt(format!("{column} is before 1970")).into())
 }
 
-fn opt_ms(row: &PgRow, column: &str) -> Result<Option<u64>, PortError> {
+pub(crate) fn opt_ms(row: &PgRow, column: &str) -> Result<Option<u64>, PortError> {
     let v: Option<i64> = row.try_get(column).map_err(sql("reading a time"))?;
     v.map(|v| {
         u64::try_from(v).map_err(|_| PgError::Corrupt(format!("{column} is before 1970")).into())

@@ -14,6 +14,7 @@
 pub mod fake_daytona;
 pub mod fake_fly;
 pub mod fake_github;
+pub mod oauth_store;
 pub mod oci;
 pub mod registry_proxy;
 pub mod temp_local;

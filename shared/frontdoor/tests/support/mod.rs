@@ -64,6 +64,19 @@ pub async fn start_with(limits: Limits) -> Server {
 /// With `latency` added to every state-store call, as a networked store has: calls that are
 /// not serialised interleave.
 pub async fn start_full(limits: Limits, latency: Duration) -> Server {
+    start_configured(limits, latency, tb_frontdoor::OAuthSettings::default()).await
+}
+
+/// With the authorization server's `oauth` settings.
+pub async fn start_oauth(oauth: tb_frontdoor::OAuthSettings) -> Server {
+    start_configured(Limits::default(), Duration::ZERO, oauth).await
+}
+
+async fn start_configured(
+    limits: Limits,
+    latency: Duration,
+    oauth: tb_frontdoor::OAuthSettings,
+) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
@@ -92,7 +105,8 @@ pub async fn start_full(limits: Limits, latency: Duration) -> Server {
             Arc::new(pipeline),
             records.clone() as Arc<dyn PlatformRecords>,
         )
-        .with_limits(limits),
+        .with_limits(limits)
+        .with_oauth(Arc::new(tb_frontdoor::memory::MemoryOAuth::new()), oauth),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
