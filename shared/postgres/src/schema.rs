@@ -23,6 +23,10 @@ pub const FILES: &[(&str, &str)] = &[
         "0002_platform_more.sql",
         include_str!("../../../migrations/0002_platform_more.sql"),
     ),
+    (
+        "0003_spending_totals.sql",
+        include_str!("../../../migrations/0003_spending_totals.sql"),
+    ),
 ];
 
 /// The migrator for [`FILES`]. A file is `<version>_<description>.sql`.
