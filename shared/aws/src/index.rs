@@ -47,8 +47,9 @@ impl DynamoStore {
                 break;
             };
             let page = page.map_err(|e| classify(&what, &e))?;
-            self.count_read(page.scanned_count);
-            items.extend(page.items.unwrap_or_default());
+            let page_items = page.items.unwrap_or_default();
+            self.count_read(page.scanned_count, &page_items, false);
+            items.extend(page_items);
         }
         items.truncate(limit);
         self.decode_all(items).await
@@ -67,8 +68,9 @@ impl DynamoStore {
         let mut items: Vec<Item> = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify(&what, &e))?;
-            self.count_read(page.scanned_count);
-            items.extend(page.items.unwrap_or_default());
+            let page_items = page.items.unwrap_or_default();
+            self.count_read(page.scanned_count, &page_items, false);
+            items.extend(page_items);
         }
         self.decode_all(items).await
     }

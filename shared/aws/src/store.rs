@@ -39,6 +39,16 @@ pub struct WriteStats {
     pub item_bytes: u64,
     pub spilled_objects: u64,
     pub spilled_bytes: u64,
+    /// On-demand write request units these writes are billed, by DynamoDB's rules: a
+    /// transactional put costs 2 per KB (rounded up) of the item; each index holding the
+    /// `STATE` item costs 1 per KB more (an upper bound: leaving the `active` index is counted
+    /// at every terminal write, though only the first removes it); a slot update costs 1.
+    pub write_units: u64,
+}
+
+/// Kilobytes (1,024 bytes) rounded up, at least one: DynamoDB's write unit of size.
+fn write_units_of(bytes: usize) -> u64 {
+    bytes.div_ceil(1024).max(1) as u64
 }
 
 /// Totals of what a store has read: requests made and items DynamoDB read for them (its
@@ -47,6 +57,10 @@ pub struct WriteStats {
 pub struct ReadStats {
     pub requests: u64,
     pub items: u64,
+    /// Half read request units, by DynamoDB's rules: per request, the bytes read rounded up
+    /// to 4 KB, at least 4 KB; a strongly consistent read costs 1 unit per 4 KB (2 halves),
+    /// an eventually consistent one (every index read) half that.
+    pub half_read_units: u64,
 }
 
 impl std::ops::Sub for ReadStats {
@@ -55,6 +69,7 @@ impl std::ops::Sub for ReadStats {
         ReadStats {
             requests: self.requests - earlier.requests,
             items: self.items - earlier.items,
+            half_read_units: self.half_read_units - earlier.half_read_units,
         }
     }
 }
@@ -63,6 +78,8 @@ impl std::ops::Sub for ReadStats {
 pub(crate) struct Counters {
     read_requests: AtomicU64,
     items_read: AtomicU64,
+    half_read_units: AtomicU64,
+    write_units: AtomicU64,
     transactions: AtomicU64,
     items: AtomicU64,
     item_bytes: AtomicU64,
@@ -178,6 +195,7 @@ impl DynamoStore {
             item_bytes: c.item_bytes.load(Ordering::Relaxed),
             spilled_objects: c.spilled_objects.load(Ordering::Relaxed),
             spilled_bytes: c.spilled_bytes.load(Ordering::Relaxed),
+            write_units: c.write_units.load(Ordering::Relaxed),
         }
     }
 
@@ -187,15 +205,26 @@ impl DynamoStore {
         ReadStats {
             requests: c.read_requests.load(Ordering::Relaxed),
             items: c.items_read.load(Ordering::Relaxed),
+            half_read_units: c.half_read_units.load(Ordering::Relaxed),
         }
     }
 
-    /// Counts one read request that read `items` items.
-    pub(crate) fn count_read(&self, items: i32) {
+    /// Counts one read request that read `scanned` items, these `returned` ones among them.
+    pub(crate) fn count_read(&self, scanned: i32, returned: &[Item], consistent: bool) {
         let c = &self.counters;
         c.read_requests.fetch_add(1, Ordering::Relaxed);
         c.items_read
-            .fetch_add(u64::try_from(items).unwrap_or(0), Ordering::Relaxed);
+            .fetch_add(u64::try_from(scanned).unwrap_or(0), Ordering::Relaxed);
+        let bytes: usize = returned.iter().map(layout::item_size).sum();
+        let units = bytes.div_ceil(4096).max(1) as u64;
+        c.half_read_units.fetch_add(
+            if consistent { 2 * units } else { units },
+            Ordering::Relaxed,
+        );
+    }
+
+    fn count_slot_update(&self) {
+        self.counters.write_units.fetch_add(1, Ordering::Relaxed);
     }
 
     fn state_draft(record: &RequestRecord, condition: Condition) -> Result<Draft, PortError> {
@@ -298,6 +327,7 @@ impl DynamoStore {
         let pk = layout::request_pk(id);
         let (mut items, mut item_bytes, mut spilled_objects, mut spilled_bytes) =
             (Vec::new(), 0u64, 0u64, 0u64);
+        let mut write_units = 0u64;
         for (draft, spill) in drafts.into_iter().zip(spill) {
             let payload = if spill {
                 let p = self
@@ -315,7 +345,19 @@ impl DynamoStore {
             item.insert(layout::PK.into(), s(pk.clone()));
             item.insert(layout::SK.into(), s(draft.sk));
             payload.attributes(&mut item);
-            item_bytes += layout::item_size(&item) as u64;
+            let size = layout::item_size(&item);
+            item_bytes += size as u64;
+            write_units += 2 * write_units_of(size);
+            if item.contains_key(layout::OWNER) {
+                // by_owner and by_project hold every STATE item; `active` holds it while it
+                // carries active_owner, and a terminal write takes it out.
+                write_units += 2 * write_units_of(size);
+                write_units += if item.contains_key(layout::ACTIVE_OWNER) {
+                    write_units_of(size)
+                } else {
+                    1
+                };
+            }
             let put = Put::builder().table_name(&self.table).set_item(Some(item));
             let put = match draft.condition {
                 Condition::Absent => put
@@ -343,6 +385,7 @@ impl DynamoStore {
         let c = &self.counters;
         c.transactions.fetch_add(1, Ordering::Relaxed);
         c.items.fetch_add(count, Ordering::Relaxed);
+        c.write_units.fetch_add(write_units, Ordering::Relaxed);
         c.item_bytes.fetch_add(item_bytes, Ordering::Relaxed);
         c.spilled_objects
             .fetch_add(spilled_objects, Ordering::Relaxed);
@@ -388,8 +431,9 @@ impl DynamoStore {
                 break;
             };
             let page = page.map_err(|e| classify(&what, &e))?;
-            self.count_read(page.scanned_count);
-            raw.extend(page.items.unwrap_or_default());
+            let items = page.items.unwrap_or_default();
+            self.count_read(page.scanned_count, &items, true);
+            raw.extend(items);
         }
         if raw.len() < count {
             return Err(PortError::Transient(format!(
@@ -454,7 +498,7 @@ impl StateStore for DynamoStore {
             .send()
             .await
             .map_err(|e| classify(&format!("loading {id}"), &e))?;
-        self.count_read(1);
+        self.count_read(1, out.item.as_slice(), true);
         match out.item {
             Some(item) => Ok(Some(self.decode(&item).await?)),
             None => Ok(None),
@@ -594,6 +638,8 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":limit", n(u64::from(limit)))
             .send()
             .await;
+        // A refused conditional write is billed too.
+        self.count_slot_update();
         match result {
             Ok(_) => Ok(true),
             Err(e) => match classify(&format!("taking a slot of {owner}"), &e) {
@@ -620,6 +666,7 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":zero", n(0))
             .send()
             .await;
+        self.count_slot_update();
         match result {
             Ok(_) => Ok(()),
             Err(e) => match classify(&format!("returning a slot of {owner}"), &e) {
