@@ -236,6 +236,57 @@ async fn concurrent_duplicate_ledger_writes_keep_the_spending_total_exact() {
     assert_eq!(r.spent(&alice).await.unwrap(), want);
 }
 
+/// A database whose ledger was written before the totals existed: the migration that adds
+/// them starts each user's total at the sum of their ledger, and writes carry on from there.
+#[tokio::test]
+async fn the_totals_migration_starts_from_the_existing_ledger() {
+    let cleanup = Cleanup::default();
+    let url = fresh_database(&cleanup).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let all = tb_postgres::schema::migrator().unwrap();
+    let before_totals: Vec<_> = all.iter().filter(|m| m.version < 3).cloned().collect();
+    sqlx::migrate::Migrator::with_migrations(before_totals)
+        .run(&pool)
+        .await
+        .unwrap();
+    for (request, user, iteration, cost) in [
+        ("req_old1", "user_alice", 1, 1_000),
+        ("req_old1", "user_alice", 2, 2_000),
+        ("req_old2", "user_bob", 1, 500),
+    ] {
+        sqlx::query(
+            "INSERT INTO usage_ledger (request_id, iteration, user_id, project_id, model, \
+                 input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, \
+                 cost_micro_usd, latency_ms, stop_reason) \
+             VALUES ($1, $2, $3, 'proj_old', 'm', 0, 0, 0, 0, $4, 0, 'end_turn')",
+        )
+        .bind(request)
+        .bind(iteration)
+        .bind(user)
+        .bind(cost as i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let r = PgPlatformRecords::connect(&url)
+        .await
+        .expect("connect and migrate");
+    let (alice, bob) = (user("user_alice"), user("user_bob"));
+    assert_eq!(r.spent(&alice).await.unwrap(), MicroUsd::from_micros(3_000));
+    assert_eq!(r.spent(&bob).await.unwrap(), MicroUsd::from_micros(500));
+    r.record_usage(
+        &RequestId::parse("req_new").unwrap(),
+        &alice,
+        &ProjectId::parse("proj_old").unwrap(),
+        &[call(1, 250)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.spent(&alice).await.unwrap(), MicroUsd::from_micros(3_250));
+}
+
 fn project_record(id: &str, owner: &str) -> ProjectRecord {
     ProjectRecord {
         id: ProjectId::parse(id).unwrap(),
