@@ -6,7 +6,8 @@ Usage: check_iam.py [template.yaml]   (run from the repository root; exit 1 on a
 What a function calls is read from the code, not declared:
 
 1. Operations per adapter: every AWS SDK fluent call (`.get_item()`, `.put_object()`, ...) in
-   the tb-aws adapter sources (`shared/aws/src/{store,spill,archive,queue}.rs`), mapped to the
+   the tb-aws adapter sources (`shared/aws/src/{store,index,spill,archive,queue}.rs`; those in
+   index.rs act on the table's indexes, `<table ARN>/index/*`), mapped to the
    IAM actions that authorise it (Service Authorization Reference: a DynamoDB
    TransactWriteItems is authorised per item kind, HeadObject by s3:GetObject). Reading an
    object also needs s3:ListBucket on the prefix, or a missing key reads as 403 instead of
@@ -113,8 +114,12 @@ def adapter_needs():
     """(action, resource) pairs per adapter; resources are (logical id, suffix)."""
     table = ("RequestsTable", "")
     store = {(a, table) for a in sdk_calls(AWS_SRC / "store.rs", DYNAMODB)}
+    # The store's reads of its global secondary indexes live in index.rs, and only there: an
+    # index is its own resource (`<table ARN>/index/<name>`).
     if re.search(r"\.index_name\(", strip_tests((AWS_SRC / "store.rs").read_text())):
-        store |= {(a, ("RequestsTable", "/index/*")) for a in ["dynamodb:Query"]}
+        sys.exit("check_iam: store.rs reads an index; index reads belong in index.rs")
+    index = ("RequestsTable", "/index/*")
+    store |= {(a, index) for a in sdk_calls(AWS_SRC / "index.rs", DYNAMODB)}
     spill = s3_needs(sdk_calls(AWS_SRC / "spill.rs", S3), "spill/")
     archive = s3_needs(sdk_calls(AWS_SRC / "archive.rs", S3), "projects/")
     return {"store": store | spill, "archive": archive}
@@ -278,8 +283,13 @@ def self_test(template):
     crud["Resources"]["ApiFunction"]["Properties"]["Policies"].append(
         {"DynamoDBCrudPolicy": {"TableName": {"Ref": "RequestsTable"}}}
     )
+    no_index = copy.deepcopy(template)
+    statements(no_index, "ApiFunction")[:] = [
+        st for st in statements(no_index, "ApiFunction") if st.get("Sid") != "RequestIndexes"
+    ]
     cases = [
         (less, "WorkerFunction: the code calls sqs:SendMessage on WorkDeadLetterQueue"),
+        (no_index, "ApiFunction: the code calls dynamodb:Query on RequestsTable/index/*"),
         (more, "FinalizerFunction: the template grants s3:DeleteObject on ProjectsBucket/projects/*"),
         (crud, "ApiFunction: policy"),
     ]
@@ -287,7 +297,10 @@ def self_test(template):
         _, errors = check(t)
         if not any(e.startswith(expected) for e in errors):
             sys.exit(f"check_iam: self-test: expected an error starting {expected!r}, got {errors}")
-    print("check_iam: self-test: a missing grant, an extra grant and a policy template are caught")
+    print(
+        "check_iam: self-test: a missing grant, a missing index grant, an extra grant and a "
+        "policy template are caught"
+    )
 
 
 def main():

@@ -27,23 +27,55 @@ QUEUES = {
 }
 
 
+# The global secondary indexes (name -> partition key; all sort on created_at_ms and project
+# every attribute), as shared/aws/src/layout.rs documents them.
+INDEXES = {"by_owner": "owner", "by_project": "project", "active": "active_owner"}
+ATTRIBUTES = [
+    {"AttributeName": "pk", "AttributeType": "S"},
+    {"AttributeName": "sk", "AttributeType": "S"},
+    {"AttributeName": "owner", "AttributeType": "S"},
+    {"AttributeName": "project", "AttributeType": "S"},
+    {"AttributeName": "active_owner", "AttributeType": "S"},
+    {"AttributeName": "created_at_ms", "AttributeType": "N"},
+]
+
+
+def index_spec(name, partition):
+    return {
+        "IndexName": name,
+        "KeySchema": [
+            {"AttributeName": partition, "KeyType": "HASH"},
+            {"AttributeName": "created_at_ms", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }
+
+
 def ensure_table(dynamodb):
     try:
-        dynamodb.describe_table(TableName=TABLE)
+        table = dynamodb.describe_table(TableName=TABLE)["Table"]
     except dynamodb.exceptions.ResourceNotFoundException:
         dynamodb.create_table(
             TableName=TABLE,
             BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
+            AttributeDefinitions=ATTRIBUTES,
             KeySchema=[
                 {"AttributeName": "pk", "KeyType": "HASH"},
                 {"AttributeName": "sk", "KeyType": "RANGE"},
             ],
+            GlobalSecondaryIndexes=[index_spec(n, p) for n, p in INDEXES.items()],
         )
         dynamodb.get_waiter("table_exists").wait(TableName=TABLE)
+        table = dynamodb.describe_table(TableName=TABLE)["Table"]
+    # A table made before the indexes existed gets them (DynamoDB adds one GSI per update).
+    present = {i["IndexName"] for i in table.get("GlobalSecondaryIndexes", [])}
+    for name, partition in INDEXES.items():
+        if name not in present:
+            dynamodb.update_table(
+                TableName=TABLE,
+                AttributeDefinitions=ATTRIBUTES,
+                GlobalSecondaryIndexUpdates=[{"Create": index_spec(name, partition)}],
+            )
     ttl = dynamodb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
     if ttl.get("TimeToLiveStatus") != "ENABLED":
         dynamodb.update_time_to_live(

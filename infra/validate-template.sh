@@ -6,7 +6,8 @@
 #   2. infra/check_queues.py on that output: the queue rules cfn-lint does not know
 #      (visibility timeout >= 6 x function timeout, redrive, DLQ retention);
 #   3. cfn-lint on template.yaml itself (parameters, conditions, plain resources);
-#   4. infra/check_iam.py: each function is granted exactly the AWS calls its code makes.
+#   4. infra/check_iam.py: each function is granted exactly the AWS calls its code makes;
+#   5. infra/check_dashboard.py: the dashboard's body is JSON and reads only emitted metrics.
 # cfn-lint alone does not run the SAM translator, so stage 1 catches most errors.
 # Exits non-zero on any error or warning.
 set -euo pipefail
@@ -33,4 +34,6 @@ echo "validate: cfn-lint on ${template#"$root"/}"
 "$venv/bin/cfn-lint" --regions "$AWS_DEFAULT_REGION" -- "$template"
 echo "validate: IAM grants against the code"
 "$venv/bin/python" infra/check_iam.py "$template"
+echo "validate: dashboard against the emitted metrics"
+"$venv/bin/python" infra/check_dashboard.py "$template"
 echo "validate: ${template#"$root"/} is valid"

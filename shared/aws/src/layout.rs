@@ -8,6 +8,18 @@
 //! | `REQ#<id>` | `MSG#<index, 9 digits>` | `body` (a `Message` as JSON) or `spill`; `ttl` N (60 days after writing) |
 //! | `REQ#<id>` | `CALL#<iteration, 9 digits>` | `body` (a `ModelCall` as JSON) or `spill`; `ttl` N (60 days after writing) |
 //!
+//! The `STATE` item also carries `project` S, and `active_owner` S (= the owner, only while
+//! not terminal). Three global secondary indexes (projection ALL) select `STATE` items
+//! without scanning the table; no other item carries their keys:
+//!
+//! | index | partition key | sort key | holds |
+//! |---|---|---|---|
+//! | `by_owner` | `owner` | `created_at_ms` | every request |
+//! | `by_project` | `project` | `created_at_ms` | every request |
+//! | `active` | `active_owner` | `created_at_ms` | requests not finished (sparse) |
+//!
+//! Per user: `pk = USER#<id>`, `sk = SLOTS` (the slot counter).
+//!
 //! A spilled payload lives in S3 under `spill/<id>/<sk>-<sha256 prefix>.json`; the item holds
 //! the key in `spill` and the payload's SHA-256 (hex) in `sha256`. The key is
 //! content-addressed so a fenced-out writer that uploads before its transaction fails can
@@ -38,8 +50,18 @@ pub const PHASE: &str = "phase";
 pub const OWNER: &str = "owner";
 pub const CREATED_AT_MS: &str = "created_at_ms";
 pub const UPDATED_AT_MS: &str = "updated_at_ms";
+pub const PROJECT: &str = "project";
+/// The owner, present only while the request is not terminal: the key of the sparse
+/// [`ACTIVE_INDEX`].
+pub const ACTIVE_OWNER: &str = "active_owner";
+/// GSI (`owner`, `created_at_ms`): a user's requests, newest first.
+pub const OWNER_INDEX: &str = "by_owner";
+/// GSI (`project`, `created_at_ms`): a project's requests, newest first.
+pub const PROJECT_INDEX: &str = "by_project";
+/// Sparse GSI (`active_owner`, `created_at_ms`): the requests not finished, by owner.
+pub const ACTIVE_INDEX: &str = "active";
 /// Present (holding the phase) only while the request is not terminal: a sparse attribute
-/// the sweeper filters on, and the key of a sparse GSI when a scan gets too slow.
+/// kept for readers of the raw table (the sparse index is keyed on [`ACTIVE_OWNER`]).
 pub const ACTIVE: &str = "active";
 /// The table's TTL attribute: epoch seconds, set on the `STATE` item once terminal.
 pub const TTL: &str = "ttl";

@@ -11,6 +11,7 @@
 
 pub mod archive;
 mod error;
+mod index;
 pub mod layout;
 pub mod queue;
 pub mod settings;
@@ -23,4 +24,4 @@ pub mod testing;
 pub use archive::S3Archive;
 pub use queue::SqsQueue;
 pub use settings::{AwsClients, AwsSettings, SettingsError};
-pub use store::{DynamoStore, WriteStats};
+pub use store::{DynamoStore, ReadStats, WriteStats};

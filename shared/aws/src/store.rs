@@ -6,9 +6,9 @@
 //! commit is all-or-nothing, a fenced-out writer changes nothing, and a commit writes only
 //! what it appends: its cost does not grow with the conversation.
 //!
-//! `active` and `list_for_owner` scan the table with a filter. That is fine for thousands of
-//! requests; at scale the next step is a sparse GSI keyed on `active` (only live requests
-//! carry it) and a GSI on (`owner`, `created_at_ms`), queried instead of scanned.
+//! Listings never scan the table: they query (or, for the sweeper, scan) a global secondary
+//! index whose items are the `STATE` items it selects (see [`crate::layout`] and
+//! [`crate::index`]), so what they read does not grow with the table.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use serde::de::DeserializeOwned;
-use tb_core::domain::{RequestId, UserId};
+use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ports::PortError;
 use tb_core::{Message, ModelCall};
 use tb_pipeline::{Appended, Created, RequestRecord, StateStore};
@@ -39,10 +39,47 @@ pub struct WriteStats {
     pub item_bytes: u64,
     pub spilled_objects: u64,
     pub spilled_bytes: u64,
+    /// On-demand write request units these writes are billed, by DynamoDB's rules: a
+    /// transactional put costs 2 per KB (rounded up) of the item; each index holding the
+    /// `STATE` item costs 1 per KB more (an upper bound: leaving the `active` index is counted
+    /// at every terminal write, though only the first removes it); a slot update costs 1.
+    pub write_units: u64,
+}
+
+/// Kilobytes (1,024 bytes) rounded up, at least one: DynamoDB's write unit of size.
+fn write_units_of(bytes: usize) -> u64 {
+    bytes.div_ceil(1024).max(1) as u64
+}
+
+/// Totals of what a store has read: requests made and items DynamoDB read for them (its
+/// `ScannedCount` for queries and scans, one per `GetItem`), the measure reads are billed by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub requests: u64,
+    pub items: u64,
+    /// Half read request units, by DynamoDB's rules: per request, the bytes read rounded up
+    /// to 4 KB, at least 4 KB; a strongly consistent read costs 1 unit per 4 KB (2 halves),
+    /// an eventually consistent one (every index read) half that.
+    pub half_read_units: u64,
+}
+
+impl std::ops::Sub for ReadStats {
+    type Output = ReadStats;
+    fn sub(self, earlier: ReadStats) -> ReadStats {
+        ReadStats {
+            requests: self.requests - earlier.requests,
+            items: self.items - earlier.items,
+            half_read_units: self.half_read_units - earlier.half_read_units,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
+    read_requests: AtomicU64,
+    items_read: AtomicU64,
+    half_read_units: AtomicU64,
+    write_units: AtomicU64,
     transactions: AtomicU64,
     items: AtomicU64,
     item_bytes: AtomicU64,
@@ -54,9 +91,9 @@ struct Counters {
 /// write counters.
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
-    dynamo: aws_sdk_dynamodb::Client,
+    pub(crate) dynamo: aws_sdk_dynamodb::Client,
     spill: Spill,
-    table: String,
+    pub(crate) table: String,
     spill_threshold: usize,
     state_spill_threshold: usize,
     counters: Arc<Counters>,
@@ -158,7 +195,36 @@ impl DynamoStore {
             item_bytes: c.item_bytes.load(Ordering::Relaxed),
             spilled_objects: c.spilled_objects.load(Ordering::Relaxed),
             spilled_bytes: c.spilled_bytes.load(Ordering::Relaxed),
+            write_units: c.write_units.load(Ordering::Relaxed),
         }
+    }
+
+    /// Reads made so far (every clone counts into the same totals).
+    pub fn read_stats(&self) -> ReadStats {
+        let c = &self.counters;
+        ReadStats {
+            requests: c.read_requests.load(Ordering::Relaxed),
+            items: c.items_read.load(Ordering::Relaxed),
+            half_read_units: c.half_read_units.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one read request that read `scanned` items, these `returned` ones among them.
+    pub(crate) fn count_read(&self, scanned: i32, returned: &[Item], consistent: bool) {
+        let c = &self.counters;
+        c.read_requests.fetch_add(1, Ordering::Relaxed);
+        c.items_read
+            .fetch_add(u64::try_from(scanned).unwrap_or(0), Ordering::Relaxed);
+        let bytes: usize = returned.iter().map(layout::item_size).sum();
+        let units = bytes.div_ceil(4096).max(1) as u64;
+        c.half_read_units.fetch_add(
+            if consistent { 2 * units } else { units },
+            Ordering::Relaxed,
+        );
+    }
+
+    fn count_slot_update(&self) {
+        self.counters.write_units.fetch_add(1, Ordering::Relaxed);
     }
 
     fn state_draft(record: &RequestRecord, condition: Condition) -> Result<Draft, PortError> {
@@ -169,6 +235,7 @@ impl DynamoStore {
                 s(layout::phase_name(record.phase)),
             ),
             (layout::OWNER.to_string(), s(record.owner.as_str())),
+            (layout::PROJECT.to_string(), s(record.project.as_str())),
             (layout::CREATED_AT_MS.to_string(), n(record.created_at_ms)),
             (layout::UPDATED_AT_MS.to_string(), n(record.updated_at_ms)),
         ]);
@@ -179,6 +246,7 @@ impl DynamoStore {
             );
         } else {
             attributes.insert(layout::ACTIVE.into(), s(layout::phase_name(record.phase)));
+            attributes.insert(layout::ACTIVE_OWNER.into(), s(record.owner.as_str()));
         }
         Ok(Draft {
             sk: layout::STATE_SK.into(),
@@ -259,6 +327,7 @@ impl DynamoStore {
         let pk = layout::request_pk(id);
         let (mut items, mut item_bytes, mut spilled_objects, mut spilled_bytes) =
             (Vec::new(), 0u64, 0u64, 0u64);
+        let mut write_units = 0u64;
         for (draft, spill) in drafts.into_iter().zip(spill) {
             let payload = if spill {
                 let p = self
@@ -276,7 +345,19 @@ impl DynamoStore {
             item.insert(layout::PK.into(), s(pk.clone()));
             item.insert(layout::SK.into(), s(draft.sk));
             payload.attributes(&mut item);
-            item_bytes += layout::item_size(&item) as u64;
+            let size = layout::item_size(&item);
+            item_bytes += size as u64;
+            write_units += 2 * write_units_of(size);
+            if item.contains_key(layout::OWNER) {
+                // by_owner and by_project hold every STATE item; `active` holds it while it
+                // carries active_owner, and a terminal write takes it out.
+                write_units += 2 * write_units_of(size);
+                write_units += if item.contains_key(layout::ACTIVE_OWNER) {
+                    write_units_of(size)
+                } else {
+                    1
+                };
+            }
             let put = Put::builder().table_name(&self.table).set_item(Some(item));
             let put = match draft.condition {
                 Condition::Absent => put
@@ -304,6 +385,7 @@ impl DynamoStore {
         let c = &self.counters;
         c.transactions.fetch_add(1, Ordering::Relaxed);
         c.items.fetch_add(count, Ordering::Relaxed);
+        c.write_units.fetch_add(write_units, Ordering::Relaxed);
         c.item_bytes.fetch_add(item_bytes, Ordering::Relaxed);
         c.spilled_objects
             .fetch_add(spilled_objects, Ordering::Relaxed);
@@ -312,7 +394,7 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn decode<T: DeserializeOwned>(&self, item: &Item) -> Result<T, PortError> {
+    pub(crate) async fn decode<T: DeserializeOwned>(&self, item: &Item) -> Result<T, PortError> {
         let json = self.spill.payload(item).await?;
         serde_json::from_str(&json)
             .map_err(|e| PortError::Permanent(format!("{} does not parse: {e}", describe(item))))
@@ -349,7 +431,9 @@ impl DynamoStore {
                 break;
             };
             let page = page.map_err(|e| classify(&what, &e))?;
-            raw.extend(page.items.unwrap_or_default());
+            let items = page.items.unwrap_or_default();
+            self.count_read(page.scanned_count, &items, true);
+            raw.extend(items);
         }
         if raw.len() < count {
             return Err(PortError::Transient(format!(
@@ -374,37 +458,6 @@ impl DynamoStore {
             out.push(self.decode(item).await?);
         }
         Ok(out)
-    }
-
-    /// Every `STATE` item matching `filter` (with its names and values), decoded.
-    async fn scan_states(
-        &self,
-        what: &str,
-        filter: &str,
-        names: &[(&str, &str)],
-        values: &[(&str, aws_sdk_dynamodb::types::AttributeValue)],
-    ) -> Result<Vec<RequestRecord>, PortError> {
-        let mut scan = self
-            .dynamo
-            .scan()
-            .table_name(&self.table)
-            .consistent_read(true)
-            .filter_expression(filter);
-        for (k, v) in names {
-            scan = scan.expression_attribute_names(*k, *v);
-        }
-        for (k, v) in values {
-            scan = scan.expression_attribute_values(*k, v.clone());
-        }
-        let mut pages = scan.into_paginator().send();
-        let mut records = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify(what, &e))?;
-            for item in page.items.unwrap_or_default() {
-                records.push(self.decode::<RequestRecord>(&item).await?);
-            }
-        }
-        Ok(records)
     }
 }
 
@@ -445,6 +498,7 @@ impl StateStore for DynamoStore {
             .send()
             .await
             .map_err(|e| classify(&format!("loading {id}"), &e))?;
+        self.count_read(1, out.item.as_slice(), true);
         match out.item {
             Some(item) => Ok(Some(self.decode(&item).await?)),
             None => Ok(None),
@@ -520,13 +574,7 @@ impl StateStore for DynamoStore {
     }
 
     async fn active(&self) -> Result<Vec<RequestRecord>, PortError> {
-        self.scan_states(
-            "scanning for active requests",
-            "attribute_exists(#active) AND #sk = :state",
-            &[("#active", layout::ACTIVE), ("#sk", layout::SK)],
-            &[(":state", s(layout::STATE_SK))],
-        )
-        .await
+        self.scan_index(layout::ACTIVE_INDEX).await
     }
 
     async fn list_for_owner(
@@ -534,23 +582,41 @@ impl StateStore for DynamoStore {
         owner: &UserId,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, PortError> {
+        self.query_index(layout::OWNER_INDEX, layout::OWNER, owner.as_str(), limit)
+            .await
+    }
+
+    async fn running_for_owner(
+        &self,
+        owner: &UserId,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, PortError> {
+        self.query_index(
+            layout::ACTIVE_INDEX,
+            layout::ACTIVE_OWNER,
+            owner.as_str(),
+            limit,
+        )
+        .await
+    }
+
+    async fn list_for_project(
+        &self,
+        owner: &UserId,
+        project: &ProjectId,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, PortError> {
+        // Project ids are unique, so every request of the project is the owner's; the filter
+        // only keeps someone else's out should that ever not hold.
         let mut records = self
-            .scan_states(
-                &format!("listing the requests of {owner}"),
-                "#owner = :owner AND #sk = :state",
-                &[("#owner", layout::OWNER), ("#sk", layout::SK)],
-                &[
-                    (":owner", s(owner.as_str())),
-                    (":state", s(layout::STATE_SK)),
-                ],
+            .query_index(
+                layout::PROJECT_INDEX,
+                layout::PROJECT,
+                project.as_str(),
+                limit,
             )
             .await?;
-        records.sort_by(|a, b| {
-            b.created_at_ms
-                .cmp(&a.created_at_ms)
-                .then_with(|| b.id.cmp(&a.id))
-        });
-        records.truncate(limit);
+        records.retain(|r| &r.owner == owner);
         Ok(records)
     }
 
@@ -572,6 +638,8 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":limit", n(u64::from(limit)))
             .send()
             .await;
+        // A refused conditional write is billed too.
+        self.count_slot_update();
         match result {
             Ok(_) => Ok(true),
             Err(e) => match classify(&format!("taking a slot of {owner}"), &e) {
@@ -598,6 +666,7 @@ impl StateStore for DynamoStore {
             .expression_attribute_values(":zero", n(0))
             .send()
             .await;
+        self.count_slot_update();
         match result {
             Ok(_) => Ok(()),
             Err(e) => match classify(&format!("returning a slot of {owner}"), &e) {

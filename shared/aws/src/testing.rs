@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 
@@ -92,21 +92,51 @@ impl TestAws {
                 .key_type(kind)
                 .build()
         };
-        let def = |attr: &str| {
+        let def = |attr: &str, kind: ScalarAttributeType| {
             AttributeDefinition::builder()
                 .attribute_name(attr)
-                .attribute_type(ScalarAttributeType::S)
+                .attribute_type(kind)
                 .build()
+                .unwrap()
         };
-        clients
+        // The table as template.yaml declares it, global secondary indexes included.
+        let mut create = clients
             .dynamo
             .create_table()
             .table_name(&name)
             .billing_mode(BillingMode::PayPerRequest)
             .key_schema(key(layout::PK, KeyType::Hash).unwrap())
-            .key_schema(key(layout::SK, KeyType::Range).unwrap())
-            .attribute_definitions(def(layout::PK).unwrap())
-            .attribute_definitions(def(layout::SK).unwrap())
+            .key_schema(key(layout::SK, KeyType::Range).unwrap());
+        for (attr, kind) in [
+            (layout::PK, ScalarAttributeType::S),
+            (layout::SK, ScalarAttributeType::S),
+            (layout::OWNER, ScalarAttributeType::S),
+            (layout::PROJECT, ScalarAttributeType::S),
+            (layout::ACTIVE_OWNER, ScalarAttributeType::S),
+            (layout::CREATED_AT_MS, ScalarAttributeType::N),
+        ] {
+            create = create.attribute_definitions(def(attr, kind));
+        }
+        for (index, partition) in [
+            (layout::OWNER_INDEX, layout::OWNER),
+            (layout::PROJECT_INDEX, layout::PROJECT),
+            (layout::ACTIVE_INDEX, layout::ACTIVE_OWNER),
+        ] {
+            create = create.global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(index)
+                    .key_schema(key(partition, KeyType::Hash).unwrap())
+                    .key_schema(key(layout::CREATED_AT_MS, KeyType::Range).unwrap())
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .unwrap(),
+            );
+        }
+        create
             .send()
             .await
             .unwrap_or_else(|e| unreachable(&aws_sdk_dynamodb::error::DisplayErrorContext(e)));

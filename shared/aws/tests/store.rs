@@ -240,6 +240,12 @@ async fn a_terminal_phase_sets_ttl_and_removes_active() {
     store.create(&record, &first).await.unwrap();
     let item = aws.item(&record.id, layout::STATE_SK).await.unwrap();
     assert_eq!(item[layout::ACTIVE].as_s().unwrap(), "queued");
+    // The key of the sparse index of requests not finished, and the other indexes' keys.
+    assert_eq!(item[layout::ACTIVE_OWNER].as_s().unwrap(), "user_a");
+    assert_eq!(
+        item[layout::PROJECT].as_s().unwrap(),
+        record.project.as_str()
+    );
     assert!(!item.contains_key(layout::TTL));
     assert_eq!(item[layout::OWNER].as_s().unwrap(), "user_a");
     assert_eq!(item[layout::PHASE].as_s().unwrap(), "queued");
@@ -255,6 +261,7 @@ async fn a_terminal_phase_sets_ttl_and_removes_active() {
 
     let item = aws.item(&record.id, layout::STATE_SK).await.unwrap();
     assert!(!item.contains_key(layout::ACTIVE));
+    assert!(!item.contains_key(layout::ACTIVE_OWNER));
     assert_eq!(
         item[layout::TTL].as_n().unwrap(),
         &(1_700_000_000 + 30 * 86_400).to_string()
@@ -397,5 +404,67 @@ async fn a_commit_of_more_than_100_items_is_refused_before_writing() {
     assert_eq!(
         aws.sort_keys(&record.id).await,
         vec!["MSG#000000000", "STATE"]
+    );
+}
+
+#[tokio::test]
+async fn running_for_owner_and_list_for_project_read_the_indexes() {
+    let aws = TestAws::new().await;
+    let store = aws.store();
+    let me = UserId::parse("user_me").unwrap();
+    let (first_record, _) = new_request("user_me", 1);
+    let project = first_record.project.clone();
+    let mut running = Vec::new();
+    let mut in_project = Vec::new();
+    for (i, (owner, same_project, phase)) in [
+        ("user_me", true, Phase::Succeeded),
+        ("user_me", true, Phase::Running),
+        ("user_me", false, Phase::Queued),
+        ("user_other", false, Phase::Running),
+        ("user_me", true, Phase::Queued),
+        ("user_me", false, Phase::Failed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (mut record, first) = new_request(owner, 1_000 + i as u64);
+        if same_project {
+            record.project = project.clone();
+        }
+        store.create(&record, &first).await.unwrap();
+        if phase != Phase::Queued {
+            let expected = record.version;
+            record.version += 1;
+            record.phase = phase;
+            store
+                .commit(&record, expected, Appended::default())
+                .await
+                .unwrap();
+        }
+        if owner == "user_me" && !phase.is_terminal() {
+            running.insert(0, record.clone());
+        }
+        if same_project {
+            in_project.insert(0, record);
+        }
+    }
+    assert_eq!(store.running_for_owner(&me, 10).await.unwrap(), running);
+    assert_eq!(store.running_for_owner(&me, 2).await.unwrap(), running[..2]);
+    assert_eq!(
+        store.list_for_project(&me, &project, 10).await.unwrap(),
+        in_project
+    );
+    assert_eq!(
+        store.list_for_project(&me, &project, 1).await.unwrap(),
+        in_project[..1]
+    );
+    // Someone else asking about the project sees none of it.
+    let other = UserId::parse("user_other").unwrap();
+    assert!(
+        store
+            .list_for_project(&other, &project, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

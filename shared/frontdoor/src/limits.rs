@@ -35,8 +35,8 @@ use tb_pipeline::{Accepted, NewRequest, RequestError, RequestRecord};
 use crate::FrontDoor;
 use crate::auth::Caller;
 
-/// How many of a user's most recent requests are scanned for running ones, or for a project
-/// (at most this many running requests are listed, by stores that select them directly).
+/// At most this many of a user's running requests are listed (stores that cannot select
+/// running requests directly look through this many of the user's newest requests instead).
 /// Requests run for minutes and users have a handful running at once, so running requests
 /// are among the newest.
 pub const ACTIVE_SCAN: usize = 1000;
@@ -201,14 +201,13 @@ pub fn committed(running: &[RequestRecord], budget: MicroUsd) -> MicroUsd {
 async fn owns_project(fd: &FrontDoor, user: &UserId, project: &ProjectId) -> Result<bool, Refusal> {
     match fd.records.project(project).await.map_err(unavailable)? {
         Some(p) => Ok(&p.owner == user),
-        None => Ok(fd
+        None => Ok(!fd
             .pipeline
             .store
-            .list_for_owner(user, ACTIVE_SCAN)
+            .list_for_project(user, project, 1)
             .await
             .map_err(unavailable)?
-            .iter()
-            .any(|r| &r.project == project)),
+            .is_empty()),
     }
 }
 

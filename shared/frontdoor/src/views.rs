@@ -246,13 +246,14 @@ fn unavailable(e: impl std::fmt::Display) -> ViewError {
 }
 
 /// The caller's projects: their project records, plus projects whose first request is still
-/// running (the record is written when a request finishes).
+/// running (the record is written when a request finishes). Only running requests are read,
+/// so the cost does not grow with the caller's history.
 pub async fn list_projects(fd: &FrontDoor, user: &UserId) -> Result<ProjectList, ViewError> {
     let records = fd.records.projects(user).await.map_err(unavailable)?;
     let requests = fd
         .pipeline
         .store
-        .list_for_owner(user, ACTIVE_SCAN)
+        .running_for_owner(user, ACTIVE_SCAN)
         .await
         .map_err(unavailable)?;
     let mut projects: Vec<ProjectSummary> = records
@@ -306,17 +307,10 @@ pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectV
     let requests: Vec<RequestRecord> = fd
         .pipeline
         .store
-        .list_for_owner(user, ACTIVE_SCAN)
+        .list_for_project(user, &id, PROJECT_REQUESTS_SHOWN)
         .await
-        .map_err(unavailable)?
-        .into_iter()
-        .filter(|r| r.project == id)
-        .collect();
-    let recent_requests: Vec<RequestBrief> = requests
-        .iter()
-        .take(PROJECT_REQUESTS_SHOWN)
-        .map(RequestBrief::from)
-        .collect();
+        .map_err(unavailable)?;
+    let recent_requests: Vec<RequestBrief> = requests.iter().map(RequestBrief::from).collect();
     match record {
         Some(p) => Ok(ProjectView {
             project_id: p.id.to_string(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tb_core::domain::{RequestId, UserId};
+use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ports::PortError;
 use tb_core::{Message, ModelCall};
 
@@ -26,6 +26,10 @@ pub struct Appended<'a> {
     pub messages: &'a [Message],
     pub calls: &'a [ModelCall],
 }
+
+/// How many of an owner's newest requests [`StateStore::list_for_project`]'s default looks
+/// through.
+pub const OWNER_SCAN: usize = 1000;
 
 /// Request state and conversations.
 ///
@@ -70,6 +74,20 @@ pub trait StateStore: Send + Sync {
     ) -> Result<Vec<RequestRecord>, PortError> {
         let mut listed = self.list_for_owner(owner, limit).await?;
         listed.retain(|r| !r.phase.is_terminal());
+        Ok(listed)
+    }
+    /// `owner`'s requests for `project`, newest first, at most `limit`. The default lists the
+    /// owner's [`OWNER_SCAN`] newest requests and keeps those; a store that can select by
+    /// project should, so that the cost does not grow with the owner's other requests.
+    async fn list_for_project(
+        &self,
+        owner: &UserId,
+        project: &ProjectId,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, PortError> {
+        let mut listed = self.list_for_owner(owner, OWNER_SCAN).await?;
+        listed.retain(|r| &r.project == project);
+        listed.truncate(limit);
         Ok(listed)
     }
     /// Takes one of `owner`'s concurrent-request slots if fewer than `limit` are taken,

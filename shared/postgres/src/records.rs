@@ -12,7 +12,8 @@
 //!   before gets a `deployments` row in the same transaction (the project's rollback
 //!   targets).
 //! - **Ledger** rows are keyed by (request, iteration): writing the same call twice is a
-//!   no-op. `spent` is the sum of a user's rows.
+//!   no-op. Each write adds the rows it inserted to the user's `user_spending` total in the
+//!   same statement, and `spent` reads that one row.
 //!
 //! Times are stored as `timestamptz` and exchanged as milliseconds since the Unix epoch.
 //! The connection URL is never logged and not shown by `Debug`.
@@ -373,18 +374,26 @@ impl PlatformRecords for PgPlatformRecords {
             latency.push(to_i64("latency", c.latency_ms)?);
             stop.push(stop_reason_text(&c.stop_reason));
         }
+        // One statement, so one transaction: the rows inserted (a row written before is
+        // not) are added to the owner's total, which `spent` reads.
         sqlx::query(
-            "INSERT INTO usage_ledger (request_id, iteration, user_id, project_id, model, \
-                 input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, \
-                 cost_micro_usd, latency_ms, stop_reason) \
-             SELECT $1, u.iteration, $2, $3, u.model, u.input_tokens, u.output_tokens, \
-                 u.cache_write_tokens, u.cache_read_tokens, u.cost_micro_usd, u.latency_ms, \
-                 u.stop_reason \
-             FROM UNNEST($4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], \
-                 $9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) \
-                 AS u(iteration, model, input_tokens, output_tokens, cache_write_tokens, \
-                      cache_read_tokens, cost_micro_usd, latency_ms, stop_reason) \
-             ON CONFLICT (request_id, iteration) DO NOTHING",
+            "WITH inserted AS ( \
+                 INSERT INTO usage_ledger (request_id, iteration, user_id, project_id, model, \
+                     input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, \
+                     cost_micro_usd, latency_ms, stop_reason) \
+                 SELECT $1, u.iteration, $2, $3, u.model, u.input_tokens, u.output_tokens, \
+                     u.cache_write_tokens, u.cache_read_tokens, u.cost_micro_usd, u.latency_ms, \
+                     u.stop_reason \
+                 FROM UNNEST($4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], \
+                     $9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) \
+                     AS u(iteration, model, input_tokens, output_tokens, cache_write_tokens, \
+                          cache_read_tokens, cost_micro_usd, latency_ms, stop_reason) \
+                 ON CONFLICT (request_id, iteration) DO NOTHING \
+                 RETURNING cost_micro_usd) \
+             INSERT INTO user_spending (user_id, spent_micro_usd) \
+             SELECT $2, COALESCE(SUM(cost_micro_usd), 0)::bigint FROM inserted \
+             ON CONFLICT (user_id) DO UPDATE \
+                 SET spent_micro_usd = user_spending.spent_micro_usd + EXCLUDED.spent_micro_usd",
         )
         .bind(request.as_str())
         .bind(owner.as_str())
@@ -405,14 +414,14 @@ impl PlatformRecords for PgPlatformRecords {
     }
 
     async fn spent(&self, owner: &UserId) -> Result<MicroUsd, PortError> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(cost_micro_usd), 0)::bigint FROM usage_ledger WHERE user_id = $1",
-        )
-        .bind(owner.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(sql("summing the usage ledger"))?;
-        Ok(MicroUsd::from_micros(total))
+        // The total `record_usage` keeps: one row, not a sum over the user's ledger.
+        let total: Option<i64> =
+            sqlx::query_scalar("SELECT spent_micro_usd FROM user_spending WHERE user_id = $1")
+                .bind(owner.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(sql("reading the spending total"))?;
+        Ok(MicroUsd::from_micros(total.unwrap_or(0)))
     }
 }
 

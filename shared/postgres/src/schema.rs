@@ -27,6 +27,10 @@ pub const FILES: &[(&str, &str)] = &[
         "0003_oauth.sql",
         include_str!("../../../migrations/0003_oauth.sql"),
     ),
+    (
+        "0004_spending_totals.sql",
+        include_str!("../../../migrations/0004_spending_totals.sql"),
+    ),
 ];
 
 /// The migrator for [`FILES`]. A file is `<version>_<description>.sql`.

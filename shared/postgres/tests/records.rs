@@ -189,6 +189,104 @@ async fn ledger_writes_are_idempotent_and_spent_sums_them() {
     assert_eq!(row.get::<String, _>("stop"), "tool_use");
 }
 
+/// Finalizer deliveries race: the same calls recorded at once by several writers, with new
+/// ones among them. Each call is added to the total exactly once, and the total read at
+/// admission is the ledger's sum without summing it.
+#[tokio::test]
+async fn concurrent_duplicate_ledger_writes_keep_the_spending_total_exact() {
+    let (r, url, _c) = records().await;
+    let r = std::sync::Arc::new(r);
+    let alice = user("user_alice");
+    let project = ProjectId::parse("proj_race").unwrap();
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..12u32 {
+        let (r, alice, project) = (r.clone(), alice.clone(), project.clone());
+        writers.spawn(async move {
+            // Every writer records calls 1..=5 of req_a; writer w also calls 1..=w of req_b.
+            let a: Vec<ModelCall> = (1..=5).map(|i| call(i, 1_000 * i64::from(i))).collect();
+            let b: Vec<ModelCall> = (1..=w).map(|i| call(i, 7)).collect();
+            r.record_usage(&RequestId::parse("req_a").unwrap(), &alice, &project, &a)
+                .await
+                .unwrap();
+            r.record_usage(&RequestId::parse("req_b").unwrap(), &alice, &project, &b)
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    // req_a: 1+2+3+4+5 thousand; req_b: calls 1..=11 once each.
+    let want = MicroUsd::from_micros(15_000 + 11 * 7);
+    assert_eq!(r.spent(&alice).await.unwrap(), want);
+    let mut c = connect(&url).await.unwrap();
+    let summed: i64 = sqlx::query_scalar(
+        "SELECT sum(cost_micro_usd)::bigint FROM usage_ledger WHERE user_id = 'user_alice'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(MicroUsd::from_micros(summed), want);
+    // `spent` is the kept total, not a sum of the ledger: a row removed behind the store's
+    // back (never done in operation) does not change it.
+    sqlx::query("DELETE FROM usage_ledger WHERE request_id = 'req_b'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(r.spent(&alice).await.unwrap(), want);
+}
+
+/// A database whose ledger was written before the totals existed: the migration that adds
+/// them starts each user's total at the sum of their ledger, and writes carry on from there.
+#[tokio::test]
+async fn the_totals_migration_starts_from_the_existing_ledger() {
+    let cleanup = Cleanup::default();
+    let url = fresh_database(&cleanup).await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let all = tb_postgres::schema::migrator().unwrap();
+    let before_totals: Vec<_> = all.iter().filter(|m| m.version < 3).cloned().collect();
+    sqlx::migrate::Migrator::with_migrations(before_totals)
+        .run(&pool)
+        .await
+        .unwrap();
+    for (request, user, iteration, cost) in [
+        ("req_old1", "user_alice", 1, 1_000),
+        ("req_old1", "user_alice", 2, 2_000),
+        ("req_old2", "user_bob", 1, 500),
+    ] {
+        sqlx::query(
+            "INSERT INTO usage_ledger (request_id, iteration, user_id, project_id, model, \
+                 input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, \
+                 cost_micro_usd, latency_ms, stop_reason) \
+             VALUES ($1, $2, $3, 'proj_old', 'm', 0, 0, 0, 0, $4, 0, 'end_turn')",
+        )
+        .bind(request)
+        .bind(iteration)
+        .bind(user)
+        .bind(cost as i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let r = PgPlatformRecords::connect(&url)
+        .await
+        .expect("connect and migrate");
+    let (alice, bob) = (user("user_alice"), user("user_bob"));
+    assert_eq!(r.spent(&alice).await.unwrap(), MicroUsd::from_micros(3_000));
+    assert_eq!(r.spent(&bob).await.unwrap(), MicroUsd::from_micros(500));
+    r.record_usage(
+        &RequestId::parse("req_new").unwrap(),
+        &alice,
+        &ProjectId::parse("proj_old").unwrap(),
+        &[call(1, 250)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.spent(&alice).await.unwrap(), MicroUsd::from_micros(3_250));
+}
+
 fn project_record(id: &str, owner: &str) -> ProjectRecord {
     ProjectRecord {
         id: ProjectId::parse(id).unwrap(),
