@@ -601,6 +601,7 @@ mod tests {
             name: "run".into(),
             description: "d".into(),
             input_schema: json!({"type": "object"}),
+            anthropic_type: None,
         }];
         let req = ModelRequest {
             system: "sys",

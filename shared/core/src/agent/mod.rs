@@ -30,7 +30,7 @@ use crate::usage::{ModelCall, TokenUsage};
 pub use output::head_tail;
 pub use prompt::SYSTEM_PROMPT;
 pub use stuck::{StuckState, Verdict};
-pub use tools::{OUTPUTS_DIR, tool_specs};
+pub use tools::{EDITOR, OUTPUTS_DIR, tool_specs};
 
 /// Limits and switches of the loop. Read once from configuration.
 #[derive(Clone, Debug)]
@@ -248,7 +248,7 @@ impl Agent<'_> {
     /// Runs until the agent is done or the slice is used up.
     pub async fn run(&self, state: &mut AgentState, slice: Slice) -> Result<SliceEnd, AgentError> {
         let price = self.prices.price_for(self.model.id())?;
-        let tools = tool_specs();
+        let tools = tool_specs(self.config);
         let mut done = 0;
         loop {
             if let Some(outcome) = &state.outcome {
