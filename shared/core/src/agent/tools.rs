@@ -24,6 +24,9 @@ const MAX_LISTED: usize = 400;
 const MAX_WRITE_BYTES: usize = 1 << 20;
 const MAX_COMMAND_BYTES: usize = 64 << 10;
 const MAX_ROWS: usize = 100;
+/// The environment of every command: CI mode and no colours (npm, Node and most CLIs honour
+/// `CI` and `NO_COLOR`), and npm without its progress bar and funding notices.
+const COMMAND_ENV: &str = "CI=1 NO_COLOR=1 npm_config_progress=false npm_config_fund=false";
 /// The text editor tool's name, fixed by Anthropic for `text_editor_20250728`.
 pub const EDITOR: &str = "str_replace_based_edit_tool";
 /// How much of a file `view` and `read_file` show at once (OpenHands and SWE-agent show 30k
@@ -288,8 +291,10 @@ async fn run_command(
         "sz=$(wc -c < {log}); echo \"__TB_SIZE $sz\"; if [ \"$sz\" -le {limit} ]; then cat {log}; else head -c {head} {log}; printf '\\n__TB_CUT__\\n'; tail -c {tail} {log}; fi",
         limit = head.saturating_add(tail),
     );
+    // No colours, spinners or progress bars: output the model reads cheaply and in which
+    // a repeated failure looks the same each time.
     let wrapper = format!(
-        "bash {script} > {log} 2>&1 < /dev/null; echo \"__TB_EXIT $?\"; {show}",
+        "{COMMAND_ENV} bash {script} > {log} 2>&1 < /dev/null; echo \"__TB_EXIT $?\"; {show}",
         script = script.as_str()
     );
     let out = ctx.sandbox.exec(&wrapper, timeout).await?;
