@@ -306,7 +306,7 @@ async fn the_model_is_reminded_when_80_percent_of_the_time_is_used() {
 }
 
 #[tokio::test]
-async fn after_compaction_the_file_tree_is_given_back() {
+async fn after_compaction_the_file_tree_and_small_sources_are_given_back() {
     let mut turns = vec![
         json!({"tool_calls": [{"name": "write_file", "input": {"path": "server/api/users.get.ts", "content": "export default 1;\n"}}]}),
     ];
@@ -327,6 +327,11 @@ async fn after_compaction_the_file_tree_is_given_back() {
         .expect("a note after compaction");
     assert!(
         given.contains("server/api/users.get.ts (18 bytes)"),
+        "{given}"
+    );
+    // The small sources come back too, as they are now.
+    assert!(
+        given.contains("--- server/api/users.get.ts ---\nexport default 1;\n"),
         "{given}"
     );
 }

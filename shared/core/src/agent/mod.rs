@@ -506,9 +506,17 @@ impl Agent<'_> {
                     tools::ToolReply::Observation { content, .. } => content,
                     tools::ToolReply::Finish { .. } => String::new(),
                 };
-            blocks.push(Block::Text {
-                text: format!("{COMPACTED} The project's files now:\n{tree}"),
-            });
+            // Bounded like a tool call; a source that never answers is simply left out.
+            let sources = tokio::time::timeout(c.tool_timeout, tools::small_sources(&ctx))
+                .await
+                .unwrap_or_else(|_| Ok(String::new()))?;
+            let mut text = format!("{COMPACTED} The project's files now:\n{tree}");
+            if !sources.is_empty() {
+                text.push_str(&format!(
+                    "\n\nIts small source files as they are now:\n{sources}"
+                ));
+            }
+            blocks.push(Block::Text { text });
         }
         step.reply = Some(Message {
             role: Role::User,

@@ -429,6 +429,57 @@ async fn delete_file(ctx: &ToolContext<'_>, path: &str) -> Result<ToolReply, San
     Ok(ToolReply::ok(format!("Deleted {p}.")))
 }
 
+/// The project's small source files as they are now (each at most 2 KiB, about 12 KB in
+/// all), for the note after a compaction: what the elided outputs most likely showed, given
+/// back in one piece instead of one `view` each. Unreadable files are left out.
+pub(crate) async fn small_sources(ctx: &ToolContext<'_>) -> Result<String, SandboxError> {
+    const EACH: u64 = 2 << 10;
+    const ALL: usize = 12_000;
+    let is_source = |name: &str| {
+        name != "package-lock.json"
+            && [".ts", ".js", ".mjs", ".cjs", ".json", ".sql"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+    };
+    let mut queue = std::collections::VecDeque::from([WorkspacePath::parse("")?]);
+    let mut files = Vec::new();
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        for entry in ctx.sandbox.list(&dir).await? {
+            seen += 1;
+            if seen > MAX_LISTED {
+                break;
+            }
+            let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+            if entry.is_dir {
+                if !SKIP_DIRS.contains(&name) && !name.starts_with('.') {
+                    queue.push_back(WorkspacePath::parse(&entry.path)?);
+                }
+            } else if entry.size <= EACH && is_source(name) {
+                files.push(entry.path);
+            }
+        }
+    }
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        let bytes = match ctx.sandbox.read_file(&WorkspacePath::parse(&f)?).await {
+            Ok(b) => b,
+            Err(e) if e.is_model_fault() => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            continue;
+        };
+        let piece = format!("--- {f} ---\n{text}\n");
+        if out.len() + piece.len() > ALL {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    Ok(out)
+}
+
 async fn list_files(ctx: &ToolContext<'_>, path: &str) -> Result<ToolReply, SandboxError> {
     let root = WorkspacePath::parse(path)?;
     let mut queue = std::collections::VecDeque::from([root.clone()]);
