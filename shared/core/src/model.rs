@@ -14,6 +14,11 @@ pub struct ToolSpec {
     pub description: String,
     /// JSON Schema of the arguments (an object schema).
     pub input_schema: Value,
+    /// An Anthropic-defined tool type the models are trained on (e.g.
+    /// `text_editor_20250728`): sent instead of the description and schema on the Anthropic
+    /// path; other providers get the schema as a custom tool of the same shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anthropic_type: Option<String>,
 }
 
 /// Everything one model call needs. Borrowed: the agent never copies the conversation.

@@ -129,7 +129,8 @@ impl Model for AnthropicClient {
 /// set (the API allows four): on the last tool definition, on the system prompt (sent as
 /// a one-block array), and on the last content block of the last message that is not a
 /// thinking block. Without it the system prompt is a plain string and no block carries
-/// `cache_control`. An empty system prompt and an empty tool list are left out.
+/// `cache_control`. An empty system prompt and an empty tool list are left out. A tool with
+/// an [`ToolSpec::anthropic_type`](tb_core::model::ToolSpec) goes out as that type.
 pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
     let cache = || json!({"type": "ephemeral"});
     let messages: Vec<Value> = req
@@ -156,7 +157,13 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
         let mut tools: Vec<Value> = req
             .tools
             .iter()
-            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+            .map(|t| match &t.anthropic_type {
+                // An Anthropic-defined tool is declared by its type and name only; the API
+                // refuses a schema on it (`ToolTextEditor20250728Param` in
+                // `anthropics/anthropic-sdk-python`).
+                Some(kind) => json!({"type": kind, "name": t.name}),
+                None => json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}),
+            })
             .collect();
         if req.prompt_caching
             && let Some(last) = tools.last_mut()
@@ -309,6 +316,7 @@ mod tests {
                 name: n.into(),
                 description: format!("{n} tool"),
                 input_schema: json!({"type": "object"}),
+                anthropic_type: None,
             })
             .collect()
     }

@@ -225,7 +225,7 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>, field: TokenLimitField)
 /// be a JSON string or an object; a string that is not valid JSON is kept as
 /// `Value::String` so the agent can report a tool error. Missing call ids become
 /// `call_<index>`. Tool calls make the stop reason `ToolUse` whatever `finish_reason`
-/// says; a `message.refusal` makes it `Refusal`, with the refusal's text. Text that is
+/// says, except `length` (a reply cut at the output limit, its last call maybe with it); a `message.refusal` makes it `Refusal`, with the refusal's text. Text that is
 /// only whitespace is dropped. `prompt_tokens` includes cached tokens, which are
 /// subtracted from `input`.
 pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
@@ -254,6 +254,10 @@ pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelRespons
     let has_calls = content.iter().any(|b| matches!(b, Block::ToolUse { .. }));
     let refusal = message.refusal.filter(|r| !r.trim().is_empty());
     let stop_reason = match choice.finish_reason.as_deref() {
+        // Cut at the output limit (`length`: "the maximum number of tokens specified in the
+        // request was reached", `finish_reason` in `openai/openai-python`
+        // `src/openai/types/chat/chat_completion.py`): the last call may be incomplete.
+        Some("length") => StopReason::MaxTokens,
         _ if has_calls => StopReason::ToolUse,
         _ if refusal.is_some() => StopReason::Refusal,
         Some(reason) => StopReason::parse(reason),
@@ -601,6 +605,7 @@ mod tests {
             name: "run".into(),
             description: "d".into(),
             input_schema: json!({"type": "object"}),
+            anthropic_type: None,
         }];
         let req = ModelRequest {
             system: "sys",

@@ -537,6 +537,7 @@ mod tests {
             name: "write_file".into(),
             description: "w".into(),
             input_schema: json!({"type": "object"}),
+            anthropic_type: None,
         }];
         let start = vec![Message::user_text("build")];
         let first = model

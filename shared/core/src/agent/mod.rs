@@ -30,7 +30,7 @@ use crate::usage::{ModelCall, TokenUsage};
 pub use output::head_tail;
 pub use prompt::SYSTEM_PROMPT;
 pub use stuck::{StuckState, Verdict};
-pub use tools::{OUTPUTS_DIR, tool_specs};
+pub use tools::{EDITOR, OUTPUTS_DIR, tool_specs};
 
 /// Limits and switches of the loop. Read once from configuration.
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ pub struct AgentConfig {
     /// Compact when a prompt uses this share of the model's window.
     pub compact_at_percent: u8,
     pub keep_recent_messages: usize,
-    /// Stuck after this many identical iterations (or identical errors).
+    /// Stuck after this many identical iterations (or identical actions that all failed).
     pub stuck_repeats: usize,
 }
 
@@ -63,8 +63,12 @@ impl AgentConfig {
             max_iterations: 60,
             budget: MicroUsd::from_micros(5_000_000),
             wall_clock: Duration::from_secs(45 * 60),
-            max_tokens: 8_192,
-            command_timeout: Duration::from_secs(300),
+            // Room for a long file in one reply: the anchors use about 24-32k, and current
+            // Claude models allow 64k (Opus 4.1: 32k). OpenAI-compatible servers with a
+            // smaller output limit (gpt-4o: 16k) need TB_MAX_TOKENS.
+            max_tokens: 32_000,
+            // OpenHands' sandbox default; long builds ask for more with `timeout_seconds`.
+            command_timeout: Duration::from_secs(120),
             max_command_timeout: Duration::from_secs(900),
             tool_timeout: Duration::from_secs(60),
             prompt_caching: true,
@@ -248,7 +252,7 @@ impl Agent<'_> {
     /// Runs until the agent is done or the slice is used up.
     pub async fn run(&self, state: &mut AgentState, slice: Slice) -> Result<SliceEnd, AgentError> {
         let price = self.prices.price_for(self.model.id())?;
-        let tools = tool_specs();
+        let tools = tool_specs(self.config);
         let mut done = 0;
         loop {
             if let Some(outcome) = &state.outcome {
@@ -301,6 +305,7 @@ impl Agent<'_> {
     ) -> Result<Step, AgentError> {
         let c = self.config;
         let iteration = state.iteration + 1;
+        let began_ms = now_ms();
         let upto = if c.compaction {
             state.compacted_upto
         } else {
@@ -386,19 +391,25 @@ impl Agent<'_> {
             // A paused turn continues when its content is sent back as it is: the next
             // request ends on it, the one assistant turn a request may end on.
             StopReason::PauseTurn => return Ok(step),
-            // The reply is truncated: a tool call in it may be cut short, so none is run.
+            // The reply is truncated: only its last block can be cut short, so the calls
+            // before it run and a call at the very end is refused.
             StopReason::MaxTokens => Some(
-                "Your reply hit max_tokens and was cut off, so this call was not run. Write smaller pieces (e.g. one file per call).",
+                "Your reply hit max_tokens and was cut off inside this call, so it was not run (the calls before it were). Write smaller pieces: create a file in parts and add the rest with `insert`, or change it with `str_replace`.",
             ),
             StopReason::ContextWindowExceeded => Some(
-                "Your reply was cut off because the conversation filled the context window, so this call was not run.",
+                "Your reply was cut off inside this call because the conversation filled the context window, so it was not run (the calls before it were).",
             ),
+            _ => None,
+        };
+        let cut_id = match (cut_off, step.assistant.content.last()) {
+            (Some(_), Some(Block::ToolUse { id, .. })) => Some(id.clone()),
             _ => None,
         };
 
         let mut blocks = Vec::new();
+        let mut action = String::new();
         let mut fingerprint = String::new();
-        let mut errors = String::new();
+        let mut failed = false;
         let uses: Vec<_> = step
             .assistant
             .tool_uses()
@@ -411,7 +422,7 @@ impl Agent<'_> {
             deadline,
         };
         for (k, (id, name, input)) in uses.iter().enumerate() {
-            let reply = if let Some(why) = cut_off {
+            let reply = if let Some(why) = cut_off.filter(|_| cut_id.as_ref() == Some(id)) {
                 tools::ToolReply::Observation {
                     content: why.into(),
                     is_error: true,
@@ -436,10 +447,9 @@ impl Agent<'_> {
                     is_error,
                     fingerprint: f,
                 } => {
+                    action.push_str(&format!("{name} {input}\n"));
                     fingerprint.push_str(&format!("{name} {input} => {f}\n"));
-                    if is_error {
-                        errors.push_str(&f);
-                    }
+                    failed |= is_error;
                     (content, is_error)
                 }
             };
@@ -450,10 +460,11 @@ impl Agent<'_> {
             });
         }
         if uses.is_empty() {
-            fingerprint = format!("no tool: {}", step.assistant.text());
+            action = format!("no tool: {}", step.assistant.text());
+            fingerprint = action.clone();
             blocks.push(Block::Text { text: "You did not call a tool. Continue the work with the tools, or call `finish` with a summary if the project is done.".into() });
         }
-        match step.stuck.observe(&fingerprint, (!errors.is_empty()).then_some(errors.as_str()), c.stuck_repeats) {
+        match step.stuck.observe(&action, &fingerprint, failed, c.stuck_repeats) {
             Verdict::Fine => {}
             Verdict::Nudge(reason) => blocks.push(Block::Text { text: format!("You seem to be stuck: {reason}. Step back, read the last error carefully and try a different approach. If you cannot make progress, call `finish` and explain what blocks you.") }),
             Verdict::Stop(reason) => {
@@ -462,10 +473,11 @@ impl Agent<'_> {
                 }
             }
         }
-        step.reply = Some(Message {
-            role: Role::User,
-            content: blocks,
-        });
+        if step.outcome.is_none()
+            && let Some(note) = self.limit_note(state, &step.call, began_ms)
+        {
+            blocks.push(Block::Text { text: note });
+        }
         let full = step.call.stop_reason == StopReason::ContextWindowExceeded;
         if c.compaction {
             let after = state.messages.len() + 2;
@@ -487,6 +499,29 @@ impl Agent<'_> {
                 step.compacted_upto = b;
             }
         }
+        // The elided outputs may have held the project's layout: give it back, fresh.
+        if step.compacted_upto > state.compacted_upto && step.outcome.is_none() {
+            let tree =
+                match tools::run_tool(&ctx, "list_files", &serde_json::json!({}), "tree").await? {
+                    tools::ToolReply::Observation { content, .. } => content,
+                    tools::ToolReply::Finish { .. } => String::new(),
+                };
+            // Bounded like a tool call; a source that never answers is simply left out.
+            let sources = tokio::time::timeout(c.tool_timeout, tools::small_sources(&ctx))
+                .await
+                .unwrap_or_else(|_| Ok(String::new()))?;
+            let mut text = format!("{COMPACTED} The project's files now:\n{tree}");
+            if !sources.is_empty() {
+                text.push_str(&format!(
+                    "\n\nIts small source files as they are now:\n{sources}"
+                ));
+            }
+            blocks.push(Block::Text { text });
+        }
+        step.reply = Some(Message {
+            role: Role::User,
+            content: blocks,
+        });
         if full && step.compacted_upto == state.compacted_upto && step.outcome.is_none() {
             step.outcome = Some(Outcome::Failed {
                 reason: format!(
@@ -496,6 +531,78 @@ impl Agent<'_> {
             });
         }
         Ok(step)
+    }
+}
+
+/// Opens the note given after a compaction.
+const COMPACTED: &str = "[Context shortened] Older tool outputs and file contents above were elided to save context; view files again when you need them.";
+/// Open the notes given at 80% of a limit and before the last turn.
+const REMINDER: &str = "[Reminder]";
+const LAST_TURN: &str = "[Last turn]";
+
+impl Agent<'_> {
+    /// A note for the model when this iteration took the run past 80% of a limit (once per
+    /// limit) or left room for one more turn only (once): the wrap-up turn. Stateless, so a
+    /// resumed run gives the same notes: what was already said is read from the
+    /// conversation.
+    fn limit_note(&self, state: &AgentState, call: &ModelCall, began_ms: u64) -> Option<String> {
+        let c = self.config;
+        let said = |prefix: &str| {
+            state
+                .messages
+                .iter()
+                .filter(|m| m.role == Role::User)
+                .any(|m| {
+                    m.content
+                        .iter()
+                        .any(|b| matches!(b, Block::Text { text } if text.starts_with(prefix)))
+                })
+        };
+        let spent = (state.cost + call.cost).micros();
+        let budget = c.budget.micros();
+        let elapsed = now_ms().saturating_sub(state.started_at_ms);
+        let wall = c.wall_clock.as_millis() as u64;
+        // The next iteration is the last one when it is the last allowed, when one more
+        // call like this one spends the budget, or when one more iteration like this one
+        // runs out the time.
+        let last = if call.iteration + 1 >= c.max_iterations {
+            Some("iteration")
+        } else if spent + call.cost.micros() >= budget {
+            Some("budget")
+        } else if elapsed + now_ms().saturating_sub(began_ms) >= wall {
+            Some("time")
+        } else {
+            None
+        };
+        if let Some(limit) = last {
+            let key = format!("{LAST_TURN} {limit}");
+            return (!said(&key)).then(|| format!(
+                "{key} limit: your next reply is likely your last before the {limit} limit stops the run. Use it to call `finish` with a summary of what works and what does not yet."
+            ));
+        }
+        let limits = [
+            (
+                "iteration",
+                call.iteration as u64 * 5 >= c.max_iterations as u64 * 4,
+                format!("{} of {} iterations", call.iteration, c.max_iterations),
+            ),
+            (
+                "budget",
+                spent * 5 >= budget * 4,
+                format!("{} of {}", state.cost + call.cost, c.budget),
+            ),
+            (
+                "time",
+                elapsed * 5 >= wall * 4,
+                format!("{} of {} s", elapsed / 1000, wall / 1000),
+            ),
+        ];
+        limits.into_iter().find_map(|(limit, reached, detail)| {
+            let key = format!("{REMINDER} {limit}");
+            (reached && !said(&key)).then(|| format!(
+                "{key} limit: 80% is used ({detail}). Wrap up: get `npm run build` passing, make sure `GET /api/health` answers, and call `finish`; leave anything optional out."
+            ))
+        })
     }
 }
 

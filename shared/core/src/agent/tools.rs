@@ -24,6 +24,16 @@ const MAX_LISTED: usize = 400;
 const MAX_WRITE_BYTES: usize = 1 << 20;
 const MAX_COMMAND_BYTES: usize = 64 << 10;
 const MAX_ROWS: usize = 100;
+/// The environment of every command: CI mode and no colours (npm, Node and most CLIs honour
+/// `CI` and `NO_COLOR`), and npm without its progress bar and funding notices.
+const COMMAND_ENV: &str = "CI=1 NO_COLOR=1 npm_config_progress=false npm_config_fund=false";
+/// The text editor tool's name, fixed by Anthropic for `text_editor_20250728`.
+pub const EDITOR: &str = "str_replace_based_edit_tool";
+/// How much of a file `view` and `read_file` show at once (OpenHands and SWE-agent show 30k
+/// to 100k characters; our command outputs stay at their head and tail).
+const MAX_VIEW_BYTES: usize = 40_000;
+/// Lines shown around an edit.
+const SNIPPET_LINES: usize = 4;
 
 /// The result of one tool call.
 pub(crate) enum ToolReply {
@@ -59,11 +69,12 @@ impl ToolReply {
 
 /// The tool definitions given to the model, in a stable order (they are part of the
 /// cached prompt prefix).
-pub fn tool_specs() -> Vec<ToolSpec> {
+pub fn tool_specs(config: &AgentConfig) -> Vec<ToolSpec> {
     let spec = |name: &str, description: &str, input_schema: Value| ToolSpec {
         name: name.into(),
         description: description.into(),
         input_schema,
+        anthropic_type: None,
     };
     let path = json!({"type": "string", "description": "Path relative to the project root, e.g. server/api/health.get.ts"});
     vec![
@@ -72,9 +83,10 @@ pub fn tool_specs() -> Vec<ToolSpec> {
             "Run a bash command in the project root and return its exit code and output (stdout and stderr merged). Long output is cut to its head and tail; the full output is saved to a file whose path is given.",
             json!({"type": "object", "properties": {
                 "command": {"type": "string", "description": "The bash command to run."},
-                "timeout_seconds": {"type": "integer", "minimum": 1, "description": "Kill the command after this many seconds (default 300)."}
+                "timeout_seconds": {"type": "integer", "minimum": 1, "description": format!("Kill the command after this many seconds (default {}).", config.command_timeout.as_secs())}
             }, "required": ["command"]}),
         ),
+        editor_spec(),
         spec(
             "write_file",
             "Write a whole file (UTF-8), creating parent directories. Overwrites an existing file.",
@@ -82,7 +94,7 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         ),
         spec(
             "read_file",
-            "Read a text file. Long files are cut to their head and tail.",
+            "Read a text file. Files longer than about 40 KB are cut to their head and tail.",
             json!({"type": "object", "properties": {"path": path}, "required": ["path"]}),
         ),
         spec(
@@ -106,6 +118,30 @@ pub fn tool_specs() -> Vec<ToolSpec> {
             json!({"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}),
         ),
     ]
+}
+
+/// The text editor tool: Anthropic's `text_editor_20250728` on the Anthropic path (the type
+/// Claude models are trained on; its schema is built in), and a custom tool of the same name
+/// and input shape elsewhere. Commands as documented at
+/// <https://platform.claude.com/docs/en/agents-and-tools/tool-use/text-editor-tool>: `view`
+/// (`view_range` 1-indexed, `-1` for the end), `str_replace` (`old_str` must match exactly
+/// once), `insert` (`insert_text` after line `insert_line`, 0 for the top) and `create`.
+fn editor_spec() -> ToolSpec {
+    ToolSpec {
+        name: EDITOR.into(),
+        description: "View, create and edit text files. `view` shows a file with line numbers (optionally only `view_range` [start, end], 1-indexed, end -1 for the last line) or lists a directory. `str_replace` replaces `old_str`, which must match exactly one place in the file (whitespace included), with `new_str`. `insert` inserts `insert_text` after line `insert_line` (0 for the top of the file). `create` writes `file_text` as a whole file. Paths are relative to the project root.".into(),
+        input_schema: json!({"type": "object", "properties": {
+            "command": {"type": "string", "enum": ["view", "create", "str_replace", "insert"]},
+            "path": {"type": "string", "description": "Path relative to the project root, e.g. server/api/health.get.ts"},
+            "view_range": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2, "description": "`view`: [start, end] lines, 1-indexed; end -1 reads to the end."},
+            "old_str": {"type": "string", "description": "`str_replace`: the exact text to replace; must occur exactly once."},
+            "new_str": {"type": "string", "description": "`str_replace`: the replacement (default empty)."},
+            "insert_line": {"type": "integer", "minimum": 0, "description": "`insert`: the line after which to insert; 0 for the top."},
+            "insert_text": {"type": "string", "description": "`insert`: the text to insert."},
+            "file_text": {"type": "string", "description": "`create`: the whole content of the file."}
+        }, "required": ["command", "path"]}),
+        anthropic_type: Some("text_editor_20250728".into()),
+    }
 }
 
 pub(crate) struct ToolContext<'a> {
@@ -175,6 +211,7 @@ async fn dispatch(
             (Ok(path), Ok(content)) => write_file(ctx, path, content).await,
             (Err(e), _) | (_, Err(e)) => Ok(e),
         },
+        EDITOR => editor(ctx, input).await,
         "read_file" => match arg(input, "path") {
             Ok(path) => read_file(ctx, path).await,
             Err(e) => Ok(e),
@@ -197,7 +234,7 @@ async fn dispatch(
             Err(e) => e,
         }),
         other => Ok(ToolReply::error(format!(
-            "There is no tool named `{other}`. The tools are: run_command, write_file, read_file, delete_file, list_files, query_database, finish."
+            "There is no tool named `{other}`. The tools are: run_command, str_replace_based_edit_tool, write_file, read_file, delete_file, list_files, query_database, finish."
         ))),
     };
     match reply {
@@ -254,8 +291,10 @@ async fn run_command(
         "sz=$(wc -c < {log}); echo \"__TB_SIZE $sz\"; if [ \"$sz\" -le {limit} ]; then cat {log}; else head -c {head} {log}; printf '\\n__TB_CUT__\\n'; tail -c {tail} {log}; fi",
         limit = head.saturating_add(tail),
     );
+    // No colours, spinners or progress bars: output the model reads cheaply and in which
+    // a repeated failure looks the same each time.
     let wrapper = format!(
-        "bash {script} > {log} 2>&1 < /dev/null; echo \"__TB_EXIT $?\"; {show}",
+        "{COMMAND_ENV} bash {script} > {log} 2>&1 < /dev/null; echo \"__TB_EXIT $?\"; {show}",
         script = script.as_str()
     );
     let out = ctx.sandbox.exec(&wrapper, timeout).await?;
@@ -369,14 +408,13 @@ async fn read_file(ctx: &ToolContext<'_>, path: &str) -> Result<ToolReply, Sandb
     let p = WorkspacePath::parse(path)?;
     let bytes = ctx.sandbox.read_file(&p).await?;
     let text = String::from_utf8_lossy(&bytes);
-    let cfg = ctx.config;
-    if cfg.truncate_outputs && text.len() > cfg.output_head + cfg.output_tail {
+    if ctx.config.truncate_outputs && text.len() > MAX_VIEW_BYTES {
         let note = format!(
-            "[{p} is {} bytes; showing its head and tail; read parts with run_command, e.g. sed -n '100,200p' {p}]\n",
+            "[{p} is {} bytes; showing its head and tail; view parts with {EDITOR} `view` and a `view_range`]\n",
             text.len()
         );
         return Ok(ToolReply::ok(
-            note + &head_tail(&text, cfg.output_head, cfg.output_tail, None),
+            note + &head_tail(&text, MAX_VIEW_BYTES / 2, MAX_VIEW_BYTES / 2, None),
         ));
     }
     Ok(ToolReply::ok(text.into_owned()))
@@ -389,6 +427,57 @@ async fn delete_file(ctx: &ToolContext<'_>, path: &str) -> Result<ToolReply, San
     }
     ctx.sandbox.delete(&p).await?;
     Ok(ToolReply::ok(format!("Deleted {p}.")))
+}
+
+/// The project's small source files as they are now (each at most 2 KiB, about 12 KB in
+/// all), for the note after a compaction: what the elided outputs most likely showed, given
+/// back in one piece instead of one `view` each. Unreadable files are left out.
+pub(crate) async fn small_sources(ctx: &ToolContext<'_>) -> Result<String, SandboxError> {
+    const EACH: u64 = 2 << 10;
+    const ALL: usize = 12_000;
+    let is_source = |name: &str| {
+        name != "package-lock.json"
+            && [".ts", ".js", ".mjs", ".cjs", ".json", ".sql"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+    };
+    let mut queue = std::collections::VecDeque::from([WorkspacePath::parse("")?]);
+    let mut files = Vec::new();
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        for entry in ctx.sandbox.list(&dir).await? {
+            seen += 1;
+            if seen > MAX_LISTED {
+                break;
+            }
+            let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+            if entry.is_dir {
+                if !SKIP_DIRS.contains(&name) && !name.starts_with('.') {
+                    queue.push_back(WorkspacePath::parse(&entry.path)?);
+                }
+            } else if entry.size <= EACH && is_source(name) {
+                files.push(entry.path);
+            }
+        }
+    }
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        let bytes = match ctx.sandbox.read_file(&WorkspacePath::parse(&f)?).await {
+            Ok(b) => b,
+            Err(e) if e.is_model_fault() => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            continue;
+        };
+        let piece = format!("--- {f} ---\n{text}\n");
+        if out.len() + piece.len() > ALL {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    Ok(out)
 }
 
 async fn list_files(ctx: &ToolContext<'_>, path: &str) -> Result<ToolReply, SandboxError> {
@@ -446,4 +535,237 @@ async fn query_database(ctx: &ToolContext<'_>, sql: &str) -> ToolReply {
         }
         Err(e) => ToolReply::error(format!("The query failed: {e}")),
     }
+}
+
+/// The text editor tool (see [`editor_spec`]). Reads and writes go through the sandbox's
+/// file port, so its confinement applies to every edit.
+async fn editor(ctx: &ToolContext<'_>, input: &Value) -> Result<ToolReply, SandboxError> {
+    let (command, path) = match (arg(input, "command"), arg(input, "path")) {
+        (Ok(c), Ok(p)) => (c, p),
+        (Err(e), _) | (_, Err(e)) => return Ok(e),
+    };
+    let p = WorkspacePath::parse(path)?;
+    match command {
+        "view" => view(ctx, &p, input.get("view_range")).await,
+        "create" => match arg(input, "file_text") {
+            Ok(text) => write_file(ctx, path, text).await,
+            Err(e) => Ok(e),
+        },
+        "str_replace" => {
+            let old = match arg(input, "old_str") {
+                Ok(o) => o,
+                Err(e) => return Ok(e),
+            };
+            let new = input.get("new_str").and_then(Value::as_str).unwrap_or("");
+            str_replace(ctx, &p, old, new).await
+        }
+        "insert" => {
+            let Some(line) = input.get("insert_line").and_then(Value::as_u64) else {
+                return Ok(ToolReply::error(
+                    "`insert` needs `insert_line`: the line after which to insert (0 for the top of the file).",
+                ));
+            };
+            // `insert_text` in text_editor_20250728; `new_str` in the versions before it.
+            let text =
+                match arg(input, "insert_text").or_else(|e| arg(input, "new_str").map_err(|_| e)) {
+                    Ok(t) => t,
+                    Err(e) => return Ok(e),
+                };
+            insert(ctx, &p, line, text).await
+        }
+        "undo_edit" => Ok(ToolReply::error(
+            "`undo_edit` is not available; make the reverse edit with `str_replace`.",
+        )),
+        other => Ok(ToolReply::error(format!(
+            "Unknown command `{other}`. The commands are: view, create, str_replace, insert."
+        ))),
+    }
+}
+
+/// The file's text, or an error observation when it is not UTF-8 text.
+async fn read_text(
+    ctx: &ToolContext<'_>,
+    p: &WorkspacePath,
+) -> Result<Result<String, ToolReply>, SandboxError> {
+    let bytes = ctx.sandbox.read_file(p).await?;
+    Ok(String::from_utf8(bytes).map_err(|_| {
+        ToolReply::error(format!(
+            "{p} is not a UTF-8 text file; it cannot be edited with {EDITOR}."
+        ))
+    }))
+}
+
+/// `cat -n`-style lines `first..=last` (1-indexed) of `text`.
+fn numbered(text: &str, first: usize, last: usize) -> String {
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate().take(last).skip(first - 1) {
+        let _ = writeln!(out, "{:>6}\t{line}", i + 1);
+    }
+    out
+}
+
+async fn view(
+    ctx: &ToolContext<'_>,
+    p: &WorkspacePath,
+    range: Option<&Value>,
+) -> Result<ToolReply, SandboxError> {
+    if p.is_root() {
+        return list_files(ctx, "").await;
+    }
+    let text = match ctx.sandbox.read_file(p).await {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => return Ok(ToolReply::error(format!("{p} is not a UTF-8 text file."))),
+        },
+        // A directory cannot be read as a file: list it instead.
+        Err(e) if e.is_model_fault() => {
+            return match ctx.sandbox.list(p).await {
+                Ok(_) => list_files(ctx, p.as_str()).await,
+                Err(_) => Err(e),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    let total = text.lines().count();
+    let (first, last) = match range {
+        None | Some(Value::Null) => (1, total),
+        Some(Value::Array(r)) if r.len() == 2 => {
+            let (Some(a), Some(b)) = (r[0].as_i64(), r[1].as_i64()) else {
+                return Ok(ToolReply::error(
+                    "`view_range` must be two integers, e.g. [10, 40] or [10, -1].",
+                ));
+            };
+            if a < 1 || a as usize > total.max(1) {
+                return Ok(ToolReply::error(format!(
+                    "Invalid `view_range` [{a}, {b}]: the first line must be within [1, {total}] ({p} has {total} lines)."
+                )));
+            }
+            let b = if b == -1 { total as i64 } else { b };
+            if b < a || b as usize > total {
+                return Ok(ToolReply::error(format!(
+                    "Invalid `view_range` [{a}, {b}]: the last line must be within [{a}, {total}], or -1 for the end."
+                )));
+            }
+            (a as usize, b as usize)
+        }
+        Some(_) => {
+            return Ok(ToolReply::error(
+                "`view_range` must be two integers, e.g. [10, 40] or [10, -1].",
+            ));
+        }
+    };
+    if total == 0 {
+        return Ok(ToolReply::ok(format!("{p} is empty.")));
+    }
+    let mut shown = numbered(&text, first, last);
+    if ctx.config.truncate_outputs && shown.len() > MAX_VIEW_BYTES {
+        // Cut at a line boundary and say where to go on.
+        let cut = shown[..MAX_VIEW_BYTES].rfind('\n').map_or(0, |i| i + 1);
+        shown.truncate(cut);
+        let upto = first + shown.lines().count().saturating_sub(1);
+        let _ = write!(
+            shown,
+            "[{p} has {total} lines; lines {first}-{upto} are shown; view the rest with \"view_range\": [{}, -1]]",
+            upto + 1
+        );
+    }
+    Ok(ToolReply::ok(shown))
+}
+
+/// The lines around `[start, end]` (1-indexed) of `text`, for an edit's reply.
+fn snippet(text: &str, start: usize, end: usize) -> String {
+    let total = text.lines().count().max(1);
+    let first = start.saturating_sub(SNIPPET_LINES).max(1);
+    let last = (end + SNIPPET_LINES).min(total);
+    numbered(text, first, last)
+}
+
+async fn str_replace(
+    ctx: &ToolContext<'_>,
+    p: &WorkspacePath,
+    old: &str,
+    new: &str,
+) -> Result<ToolReply, SandboxError> {
+    if old.is_empty() {
+        return Ok(ToolReply::error(
+            "`old_str` is empty. Give the exact text to replace, or use `insert` to add text.",
+        ));
+    }
+    let text = match read_text(ctx, p).await? {
+        Ok(t) => t,
+        Err(e) => return Ok(e),
+    };
+    let at: Vec<usize> = text.match_indices(old).map(|(i, _)| i).collect();
+    let line_of = |i: usize| text[..i].matches('\n').count() + 1;
+    match at.as_slice() {
+        [] => Ok(ToolReply::error(format!(
+            "No match found for `old_str` in {p}; nothing was changed. It must match the file exactly, whitespace and indentation included: view the file and copy the text."
+        ))),
+        [i] => {
+            let edited = format!("{}{new}{}", &text[..*i], &text[i + old.len()..]);
+            if edited.len() > MAX_WRITE_BYTES {
+                return Ok(ToolReply::error(
+                    "The edited file would be larger than 1 MiB; nothing was changed.",
+                ));
+            }
+            ctx.sandbox.write_file(p, edited.as_bytes()).await?;
+            let start = line_of(*i);
+            let end = start + new.matches('\n').count();
+            Ok(ToolReply::ok(format!(
+                "Edited {p}. Lines {}-{} now read:\n{}",
+                start.saturating_sub(SNIPPET_LINES).max(1),
+                (end + SNIPPET_LINES).min(edited.lines().count().max(1)),
+                snippet(&edited, start, end)
+            )))
+        }
+        many => Ok(ToolReply::error(format!(
+            "Found {} matches of `old_str` in {p} (lines {}); nothing was changed. Include more surrounding lines so that it matches exactly one place.",
+            many.len(),
+            many.iter()
+                .map(|&i| line_of(i).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+async fn insert(
+    ctx: &ToolContext<'_>,
+    p: &WorkspacePath,
+    line: u64,
+    new: &str,
+) -> Result<ToolReply, SandboxError> {
+    let text = match read_text(ctx, p).await? {
+        Ok(t) => t,
+        Err(e) => return Ok(e),
+    };
+    let total = text.lines().count();
+    if line as usize > total {
+        return Ok(ToolReply::error(format!(
+            "Invalid `insert_line` {line}: it must be within [0, {total}] ({p} has {total} lines); nothing was changed."
+        )));
+    }
+    let line = line as usize;
+    // The byte offset just after line `line`.
+    let offset: usize = text.split_inclusive('\n').take(line).map(str::len).sum();
+    let mut piece = String::new();
+    if offset == text.len() && !text.is_empty() && !text.ends_with('\n') {
+        piece.push('\n');
+    }
+    piece.push_str(new);
+    if !new.ends_with('\n') && (offset < text.len() || text.ends_with('\n') || text.is_empty()) {
+        piece.push('\n');
+    }
+    let edited = format!("{}{piece}{}", &text[..offset], &text[offset..]);
+    if edited.len() > MAX_WRITE_BYTES {
+        return Ok(ToolReply::error(
+            "The edited file would be larger than 1 MiB; nothing was changed.",
+        ));
+    }
+    ctx.sandbox.write_file(p, edited.as_bytes()).await?;
+    let added = new.lines().count().max(1);
+    Ok(ToolReply::ok(format!(
+        "Inserted {added} line(s) after line {line} of {p}. Around them now:\n{}",
+        snippet(&edited, line + 1, line + added)
+    )))
 }

@@ -33,7 +33,15 @@
 //!   400 `invalid_request_error`", `src/anthropic/types/thinking_block_param.py`; the data of
 //!   `redacted_thinking` likewise, `redacted_thinking_block_param.py`), and those of the
 //!   assistant turn whose tool calls the request answers must be there
-//!   (<https://platform.claude.com/docs/en/build-with-claude/extended-thinking#preserving-thinking-blocks>).
+//!   (<https://platform.claude.com/docs/en/build-with-claude/extended-thinking#preserving-thinking-blocks>);
+//! - `tools`: a custom tool has a `name` and an object `input_schema` (`ToolParam`,
+//!   `src/anthropic/types/tool_param.py`); the text editor tool is
+//!   `{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}` with optional
+//!   `max_characters`, `cache_control` and the few other fields of
+//!   `ToolTextEditor20250728Param` (`src/anthropic/types/tool_text_editor_20250728_param.py`;
+//!   <https://platform.claude.com/docs/en/agents-and-tools/tool-use/text-editor-tool>: "the
+//!   schema is built into Claude's model and can't be modified"), so a schema or description
+//!   on it is refused as an extra input; tool names are unique.
 
 use std::sync::Arc;
 
@@ -83,7 +91,10 @@ pub(super) async fn messages(
         }
     };
     state.record(&body);
-    let messages = match check_fields(&body).and_then(|()| conversation(&body["messages"])) {
+    let messages = match check_fields(&body)
+        .and_then(|()| check_tools(&body["tools"]))
+        .and_then(|()| conversation(&body["messages"]))
+    {
         Ok(m) => m,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
@@ -155,6 +166,81 @@ fn check_fields(body: &Value) -> Result<(), String> {
     }
     if body["max_tokens"].as_u64().is_none_or(|n| n == 0) {
         return Err("max_tokens: Field required (an integer of at least 1)".into());
+    }
+    Ok(())
+}
+
+/// The text editor tool type of Claude 4 models, and the one name it may have.
+const TEXT_EDITOR_TYPE: &str = "text_editor_20250728";
+const TEXT_EDITOR_NAME: &str = "str_replace_based_edit_tool";
+/// The fields of `ToolTextEditor20250728Param`.
+const TEXT_EDITOR_FIELDS: [&str; 8] = [
+    "type",
+    "name",
+    "max_characters",
+    "cache_control",
+    "allowed_callers",
+    "defer_loading",
+    "input_examples",
+    "strict",
+];
+
+/// The `tools` array, when present (see the module docs for the sources).
+fn check_tools(tools: &Value) -> Result<(), String> {
+    let items = match tools {
+        Value::Null => return Ok(()),
+        Value::Array(items) => items,
+        _ => return Err("tools: Input should be a valid list".into()),
+    };
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in items.iter().enumerate() {
+        let name = t["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("tools.{i}.name: Field required"))?;
+        match t["type"].as_str() {
+            None | Some("custom") => {
+                if !t["input_schema"].is_object() {
+                    return Err(format!("tools.{i}.custom.input_schema: Field required"));
+                }
+                if t["input_schema"]["type"] != "object" {
+                    return Err(format!(
+                        "tools.{i}.custom.input_schema.type: Input should be 'object'"
+                    ));
+                }
+            }
+            Some(TEXT_EDITOR_TYPE) => {
+                if name != TEXT_EDITOR_NAME {
+                    return Err(format!(
+                        "tools.{i}.{TEXT_EDITOR_TYPE}.name: Input should be '{TEXT_EDITOR_NAME}'"
+                    ));
+                }
+                if let Some(extra) = t
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.keys())
+                    .find(|k| !TEXT_EDITOR_FIELDS.contains(&k.as_str()))
+                {
+                    return Err(format!(
+                        "tools.{i}.{TEXT_EDITOR_TYPE}.{extra}: Extra inputs are not permitted"
+                    ));
+                }
+                let max = &t["max_characters"];
+                if !max.is_null() && max.as_u64().is_none_or(|n| n == 0) {
+                    return Err(format!(
+                        "tools.{i}.{TEXT_EDITOR_TYPE}.max_characters: Input should be an integer of at least 1"
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "tools.{i}: Input tag '{other}' found using 'type' does not match any of the expected tags"
+                ));
+            }
+        }
+        if !names.insert(name) {
+            return Err("tools: Tool names must be unique.".into());
+        }
     }
     Ok(())
 }
@@ -476,6 +562,42 @@ mod tests {
             role: Role::User,
             content,
         }
+    }
+
+    #[test]
+    fn the_text_editor_tool_is_declared_by_type_and_name_only() {
+        let editor = json!({"type": "text_editor_20250728", "name": "str_replace_based_edit_tool", "max_characters": 10000, "cache_control": {"type": "ephemeral"}});
+        let custom = json!({"name": "run_command", "input_schema": {"type": "object"}});
+        assert_eq!(check_tools(&json!([custom.clone(), editor])), Ok(()));
+        assert_eq!(check_tools(&Value::Null), Ok(()));
+        let renamed = json!([{"type": "text_editor_20250728", "name": "edit"}]);
+        assert!(
+            check_tools(&renamed)
+                .unwrap_err()
+                .contains("Input should be 'str_replace_based_edit_tool'")
+        );
+        let with_schema = json!([{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool", "input_schema": {"type": "object"}}]);
+        assert!(
+            check_tools(&with_schema)
+                .unwrap_err()
+                .ends_with("input_schema: Extra inputs are not permitted")
+        );
+        let old = json!([{"type": "text_editor_2099", "name": "str_replace_based_edit_tool"}]);
+        assert!(
+            check_tools(&old)
+                .unwrap_err()
+                .contains("does not match any of the expected tags")
+        );
+        let no_schema = json!([{"name": "run_command"}]);
+        assert!(
+            check_tools(&no_schema)
+                .unwrap_err()
+                .contains("input_schema: Field required")
+        );
+        let twice = json!([custom.clone(), custom]);
+        assert!(check_tools(&twice).unwrap_err().contains("unique"));
+        let zero = json!([{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool", "max_characters": 0}]);
+        assert!(check_tools(&zero).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub fn tools() -> Vec<ToolSpec> {
             name: name.to_string(),
             description: format!("The {name} tool."),
             input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+            anthropic_type: None,
         })
         .collect()
 }
