@@ -78,6 +78,7 @@ pub async fn start_full(limits: Limits, latency: Duration) -> Server {
         ))),
         model: Arc::new(tb_models::ScriptedModel::new(task_script())),
         dev_databases: None,
+        archive: None,
         prices: PriceTable::with_defaults(),
         agent: AgentConfig {
             command_timeout: Duration::from_secs(60),
