@@ -124,22 +124,96 @@ fn tool_results(request: &Value) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Runs SQL on the local test cluster (trust auth) with `psql`; its output, one row a line.
+fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql {sql}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Drops the project's databases and roles (production and development), however the test
+/// ends.
+struct DropDatabases(Option<tb_core::domain::ProjectId>);
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        let Some(project) = &self.0 else { return };
+        for dev in [false, true] {
+            let n = tb_postgres::naming::database_names(
+                tb_postgres::PgProvisioner::DEFAULT_PREFIX,
+                project,
+                dev,
+            );
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    n.database
+                ))
+                .arg("-c")
+                .arg(format!("DROP ROLE IF EXISTS \"{}\"", n.role))
+                .output();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_request_starts_from_the_current_source_and_adds_one_commit() {
+    change_after_demo(false).await;
+}
+
+/// The same with the local Postgres cluster: the users migration stays applied once, the
+/// posts migration is applied by the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_database_the_change_applies_only_its_new_migration() {
+    change_after_demo(true).await;
+}
+
+async fn change_after_demo(cluster: bool) {
     let data = tempfile::tempdir().unwrap();
+    let with_cluster = |mut cmd: Command| {
+        if cluster {
+            cmd.env("DB_CLUSTER_HOST", "127.0.0.1")
+                .env("DB_CLUSTER_PORT", "5432")
+                .env("DB_CLUSTER_USER", "postgres");
+        }
+        cmd
+    };
+    let mut databases = DropDatabases(None);
 
     // The demo: the users API, deployed, one commit.
-    let mut demo = turbobackend(data.path(), &["demo", "--output", "json"])
+    let mut demo = with_cluster(turbobackend(data.path(), &["demo", "--output", "json"]))
         .spawn()
         .unwrap();
     let demo_events = events(&mut demo, |_| false);
     assert!(demo.wait().unwrap().success(), "{demo_events:#?}");
     let project = demo_events[0]["project_id"].as_str().unwrap().to_string();
+    if cluster {
+        databases.0 = Some(tb_core::domain::ProjectId::parse(&project).unwrap());
+        // `run` creates the demo's user again when it checks the app: make room for it.
+        let done = demo_events.iter().find(|e| e["event"] == "done").unwrap();
+        let db = done["status"]["result"]["database"]["database"]
+            .as_str()
+            .unwrap();
+        psql(db, "DELETE FROM users");
+    }
     assert_eq!(git(data.path(), &["rev-list", "--count", "main"]), "1");
 
     // The change, with its own script.
     let model = ScriptedServer::start(posts_script()).await;
-    let mut change = turbobackend(
+    let mut change = with_cluster(turbobackend(
         data.path(),
         &[
             "run",
@@ -150,7 +224,7 @@ async fn a_change_request_starts_from_the_current_source_and_adds_one_commit() {
             "json",
             "--keep-running",
         ],
-    )
+    ))
     .env("ANTHROPIC_API_KEY", "test-key")
     .env("ANTHROPIC_BASE_URL", model.url())
     .spawn()
@@ -181,10 +255,35 @@ async fn a_change_request_starts_from_the_current_source_and_adds_one_commit() {
     let _ = change.kill();
     let _ = change.wait();
     assert_eq!(users_status, 200);
-    assert_eq!(
-        (posts_status, &posts_body[0]["title"]),
-        (200, &json!("Hello, posts"))
-    );
+    if cluster {
+        // Served from the posts table, which the new migration made.
+        assert_eq!((posts_status, &posts_body), (200, &json!([])));
+        let db = done["result"]["database"]["database"].as_str().unwrap();
+        assert_eq!(
+            done["result"]["database"]["applied"],
+            json!(["002_posts.sql"]),
+            "only the new migration is applied by the change"
+        );
+        assert_eq!(
+            psql(
+                db,
+                "SELECT name FROM _turbobackend_migrations ORDER BY name"
+            ),
+            "001_create_users.sql\n002_posts.sql"
+        );
+        assert_eq!(
+            psql(
+                db,
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename IN ('users', 'posts') ORDER BY 1"
+            ),
+            "posts\nusers"
+        );
+    } else {
+        assert_eq!(
+            (posts_status, &posts_body[0]["title"]),
+            (200, &json!("Hello, posts"))
+        );
+    }
 
     // The agent was told it changes an existing project, and saw the users API.
     let last = model.last_request().unwrap();
