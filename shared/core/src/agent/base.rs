@@ -37,10 +37,7 @@ impl ProjectBase {
         let highest = self
             .applied_migrations
             .iter()
-            .filter_map(|m| {
-                let digits: String = m.name.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse::<u64>().ok()
-            })
+            .filter_map(|m| number_of(&m.name))
             .max()
             .unwrap_or(0);
         format!("{:03}_", highest + 1)
@@ -100,7 +97,7 @@ impl ProjectBase {
     }
 
     /// Why `finish` is refused: an applied migration was changed or deleted (by a command),
-    /// or a new migration sorts before an applied one (it would run out of order).
+    /// or a new migration is not numbered after the applied ones (its number is taken).
     pub async fn refuse_finish(
         &self,
         sandbox: &dyn Sandbox,
@@ -122,13 +119,14 @@ impl ProjectBase {
                 Err(e) => return Err(e),
             }
         }
-        if let Some(last) = self.applied_migrations.iter().map(|m| &m.name).max() {
+        if !self.applied_migrations.is_empty() {
             let dir = WorkspacePath::parse("migrations").expect("valid");
             let listed = match sandbox.list(&dir).await {
                 Ok(l) => l,
                 Err(SandboxError::NotFound(_)) => Vec::new(),
                 Err(e) => return Err(e),
             };
+            let next = self.next_migration_prefix();
             for entry in listed {
                 let Some(name) = entry.path.strip_prefix("migrations/") else {
                     continue;
@@ -136,11 +134,10 @@ impl ProjectBase {
                 if !entry.is_dir
                     && name.ends_with(".sql")
                     && self.applied(&entry.path).is_none()
-                    && name <= last.as_str()
+                    && number_of(name).is_none_or(|n| n < number_of(&next).unwrap_or(0))
                 {
                     problems.push(format!(
-                        "migrations/{name} is new but sorts before the applied migrations/{last}, so it would run out of order; rename it to migrations/{}…",
-                        self.next_migration_prefix()
+                        "migrations/{name} is new but is not numbered after the applied ones; rename it to migrations/{next}…"
                     ));
                 }
             }
@@ -152,6 +149,12 @@ impl ProjectBase {
             )
         }))
     }
+}
+
+/// The number a migration's name starts with (`002_posts.sql` → 2).
+fn number_of(name: &str) -> Option<u64> {
+    let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 #[cfg(test)]
