@@ -112,6 +112,7 @@ pub async fn run_agent(
         prices: &prices,
         config,
         cancel: CancelFlag::default(),
+        base: None,
     };
     match agent
         .run(&mut state, Slice::unbounded())

@@ -56,6 +56,7 @@ pub fn pipeline(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>, dir: &TempDir
         ))),
         model: Arc::new(tb_models::ScriptedModel::new(task_script())),
         dev_databases: None,
+        archive: None,
         prices: PriceTable::with_defaults(),
         agent: config(),
         slices: slices(),

@@ -208,6 +208,7 @@ async fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
             prices: &prices,
             config: &config,
             cancel: CancelFlag::default(),
+            base: None,
         };
         let end = agent
             .run(
@@ -517,6 +518,7 @@ async fn a_cancelled_run_stops_before_the_next_call() {
         prices: &prices,
         config: &config,
         cancel: cancel.clone(),
+        base: None,
     };
     let mut state = AgentState::new("task");
     agent
@@ -548,6 +550,7 @@ async fn an_unpriced_model_is_refused_before_any_call() {
         prices: &prices,
         config: &config,
         cancel: CancelFlag::default(),
+        base: None,
     };
     let mut state = AgentState::new("task");
     let err = agent.run(&mut state, Slice::unbounded()).await.unwrap_err();

@@ -237,12 +237,15 @@ impl App {
         let dev_databases = databases
             .clone()
             .map(|p| Arc::new(PgDevDatabases::new(p)) as Arc<dyn DevDatabases>);
+        let archive: Arc<dyn tb_core::ports::Archive> =
+            Arc::new(DirArchive::new(dir.join("archive")));
         let pipeline = Arc::new(Pipeline {
             store: store.clone(),
             queue: Arc::new(queue),
             sandboxes: sandboxes.clone(),
             model: settings.model.build()?,
             dev_databases,
+            archive: Some(archive.clone()),
             prices: settings.prices.clone(),
             agent: settings.agent.clone(),
             slices: {
@@ -266,7 +269,7 @@ impl App {
         let finalizer = Arc::new(Finalizer {
             store,
             sandboxes,
-            archive: Arc::new(DirArchive::new(dir.join("archive"))),
+            archive,
             code_host: Arc::new(LocalGitCodeHost::new(dir.join("git"))?),
             databases,
             deployer: deployer.clone(),

@@ -39,6 +39,8 @@ async fn main() -> Result<(), Error> {
         sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
         model: model.build()?,
         dev_databases: None,
+        // A change request's sandbox is seeded from its project's current source.
+        archive: Some(Arc::new(aws.archive(&clients))),
         prices,
         agent: tb_core::settings::agent_config(var)?,
         slices: SliceSettings::from_env(var)?,

@@ -150,6 +150,7 @@ async fn start(data: &Path, options: Options) -> Host {
         sandboxes: sandboxes.clone(),
         model: options.model,
         dev_databases: None,
+        archive: None,
         prices: PriceTable::with_defaults(),
         agent: agent_config(),
         slices: options.slices,

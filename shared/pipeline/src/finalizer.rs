@@ -513,6 +513,21 @@ impl Finalizer {
                 Phase::Failed
             }
         };
+        if rec.phase == Phase::Succeeded {
+            // The next request on this project starts from this one's source.
+            let archived = rec.steps.get("archive");
+            if let (Some(key), Some(sha)) = (
+                archived.and_then(|a| a["key"].as_str()),
+                archived.and_then(|a| a["sha256"].as_str()),
+            ) {
+                let current = crate::base::Current {
+                    request_id: rec.id.clone(),
+                    source_key: key.to_string(),
+                    sha256: sha.to_string(),
+                };
+                crate::base::set_current(self.archive.as_ref(), &rec.project, &current).await?;
+            }
+        }
         rec.lease = None;
         rec.push_activity(format!("request {:?}", rec.phase).to_lowercase());
         self.save(rec).await?;

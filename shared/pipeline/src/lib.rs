@@ -11,6 +11,7 @@ pub mod record;
 pub use messages::{FinalizeMessage, Incoming, Job, WorkMessage};
 pub use ports::{Appended, Created, Queue, StateStore};
 pub use record::{AgentHeader, Failure, Lease, RequestRecord};
+pub mod base;
 pub mod callback;
 pub mod dir_archive;
 pub mod finalizer;

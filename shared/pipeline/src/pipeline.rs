@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tb_core::agent::AgentConfig;
 use tb_core::model::Model;
-use tb_core::ports::DevDatabases;
+use tb_core::ports::{Archive, DevDatabases};
 use tb_core::pricing::PriceTable;
 use tb_core::sandbox::SandboxProvider;
 use tb_core::settings::SettingError;
@@ -82,6 +82,9 @@ pub struct Pipeline {
     pub model: Arc<dyn Model>,
     /// The projects' development databases for the agent's `query_database` tool.
     pub dev_databases: Option<Arc<dyn DevDatabases>>,
+    /// Where the projects' snapshots are: a change request's sandbox is seeded from its
+    /// project's current source (`None`: every request starts from an empty sandbox).
+    pub archive: Option<Arc<dyn Archive>>,
     pub prices: PriceTable,
     pub agent: AgentConfig,
     pub slices: SliceSettings,
@@ -105,6 +108,7 @@ impl Pipeline {
             sandboxes: Arc::new(front_only::NoSandboxes),
             model: Arc::new(front_only::NoModel),
             dev_databases: None,
+            archive: None,
             prices,
             agent,
             slices: SliceSettings::standard(),

@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tb_core::agent::{
-    Agent, AgentError, AgentState, CancelFlag, Outcome, Slice, last_actions, now_ms,
+    Agent, AgentError, AgentState, CancelFlag, Outcome, ProjectBase, Slice, last_actions, now_ms,
 };
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::ports::PortError;
 use tb_core::sandbox::{Sandbox, SandboxError, SandboxSpec};
 use tracing::Instrument;
 
+use crate::base::{SEED_STEP, SeedError};
 use crate::messages::{FinalizeMessage, Incoming, Job, WorkMessage};
 use crate::pipeline::Pipeline;
 use crate::ports::Appended;
@@ -266,6 +267,47 @@ impl Pipeline {
             None
         };
 
+        // A change request starts from its project's current source, seeded before its
+        // first iteration (and again if the worker died before that iteration was recorded).
+        let sandbox = match (sandbox, &self.archive) {
+            (Some(s), Some(archive))
+                if state.iteration == 0 && !rec.steps.contains_key(SEED_STEP) =>
+            {
+                match crate::base::seed(archive.as_ref(), &rec.project, s.as_ref()).await {
+                    Ok(base) => {
+                        if let Some(base) = base {
+                            rec.push_activity(format!(
+                                "started from the project's current source ({} files, from {})",
+                                base.files.len(),
+                                base.from_request
+                            ));
+                            rec.steps.insert(
+                                SEED_STEP.into(),
+                                serde_json::to_value(base).expect("serialisable"),
+                            );
+                        }
+                        Some(s)
+                    }
+                    Err(SeedError::Unavailable { service, cause }) => {
+                        match self.note_outage(&mut rec, service, &cause, began_ms) {
+                            Ok(delay) => wait = Some(delay),
+                            Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
+                        }
+                        None
+                    }
+                    Err(SeedError::Broken(reason)) => {
+                        state.outcome = Some(Outcome::Failed { reason });
+                        None
+                    }
+                }
+            }
+            (s, _) => s,
+        };
+        let base: Option<ProjectBase> = rec
+            .steps
+            .get(SEED_STEP)
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+
         let dev_db = self
             .dev_databases
             .as_ref()
@@ -280,6 +322,7 @@ impl Pipeline {
                 prices: &self.prices,
                 config: &self.agent,
                 cancel: CancelFlag::default(),
+                base: base.as_ref(),
             };
             // How long an iteration takes: the longest seen in this invocation, at first the
             // last model call's. One that would not finish by `hard` is left to the next

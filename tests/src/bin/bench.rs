@@ -185,6 +185,7 @@ async fn loop_overhead() -> anyhow::Result<()> {
                 prices: &prices,
                 config: &config,
                 cancel: CancelFlag::default(),
+                base: None,
             };
             let mut base = conversation(n);
             if compacted {
@@ -341,6 +342,7 @@ async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Resul
         prices: &prices,
         config: &config,
         cancel: CancelFlag::default(),
+        base: None,
     };
     let mut state = AgentState::new(TASK);
     let mut compacted_calls = Vec::new();

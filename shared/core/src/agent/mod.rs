@@ -7,6 +7,7 @@
 //! the state all at once, after the model call and its tools have finished, so a crash
 //! mid-iteration loses that iteration and nothing else.
 
+mod base;
 mod compaction;
 mod output;
 mod prompt;
@@ -27,6 +28,7 @@ use crate::pricing::{ModelPrice, PriceTable, PricingError};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::usage::{ModelCall, TokenUsage};
 
+pub use base::{APPLIED_COPY_DIR, AppliedMigration, ProjectBase};
 pub use output::head_tail;
 pub use prompt::SYSTEM_PROMPT;
 pub use stuck::{StuckState, Verdict};
@@ -236,6 +238,8 @@ pub struct Agent<'a> {
     pub prices: &'a PriceTable,
     pub config: &'a AgentConfig,
     pub cancel: CancelFlag,
+    /// Set for a change to an existing project: what the sandbox was seeded with.
+    pub base: Option<&'a ProjectBase>,
 }
 
 /// What one iteration adds, applied to the state in one go.
@@ -313,8 +317,14 @@ impl Agent<'_> {
         };
         let sent = compaction::view(&state.messages, upto);
         let started = Instant::now();
+        // A change request's system prompt adds the project it starts from (the same text
+        // every iteration, so it stays a cached prefix).
+        let system = match self.base {
+            Some(b) => format!("{SYSTEM_PROMPT}\n{}", b.prompt()),
+            None => SYSTEM_PROMPT.to_string(),
+        };
         let request = ModelRequest {
-            system: SYSTEM_PROMPT,
+            system: &system,
             messages: &sent,
             tools,
             max_tokens: c.max_tokens,
@@ -420,6 +430,7 @@ impl Agent<'_> {
             db: self.db,
             config: c,
             deadline,
+            base: self.base,
         };
         for (k, (id, name, input)) in uses.iter().enumerate() {
             let reply = if let Some(why) = cut_off.filter(|_| cut_id.as_ref() == Some(id)) {

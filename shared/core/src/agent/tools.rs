@@ -150,6 +150,8 @@ pub(crate) struct ToolContext<'a> {
     pub config: &'a AgentConfig,
     /// No command runs past it (see [`super::Slice::deadline`]).
     pub deadline: Option<std::time::Instant>,
+    /// A change request's starting point: its applied migrations stay as they are.
+    pub base: Option<&'a super::ProjectBase>,
 }
 
 /// Runs one tool call. `call_key` is unique per call within a request (`<iteration>-<k>`).
@@ -227,12 +229,21 @@ async fn dispatch(
             Ok(sql) => Ok(query_database(ctx, sql).await),
             Err(e) => Ok(e),
         },
-        "finish" => Ok(match arg(input, "summary") {
-            Ok(summary) => ToolReply::Finish {
-                summary: summary.to_string(),
+        "finish" => match arg(input, "summary") {
+            Ok(summary) => match ctx.base {
+                Some(base) => match base.refuse_finish(ctx.sandbox).await {
+                    Ok(Some(why)) => Ok(ToolReply::error(why)),
+                    Ok(None) => Ok(ToolReply::Finish {
+                        summary: summary.to_string(),
+                    }),
+                    Err(e) => Err(e),
+                },
+                None => Ok(ToolReply::Finish {
+                    summary: summary.to_string(),
+                }),
             },
-            Err(e) => e,
-        }),
+            Err(e) => Ok(e),
+        },
         other => Ok(ToolReply::error(format!(
             "There is no tool named `{other}`. The tools are: run_command, str_replace_based_edit_tool, write_file, read_file, delete_file, list_files, query_database, finish."
         ))),
@@ -392,6 +403,9 @@ async fn write_file(
     if p.is_root() {
         return Ok(ToolReply::error("A file path is required."));
     }
+    if let Some(why) = ctx.base.and_then(|b| b.refuse_change(&p, false)) {
+        return Ok(ToolReply::error(why));
+    }
     if content.len() > MAX_WRITE_BYTES {
         return Ok(ToolReply::error(
             "The content is larger than 1 MiB; split it into smaller files.",
@@ -424,6 +438,9 @@ async fn delete_file(ctx: &ToolContext<'_>, path: &str) -> Result<ToolReply, San
     let p = WorkspacePath::parse(path)?;
     if p.is_root() {
         return Ok(ToolReply::error("Refusing to delete the project root."));
+    }
+    if let Some(why) = ctx.base.and_then(|b| b.refuse_change(&p, true)) {
+        return Ok(ToolReply::error(why));
     }
     ctx.sandbox.delete(&p).await?;
     Ok(ToolReply::ok(format!("Deleted {p}.")))

@@ -91,6 +91,7 @@ async fn start_configured(
         ))),
         model: Arc::new(tb_models::ScriptedModel::new(task_script())),
         dev_databases: None,
+        archive: None,
         prices: PriceTable::with_defaults(),
         agent: AgentConfig {
             command_timeout: Duration::from_secs(60),
