@@ -419,6 +419,7 @@ impl Sandbox for LocalSandbox {
                 Err(_) => {}
             }
         }
+        let forks_refused = cgroups.forks_refused();
         let dir = self.dir.clone();
         // The emptied groups can take a moment to go: not on the command's time.
         tokio::task::spawn_blocking(move || drop(cgroups));
@@ -439,6 +440,12 @@ impl Sandbox for LocalSandbox {
                     .unwrap_or_else(|| "none".into()),
                 used >> 20,
                 budget >> 20
+            )));
+        }
+        if forks_refused > 0 {
+            return Err(SandboxError::Invalid(format!(
+                "the command reached the sandbox's process limit ({} processes at once): {forks_refused} process creations were refused, so it was stopped (a runaway fork loop?). Its output:\n{}",
+                isolation.limits.processes, out.output
             )));
         }
         Ok(out)

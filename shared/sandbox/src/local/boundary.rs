@@ -382,6 +382,8 @@ pub(crate) struct Cgroups {
 /// after.
 pub(crate) struct CommandCgroups {
     dirs: Vec<PathBuf>,
+    /// The `pids` group, whose `pids.events` counts the forks the limit refused.
+    pids_dir: Option<PathBuf>,
     procs: Vec<OwnedFd>,
     pub has_pids: bool,
     pub has_memory: bool,
@@ -412,6 +414,7 @@ impl Cgroups {
     pub fn for_command(&self, name: &str, limits: &Limits) -> io::Result<CommandCgroups> {
         let mut made = CommandCgroups {
             dirs: Vec::new(),
+            pids_dir: None,
             procs: Vec::new(),
             has_pids: false,
             has_memory: false,
@@ -425,6 +428,7 @@ impl Cgroups {
                 "pids" => {
                     write("pids.max", limits.processes.to_string())?;
                     made.has_pids = true;
+                    made.pids_dir = Some(dir.clone());
                 }
                 "memory" => {
                     write("memory.limit_in_bytes", limits.memory_bytes.to_string())?;
@@ -455,6 +459,22 @@ impl Cgroups {
 }
 
 impl CommandCgroups {
+    /// How many process creations the `pids` limit refused (`max` in `pids.events`), where
+    /// the pids controller is in use. A command that reached its process limit (a fork
+    /// loop) may still exit 0; this tells it apart.
+    pub fn forks_refused(&self) -> u64 {
+        let Some(dir) = &self.pids_dir else { return 0 };
+        std::fs::read_to_string(dir.join("pids.events"))
+            .ok()
+            .and_then(|events| {
+                events.lines().find_map(|l| {
+                    l.strip_prefix("max ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
     /// The raw descriptors the child writes "0" to before exec.
     pub fn procs_fds(&self) -> Vec<i32> {
         self.procs.iter().map(|f| f.as_raw_fd()).collect()
