@@ -270,6 +270,7 @@ async fn run_from(
         prices: &prices,
         config,
         cancel: CancelFlag::default(),
+        base: None,
     };
     let end = agent
         .run(
