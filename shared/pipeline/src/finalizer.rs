@@ -176,7 +176,7 @@ impl Finalizer {
         worker_id: &str,
         deadline: Option<Instant>,
     ) -> Result<FinalizeDone, FinalizeError> {
-        let hard = deadline.map(|d| crate::worker::hard_deadline(d, self.settings.safety_margin));
+        let hard = deadline.map(|d| crate::pipeline::hard_deadline(d, self.settings.safety_margin));
         let msg: FinalizeMessage = serde_json::from_str(body)
             .map_err(|e| FinalizeError::Poison(format!("malformed finalize message: {e}")))?;
         let FinalizeMessage::Finalize { request_id } = msg;

@@ -1,7 +1,7 @@
 //! The pipeline's dependencies, built once per process and shared by its operations.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tb_core::agent::AgentConfig;
 use tb_core::model::Model;
@@ -160,6 +160,15 @@ mod front_only {
     }
 }
 
+/// When the work of an invocation that must have returned by `deadline` must end: `margin`
+/// before it, or half the time left when that is less (a margin as long as the function's
+/// timeout would leave no time at all). Used by the worker's slices and the finalizer.
+pub fn hard_deadline(deadline: Instant, margin: Duration) -> Instant {
+    let now = Instant::now();
+    let left = deadline.saturating_duration_since(now);
+    now + left - margin.min(left / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,15 +206,13 @@ mod tests {
     #[test]
     fn the_margin_is_at_most_half_the_time_left() {
         let now = std::time::Instant::now();
-        let hard =
-            crate::worker::hard_deadline(now + Duration::from_secs(300), Duration::from_secs(60));
+        let hard = hard_deadline(now + Duration::from_secs(300), Duration::from_secs(60));
         let left = hard.saturating_duration_since(now);
         assert!(
             left.abs_diff(Duration::from_secs(240)) < Duration::from_millis(100),
             "{left:?}"
         );
-        let hard =
-            crate::worker::hard_deadline(now + Duration::from_secs(30), Duration::from_secs(60));
+        let hard = hard_deadline(now + Duration::from_secs(30), Duration::from_secs(60));
         let left = hard.saturating_duration_since(now);
         assert!(
             left.abs_diff(Duration::from_secs(15)) < Duration::from_millis(100),

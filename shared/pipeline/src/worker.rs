@@ -224,7 +224,7 @@ impl Pipeline {
         }
         // Every wait of this invocation ends by `hard`; the margin after it is for the
         // commit and the hand-over.
-        let hard = hard_deadline(inv.deadline, self.slices.safety_margin);
+        let hard = crate::pipeline::hard_deadline(inv.deadline, self.slices.safety_margin);
         // Set when an outage is being waited out: the continuation is delayed this long.
         let mut wait = None;
         // During an outage no attempt outlasts its bound: it ends the request by then.
@@ -557,15 +557,6 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// When the work of an invocation that must have returned by `deadline` must end: `margin`
-/// before it, or half the time left when that is less (a margin as long as the function's
-/// timeout would leave no time at all).
-pub fn hard_deadline(deadline: Instant, margin: Duration) -> Instant {
-    let now = Instant::now();
-    let left = deadline.saturating_duration_since(now);
-    now + left - margin.min(left / 2)
 }
 
 /// One line about the last iteration, for status pages.
