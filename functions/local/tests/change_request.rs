@@ -3,51 +3,16 @@
 //! scripted model's HTTP server). The change starts from the project's current source, keeps
 //! the applied migration as it is, adds one commit and updates the same app.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tb_models::scripted::Script;
 use tb_models::server::ScriptedServer;
 
-fn turbobackend(data: &Path, args: &[&str]) -> Command {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turbobackend"));
-    cmd.args(args)
-        .env("TB_DATA_DIR", data)
-        .env(
-            "TB_NPM_CACHE",
-            format!("{home}/.cache/turbobackend/npm-cache"),
-        )
-        .env("TB_PROMPT_CACHING", "false")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("ANTHROPIC_BASE_URL")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("DB_CLUSTER_HOST")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    cmd
-}
-
-/// Reads JSON events from the child's stdout until `stop` says so (or the stream ends).
-fn events(child: &mut Child, mut stop: impl FnMut(&Value) -> bool) -> Vec<Value> {
-    let out = child.stdout.take().expect("piped stdout");
-    let mut all = Vec::new();
-    for line in BufReader::new(out).lines() {
-        let Ok(line) = line else { break };
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        let done = stop(&event);
-        all.push(event);
-        if done {
-            break;
-        }
-    }
-    all
-}
+mod common;
+use common::{events, turbobackend};
 
 fn git_dir(data: &Path) -> PathBuf {
     std::fs::read_dir(data.join("git"))

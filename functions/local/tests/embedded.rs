@@ -2,52 +2,15 @@
 //! `npm install` and build, git, a real process on a real port; and a process killed in the
 //! middle of a request, then restarted.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use tb_core::domain::UserId;
 use tb_core::ports::PlatformRecords;
 
-/// The binary with a clean model configuration (the scripted model), its own data directory,
-/// and npm's cache shared between test runs.
-fn turbobackend(data: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_turbobackend"));
-    cmd.args(args)
-        .env("TB_DATA_DIR", data)
-        .env("TB_NPM_CACHE", npm_cache())
-        .env("TB_PROMPT_CACHING", "false")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("DB_CLUSTER_HOST")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    cmd
-}
-
-fn npm_cache() -> String {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
-    format!("{home}/.cache/turbobackend/npm-cache")
-}
-
-/// Reads JSON events from the child's stdout until `stop` says so (or the stream ends).
-fn events(child: &mut Child, mut stop: impl FnMut(&Value) -> bool) -> Vec<Value> {
-    let out = child.stdout.take().expect("piped stdout");
-    let mut all = Vec::new();
-    for line in BufReader::new(out).lines() {
-        let Ok(line) = line else { break };
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        let done = stop(&event);
-        all.push(event);
-        if done {
-            break;
-        }
-    }
-    all
-}
+mod common;
+use common::{events, turbobackend};
 
 fn commits(data: &Path) -> usize {
     let git = std::fs::read_dir(data.join("git"))

@@ -14,6 +14,9 @@ use tb_models::scripted::Script;
 use tb_models::server::ScriptedServer;
 use tb_models::settings::USERS_API_SCRIPT;
 
+mod common;
+use common::npm_cache;
+
 struct Canaries {
     env: String,
     file: String,
@@ -82,11 +85,6 @@ fn script(data: &Path, cwd: &Path, home: &Path, platform_port: u16) -> Script {
     let users: Value = serde_json::from_str(USERS_API_SCRIPT).unwrap();
     turns.extend(users["turns"].as_array().unwrap().iter().cloned());
     Script::from_json(&json!({"turns": turns}).to_string()).unwrap()
-}
-
-fn npm_cache() -> String {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
-    format!("{home}/.cache/turbobackend/npm-cache")
 }
 
 fn turbobackend(
