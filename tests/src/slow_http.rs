@@ -26,24 +26,50 @@ pub struct SlowHttp {
     task: JoinHandle<()>,
 }
 
-/// A free port of 127.0.0.1, not listened on (connections to it are refused until a
-/// server binds it).
-pub fn reserve_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("local address")
+/// A port of 127.0.0.1 held for one test: bound but not listened on, so connections to it
+/// are refused, and no other server (of this or a concurrent test) can take it until it is
+/// dropped or handed to [`SlowHttp::start_on`]. (A port merely found free and released is
+/// soon handed to the next server that binds port 0, which then answers in its place.)
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+/// Reserves a port of 127.0.0.1 (see [`ReservedPort`]).
+pub fn reserve_port() -> ReservedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("valid"))
+        .expect("a free port");
+    let addr = socket.local_addr().expect("local address");
+    ReservedPort { socket, addr }
+}
+
+impl ReservedPort {
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl std::fmt::Display for ReservedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
 }
 
 impl SlowHttp {
     /// Forwards to `target` (`http://127.0.0.1:PORT`), each answer `latency` late.
     pub async fn start(target: &str, latency: Duration) -> SlowHttp {
-        Self::start_on("127.0.0.1:0".parse().expect("valid"), target, latency).await
+        Self::start_on(reserve_port(), target, latency).await
     }
 
-    /// The same on `addr` (a port from [`reserve_port`]).
-    pub async fn start_on(addr: SocketAddr, target: &str, latency: Duration) -> SlowHttp {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("binding the forwarder");
+    /// The same on a reserved port, which it starts listening on.
+    pub async fn start_on(port: ReservedPort, target: &str, latency: Duration) -> SlowHttp {
+        let listener = port
+            .socket
+            .listen(1024)
+            .expect("listening on the reserved port");
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Forward {
             target: target.trim_end_matches('/').to_string(),

@@ -787,7 +787,7 @@ async fn a_build_longer_than_one_invocation_continues_in_the_next_and_the_reques
 
 /// The deployer on the fake Fly, but at `port` (a reserved one: down until something
 /// listens there); returns it with the fake's real API address.
-fn fly_at(s: &Services, port: std::net::SocketAddr) -> (Arc<FlyDeployer>, String) {
+fn fly_at(s: &Services, port: &tb_tests::slow_http::ReservedPort) -> (Arc<FlyDeployer>, String) {
     let mut config = s.fly_config();
     // `http://127.0.0.1:PORT/v1`: the forwarder keeps the path.
     let real = config.api_base.trim_end_matches("/v1").to_owned();
@@ -801,7 +801,7 @@ async fn a_deploy_target_down_for_a_while_is_waited_out_and_the_request_succeeds
     let project = s.project();
     let port = tb_tests::slow_http::reserve_port();
     let mut parts = s.parts();
-    let (deployer, real) = fly_at(&s, port);
+    let (deployer, real) = fly_at(&s, &port);
     parts.deployer = deployer;
     parts.settings.outage_retry = std::time::Duration::from_secs(60);
     // The deploy target comes back once the finalizer has shown that it waits for it (not
@@ -855,7 +855,8 @@ async fn a_deploy_target_down_for_good_fails_the_request_naming_it_within_the_bo
     let s = Services::start().await;
     let project = s.project();
     let mut parts = s.parts();
-    let (deployer, _) = fly_at(&s, tb_tests::slow_http::reserve_port());
+    let held = tb_tests::slow_http::reserve_port();
+    let (deployer, _) = fly_at(&s, &held);
     parts.deployer = deployer;
     let bound = std::time::Duration::from_secs(3);
     parts.settings.outage_retry = bound;

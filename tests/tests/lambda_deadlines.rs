@@ -248,7 +248,8 @@ async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once(
 async fn a_model_down_for_the_whole_request_fails_it_naming_the_model_within_the_bound() {
     let aws = TestAws::new().await;
     let front = front(&aws);
-    let down = format!("http://{}", reserve_port());
+    let held = reserve_port();
+    let down = format!("http://{held}");
     let daytona = FakeDaytona::start(DAYTONA_KEY).await;
     let bound = Duration::from_secs(10);
     let mut worker = Worker::start(
@@ -369,7 +370,8 @@ async fn a_sandbox_provider_down_for_the_whole_request_fails_it_naming_the_provi
     let front = front(&aws);
     let model = ScriptedServer::start(scenario::task_script()).await;
     let daytona = FakeDaytona::start(DAYTONA_KEY).await;
-    let down = format!("http://{}/api", reserve_port());
+    let held = reserve_port();
+    let down = format!("http://{held}/api");
     let mut worker = Worker::start(
         &aws,
         &model.url(),
