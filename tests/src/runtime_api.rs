@@ -212,7 +212,7 @@ async fn next(State(s): State<Arc<Shared>>) -> Response {
     let Some(event) = s.events.lock().await.recv().await else {
         return StatusCode::GONE.into_response();
     };
-    let deadline = tb_core::agent::now_ms() + s.timeout.as_millis() as u64;
+    let deadline = tb_core::clock::now_ms() + s.timeout.as_millis() as u64;
     let _ = event.handed.send(Instant::now());
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {

@@ -64,7 +64,7 @@ async fn finalizing_request(store: &dyn StateStore, callback: &str) -> RequestId
         UserId::parse("user_cb").unwrap(),
         ProjectId::generate(),
         Description::parse("Create a simple API with a users endpoint").unwrap(),
-        tb_core::agent::now_ms(),
+        tb_core::clock::now_ms(),
     );
     rec.callback_url = Some(callback.to_string());
     // It holds its owner's only slot, which the finalizer must give back.

@@ -20,7 +20,7 @@ pub async fn handle_batch(
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     let deadline = (ctx.deadline > 0).then(|| {
-        let left = ctx.deadline.saturating_sub(tb_core::agent::now_ms());
+        let left = ctx.deadline.saturating_sub(tb_core::clock::now_ms());
         Instant::now() + Duration::from_millis(left)
     });
     for record in &batch.records {

@@ -73,7 +73,7 @@ pub async fn handle_batch(pipeline: &Pipeline, batch: SqsEvent, ctx: &Context) -
 }
 
 fn deadline(ctx: &Context) -> Instant {
-    let now = tb_core::agent::now_ms();
+    let now = tb_core::clock::now_ms();
     let left = ctx.deadline.saturating_sub(now);
     // Without a deadline (a test context) allow the standard 5 minutes.
     let left = if ctx.deadline == 0 { 300_000 } else { left };

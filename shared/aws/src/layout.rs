@@ -80,7 +80,7 @@ pub const ITEM_RETENTION_SECS: u64 = 60 * 24 * 3600;
 
 /// The `ttl` of a message or call item written now.
 pub fn item_expiry_secs() -> u64 {
-    tb_core::agent::now_ms() / 1000 + ITEM_RETENTION_SECS
+    tb_core::clock::now_ms() / 1000 + ITEM_RETENTION_SECS
 }
 
 /// DynamoDB's limit on the items of one transaction.

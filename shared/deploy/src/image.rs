@@ -227,10 +227,7 @@ pub async fn push_app_image(
     let layer = tokio::task::spawn_blocking(move || layer::app_layer(&artifact::read(&tar_gz)?))
         .await
         .map_err(|e| DeployError::Local(format!("building the layer: {e}")))??;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let cache_tag = base_cache_tag(base, now);
+    let cache_tag = base_cache_tag(base, tb_core::clock::now_secs());
     let kept = cached_base(target, repository, &cache_tag).await;
     let from_cache = kept.is_some();
     let resolved = match kept {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use rand::RngCore;
 use tb_core::MicroUsd;
-use tb_core::agent::now_ms;
+use tb_core::clock::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ids::{hex, sha256_hex};
 use tb_core::ports::{

@@ -564,10 +564,10 @@ async fn an_expired_token_is_refused() {
     let hash = sha256_hex(access.as_bytes());
     let mut g = s.fd.oauth.grant(&hash).await.unwrap().unwrap();
     assert!(
-        g.expires_at_ms > tb_core::agent::now_ms() + 3_500_000,
+        g.expires_at_ms > tb_core::clock::now_ms() + 3_500_000,
         "about an hour"
     );
-    g.expires_at_ms = tb_core::agent::now_ms() - 1;
+    g.expires_at_ms = tb_core::clock::now_ms() - 1;
     s.fd.oauth.save_grant(&g).await.unwrap();
     assert_eq!(list_tools(&s, &access).await, StatusCode::UNAUTHORIZED);
 }

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use tb_core::agent::now_ms;
+use tb_core::clock::now_ms;
 use tb_core::ports::{
     GrantKind, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PURGE_AFTER_MS, PortError,
 };

@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use tb_core::agent::now_ms;
+use tb_core::clock::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ports::{ApiKey, PlatformRecords, PortError, ProjectRecord};
 use tb_core::{MicroUsd, ModelCall};

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
-use tb_core::agent::{AgentConfig, now_ms};
+use tb_core::agent::AgentConfig;
+use tb_core::clock::now_ms;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse};
 use tb_core::ports::{

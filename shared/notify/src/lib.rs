@@ -108,7 +108,7 @@ impl Notifier for HttpNotifier {
                 tokio::time::sleep(self.base_delay.saturating_mul(1 << (attempt - 1).min(10)))
                     .await;
             }
-            let ts = tb_core::agent::now_ms() / 1000;
+            let ts = tb_core::clock::now_ms() / 1000;
             let sent = client
                 .post(url)
                 .header("content-type", "application/json")

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tb_core::agent::{Outcome, now_ms};
+use tb_core::agent::Outcome;
+use tb_core::clock::now_ms;
 use tb_core::domain::Phase;
 use tb_core::ids::sha256_hex;
 use tb_core::ports::{

@@ -29,7 +29,7 @@ pub fn document(dimensions: &[(&str, &str)], values: &[(&str, Unit, f64)]) -> Va
     doc.insert(
         "_aws".into(),
         json!({
-            "Timestamp": tb_core::agent::now_ms(),
+            "Timestamp": tb_core::clock::now_ms(),
             "CloudWatchMetrics": [{
                 "Namespace": NAMESPACE,
                 "Dimensions": [dimensions.iter().map(|(k, _)| *k).collect::<Vec<_>>()],

@@ -117,7 +117,7 @@ pub async fn save_next(
 ) -> Result<(), PortError> {
     let expected = rec.version;
     rec.version += 1;
-    rec.updated_at_ms = tb_core::agent::now_ms();
+    rec.updated_at_ms = tb_core::clock::now_ms();
     let result = store.commit(rec, expected, appended).await;
     if result.is_err() {
         rec.version = expected;

@@ -209,7 +209,7 @@ impl RequestRecord {
         began_ms: u64,
         bound: Duration,
     ) -> Result<Duration, String> {
-        let now = tb_core::agent::now_ms();
+        let now = tb_core::clock::now_ms();
         let mut outage = self.outage.take().unwrap_or(Outage {
             service: service.into(),
             cause: String::new(),
@@ -253,7 +253,7 @@ impl RequestRecord {
     /// Ends the outage being waited out, if any, saying so in the activity.
     pub fn outage_over(&mut self) {
         if let Some(outage) = self.outage.take() {
-            let secs = tb_core::agent::now_ms().saturating_sub(outage.since_ms) / 1000;
+            let secs = tb_core::clock::now_ms().saturating_sub(outage.since_ms) / 1000;
             self.push_activity(format!("{} is back after {secs} s", outage.service));
         }
     }
@@ -276,7 +276,7 @@ mod tests {
             UserId::parse("user_1").unwrap(),
             ProjectId::generate(),
             Description::parse("An API").unwrap(),
-            tb_core::agent::now_ms(),
+            tb_core::clock::now_ms(),
         )
         .0
     }
@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn an_outage_is_counted_said_and_given_up_after_its_bound() {
         let mut rec = record();
-        let now = tb_core::agent::now_ms();
+        let now = tb_core::clock::now_ms();
         let bound = Duration::from_secs(600);
         let wait = rec
             .note_outage(

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tb_core::agent::now_ms;
+use tb_core::clock::now_ms;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::ids::sha256_hex;
 use tb_core::ports::PortError;

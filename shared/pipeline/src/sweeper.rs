@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tb_core::agent::now_ms;
+use tb_core::clock::now_ms;
 use tb_core::domain::{Phase, RequestId};
 
 use crate::messages::{FinalizeMessage, WorkMessage};

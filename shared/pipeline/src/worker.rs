@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tb_core::agent::{
-    Agent, AgentError, AgentState, CancelFlag, Outcome, ProjectBase, Slice, last_actions, now_ms,
+    Agent, AgentError, AgentState, CancelFlag, Outcome, ProjectBase, Slice, last_actions,
 };
+use tb_core::clock::now_ms;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::ports::PortError;
 use tb_core::sandbox::{Sandbox, SandboxError, SandboxSpec};
@@ -432,7 +433,7 @@ impl Pipeline {
         if let Some(outcome) = &state.outcome {
             rec.phase = Phase::Finalizing;
             let agent_secs =
-                tb_core::agent::now_ms().saturating_sub(rec.created_at_ms) as f64 / 1000.0;
+                tb_core::clock::now_ms().saturating_sub(rec.created_at_ms) as f64 / 1000.0;
             rec.push_activity(format!(
                 "agent {} after {agent_secs:.1} s",
                 outcome.describe()

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
-use tb_core::agent::now_ms;
+use tb_core::clock::now_ms;
 use tb_core::ports::{
     GrantKind, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PURGE_AFTER_MS, PortError,
 };

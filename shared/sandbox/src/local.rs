@@ -53,7 +53,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -568,10 +568,7 @@ fn create_dirs(
         fs::create_dir(dir.join(sub))
             .map_err(|e| unavailable("creating the sandbox directory", e))?;
     }
-    let created_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created_at = tb_core::clock::now_secs();
     let meta = Meta {
         id: id.clone(),
         labels: spec.labels.clone(),

@@ -84,7 +84,7 @@ pub async fn check(store: &dyn OAuthStore) {
 ///
 /// [`PURGE_AFTER_MS`]: tb_core::ports::PURGE_AFTER_MS
 pub async fn check_purge(store: &dyn OAuthStore) {
-    let now = tb_core::agent::now_ms();
+    let now = tb_core::clock::now_ms();
     let mut old = grant("h_old", GrantKind::Refresh, "fam_3");
     old.expires_at_ms = now - tb_core::ports::PURGE_AFTER_MS - 1000;
     let mut recent = grant("h_recent", GrantKind::Refresh, "fam_3");

@@ -689,7 +689,7 @@ async fn measure_store<S: MeasuredStore>(store: &S) -> anyhow::Result<Vec<StoreR
         UserId::parse("user_bench")?,
         ProjectId::generate(),
         Description::parse(TASK).map_err(anyhow::Error::msg)?,
-        tb_core::agent::now_ms(),
+        tb_core::clock::now_ms(),
     );
     store.create(&rec, &first).await?;
     let mut state = AgentState::new(TASK);

@@ -5,8 +5,6 @@
 //! URI. Its own retry layer is left out: [`Api::send`] retries itself so it can honour
 //! GitHub's rate-limit headers and bound the waits.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use http::{HeaderMap, Method};
 use octocrab::Octocrab;
 use serde::de::DeserializeOwned;
@@ -154,8 +152,12 @@ impl Api {
             if answer.is_success() {
                 return Ok(answer);
             }
-            let Verdict::Retry { wait } = verdict(status, &headers, &answer.message, now_epoch())
-            else {
+            let Verdict::Retry { wait } = verdict(
+                status,
+                &headers,
+                &answer.message,
+                tb_core::clock::now_secs(),
+            ) else {
                 return Ok(answer);
             };
             if let Some(wait) = wait
@@ -208,13 +210,6 @@ impl Api {
             .map_err(|e| format!("reading the answer: {e}"))?;
         Ok((status, headers, text))
     }
-}
-
-fn now_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
 }
 
 /// Escapes one path segment (owner, repository or ref part) for a URL path.

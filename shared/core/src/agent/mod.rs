@@ -16,10 +16,11 @@ mod tools;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::conversation::{Block, Message, Role};
 use crate::model::{Model, ModelError, ModelRequest, StopReason, ToolSpec};
 use crate::money::MicroUsd;
@@ -657,11 +658,4 @@ pub fn last_actions(state: &AgentState) -> Vec<String> {
             }
         })
         .collect()
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
