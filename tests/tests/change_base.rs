@@ -5,7 +5,7 @@
 use serde_json::json;
 use tb_core::agent::{Agent, AgentState, CancelFlag, Outcome, Slice};
 use tb_core::domain::{ProjectId, RequestId};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::{Snapshot, SnapshotFile};
 use tb_core::pricing::PriceTable;
 use tb_core::sandbox::WorkspacePath;

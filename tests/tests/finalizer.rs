@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tb_aws::S3Archive;
 use tb_codehost::{GitHubCodeHost, GitHubConfig, GitHubToken};
 use tb_core::domain::{Phase, ProjectId};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::PlatformRecords;
 use tb_deploy::FlyDeployer;
 use tb_pipeline::{FinalizeDone, RequestRecord, StateStore};

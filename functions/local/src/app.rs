@@ -348,7 +348,7 @@ fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
             .with_context(|| format!("restricting {} to its owner", file.display()))?;
         return Ok(s.trim().to_string());
     }
-    let secret = tb_core::ids::hex(&rand::random::<[u8; 32]>());
+    let secret = tb_core::encoding::hex(&rand::random::<[u8; 32]>());
     tb_local::private::write_new_secret(&file, secret.as_bytes())
         .with_context(|| format!("writing {}", file.display()))?;
     Ok(secret)

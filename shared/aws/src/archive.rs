@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tb_core::ports::{Archive, PortError};
 
 use crate::error::classify;
-use crate::spill::{hex, sha256_hex};
+use tb_core::encoding::{hex, sha256_hex};
 
 /// The metadata key holding the object's SHA-256 (hex).
 pub const SHA256_METADATA: &str = "sha256";

@@ -2,8 +2,8 @@
 //! to them, read back (and checked against their SHA-256) when an item holds a pointer.
 
 use aws_sdk_s3::primitives::ByteStream;
-use sha2::{Digest, Sha256};
 use tb_core::domain::RequestId;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::PortError;
 
 use crate::error::classify;
@@ -36,15 +36,6 @@ impl Payload {
 pub(crate) struct Spill {
     s3: aws_sdk_s3::Client,
     bucket: String,
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
 }
 
 impl Spill {

@@ -4,11 +4,7 @@ use tb_aws::testing::TestAws;
 use tb_core::ports::{Archive, PortError};
 
 fn sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tb_core::encoding::sha256_hex(bytes)
 }
 
 #[tokio::test]

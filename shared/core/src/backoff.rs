@@ -52,10 +52,9 @@ pub fn retry_after(
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(cap.as_secs_f64())))
 }
 
-/// A random number in `[0, 1]` from the OS's randomness (through [`crate::ids::random_hex`]).
+/// A uniformly random number in `[0, 1]`.
 fn unit_random() -> f64 {
-    let n = u32::from_str_radix(&crate::ids::random_hex(4), 16).unwrap_or(0);
-    f64::from(n) / f64::from(u32::MAX)
+    rand::random_range(0.0..=1.0)
 }
 
 #[cfg(test)]

@@ -1,30 +1,28 @@
-//! Random identifiers and stable digests.
+//! Random identifiers.
 
-use sha2::{Digest, Sha256};
+use rand::RngCore;
 
-/// `bytes` random bytes as lowercase hex, from the OS's randomness (via std's hasher keys
-/// and the clock, mixed through SHA-256; unique, not for secrets).
+/// `bytes` random bytes as lowercase hex (`2 * bytes` characters), from a generator seeded
+/// by the operating system (`rand::rng()`: ChaCha12, reseeded periodically), so the result
+/// is fit for secrets as well as for identifiers.
 pub fn random_hex(bytes: usize) -> String {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let seed = format!("{}:{nanos}:{}", h.finish(), std::process::id());
-    let digest = Sha256::digest(seed.as_bytes());
-    hex(&digest[..bytes.min(32)])
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    crate::encoding::hex(&buf)
 }
 
-/// SHA-256 of `data` as lowercase hex. Stable across processes and versions.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    #[test]
+    fn random_hex_has_two_lowercase_digits_a_byte_and_values_differ() {
+        let (a, b) = (random_hex(16), random_hex(16));
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, b);
+    }
 }

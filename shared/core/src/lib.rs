@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod clock;
 pub mod conversation;
 pub mod domain;
+pub mod encoding;
 pub mod ids;
 pub mod model;
 pub mod money;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::Artifact;
 
 use crate::DeployError;

@@ -97,7 +97,7 @@ pub struct BaseImage {
 /// The tag under which a target repository keeps the base manifest `base` resolved to this
 /// week: `tb-base-<hash of the reference>-w<weeks since the epoch>`.
 pub fn base_cache_tag(base: &ImageRef, unix_secs: u64) -> String {
-    let hash = tb_core::ids::sha256_hex(base.to_string().as_bytes());
+    let hash = tb_core::encoding::sha256_hex(base.to_string().as_bytes());
     format!("tb-base-{}-w{}", &hash[..12], unix_secs / (7 * 86_400))
 }
 
@@ -236,7 +236,7 @@ pub async fn push_app_image(
     };
     let config = app_config(&resolved.config, &layer, &artifact.sha256)?;
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialise");
-    let config_digest = format!("sha256:{}", tb_core::ids::sha256_hex(&config_bytes));
+    let config_digest = format!("sha256:{}", tb_core::encoding::sha256_hex(&config_bytes));
 
     let same_registry = base_client.registry() == target.registry();
     let mut blobs = Vec::new();

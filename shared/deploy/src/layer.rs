@@ -6,7 +6,7 @@
 //! therefore always gives the same bytes, whatever order, times or owners the artifact's
 //! tar had: the same digest, and the registry skips the upload.
 
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 
 use crate::DeployError;
 use crate::artifact::{EntryKind, Tree};

@@ -21,7 +21,7 @@ use base64::Engine;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 
 use crate::{DeployError, Secret};
 

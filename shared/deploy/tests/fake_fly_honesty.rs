@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use support::{Health, node_app, push_synthetic_base, test_registry, unique};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_deploy::image::push_app_image;
 use tb_deploy::registry::{OCI_MANIFEST, RegistryClient};
 use tb_testkit::fake_fly::FakeFly;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use support::{
     File, Health, node_app, push_synthetic_base, registry_alias, tar_gz, test_registry, unique,
 };
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_deploy::image::{Transfer, push_app_image};
 use tb_deploy::registry::{Mount, OCI_MANIFEST, RegistryClient};
 use tb_deploy::{artifact, layer};

@@ -11,7 +11,7 @@ use rand::RngCore;
 use tb_core::MicroUsd;
 use tb_core::clock::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
-use tb_core::ids::{hex, sha256_hex};
+use tb_core::encoding::{hex, sha256_hex};
 use tb_core::ports::{
     ApiKey, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PlatformRecords, PortError,
     ProjectRecord,

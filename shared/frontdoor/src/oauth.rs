@@ -45,7 +45,7 @@ use rand::RngCore;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tb_core::clock::now_ms;
-use tb_core::ids::{hex, sha256_hex};
+use tb_core::encoding::{hex, sha256_hex};
 use tb_core::ports::{GrantKind, GrantUse, OAuthClient, OAuthGrant, PortError};
 
 use crate::FrontDoor;

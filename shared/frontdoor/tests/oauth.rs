@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{ACCEPT, Server, clients};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_frontdoor::OAuthSettings;
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";

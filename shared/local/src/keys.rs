@@ -11,7 +11,7 @@
 
 use rand::TryRngCore;
 use rand::rngs::OsRng;
-use tb_core::ids::{hex, sha256_hex};
+use tb_core::encoding::{hex, sha256_hex};
 use tb_core::ports::PortError;
 
 /// What every key starts with (so it can be recognised, e.g. by secret scanners).

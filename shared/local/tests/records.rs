@@ -73,7 +73,7 @@ async fn a_key_is_stored_only_as_its_hash_and_a_visible_prefix() {
         "{}",
         rows[0]
     );
-    assert!(rows[0].contains(&tb_core::ids::sha256_hex(secret.as_bytes())));
+    assert!(rows[0].contains(&tb_core::encoding::sha256_hex(secret.as_bytes())));
 
     // Nor anywhere in the files (the database and its write-ahead log).
     records.db().close().await;

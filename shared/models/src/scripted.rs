@@ -333,11 +333,7 @@ pub fn redacted_thinking_data(turn: usize) -> String {
 }
 
 fn digest(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tb_core::encoding::sha256_hex(text.as_bytes())
 }
 
 /// The approximate output tokens of a response's content.

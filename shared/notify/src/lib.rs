@@ -94,7 +94,7 @@ impl HttpNotifier {
 pub fn sign(secret: &[u8], timestamp: u64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(format!("{timestamp}.{body}").as_bytes());
-    tb_core::ids::hex(&mac.finalize().into_bytes())
+    tb_core::encoding::hex(&mac.finalize().into_bytes())
 }
 
 #[async_trait]

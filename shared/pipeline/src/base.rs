@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use tb_core::agent::{APPLIED_COPY_DIR, AppliedMigration, ProjectBase};
 use tb_core::domain::{ProjectId, RequestId};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::{Archive, PortError};
 use tb_core::sandbox::{Sandbox, SandboxError, WorkspacePath};
 

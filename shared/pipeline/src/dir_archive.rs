@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::{Archive, PortError};
 
 pub struct DirArchive {

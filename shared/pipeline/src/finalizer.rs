@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tb_core::agent::Outcome;
 use tb_core::clock::now_ms;
 use tb_core::domain::Phase;
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::{
     Archive, Artifact, CodeHost, DatabaseProvisioner, Deployer, Notifier, PlatformRecords,
     PortError, ProjectRecord,

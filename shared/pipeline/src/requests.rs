@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tb_core::clock::now_ms;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::PortError;
 
 use crate::messages::WorkMessage;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::{Snapshot, SnapshotFile};
 use tb_core::sandbox::{Sandbox, SandboxError, WorkspacePath};
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::{Migration, ProjectDatabase};
 
 use crate::connect::{connect, lock_key};

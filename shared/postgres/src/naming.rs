@@ -67,7 +67,7 @@ pub fn database_names(prefix: &str, project: &ProjectId, dev: bool) -> DatabaseN
         format!("{prefix}_{canonical}")
     } else {
         let digest = Sha256::digest(id.as_bytes());
-        let hash = &tb_core::ids::hex(&digest)[..HASH_HEX];
+        let hash = &tb_core::encoding::hex(&digest)[..HASH_HEX];
         let room = MAX_NAME_LEN - DEV_SUFFIX.len() - (1 + HASH_HEX) - (prefix.len() + 1);
         let short = &canonical[..canonical.len().min(room)];
         format!("{prefix}_{short}_{hash}")

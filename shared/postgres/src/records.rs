@@ -33,7 +33,7 @@ use tb_core::ports::{ApiKey, PlatformRecords, PortError, ProjectRecord};
 use tb_core::usage::ModelCall;
 
 use crate::error::PgError;
-use crate::{schema, secret};
+use crate::schema;
 
 /// `tb_` + 40 hex characters.
 pub const KEY_PREFIX: &str = "tb_";
@@ -90,7 +90,7 @@ impl PgPlatformRecords {
 
 /// A fresh key: `tb_` + 40 hex characters.
 fn new_key() -> String {
-    format!("{KEY_PREFIX}{}", secret::random_hex(KEY_RANDOM_BYTES))
+    format!("{KEY_PREFIX}{}", tb_core::ids::random_hex(KEY_RANDOM_BYTES))
 }
 
 /// True if `s` has the shape of a key (saves a lookup for anything else).
@@ -194,7 +194,7 @@ impl PlatformRecords for PgPlatformRecords {
             .into());
         }
         let key = new_key();
-        let id = format!("key_{}", secret::random_hex(12));
+        let id = format!("key_{}", tb_core::ids::random_hex(12));
         let prefix: String = key.chars().take(VISIBLE_PREFIX_LEN).collect();
         let row = sqlx::query(concat!(
             "INSERT INTO api_keys (id, user_id, prefix, label, key_hash) \

@@ -3,14 +3,7 @@
 //! `rand::rng()` is a ChaCha-based generator seeded from the OS and reseeded periodically;
 //! its output is suitable for secrets.
 
-use rand::RngCore;
-
-/// `bytes` random bytes as lowercase hex (`2 * bytes` characters).
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    tb_core::ids::hex(&buf)
-}
+use tb_core::ids::random_hex;
 
 /// A fresh database password: 32 random bytes as 64 hex characters. Hex needs no escaping in
 /// a URL, a shell or a SQL literal.

@@ -2,21 +2,9 @@
 //!
 //! A URL holds a password: it is built here, handed to the caller, and never logged.
 
-use crate::settings::ClusterSettings;
+use tb_core::encoding::percent_encode;
 
-/// Percent-encodes everything but RFC 3986's unreserved characters, so any role, password
-/// or database name fits in the userinfo or path of a URL.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use crate::settings::ClusterSettings;
 
 /// The URL a project uses to reach `database` as `role`, on the cluster of `settings`
 /// (same host, port and `sslmode`).

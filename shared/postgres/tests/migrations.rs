@@ -78,7 +78,7 @@ async fn migrations_apply_in_name_order_as_the_project_role_and_rerunning_applie
         .unwrap();
     assert_eq!(
         row.get::<String, _>("sha256"),
-        tb_core::ids::sha256_hex(migrations[2].sql.as_bytes())
+        tb_core::encoding::sha256_hex(migrations[2].sql.as_bytes())
     );
     assert!(row.get::<bool, _>("stamped"));
 

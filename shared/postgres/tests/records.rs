@@ -115,7 +115,7 @@ async fn listings_show_the_prefix_and_the_table_never_holds_the_key() {
         }
     }
     let hashes: Vec<String> = rows.iter().map(|r| r.get("h")).collect();
-    assert!(hashes.contains(&tb_core::ids::sha256_hex(s1.as_bytes())));
+    assert!(hashes.contains(&tb_core::encoding::sha256_hex(s1.as_bytes())));
 }
 
 fn call(iteration: u32, cost: i64) -> ModelCall {

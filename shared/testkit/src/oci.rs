@@ -7,7 +7,6 @@
 use std::io::Write;
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -114,9 +113,5 @@ pub fn synthetic_node_base() -> SyntheticBase {
 }
 
 fn digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    format!(
-        "sha256:{}",
-        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("sha256:{}", tb_core::encoding::sha256_hex(bytes))
 }

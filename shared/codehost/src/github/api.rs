@@ -214,15 +214,7 @@ impl Api {
 
 /// Escapes one path segment (owner, repository or ref part) for a URL path.
 pub(crate) fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    tb_core::encoding::percent_encode(s)
 }
 
 #[cfg(test)]

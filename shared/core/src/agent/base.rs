@@ -111,7 +111,7 @@ impl ProjectBase {
                 m.name
             );
             match sandbox.read_file(&path).await {
-                Ok(bytes) if crate::ids::sha256_hex(&bytes) == m.sha256 => {}
+                Ok(bytes) if crate::encoding::sha256_hex(&bytes) == m.sha256 => {}
                 Ok(_) => problems.push(format!("migrations/{} was edited; {restore}", m.name)),
                 Err(SandboxError::NotFound(_)) => {
                     problems.push(format!("migrations/{} was deleted; {restore}", m.name))

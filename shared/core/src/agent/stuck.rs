@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::sha256_hex;
+use crate::encoding::sha256_hex;
 
 /// What the detector remembers between iterations (part of the resumable agent state).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

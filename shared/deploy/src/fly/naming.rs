@@ -1,7 +1,7 @@
 //! Fly app names for projects: `<prefix><project id>`, made a valid DNS label.
 
 use tb_core::domain::ProjectId;
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 
 /// The longest app name (it is the first label of `<app>.fly.dev`).
 pub const MAX_APP_NAME: usize = 63;

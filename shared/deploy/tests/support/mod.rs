@@ -7,7 +7,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use serde_json::json;
-use tb_core::ids::sha256_hex;
+use tb_core::encoding::sha256_hex;
 use tb_core::ports::Artifact;
 use tb_deploy::ImageRef;
 use tb_deploy::registry::{OCI_INDEX, OCI_MANIFEST, RegistryClient};

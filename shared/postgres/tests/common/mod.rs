@@ -16,7 +16,7 @@ pub use tb_postgres::testing::{Cleanup, admin_url, admin_url_for, cluster};
 
 /// A prefix no other test (or run) uses: `t` + 10 hex characters.
 pub fn unique_prefix() -> String {
-    format!("t{}", tb_postgres::secret::random_hex(5))
+    format!("t{}", tb_core::ids::random_hex(5))
 }
 
 pub async fn admin() -> PgConnection {

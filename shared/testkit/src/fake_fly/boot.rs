@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use super::Fly;
@@ -403,11 +402,7 @@ async fn fetch(fly: &Fly, url: &str, accept: &str) -> Result<Vec<u8>, String> {
 }
 
 fn digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    format!(
-        "sha256:{}",
-        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("sha256:{}", tb_core::encoding::sha256_hex(bytes))
 }
 
 /// Unpacks one layer over `root`, applying whiteouts; device files are skipped.
