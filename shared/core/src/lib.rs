@@ -12,6 +12,7 @@
 //! [`agent::AgentState`], so a worker can stop after any iteration and another can resume.
 
 pub mod agent;
+pub mod api_key;
 pub mod backoff;
 pub mod clock;
 pub mod conversation;

@@ -7,21 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use rand::RngCore;
 use tb_core::MicroUsd;
+use tb_core::api_key;
 use tb_core::clock::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
-use tb_core::encoding::{hex, sha256_hex};
 use tb_core::ports::{
     ApiKey, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PlatformRecords, PortError,
     ProjectRecord,
 };
 use tb_core::usage::ModelCall;
-
-/// Keys look like `tb_<40 hex characters>` (160 random bits).
-pub const KEY_PREFIX: &str = "tb_";
-/// Characters of a key shown in listings.
-const VISIBLE: usize = 10;
 
 #[derive(Default)]
 pub struct MemoryRecords {
@@ -61,35 +55,32 @@ impl MemoryRecords {
     }
 }
 
-fn generate_key() -> String {
-    let mut bytes = [0u8; 20];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{KEY_PREFIX}{}", hex(&bytes))
-}
-
 #[async_trait]
 impl PlatformRecords for MemoryRecords {
     async fn create_key(&self, user: &UserId, label: &str) -> Result<(ApiKey, String), PortError> {
-        let key = generate_key();
+        let key = api_key::generate().map_err(|e| PortError::Transient(e.to_string()))?;
         let record = ApiKey {
-            id: format!("key_{}", &sha256_hex(key.as_bytes())[..16]),
+            id: key.id.clone(),
             user: user.clone(),
-            prefix: format!("{}…", &key[..VISIBLE]),
-            label: label.chars().take(200).collect(),
+            prefix: key.prefix.clone(),
+            label: label.chars().take(api_key::MAX_LABEL_CHARS).collect(),
             created_at_ms: now_ms(),
             revoked_at_ms: None,
         };
         self.lock()
             .keys
-            .insert(sha256_hex(key.as_bytes()), record.clone());
-        Ok((record, key))
+            .insert(api_key::hash_hex(&key.secret), record.clone());
+        Ok((record, key.secret))
     }
 
     async fn authenticate(&self, presented: &str) -> Result<Option<ApiKey>, PortError> {
+        if !api_key::well_formed(presented) {
+            return Ok(None);
+        }
         Ok(self
             .lock()
             .keys
-            .get(&sha256_hex(presented.as_bytes()))
+            .get(&api_key::hash_hex(presented))
             .filter(|k| k.revoked_at_ms.is_none())
             .cloned())
     }
@@ -268,9 +259,12 @@ mod tests {
     async fn keys_are_stored_hashed_and_stop_working_when_revoked() {
         let r = MemoryRecords::new();
         let (k, key) = r.create_key(&user("user_a"), "laptop").await.unwrap();
-        assert!(key.starts_with(KEY_PREFIX) && key.len() == 43);
+        assert!(key.starts_with(api_key::KEY_PREFIX) && key.len() == 43);
         assert!(!r.stores_text(&key), "the key itself is stored");
-        assert!(!r.stores_text(&key[VISIBLE..]), "the secret part is stored");
+        assert!(
+            !r.stores_text(&key[api_key::VISIBLE_CHARS..]),
+            "the secret part is stored"
+        );
         assert_eq!(r.authenticate(&key).await.unwrap().unwrap().id, k.id);
         assert!(r.authenticate("tb_wrong").await.unwrap().is_none());
         assert!(!r.revoke_key(&user("user_b"), &k.id).await.unwrap());

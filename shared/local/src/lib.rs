@@ -39,7 +39,6 @@ mod db;
 pub mod dispatch;
 mod error;
 mod gates;
-pub mod keys;
 mod oauth;
 pub mod private;
 mod queue;
@@ -49,5 +48,6 @@ mod store;
 
 pub use db::LocalDb;
 pub use queue::{DEAD_LETTER_FILE, LocalQueue, Receivers};
-pub use records::{MAX_LABEL_CHARS, SqliteRecords};
+pub use records::SqliteRecords;
 pub use store::SqliteStore;
+pub use tb_core::api_key::MAX_LABEL_CHARS;

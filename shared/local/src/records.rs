@@ -2,7 +2,7 @@
 //! database, the embedded stand-in for the Postgres adapter.
 //!
 //! - Keys are stored as SHA-256 plus a 12-character visible prefix, never in the clear (see
-//!   [`crate::keys`] for why a fast hash is right for them); revoked keys stay listed with
+//!   [`tb_core::api_key`] for their format and why a fast hash is right for them); revoked keys stay listed with
 //!   their revocation time and never authenticate.
 //! - A project's owner is fixed by its first save; saving it under another owner is refused
 //!   ([`PortError::Permanent`]), and its creation time never changes. A user's projects are
@@ -13,6 +13,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use tb_core::api_key::{self, MAX_LABEL_CHARS};
 use tb_core::clock::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ports::{ApiKey, PlatformRecords, PortError, ProjectRecord};
@@ -20,7 +21,6 @@ use tb_core::{MicroUsd, ModelCall};
 
 use crate::db::LocalDb;
 use crate::error::{json_error, port_error, to_i64, to_u64};
-use crate::keys;
 
 /// Platform records on SQLite. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -42,9 +42,6 @@ impl SqliteRecords {
         &self.db
     }
 }
-
-/// The longest key label accepted (as in the Postgres adapter).
-pub const MAX_LABEL_CHARS: usize = 200;
 
 const KEY_COLUMNS: &str = "id, user_id, prefix, label, created_at_ms, revoked_at_ms";
 
@@ -87,11 +84,11 @@ impl PlatformRecords for SqliteRecords {
                 "key labels are at most {MAX_LABEL_CHARS} characters"
             )));
         }
-        let new = keys::generate()?;
+        let new = api_key::generate().map_err(|e| PortError::Transient(e.to_string()))?;
         let key = ApiKey {
-            id: format!("key_{}", tb_core::ids::random_hex(12)),
+            id: new.id.clone(),
             user: user.clone(),
-            prefix: new.prefix,
+            prefix: new.prefix.clone(),
             label: label.to_string(),
             created_at_ms: now_ms(),
             revoked_at_ms: None,
@@ -103,7 +100,7 @@ impl PlatformRecords for SqliteRecords {
         .bind(&key.id)
         .bind(user.as_str())
         .bind(&key.prefix)
-        .bind(&new.sha256)
+        .bind(api_key::hash_hex(&new.secret))
         .bind(&key.label)
         .bind(to_i64("created_at_ms", key.created_at_ms)?)
         .execute(self.db.pool())
@@ -113,14 +110,14 @@ impl PlatformRecords for SqliteRecords {
     }
 
     async fn authenticate(&self, presented: &str) -> Result<Option<ApiKey>, PortError> {
-        if !keys::well_formed(presented) {
+        if !api_key::well_formed(presented) {
             return Ok(None);
         }
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_sha256 = ? AND revoked_at_ms IS NULL"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(keys::hash(presented))
+            .bind(api_key::hash_hex(presented))
             .fetch_optional(self.db.pool())
             .await
             .map_err(|e| port_error("authenticating a key", e))?;

@@ -6,7 +6,8 @@
 //!   bits cannot be brute-forced at any hash speed). `authenticate` looks a key up by its
 //!   hash with an index; no constant-time comparison is needed, since the lookup reveals
 //!   nothing about the key beyond what its hash does. Revoked keys never authenticate. The
-//!   visible `prefix` is the first 12 characters (`tb_` and 9 hex).
+//!   visible `prefix` is the first 12 characters (`tb_` and 9 hex). Format, hash and the
+//!   shape check are [`tb_core::api_key`]'s, shared with the other stores.
 //! - **Projects** are upserted by id; the owner never changes (saving an existing id with a
 //!   different owner is refused), nor does `created_at`. A deployed version not seen
 //!   before gets a `deployments` row in the same transaction (the project's rollback
@@ -23,9 +24,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use tb_core::api_key;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::model::StopReason;
 use tb_core::money::MicroUsd;
@@ -35,13 +36,7 @@ use tb_core::usage::ModelCall;
 use crate::error::PgError;
 use crate::schema;
 
-/// `tb_` + 40 hex characters.
-pub const KEY_PREFIX: &str = "tb_";
-const KEY_RANDOM_BYTES: usize = 20;
-/// Characters of a key shown in listings.
-pub const VISIBLE_PREFIX_LEN: usize = 12;
-/// Longest accepted key label, in characters.
-pub const MAX_LABEL_CHARS: usize = 200;
+pub use tb_core::api_key::MAX_LABEL_CHARS;
 
 /// Platform records over a connection pool.
 #[derive(Clone)]
@@ -81,23 +76,6 @@ impl PgPlatformRecords {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-
-    /// The SHA-256 of a key, as stored.
-    pub fn key_hash(key: &str) -> [u8; 32] {
-        Sha256::digest(key.as_bytes()).into()
-    }
-}
-
-/// A fresh key: `tb_` + 40 hex characters.
-fn new_key() -> String {
-    format!("{KEY_PREFIX}{}", tb_core::ids::random_hex(KEY_RANDOM_BYTES))
-}
-
-/// True if `s` has the shape of a key (saves a lookup for anything else).
-fn looks_like_key(s: &str) -> bool {
-    s.len() == KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES
-        && s.starts_with(KEY_PREFIX)
-        && s[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 pub(crate) fn sql(context: &'static str) -> impl FnOnce(sqlx::Error) -> PortError {
@@ -139,7 +117,7 @@ macro_rules! key_columns {
     };
 }
 
-fn api_key(row: &PgRow) -> Result<ApiKey, PortError> {
+fn key_of(row: &PgRow) -> Result<ApiKey, PortError> {
     Ok(ApiKey {
         id: row.try_get("id").map_err(sql("reading a key"))?,
         user: parse_id(row, "user_id", UserId::parse)?,
@@ -193,27 +171,25 @@ impl PlatformRecords for PgPlatformRecords {
             ))
             .into());
         }
-        let key = new_key();
-        let id = format!("key_{}", tb_core::ids::random_hex(12));
-        let prefix: String = key.chars().take(VISIBLE_PREFIX_LEN).collect();
+        let key = api_key::generate().map_err(|e| PortError::Transient(e.to_string()))?;
         let row = sqlx::query(concat!(
             "INSERT INTO api_keys (id, user_id, prefix, label, key_hash) \
              VALUES ($1, $2, $3, $4, $5) RETURNING ",
             key_columns!()
         ))
-        .bind(&id)
+        .bind(&key.id)
         .bind(user.as_str())
-        .bind(&prefix)
+        .bind(&key.prefix)
         .bind(label)
-        .bind(&Self::key_hash(&key)[..])
+        .bind(&key.hash()[..])
         .fetch_one(&self.pool)
         .await
         .map_err(sql("creating an API key"))?;
-        Ok((api_key(&row)?, key))
+        Ok((key_of(&row)?, key.secret))
     }
 
     async fn authenticate(&self, presented: &str) -> Result<Option<ApiKey>, PortError> {
-        if !looks_like_key(presented) {
+        if !api_key::well_formed(presented) {
             return Ok(None);
         }
         let row = sqlx::query(concat!(
@@ -221,11 +197,11 @@ impl PlatformRecords for PgPlatformRecords {
             key_columns!(),
             " FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"
         ))
-        .bind(&Self::key_hash(presented)[..])
+        .bind(&api_key::hash(presented)[..])
         .fetch_optional(&self.pool)
         .await
         .map_err(sql("looking up an API key"))?;
-        row.as_ref().map(api_key).transpose()
+        row.as_ref().map(key_of).transpose()
     }
 
     async fn list_keys(&self, user: &UserId) -> Result<Vec<ApiKey>, PortError> {
@@ -239,7 +215,7 @@ impl PlatformRecords for PgPlatformRecords {
         .await
         .map_err(sql("listing API keys"))?
         .iter()
-        .map(api_key)
+        .map(key_of)
         .collect()
     }
 
@@ -428,16 +404,6 @@ impl PlatformRecords for PgPlatformRecords {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_have_the_documented_shape() {
-        let k = new_key();
-        assert_eq!(k.len(), 43);
-        assert!(looks_like_key(&k), "{k}");
-        assert_ne!(new_key(), k);
-        assert!(!looks_like_key("tb_short"));
-        assert!(!looks_like_key(&format!("xx_{}", &k[3..])));
-    }
 
     #[test]
     fn stop_reasons_are_written_by_their_wire_names() {
