@@ -407,9 +407,8 @@ impl RegistryClient {
                 Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => resp
                     .headers()
                     .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map_or(Duration::from_secs(u64::from(attempt)), Duration::from_secs)
+                    .and_then(|v| tb_core::backoff::parse_retry_after(v.to_str().ok()?))
+                    .unwrap_or(Duration::from_secs(u64::from(attempt)))
                     .min(Duration::from_secs(10)),
                 _ => Duration::from_millis(250 * u64::from(attempt)),
             };

@@ -3,8 +3,8 @@
 //! The rules follow Anthropic's SDKs, which OpenAI-compatible servers mostly share:
 //! retry 408, 409, 429, 529 and every 5xx, plus connection failures and timeouts; a
 //! server may override with `x-should-retry: true|false`, and may ask for a wait with
-//! `retry-after-ms` or `retry-after` (seconds). Otherwise the wait is exponential
-//! backoff with full jitter.
+//! `retry-after-ms` or `retry-after` (seconds or an HTTP-date). Otherwise the wait is
+//! exponential backoff with full jitter.
 
 use std::time::Duration;
 
@@ -78,8 +78,9 @@ pub(crate) fn should_retry_header(headers: &HeaderMap) -> Option<bool> {
     }
 }
 
-/// The wait the server asked for (`retry-after-ms` first, then `retry-after` in seconds),
-/// capped at [`MAX_RETRY_AFTER`]. HTTP-date values are ignored (backoff applies).
+/// The wait the server asked for (`retry-after-ms` first, then `retry-after` in seconds or
+/// as an HTTP-date), capped at [`MAX_RETRY_AFTER`]. A date already past asks for nothing
+/// (backoff applies).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     tb_core::backoff::retry_after(
         header_str(headers, "retry-after-ms"),

@@ -10,6 +10,7 @@
 //! so a DNS change after the request was accepted cannot redirect it inside.
 
 use std::time::Duration;
+use tb_core::backoff::Backoff;
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
@@ -105,8 +106,8 @@ impl Notifier for HttpNotifier {
         let mut last = String::new();
         for attempt in 0..self.attempts {
             if attempt > 0 {
-                tokio::time::sleep(self.base_delay.saturating_mul(1 << (attempt - 1).min(10)))
-                    .await;
+                let schedule = Backoff::new(self.base_delay, self.base_delay.saturating_mul(1024));
+                tokio::time::sleep(schedule.ceiling(attempt)).await;
             }
             let ts = tb_core::clock::now_ms() / 1000;
             let sent = client

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use http::HeaderMap;
+use tb_core::backoff::{Backoff, parse_retry_after};
 
 /// Exponential backoff with jitter, bounded server-requested waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,12 +38,7 @@ impl RetryPolicy {
     /// The wait after failed attempt number `attempt` (1-based): `initial × 2^(attempt-1)`,
     /// capped, then scaled by a random factor in [0.5, 1] so clients spread out.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        let base = self
-            .initial_backoff
-            .saturating_mul(doubling)
-            .min(self.max_backoff);
-        base.mul_f64(rand::random_range(0.5..=1.0))
+        Backoff::new(self.initial_backoff, self.max_backoff).equal_jitter(attempt)
     }
 }
 
@@ -76,8 +72,8 @@ pub(crate) fn verdict(status: u16, headers: &HeaderMap, message: &str, now_epoch
     }
 }
 
-/// `retry-after` (seconds), else the time until `x-ratelimit-reset` when
-/// `x-ratelimit-remaining` is 0.
+/// `retry-after` (read by [`parse_retry_after`]), else the time until `x-ratelimit-reset`
+/// when `x-ratelimit-remaining` is 0.
 fn requested_wait(headers: &HeaderMap, now_epoch: u64) -> Option<Duration> {
     let header = |name: &str| {
         headers
@@ -85,8 +81,8 @@ fn requested_wait(headers: &HeaderMap, now_epoch: u64) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(secs) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
-        return Some(Duration::from_secs(secs));
+    if let Some(wait) = header("retry-after").and_then(parse_retry_after) {
+        return Some(wait);
     }
     if header("x-ratelimit-remaining") == Some("0") {
         let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok())?;

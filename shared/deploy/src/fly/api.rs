@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tb_core::backoff::parse_retry_after;
 
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -77,33 +78,32 @@ pub(crate) struct MachinesApi {
 
 /// Exponential backoff with jitter, for waiting out eventual consistency.
 pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
+    schedule: tb_core::backoff::Backoff,
+    attempt: u32,
 }
 
 impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            schedule: tb_core::backoff::Backoff::new(base, max),
+            attempt: 0,
+        }
+    }
+
     /// fly-go `flaps/retry.go`: from 100 ms, doubling, at most 500 ms.
     pub(crate) fn fly_go() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-            max: Duration::from_millis(500),
-        }
+        Backoff::new(Duration::from_millis(100), Duration::from_millis(500))
     }
 
     /// flyctl `internal/machine/wait.go` between wait calls: 500 ms doubling to 2 s.
     pub(crate) fn flyctl_wait() -> Self {
-        Backoff {
-            next: Duration::from_millis(500),
-            max: Duration::from_secs(2),
-        }
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(2))
     }
 
     /// Sleeps the next interval (±50 %) unless that would pass `deadline`; false then.
     pub(crate) async fn sleep_before(&mut self, deadline: tokio::time::Instant) -> bool {
-        let jitter = u64::from_str_radix(&tb_core::ids::random_hex(1), 16).unwrap_or(128);
-        let base = self.next.as_millis() as u64;
-        let wait = Duration::from_millis(base / 2 + base * jitter / 255);
-        self.next = (self.next * 2).min(self.max);
+        self.attempt += 1;
+        let wait = self.schedule.spread_jitter(self.attempt);
         if tokio::time::Instant::now() + wait > deadline {
             return false;
         }
@@ -458,10 +458,8 @@ impl MachinesApi {
                 let after = resp
                     .headers()
                     .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map_or(Duration::from_secs(1), Duration::from_secs_f64)
+                    .and_then(|v| parse_retry_after(v.to_str().ok()?))
+                    .unwrap_or(Duration::from_secs(1))
                     .min(Duration::from_secs(10));
                 tracing::info!(
                     operation = op,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
+use tb_core::backoff::{Backoff, parse_retry_after};
 
 /// Exponential backoff with jitter; a server's `Retry-After` wins when it sends one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,17 +32,13 @@ impl RetryPolicy {
     /// The wait after failed attempt number `attempt` (1-based): `initial × 2^(attempt-1)`,
     /// capped, then scaled by a random factor in [0.5, 1] so clients spread out.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let doubling = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        let base = self
-            .initial_backoff
-            .saturating_mul(doubling)
-            .min(self.max_backoff);
-        base.mul_f64(rand::random_range(0.5..=1.0))
+        Backoff::new(self.initial_backoff, self.max_backoff).equal_jitter(attempt)
     }
 
     /// The wait a 429 answer asks for: the largest of `Retry-After` and the non-standard
-    /// `Retry-After-<throttler>` headers (`Retry-After-sandbox-create`, …) in seconds,
-    /// capped at [`RetryPolicy::max_retry_after`]; `None` when there is none.
+    /// `Retry-After-<throttler>` headers (`Retry-After-sandbox-create`, …), each read by
+    /// [`parse_retry_after`], capped at [`RetryPolicy::max_retry_after`]; `None` when there
+    /// is none.
     pub fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
         headers
             .iter()
@@ -49,9 +46,8 @@ impl RetryPolicy {
                 let name = name.as_str(); // header names are lower case
                 name == "retry-after" || name.starts_with("retry-after-")
             })
-            .filter_map(|(_, value)| value.to_str().ok()?.trim().parse::<f64>().ok())
-            .filter(|secs| secs.is_finite() && *secs >= 0.0)
-            .map(|secs| Duration::from_secs_f64(secs.min(self.max_retry_after.as_secs_f64())))
+            .filter_map(|(_, value)| parse_retry_after(value.to_str().ok()?))
+            .map(|wait| wait.min(self.max_retry_after))
             .max()
     }
 }
