@@ -289,7 +289,7 @@ impl DaytonaProvider {
                         created_at: dto
                             .created_at
                             .as_deref()
-                            .and_then(crate::rfc3339::parse)
+                            .and_then(tb_core::clock::parse_rfc3339)
                             .unwrap_or(0),
                         labels: dto.labels.unwrap_or_default(),
                         id: dto.id,

@@ -13,7 +13,6 @@
 pub mod daytona;
 pub mod egress;
 pub mod local;
-pub mod rfc3339;
 
 mod output_cap;
 

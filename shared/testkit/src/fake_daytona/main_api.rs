@@ -307,7 +307,7 @@ fn now() -> u64 {
 
 /// The `Sandbox` DTO, with the required fields of the real one.
 fn dto(fake: &Fake, s: &FakeSandbox) -> Value {
-    let created_at = tb_sandbox::rfc3339::format(s.created_at);
+    let created_at = tb_core::clock::format_rfc3339(s.created_at);
     json!({
         "id": s.id,
         "organizationId": "fake-org",
