@@ -25,6 +25,7 @@ pub mod net;
 pub mod ports;
 pub mod pricing;
 pub mod sandbox;
+pub mod secret;
 pub mod settings;
 pub mod usage;
 

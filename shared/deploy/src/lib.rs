@@ -16,10 +16,9 @@ pub mod layer;
 pub mod local;
 pub mod reference;
 pub mod registry;
-mod secret;
 
 pub use error::DeployError;
 pub use fly::{FlyConfig, FlyDeployer};
 pub use local::{LocalConfig, LocalDeployer};
 pub use reference::ImageRef;
-pub use secret::Secret;
+pub use tb_core::secret::Secret;

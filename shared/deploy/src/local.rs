@@ -571,7 +571,7 @@ fn log_tail(path: &Path, secrets: &BTreeMap<String, String>) -> String {
         .unwrap_or(text.len());
     let mut tail = text[start..].to_owned();
     for value in secrets.values().filter(|v| v.len() >= 4) {
-        tail = tail.replace(value.as_str(), "<redacted>");
+        tail = tail.replace(value.as_str(), tb_core::secret::REDACTED);
     }
     tail
 }

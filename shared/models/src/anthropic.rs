@@ -54,7 +54,7 @@ impl fmt::Debug for AnthropicConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnthropicConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &http::redacted(&self.api_key))
+            .field("api_key", &tb_core::secret::redacted(&self.api_key))
             .field("model", &self.model)
             .field("context_window", &self.context_window)
             .field("retry", &self.retry)

@@ -59,15 +59,6 @@ pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, ConfigError> {
     Ok(v)
 }
 
-/// What `Debug` shows for a secret.
-pub(crate) fn redacted(secret: &str) -> &'static str {
-    if secret.is_empty() {
-        "<empty>"
-    } else {
-        "<redacted>"
-    }
-}
-
 /// POSTs `body` as JSON and returns the body of the first 2xx answer, retrying per
 /// `policy`. `provider` names the provider in logs.
 pub(crate) async fn post_json(

@@ -65,7 +65,10 @@ impl fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_deref().map(http::redacted))
+            .field(
+                "api_key",
+                &self.api_key.as_deref().map(tb_core::secret::redacted),
+            )
             .field("model", &self.model)
             .field("context_window", &self.context_window)
             .field("retry", &self.retry)

@@ -49,7 +49,10 @@ impl fmt::Debug for ClusterSettings {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| tb_core::secret::REDACTED),
+            )
             .field("ssl_mode", &self.ssl_mode)
             .field("admin_database", &self.admin_database)
             .finish()

@@ -104,7 +104,7 @@ impl fmt::Debug for DaytonaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DaytonaConfig")
             .field("api_url", &self.api_url)
-            .field("api_key", &"<redacted>")
+            .field("api_key", &tb_core::secret::REDACTED)
             .field("snapshot", &self.snapshot)
             .field("image", &self.image)
             .field("workdir", &self.workdir)

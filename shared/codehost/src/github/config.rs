@@ -1,31 +1,26 @@
 //! How the GitHub adapter is set up: the token (a secret), whose account the repositories
 //! go to, and the API it talks to.
 
-use std::fmt;
 use std::time::Duration;
+
+use tb_core::secret::Secret;
 
 use super::RetryPolicy;
 use crate::error::CodeHostError;
 
 /// A GitHub token (PAT, fine-grained PAT, OAuth or installation token). It is only ever
 /// sent in the `Authorization` header: never formatted by `Debug`, never put in a URL,
-/// never written to disk. There is deliberately no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct GitHubToken(String);
+/// never written to disk. `Debug` prints `GitHubToken(<redacted>)`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct GitHubToken(Secret);
 
 impl GitHubToken {
     pub fn new(token: impl Into<String>) -> Self {
-        GitHubToken(token.into())
+        GitHubToken(Secret::new(token))
     }
 
     pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for GitHubToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GitHubToken(<redacted>)")
+        self.0.expose()
     }
 }
 

@@ -40,7 +40,7 @@ pub(crate) struct Api {
 impl fmt::Debug for Api {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Api")
-            .field("api_key", &"<redacted>")
+            .field("api_key", &tb_core::secret::REDACTED)
             .field("retry", &self.retry)
             .finish()
     }

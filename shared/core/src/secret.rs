@@ -1,7 +1,20 @@
-//! A secret string (a Fly token, a registry password) that never shows in `Debug`,
-//! `Display` or error text.
+//! Secrets redaction: a secret string (a token, a password) that never shows in `Debug`,
+//! `Display` or error text, and what every adapter's `Debug` prints in a secret's place.
 
 use std::fmt;
+
+/// What is printed in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// What `Debug` shows for a secret held as a plain string: [`REDACTED`], or `<empty>` for
+/// an empty one (so a missing key is told from a set one).
+pub fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        "<empty>"
+    } else {
+        REDACTED
+    }
+}
 
 /// Holds a credential. Its `Debug` and `Display` print `<redacted>`; the value is only
 /// reachable through [`Secret::expose`], at the one place that puts it on the wire.
@@ -25,12 +38,12 @@ impl Secret {
         if self.0.len() < 8 {
             return text.to_owned();
         }
-        let mut out = text.replace(&self.0, "<redacted>");
-        // A `FlyV1 fm2_…` macaroon may come back without its scheme prefix.
-        if let Some(bare) = self.0.strip_prefix("FlyV1 ")
+        let mut out = text.replace(&self.0, REDACTED);
+        // A credential with its scheme (`FlyV1 fm2_…`) may come back without it.
+        if let Some((_, bare)) = self.0.split_once(' ')
             && bare.len() >= 8
         {
-            out = out.replace(bare, "<redacted>");
+            out = out.replace(bare, REDACTED);
         }
         out
     }
@@ -38,13 +51,13 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 
