@@ -192,7 +192,7 @@ fn report(s: &Status, progress: &Progress, scripted: bool) {
 
 /// The demo's own check of the app: health, create a user, list users.
 async fn call_app(base: &str, progress: &Progress) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
+    let http = tb_tls::http_client()
         .timeout(Duration::from_secs(10))
         .build()?;
     let mut calls = vec![

@@ -166,7 +166,7 @@ impl FlyDeployer {
             config.max_429_retries,
             config.visibility_timeout,
         )?;
-        let http = reqwest::Client::builder()
+        let http = tb_tls::http_client()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -109,7 +109,9 @@ impl LocalDeployer {
     pub fn new(config: LocalConfig) -> Self {
         LocalDeployer {
             config,
-            http: reqwest::Client::new(),
+            http: tb_tls::http_client()
+                .build()
+                .expect("the HTTP client builds"),
             slots: Mutex::new(HashMap::new()),
         }
     }

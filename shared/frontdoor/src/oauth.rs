@@ -609,7 +609,7 @@ async fn fetch_document(fd: &FrontDoor, client_id: &str) -> Result<OAuthClient, 
         .host_str()
         .ok_or("the client_id URL has no host")?
         .to_string();
-    let mut builder = reqwest::Client::builder()
+    let mut builder = tb_tls::http_client()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")));

@@ -25,7 +25,7 @@ pub enum ConfigError {
 
 /// A reqwest client with our User-Agent and timeouts; built once per model client.
 pub(crate) fn build_client(timeout: Duration) -> Result<Client, ConfigError> {
-    Client::builder()
+    tb_tls::http_client()
         .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(30).min(timeout))

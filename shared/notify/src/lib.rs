@@ -60,7 +60,7 @@ impl HttpNotifier {
     }
 
     async fn client_for(&self, url: &str) -> Result<reqwest::Client, PortError> {
-        let builder = reqwest::Client::builder()
+        let builder = tb_tls::http_client()
             // Never followed: a redirect would send the signed request wherever the
             // receiver points (loopback, the metadata service), past the address check.
             .redirect(reqwest::redirect::Policy::none())

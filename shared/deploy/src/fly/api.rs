@@ -127,7 +127,7 @@ impl MachinesApi {
             DeployError::Config("the Fly token holds characters not allowed in a header".into())
         })?;
         authorization.set_sensitive(true);
-        let http = reqwest::Client::builder()
+        let http = tb_tls::http_client()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(90))
             .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))

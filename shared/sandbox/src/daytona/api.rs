@@ -48,7 +48,7 @@ impl fmt::Debug for Api {
 
 impl Api {
     pub fn new(api_key: String, retry: RetryPolicy) -> Result<Self, SandboxError> {
-        let http = Client::builder()
+        let http = tb_tls::http_client()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))
             .build()
