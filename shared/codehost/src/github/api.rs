@@ -91,6 +91,18 @@ pub(crate) struct Api {
 impl Api {
     /// Builds the client. Must run inside a Tokio runtime (octocrab spawns its worker).
     pub fn new(config: &GitHubConfig) -> Result<Api, CodeHostError> {
+        let building = |e: &dyn std::fmt::Display| {
+            CodeHostError::Config(format!("building the GitHub client: {e}"))
+        };
+        // The process's shared TLS configuration; as octocrab's own client: no redirects
+        // followed, no proxy.
+        let http = tb_tls::http_client()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| building(&e))?;
         let octo = Octocrab::builder()
             .personal_token(config.token.expose().to_owned())
             .base_uri(config.api_base.trim_end_matches('/'))
@@ -99,10 +111,8 @@ impl Api {
                 http::header::ACCEPT,
                 "application/vnd.github+json".to_owned(),
             )
-            .set_connect_timeout(Some(config.connect_timeout))
-            .set_read_timeout(Some(config.read_timeout))
-            .build()
-            .map_err(|e| CodeHostError::Config(format!("building the GitHub client: {e}")))?;
+            .build_with_reqwest(http)
+            .map_err(|e| building(&e))?;
         Ok(Api {
             octo,
             retry: config.retry.clone(),
