@@ -6,6 +6,7 @@
 //! the repository already holds.
 
 use sha1::{Digest, Sha1};
+use tb_core::encoding::hex;
 
 /// A git object id: 40 lower-case hex digits.
 pub type ObjectId = String;
@@ -73,16 +74,6 @@ pub fn tree_id(entries: &[TreeEntry]) -> Option<ObjectId> {
     hasher.update(format!("tree {}\0", body.len()).as_bytes());
     hasher.update(&body);
     Some(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    out
 }
 
 fn unhex(id: &str) -> Option<[u8; 20]> {

@@ -1,6 +1,6 @@
-//! The Model port: one call of a chat model with tools.
+//! What the model port exchanges: one call of a chat model with tools. The [`Model`] trait
+//! is in [`crate::ports`].
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -93,15 +93,4 @@ pub enum ModelError {
     Protocol(String),
 }
 
-#[async_trait]
-pub trait Model: Send + Sync {
-    /// The model id requests are made with.
-    fn id(&self) -> &str;
-
-    /// The context window in tokens (for compaction).
-    fn context_window(&self) -> u64 {
-        200_000
-    }
-
-    async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError>;
-}
+pub use crate::ports::Model;

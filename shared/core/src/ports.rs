@@ -1,12 +1,21 @@
-//! The ports the agent engine and the finalizer talk through, besides [`Model`] and
-//! [`Sandbox`]. Each is a small trait; adapters live in other crates.
-//!
-//! [`Model`]: crate::model::Model
-//! [`Sandbox`]: crate::sandbox::Sandbox
+//! The ports of the core, all in this one file: the model, the sandbox and its provider,
+//! the dev database, the archive, the code host, the database provisioner, the deployer,
+//! the platform records, callbacks and the OAuth store. Each is a small trait; adapters
+//! live in other crates. The types they exchange stay beside their subject (`model`,
+//! `sandbox`), which also name the model and sandbox traits (`model::Model`,
+//! `sandbox::{Sandbox, SandboxProvider}`).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::model::{ModelError, ModelRequest, ModelResponse};
+use crate::sandbox::{
+    ExecOutput, FileEntry, SandboxError, SandboxInfo, SandboxSpec, WorkspacePath,
+};
 
 /// Errors of the outside world, by how the caller must react.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -33,6 +42,47 @@ pub struct QueryRows {
     pub rows_affected: u64,
     /// More rows existed than were returned.
     pub truncated: bool,
+}
+
+/// One chat-model call with tools.
+#[async_trait]
+pub trait Model: Send + Sync {
+    /// The model id requests are made with.
+    fn id(&self) -> &str;
+
+    /// The context window in tokens (for compaction).
+    fn context_window(&self) -> u64 {
+        200_000
+    }
+
+    async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError>;
+}
+
+/// Where the agent's commands run: one workspace.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    fn id(&self) -> &str;
+    /// Runs `command` with `bash` in the workspace root; the whole process tree is killed
+    /// at `timeout`.
+    async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SandboxError>;
+    /// Creates parent directories as needed.
+    async fn write_file(&self, path: &WorkspacePath, contents: &[u8]) -> Result<(), SandboxError>;
+    async fn read_file(&self, path: &WorkspacePath) -> Result<Vec<u8>, SandboxError>;
+    /// Deletes a file or a directory tree.
+    async fn delete(&self, path: &WorkspacePath) -> Result<(), SandboxError>;
+    /// The direct children of a directory.
+    async fn list(&self, dir: &WorkspacePath) -> Result<Vec<FileEntry>, SandboxError>;
+}
+
+/// Creates, reattaches to and destroys sandboxes.
+#[async_trait]
+pub trait SandboxProvider: Send + Sync {
+    async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError>;
+    /// Reattaches to a sandbox made earlier (by this or another process).
+    async fn connect(&self, id: &str) -> Result<Arc<dyn Sandbox>, SandboxError>;
+    /// Idempotent: destroying a missing sandbox succeeds.
+    async fn destroy(&self, id: &str) -> Result<(), SandboxError>;
+    async fn list(&self) -> Result<Vec<SandboxInfo>, SandboxError>;
 }
 
 /// The project's development database, which the agent may query while it works. Never the

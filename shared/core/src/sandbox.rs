@@ -1,11 +1,9 @@
-//! The Sandbox port: where the agent's commands run and its files live.
+//! What the sandbox port exchanges: workspace paths, command output, file entries, errors. The
+//! [`Sandbox`] and [`SandboxProvider`] traits are in [`crate::ports`].
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 /// A path inside the sandbox workspace, relative and normalised (`a/b/c`).
@@ -140,21 +138,6 @@ impl SandboxError {
     }
 }
 
-#[async_trait]
-pub trait Sandbox: Send + Sync {
-    fn id(&self) -> &str;
-    /// Runs `command` with `bash` in the workspace root; the whole process tree is killed
-    /// at `timeout`.
-    async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SandboxError>;
-    /// Creates parent directories as needed.
-    async fn write_file(&self, path: &WorkspacePath, contents: &[u8]) -> Result<(), SandboxError>;
-    async fn read_file(&self, path: &WorkspacePath) -> Result<Vec<u8>, SandboxError>;
-    /// Deletes a file or a directory tree.
-    async fn delete(&self, path: &WorkspacePath) -> Result<(), SandboxError>;
-    /// The direct children of a directory.
-    async fn list(&self, dir: &WorkspacePath) -> Result<Vec<FileEntry>, SandboxError>;
-}
-
 /// What to create a sandbox with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SandboxSpec {
@@ -170,16 +153,7 @@ pub struct SandboxInfo {
     pub created_at: u64,
 }
 
-/// Creates, reattaches to and destroys sandboxes.
-#[async_trait]
-pub trait SandboxProvider: Send + Sync {
-    async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError>;
-    /// Reattaches to a sandbox made earlier (by this or another process).
-    async fn connect(&self, id: &str) -> Result<Arc<dyn Sandbox>, SandboxError>;
-    /// Idempotent: destroying a missing sandbox succeeds.
-    async fn destroy(&self, id: &str) -> Result<(), SandboxError>;
-    async fn list(&self) -> Result<Vec<SandboxInfo>, SandboxError>;
-}
+pub use crate::ports::{Sandbox, SandboxProvider};
 
 #[cfg(test)]
 mod tests {
