@@ -197,12 +197,7 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>) -> Value {
 /// skipped. A refusal's `stop_details` becomes [`ModelResponse::refusal`]. Missing usage
 /// counters read as zero.
 pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
-    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
-        ModelError::Protocol(format!(
-            "{e}; body: {}",
-            http::truncate(&String::from_utf8_lossy(body), 300)
-        ))
-    })?;
+    let wire: WireResponse = http::read_json(body)?;
     let mut content = Vec::with_capacity(wire.content.len());
     for (i, block) in wire.content.into_iter().enumerate() {
         let field = |name: &str| {

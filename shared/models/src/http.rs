@@ -151,6 +151,17 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     }
 }
 
+/// A provider's response body read as `T`; what does not read is a protocol error quoting
+/// the start of the body.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ModelError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ModelError::Protocol(format!(
+            "{e}; body: {}",
+            truncate(&String::from_utf8_lossy(body), 300)
+        ))
+    })
+}
+
 /// At most `max` bytes of `s`, cut at a character boundary, with an ellipsis if cut.
 pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {

@@ -232,12 +232,7 @@ pub fn request_body(model: &str, req: &ModelRequest<'_>, field: TokenLimitField)
 /// only whitespace is dropped. `prompt_tokens` includes cached tokens, which are
 /// subtracted from `input`.
 pub fn parse_response(body: &[u8], requested_model: &str) -> Result<ModelResponse, ModelError> {
-    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
-        ModelError::Protocol(format!(
-            "{e}; body: {}",
-            http::truncate(&String::from_utf8_lossy(body), 300)
-        ))
-    })?;
+    let wire: WireResponse = http::read_json(body)?;
     let choice = wire
         .choices
         .into_iter()
