@@ -9,6 +9,7 @@ pub mod faults;
 pub mod finalize;
 pub mod flaky;
 pub mod instant;
+pub mod load;
 pub mod runtime_api;
 pub mod scenario;
 pub mod slow_http;
