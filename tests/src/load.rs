@@ -39,6 +39,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
+use lambda_http::tower::ServiceExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -58,10 +59,9 @@ use tb_postgres::testing::Cleanup;
 use tb_postgres::{PgPlatformRecords, PgProvisioner};
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tempfile::TempDir;
-use lambda_http::tower::ServiceExt;
 
 use crate::finalize::{cluster, fresh_database, project_files};
-use crate::{calls_without_latency, run_agent, script, scenario};
+use crate::{calls_without_latency, run_agent, scenario, script};
 
 /// The domain the api instances are reached at (as API Gateway reports it).
 const DOMAIN: &str = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com";
@@ -196,8 +196,14 @@ impl LoadReport {
                 r.longest.as_secs_f64()
             )
         };
+        let handlers = [&self.worker, &self.finalizer, &self.sweeper];
+        let killed: usize = handlers
+            .iter()
+            .map(|r| r.killed_mid_way + r.killed_after_return)
+            .sum();
+        let total: usize = handlers.iter().map(|r| r.total).sum();
         format!(
-            "{} requests in {:.1} s: {:.1} requests/minute; latency median {:.2} s, slowest {:.2} s; cost per request {}\n{}\n{}\n{}\n{}\n{}\nrepeated callbacks: {}",
+            "{} requests in {:.1} s: {:.1} requests/minute; latency median {:.2} s, slowest {:.2} s; cost per request {}\n{}\n{}\n{}\n{}\nkilled in all: {killed} of {total} handler runs; repeated callbacks: {}",
             self.requests,
             self.wall.as_secs_f64(),
             self.per_minute(),
@@ -208,17 +214,6 @@ impl LoadReport {
             runs("worker", &self.worker),
             runs("finalizer", &self.finalizer),
             runs("sweeper", &self.sweeper),
-            format!(
-                "killed in all: {} of {} handler runs",
-                [&self.worker, &self.finalizer, &self.sweeper]
-                    .iter()
-                    .map(|r| r.killed_mid_way + r.killed_after_return)
-                    .sum::<usize>(),
-                [&self.worker, &self.finalizer, &self.sweeper]
-                    .iter()
-                    .map(|r| r.total)
-                    .sum::<usize>()
-            ),
             self.repeated_callbacks,
         )
     }
@@ -228,9 +223,7 @@ impl LoadReport {
 /// (with a command run in the sandbox), then `finish`.
 pub fn task_script() -> tb_models::Script {
     let files = project_files("1", &["ada", "grace"]);
-    let write = |path: &String| {
-        json!({"name": "write_file", "input": {"path": path, "content": String::from_utf8(files[path].clone()).unwrap()}})
-    };
+    let write = |path: &String| json!({"name": "write_file", "input": {"path": path, "content": String::from_utf8(files[path].clone()).unwrap()}});
     let paths: Vec<&String> = files.keys().collect();
     let (first, second) = paths.split_at(paths.len() / 2);
     let mut second: Vec<Value> = second.iter().map(|p| write(p)).collect();
@@ -269,7 +262,12 @@ impl Fate {
     fn duplicate(&self, kind: &'static str) -> bool {
         let dup = self.chance(self.dup_rate);
         if dup {
-            self.runs.lock().unwrap().entry(kind).or_default().duplicates += 1;
+            self.runs
+                .lock()
+                .unwrap()
+                .entry(kind)
+                .or_default()
+                .duplicates += 1;
         }
         dup
     }
@@ -502,8 +500,9 @@ impl Platform {
         let per_user = settings.requests.div_ceil(settings.users);
         let budget = scenario::config().budget;
         let limits = Limits {
-            // One more: a slot each user holds throughout (see `verify`).
-            max_concurrent_per_user: per_user + 1,
+            // Room for the slot each user holds throughout (see `verify`) and for duplicate
+            // creates, which hold a slot until they find their request already there.
+            max_concurrent_per_user: 2 * per_user + 1,
             spending_cap_per_user: MicroUsd::from_micros(
                 budget.micros() * (per_user as i64 + 2) * 2,
             ),
@@ -559,9 +558,7 @@ impl Platform {
             )),
             deployer: deployer.clone() as Arc<dyn Deployer>,
             records: Arc::new(records.clone()),
-            notifier: Some(
-                Arc::new(HttpNotifier::new(CALLBACK_SECRET, true)) as Arc<dyn Notifier>
-            ),
+            notifier: Some(Arc::new(HttpNotifier::new(CALLBACK_SECRET, true)) as Arc<dyn Notifier>),
             settings: FinalizerSettings {
                 attempts: 4,
                 base_delay: Duration::from_millis(50),
@@ -661,7 +658,13 @@ impl Platform {
         let answered_at = Instant::now();
         let mut ids = Vec::new();
         for answer in answers {
-            self.fate.runs.lock().unwrap().entry("api").or_default().total += 1;
+            self.fate
+                .runs
+                .lock()
+                .unwrap()
+                .entry("api")
+                .or_default()
+                .total += 1;
             match answer {
                 Ok(created) => ids.push(created),
                 Err(e) => self.problem(format!("create {i}: {e}")),
@@ -885,14 +888,20 @@ impl Platform {
         }
     }
 
-    /// The worker's scheduled event, every second.
+    /// The worker's scheduled event, a quarter of `stall_after` apart (in the template, two
+    /// minutes against seven).
     async fn sweeper_loop(&self, stop: &AtomicBool) {
+        let every = self.worker.slices.stall_after / 4;
         while !stop.load(Ordering::SeqCst) {
             let timeout = self.settings.worker_timeout;
-            let event = lambda_runtime::LambdaEvent::new(json!({"sweep": true}), Self::context(timeout));
+            let event =
+                lambda_runtime::LambdaEvent::new(json!({"sweep": true}), Self::context(timeout));
             self.invoke("sweeper", timeout, worker::handle(&self.worker, event))
                 .await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let next = Instant::now() + every;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < next {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 
@@ -900,6 +909,7 @@ impl Platform {
     /// of killed invocations come back after the visibility timeout and must change nothing).
     async fn wait_until_done(&self, started: Instant) {
         let mut quiet = 0;
+        let mut last_progress = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if started.elapsed() > self.settings.give_up_after {
@@ -913,6 +923,16 @@ impl Platform {
             }
             let arrivals = self.callbacks.first_arrivals();
             self.check_apps().await;
+            if last_progress.elapsed() >= Duration::from_secs(10) {
+                last_progress = Instant::now();
+                eprintln!(
+                    "load: {:.0} s: {} of {} requests called back, {} invocations running",
+                    started.elapsed().as_secs_f64(),
+                    arrivals.len(),
+                    self.settings.requests,
+                    self.in_flight.load(Ordering::SeqCst)
+                );
+            }
             let all_back = self
                 .created
                 .lock()
@@ -922,7 +942,9 @@ impl Platform {
             let idle = all_back
                 && self.in_flight.load(Ordering::SeqCst) == 0
                 && self.queue_empty(&self.aws.settings.work_queue_url).await
-                && self.queue_empty(&self.aws.settings.finalize_queue_url).await;
+                && self
+                    .queue_empty(&self.aws.settings.finalize_queue_url)
+                    .await;
             quiet = if idle { quiet + 1 } else { 0 };
             if quiet >= 3 {
                 return;

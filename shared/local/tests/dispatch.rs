@@ -429,6 +429,16 @@ impl StateStore for Faulty {
     async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
         self.inner.release_slot(owner).await
     }
+
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError> {
+        self.inner
+            .commit_releasing_slot(record, expected_version)
+            .await
+    }
 }
 
 #[tokio::test]
