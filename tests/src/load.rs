@@ -107,7 +107,9 @@ impl LoadSettings {
             api_instances: 3,
             workers: 10,
             worker_batch: 5,
-            finalizers: 5,
+            // The template's default is 5 (`FinalizerMaxConcurrency`); a hundred requests
+            // made at once want more.
+            finalizers: 10,
             worker_timeout: Duration::from_secs(10),
             finalizer_timeout: Duration::from_secs(15),
             give_up_after: Duration::from_secs(600),
@@ -428,7 +430,7 @@ struct Platform {
     created: Mutex<Vec<Created>>,
     problems: Mutex<Vec<String>>,
     /// `/api/health` status of each request's app, asked when its callback arrived.
-    health: Mutex<HashMap<String, u16>>,
+    health: Mutex<HashMap<String, Result<u16, String>>>,
     /// Invocations running now.
     in_flight: AtomicUsize,
     cleanup: Cleanup,
@@ -442,6 +444,7 @@ pub async fn run(settings: LoadSettings) -> LoadReport {
     let mut report = platform.drive().await;
     report.reference_cost = reference.cost;
     platform.verify(&reference, &mut report).await;
+    platform.drop_project_databases().await;
     report
 }
 
@@ -535,7 +538,7 @@ impl Platform {
             slices: SliceSettings {
                 iterations_per_slice: 1,
                 lease: settings.worker_lease(),
-                safety_margin: Duration::from_secs(1),
+                safety_margin: Duration::from_secs(2),
                 // The sweeper re-drives what no message will bring back (a lost send).
                 stall_after: settings.worker_lease() * 2,
                 sandbox_max_age: Duration::from_secs(3600),
@@ -565,7 +568,9 @@ impl Platform {
                 max_delay: Duration::from_secs(1),
                 build_timeout: Duration::from_secs(120),
                 lease: settings.finalizer_lease(),
-                safety_margin: Duration::from_secs(1),
+                // Room for the final commits on a busy machine (the template keeps 60 s of
+                // a 900 s timeout).
+                safety_margin: Duration::from_secs(3),
                 outage_retry: Duration::from_secs(60),
             },
         });
@@ -1022,19 +1027,23 @@ impl Platform {
             if self.health.lock().unwrap().contains_key(id) {
                 continue;
             }
-            let status = match d.payload["deployment_url"].as_str() {
-                Some(url) => match reqwest::Client::new()
-                    .get(format!("{url}/api/health"))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.status().as_u16(),
-                    Err(_) => 0,
-                },
-                None => 0,
-            };
-            self.health.lock().unwrap().insert(id.to_string(), status);
+            // A few tries: on a busy machine one answer may take a while.
+            let mut answer = Err("no deployment_url".to_string());
+            if let Some(url) = d.payload["deployment_url"].as_str() {
+                for _ in 0..3 {
+                    answer = reqwest::Client::new()
+                        .get(format!("{url}/api/health"))
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .map_err(|e| format!("{url}: {e}"));
+                    if answer == Ok(200) {
+                        break;
+                    }
+                }
+            }
+            self.health.lock().unwrap().insert(id.to_string(), answer);
             if let Some(project) = d.payload["project_id"]
                 .as_str()
                 .and_then(|p| ProjectId::parse(p).ok())
@@ -1148,7 +1157,7 @@ impl Platform {
                 ));
             }
             match self.health.lock().unwrap().get(c.id.as_str()) {
-                Some(200) => {}
+                Some(Ok(200)) => {}
                 other => p(format!("its app answered /api/health with {other:?}")),
             }
             // Called back, always with the same delivery id and the same summary.
@@ -1204,6 +1213,37 @@ impl Platform {
             }
         }
         report.problems.extend(problems);
+    }
+
+    /// Drops the projects' databases and roles, several at once (the cleanup left for the
+    /// end of the test drops one after the other, which takes minutes for a hundred).
+    async fn drop_project_databases(&self) {
+        use futures::StreamExt;
+        use sqlx::{AssertSqlSafe, Connection};
+        let created = self.created.lock().unwrap().clone();
+        futures::stream::iter(created)
+            .for_each_concurrent(8, |c| async move {
+                let names = tb_postgres::naming::database_names(&self.db_prefix, &c.project, false);
+                let Ok(mut conn) =
+                    sqlx::PgConnection::connect(&tb_postgres::testing::admin_url()).await
+                else {
+                    return;
+                };
+                for sql in [
+                    format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        tb_postgres::quote_ident(&names.database)
+                    ),
+                    format!(
+                        "DROP ROLE IF EXISTS {}",
+                        tb_postgres::quote_ident(&names.role)
+                    ),
+                ] {
+                    let _ = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+                let _ = conn.close().await;
+            })
+            .await;
     }
 
     /// The `USER#<id>` / `SLOTS` counter, read consistently.

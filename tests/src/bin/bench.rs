@@ -11,6 +11,12 @@
 //!    bubblewrap boundary (namespaces, cgroups, egress bridge, disk check) against the same
 //!    without it.
 //!
+//! 5. `bench load [N] [compare]` (never part of a run of all sections; it takes minutes): the
+//!    load run of [`tb_tests::load`] on moto, N requests (default 100) with 5% of handler
+//!    runs killed and duplicate deliveries: throughput, and the slowest request's delay beyond
+//!    one uninterrupted request made alone; with `compare`, the same load without faults too.
+//!    Needs moto (`AWS_ENDPOINT_URL`) and Postgres on 127.0.0.1:5432.
+//!
 //! Run: `cargo run --release -p tb-tests --bin bench` (arguments pick sections: `-- 2 3`)
 
 use std::time::{Duration, Instant};
@@ -89,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
     );
     // Arguments pick sections (`bench 2 3`); none runs all.
     let picked: Vec<String> = std::env::args().skip(1).collect();
+    if picked.first().map(String::as_str) == Some("load") {
+        return load_run(&picked[1..]);
+    }
     if let Some(a) = picked
         .iter()
         .find(|a| !["1", "2", "3", "4"].contains(&a.as_str()))
@@ -806,5 +815,66 @@ async fn state_store() -> anyhow::Result<()> {
     let store = aws.store();
     let rows = measure_store(&store).await?;
     store_table::<tb_aws::DynamoStore>(&rows);
+    Ok(())
+}
+
+/// Section 5: the load run (see the module documentation), on a runtime with worker threads
+/// of its own, as the test runs it.
+fn load_run(args: &[String]) -> anyhow::Result<()> {
+    use tb_tests::load::{self, LoadReport, LoadSettings};
+    let requests: usize = match args.first().filter(|a| *a != "compare") {
+        Some(n) => n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("`{n}` is not a number of requests"))?,
+        None => 100,
+    };
+    let compare = args.iter().any(|a| a == "compare");
+    let seed: u64 = std::env::var("TB_LOAD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let run = |settings: LoadSettings| -> anyhow::Result<LoadReport> {
+        let report = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(load::run(settings))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load run panicked"))?;
+        anyhow::ensure!(
+            report.problems.is_empty(),
+            "seed {seed}: {} problems:\n{}",
+            report.problems.len(),
+            report.problems.join("\n")
+        );
+        Ok(report)
+    };
+    println!("\n## 5. Load on moto ({requests} requests, seed {seed})");
+    let solo = run(LoadSettings::clean(1, seed))?;
+    let alone = solo.slowest();
+    println!(
+        "one request alone, uninterrupted: {:.2} s from the create's answer to its callback",
+        alone.as_secs_f64()
+    );
+    let mut runs = vec![(
+        "with 5% of handler runs killed and 10% duplicate deliveries",
+        LoadSettings::faulty(requests, seed),
+    )];
+    if compare {
+        runs.push(("without faults", LoadSettings::clean(requests, seed)));
+    }
+    for (label, settings) in runs {
+        let r = run(settings)?;
+        println!("\n{label}:\n{}", r.summary());
+        println!(
+            "throughput {:.1} requests/minute; slowest request {:.2} s, {:.2} s more than one alone",
+            r.per_minute(),
+            r.slowest().as_secs_f64(),
+            r.slowest().saturating_sub(alone).as_secs_f64()
+        );
+    }
     Ok(())
 }
