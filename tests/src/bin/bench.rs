@@ -11,10 +11,11 @@
 //!    bubblewrap boundary (namespaces, cgroups, egress bridge, disk check) against the same
 //!    without it.
 //!
-//! 5. `bench load [N] [compare]` (never part of a run of all sections; it takes minutes): the
-//!    load run of [`tb_tests::load`] on moto, N requests (default 100) with 5% of handler
-//!    runs killed and duplicate deliveries: throughput, and the slowest request's delay beyond
-//!    one uninterrupted request made alone; with `compare`, the same load without faults too.
+//! 5. `bench load [N] [compare|clean]` (never part of a run of all sections; it takes
+//!    minutes): the load run of [`tb_tests::load`] on moto, N requests (default 100) with 5%
+//!    of handler runs killed and duplicate deliveries: throughput, and the slowest request's
+//!    delay beyond one uninterrupted request made alone; with `compare`, the same load
+//!    without faults too; with `clean`, only that.
 //!    Needs moto (`AWS_ENDPOINT_URL`) and Postgres on 127.0.0.1:5432.
 //!
 //! Run: `cargo run --release -p tb-tests --bin bench` (arguments pick sections: `-- 2 3`)
@@ -822,13 +823,14 @@ async fn state_store() -> anyhow::Result<()> {
 /// of its own, as the test runs it.
 fn load_run(args: &[String]) -> anyhow::Result<()> {
     use tb_tests::load::{self, LoadReport, LoadSettings};
-    let requests: usize = match args.first().filter(|a| *a != "compare") {
+    let requests: usize = match args.first().filter(|a| *a != "compare" && *a != "clean") {
         Some(n) => n
             .parse()
             .map_err(|_| anyhow::anyhow!("`{n}` is not a number of requests"))?,
         None => 100,
     };
     let compare = args.iter().any(|a| a == "compare");
+    let clean_only = args.iter().any(|a| a == "clean");
     let seed: u64 = std::env::var("TB_LOAD_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -863,7 +865,10 @@ fn load_run(args: &[String]) -> anyhow::Result<()> {
         "with 5% of handler runs killed and 10% duplicate deliveries",
         LoadSettings::faulty(requests, seed),
     )];
-    if compare {
+    if clean_only {
+        runs.clear();
+    }
+    if compare || clean_only {
         runs.push(("without faults", LoadSettings::clean(requests, seed)));
     }
     for (label, settings) in runs {
