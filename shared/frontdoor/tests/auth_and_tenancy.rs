@@ -256,6 +256,7 @@ async fn two_users() -> TwoUsers {
             last_request: None,
             created_at_ms: 1,
             updated_at_ms: 2,
+            lifecycle: Default::default(),
         })
         .await
         .unwrap();

@@ -483,6 +483,7 @@ async fn list_projects_is_bounded_and_newest_first() {
                 last_request: None,
                 created_at_ms: i,
                 updated_at_ms: 1000 + i,
+                lifecycle: Default::default(),
             })
             .await
             .unwrap();

@@ -46,6 +46,7 @@ fn project(id: &str, owner: &str, at: u64) -> ProjectRecord {
         last_request: None,
         created_at_ms: at,
         updated_at_ms: at,
+        lifecycle: Default::default(),
     }
 }
 

@@ -300,6 +300,7 @@ fn project_record(id: &str, owner: &str) -> ProjectRecord {
         last_request: None,
         created_at_ms: 1_700_000_000_123,
         updated_at_ms: 1_700_000_000_123,
+        lifecycle: Default::default(),
     }
 }
 
