@@ -83,3 +83,26 @@ impl Archive for DirArchive {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deleting_a_prefix_removes_its_objects_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirArchive::new(dir.path());
+        for key in [
+            "projects/p1/current.json",
+            "projects/p1/requests/r1/source.tar.gz",
+            "projects/p10/current.json",
+        ] {
+            a.put(key, b"x", &sha256_hex(b"x")).await.unwrap();
+        }
+        assert_eq!(a.delete_prefix("projects/p1/").await.unwrap(), 2);
+        assert_eq!(a.get("projects/p1/current.json").await.unwrap(), None);
+        assert!(a.get("projects/p10/current.json").await.unwrap().is_some());
+        assert_eq!(a.delete_prefix("projects/p1/").await.unwrap(), 0);
+        assert!(a.delete_prefix("projects/../x/").await.is_err());
+    }
+}
