@@ -260,8 +260,10 @@ async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save
     let records = open(&dir).await;
     let mut p = project("proj_life", "user_a", 1);
     records.save_project(&p).await.unwrap();
-    let mut lifecycle = tb_core::ports::Lifecycle::default();
-    lifecycle.deleted_at_ms = Some(9);
+    let mut lifecycle = tb_core::ports::Lifecycle {
+        deleted_at_ms: Some(9),
+        ..Default::default()
+    };
     lifecycle.record("deleted", &user("user_a"), 9, "app: gone".into());
     records.save_lifecycle(&p.id, &lifecycle).await.unwrap();
     p.updated_at_ms = 2;

@@ -579,8 +579,10 @@ async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save
         r.project(&p.id).await.unwrap().unwrap().lifecycle,
         Default::default()
     );
-    let mut lifecycle = tb_core::ports::Lifecycle::default();
-    lifecycle.deletion = Some(tb_core::ports::Operation::new(user("user_alice"), 5));
+    let mut lifecycle = tb_core::ports::Lifecycle {
+        deletion: Some(tb_core::ports::Operation::new(user("user_alice"), 5)),
+        ..Default::default()
+    };
     lifecycle.record("delete requested", &user("user_alice"), 5, String::new());
     r.save_lifecycle(&p.id, &lifecycle).await.unwrap();
     assert_eq!(
