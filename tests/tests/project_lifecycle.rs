@@ -244,6 +244,30 @@ async fn deleting_a_deployed_project_leaves_no_app_machine_database_role_or_obje
     assert_eq!(t.removals(&project), (1, 1, 1));
 
     let deletion = t.record(&project).await.lifecycle.deletion.unwrap();
+    let took: Vec<String> = deletion
+        .steps
+        .iter()
+        .map(|(step, r)| format!("{step} {} ms", r["duration_ms"]))
+        .collect();
+    eprintln!("deletion steps: {}", took.join(", "));
+    // The archived repository refuses pushes: no code is lost, none added.
+    let push = tb_core::ports::CodeHost::push(
+        &tb_codehost::GitHubCodeHost::new(t.s.github_config()).unwrap(),
+        &project,
+        &tb_core::ports::Snapshot {
+            files: vec![tb_core::ports::SnapshotFile {
+                path: tb_core::sandbox::WorkspacePath::parse("late.txt").unwrap(),
+                contents: b"late".to_vec(),
+                executable: false,
+            }],
+        },
+        "after deletion",
+    )
+    .await;
+    assert!(
+        matches!(&push, Err(e) if e.to_string().contains("archived")),
+        "{push:?}"
+    );
     assert_eq!(
         deletion.steps["archive"]["objects_removed"],
         objects.len() as u64
