@@ -245,6 +245,10 @@ pub struct ProjectRecord {
 /// who asked and when.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lifecycle {
+    /// Bumped by every write: [`PlatformRecords::save_lifecycle`] stores a lifecycle only
+    /// over the one before it (version one less), so of two writers the later is refused.
+    #[serde(default)]
+    pub version: u64,
     /// Set when every step of the deletion is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at_ms: Option<u64>,
@@ -325,6 +329,11 @@ pub struct HistoryEntry {
 pub const HISTORY_KEPT: usize = 100;
 
 impl Lifecycle {
+    /// Bumps the version before a write.
+    pub fn next_version(&mut self) {
+        self.version += 1;
+    }
+
     pub fn record(&mut self, action: &str, by: &crate::domain::UserId, at_ms: u64, detail: String) {
         self.history.push(HistoryEntry {
             action: action.into(),
@@ -367,8 +376,9 @@ pub trait PlatformRecords: Send + Sync {
         &self,
         owner: &crate::domain::UserId,
     ) -> Result<Vec<ProjectRecord>, PortError>;
-    /// Writes the project's [`Lifecycle`] (and nothing else). `NotFound` for an unknown
-    /// project.
+    /// Writes the project's [`Lifecycle`] (and nothing else) if the stored one's version is
+    /// `lifecycle.version - 1`; `Conflict` when someone else wrote first, `NotFound` for an
+    /// unknown project.
     async fn save_lifecycle(
         &self,
         id: &crate::domain::ProjectId,

@@ -146,6 +146,9 @@ impl PlatformRecords for MemoryRecords {
         lifecycle: &tb_core::ports::Lifecycle,
     ) -> Result<(), PortError> {
         match self.lock().projects.get_mut(id) {
+            Some(p) if p.lifecycle.version != lifecycle.version.saturating_sub(1) => Err(
+                PortError::Conflict(format!("the lifecycle of project {id} changed")),
+            ),
             Some(p) => {
                 p.lifecycle = lifecycle.clone();
                 Ok(())

@@ -554,6 +554,7 @@ async fn the_owner_deletes_with_confirmation_and_deleted_projects_are_hidden_unl
     let id = ProjectId::parse(project).unwrap();
     let mut lifecycle = s.records.project(&id).await.unwrap().unwrap().lifecycle;
     lifecycle.deleted_at_ms = Some(42);
+    lifecycle.next_version();
     s.records.save_lifecycle(&id, &lifecycle).await.unwrap();
     let r = s.call(&t.key_b, "list_projects", json!({})).await;
     let listed: Vec<&str> = r["structuredContent"]["projects"]

@@ -215,6 +215,11 @@ impl PlatformRecords for SqliteRecords {
             .map_err(err)?
             .ok_or_else(|| PortError::NotFound(format!("project {id}")))?;
         let mut project = project_of(&row)?;
+        if project.lifecycle.version != lifecycle.version.saturating_sub(1) {
+            return Err(PortError::Conflict(format!(
+                "the lifecycle of project {id} changed since it was read"
+            )));
+        }
         project.lifecycle = lifecycle.clone();
         let body = serde_json::to_string(&project).map_err(|e| json_error(&what, e))?;
         sqlx::query("UPDATE projects SET body = ? WHERE id = ?")

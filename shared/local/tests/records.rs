@@ -261,6 +261,7 @@ async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save
     let mut p = project("proj_life", "user_a", 1);
     records.save_project(&p).await.unwrap();
     let mut lifecycle = tb_core::ports::Lifecycle {
+        version: 1,
         deleted_at_ms: Some(9),
         ..Default::default()
     };
@@ -271,6 +272,9 @@ async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save
     let stored = records.project(&p.id).await.unwrap().unwrap();
     assert_eq!(stored.lifecycle, lifecycle);
     assert_eq!(stored.updated_at_ms, 2);
+    let stale = records.save_lifecycle(&p.id, &lifecycle).await;
+    assert!(matches!(stale, Err(PortError::Conflict(_))), "{stale:?}");
+
     let missing = records
         .save_lifecycle(&ProjectId::parse("proj_none").unwrap(), &lifecycle)
         .await;

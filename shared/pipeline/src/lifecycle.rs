@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tb_core::agent::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
-use tb_core::ports::{Lifecycle, Operation, OperationFailure, PlatformRecords, ProjectRecord};
+use tb_core::ports::{
+    Lifecycle, Operation, OperationFailure, PlatformRecords, PortError, ProjectRecord,
+};
 
 use crate::messages::FinalizeMessage;
 use crate::pipeline::Pipeline;
@@ -97,6 +99,22 @@ async fn running(
         .collect())
 }
 
+/// Writes `lifecycle` as its next version; a concurrent change (another call, the
+/// finalizer recording a step) asks the caller to try again.
+async fn save(
+    records: &dyn PlatformRecords,
+    project: &ProjectId,
+    lifecycle: &mut Lifecycle,
+) -> Result<(), RequestError> {
+    lifecycle.next_version();
+    match records.save_lifecycle(project, lifecycle).await {
+        Err(PortError::Conflict(_)) => Err(RequestError::Invalid(format!(
+            "project {project} changed while this was asked (its deletion or rollback made progress): ask again"
+        ))),
+        other => Ok(other?),
+    }
+}
+
 async fn send(p: &Pipeline, message: FinalizeMessage) -> Result<(), RequestError> {
     p.queue.send_finalize(&message).await.map_err(|e| {
         RequestError::Unavailable(format!(
@@ -177,7 +195,7 @@ pub async fn request_delete(
             (true, None, "the deletion has started".to_string())
         }
     };
-    records.save_lifecycle(&project, &lifecycle).await?;
+    save(records, &project, &mut lifecycle).await?;
     tracing::info!(%project, %user, cancelled = cancelled.len(), "project deletion requested");
     send(
         p,
@@ -281,7 +299,7 @@ pub async fn request_rollback(
         now,
         format!("from {current} to {previous}"),
     );
-    records.save_lifecycle(&project, &lifecycle).await?;
+    save(records, &project, &mut lifecycle).await?;
     tracing::info!(%project, %user, "project rollback requested");
     send(
         p,

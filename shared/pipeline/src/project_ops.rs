@@ -166,7 +166,9 @@ impl Finalizer {
                     op_of(kind, &mut lifecycle)
                         .steps
                         .insert(step.to_string(), value);
-                    self.records.save_lifecycle(project, &lifecycle).await?;
+                    if !self.save_lifecycle(project, &mut lifecycle).await? {
+                        return Ok(changed());
+                    }
                 }
                 Err(StepError::OutOfTime) if op_of(kind, &mut lifecycle).steps.len() > recorded => {
                     return Ok(FinalizeDone::Continue);
@@ -202,7 +204,9 @@ impl Finalizer {
             Kind::Rollback => "rolled back",
         };
         lifecycle.record(action, &by, now, detail);
-        self.records.save_lifecycle(project, &lifecycle).await?;
+        if !self.save_lifecycle(project, &mut lifecycle).await? {
+            return Ok(changed());
+        }
         tracing::info!(%project, operation = kind.name(), "project operation done");
         Ok(FinalizeDone::Finished {
             phase: Phase::Succeeded,
@@ -233,7 +237,9 @@ impl Finalizer {
             now_ms(),
             format!("{step}: {reason}"),
         );
-        self.records.save_lifecycle(project, lifecycle).await?;
+        if !self.save_lifecycle(project, lifecycle).await? {
+            return Ok(changed());
+        }
         Ok(FinalizeDone::Finished {
             phase: Phase::Failed,
             failure: Some(Failure {
@@ -241,6 +247,22 @@ impl Finalizer {
                 reason,
             }),
         })
+    }
+
+    /// Writes `lifecycle` as its next version; `false` when someone else wrote first (the
+    /// api recorded more and sent the message again, or another delivery runs the
+    /// operation): this run stops and leaves it to the latest.
+    async fn save_lifecycle(
+        &self,
+        project: &ProjectId,
+        lifecycle: &mut Lifecycle,
+    ) -> Result<bool, FinalizeError> {
+        lifecycle.next_version();
+        match self.records.save_lifecycle(project, lifecycle).await {
+            Ok(()) => Ok(true),
+            Err(PortError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs `attempt` until it succeeds, retrying transient failures with backoff for up to
@@ -382,6 +404,10 @@ impl Finalizer {
             other => Err(StepError::Permanent(format!("unknown step {other}"))),
         }
     }
+}
+
+fn changed() -> FinalizeDone {
+    FinalizeDone::Stale("the project's record changed meanwhile; the latest message carries on")
 }
 
 fn op_of(kind: Kind, lifecycle: &mut Lifecycle) -> &mut Operation {

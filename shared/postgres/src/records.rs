@@ -345,16 +345,25 @@ impl PlatformRecords for PgPlatformRecords {
     }
 
     async fn save_lifecycle(&self, id: &ProjectId, lifecycle: &Lifecycle) -> Result<(), PortError> {
-        let done = sqlx::query("UPDATE projects SET lifecycle = $2::jsonb WHERE id = $1")
-            .bind(id.as_str())
-            .bind(serde_json::to_string(lifecycle).map_err(|e| PgError::Invalid(e.to_string()))?)
-            .execute(&self.pool)
-            .await
-            .map_err(sql("saving a project's lifecycle"))?;
-        if done.rows_affected() == 0 {
-            return Err(PortError::NotFound(format!("project {id}")));
+        let done = sqlx::query(
+            "UPDATE projects SET lifecycle = $2::jsonb \
+             WHERE id = $1 AND COALESCE((lifecycle->>'version')::bigint, 0) = $3",
+        )
+        .bind(id.as_str())
+        .bind(serde_json::to_string(lifecycle).map_err(|e| PgError::Invalid(e.to_string()))?)
+        .bind(to_i64("version", lifecycle.version.saturating_sub(1))?)
+        .execute(&self.pool)
+        .await
+        .map_err(sql("saving a project's lifecycle"))?;
+        if done.rows_affected() == 1 {
+            return Ok(());
         }
-        Ok(())
+        match self.project(id).await? {
+            None => Err(PortError::NotFound(format!("project {id}"))),
+            Some(_) => Err(PortError::Conflict(format!(
+                "the lifecycle of project {id} changed since it was read"
+            ))),
+        }
     }
 
     async fn projects(&self, owner: &UserId) -> Result<Vec<ProjectRecord>, PortError> {

@@ -580,6 +580,7 @@ async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save
         Default::default()
     );
     let mut lifecycle = tb_core::ports::Lifecycle {
+        version: 1,
         deletion: Some(tb_core::ports::Operation::new(user("user_alice"), 5)),
         ..Default::default()
     };
@@ -600,6 +601,12 @@ async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save
         r.projects(&user("user_alice")).await.unwrap()[0].lifecycle,
         lifecycle
     );
+
+    // A writer that read the lifecycle before this one was saved is refused.
+    let stale = r.save_lifecycle(&p.id, &lifecycle).await;
+    assert!(matches!(stale, Err(PortError::Conflict(_))), "{stale:?}");
+    lifecycle.version += 1;
+    r.save_lifecycle(&p.id, &lifecycle).await.unwrap();
 
     let missing = r
         .save_lifecycle(&ProjectId::parse("proj_none").unwrap(), &lifecycle)
