@@ -644,3 +644,45 @@ async fn a_running_request_is_cancelled_first_and_its_finalization_then_publishe
     assert_eq!(t.finalizer().handle(&body, "f-2").await.unwrap(), done());
     t.assert_gone(&project).await;
 }
+
+#[tokio::test]
+async fn a_step_the_service_refuses_stops_the_deletion_there_and_deleting_again_retries_it() {
+    let t = Setup::start().await;
+    let project = t.s.project();
+    t.deployed(&project, &version("v1")).await;
+    // GitHub refuses to archive the repository (422: GitHub's answer to an update it
+    // will not make).
+    let repo = format!("/repos/{GITHUB_LOGIN}/{}", t.s.repo(&project));
+    t.s.github.fail_next_matching("PATCH", &repo, 1, 422, &[]);
+    t.delete(&project).await.unwrap();
+    let body = t.sent().pop().unwrap();
+    let stopped = t.finalizer().handle(&body, "f-1").await.unwrap();
+    assert!(
+        matches!(&stopped, FinalizeDone::Finished { phase: Phase::Failed, failure: Some(f) } if f.step == "repository"),
+        "{stopped:?}"
+    );
+    let record = t.record(&project).await;
+    assert!(record.lifecycle.deleted_at_ms.is_none());
+    let deletion = record.lifecycle.deletion.as_ref().unwrap();
+    let failure = deletion.failure.as_ref().unwrap();
+    assert_eq!(failure.step, "repository");
+    assert!(failure.reason.contains("422"), "{failure:?}");
+    // The steps before it are done and recorded; the ones after it were not run.
+    assert!(deletion.steps.contains_key("app") && deletion.steps.contains_key("database"));
+    assert!(!deletion.steps.contains_key("archive"));
+    assert!(!t.objects(&project).await.is_empty());
+    assert_eq!(
+        record.lifecycle.history.last().map(|h| h.action.as_str()),
+        Some("delete failed")
+    );
+
+    let again = t.delete(&project).await.unwrap();
+    assert_eq!(
+        again.retrying.as_ref().map(|f| f.step.as_str()),
+        Some("repository")
+    );
+    let body = t.sent().pop().unwrap();
+    assert_eq!(t.finalizer().handle(&body, "f-2").await.unwrap(), done());
+    t.assert_gone(&project).await;
+    assert_eq!(t.removals(&project), (1, 1, 1));
+}
