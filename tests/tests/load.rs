@@ -6,7 +6,7 @@
 //! spending total must end exactly right.
 //!
 //! `TB_LOAD_REQUESTS` sets the number of requests: by default 50, which keeps this test near
-//! two minutes on a busy 2-core machine (30 took 70 s); 100 takes about six minutes there
+//! two and a half minutes on a shared 2-core machine (2 min 26 s in all); 100 takes about six minutes there
 //! (moto's DynamoDB is the bottleneck: it copies the table for every transaction item, so
 //! the time grows faster than the number of requests).
 //! `TB_LOAD_SEED` sets the seed of the kills and duplicates (default: random, printed). Run it
