@@ -708,6 +708,8 @@ impl StateStore for DynamoStore {
         let release = TransactWriteItem::builder().update(release).build();
         match self.transact(&record.id, vec![state], vec![release]).await {
             Ok(()) => {
+                // A small item written in a transaction: 2 write units.
+                self.count_slot_update();
                 self.count_slot_update();
                 Ok(())
             }
