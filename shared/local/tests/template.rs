@@ -205,6 +205,29 @@ async fn the_templates_database_connection_follows_the_urls_sslmode() {
             "{mode}: {body}"
         );
     }
+    // The URL the provisioner builds for a project on a cluster set to `require` (its own
+    // role, a generated password, percent-encoded) connects through db.ts, encrypted.
+    let mut cluster = tb_postgres::testing::cluster();
+    cluster.ssl_mode = Some("require".into());
+    let provisioner = tb_postgres::PgProvisioner::new(cluster);
+    let cleanup = tb_postgres::testing::Cleanup::default();
+    let project = ProjectId::generate();
+    cleanup.names(&provisioner.names(&project, false));
+    let db = tb_core::ports::DatabaseProvisioner::provision(&provisioner, &project, false)
+        .await
+        .unwrap();
+    assert!(
+        db.url.ends_with("?sslmode=require"),
+        "the URL carries the mode"
+    );
+    let (status, body) = call(&s, &format!("DATABASE_URL='{}'", db.url), "/api/tls").await;
+    assert_eq!((status, &body["ssl"]), (200, &Value::Bool(true)), "{body}");
+    let (status, body) = call(&s, &format!("DATABASE_URL='{}'", db.url), "/api/health").await;
+    assert_eq!(
+        (status, &body["database"]),
+        (200, &Value::from("ok")),
+        "{body}"
+    );
     // An unknown mode is an error, not a silent downgrade.
     let (status, _) = call(
         &s,
