@@ -169,7 +169,7 @@ fn template_prompt(name: &str, files: &[String]) -> String {
     }
     s.push_str(
         "\n- `package.json` pins `nitropack`, `pg` and TypeScript, with the scripts `build`, `dev`, `start` and `check` (`npm run check` type-checks). `package-lock.json` pins every package: keep it, and add a package with `npm install <name>` only when you need one.\n\
-- Dependencies are not installed yet: run `npm install` first. The template's packages come from a local cache, so it takes seconds and needs no network.\n\
+- Dependencies are not installed yet: run `npm install` first. The template's packages are in a local cache, so it normally takes seconds and asks the registry nothing.\n\
 - `server/utils/db.ts` (auto-imported in `server/`) exports `db()`, the pool from `DATABASE_URL` with the platform's TLS settings (a 503 when no database is configured), `hasDatabase()`, and `dbError(e)`, which maps a Postgres error to the HTTP error to throw (`catch (e) { throw dbError(e); }`: 23505 → 409, 23503 → 409, 23502/23514/22P02 → 400, else 500 without the SQL text). Use them rather than a pool of your own, and keep its TLS handling.\n\
 - `server/api/health.get.ts` answers `{ status: \"ok\" }` and, when `DATABASE_URL` is set, runs `SELECT 1` first: the deployment's health check is the app's first database call. Keep it.\n\
 - There are no migrations yet: the first is `migrations/001_<what>.sql`.\n",
