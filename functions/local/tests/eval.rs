@@ -57,3 +57,50 @@ fn the_scripted_tasks_run_end_to_end_and_the_rest_are_reported_skipped() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// With a model configured (here the scripted server behind the Anthropic client), every
+/// task picked runs, script or not, and the model is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_model_configured_a_task_without_a_script_runs_too() {
+    // A model that finishes at once: the project is the template as seeded.
+    let script = tb_models::scripted::Script::from_json(
+        r#"{"turns": [{"tool_calls": [{"name": "finish", "input": {"summary": "The template as it is."}}]}]}"#,
+    )
+    .unwrap();
+    let model = tb_models::server::ScriptedServer::start(script).await;
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::task::block_in_place(|| {
+        turbobackend(
+            data.path(),
+            &["eval", "--task", "todos", "--output", "json"],
+        )
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("ANTHROPIC_BASE_URL", model.url())
+        .output()
+        .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let (todos, summary) = (&lines[0], &lines[1]);
+    assert_eq!(todos["task"], "todos");
+    assert!(todos["skipped"].is_null(), "{todos}");
+    assert_eq!(todos["iterations"], 1, "{todos}");
+    // The template alone builds, deploys and answers its health check.
+    for field in ["finished", "deployed", "health_verified"] {
+        assert_eq!(todos[field], true, "{field}: {todos}");
+    }
+    assert_eq!(summary["scripted"], false);
+    assert_eq!(summary["ran"], 1);
+    assert!(
+        summary["model"]
+            .as_str()
+            .unwrap()
+            .contains("Anthropic Messages API"),
+        "{summary}"
+    );
+}
