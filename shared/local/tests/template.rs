@@ -3,8 +3,9 @@
 //! `sslmode` of `DATABASE_URL` against a real Postgres that offers TLS with a certificate
 //! from no trusted CA (as managed Postgres such as RDS does).
 //!
-//! The registry is a loopback listener that counts connections: npm is pointed at it, so any
-//! request npm makes is counted (and fails).
+//! npm is configured as in the local sandboxes (the shared cache, preferred to the
+//! registry, the default registry) with its proxy set to a loopback listener that counts
+//! connections: any request npm made would go there, be counted, and fail.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use tb_core::sandbox::Sandbox;
 use tb_local::npm_cache::{Warmed, marker, warm};
 use tb_sandbox::{LocalSandbox, LocalSandboxConfig, LocalSandboxProvider};
 
-/// A "registry" on loopback that accepts connections, counts them and closes them.
-fn counting_registry() -> (String, Arc<AtomicUsize>) {
+/// A proxy on loopback that accepts connections, counts them and closes them.
+fn counting_proxy() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -32,14 +33,16 @@ fn counting_registry() -> (String, Arc<AtomicUsize>) {
     (url, count)
 }
 
-/// A sandbox (commands as this user, so loopback is reachable) whose npm uses `cache`,
-/// prefers it, and knows only the counting registry.
-async fn sandbox(root: &std::path::Path, cache: &std::path::Path, registry: &str) -> LocalSandbox {
+/// A sandbox seeded with the template (commands as this user, so loopback is reachable)
+/// whose npm uses `cache`, prefers it, and reaches the network only through `proxy`.
+async fn sandbox(root: &std::path::Path, cache: &std::path::Path, proxy: &str) -> LocalSandbox {
     let provider = LocalSandboxProvider::new(LocalSandboxConfig {
         extra_env: [
             ("npm_config_cache", cache.display().to_string()),
             ("npm_config_prefer_offline", "true".into()),
-            ("npm_config_registry", registry.to_string()),
+            ("npm_config_proxy", proxy.to_string()),
+            ("npm_config_https_proxy", proxy.to_string()),
+            ("npm_config_noproxy", String::new()),
             ("npm_config_fetch_retries", "0".into()),
         ]
         .into_iter()
@@ -66,11 +69,11 @@ async fn sh(sandbox: &LocalSandbox, command: &str) -> (Option<i32>, String) {
 #[tokio::test]
 async fn a_new_projects_first_npm_install_reads_only_the_warmed_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let (registry, requests) = counting_registry();
+    let (proxy, requests) = counting_proxy();
 
-    // With an empty cache the same install must ask the registry: the counter works.
+    // With an empty cache the same install must go to the network: the counter works.
     let cold = dir.path().join("cold-cache");
-    let s = sandbox(&dir.path().join("cold"), &cold, &registry).await;
+    let s = sandbox(&dir.path().join("cold"), &cold, &proxy).await;
     let (code, out) = sh(&s, "npm install").await;
     assert_ne!(code, Some(0), "{out}");
     assert!(
@@ -85,17 +88,20 @@ async fn a_new_projects_first_npm_install_reads_only_the_warmed_cache() {
     assert_eq!(warm(&cache).await.unwrap(), Warmed::Already);
 
     let before = requests.load(Ordering::SeqCst);
-    let s = sandbox(&dir.path().join("warm"), &cache, &registry).await;
+    let s = sandbox(&dir.path().join("warm"), &cache, &proxy).await;
     let (code, out) = sh(&s, "npm install && npm ls --depth=0").await;
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(
         requests.load(Ordering::SeqCst),
         before,
-        "the first npm install made a request to the registry: {out}"
+        "the first npm install made a request: {out}"
     );
     for name in ["nitropack@2.13.6", "pg@8.23.1", "typescript@5.9.3"] {
         assert!(out.contains(name), "{name} not installed: {out}");
     }
+    // And npm's own offline mode agrees: everything the install needs is in the cache.
+    let (code, out) = sh(&s, "rm -rf node_modules && npm install --offline").await;
+    assert_eq!(code, Some(0), "{out}");
     // The template as seeded type-checks and builds with what the cache gave.
     let (code, out) = sh(&s, "npm run check && npm run build && ls .output/server").await;
     assert_eq!(code, Some(0), "{out}");
@@ -132,8 +138,8 @@ async fn the_templates_database_connection_follows_the_urls_sslmode() {
     let shared = std::env::var("HOME").map(|h| format!("{h}/.cache/turbobackend/npm-cache"));
     let cache = shared.map(std::path::PathBuf::from).unwrap_or(cache);
     warm(&cache).await.unwrap();
-    let (registry, _) = counting_registry();
-    let s = sandbox(&dir.path().join("app"), &cache, &registry).await;
+    let (proxy, _) = counting_proxy();
+    let s = sandbox(&dir.path().join("app"), &cache, &proxy).await;
     // A route that reports whether the app's own connection uses TLS.
     s.write_file(
         &tb_core::sandbox::WorkspacePath::parse("server/api/tls.get.ts").unwrap(),
