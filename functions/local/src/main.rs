@@ -3,7 +3,7 @@
 //! The same pipeline as on Lambda, with local adapters (see `app.rs`): `demo` builds "Create
 //! a simple API with a users endpoint" end to end and calls the live app; `run` does the same
 //! for any description; `eval` runs the tasks of `eval/tasks.json` and reports each;
-//! `status` and `keys` inspect and administer.
+//! `status`, `keys` and `projects` inspect and administer.
 
 mod admin;
 mod app;
@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod eval;
 mod progress;
+mod projects;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// List, show, delete or roll back projects.
+    #[command(subcommand)]
+    Projects(projects::ProjectsCommand),
 }
 
 #[tokio::main]
@@ -62,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => serve::serve().await,
         Command::Status { request_id } => admin::status(&request_id).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
+        Command::Projects(cmd) => projects::projects(cmd).await,
     }
 }

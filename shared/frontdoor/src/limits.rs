@@ -200,6 +200,11 @@ pub fn committed(running: &[RequestRecord], budget: MicroUsd) -> MicroUsd {
 /// requests is building (its record is written when the first request finishes).
 async fn owns_project(fd: &FrontDoor, user: &UserId, project: &ProjectId) -> Result<bool, Refusal> {
     match fd.records.project(project).await.map_err(unavailable)? {
+        Some(p) if &p.owner == user && p.lifecycle.deletion.is_some() => {
+            Err(Refusal::Invalid(format!(
+                "project {project} is deleted (or being deleted): leave project_id out to start a new project"
+            )))
+        }
         Some(p) => Ok(&p.owner == user),
         None => Ok(!fd
             .pipeline
