@@ -23,6 +23,7 @@ pub mod requests;
 pub mod rest;
 pub mod snapshot;
 pub mod sweeper;
+pub mod template;
 pub mod worker;
 
 pub use finalizer::{FinalizeDone, FinalizeError, Finalizer, FinalizerSettings};

@@ -316,7 +316,12 @@ struct TaskRun {
 /// Runs `script` to the end with `savers`, one iteration per slice so that the compaction
 /// boundary each call was sent with can be recorded (a resumed run sends exactly what an
 /// uninterrupted one would).
-async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Result<TaskRun> {
+async fn run_task(
+    script: &Script,
+    from_template: bool,
+    window: u64,
+    savers: Savers,
+) -> anyhow::Result<TaskRun> {
     let model = ScriptedModel::new(Script {
         context_window: Some(window),
         ..script.clone()
@@ -334,6 +339,13 @@ async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Resul
         ..LocalSandboxConfig::new(dir.path())
     });
     let sandbox = provider.create_local(&Default::default()).await?;
+    // The demo's script builds on the template a new project starts from, seeded as the
+    // worker seeds it (the prompt then describes it).
+    let base = if from_template {
+        Some(tb_pipeline::base::seed(None, &ProjectId::generate(), &sandbox).await?)
+    } else {
+        None
+    };
     let config = AgentConfig {
         prompt_caching: savers.caching,
         truncate_outputs: savers.truncation,
@@ -352,7 +364,7 @@ async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Resul
         prices: &prices,
         config: &config,
         cancel: CancelFlag::default(),
-        base: None,
+        base: base.as_ref(),
     };
     let mut state = AgentState::new(TASK);
     let mut compacted_calls = Vec::new();
@@ -471,14 +483,16 @@ async fn task_cost() -> anyhow::Result<()> {
     task_table(
         "shared/models/scripts/bench-explore.json (9 turns: large outputs, a 1.2 MB file read)",
         &explore,
+        false,
         &rows,
     )
     .await;
 
     let users = Script::from_json(USERS_API_SCRIPT)?;
     task_table(
-        "shared/models/scripts/users-api.json (the demo: 7 turns, real npm install and build)",
+        "shared/models/scripts/users-api.json (the demo: 3 turns from the template, real npm install, check and build)",
         &users,
+        true,
         &[
             (Savers::ALL_OFF, TASK_WINDOW),
             (Savers::ALL_ON, TASK_WINDOW),
@@ -492,6 +506,7 @@ async fn task_cost() -> anyhow::Result<()> {
             "generated long task ({LONG_TURNS} turns of run_command printing {LONG_OUTPUT} bytes, then finish; default window)"
         ),
         &long,
+        false,
         &[
             (Savers::ALL_OFF, DEFAULT_WINDOW),
             (
@@ -509,7 +524,7 @@ async fn task_cost() -> anyhow::Result<()> {
 }
 
 /// Runs `script` once per row and prints the table; a failed run is a row saying why.
-async fn task_table(title: &str, script: &Script, rows: &[(Savers, u64)]) {
+async fn task_table(title: &str, script: &Script, from_template: bool, rows: &[(Savers, u64)]) {
     println!("\n### {title}\n");
     println!(
         "| caching | truncation | compaction | window | input | cache write | cache read | output | peak prompt | cost | vs. all off | compacted | run s |"
@@ -527,7 +542,7 @@ async fn task_table(title: &str, script: &Script, rows: &[(Savers, u64)]) {
             on(savers.truncation),
             on(savers.compaction)
         );
-        let run = match run_task(script, window, savers).await {
+        let run = match run_task(script, from_template, window, savers).await {
             Ok(run) => run,
             Err(e) => {
                 println!("{switches} failed: {e:#} | | | | | | | | |");
