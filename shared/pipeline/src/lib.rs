@@ -15,12 +15,15 @@ pub mod base;
 pub mod callback;
 pub mod dir_archive;
 pub mod finalizer;
+pub mod lifecycle;
 pub mod memory;
 pub mod pipeline;
+pub mod project_ops;
 pub mod requests;
 pub mod rest;
 pub mod snapshot;
 pub mod sweeper;
+pub mod template;
 pub mod worker;
 
 pub use finalizer::{FinalizeDone, FinalizeError, Finalizer, FinalizerSettings};
