@@ -176,10 +176,9 @@ async fn a_finalizer_that_dies_after_the_final_commit_still_sends_the_callback_o
 
 #[tokio::test]
 async fn callback_urls_to_private_addresses_are_refused_at_request_time_in_the_cloud() {
-    let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(tb_pipeline::memory::MemoryQueue::default());
-    let mut pipeline = tb_tests::scenario::pipeline(Arc::new(MemoryStore::default()), queue, &dir);
-    pipeline.allow_private_callbacks = false;
+    let mut requests = tb_tests::scenario::requests(Arc::new(MemoryStore::default()), queue);
+    requests.allow_private_callbacks = false;
     for url in [
         "http://example.com/hook",
         "https://169.254.169.254/latest/meta-data/",
@@ -188,9 +187,9 @@ async fn callback_urls_to_private_addresses_are_refused_at_request_time_in_the_c
     ] {
         let mut new = tb_tests::scenario::new_request(None);
         new.callback_url = Some(url.into());
-        let err = pipeline.create(new).await.unwrap_err();
+        let err = requests.create(new).await.unwrap_err();
         assert!(
-            matches!(err, tb_pipeline::RequestError::Invalid(_)),
+            matches!(err, tb_pipeline::Refusal::Invalid(_)),
             "{url}: {err}"
         );
     }

@@ -59,9 +59,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         project,
         idempotency_key: args.idempotency_key,
         callback_url: None,
-        holds_slot: false,
     };
-    let accepted = app.pipeline.create(new).await?;
+    let accepted = app.requests.create(new).await?;
     progress.event(
         &format!(
             "turbobackend: \"{}\"\n  request: {}{}\n  project: {}\n  model:   {}\n  data:    {}\n",
@@ -110,10 +109,10 @@ async fn watch(app: &App, id: &RequestId, progress: &Progress) -> anyhow::Result
     let mut seen: VecDeque<String> = VecDeque::new();
     let mut phase = None;
     loop {
-        let Some(record) = app.pipeline.store.load(id).await? else {
+        let Some(record) = app.requests.store.load(id).await? else {
             bail!("request {id} vanished")
         };
-        let status = app.pipeline.status_of(&record);
+        let status = app.requests.status_of(&record);
         for line in &status.activity {
             if !seen.contains(line) {
                 seen.push_back(line.clone());

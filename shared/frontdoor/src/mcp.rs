@@ -48,8 +48,8 @@ use tb_pipeline::RequestError;
 
 use crate::FrontDoor;
 use crate::auth::{self, Caller};
+use crate::create::{self, CreateRequest, clip};
 use crate::host::ReceivedAt;
-use crate::limits::{self, CreateRequest, clip};
 use crate::rest::read_body;
 use crate::views::{self, ExecuteView, ProjectList, ProjectView, StatusView, ViewError};
 
@@ -273,7 +273,7 @@ impl McpTools {
             idempotency_key: a.idempotency_key,
             callback_url: a.callback_url,
         };
-        match limits::admit(&self.fd, caller, req).await {
+        match create::create(&self.fd, caller, req).await {
             Ok(accepted) => to_value(&ExecuteView::from(&accepted)),
             Err(refusal) => Err(refusal.message()),
         }
@@ -287,7 +287,7 @@ impl McpTools {
         };
         let a: RequestArgs = parse_args(tool, args)?;
         let id = RequestId::parse(&a.request_id).map_err(|_| no_request(&a.request_id))?;
-        let p = &self.fd.pipeline;
+        let p = &self.fd.requests;
         let status = if cancel {
             p.cancel(&caller.user, &id).await
         } else {
@@ -405,7 +405,7 @@ impl McpEndpoint {
             // The Host is checked by `host::check` before this service sees a request: it
             // also accepts the domain the request was received at, which rmcp cannot know.
             .disable_allowed_hosts()
-            .with_max_request_body_bytes(fd.limits.max_body_bytes);
+            .with_max_request_body_bytes(fd.requests.limits.max_body_bytes);
         let tools = McpTools { fd: fd.clone() };
         let service = StreamableHttpService::new(
             move || Ok(tools.clone()),
@@ -595,10 +595,11 @@ pub async fn serve(State(endpoint): State<McpEndpoint>, req: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.len() == MODERN.len() && v.starts_with("20") && v >= MODERN);
     let (mut parts, body) = req.into_parts();
-    let bytes: Bytes = match read_body(&parts.headers, body, fd.limits.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => return jsonrpc_error(e.status(), Value::Null, INVALID_REQUEST, e.message()),
-    };
+    let bytes: Bytes =
+        match read_body(&parts.headers, body, fd.requests.limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => return jsonrpc_error(e.status(), Value::Null, INVALID_REQUEST, e.message()),
+        };
     // rmcp answers a wrong Content-Type (415) itself; check the body only when it is JSON.
     if json && let Some(response) = check_message(&bytes, modern) {
         return response;

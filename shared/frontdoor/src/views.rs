@@ -9,7 +9,8 @@ use tb_core::ports::ProjectRecord;
 use tb_pipeline::{Accepted, RequestRecord, Status};
 
 use crate::FrontDoor;
-use crate::limits::{ACTIVE_SCAN, clip};
+use crate::create::clip;
+use tb_pipeline::admission::ACTIVE_SCAN;
 
 /// Activity lines shown in a status, newest last.
 pub const ACTIVITY_SHOWN: usize = 5;
@@ -251,7 +252,7 @@ fn unavailable(e: impl std::fmt::Display) -> ViewError {
 pub async fn list_projects(fd: &FrontDoor, user: &UserId) -> Result<ProjectList, ViewError> {
     let records = fd.records.projects(user).await.map_err(unavailable)?;
     let requests = fd
-        .pipeline
+        .requests
         .store
         .running_for_owner(user, ACTIVE_SCAN)
         .await
@@ -305,7 +306,7 @@ pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectV
         .map_err(unavailable)?
         .filter(|p| &p.owner == user);
     let requests: Vec<RequestRecord> = fd
-        .pipeline
+        .requests
         .store
         .list_for_project(user, &id, PROJECT_REQUESTS_SHOWN)
         .await

@@ -26,8 +26,8 @@ use tb_local::dispatch::{
 use tb_local::{LocalQueue, Receivers, SqliteRecords, SqliteStore};
 use tb_pipeline::dir_archive::DirArchive;
 use tb_pipeline::{
-    Appended, Created, Finalizer, Lease, NewRequest, Pipeline, Queue, RequestRecord, SliceSettings,
-    StateStore, WorkMessage,
+    Appended, Created, Finalizer, Lease, Limits, NewRequest, Queue, RequestRecord, Requests,
+    SliceSettings, StateStore, WorkMessage, Worker,
 };
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tokio::sync::mpsc;
@@ -116,7 +116,7 @@ impl Default for Options {
 
 /// A host process: pipeline, finalizer and dispatcher over one data directory.
 struct Host {
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<Worker>,
     store: Arc<dyn StateStore>,
     records: Arc<SqliteRecords>,
     queue: LocalQueue,
@@ -144,17 +144,27 @@ async fn start(data: &Path, options: Options) -> Host {
     let sandboxes = Arc::new(LocalSandboxProvider::new(LocalSandboxConfig::new(
         data.join("sandboxes"),
     )));
-    let pipeline = Arc::new(Pipeline {
-        store: store.clone(),
-        queue: Arc::new(queue.clone()),
+    let requests = Requests::new(
+        store.clone(),
+        Arc::new(queue.clone()),
+        records.clone(),
+        agent_config(),
+    )
+    // Limits no test here reaches.
+    .with_limits(Limits {
+        max_concurrent_per_user: 1000,
+        spending_cap_per_user: tb_core::MicroUsd::from_micros(1_000_000_000_000),
+        ..Limits::default()
+    })
+    .allowing_private_callbacks();
+    let pipeline = Arc::new(Worker {
+        requests: Arc::new(requests),
         sandboxes: sandboxes.clone(),
         model: options.model,
         dev_databases: None,
         archive: None,
         prices: PriceTable::with_defaults(),
-        agent: agent_config(),
         slices: options.slices,
-        allow_private_callbacks: true,
     });
     let finalizer = Arc::new(Finalizer {
         store: store.clone(),
@@ -205,7 +215,6 @@ fn new_request() -> NewRequest {
         project: None,
         idempotency_key: None,
         callback_url: None,
-        holds_slot: false,
     }
 }
 
@@ -340,7 +349,7 @@ async fn the_local_queue_delivers_finalize_at_once_work_after_its_delay_and_dead
 async fn a_request_travels_through_the_dispatcher_to_the_finalizer() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = start(dir.path(), Options::default()).await;
-    let accepted = host.pipeline.create(new_request()).await.unwrap();
+    let accepted = host.pipeline.requests.create(new_request()).await.unwrap();
     let id = accepted.request_id;
 
     let body = tokio::time::timeout(Duration::from_secs(60), host.finalized.recv())
@@ -447,6 +456,7 @@ async fn a_message_that_keeps_failing_is_retried_then_dead_lettered() {
     .await;
     let id = host
         .pipeline
+        .requests
         .create(new_request())
         .await
         .unwrap()
@@ -549,6 +559,7 @@ async fn a_finalize_message_retried_after_a_failure_keeps_its_claim_and_finishes
     .await;
     let id = host
         .pipeline
+        .requests
         .create(new_request())
         .await
         .unwrap()
@@ -611,6 +622,7 @@ async fn two_deliveries_of_one_request_never_run_side_by_side_even_after_its_lea
     .await;
     let id = host
         .pipeline
+        .requests
         .create(new_request())
         .await
         .unwrap()

@@ -76,10 +76,10 @@ impl FinalizerSettings {
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, tb_core::settings::SettingError> {
         let mut s = FinalizerSettings::standard();
-        if let Some(m) = crate::pipeline::seconds(&var, "TB_INVOCATION_MARGIN_SECS")? {
+        if let Some(m) = crate::settings::seconds(&var, "TB_INVOCATION_MARGIN_SECS")? {
             s.safety_margin = m;
         }
-        if let Some(b) = crate::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
+        if let Some(b) = crate::settings::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
             s.outage_retry = b;
         }
         Ok(s)
@@ -176,7 +176,7 @@ impl Finalizer {
         worker_id: &str,
         deadline: Option<Instant>,
     ) -> Result<FinalizeDone, FinalizeError> {
-        let hard = deadline.map(|d| crate::pipeline::hard_deadline(d, self.settings.safety_margin));
+        let hard = deadline.map(|d| crate::settings::hard_deadline(d, self.settings.safety_margin));
         let msg: FinalizeMessage = serde_json::from_str(body)
             .map_err(|e| FinalizeError::Poison(format!("malformed finalize message: {e}")))?;
         let FinalizeMessage::Finalize { request_id } = msg;
