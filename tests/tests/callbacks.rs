@@ -88,9 +88,7 @@ fn finalizer(store: Arc<dyn StateStore>, dir: &std::path::Path) -> Finalizer {
         sandboxes: Arc::new(tb_sandbox::LocalSandboxProvider::new(
             tb_sandbox::LocalSandboxConfig::new(dir.join("sandboxes")),
         )),
-        archive: Arc::new(tb_pipeline::dir_archive::DirArchive::new(
-            dir.join("archive"),
-        )),
+        archive: Arc::new(tb_local::DirArchive::new(dir.join("archive"))),
         code_host: Arc::new(tb_codehost::LocalGitCodeHost::new(dir.join("git")).unwrap()),
         databases: None,
         deployer: Arc::new(tb_deploy::LocalDeployer::new(tb_deploy::LocalConfig::new(
@@ -132,7 +130,7 @@ async fn a_finished_request_sends_one_signed_callback_even_when_finalized_twice(
             .contains("budget")
     );
     let rec = store.load(&id).await.unwrap().unwrap();
-    assert_eq!(rec.steps["notify"]["delivered"], true);
+    assert_eq!(rec.steps.get("notify").unwrap()["delivered"], true);
     assert!(!rec.holds_slot);
     let owner = UserId::parse("user_cb").unwrap();
     assert!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
-use tb_pipeline::metrics::{self, Unit};
+use tb_aws::metrics::{self, Unit};
 use tb_pipeline::{Invocation, WorkDone, WorkError, Worker};
 
 /// Everything the worker gets: a scheduled sweep or an SQS batch.

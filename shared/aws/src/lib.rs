@@ -13,6 +13,7 @@ pub mod archive;
 mod error;
 mod index;
 pub mod layout;
+pub mod metrics;
 pub mod queue;
 pub mod settings;
 mod spill;

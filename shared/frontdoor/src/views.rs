@@ -105,18 +105,10 @@ pub fn phase_name(p: Phase) -> String {
         .unwrap_or_else(|| format!("{p:?}").to_lowercase())
 }
 
-fn step_str(s: &Status, step: &str, field: &str) -> Option<String> {
-    s.result
-        .get(step)
-        .and_then(|v| v.get(field))
-        .and_then(|v| v.as_str())
-        .map(String::from)
-}
-
 impl From<&Status> for StatusView {
     fn from(s: &Status) -> Self {
         let done = s.phase.is_terminal();
-        let deployment_url = step_str(s, "deploy", "url");
+        let deployment_url = s.result.deployment_url().map(String::from);
         let next = match s.phase {
             Phase::Succeeded => match &deployment_url {
                 Some(url) => format!("done: the backend is live at {url} (try {url}/api/health)"),
@@ -144,9 +136,9 @@ impl From<&Status> for StatusView {
                 .map(|l| clip(l, LINE_CHARS))
                 .collect(),
             outcome: s.outcome.as_deref().map(|o| clip(o, REASON_CHARS)),
-            repository_url: step_str(s, "repository", "repo_url"),
+            repository_url: s.result.repository_url().map(String::from),
             deployment_url,
-            database: step_str(s, "database", "database"),
+            database: s.result.database_name().map(String::from),
             error: s.error.as_ref().map(|f| ErrorView {
                 step: f.step.clone(),
                 reason: clip(&f.reason, REASON_CHARS),

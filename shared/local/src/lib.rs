@@ -36,6 +36,7 @@
 //! ```
 
 mod db;
+pub mod dir_archive;
 pub mod dispatch;
 mod error;
 mod gates;
@@ -48,6 +49,7 @@ mod schema;
 mod store;
 
 pub use db::LocalDb;
+pub use dir_archive::DirArchive;
 pub use queue::{DEAD_LETTER_FILE, LocalQueue, Receivers};
 pub use records::{MAX_LABEL_CHARS, SqliteRecords};
 pub use store::SqliteStore;

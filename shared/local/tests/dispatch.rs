@@ -20,11 +20,11 @@ use tb_core::ports::{
 };
 use tb_core::pricing::PriceTable;
 use tb_core::{Message, ModelCall};
+use tb_local::DirArchive;
 use tb_local::dispatch::{
     DispatchSettings, local_finalizer_settings, local_slice_settings, run_workers_with,
 };
 use tb_local::{LocalQueue, Receivers, SqliteRecords, SqliteStore};
-use tb_pipeline::dir_archive::DirArchive;
 use tb_pipeline::{
     Appended, Created, Finalizer, Lease, Limits, NewRequest, Queue, RequestRecord, Requests,
     SliceSettings, StateStore, WorkMessage, Worker,
@@ -270,7 +270,7 @@ async fn assert_finalized(host: &Host, id: &RequestId) -> RequestRecord {
     assert_eq!(calls.len(), 4, "one call per scripted turn, none twice");
     assert_eq!(messages.len(), rec.agent.messages);
     // The archive step ran on the sandbox the agent worked in.
-    let key = rec.steps["archive"]["key"].as_str().unwrap();
+    let (key, _) = rec.steps.source().unwrap();
     let snapshot =
         tb_pipeline::snapshot::unpack(&std::fs::read(host.data.join("archive").join(key)).unwrap())
             .unwrap();
@@ -546,7 +546,9 @@ async fn a_finalize_message_retried_after_a_failure_keeps_its_claim_and_finishes
     // The finalizer's write after its archive step fails once: it returns `Retry` while its
     // claim (a one-minute lease) is still on the record.
     let faulty = Arc::new(Faulty {
-        fail_commit_of: |r| r.phase == Phase::Finalizing && r.steps.contains_key("archive"),
+        fail_commit_of: |r| {
+            r.phase == Phase::Finalizing && r.steps.done(tb_pipeline::Step::Archive)
+        },
         ..Faulty::new(inner)
     });
     let host = start(

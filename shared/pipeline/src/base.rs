@@ -3,7 +3,7 @@
 //! When a request succeeds, the finalizer records its archived snapshot as the project's
 //! current source (`projects/<project>/current.json`, next to the snapshots). A later request
 //! on the same project has its sandbox seeded from that snapshot before its first iteration;
-//! what it was seeded with ([`ProjectBase`]) is kept on the request as the `seed` step, so
+//! what it was seeded with ([`ProjectBase`]) is kept on the request as the `seed` step ([`crate::Steps::seed`]), so
 //! every slice tells the model the same thing and keeps the applied migrations as they are.
 
 use serde::{Deserialize, Serialize};
@@ -14,9 +14,6 @@ use tb_core::ports::{Archive, PortError};
 use tb_core::sandbox::{Sandbox, SandboxError, WorkspacePath};
 
 use crate::snapshot;
-
-/// The request record's `steps` entry holding the [`ProjectBase`] of a change request.
-pub const SEED_STEP: &str = "seed";
 
 /// Where the pointer to a project's current source is kept in the archive.
 pub fn current_key(project: &ProjectId) -> String {

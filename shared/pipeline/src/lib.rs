@@ -12,16 +12,15 @@
 pub mod admission;
 pub mod base;
 pub mod callback;
-pub mod dir_archive;
 pub mod finalizer;
 pub mod memory;
 pub mod messages;
-pub mod metrics;
 pub mod ports;
 pub mod record;
 pub mod requests;
 pub mod settings;
 pub mod snapshot;
+pub mod steps;
 pub mod worker;
 
 pub use admission::{Limits, LimitsError, Refusal};
@@ -31,5 +30,6 @@ pub use ports::{Appended, Created, Queue, StateStore};
 pub use record::{AgentHeader, Failure, Lease, RequestRecord};
 pub use requests::{Accepted, NewRequest, RequestError, Requests, Status};
 pub use settings::SliceSettings;
+pub use steps::{Step, Steps};
 pub use worker::sweep::SweepReport;
 pub use worker::{Invocation, SliceStats, WorkDone, WorkError, Worker};

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tb_core::agent::{AgentConfig, now_ms};
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::ids::sha256_hex;
@@ -16,6 +15,7 @@ use crate::admission::{Admission, Limits, Origin, Refusal};
 use crate::messages::WorkMessage;
 use crate::ports::{Appended, Created, Queue, StateStore};
 use crate::record::{Failure, RequestRecord};
+use crate::steps::Steps;
 
 /// A new request, as the front door (or a job on the queue) gives it.
 #[derive(Clone, Debug)]
@@ -92,7 +92,7 @@ pub struct Status {
     pub activity: Vec<String>,
     pub outcome: Option<String>,
     /// Finalizer results (repository, archive, database, deployment) once known.
-    pub result: serde_json::Map<String, Value>,
+    pub result: Steps,
     pub error: Option<Failure>,
     pub cancel_requested: bool,
     pub created_at_ms: u64,
@@ -246,11 +246,7 @@ impl Requests {
             tokens: r.agent.usage,
             activity: r.activity.clone(),
             outcome: r.agent.outcome.as_ref().map(|o| o.describe()),
-            result: r
-                .steps
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            result: r.steps.clone(),
             error: r.failure.clone(),
             cancel_requested: r.cancel_requested,
             created_at_ms: r.created_at_ms,

@@ -12,6 +12,7 @@ use super::{SliceStats, WorkDone, WorkError, Worker};
 use crate::messages::{FinalizeMessage, WorkMessage};
 use crate::ports::Appended;
 use crate::record::{AgentHeader, RequestRecord};
+use crate::steps::AgentDone;
 
 impl Worker {
     /// Releases the claim and hands the request over; `wait` delays the next slice (an
@@ -34,7 +35,10 @@ impl Worker {
                 "agent {} after {agent_secs:.1} s",
                 outcome.describe()
             ));
-            rec.steps.insert("agent".into(), serde_json::json!({"duration_ms": (agent_secs * 1000.0) as u64, "outcome": outcome.describe()}));
+            rec.steps.agent = Some(AgentDone {
+                duration_ms: (agent_secs * 1000.0) as u64,
+                outcome: outcome.describe(),
+            });
             self.save(&mut rec, Appended::default())
                 .await
                 .map_err(|e| WorkError::Retry(e.to_string()))?;

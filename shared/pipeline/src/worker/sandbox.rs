@@ -8,7 +8,7 @@ use tb_core::agent::{AgentState, Outcome};
 use tb_core::sandbox::{Sandbox, SandboxError, SandboxSpec};
 
 use super::{Worker, ongoing};
-use crate::base::{SEED_STEP, SeedError};
+use crate::base::SeedError;
 use crate::ports::Appended;
 use crate::record::RequestRecord;
 
@@ -61,7 +61,7 @@ impl Worker {
         let Some(archive) = &self.archive else {
             return Some(sandbox);
         };
-        if state.iteration != 0 || rec.steps.contains_key(SEED_STEP) {
+        if state.iteration != 0 || rec.steps.seed.is_some() {
             return Some(sandbox);
         }
         match crate::base::seed(archive.as_ref(), &rec.project, sandbox.as_ref()).await {
@@ -72,10 +72,7 @@ impl Worker {
                         base.files.len(),
                         base.from_request
                     ));
-                    rec.steps.insert(
-                        SEED_STEP.into(),
-                        serde_json::to_value(base).expect("serialisable"),
-                    );
+                    rec.steps.seed = Some(base);
                 }
                 Some(sandbox)
             }

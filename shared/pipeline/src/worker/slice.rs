@@ -10,7 +10,6 @@ use tb_core::ports::PortError;
 
 use super::claim::Claim;
 use super::{Invocation, SliceStats, WorkDone, WorkError, Worker, ongoing};
-use crate::base::SEED_STEP;
 use crate::ports::Appended;
 use crate::record::AgentHeader;
 
@@ -54,10 +53,7 @@ impl Worker {
         let sandbox = self
             .sandbox_for_slice(&mut rec, &mut state, limit, began_ms, &mut wait)
             .await;
-        let base: Option<ProjectBase> = rec
-            .steps
-            .get(SEED_STEP)
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let base: Option<ProjectBase> = rec.steps.seed.clone();
 
         let dev_db = self
             .dev_databases
