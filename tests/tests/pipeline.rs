@@ -350,6 +350,7 @@ fn project_of(id: &str, owner: &str) -> ProjectRecord {
         last_request: None,
         created_at_ms: 1,
         updated_at_ms: 1,
+        lifecycle: Default::default(),
     }
 }
 

@@ -2,13 +2,14 @@
 //!
 //! The same pipeline as on Lambda, with local adapters (see `app.rs`): `demo` builds "Create
 //! a simple API with a users endpoint" end to end and calls the live app; `run` does the same
-//! for any description; `status` and `keys` inspect and administer.
+//! for any description; `status`, `keys` and `projects` inspect and administer.
 
 mod admin;
 mod app;
 mod config;
 mod demo;
 mod progress;
+mod projects;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// List, show, delete or roll back projects.
+    #[command(subcommand)]
+    Projects(projects::ProjectsCommand),
 }
 
 #[tokio::main]
@@ -56,5 +60,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => serve::serve().await,
         Command::Status { request_id } => admin::status(&request_id).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
+        Command::Projects(cmd) => projects::projects(cmd).await,
     }
 }

@@ -1,4 +1,4 @@
-//! The local queue and its dispatcher, end to end with a real `Pipeline` and `Finalizer`:
+//! The local queue and its dispatcher, end to end with a real `Worker` and `Finalizer`:
 //! SQLite state and records, the scripted model, a local sandbox, a directory archive.
 //!
 //! The finalizer here has no code host or deployer (those adapters live elsewhere): its

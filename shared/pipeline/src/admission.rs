@@ -275,6 +275,11 @@ impl Requests {
         project: &ProjectId,
     ) -> Result<Option<bool>, Refusal> {
         if let Some(p) = self.records.project(project).await.map_err(unavailable)? {
+            if &p.owner == user && p.lifecycle.deletion.is_some() {
+                return Err(Refusal::Invalid(format!(
+                    "project {project} is deleted (or being deleted): leave project_id out to start a new project"
+                )));
+            }
             return Ok(Some(&p.owner == user));
         }
         let building = self
