@@ -30,6 +30,9 @@ async fn main() -> Result<(), Error> {
     if let Some(url) = var("DAYTONA_API_URL").filter(|u| !u.is_empty()) {
         daytona.api_url = url;
     }
+    // The snapshot whose image holds the template's packages in npm's cache
+    // (infra/sandbox-image/Dockerfile); without it, Daytona's default snapshot.
+    daytona.snapshot = var("DAYTONA_SNAPSHOT").filter(|s| !s.trim().is_empty());
     // Jobs in the original system's shape are admitted like the api's requests: project
     // ownership and the spending ledger are in the platform records. They are rare, so the
     // connection is opened at the first one, not at start-up.

@@ -8,8 +8,9 @@
 //! The running-requests limit is a slot counter in the state store
 //! (`StateStore::acquire_slot` / `release_slot`: a conditional update of a per-user item in
 //! DynamoDB, one upsert in SQLite), so it holds across every process. A request that took a
-//! slot carries `holds_slot`; the finalizer gives the slot back after the request's final
-//! commit (and a redelivered finalize message does it if the first one died in between).
+//! slot carries `holds_slot`; the finalizer gives the slot back with the request's final
+//! commit, in one atomic write with the record of it (a redelivered finalize message does it
+//! if the first one died in between, and never a second time).
 //! The spending check runs under a per-user async mutex, which serialises it within one
 //! process; across processes the slot limit bounds what can run at once, so the cap can be
 //! overshot by at most the budgets of requests admitted in the same instant elsewhere.

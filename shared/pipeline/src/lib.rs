@@ -23,6 +23,7 @@ pub mod requests;
 pub mod settings;
 pub mod snapshot;
 pub mod steps;
+pub mod template;
 pub mod worker;
 
 pub use admission::{Limits, LimitsError, Refusal};

@@ -1,5 +1,5 @@
-//! The request's sandbox: attached, or created and recorded before use; a change request's
-//! seeded from its project's current source before its first iteration.
+//! The request's sandbox: attached, or created and recorded before use; seeded before the
+//! request's first iteration from its project's current source, or the template.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,24 +56,26 @@ impl Worker {
             }
         };
 
-        // A change request starts from its project's current source, seeded before its
-        // first iteration (and again if the worker died before that iteration was recorded).
-        let Some(archive) = &self.archive else {
-            return Some(sandbox);
-        };
+        // A request starts from its project's current source, or a new project from the
+        // template, seeded before its first iteration (and again if the worker died before
+        // that iteration was recorded).
         if state.iteration != 0 || rec.steps.seed.is_some() {
             return Some(sandbox);
         }
-        match crate::base::seed(archive.as_ref(), &rec.project, sandbox.as_ref()).await {
+        match crate::base::seed(self.archive.as_deref(), &rec.project, sandbox.as_ref()).await {
             Ok(base) => {
-                if let Some(base) = base {
-                    rec.push_activity(format!(
+                rec.push_activity(match &base.template {
+                    Some(name) => format!(
+                        "started from the template {name} ({} files)",
+                        base.files.len()
+                    ),
+                    None => format!(
                         "started from the project's current source ({} files, from {})",
                         base.files.len(),
                         base.from_request
-                    ));
-                    rec.steps.seed = Some(base);
-                }
+                    ),
+                });
+                rec.steps.seed = Some(base);
                 Some(sandbox)
             }
             Err(SeedError::Unavailable { service, cause }) => {
