@@ -4,7 +4,7 @@ substituted, and every metric it reads from the functions' namespace is one the 
 
 Usage: check_dashboard.py [template.yaml]   (run from the repository root; exit 1 on an error)
 
-The functions emit Embedded Metric Format lines (shared/pipeline/src/metrics.rs) through
+The functions emit Embedded Metric Format lines (shared/aws/src/metrics.rs) through
 `metrics::emit(...)` with `("<Name>", Unit::...)` tuples; a dashboard naming a metric nothing
 emits shows an empty graph without any error, so a rename would go unnoticed.
 """

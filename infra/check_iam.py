@@ -47,10 +47,11 @@ FUNCTIONS = {
 # The tb-pipeline modules each function runs, and the call in its host code that proves it.
 ENTRY_MODULES = {
     "api": {
-        "requests": r"pipeline\.(create|cancel)\(",
+        "requests": r"requests\.(create|cancel)\(",
         "lifecycle": r"lifecycle::request_(delete|rollback)\(",
     },
-    "worker": {"worker": r"handle_work\(|handle_batch\(", "sweeper": r"\.sweep\("},
+    # A job on the work queue is created through `Requests`, which the worker builds.
+    "worker": {"worker": r"handle_work\(|handle_batch\(", "requests": r"Requests::new\("},
     "finalizer": {
         "finalizer": r"finalizer::handle_batch\(",
         "project_ops": r"finalizer::handle_batch\(",
@@ -147,13 +148,20 @@ def host_source(dirs):
     )
 
 
+def module_source(module):
+    """A tb-pipeline module's source: `<module>.rs`, or every file under `<module>/`."""
+    file = PIPELINE_SRC / f"{module}.rs"
+    files = [file] if file.exists() else sorted((PIPELINE_SRC / module).rglob("*.rs"))
+    return "\n".join(strip_tests(p.read_text()) for p in files)
+
+
 def unattributed_sends():
     """Queue sends in tb-pipeline modules that are no function's entry module: the check
     could not say which function makes them, so it refuses to pass."""
     entries = {m for modules in ENTRY_MODULES.values() for m in modules}
     found = []
-    for path in sorted(PIPELINE_SRC.glob("*.rs")):
-        if path.stem in entries:
+    for path in sorted(PIPELINE_SRC.rglob("*.rs")):
+        if Path(path.relative_to(PIPELINE_SRC).parts[0]).stem in entries:
             continue
         text = strip_tests(path.read_text())
         for method in QUEUE_METHODS:
@@ -179,9 +187,7 @@ def required(template):
         for adapter in ["store", "archive"]:
             if f"aws.{adapter}(" in code:
                 need |= adapters[adapter]
-        modules = "\n".join(
-            strip_tests((PIPELINE_SRC / f"{m}.rs").read_text()) for m in sorted(ENTRY_MODULES[name])
-        )
+        modules = "\n".join(module_source(m) for m in sorted(ENTRY_MODULES[name]))
         if "aws.archive(" in code and re.search(r"\.delete_prefix\(", code + modules):
             need |= adapters["archive_delete"]
         if "aws.queue(" in code:
@@ -189,10 +195,7 @@ def required(template):
                 if not re.search(proof, code):
                     errors.append(f"{name}: no call matching {proof!r} shows it runs {module}")
             # The host code itself may send too (e.g. a continuation of its own queue).
-            text = code + "\n".join(
-                strip_tests((PIPELINE_SRC / f"{m}.rs").read_text())
-                for m in sorted(ENTRY_MODULES[name])
-            )
+            text = code + "\n".join(module_source(m) for m in sorted(ENTRY_MODULES[name]))
             for method, queue in QUEUE_METHODS.items():
                 if re.search(rf"\.{method}\(", text):
                     need |= {(a, (queue, "")) for a in sqs_send}

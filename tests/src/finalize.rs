@@ -342,7 +342,7 @@ impl Services {
             .create_local(&SandboxSpec {
                 name: format!("sbx-{}", ids::random_hex(6)),
                 labels: [(
-                    tb_pipeline::sweeper::REQUEST_LABEL.to_owned(),
+                    tb_pipeline::worker::REQUEST_LABEL.to_owned(),
                     id.to_string(),
                 )]
                 .into(),

@@ -55,7 +55,7 @@ use tb_core::pricing::PriceTable;
 use tb_deploy::LocalDeployer;
 use tb_frontdoor::{FrontDoor, Limits, ReceivedAt, router};
 use tb_notify::{DELIVERY_HEADER, HttpNotifier, SIGNATURE_HEADER, sign};
-use tb_pipeline::{Finalizer, FinalizerSettings, Pipeline, SliceSettings, StateStore};
+use tb_pipeline::{Finalizer, FinalizerSettings, Requests, SliceSettings, StateStore, Worker};
 use tb_postgres::testing::Cleanup;
 use tb_postgres::{PgPlatformRecords, PgProvisioner};
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
@@ -425,7 +425,7 @@ struct Platform {
     front_doors: Vec<axum::Router>,
     users: Vec<(UserId, String)>,
     records: PgPlatformRecords,
-    worker: Arc<Pipeline>,
+    worker: Arc<Worker>,
     finalizer: Arc<Finalizer>,
     deployer: Arc<LocalDeployer>,
     code_host: Arc<LocalGitCodeHost>,
@@ -520,27 +520,35 @@ impl Platform {
         let mut front_doors = Vec::new();
         for _ in 0..settings.api_instances {
             let records = PgPlatformRecords::connect(&records_url).await.unwrap();
-            let mut pipeline = Pipeline::front_only(
+            let requests = Requests::new(
                 Arc::new(aws.store()),
                 Arc::new(aws.queue()),
-                PriceTable::with_defaults(),
+                Arc::new(records),
                 scenario::config(),
-            );
-            pipeline.allow_private_callbacks = true;
-            let door =
-                FrontDoor::new(Arc::new(pipeline), Arc::new(records)).with_limits(limits.clone());
+            )
+            .with_limits(limits.clone())
+            .allowing_private_callbacks();
+            let door = FrontDoor::new(Arc::new(requests));
             front_doors.push(router(Arc::new(door)));
         }
 
-        let worker = Arc::new(Pipeline {
-            store: Arc::new(aws.store()),
-            queue: Arc::new(aws.queue()),
+        // Jobs in the original shape are not sent here: the worker's own records are
+        // never read.
+        let worker_requests = Requests::new(
+            Arc::new(aws.store()),
+            Arc::new(aws.queue()),
+            Arc::new(PgPlatformRecords::connect(&records_url).await.unwrap()),
+            scenario::config(),
+        )
+        .with_limits(limits.clone())
+        .allowing_private_callbacks();
+        let worker = Arc::new(Worker {
+            requests: Arc::new(worker_requests),
             sandboxes: sandboxes.clone(),
             model: Arc::new(tb_models::ScriptedModel::new(task_script())),
             dev_databases: None,
             archive: Some(Arc::new(aws.archive())),
             prices: PriceTable::with_defaults(),
-            agent: scenario::config(),
             slices: SliceSettings {
                 iterations_per_slice: 1,
                 lease: settings.worker_lease(),
@@ -550,7 +558,6 @@ impl Platform {
                 sandbox_max_age: Duration::from_secs(3600),
                 outage_retry: Duration::from_secs(600),
             },
-            allow_private_callbacks: true,
         });
         let db_prefix = format!("t{}", tb_core::ids::random_hex(5));
         let deployer = Arc::new(LocalDeployer::at(dir.path().join("apps")));
@@ -887,7 +894,7 @@ impl Platform {
                 let ctx = Self::context(timeout);
                 let handler = finalizer::handle_batch(
                     &self.finalizer,
-                    self.worker.queue.as_ref(),
+                    self.worker.requests.queue.as_ref(),
                     sqs_event(batch),
                     &ctx,
                 );
@@ -1082,7 +1089,7 @@ impl Platform {
             .iter()
             .map(|c| (i64::from(c.iteration), c.cost.micros()))
             .collect();
-        let store = self.worker.store.as_ref();
+        let store = self.worker.requests.store.as_ref();
         let pool = self.records.pool();
         for c in &created {
             let mut p = |m: String| problems.push(format!("{}: {m}", c.id));
@@ -1156,7 +1163,7 @@ impl Platform {
                     .fetch_all(pool)
                     .await
                     .unwrap();
-            let version = rec.steps.get("deploy").and_then(|d| d["version"].as_str());
+            let version = rec.steps.deployment().map(|d| d.version.as_str());
             if deployed.len() != 1 || version != deployed.first().map(String::as_str) {
                 p(format!(
                     "deployments {deployed:?}, its deploy step {version:?}"

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tb_core::MicroUsd;
 use tb_core::agent::{AgentConfig, AgentState, Outcome};
 use tb_core::domain::{Description, Phase, RequestId, UserId};
 use tb_core::pricing::PriceTable;
-use tb_pipeline::{Invocation, NewRequest, Pipeline, Queue, SliceSettings, StateStore};
+use tb_pipeline::{
+    Invocation, Limits, NewRequest, Queue, Requests, SliceSettings, StateStore, Worker,
+};
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tempfile::TempDir;
 
@@ -46,11 +49,32 @@ pub fn slices() -> SliceSettings {
     }
 }
 
-/// A pipeline over `store` and `queue` with the scripted model and local sandboxes in `dir`.
-pub fn pipeline(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>, dir: &TempDir) -> Pipeline {
-    Pipeline {
+/// Limits no scenario reaches: the scenarios run many requests of one user.
+pub fn roomy_limits() -> Limits {
+    Limits {
+        max_concurrent_per_user: 1000,
+        spending_cap_per_user: MicroUsd::from_micros(1_000_000_000_000),
+        ..Limits::default()
+    }
+}
+
+/// The requests over `store` and `queue`, with in-memory platform records and
+/// [`roomy_limits`].
+pub fn requests(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>) -> Requests {
+    Requests::new(
         store,
         queue,
+        Arc::new(tb_frontdoor::memory::MemoryRecords::new()),
+        config(),
+    )
+    .with_limits(roomy_limits())
+    .allowing_private_callbacks()
+}
+
+/// A worker over `store` and `queue` with the scripted model and local sandboxes in `dir`.
+pub fn pipeline(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>, dir: &TempDir) -> Worker {
+    Worker {
+        requests: Arc::new(requests(store, queue)),
         sandboxes: Arc::new(LocalSandboxProvider::new(LocalSandboxConfig::new(
             dir.path(),
         ))),
@@ -58,9 +82,7 @@ pub fn pipeline(store: Arc<dyn StateStore>, queue: Arc<dyn Queue>, dir: &TempDir
         dev_databases: None,
         archive: None,
         prices: PriceTable::with_defaults(),
-        agent: config(),
         slices: slices(),
-        allow_private_callbacks: true,
     }
 }
 
@@ -79,7 +101,6 @@ pub fn new_request(key: Option<&str>) -> NewRequest {
         project: None,
         idempotency_key: key.map(String::from),
         callback_url: None,
-        holds_slot: false,
     }
 }
 

@@ -88,9 +88,7 @@ fn finalizer(store: Arc<dyn StateStore>, dir: &std::path::Path) -> Finalizer {
         sandboxes: Arc::new(tb_sandbox::LocalSandboxProvider::new(
             tb_sandbox::LocalSandboxConfig::new(dir.join("sandboxes")),
         )),
-        archive: Arc::new(tb_pipeline::dir_archive::DirArchive::new(
-            dir.join("archive"),
-        )),
+        archive: Arc::new(tb_local::DirArchive::new(dir.join("archive"))),
         code_host: Arc::new(tb_codehost::LocalGitCodeHost::new(dir.join("git")).unwrap()),
         databases: None,
         deployer: Arc::new(tb_deploy::LocalDeployer::new(tb_deploy::LocalConfig::new(
@@ -132,7 +130,7 @@ async fn a_finished_request_sends_one_signed_callback_even_when_finalized_twice(
             .contains("budget")
     );
     let rec = store.load(&id).await.unwrap().unwrap();
-    assert_eq!(rec.steps["notify"]["delivered"], true);
+    assert_eq!(rec.steps.get("notify").unwrap()["delivered"], true);
     assert!(!rec.holds_slot);
     let owner = UserId::parse("user_cb").unwrap();
     assert!(
@@ -176,10 +174,9 @@ async fn a_finalizer_that_dies_after_the_final_commit_still_sends_the_callback_o
 
 #[tokio::test]
 async fn callback_urls_to_private_addresses_are_refused_at_request_time_in_the_cloud() {
-    let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(tb_pipeline::memory::MemoryQueue::default());
-    let mut pipeline = tb_tests::scenario::pipeline(Arc::new(MemoryStore::default()), queue, &dir);
-    pipeline.allow_private_callbacks = false;
+    let mut requests = tb_tests::scenario::requests(Arc::new(MemoryStore::default()), queue);
+    requests.allow_private_callbacks = false;
     for url in [
         "http://example.com/hook",
         "https://169.254.169.254/latest/meta-data/",
@@ -188,9 +185,9 @@ async fn callback_urls_to_private_addresses_are_refused_at_request_time_in_the_c
     ] {
         let mut new = tb_tests::scenario::new_request(None);
         new.callback_url = Some(url.into());
-        let err = pipeline.create(new).await.unwrap_err();
+        let err = requests.create(new).await.unwrap_err();
         assert!(
-            matches!(err, tb_pipeline::RequestError::Invalid(_)),
+            matches!(err, tb_pipeline::Refusal::Invalid(_)),
             "{url}: {err}"
         );
     }

@@ -9,9 +9,9 @@ use tb_core::encoding::sha256_hex;
 use tb_core::ports::{Snapshot, SnapshotFile};
 use tb_core::pricing::PriceTable;
 use tb_core::sandbox::WorkspacePath;
+use tb_local::DirArchive;
 use tb_models::ScriptedModel;
 use tb_pipeline::base::{Current, seed, set_current};
-use tb_pipeline::dir_archive::DirArchive;
 use tb_pipeline::snapshot;
 use tb_tests::{TestSandbox, script, test_config, tool_results};
 

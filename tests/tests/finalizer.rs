@@ -72,15 +72,17 @@ async fn finalize_ok(
     after
 }
 
-fn step<'a>(rec: &'a RequestRecord, name: &str) -> &'a Value {
+/// A step's result as stored.
+fn step(rec: &RequestRecord, name: &str) -> Value {
     rec.steps
         .get(name)
         .unwrap_or_else(|| panic!("no `{name}` step in {:?}", rec.steps))
 }
 
-fn text<'a>(rec: &'a RequestRecord, name: &str, field: &str) -> &'a str {
+fn text(rec: &RequestRecord, name: &str, field: &str) -> String {
     step(rec, name)[field]
         .as_str()
+        .map(String::from)
         .unwrap_or_else(|| panic!("`{name}.{field}` missing: {}", step(rec, name)))
 }
 
@@ -118,7 +120,7 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
 
     assert_eq!(rec.phase, Phase::Succeeded);
     assert_eq!((rec.failure.clone(), rec.lease.clone()), (None, None));
-    let step_names: Vec<&str> = rec.steps.keys().map(String::as_str).collect();
+    let step_names = rec.steps.names();
     assert_eq!(
         step_names,
         [
@@ -150,9 +152,12 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
 
     // Archive: the object is the snapshot of the sandbox, with its SHA-256.
     let key = text(&rec, "archive", "key");
-    let (bytes, metadata) = s.archived(key).await;
+    let (bytes, metadata) = s.archived(&key).await;
     assert_eq!(sha256_hex(&bytes), text(&rec, "archive", "sha256"));
-    assert_eq!(metadata.as_deref(), Some(text(&rec, "archive", "sha256")));
+    assert_eq!(
+        metadata.as_deref(),
+        Some(text(&rec, "archive", "sha256").as_str())
+    );
     let archived: Files = tb_pipeline::snapshot::unpack(&bytes)
         .unwrap()
         .files
@@ -160,7 +165,7 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
         .map(|f| (f.path.as_str().to_owned(), f.contents))
         .collect();
     assert_eq!(archived, files);
-    let (artifact, _) = s.archived(text(&rec, "build", "key")).await;
+    let (artifact, _) = s.archived(&text(&rec, "build", "key")).await;
     assert_eq!(sha256_hex(&artifact), text(&rec, "build", "sha256"));
 
     // Repository: one commit whose tree is the snapshot.
@@ -173,10 +178,10 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
     let sha = text(&rec, "repository", "commit_sha");
     assert_eq!(s.github.repo_is_private(GITHUB_LOGIN, &repo), Some(true));
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [sha]);
+    assert_eq!(clone.commits(), [sha.as_str()]);
     let mut pushed = files.clone();
     pushed.remove(workflow);
-    assert_eq!(clone.tree(sha), pushed);
+    assert_eq!(clone.tree(&sha), pushed);
     assert_eq!(step(&rec, "repository")["left_out"], json!([workflow]));
     assert!(
         rec.activity
@@ -218,14 +223,14 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
             p.database.as_deref()
         ),
         (
-            Some(text(&rec, "repository", "repo_url")),
+            Some(text(&rec, "repository", "repo_url").as_str()),
             Some(s.fly.app_url(&app).as_str()),
             Some(names.database.as_str())
         )
     );
     assert_eq!(
         (p.deployed_version.as_deref(), p.previous_version.as_deref()),
-        (Some(version), None)
+        (Some(version.as_str()), None)
     );
     assert_eq!(p.last_request, Some(rec.id.clone()));
     assert_eq!(s.deployments(&project).await, [version]);
@@ -251,7 +256,7 @@ async fn a_changed_project_gets_a_second_commit_on_the_same_machine_and_an_uncha
     let p = s.records.project(&project).await.unwrap().unwrap();
     assert_eq!(
         (p.deployed_version.as_deref(), p.previous_version.as_deref()),
-        (Some(d2), Some(d1))
+        (Some(d2.as_str()), Some(d1.as_str()))
     );
     assert_eq!(
         step(&second, "deploy")["details"]["machine_id"],
@@ -271,9 +276,9 @@ async fn a_changed_project_gets_a_second_commit_on_the_same_machine_and_an_uncha
     let c1 = text(&first, "repository", "commit_sha");
     let c2 = text(&second, "repository", "commit_sha");
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [c1, c2]);
-    assert_eq!(clone.tree(c1), v1());
-    assert_eq!(clone.tree(c2), v2());
+    assert_eq!(clone.commits(), [c1.as_str(), c2.as_str()]);
+    assert_eq!(clone.tree(&c1), v1());
+    assert_eq!(clone.tree(&c2), v2());
     assert_eq!(step(&third, "repository")["committed"], false);
     assert_eq!(text(&third, "repository", "commit_sha"), c2);
     assert_eq!(s.commit_creations(&project), commits_before_third);
@@ -382,7 +387,7 @@ async fn github_rate_limits_429_and_403_with_retry_after_0_are_retried_and_the_r
     );
     let clone = s.clone_repo(&project);
     assert_eq!(clone.commits(), [text(&rec, "repository", "commit_sha")]);
-    assert_eq!(clone.tree(text(&rec, "repository", "commit_sha")), v1());
+    assert_eq!(clone.tree(&text(&rec, "repository", "commit_sha")), v1());
     assert_healthy(&s, &project).await;
 }
 
@@ -451,7 +456,7 @@ async fn a_dropped_s3_connection_is_retried_and_the_request_succeeds() {
     let rec = finalize_ok(&s, parts, &project, &v1()).await;
 
     assert_eq!(proxy.dropped(), 1);
-    let (bytes, _) = s.archived(text(&rec, "archive", "key")).await;
+    let (bytes, _) = s.archived(&text(&rec, "archive", "key")).await;
     assert_eq!(sha256_hex(&bytes), text(&rec, "archive", "sha256"));
     assert_healthy(&s, &project).await;
 }
@@ -498,7 +503,7 @@ async fn a_rejected_github_token_fails_the_request_at_the_repository_step_and_st
         (Phase::Failed, Some(failure))
     );
     assert_eq!(
-        stored.steps.keys().collect::<Vec<_>>(),
+        stored.steps.names(),
         ["archive"],
         "nothing after the failed step ran"
     );
@@ -546,7 +551,7 @@ async fn a_build_whose_script_exits_1_fails_the_request_at_the_build_step_with_i
     let stored = load(store.as_ref(), &rec).await;
     assert_eq!(stored.phase, Phase::Failed);
     assert_eq!(
-        stored.steps.keys().collect::<Vec<_>>(),
+        stored.steps.names(),
         ["archive", "build:install", "database", "repository"]
     );
     assert!(s.fly.all_machines(&s.app(&project)).is_empty());
@@ -646,7 +651,8 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
             .take(at.saturating_sub(1))
             .copied()
             .collect();
-        let mut left_steps: Vec<&str> = k.left.steps.keys().map(String::as_str).collect();
+        let names = k.left.steps.names();
+        let mut left_steps: Vec<&str> = names.iter().map(String::as_str).collect();
         left_steps.sort_by_key(|name| RECORDED.iter().position(|s| s == name));
         assert_eq!(left_steps, done, "commit {at}");
 
@@ -666,7 +672,8 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
         // included) are exactly as the dead finalizer recorded them.
         for name in &done {
             assert_eq!(
-                k.after.steps[*name], k.left.steps[*name],
+                k.after.steps.get(name),
+                k.left.steps.get(name),
                 "commit {at}: {name}"
             );
         }
@@ -749,7 +756,7 @@ async fn a_build_longer_than_one_invocation_continues_in_the_next_and_the_reques
             .unwrap();
         let took = started.elapsed();
         let after = load(s.store.as_ref(), &rec).await;
-        invocations.push((took, after.steps.keys().cloned().collect::<Vec<_>>()));
+        invocations.push((took, after.steps.names()));
         assert!(
             took < timeout,
             "invocation {} outran its deadline ({took:?}): {invocations:?}",

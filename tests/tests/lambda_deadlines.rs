@@ -14,9 +14,8 @@ use serde_json::{Value, json};
 use tb_aws::testing::{Received, TestAws};
 use tb_core::agent::Outcome;
 use tb_core::domain::{Phase, RequestId};
-use tb_core::pricing::PriceTable;
 use tb_models::server::ScriptedServer;
-use tb_pipeline::Pipeline;
+use tb_pipeline::Requests;
 use tb_testkit::fake_daytona::FakeDaytona;
 use tb_tests::runtime_api::{Answer, RuntimeApi};
 use tb_tests::scenario;
@@ -96,6 +95,11 @@ impl Worker {
             .env("DAYTONA_API_KEY", DAYTONA_KEY)
             .env("DAYTONA_API_URL", daytona.api_url())
             .env("TB_PROMPT_CACHING", "false")
+            // Only jobs in the original shape read the records (none here): never connected.
+            .env(
+                "TB_RECORDS_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )
             .envs(extra.iter().copied())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
@@ -137,7 +141,7 @@ fn sqs_event(m: &Received) -> Value {
 /// (a message is deleted when its batch is acknowledged), until the request leaves the
 /// agent phase; every message must be acknowledged at its first receive and no invocation
 /// may be killed. Returns the number of invocations.
-async fn drive(aws: &TestAws, front: &Pipeline, worker: &Worker, id: &RequestId) -> usize {
+async fn drive(aws: &TestAws, front: &Requests, worker: &Worker, id: &RequestId) -> usize {
     let queue = aws.settings.work_queue_url.clone();
     let mut invocations = 0;
     loop {
@@ -187,13 +191,8 @@ async fn drive(aws: &TestAws, front: &Pipeline, worker: &Worker, id: &RequestId)
     }
 }
 
-fn front(aws: &TestAws) -> Pipeline {
-    Pipeline::front_only(
-        Arc::new(aws.store()),
-        Arc::new(aws.queue()),
-        PriceTable::with_defaults(),
-        scenario::config(),
-    )
+fn front(aws: &TestAws) -> Requests {
+    scenario::requests(Arc::new(aws.store()), Arc::new(aws.queue()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

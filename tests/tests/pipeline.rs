@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use serde_json::json;
 use tb_core::agent::Outcome;
-use tb_core::domain::{Phase, RequestId, UserId};
+use tb_core::domain::{Phase, ProjectId, UserId};
+use tb_core::ports::ProjectRecord;
 use tb_pipeline::memory::{MemoryQueue, MemoryStore};
-use tb_pipeline::{FinalizeMessage, Pipeline, StateStore, WorkError};
+use tb_pipeline::{FinalizeMessage, StateStore, WorkError, Worker};
 use tb_tests::faults::{FaultyStore, Strike};
 use tb_tests::scenario::{self, assert_finished_like_reference, invocation, new_request};
 use tempfile::TempDir;
 
 struct Rig {
-    pipeline: Pipeline,
+    pipeline: Worker,
     queue: Arc<MemoryQueue>,
     _dir: TempDir,
 }
@@ -64,7 +65,12 @@ async fn drain(rig: &Rig, dup: bool, reverse: bool) -> Vec<String> {
 async fn a_request_travels_through_small_slices_to_the_finalize_queue() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
     let rig = rig(store.clone());
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     assert!(accepted.created);
     assert!(drain(&rig, false, false).await.is_empty());
     assert_finished_like_reference(store.as_ref(), &accepted.request_id).await;
@@ -93,7 +99,12 @@ async fn a_request_travels_through_small_slices_to_the_finalize_queue() {
 async fn duplicate_and_reordered_messages_change_nothing() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
     let rig = rig(store.clone());
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     // A stale copy of the first message arrives late, after everything.
     let first = serde_json::to_string(&rig.queue.work.lock().unwrap()[0]).unwrap();
     assert!(drain(&rig, true, true).await.is_empty());
@@ -109,8 +120,18 @@ async fn duplicate_and_reordered_messages_change_nothing() {
 async fn the_same_idempotency_key_returns_the_same_request() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
     let rig = rig(store.clone());
-    let a = rig.pipeline.create(new_request(Some("k1"))).await.unwrap();
-    let b = rig.pipeline.create(new_request(Some("k1"))).await.unwrap();
+    let a = rig
+        .pipeline
+        .requests
+        .create(new_request(Some("k1")))
+        .await
+        .unwrap();
+    let b = rig
+        .pipeline
+        .requests
+        .create(new_request(Some("k1")))
+        .await
+        .unwrap();
     assert_eq!(
         (a.request_id.clone(), a.project_id.clone()),
         (b.request_id.clone(), b.project_id.clone())
@@ -132,7 +153,11 @@ async fn a_worker_dying_at_any_write_loses_nothing_and_counts_nothing_twice() {
         Strike::BeforeWrite,
     ));
     let rig0 = rig(clean.clone());
-    rig0.pipeline.create(new_request(None)).await.unwrap();
+    rig0.pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     drain(&rig0, false, false).await;
     let writes = clean.commits();
     assert!(writes >= 10, "{writes}");
@@ -145,7 +170,12 @@ async fn a_worker_dying_at_any_write_loses_nothing_and_counts_nothing_twice() {
                 strike,
             ));
             let rig = rig(faulty.clone());
-            let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+            let accepted = rig
+                .pipeline
+                .requests
+                .create(new_request(None))
+                .await
+                .unwrap();
             for _round in 0..20 {
                 let errors = drain(&rig, false, false).await;
                 if !faulty.struck()
@@ -231,7 +261,12 @@ async fn a_cancelled_request_stops_at_the_next_iteration_and_still_goes_to_the_f
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
     let rig = rig(store.clone());
     let owner = UserId::parse("user_1").unwrap();
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     let first = rig.queue.take_work();
     rig.pipeline
         .handle_work(&serde_json::to_string(&first[0]).unwrap(), &invocation())
@@ -239,6 +274,7 @@ async fn a_cancelled_request_stops_at_the_next_iteration_and_still_goes_to_the_f
         .unwrap();
     let status = rig
         .pipeline
+        .requests
         .cancel(&owner, &accepted.request_id)
         .await
         .unwrap();
@@ -252,12 +288,14 @@ async fn a_cancelled_request_stops_at_the_next_iteration_and_still_goes_to_the_f
     let other = UserId::parse("user_2").unwrap();
     assert!(
         rig.pipeline
+            .requests
             .cancel(&other, &accepted.request_id)
             .await
             .is_err()
     );
     assert!(
         rig.pipeline
+            .requests
             .status(&other, &accepted.request_id)
             .await
             .is_err()
@@ -269,7 +307,12 @@ async fn the_sweeper_redrives_a_request_whose_message_was_lost_and_deletes_orpha
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
     let mut rig = rig(store.clone());
     rig.pipeline.slices.sandbox_max_age = Duration::ZERO;
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     rig.queue.take_work(); // lost
     // An orphan sandbox: labelled with a request that does not exist.
     let orphan = rig
@@ -278,7 +321,7 @@ async fn the_sweeper_redrives_a_request_whose_message_was_lost_and_deletes_orpha
         .create(&tb_core::sandbox::SandboxSpec {
             name: "orphan".into(),
             labels: [(
-                tb_pipeline::sweeper::REQUEST_LABEL.to_string(),
+                tb_pipeline::worker::REQUEST_LABEL.to_string(),
                 "req_gone".to_string(),
             )]
             .into(),
@@ -293,120 +336,96 @@ async fn the_sweeper_redrives_a_request_whose_message_was_lost_and_deletes_orpha
     assert_finished_like_reference(store.as_ref(), &accepted.request_id).await;
 }
 
+/// A project record of `owner`'s.
+fn project_of(id: &str, owner: &str) -> ProjectRecord {
+    ProjectRecord {
+        id: ProjectId::parse(id).unwrap(),
+        owner: UserId::parse(owner).unwrap(),
+        name: format!("turbobackend-{id}"),
+        repo_url: None,
+        deploy_url: None,
+        database: None,
+        deployed_version: None,
+        previous_version: None,
+        last_request: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        lifecycle: Default::default(),
+    }
+}
+
 #[tokio::test]
-async fn the_rest_api_creates_reports_and_cancels_only_for_the_owner() {
-    use http::{Method, StatusCode};
-    use tb_pipeline::rest::{Caller, MAX_BODY_BYTES, handle};
+async fn a_job_naming_another_users_project_is_refused() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
     let rig = rig(store.clone());
-    let alice = Caller {
-        user: UserId::parse("user_alice").unwrap(),
-        key_id: Some("key_a".into()),
+    let records = rig.pipeline.requests.records.clone();
+    records
+        .save_project(&project_of("proj_theirs", "user_owner"))
+        .await
+        .unwrap();
+    let job = |id: &str, user: &str| {
+        json!({"id": id, "data": {"tool_name": "execute_request", "user_id": user, "project_id": "proj_theirs",
+            "request_params": {"description": "Add a users endpoint"}}})
+        .to_string()
     };
-    let bob = Caller {
-        user: UserId::parse("user_bob").unwrap(),
-        key_id: None,
-    };
-    let p = &rig.pipeline;
 
-    let body = br#"{"description": "Create a simple API with a users endpoint", "idempotency_key": "once"}"#;
-    let (status, created) = handle(p, &alice, &Method::POST, "/v1/requests", body).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
-    let id = created["request_id"].as_str().unwrap().to_string();
-    let (status, again) = handle(p, &alice, &Method::POST, "/v1/requests", body).await;
-    assert_eq!(
-        (status, &again["request_id"]),
-        (StatusCode::OK, &created["request_id"])
+    let err = rig
+        .pipeline
+        .handle_work(&job("job-intruder", "user_456"), &invocation())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, WorkError::Poison { reason, .. } if reason.contains("no project proj_theirs")),
+        "{err}"
     );
-
-    let path = format!("/v1/requests/{id}");
-    let (status, s) = handle(p, &alice, &Method::GET, &path, b"").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        (
-            s["phase"].as_str(),
-            s["iteration"].as_u64(),
-            s["max_iterations"].as_u64()
-        ),
-        (Some("queued"), Some(0), Some(60))
-    );
-    assert_eq!(
+    let intruder = UserId::parse("user_456").unwrap();
+    assert!(
         store
-            .load(&RequestId::parse(&id).unwrap())
+            .list_for_owner(&intruder, 10)
             .await
             .unwrap()
-            .unwrap()
-            .key_id
-            .as_deref(),
-        Some("key_a")
+            .is_empty()
     );
+    assert_eq!(rig.queue.dead.lock().unwrap().len(), 1);
 
-    // Bob sees nothing of Alice's: the same 404 as for an id that does not exist.
-    assert_eq!(
-        handle(p, &bob, &Method::GET, &path, b"").await.0,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        handle(p, &bob, &Method::POST, &format!("{path}/cancel"), b"")
-            .await
-            .0,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        handle(p, &bob, &Method::GET, "/v1/requests", b"").await.1["requests"],
-        json!([])
-    );
-    assert_eq!(
-        handle(p, &alice, &Method::GET, "/v1/requests", b"").await.1["requests"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    // The project's owner may: the same gate admits it.
+    rig.pipeline
+        .handle_work(&job("job-owner", "user_owner"), &invocation())
+        .await
+        .unwrap();
+    let owner = UserId::parse("user_owner").unwrap();
+    let theirs = store.list_for_owner(&owner, 10).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].project.as_str(), "proj_theirs");
+}
 
-    let (status, s) = handle(p, &alice, &Method::POST, &format!("{path}/cancel"), b"").await;
-    assert_eq!(
-        (status, s["cancel_requested"].as_bool()),
-        (StatusCode::OK, Some(true))
+#[tokio::test]
+async fn jobs_pass_the_same_limits_as_the_front_doors_requests() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+    let mut rig = rig(store.clone());
+    let mut requests = scenario::requests(store.clone(), rig.queue.clone());
+    requests.limits.max_concurrent_per_user = 1;
+    rig.pipeline.requests = Arc::new(requests);
+    let job = |id: &str| {
+        json!({"id": id, "data": {"tool_name": "execute_request", "user_id": "user_busy",
+            "request_params": {"description": "Create a simple API with a users endpoint"}}})
+        .to_string()
+    };
+    rig.pipeline
+        .handle_work(&job("job-1"), &invocation())
+        .await
+        .unwrap();
+    // The user's one slot is taken: the second job waits (the queue delivers it again).
+    let err = rig
+        .pipeline
+        .handle_work(&job("job-2"), &invocation())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, WorkError::Retry(reason) if reason.contains("the limit is 1")),
+        "{err}"
     );
-
-    // Bad input: a clear error, never a panic or a 500.
-    let big = vec![b'x'; MAX_BODY_BYTES + 1];
-    assert_eq!(
-        handle(p, &alice, &Method::POST, "/v1/requests", &big)
-            .await
-            .0,
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
-    for bad in [
-        &b"{"[..],
-        br#"{"description": 5}"#,
-        br#"{"description": "x", "extra": 1}"#,
-        br#"{"description": "  "}"#,
-        br#"{"description": "x", "project_id": "a b"}"#,
-        br#"{"description": "x", "callback_url": "ftp://x"}"#,
-    ] {
-        let (status, e) = handle(p, &alice, &Method::POST, "/v1/requests", bad).await;
-        assert_eq!(
-            status,
-            StatusCode::BAD_REQUEST,
-            "{}",
-            String::from_utf8_lossy(bad)
-        );
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
-    }
-    assert_eq!(
-        handle(p, &alice, &Method::GET, "/v1/requests/..%2F..%2Fetc", b"")
-            .await
-            .0,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        handle(p, &alice, &Method::DELETE, &path, b"").await.0,
-        StatusCode::METHOD_NOT_ALLOWED
-    );
-    assert_eq!(
-        handle(p, &alice, &Method::GET, "/nope", b"").await.0,
-        StatusCode::NOT_FOUND
-    );
+    let busy = UserId::parse("user_busy").unwrap();
+    assert_eq!(store.list_for_owner(&busy, 10).await.unwrap().len(), 1);
+    assert!(rig.queue.dead.lock().unwrap().is_empty());
 }

@@ -9,14 +9,14 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::{Value, json};
 use tb_aws::testing::{Received, TestAws};
 use tb_core::domain::{Phase, UserId};
-use tb_pipeline::{Pipeline, StateStore};
+use tb_pipeline::{StateStore, Worker};
 use tb_tests::faults::{FaultyStore, Strike};
 use tb_tests::scenario::{self, assert_finished_like_reference, new_request};
 use tempfile::TempDir;
 
 struct Rig {
     aws: TestAws,
-    pipeline: Pipeline,
+    pipeline: Worker,
     _dir: TempDir,
 }
 
@@ -102,9 +102,15 @@ async fn finalize_messages(rig: &Rig) -> Vec<Value> {
 #[tokio::test]
 async fn a_request_created_through_the_api_travels_through_worker_slices_to_the_finalize_queue() {
     let rig = rig().await;
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     assert_eq!(pump(&rig, false).await, 0);
-    assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+    assert_finished_like_reference(rig.pipeline.requests.store.as_ref(), &accepted.request_id)
+        .await;
     assert_eq!(
         finalize_messages(&rig).await,
         vec![json!({"kind": "finalize", "request_id": accepted.request_id})]
@@ -118,9 +124,15 @@ async fn a_request_created_through_the_api_travels_through_worker_slices_to_the_
 #[tokio::test]
 async fn every_message_delivered_twice_and_out_of_order_changes_nothing() {
     let rig = rig().await;
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     assert_eq!(pump(&rig, true).await, 0);
-    assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+    assert_finished_like_reference(rig.pipeline.requests.store.as_ref(), &accepted.request_id)
+        .await;
     assert_eq!(finalize_messages(&rig).await.len(), 1);
 }
 
@@ -134,7 +146,12 @@ async fn a_worker_dying_at_any_write_ends_with_the_same_conversation_and_cost() 
         c
     })
     .await;
-    clean.pipeline.create(new_request(None)).await.unwrap();
+    clean
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     pump(&clean, false).await;
     let writes = counting.unwrap().commits();
     assert!(writes >= 10, "{writes}");
@@ -148,7 +165,12 @@ async fn a_worker_dying_at_any_write_ends_with_the_same_conversation_and_cost() 
             })
             .await;
             let faulty = faulty.unwrap();
-            let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+            let accepted = rig
+                .pipeline
+                .requests
+                .create(new_request(None))
+                .await
+                .unwrap();
             for _ in 0..10 {
                 pump(&rig, false).await;
                 if !faulty.struck() {
@@ -160,6 +182,7 @@ async fn a_worker_dying_at_any_write_ends_with_the_same_conversation_and_cost() 
                 rig.pipeline.sweep().await;
                 if rig
                     .pipeline
+                    .requests
                     .store
                     .load(&accepted.request_id)
                     .await
@@ -172,7 +195,11 @@ async fn a_worker_dying_at_any_write_ends_with_the_same_conversation_and_cost() 
                 }
             }
             assert!(faulty.struck(), "{strike:?} {at}: the fault never struck");
-            assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+            assert_finished_like_reference(
+                rig.pipeline.requests.store.as_ref(),
+                &accepted.request_id,
+            )
+            .await;
             assert!(
                 !finalize_messages(&rig).await.is_empty(),
                 "{strike:?} at write {at}: never reached the finalizer"
@@ -184,7 +211,12 @@ async fn a_worker_dying_at_any_write_ends_with_the_same_conversation_and_cost() 
 #[tokio::test]
 async fn a_malformed_message_fails_only_its_own_record_and_is_parked_with_its_reason() {
     let rig = rig().await;
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     let good = rig.aws.receive_work(Duration::ZERO).await;
     let poison = [
         Received {
@@ -212,6 +244,7 @@ async fn a_malformed_message_fails_only_its_own_record_and_is_parked_with_its_re
     // The good record ran its slice.
     let rec = rig
         .pipeline
+        .requests
         .store
         .load(&accepted.request_id)
         .await
@@ -238,7 +271,12 @@ async fn a_malformed_message_fails_only_its_own_record_and_is_parked_with_its_re
 #[tokio::test]
 async fn a_malformed_message_naming_a_request_marks_that_request_failed() {
     let rig = rig().await;
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     let body =
         json!({"kind": "continue", "request_id": accepted.request_id, "seq": "not a number"})
             .to_string();
@@ -255,6 +293,7 @@ async fn a_malformed_message_naming_a_request_marks_that_request_failed() {
     .await;
     let rec = rig
         .pipeline
+        .requests
         .store
         .load(&accepted.request_id)
         .await
@@ -295,19 +334,25 @@ async fn a_job_published_in_the_original_shape_runs_and_twice_is_still_one_reque
     assert_eq!(failed, 0);
     let requests = rig
         .pipeline
+        .requests
         .store
         .list_for_owner(&UserId::parse("user_456").unwrap(), 10)
         .await
         .unwrap();
     assert_eq!(requests.len(), 1);
-    assert_finished_like_reference(rig.pipeline.store.as_ref(), &requests[0].id).await;
+    assert_finished_like_reference(rig.pipeline.requests.store.as_ref(), &requests[0].id).await;
     assert_eq!(finalize_messages(&rig).await.len(), 1);
 }
 
 #[tokio::test]
 async fn the_scheduled_sweep_redrives_a_lost_continuation() {
     let rig = rig().await;
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let accepted = rig
+        .pipeline
+        .requests
+        .create(new_request(None))
+        .await
+        .unwrap();
     for m in rig.aws.receive_work(Duration::ZERO).await {
         rig.aws.delete(&rig.aws.settings.work_queue_url, &m).await; // lost
     }
@@ -319,13 +364,14 @@ async fn the_scheduled_sweep_redrives_a_lost_continuation() {
     let report = worker::handle(&rig.pipeline, event).await.unwrap();
     assert_eq!(report["redriven_work"], json!([accepted.request_id]));
     pump(&rig, false).await;
-    assert_finished_like_reference(rig.pipeline.store.as_ref(), &accepted.request_id).await;
+    assert_finished_like_reference(rig.pipeline.requests.store.as_ref(), &accepted.request_id)
+        .await;
 }
 
 #[tokio::test]
 async fn concurrent_slots_are_counted_atomically_in_dynamodb() {
     let rig = rig().await;
-    let store = rig.pipeline.store.clone();
+    let store = rig.pipeline.requests.store.clone();
     let owner = UserId::parse("user_slots").unwrap();
     let tries = (0..8).map(|_| {
         let store = store.clone();
@@ -355,9 +401,18 @@ async fn concurrent_slots_are_counted_atomically_in_dynamodb() {
 #[tokio::test]
 async fn a_slot_is_given_back_in_the_same_transaction_as_its_record() {
     let rig = rig().await;
-    let store = rig.pipeline.store.clone();
-    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
-    let mut rec = store.load(&accepted.request_id).await.unwrap().unwrap();
+    let store = rig.pipeline.requests.store.clone();
+    // Stored directly, not through admission: the test takes the slots itself.
+    let new = new_request(None);
+    let (rec, first) = tb_pipeline::RequestRecord::new(
+        tb_core::domain::RequestId::generate(),
+        new.owner,
+        tb_core::domain::ProjectId::generate(),
+        new.description,
+        tb_core::clock::now_ms(),
+    );
+    store.create(&rec, &first).await.unwrap();
+    let mut rec = store.load(&rec.id).await.unwrap().unwrap();
     // This request's slot and another one's.
     assert!(store.acquire_slot(&rec.owner, 2).await.unwrap());
     assert!(store.acquire_slot(&rec.owner, 2).await.unwrap());

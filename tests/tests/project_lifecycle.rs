@@ -13,11 +13,10 @@ use tb_core::MicroUsd;
 use tb_core::agent::AgentConfig;
 use tb_core::domain::{Phase, ProjectId, RequestId, UserId};
 use tb_core::ports::{ApiKey, Lifecycle, PlatformRecords, PortError, ProjectRecord};
-use tb_core::pricing::PriceTable;
 use tb_core::usage::ModelCall;
 use tb_pipeline::lifecycle::{OperationAccepted, request_delete, request_rollback};
 use tb_pipeline::memory::MemoryQueue;
-use tb_pipeline::{FinalizeDone, Finalizer, Pipeline, RequestError};
+use tb_pipeline::{FinalizeDone, Finalizer, RequestError, Requests};
 use tb_tests::faults::Strike;
 use tb_tests::finalize::{Files, GITHUB_LOGIN, Services, admin_url, finalize, get, project_files};
 
@@ -36,19 +35,20 @@ fn version(v: &str) -> Files {
 struct Setup {
     s: Services,
     queue: Arc<MemoryQueue>,
-    front: Pipeline,
+    front: Requests,
 }
 
 impl Setup {
     async fn start() -> Setup {
         let s = Services::start().await;
         let queue = Arc::new(MemoryQueue::default());
-        let front = Pipeline::front_only(
+        let front = Requests::new(
             s.store.clone(),
             queue.clone(),
-            PriceTable::with_defaults(),
+            Arc::new(s.records.clone()),
             AgentConfig::standard(),
-        );
+        )
+        .with_limits(tb_tests::scenario::roomy_limits());
         Setup { s, queue, front }
     }
 
@@ -574,7 +574,6 @@ async fn a_running_request_is_cancelled_first_and_its_finalization_then_publishe
             project: Some(project.clone()),
             idempotency_key: None,
             callback_url: None,
-            holds_slot: false,
         })
         .await
         .unwrap();
@@ -601,8 +600,16 @@ async fn a_running_request_is_cancelled_first_and_its_finalization_then_publishe
         "{done_change:?}"
     );
     let rec = t.s.store.load(&change.id).await.unwrap().unwrap();
-    assert!(!rec.steps.contains_key("deploy"), "{:?}", rec.steps);
-    assert!(!rec.steps.contains_key("archive"), "{:?}", rec.steps);
+    assert!(
+        !rec.steps.done(tb_pipeline::Step::Deploy),
+        "{:?}",
+        rec.steps
+    );
+    assert!(
+        !rec.steps.done(tb_pipeline::Step::Archive),
+        "{:?}",
+        rec.steps
+    );
 
     // The first request is still queued (no worker here): the deletion waits for it, then
     // stops at the `requests` step naming it; it is marked so, and asking again retries.

@@ -9,7 +9,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::tower::ServiceExt;
 use lambda_http::{Error, Request, RequestExt, run, service_fn};
 use tb_frontdoor::{FrontDoor, Limits, OAuthSettings, ReceivedAt, parse_allowed_hosts, router};
-use tb_pipeline::Pipeline;
+use tb_pipeline::Requests;
 use tb_postgres::PgPlatformRecords;
 
 #[tokio::main]
@@ -26,22 +26,24 @@ async fn main() -> Result<(), Error> {
     // connections now, together, while init runs at full CPU.
     let (records, ()) = tokio::join!(PgPlatformRecords::connect(&records_url), store.warm());
     let records = records?;
-    let pipeline = Pipeline::front_only(
+    // The price table is not used here, but a bad TB_MODEL_PRICES stops every function at
+    // start-up alike.
+    tb_core::settings::price_table(var)?;
+    let records = Arc::new(records);
+    let requests = Requests::new(
         Arc::new(store),
         Arc::new(aws.queue(&clients)),
-        tb_core::settings::price_table(var)?,
+        records.clone(),
         tb_core::settings::agent_config(var)?,
-    );
-    let records = Arc::new(records);
+    )
+    .with_limits(limits);
     // OAuth for remote MCP clients keeps its state beside the records. TB_PUBLIC_URL names
     // the origin clients use when it is not the domain API Gateway received the request at.
     let oauth = OAuthSettings {
         public_url: var("TB_PUBLIC_URL").filter(|u| !u.trim().is_empty()),
         ..OAuthSettings::default()
     };
-    let mut door = FrontDoor::new(Arc::new(pipeline), records.clone())
-        .with_limits(limits)
-        .with_oauth(records, oauth);
+    let mut door = FrontDoor::new(Arc::new(requests)).with_oauth(records, oauth);
     // MCP answers the domain API Gateway received each request at (its execute-api domain or
     // a custom domain); TB_ALLOWED_HOSTS adds names that reach it otherwise (e.g. a CDN).
     if let Some(extra) = var("TB_ALLOWED_HOSTS") {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::Context;
-use tb_pipeline::metrics::{self, Unit};
+use tb_aws::metrics::{self, Unit};
 use tb_pipeline::{FinalizeDone, FinalizeError, FinalizeMessage, Finalizer, Queue};
 
 /// One record at a time (the event source mapping's batch size is 1: a finalization takes

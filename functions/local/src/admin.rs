@@ -31,12 +31,12 @@ pub enum KeysCommand {
 pub async fn status(id: &str) -> anyhow::Result<()> {
     let app = App::open(&Settings::from_env()?, false).await?;
     let id = RequestId::parse(id)?;
-    let Some(record) = app.pipeline.store.load(&id).await? else {
+    let Some(record) = app.requests.store.load(&id).await? else {
         bail!("no request {id}")
     };
     println!(
         "{}",
-        serde_json::to_string_pretty(&app.pipeline.status_of(&record))?
+        serde_json::to_string_pretty(&app.requests.status_of(&record))?
     );
     Ok(())
 }

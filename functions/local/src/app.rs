@@ -19,10 +19,10 @@ use anyhow::Context;
 use tb_codehost::LocalGitCodeHost;
 use tb_core::ports::{DatabaseProvisioner, DevDatabases, PlatformRecords};
 use tb_deploy::{LocalConfig, LocalDeployer};
+use tb_local::DirArchive;
 use tb_local::{LocalDb, LocalQueue, SqliteRecords, SqliteStore};
 use tb_models::ModelSettings;
-use tb_pipeline::dir_archive::DirArchive;
-use tb_pipeline::{Finalizer, Pipeline};
+use tb_pipeline::{Finalizer, Requests, Worker};
 use tb_postgres::{ClusterSettings, PgDevDatabases, PgProvisioner};
 use tb_sandbox::{Isolation, Limits, LocalSandboxConfig, LocalSandboxProvider};
 use tokio::task::JoinHandle;
@@ -92,7 +92,7 @@ impl Settings {
                 isolation.probe().map(|()| isolation)
             },
             allow_unisolated: flag(var, "TB_ALLOW_UNISOLATED_COMMANDS")?,
-            outage_retry: tb_pipeline::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")?,
+            outage_retry: tb_pipeline::settings::seconds(&var, "TB_OUTAGE_RETRY_SECS")?,
         })
     }
 }
@@ -188,7 +188,7 @@ const MAX_WORKERS: usize = 64;
 
 /// The running platform.
 pub struct App {
-    pub pipeline: Arc<Pipeline>,
+    pub requests: Arc<Requests>,
     /// The local apps; `serve` starts the recorded ones again at start.
     pub deployer: Arc<LocalDeployer>,
     pub records: Arc<dyn PlatformRecords>,
@@ -251,15 +251,24 @@ impl App {
             .map(|p| Arc::new(PgDevDatabases::new(p)) as Arc<dyn DevDatabases>);
         let archive: Arc<dyn tb_core::ports::Archive> =
             Arc::new(DirArchive::new(dir.join("archive")));
-        let pipeline = Arc::new(Pipeline {
-            store: store.clone(),
-            queue: Arc::new(queue),
+        let requests = Arc::new(
+            Requests::new(
+                store.clone(),
+                Arc::new(queue),
+                records.clone(),
+                settings.agent.clone(),
+            )
+            .with_limits(settings.limits.clone())
+            // Local mode: callbacks to this machine are the point.
+            .allowing_private_callbacks(),
+        );
+        let worker = Arc::new(Worker {
+            requests: requests.clone(),
             sandboxes: sandboxes.clone(),
             model: settings.model.build()?,
             dev_databases,
             archive: Some(archive.clone()),
             prices: settings.prices.clone(),
-            agent: settings.agent.clone(),
             slices: {
                 let mut s = tb_local::dispatch::local_slice_settings();
                 if let Some(d) = settings.outage_retry {
@@ -267,8 +276,6 @@ impl App {
                 }
                 s
             },
-            // Local mode: callbacks to this machine are the point.
-            allow_private_callbacks: true,
         });
         let deployer = Arc::new(LocalDeployer::new(LocalConfig {
             // Deployed apps run agent-written code: inside the same kind of boundary.
@@ -304,14 +311,11 @@ impl App {
             // sweeper of the next process with workers re-drives the requests.
             (true, 0) => Some(tokio::spawn(discard(receivers))),
             (true, n) => Some(tb_local::dispatch::run_workers(
-                pipeline.clone(),
-                finalizer,
-                receivers,
-                n,
+                worker, finalizer, receivers, n,
             )),
         };
         Ok(App {
-            pipeline,
+            requests,
             deployer,
             records,
             oauth,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::{Value, json};
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
+use tb_pipeline::steps::Provisioned;
 use tb_pipeline::{NewRequest, Status};
 
 use crate::app::{App, Settings};
@@ -59,9 +60,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         project,
         idempotency_key: args.idempotency_key,
         callback_url: None,
-        holds_slot: false,
     };
-    let accepted = app.pipeline.create(new).await?;
+    let accepted = app.requests.create(new).await?;
     progress.event(
         &format!(
             "turbobackend: \"{}\"\n  request: {}{}\n  project: {}\n  model:   {}\n  data:    {}\n",
@@ -87,11 +87,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
-    let url = status
-        .result
-        .get("deploy")
-        .and_then(|d| d["url"].as_str())
-        .map(String::from);
+    let url = status.result.deployment_url().map(String::from);
     if let Some(url) = url {
         call_app(&url, &progress).await?;
         if args.keep_running {
@@ -114,10 +110,10 @@ pub(crate) async fn watch(
     let mut seen: VecDeque<String> = VecDeque::new();
     let mut phase = None;
     loop {
-        let Some(record) = app.pipeline.store.load(id).await? else {
+        let Some(record) = app.requests.store.load(id).await? else {
             bail!("request {id} vanished")
         };
-        let status = app.pipeline.status_of(&record);
+        let status = app.requests.status_of(&record);
         for line in &status.activity {
             if !seen.contains(line) {
                 seen.push_back(line.clone());
@@ -142,13 +138,7 @@ pub(crate) async fn watch(
 }
 
 fn report(s: &Status, progress: &Progress, scripted: bool) {
-    let step = |name: &str, field: &str| {
-        s.result
-            .get(name)
-            .and_then(|v| v.get(field))
-            .and_then(Value::as_str)
-            .map(String::from)
-    };
+    let steps = &s.result;
     let mut lines = vec![
         format!("\n{:?} after {} iterations", s.phase, s.iteration),
         format!("  agent:      {}", s.outcome.clone().unwrap_or_default()),
@@ -160,24 +150,25 @@ fn report(s: &Status, progress: &Progress, scripted: bool) {
     if scripted {
         lines.push("              the model was scripted: no model was called; these are the script's simulated tokens, priced as Sonnet".into());
     }
-    if let Some(repo) = step("repository", "repo_url") {
+    if let Some(repo) = steps.repository_url() {
         lines.push(format!(
             "  repository: {repo} @ {}",
-            step("repository", "commit_sha").unwrap_or_default()
+            steps.commit_sha().unwrap_or_default()
         ));
     }
-    if let Some(archive) = step("archive", "key") {
-        lines.push(format!(
-            "  archive:    {archive} (sha256 {})",
-            step("archive", "sha256").unwrap_or_default()
-        ));
+    if let Some((archive, sha256)) = steps.source() {
+        lines.push(format!("  archive:    {archive} (sha256 {sha256})"));
     }
-    match (step("database", "database"), step("database", "skipped")) {
-        (Some(db), _) => lines.push(format!("  database:   {db}")),
-        (None, Some(why)) => lines.push(format!("  database:   skipped: {why}")),
-        _ => {}
+    match steps.database.as_ref().map(|d| &d.result) {
+        Some(Provisioned::Database { database, .. }) => {
+            lines.push(format!("  database:   {database}"))
+        }
+        Some(Provisioned::Skipped { skipped }) => {
+            lines.push(format!("  database:   skipped: {skipped}"))
+        }
+        None => {}
     }
-    if let Some(url) = step("deploy", "url") {
+    if let Some(url) = steps.deployment_url() {
         lines.push(format!("  live at:    {url}"));
     }
     if let Some(e) = &s.error {

@@ -195,7 +195,7 @@ async fn run_task(
     let app = App::open(settings, true).await?;
     let started = Instant::now();
     let accepted = app
-        .pipeline
+        .requests
         .create(NewRequest {
             owner: UserId::parse(LOCAL_USER)?,
             key_id: None,
@@ -203,7 +203,6 @@ async fn run_task(
             project: None,
             idempotency_key: None,
             callback_url: None,
-            holds_slot: false,
         })
         .await?;
     let quiet = Progress {
@@ -211,11 +210,7 @@ async fn run_task(
     };
     let status = watch(&app, &accepted.request_id, &quiet).await?;
     let wall_secs = started.elapsed().as_secs_f64();
-    let url = status
-        .result
-        .get("deploy")
-        .and_then(|d| d["url"].as_str())
-        .map(String::from);
+    let url = status.result.deployment_url().map(String::from);
     let healthy = match &url {
         Some(url) => health(url).await,
         None => false,

@@ -63,7 +63,7 @@ pub async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
             // cancelled can reach their end.
             let app = App::open(&Settings::from_env()?, true).await?;
             let accepted = tb_pipeline::lifecycle::request_delete(
-                &app.pipeline,
+                &app.requests,
                 app.records.as_ref(),
                 &user,
                 &project_id,
@@ -87,7 +87,7 @@ pub async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
         ProjectsCommand::Rollback { project_id } => {
             let app = App::open(&Settings::from_env()?, true).await?;
             let accepted = tb_pipeline::lifecycle::request_rollback(
-                &app.pipeline,
+                &app.requests,
                 app.records.as_ref(),
                 &user,
                 &project_id,

@@ -74,8 +74,7 @@ pub async fn serve() -> anyhow::Result<()> {
         }
     });
     let door = Arc::new(
-        FrontDoor::new(app.pipeline.clone(), app.records.clone())
-            .with_limits(settings.limits.clone())
+        FrontDoor::new(app.requests.clone())
             // Locally, connectors' client metadata documents may be served on loopback.
             .with_oauth(
                 app.oauth.clone(),

@@ -1,5 +1,5 @@
 //! The worker function: SQS batches of work messages → agent slices; and, on its schedule
-//! (`{"sweep": true}`), the sweeper. The logic is [`tb_pipeline::Pipeline`]; this is the
+//! (`{"sweep": true}`), the sweeper. The logic is [`tb_pipeline::Worker`]; this is the
 //! Lambda-shaped edge around it.
 
 use std::time::{Duration, Instant};
@@ -7,17 +7,17 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
-use tb_pipeline::metrics::{self, Unit};
-use tb_pipeline::{Invocation, Pipeline, WorkDone, WorkError};
+use tb_aws::metrics::{self, Unit};
+use tb_pipeline::{Invocation, WorkDone, WorkError, Worker};
 
 /// Everything the worker gets: a scheduled sweep or an SQS batch.
 pub async fn handle(
-    pipeline: &Pipeline,
+    worker: &Worker,
     event: LambdaEvent<Value>,
 ) -> Result<Value, lambda_runtime::Error> {
     let (payload, ctx) = event.into_parts();
     if payload.get("sweep").and_then(Value::as_bool) == Some(true) {
-        let report = pipeline.sweep().await;
+        let report = worker.sweep().await;
         metrics::emit(
             &[("Function", "sweeper")],
             &[
@@ -38,14 +38,14 @@ pub async fn handle(
     }
     let batch: SqsEvent = serde_json::from_value(payload)?;
     Ok(serde_json::to_value(
-        handle_batch(pipeline, batch, &ctx).await,
+        handle_batch(worker, batch, &ctx).await,
     )?)
 }
 
 /// Runs the records of a batch concurrently (they share the invocation's deadline) and
 /// reports the ones to retry. Poison messages were parked on the dead-letter queue by the
 /// pipeline with their reason, so they are acknowledged here.
-pub async fn handle_batch(pipeline: &Pipeline, batch: SqsEvent, ctx: &Context) -> SqsBatchResponse {
+pub async fn handle_batch(worker: &Worker, batch: SqsEvent, ctx: &Context) -> SqsBatchResponse {
     let deadline = deadline(ctx);
     let runs = batch.records.iter().map(|record| async move {
         let id = record.message_id.clone().unwrap_or_default();
@@ -55,7 +55,7 @@ pub async fn handle_batch(pipeline: &Pipeline, batch: SqsEvent, ctx: &Context) -
             deadline,
         };
         let started = Instant::now();
-        let result = pipeline.handle_work(body, &inv).await;
+        let result = worker.handle_work(body, &inv).await;
         report(&result, started.elapsed());
         match result {
             Err(WorkError::Retry(reason)) => {

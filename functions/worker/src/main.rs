@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lambda_runtime::{Error, run, service_fn};
-use tb_pipeline::{Pipeline, SliceSettings};
+use tb_pipeline::{Limits, Requests, SliceSettings, Worker};
+use tb_postgres::PgPlatformRecords;
 use tb_sandbox::{DaytonaConfig, DaytonaProvider};
 
 #[tokio::main]
@@ -32,26 +33,37 @@ async fn main() -> Result<(), Error> {
     // The snapshot whose image holds the template's packages in npm's cache
     // (infra/sandbox-image/Dockerfile); without it, Daytona's default snapshot.
     daytona.snapshot = var("DAYTONA_SNAPSHOT").filter(|s| !s.trim().is_empty());
+    // Jobs in the original system's shape are admitted like the api's requests: project
+    // ownership and the spending ledger are in the platform records. They are rare, so the
+    // connection is opened at the first one, not at start-up.
+    let records_url = var("TB_RECORDS_DATABASE_URL")
+        .filter(|u| !u.trim().is_empty())
+        .context("TB_RECORDS_DATABASE_URL is not set")?;
+    let records = PgPlatformRecords::connect_lazy(&records_url)?;
     let clients = aws.clients().await;
     let store = aws.store(&clients);
     // Every invocation starts by loading the request from DynamoDB: open the connection now.
     store.warm().await;
-    let pipeline = Arc::new(Pipeline {
-        store: Arc::new(store),
-        queue: Arc::new(aws.queue(&clients)),
+    let requests = Requests::new(
+        Arc::new(store),
+        Arc::new(aws.queue(&clients)),
+        Arc::new(records),
+        tb_core::settings::agent_config(var)?,
+    )
+    .with_limits(Limits::from_env(var)?);
+    let worker = Arc::new(Worker {
+        requests: Arc::new(requests),
         sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
         model: model.build()?,
         dev_databases: None,
         // A change request's sandbox is seeded from its project's current source.
         archive: Some(Arc::new(aws.archive(&clients))),
         prices,
-        agent: tb_core::settings::agent_config(var)?,
         slices: SliceSettings::from_env(var)?,
-        allow_private_callbacks: false,
     });
     run(service_fn(move |event| {
-        let pipeline = pipeline.clone();
-        async move { worker::handle(&pipeline, event).await }
+        let worker = worker.clone();
+        async move { worker::handle(&worker, event).await }
     }))
     .await
 }

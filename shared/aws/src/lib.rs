@@ -14,6 +14,7 @@ mod archive_delete;
 mod error;
 mod index;
 pub mod layout;
+pub mod metrics;
 pub mod queue;
 pub mod settings;
 mod spill;

@@ -2,7 +2,7 @@
 //! request units by DynamoDB's rules from the sizes of the items actually read and written;
 //! see `ReadStats` and `WriteStats`), for conversations of 10, 25 and 50 iterations.
 //!
-//! The store calls follow the pipeline's code: admission (`tb_frontdoor::limits::admit`),
+//! The store calls follow the pipeline's code: admission (`tb_pipeline::Requests::create`),
 //! each worker slice (`tb_pipeline::worker`: load, claim, conversation read, one commit per
 //! iteration, the hand-over commit), and the finalizer (`tb_pipeline::finalizer`: load,
 //! claim, the calls read for usage, one commit per step of `STEPS`, the final commit, the

@@ -7,12 +7,12 @@
 //! must be the same at both sizes. Each operation is the store calls the front door and the
 //! sweeper make for it:
 //!
-//! - admission (`tb_frontdoor::limits::admit` with a project and an idempotency key): the
+//! - admission (`tb_pipeline::Requests::create` with a project and an idempotency key): the
 //!   load of the derived request id, the owner's running requests (the spending check) and
 //!   the project's newest request (owning a project whose record is not written yet);
 //! - `list_projects` (`tb_frontdoor::views::list_projects`): the owner's running requests;
 //! - `get_project` (`tb_frontdoor::views::project`): the project's newest requests;
-//! - a sweep tick (`tb_pipeline::Pipeline::sweep`): the requests not finished.
+//! - a sweep tick (`tb_pipeline::Worker::sweep`): the requests not finished.
 
 mod common;
 
@@ -25,7 +25,7 @@ use tb_aws::{DynamoStore, ReadStats, layout};
 use tb_core::domain::{Phase, ProjectId, RequestId, UserId};
 use tb_pipeline::{Appended, RequestRecord, StateStore};
 
-/// What the front door lists at most (`tb_frontdoor::limits::ACTIVE_SCAN`).
+/// What the front door lists at most (`tb_pipeline::admission::ACTIVE_SCAN`).
 const ACTIVE_SCAN: usize = 1000;
 /// Requests `get_project` shows (`tb_frontdoor::views::PROJECT_REQUESTS_SHOWN`).
 const PROJECT_REQUESTS_SHOWN: usize = 5;

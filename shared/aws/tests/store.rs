@@ -215,7 +215,7 @@ async fn a_state_item_above_its_threshold_is_spilled_and_loads_back() {
     let store = aws.store().with_state_spill_threshold(2_000);
     let (mut record, first) = new_request("user_a", 1_000);
     store.create(&record, &first).await.unwrap();
-    record.steps.insert(
+    record.steps.other.insert(
         "snapshot".into(),
         serde_json::json!({ "files": "f".repeat(5_000) }),
     );

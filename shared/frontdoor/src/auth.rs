@@ -12,7 +12,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tb_core::ports::PlatformRecords;
 
-pub use tb_pipeline::rest::Caller;
+/// Who is calling, as established by authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub user: tb_core::domain::UserId,
+    pub key_id: Option<String>,
+}
 
 /// Longer presented keys are refused without a lookup.
 pub const MAX_KEY_LEN: usize = 512;

@@ -18,8 +18,8 @@
 //! they are parsed.
 
 pub mod auth;
+pub mod create;
 pub mod host;
-pub mod limits;
 pub mod mcp;
 pub mod memory;
 pub mod oauth;
@@ -30,76 +30,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{any, get, post};
-use tb_core::MicroUsd;
 use tb_core::ports::{OAuthStore, PlatformRecords};
-use tb_pipeline::Pipeline;
+use tb_pipeline::Requests;
 
 pub use auth::Caller;
+pub use create::CreateRequest;
 pub use host::ReceivedAt;
-pub use limits::{Admission, CreateRequest, Refusal, admit};
 pub use oauth::OAuthSettings;
-
-/// Per-user limits enforced by the front door.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Requests a user may have in a non-terminal phase at once.
-    pub max_concurrent_per_user: usize,
-    /// What a user may spend in all: the ledger, plus what running requests may still spend,
-    /// plus one request budget for the new request, must stay within this.
-    pub spending_cap_per_user: MicroUsd,
-    /// Request bodies larger than this are refused (413) before parsing.
-    pub max_body_bytes: usize,
-}
-
-/// A limit setting that does not parse; the message names the setting and its value.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct LimitsError(String);
-
-impl Limits {
-    /// The per-user limits from environment-style variables (pass `|k| std::env::var(k).ok()`):
-    /// `TB_MAX_CONCURRENT_REQUESTS` (requests not yet finished, at least 1; default 3) and
-    /// `TB_SPENDING_CAP_USD` (dollars, e.g. `50` or `12.50`, more than zero; default $50).
-    /// The body size limit is the standard one.
-    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Limits, LimitsError> {
-        let mut limits = Limits::default();
-        if let Some(v) = var("TB_MAX_CONCURRENT_REQUESTS") {
-            limits.max_concurrent_per_user = v
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .map(|n| n as usize)
-                .ok_or_else(|| {
-                    LimitsError(format!(
-                        "TB_MAX_CONCURRENT_REQUESTS={v} is not a whole number from 1 to {}",
-                        u32::MAX
-                    ))
-                })?;
-        }
-        if let Some(v) = var("TB_SPENDING_CAP_USD") {
-            limits.spending_cap_per_user = MicroUsd::parse_usd(&v)
-                .ok()
-                .filter(|cap| *cap > MicroUsd::ZERO)
-                .ok_or_else(|| {
-                    LimitsError(format!(
-                        "TB_SPENDING_CAP_USD={v} is not an amount of dollars greater than zero (e.g. 50 or 12.50)"
-                    ))
-                })?;
-        }
-        Ok(limits)
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_concurrent_per_user: 3,
-            spending_cap_per_user: MicroUsd::from_micros(50_000_000),
-            max_body_bytes: 64 * 1024,
-        }
-    }
-}
+pub use tb_pipeline::{Limits, LimitsError, Refusal};
 
 /// The `Host` values the MCP endpoint accepts by default: loopback only (a guard against DNS
 /// rebinding of a local server). Behind API Gateway the domain the request was received at
@@ -119,30 +57,29 @@ pub fn parse_allowed_hosts(list: &str) -> Vec<String> {
 
 /// Everything the front door needs, shared by all requests.
 pub struct FrontDoor {
-    pub pipeline: Arc<Pipeline>,
+    /// Creates (through admission: limits, project tenancy), reports, cancels and lists
+    /// requests; its [`Limits`] are the front door's.
+    pub requests: Arc<Requests>,
+    /// API keys and projects (the same records admission reads).
     pub records: Arc<dyn PlatformRecords>,
-    pub limits: Limits,
     /// `Host` header values the MCP endpoint accepts besides the domain the request was
     /// received at ([`host`]). Defaults to [`LOOPBACK_HOSTS`].
     pub allowed_hosts: Vec<String>,
     /// The authorization server's state (clients, codes, tokens); in memory by default.
     pub oauth: Arc<dyn OAuthStore>,
     pub oauth_settings: OAuthSettings,
-    pub(crate) admission: Admission,
     pub(crate) token_limiter: oauth::TokenLimiter,
 }
 
 impl FrontDoor {
-    /// A front door with the default [`Limits`] and loopback-only hosts.
-    pub fn new(pipeline: Arc<Pipeline>, records: Arc<dyn PlatformRecords>) -> Self {
+    /// A front door over `requests`, with loopback-only hosts.
+    pub fn new(requests: Arc<Requests>) -> Self {
         FrontDoor {
-            pipeline,
-            records,
-            limits: Limits::default(),
+            records: requests.records.clone(),
+            requests,
             allowed_hosts: LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect(),
             oauth: Arc::new(memory::MemoryOAuth::new()),
             oauth_settings: OAuthSettings::default(),
-            admission: Admission::default(),
             token_limiter: oauth::TokenLimiter::default(),
         }
     }
@@ -151,11 +88,6 @@ impl FrontDoor {
     pub fn with_oauth(mut self, store: Arc<dyn OAuthStore>, settings: OAuthSettings) -> Self {
         self.oauth = store;
         self.oauth_settings = settings;
-        self
-    }
-
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
         self
     }
 

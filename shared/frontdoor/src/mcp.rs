@@ -48,8 +48,8 @@ use tb_pipeline::RequestError;
 
 use crate::FrontDoor;
 use crate::auth::{self, Caller};
+use crate::create::{self, CreateRequest, clip};
 use crate::host::ReceivedAt;
-use crate::limits::{self, CreateRequest, clip};
 use crate::rest::read_body;
 use crate::views::{
     self, ExecuteView, ProjectList, ProjectOperationView, ProjectView, StatusView, ViewError,
@@ -303,7 +303,7 @@ impl McpTools {
             idempotency_key: a.idempotency_key,
             callback_url: a.callback_url,
         };
-        match limits::admit(&self.fd, caller, req).await {
+        match create::create(&self.fd, caller, req).await {
             Ok(accepted) => to_value(&ExecuteView::from(&accepted)),
             Err(refusal) => Err(refusal.message()),
         }
@@ -317,7 +317,7 @@ impl McpTools {
         };
         let a: RequestArgs = parse_args(tool, args)?;
         let id = RequestId::parse(&a.request_id).map_err(|_| no_request(&a.request_id))?;
-        let p = &self.fd.pipeline;
+        let p = &self.fd.requests;
         let status = if cancel {
             p.cancel(&caller.user, &id).await
         } else {
@@ -348,7 +348,7 @@ impl McpTools {
     async fn delete_project(&self, caller: &Caller, args: Value) -> ToolOutcome {
         let a: DeleteArgs = parse_args("delete_project", args)?;
         let accepted = tb_pipeline::lifecycle::request_delete(
-            &self.fd.pipeline,
+            &self.fd.requests,
             self.fd.records.as_ref(),
             &caller.user,
             &a.project_id,
@@ -362,7 +362,7 @@ impl McpTools {
     async fn rollback_project(&self, caller: &Caller, args: Value) -> ToolOutcome {
         let a: ProjectArgs = parse_args("rollback_project", args)?;
         let accepted = tb_pipeline::lifecycle::request_rollback(
-            &self.fd.pipeline,
+            &self.fd.requests,
             self.fd.records.as_ref(),
             &caller.user,
             &a.project_id,
@@ -477,7 +477,7 @@ impl McpEndpoint {
             // The Host is checked by `host::check` before this service sees a request: it
             // also accepts the domain the request was received at, which rmcp cannot know.
             .disable_allowed_hosts()
-            .with_max_request_body_bytes(fd.limits.max_body_bytes);
+            .with_max_request_body_bytes(fd.requests.limits.max_body_bytes);
         let tools = McpTools { fd: fd.clone() };
         let service = StreamableHttpService::new(
             move || Ok(tools.clone()),
@@ -667,10 +667,11 @@ pub async fn serve(State(endpoint): State<McpEndpoint>, req: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.len() == MODERN.len() && v.starts_with("20") && v >= MODERN);
     let (mut parts, body) = req.into_parts();
-    let bytes: Bytes = match read_body(&parts.headers, body, fd.limits.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => return jsonrpc_error(e.status(), Value::Null, INVALID_REQUEST, e.message()),
-    };
+    let bytes: Bytes =
+        match read_body(&parts.headers, body, fd.requests.limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => return jsonrpc_error(e.status(), Value::Null, INVALID_REQUEST, e.message()),
+        };
     // rmcp answers a wrong Content-Type (415) itself; check the body only when it is JSON.
     if json && let Some(response) = check_message(&bytes, modern) {
         return response;

@@ -418,7 +418,7 @@ async fn form_body(
             "the body must be application/x-www-form-urlencoded",
         ));
     }
-    let bytes = crate::rest::read_body(&parts.headers, body, fd.limits.max_body_bytes)
+    let bytes = crate::rest::read_body(&parts.headers, body, fd.requests.limits.max_body_bytes)
         .await
         .map_err(|e| invalid_request(e.message()))?;
     Ok((parts.headers, params(&bytes)?))
@@ -535,17 +535,19 @@ pub async fn register(State(fd): State<Arc<FrontDoor>>, req: Request) -> Respons
         return refused(r);
     }
     let (parts, body) = req.into_parts();
-    let bytes = match crate::rest::read_body(&parts.headers, body, fd.limits.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_client_metadata",
-                e.message(),
-            )
-            .into_response();
-        }
-    };
+    let bytes =
+        match crate::rest::read_body(&parts.headers, body, fd.requests.limits.max_body_bytes).await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_client_metadata",
+                    e.message(),
+                )
+                .into_response();
+            }
+        };
     let v: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {

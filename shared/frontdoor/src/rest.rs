@@ -1,6 +1,13 @@
-//! The REST routes: authentication and the body limit, then the creation of requests through
-//! admission (limits, project tenancy), the caller's projects, and everything else through
-//! the host-agnostic [`tb_pipeline::rest::handle`].
+//! The REST routes: authentication and the body limit, then the caller's requests (created
+//! through admission: limits, project tenancy; listed, reported, cancelled) and projects.
+//!
+//! ```text
+//! POST /v1/requests               create (202; 200 when the idempotency key found one)
+//! GET  /v1/requests               the caller's newest requests
+//! GET  /v1/requests/{id}          a request's status
+//! POST /v1/requests/{id}/cancel   ask it to stop
+//! GET  /v1/projects[/{id}]        the caller's projects
+//! ```
 
 use std::sync::Arc;
 
@@ -14,7 +21,10 @@ use serde_json::{Value, json};
 
 use crate::FrontDoor;
 use crate::auth::{self, Caller};
-use crate::limits::{self, CreateRequest};
+use tb_core::domain::RequestId;
+use tb_pipeline::{RequestError, Status};
+
+use crate::create::{self, CreateRequest};
 use crate::views::{self, ViewError};
 
 pub(crate) fn json_response(status: StatusCode, body: Value) -> Response {
@@ -98,7 +108,7 @@ pub async fn serve(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let (parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, fd.limits.max_body_bytes).await {
+    let body = match read_body(&parts.headers, body, fd.requests.limits.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return error(e.status(), e.code(), e.message()),
     };
@@ -120,7 +130,7 @@ pub async fn serve(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
             };
             operation_response(
                 tb_pipeline::lifecycle::request_delete(
-                    &fd.pipeline,
+                    &fd.requests,
                     fd.records.as_ref(),
                     &caller.user,
                     id,
@@ -132,7 +142,7 @@ pub async fn serve(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
         }
         (&Method::POST, ["v1", "projects", id, "rollback"]) => operation_response(
             tb_pipeline::lifecycle::request_rollback(
-                &fd.pipeline,
+                &fd.requests,
                 fd.records.as_ref(),
                 &caller.user,
                 id,
@@ -146,15 +156,62 @@ pub async fn serve(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
                 Err(e) => view_error(e),
             }
         }
-        (_, ["v1", "projects", ..]) => error(
+        (&Method::GET, ["v1", "requests"]) => match fd.requests.list(&caller.user, 50).await {
+            Ok(list) => json_response(StatusCode::OK, json!({"requests": list})),
+            Err(e) => request_error(e),
+        },
+        (&Method::GET, ["v1", "requests", id]) => match RequestId::parse(id) {
+            Ok(id) => status_reply(fd.requests.status(&caller.user, &id).await),
+            Err(_) => no_request(id),
+        },
+        (&Method::POST, ["v1", "requests", id, "cancel"]) => match RequestId::parse(id) {
+            Ok(id) => status_reply(fd.requests.cancel(&caller.user, &id).await),
+            Err(_) => no_request(id),
+        },
+        (_, ["v1", "projects" | "requests", ..]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("{} is not allowed on {path}", parts.method),
         ),
-        _ => {
-            let (status, value) =
-                tb_pipeline::rest::handle(&fd.pipeline, &caller, &parts.method, path, &body).await;
-            json_response(status, value)
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {}", path.chars().take(200).collect::<String>()),
+        ),
+    }
+}
+
+/// An id that cannot exist is simply not found (no hint about the format of others').
+fn no_request(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no request {}", id.chars().take(80).collect::<String>()),
+    )
+}
+
+fn status_reply(result: Result<Status, RequestError>) -> Response {
+    match result {
+        Ok(s) => json_response(StatusCode::OK, json!(s)),
+        Err(e) => request_error(e),
+    }
+}
+
+fn request_error(e: RequestError) -> Response {
+    match e {
+        RequestError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_request", m),
+        RequestError::NotFound(m) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no request {m}"),
+        ),
+        RequestError::Unavailable(m) => {
+            tracing::warn!("unavailable: {m}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "temporarily unavailable; retry shortly",
+            )
         }
     }
 }
@@ -230,7 +287,7 @@ fn operation_response(
 }
 
 fn limits_clip(id: &str) -> String {
-    crate::limits::clip(id, 80)
+    crate::create::clip(id, 80)
 }
 
 fn view_error(e: ViewError) -> Response {
@@ -248,7 +305,7 @@ fn view_error(e: ViewError) -> Response {
     }
 }
 
-/// The body of `POST /v1/requests` (as in `tb_pipeline::rest`).
+/// The body of `POST /v1/requests`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
@@ -275,7 +332,7 @@ async fn create(fd: &FrontDoor, caller: &Caller, body: &[u8]) -> Response {
         idempotency_key: b.idempotency_key,
         callback_url: b.callback_url,
     };
-    match limits::admit(fd, caller, req).await {
+    match create::create(fd, caller, req).await {
         Ok(a) => {
             let status = if a.created {
                 StatusCode::ACCEPTED

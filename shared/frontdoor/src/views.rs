@@ -10,7 +10,8 @@ use tb_pipeline::lifecycle::OperationAccepted;
 use tb_pipeline::{Accepted, RequestRecord, Status};
 
 use crate::FrontDoor;
-use crate::limits::{ACTIVE_SCAN, clip};
+use crate::create::clip;
+use tb_pipeline::admission::ACTIVE_SCAN;
 
 /// Activity lines shown in a status, newest last.
 pub const ACTIVITY_SHOWN: usize = 5;
@@ -105,18 +106,10 @@ pub fn phase_name(p: Phase) -> String {
         .unwrap_or_else(|| format!("{p:?}").to_lowercase())
 }
 
-fn step_str(s: &Status, step: &str, field: &str) -> Option<String> {
-    s.result
-        .get(step)
-        .and_then(|v| v.get(field))
-        .and_then(|v| v.as_str())
-        .map(String::from)
-}
-
 impl From<&Status> for StatusView {
     fn from(s: &Status) -> Self {
         let done = s.phase.is_terminal();
-        let deployment_url = step_str(s, "deploy", "url");
+        let deployment_url = s.result.deployment_url().map(String::from);
         let next = match s.phase {
             Phase::Succeeded => match &deployment_url {
                 Some(url) => format!("done: the backend is live at {url} (try {url}/api/health)"),
@@ -144,9 +137,9 @@ impl From<&Status> for StatusView {
                 .map(|l| clip(l, LINE_CHARS))
                 .collect(),
             outcome: s.outcome.as_deref().map(|o| clip(o, REASON_CHARS)),
-            repository_url: step_str(s, "repository", "repo_url"),
+            repository_url: s.result.repository_url().map(String::from),
             deployment_url,
-            database: step_str(s, "database", "database"),
+            database: s.result.database_name().map(String::from),
             error: s.error.as_ref().map(|f| ErrorView {
                 step: f.step.clone(),
                 reason: clip(&f.reason, REASON_CHARS),
@@ -417,7 +410,7 @@ pub async fn list_projects(
 ) -> Result<ProjectList, ViewError> {
     let records = fd.records.projects(user).await.map_err(unavailable)?;
     let requests = fd
-        .pipeline
+        .requests
         .store
         .running_for_owner(user, ACTIVE_SCAN)
         .await
@@ -477,7 +470,7 @@ pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectV
         .map_err(unavailable)?
         .filter(|p| &p.owner == user);
     let requests: Vec<RequestRecord> = fd
-        .pipeline
+        .requests
         .store
         .list_for_project(user, &id, PROJECT_REQUESTS_SHOWN)
         .await

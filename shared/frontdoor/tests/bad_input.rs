@@ -302,7 +302,7 @@ async fn post_chunked(
 async fn bodies_over_the_limit_are_refused_with_413_before_parsing() {
     let s = support::start().await;
     let key = s.key("user_a").await;
-    let limit = s.fd.limits.max_body_bytes;
+    let limit = s.fd.requests.limits.max_body_bytes;
     assert_eq!(limit, 64 * 1024);
     // Valid JSON just over the limit, and garbage far over it: both 413, not 400.
     let padding = "x".repeat(limit);

@@ -187,7 +187,7 @@ async fn mixed_parallel_rest_and_mcp_creates_share_one_limit() {
 async fn the_spending_cap_holds_under_parallel_calls() {
     // Cap $50, $40 already spent, $5 per request (the standard budget): two more fit.
     let s = support::start_full(limits(100, 50), LATENCY).await;
-    assert_eq!(s.fd.pipeline.agent.budget, MicroUsd::from_micros(5_000_000));
+    assert_eq!(s.fd.requests.agent.budget, MicroUsd::from_micros(5_000_000));
     let key = s.key("user_a").await;
     spend(&s, "user_a", 40).await;
     spend(&s, "user_b", 48).await;

@@ -234,7 +234,7 @@ async fn the_python_sdk_oauth_client_registers_signs_in_and_calls_tools() {
     // The request belongs to the user whose key signed in.
     let id = report["execute"]["request_id"].as_str().unwrap();
     let rec =
-        s.fd.pipeline
+        s.fd.requests
             .store
             .load(&tb_core::domain::RequestId::parse(id).unwrap())
             .await

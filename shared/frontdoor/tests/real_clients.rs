@@ -50,7 +50,7 @@ async fn run_python_client(mode: &str) -> Value {
         .as_str()
         .expect("request_id");
     let rec =
-        s.fd.pipeline
+        s.fd.requests
             .store
             .load(&tb_core::domain::RequestId::parse(id).unwrap())
             .await

@@ -299,16 +299,12 @@ async fn a_finished_request_reports_its_urls_and_a_failed_one_its_step_and_reaso
         .to_string();
     update(&s, &ok, |r| {
         r.phase = Phase::Succeeded;
-        r.steps.insert(
-            "repository".into(),
-            json!({"repo_url": "https://github.com/acme/users", "commit_sha": "abc", "committed": true}),
-        );
-        r.steps
-            .insert("database".into(), json!({"database": "proj_users", "role": "r", "applied": []}));
-        r.steps.insert(
-            "deploy".into(),
-            json!({"url": "https://users.fly.dev", "version": "sha256:1", "details": {}}),
-        );
+        r.steps = serde_json::from_value(json!({
+            "repository": {"repo_url": "https://github.com/acme/users", "commit_sha": "abc", "committed": true},
+            "database": {"database": "proj_users", "role": "r", "applied": []},
+            "deploy": {"url": "https://users.fly.dev", "version": "sha256:1", "details": {}},
+        }))
+        .unwrap();
         for i in 0..12 {
             r.push_activity(format!("line {i} {}", "x".repeat(1000)));
         }

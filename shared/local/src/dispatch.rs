@@ -1,7 +1,7 @@
 //! The dispatcher of a single-process host: takes messages off a [`LocalQueue`]'s
 //! [`Receivers`] and runs the same handlers the Lambda functions run, plus the sweeper.
 //!
-//! - Work messages: [`Pipeline::handle_work`] with bounded concurrency (a semaphore;
+//! - Work messages: [`Worker::handle_work`] with bounded concurrency (a semaphore;
 //!   [`DispatchSettings::workers`], 2 by default), one handler per request at a time
 //!   (see the `gates` module).
 //! - Finalize messages: [`Finalizer::handle`], one at a time.
@@ -12,7 +12,7 @@
 //!   [`DispatchSettings::attempts`]; then the message is dead-lettered with the last reason.
 //!   Poison work messages are dead-lettered by the pipeline itself; poison finalize messages
 //!   here.
-//! - The sweeper calls [`Pipeline::sweep`] every [`DispatchSettings::sweep_every`], the
+//! - The sweeper calls [`Worker::sweep`] every [`DispatchSettings::sweep_every`], the
 //!   first time at once. The state store is the truth and the queue forgets everything when
 //!   the process dies, so this first sweep is what picks up the requests a killed process
 //!   left behind.
@@ -30,10 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tb_core::domain::RequestId;
-use tb_pipeline::requests::derived_request_id;
+use tb_pipeline::requests::job_request_id;
 use tb_pipeline::{
-    FinalizeDone, FinalizeError, Finalizer, FinalizerSettings, Incoming, Invocation, Pipeline,
-    SliceSettings, WorkError, WorkMessage,
+    FinalizeDone, FinalizeError, Finalizer, FinalizerSettings, Incoming, Invocation, SliceSettings,
+    WorkError, WorkMessage, Worker,
 };
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -102,7 +102,7 @@ pub fn local_finalizer_settings() -> FinalizerSettings {
 /// Runs the dispatcher with `concurrency` work handlers and default settings otherwise.
 /// See [`run_workers_with`].
 pub fn run_workers(
-    pipeline: Arc<Pipeline>,
+    worker: Arc<Worker>,
     finalizer: Arc<Finalizer>,
     receivers: Receivers,
     concurrency: usize,
@@ -111,7 +111,7 @@ pub fn run_workers(
         workers: concurrency,
         ..DispatchSettings::default()
     };
-    run_workers_with(pipeline, finalizer, receivers, settings)
+    run_workers_with(worker, finalizer, receivers, settings)
 }
 
 /// Spawns the work loop, the finalize loop and the sweeper. The handle ends when both
@@ -119,7 +119,7 @@ pub fn run_workers(
 /// normally never); aborting it stops everything at once, in-flight messages included,
 /// which is safe: their requests are re-driven by the next process's sweeper.
 pub fn run_workers_with(
-    pipeline: Arc<Pipeline>,
+    worker: Arc<Worker>,
     finalizer: Arc<Finalizer>,
     receivers: Receivers,
     settings: DispatchSettings,
@@ -128,14 +128,14 @@ pub fn run_workers_with(
     tokio::spawn(async move {
         let Receivers { work, finalize } = receivers;
         let mut loops = JoinSet::new();
-        loops.spawn(work_loop(pipeline.clone(), work, settings.clone()));
+        loops.spawn(work_loop(worker.clone(), work, settings.clone()));
         loops.spawn(finalize_loop(
-            pipeline.clone(),
+            worker.clone(),
             finalizer,
             finalize,
             settings.clone(),
         ));
-        let sweeper = tokio::spawn(sweep_loop(pipeline, settings));
+        let sweeper = tokio::spawn(sweep_loop(worker, settings));
         while let Some(ended) = loops.join_next().await {
             report_panic("a dispatcher loop", ended);
         }
@@ -145,7 +145,7 @@ pub fn run_workers_with(
 
 /// Handles work messages as they come, `workers` at a time.
 async fn work_loop(
-    pipeline: Arc<Pipeline>,
+    worker: Arc<Worker>,
     mut messages: UnboundedReceiver<String>,
     settings: Arc<DispatchSettings>,
 ) {
@@ -157,7 +157,7 @@ async fn work_loop(
             next = messages.recv() => match next {
                 Some(body) => {
                     running.spawn(handle_work(
-                        pipeline.clone(),
+                        worker.clone(),
                         body,
                         permits.clone(),
                         gates.clone(),
@@ -180,7 +180,7 @@ async fn work_loop(
 fn request_of(body: &str) -> Option<RequestId> {
     match Incoming::parse(body).ok()? {
         Incoming::Work(WorkMessage::Continue { request_id, .. }) => Some(request_id),
-        Incoming::Job(job) => Some(derived_request_id("job", &job.job_id)),
+        Incoming::Job(job) => Some(job_request_id(&job.job_id)),
     }
 }
 
@@ -189,7 +189,7 @@ fn new_worker_id() -> String {
 }
 
 async fn handle_work(
-    pipeline: Arc<Pipeline>,
+    worker: Arc<Worker>,
     body: String,
     permits: Arc<Semaphore>,
     gates: RequestGates,
@@ -212,7 +212,7 @@ async fn handle_work(
                 worker_id: worker_id.clone(),
                 deadline: Instant::now() + settings.invocation_time,
             };
-            pipeline.handle_work(&body, &invocation).await
+            worker.handle_work(&body, &invocation).await
         };
         match result {
             Ok(done) => {
@@ -222,7 +222,7 @@ async fn handle_work(
             // Already parked on the dead-letter queue by the pipeline.
             Err(WorkError::Poison { .. }) => return,
             Err(WorkError::Retry(reason)) => {
-                if !retry_or_give_up(&pipeline, &body, attempt, &reason, &settings).await {
+                if !retry_or_give_up(&worker, &body, attempt, &reason, &settings).await {
                     return;
                 }
             }
@@ -232,14 +232,14 @@ async fn handle_work(
 
 /// Handles finalize messages one at a time (each in its own task, so a panic ends only it).
 async fn finalize_loop(
-    pipeline: Arc<Pipeline>,
+    worker: Arc<Worker>,
     finalizer: Arc<Finalizer>,
     mut messages: UnboundedReceiver<String>,
     settings: Arc<DispatchSettings>,
 ) {
     while let Some(body) = messages.recv().await {
         let one = tokio::spawn(handle_finalize(
-            pipeline.clone(),
+            worker.clone(),
             finalizer.clone(),
             body,
             settings.clone(),
@@ -249,7 +249,7 @@ async fn finalize_loop(
 }
 
 async fn handle_finalize(
-    pipeline: Arc<Pipeline>,
+    worker: Arc<Worker>,
     finalizer: Arc<Finalizer>,
     body: String,
     settings: Arc<DispatchSettings>,
@@ -270,10 +270,10 @@ async fn handle_finalize(
             // Not with `handle`'s missing deadline; a new invocation continues at once.
             Ok(FinalizeDone::Continue) => attempt -= 1,
             Err(FinalizeError::Poison(reason)) => {
-                return dead_letter(&pipeline, &body, &reason).await;
+                return dead_letter(&worker, &body, &reason).await;
             }
             Err(FinalizeError::Retry(reason)) => {
-                if !retry_or_give_up(&pipeline, &body, attempt, &reason, &settings).await {
+                if !retry_or_give_up(&worker, &body, attempt, &reason, &settings).await {
                     return;
                 }
             }
@@ -284,7 +284,7 @@ async fn handle_finalize(
 /// After failed attempt `attempt`: waits out the backoff and returns true, or, when the
 /// attempts are used up, dead-letters the message and returns false.
 async fn retry_or_give_up(
-    pipeline: &Pipeline,
+    worker: &Worker,
     body: &str,
     attempt: u32,
     reason: &str,
@@ -292,7 +292,7 @@ async fn retry_or_give_up(
 ) -> bool {
     if attempt >= settings.attempts {
         let reason = format!("gave up after {attempt} attempts: {reason}");
-        dead_letter(pipeline, body, &reason).await;
+        dead_letter(worker, body, &reason).await;
         return false;
     }
     let wait = settings.backoff(attempt);
@@ -301,18 +301,18 @@ async fn retry_or_give_up(
     true
 }
 
-async fn dead_letter(pipeline: &Pipeline, body: &str, reason: &str) {
-    if let Err(e) = pipeline.queue.dead_letter(body, reason).await {
+async fn dead_letter(worker: &Worker, body: &str, reason: &str) {
+    if let Err(e) = worker.requests.queue.dead_letter(body, reason).await {
         tracing::error!(body, reason, "could not dead-letter a message: {e}");
     }
 }
 
-async fn sweep_loop(pipeline: Arc<Pipeline>, settings: Arc<DispatchSettings>) {
+async fn sweep_loop(worker: Arc<Worker>, settings: Arc<DispatchSettings>) {
     let mut every = tokio::time::interval(settings.sweep_every.max(Duration::from_millis(10)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let report = pipeline.sweep().await;
+        let report = worker.sweep().await;
         for error in &report.errors {
             tracing::warn!("sweep: {error}");
         }

@@ -12,31 +12,32 @@
 //! - [`npm_cache`]: the npm cache the sandboxes share, warmed with the template's packages;
 //! - [`private`]: the modes of what holds secrets (data directory 0700, secret files 0600).
 //!
-//! A host wires them up like this (building the `Pipeline` and the `Finalizer` themselves
+//! A host wires them up like this (building the `Worker` and the `Finalizer` themselves
 //! is the host's business):
 //!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use tb_local::{LocalQueue, SqliteRecords, SqliteStore};
-//! # use tb_pipeline::{Finalizer, Pipeline};
-//! # fn pipeline(_: Arc<SqliteStore>, _: Arc<LocalQueue>) -> Pipeline { unimplemented!() }
+//! # use tb_pipeline::{Finalizer, Worker};
+//! # fn worker(_: Arc<SqliteStore>, _: Arc<LocalQueue>, _: Arc<SqliteRecords>) -> Worker { unimplemented!() }
 //! # fn finalizer(_: Arc<SqliteStore>, _: Arc<SqliteRecords>) -> Finalizer { unimplemented!() }
 //! # async fn host(data_dir: std::path::PathBuf) -> Result<(), tb_core::ports::PortError> {
 //! let db = tb_local::LocalDb::open(data_dir.join("turbobackend.sqlite")).await?;
 //! let store = Arc::new(SqliteStore::new(db.clone()));
 //! let records = Arc::new(SqliteRecords::new(db));
 //! let (queue, receivers) = LocalQueue::new(&data_dir);
-//! // With `slices: tb_local::dispatch::local_slice_settings()` in the pipeline and
+//! // With `slices: tb_local::dispatch::local_slice_settings()` in the worker and
 //! // `settings: tb_local::dispatch::local_finalizer_settings()` in the finalizer.
-//! let pipeline = Arc::new(pipeline(store.clone(), Arc::new(queue)));
+//! let worker = Arc::new(worker(store.clone(), Arc::new(queue), records.clone()));
 //! let finalizer = Arc::new(finalizer(store, records));
 //! // Sweeps at once (re-driving what a killed process left behind), then periodically.
-//! let dispatcher = tb_local::dispatch::run_workers(pipeline, finalizer, receivers, 2);
+//! let dispatcher = tb_local::dispatch::run_workers(worker, finalizer, receivers, 2);
 //! # dispatcher.await.ok();
 //! # Ok(()) }
 //! ```
 
 mod db;
+pub mod dir_archive;
 pub mod dispatch;
 mod error;
 mod gates;
@@ -49,6 +50,7 @@ mod schema;
 mod store;
 
 pub use db::LocalDb;
+pub use dir_archive::DirArchive;
 pub use queue::{DEAD_LETTER_FILE, LocalQueue, Receivers};
 pub use records::SqliteRecords;
 pub use store::SqliteStore;

@@ -1,4 +1,4 @@
-//! The local queue and its dispatcher, end to end with a real `Pipeline` and `Finalizer`:
+//! The local queue and its dispatcher, end to end with a real `Worker` and `Finalizer`:
 //! SQLite state and records, the scripted model, a local sandbox, a directory archive.
 //!
 //! The finalizer here has no code host or deployer (those adapters live elsewhere): its
@@ -21,14 +21,14 @@ use tb_core::ports::{
 };
 use tb_core::pricing::PriceTable;
 use tb_core::{Message, ModelCall};
+use tb_local::DirArchive;
 use tb_local::dispatch::{
     DispatchSettings, local_finalizer_settings, local_slice_settings, run_workers_with,
 };
 use tb_local::{LocalQueue, Receivers, SqliteRecords, SqliteStore};
-use tb_pipeline::dir_archive::DirArchive;
 use tb_pipeline::{
-    Appended, Created, Finalizer, Lease, NewRequest, Pipeline, Queue, RequestRecord, SliceSettings,
-    StateStore, WorkMessage,
+    Appended, Created, Finalizer, Lease, Limits, NewRequest, Queue, RequestRecord, Requests,
+    SliceSettings, StateStore, WorkMessage, Worker,
 };
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tokio::sync::mpsc;
@@ -117,7 +117,7 @@ impl Default for Options {
 
 /// A host process: pipeline, finalizer and dispatcher over one data directory.
 struct Host {
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<Worker>,
     store: Arc<dyn StateStore>,
     records: Arc<SqliteRecords>,
     queue: LocalQueue,
@@ -145,17 +145,27 @@ async fn start(data: &Path, options: Options) -> Host {
     let sandboxes = Arc::new(LocalSandboxProvider::new(LocalSandboxConfig::new(
         data.join("sandboxes"),
     )));
-    let pipeline = Arc::new(Pipeline {
-        store: store.clone(),
-        queue: Arc::new(queue.clone()),
+    let requests = Requests::new(
+        store.clone(),
+        Arc::new(queue.clone()),
+        records.clone(),
+        agent_config(),
+    )
+    // Limits no test here reaches.
+    .with_limits(Limits {
+        max_concurrent_per_user: 1000,
+        spending_cap_per_user: tb_core::MicroUsd::from_micros(1_000_000_000_000),
+        ..Limits::default()
+    })
+    .allowing_private_callbacks();
+    let pipeline = Arc::new(Worker {
+        requests: Arc::new(requests),
         sandboxes: sandboxes.clone(),
         model: options.model,
         dev_databases: None,
         archive: None,
         prices: PriceTable::with_defaults(),
-        agent: agent_config(),
         slices: options.slices,
-        allow_private_callbacks: true,
     });
     let finalizer = Arc::new(Finalizer {
         store: store.clone(),
@@ -206,7 +216,6 @@ fn new_request() -> NewRequest {
         project: None,
         idempotency_key: None,
         callback_url: None,
-        holds_slot: false,
     }
 }
 
@@ -262,7 +271,7 @@ async fn assert_finalized(host: &Host, id: &RequestId) -> RequestRecord {
     assert_eq!(calls.len(), 4, "one call per scripted turn, none twice");
     assert_eq!(messages.len(), rec.agent.messages);
     // The archive step ran on the sandbox the agent worked in.
-    let key = rec.steps["archive"]["key"].as_str().unwrap();
+    let (key, _) = rec.steps.source().unwrap();
     let snapshot =
         tb_pipeline::snapshot::unpack(&std::fs::read(host.data.join("archive").join(key)).unwrap())
             .unwrap();
@@ -348,7 +357,7 @@ async fn the_local_queue_delivers_finalize_at_once_work_after_its_delay_and_dead
 async fn a_request_travels_through_the_dispatcher_to_the_finalizer() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = start(dir.path(), Options::default()).await;
-    let accepted = host.pipeline.create(new_request()).await.unwrap();
+    let accepted = host.pipeline.requests.create(new_request()).await.unwrap();
     let id = accepted.request_id;
 
     let body = tokio::time::timeout(Duration::from_secs(60), host.finalized.recv())
@@ -465,6 +474,7 @@ async fn a_message_that_keeps_failing_is_retried_then_dead_lettered() {
     .await;
     let id = host
         .pipeline
+        .requests
         .create(new_request())
         .await
         .unwrap()
@@ -554,7 +564,9 @@ async fn a_finalize_message_retried_after_a_failure_keeps_its_claim_and_finishes
     // The finalizer's write after its archive step fails once: it returns `Retry` while its
     // claim (a one-minute lease) is still on the record.
     let faulty = Arc::new(Faulty {
-        fail_commit_of: |r| r.phase == Phase::Finalizing && r.steps.contains_key("archive"),
+        fail_commit_of: |r| {
+            r.phase == Phase::Finalizing && r.steps.done(tb_pipeline::Step::Archive)
+        },
         ..Faulty::new(inner)
     });
     let host = start(
@@ -567,6 +579,7 @@ async fn a_finalize_message_retried_after_a_failure_keeps_its_claim_and_finishes
     .await;
     let id = host
         .pipeline
+        .requests
         .create(new_request())
         .await
         .unwrap()
@@ -629,6 +642,7 @@ async fn two_deliveries_of_one_request_never_run_side_by_side_even_after_its_lea
     .await;
     let id = host
         .pipeline
+        .requests
         .create(new_request())
         .await
         .unwrap()

@@ -9,8 +9,9 @@
 //!   (format in the module docs and `SCRIPT_FORMAT.md`).
 //! - [`cache_sim`]: [`PromptCacheSim`], the prompt-cache simulation and token
 //!   approximation behind the scripted model's usage numbers.
-//! - [`server`]: [`ScriptedServer`], a local HTTP server speaking both wire formats from
-//!   one script, with fault injection, so tests can drive the real clients.
+//! - `server` (feature `server`, for tests and benchmarks only): `ScriptedServer`, a local
+//!   HTTP server speaking both wire formats from one script, with fault injection, so tests
+//!   can drive the real clients.
 
 pub mod anthropic;
 pub mod cache_sim;
@@ -18,6 +19,7 @@ mod http;
 pub mod openai;
 pub mod retry;
 pub mod scripted;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod settings;
 
@@ -27,5 +29,6 @@ pub use http::{ConfigError, DEFAULT_TIMEOUT};
 pub use openai::{OpenAiClient, OpenAiConfig};
 pub use retry::RetryPolicy;
 pub use scripted::{Script, ScriptError, ScriptToolCall, ScriptTurn, ScriptedModel};
+#[cfg(feature = "server")]
 pub use server::{OpenAiDialect, ScriptedServer, TokenLimitParameter};
 pub use settings::{ModelSettings, USERS_API_SCRIPT};

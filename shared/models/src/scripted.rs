@@ -213,7 +213,7 @@ impl ScriptedModel {
         Script::from_file(path).map(ScriptedModel::new)
     }
 
-    /// Shares `cache` (e.g. with another model or a [`crate::ScriptedServer`]).
+    /// Shares `cache` (e.g. with another model or a `ScriptedServer` (feature `server`)).
     pub fn with_cache(mut self, cache: Arc<PromptCacheSim>) -> Self {
         self.cache = cache;
         self

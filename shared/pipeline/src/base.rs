@@ -5,7 +5,7 @@
 //! on the same project has its sandbox seeded from that snapshot before its first iteration;
 //! a new project's (one with no current source) is seeded from the platform's template
 //! ([`crate::template`]). What it was seeded with ([`ProjectBase`]) is kept on the request as
-//! the `seed` step, so every slice tells the model the same thing and keeps the applied
+//! the `seed` step ([`crate::Steps::seed`]), so every slice tells the model the same thing and keeps the applied
 //! migrations as they are.
 
 use serde::{Deserialize, Serialize};
@@ -16,9 +16,6 @@ use tb_core::ports::{Archive, PortError, Snapshot};
 use tb_core::sandbox::{Sandbox, SandboxError, WorkspacePath};
 
 use crate::snapshot;
-
-/// The request record's `steps` entry holding the [`ProjectBase`] of a change request.
-pub const SEED_STEP: &str = "seed";
 
 /// Where the pointer to a project's current source is kept in the archive.
 pub fn current_key(project: &ProjectId) -> String {

@@ -1,7 +1,8 @@
 //! The finalizer: deterministic code that turns a finished agent run into a published,
 //! running backend. No model is involved.
 //!
-//! Steps, each recorded in the request's `steps` when it succeeds (a retry skips it):
+//! Steps ([`Step`]), each result recorded as its type in the request's `steps` when it
+//! succeeds ([`crate::steps`]; a retry skips it):
 //! `archive` (snapshot the sandbox → tar.gz → archive, with its SHA-256) → `repository`
 //! (commit to the code host) → `database` (provision, apply migrations) → `build`
 //! (`npm install` + `npm run build` in the sandbox → artifact → archive) → `deploy` →
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tb_core::agent::Outcome;
 use tb_core::clock::now_ms;
 use tb_core::domain::Phase;
@@ -37,9 +38,9 @@ use crate::messages::FinalizeMessage;
 use crate::ports::{Appended, StateStore};
 use crate::record::{Failure, Lease, RequestRecord};
 use crate::snapshot;
-
-/// Steps in order. `archive` runs for every request; the rest only when the agent finished.
-pub const STEPS: [&str; 5] = ["archive", "repository", "database", "build", "deploy"];
+use crate::steps::{
+    Archived, BuildStep, Built, Notified, Provisioned, Published, Step, StepResult,
+};
 
 #[derive(Clone, Debug)]
 pub struct FinalizerSettings {
@@ -77,25 +78,15 @@ impl FinalizerSettings {
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, tb_core::settings::SettingError> {
         let mut s = FinalizerSettings::standard();
-        if let Some(m) = crate::pipeline::seconds(&var, "TB_INVOCATION_MARGIN_SECS")? {
+        if let Some(m) = crate::settings::seconds(&var, "TB_INVOCATION_MARGIN_SECS")? {
             s.safety_margin = m;
         }
-        if let Some(b) = crate::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
+        if let Some(b) = crate::settings::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
             s.outage_retry = b;
         }
         Ok(s)
     }
 }
-
-/// The build's sub-steps: (recorded as, what, command).
-const BUILD_STEPS: [(&str, &str, &str); 2] = [
-    (
-        "build:install",
-        "npm install",
-        "npm ci --no-audit --no-fund || npm install --no-audit --no-fund",
-    ),
-    ("build:compile", "npm run build", "npm run build"),
-];
 
 pub struct Finalizer {
     pub store: Arc<dyn StateStore>,
@@ -177,7 +168,7 @@ impl Finalizer {
         worker_id: &str,
         deadline: Option<Instant>,
     ) -> Result<FinalizeDone, FinalizeError> {
-        let hard = deadline.map(|d| crate::pipeline::hard_deadline(d, self.settings.safety_margin));
+        let hard = deadline.map(|d| crate::settings::hard_deadline(d, self.settings.safety_margin));
         let msg: FinalizeMessage = serde_json::from_str(body)
             .map_err(|e| FinalizeError::Poison(format!("malformed finalize message: {e}")))?;
         let request_id = match msg {
@@ -219,7 +210,7 @@ impl Finalizer {
         }
 
         let agent_finished = rec.agent.outcome.as_ref().is_some_and(Outcome::is_success);
-        let plan: &[&str] =
+        let plan: &[Step] =
             if crate::project_ops::deleting(self.records.as_ref(), &rec.project).await? {
                 // Nothing may be archived, pushed or deployed again for a deleted project.
                 rec.push_activity(
@@ -233,26 +224,23 @@ impl Finalizer {
                 }
                 &[]
             } else if agent_finished {
-                &STEPS
+                &Step::ALL
             } else {
-                &STEPS[..1]
+                &Step::ALL[..1]
             };
         // Steps and sub-steps recorded before this invocation.
         let recorded = rec.steps.len();
-        for step in plan {
-            if rec.steps.contains_key(*step) {
+        for &step in plan {
+            if rec.steps.done(step) {
                 continue;
             }
-            tracing::info!(request_id = %rec.id, step, "finalizer step");
+            tracing::info!(request_id = %rec.id, step = step.name(), "finalizer step");
             let started = std::time::Instant::now();
             match self.run_with_retries(step, &mut rec, worker_id, hard).await {
-                Ok(mut result) => {
+                Ok(result) => {
                     let ms = started.elapsed().as_millis() as u64;
-                    if let Value::Object(map) = &mut result {
-                        map.insert("duration_ms".into(), json!(ms));
-                    }
-                    let note = result["note"].as_str().map(|n| format!("; {n}"));
-                    rec.steps.insert(step.to_string(), result);
+                    let note = result.note().map(|n| format!("; {n}"));
+                    rec.steps.record(result, ms);
                     rec.push_activity(format!(
                         "{step}: done in {:.1} s{}",
                         ms as f64 / 1000.0,
@@ -266,7 +254,7 @@ impl Finalizer {
                     rec.lease = None;
                     rec.push_activity(format!("{step}: continues in the next invocation"));
                     self.save(&mut rec).await?;
-                    tracing::info!(request_id = %rec.id, step, "the invocation's time ran out; continuing in the next");
+                    tracing::info!(request_id = %rec.id, step = step.name(), "the invocation's time ran out; continuing in the next");
                     return Ok(FinalizeDone::Continue);
                 }
                 Err(e) => {
@@ -281,9 +269,9 @@ impl Finalizer {
                         }
                         StepError::Transient(m) | StepError::Permanent(m) => m,
                     };
-                    tracing::warn!(request_id = %rec.id, step, "finalizer step failed: {reason}");
+                    tracing::warn!(request_id = %rec.id, step = step.name(), "finalizer step failed: {reason}");
                     rec.failure = Some(Failure {
-                        step: step.to_string(),
+                        step: step.name().to_string(),
                         reason,
                     });
                     break;
@@ -304,11 +292,11 @@ impl Finalizer {
     /// fail with) or `OutOfTime`.
     async fn run_with_retries(
         &self,
-        step: &str,
+        step: Step,
         rec: &mut RequestRecord,
         worker_id: &str,
         hard: Option<Instant>,
-    ) -> Result<Value, StepError> {
+    ) -> Result<StepResult, StepError> {
         let s = &self.settings;
         let backoff = tb_core::backoff::Backoff::new(s.base_delay, s.max_delay);
         let mut attempt = 0;
@@ -318,7 +306,7 @@ impl Finalizer {
             // The build bounds its own commands by `hard` (dropping a running command would
             // leave it running); every other step is cut off there.
             let result = match hard {
-                Some(h) if step != "build" => {
+                Some(h) if step != Step::Build => {
                     tokio::time::timeout_at(h.into(), self.run_step(step, rec, worker_id, hard))
                         .await
                         .unwrap_or(Err(StepError::OutOfTime))
@@ -334,7 +322,7 @@ impl Finalizer {
                 Err(StepError::Transient(m)) if attempt >= s.attempts => {
                     let cause = format!("{m} (after {attempt} attempts)");
                     let wait = rec
-                        .note_outage(service_of(step), &cause, began_ms, s.outage_retry)
+                        .note_outage(step.service(), &cause, began_ms, s.outage_retry)
                         .map_err(StepError::Permanent)?;
                     rec.lease = Some(self.lease(worker_id));
                     self.save(rec).await?;
@@ -351,7 +339,7 @@ impl Finalizer {
                         return Err(StepError::OutOfTime);
                     }
                     tracing::info!(
-                        step,
+                        step = step.name(),
                         attempt,
                         "transient failure, retrying in {wait:?}: {m}"
                     );
@@ -364,26 +352,31 @@ impl Finalizer {
 
     async fn run_step(
         &self,
-        step: &str,
+        step: Step,
         rec: &mut RequestRecord,
         worker_id: &str,
         hard: Option<Instant>,
-    ) -> Result<Value, StepError> {
+    ) -> Result<StepResult, StepError> {
         let source_key = format!("projects/{}/requests/{}/source.tar.gz", rec.project, rec.id);
         match step {
-            "archive" => {
+            Step::Archive => {
                 let Some(sandbox) = self.sandbox(rec).await? else {
-                    return Ok(json!({"skipped": "the request never had a sandbox"}));
+                    return Ok(StepResult::Archive(Archived::Skipped {
+                        skipped: "the request never had a sandbox".into(),
+                    }));
                 };
                 let snap = snapshot::take(sandbox.as_ref()).await?;
                 let (bytes, sha) = snapshot::pack(&snap)
                     .map_err(|e| StepError::Permanent(format!("packing the snapshot: {e}")))?;
                 self.archive.put(&source_key, &bytes, &sha).await?;
-                Ok(
-                    json!({"key": source_key, "sha256": sha, "files": snap.files.len(), "bytes": bytes.len()}),
-                )
+                Ok(StepResult::Archive(Archived::Source {
+                    key: source_key,
+                    sha256: sha,
+                    files: snap.files.len(),
+                    bytes: bytes.len(),
+                }))
             }
-            "repository" => {
+            Step::Repository => {
                 let snap = self.source(&source_key).await?;
                 let message = format!(
                     "{}\n\nturbobackend request {}",
@@ -392,29 +385,35 @@ impl Finalizer {
                 );
                 let (snap, left_out) = snapshot::without_workflows(&snap);
                 let pushed = self.code_host.push(&rec.project, &snap, &message).await?;
-                let mut result = serde_json::to_value(pushed).expect("serialisable");
-                if !left_out.is_empty() {
-                    result["note"] = json!(format!(
+                let note = (!left_out.is_empty()).then(|| {
+                    format!(
                         "{} file(s) under .github/workflows/ left out of the repository (kept in the archive): {}",
                         left_out.len(),
                         left_out.join(", ")
-                    ));
-                    result["left_out"] = json!(left_out);
-                }
-                Ok(result)
+                    )
+                });
+                Ok(StepResult::Repository(Published {
+                    pushed,
+                    note,
+                    left_out,
+                }))
             }
-            "database" => {
+            Step::Database => {
                 let Some(dbs) = &self.databases else {
-                    return Ok(
-                        json!({"skipped": "no database cluster configured (set DB_CLUSTER_HOST)"}),
-                    );
+                    return Ok(StepResult::Database(Provisioned::Skipped {
+                        skipped: "no database cluster configured (set DB_CLUSTER_HOST)".into(),
+                    }));
                 };
                 let snap = self.source(&source_key).await?;
                 let db = dbs.provision(&rec.project, false).await?;
                 let applied = dbs.migrate(&db, &snapshot::migrations(&snap)).await?;
-                Ok(json!({"database": db.database, "role": db.role, "applied": applied}))
+                Ok(StepResult::Database(Provisioned::Database {
+                    database: db.database,
+                    role: db.role,
+                    applied,
+                }))
             }
-            "build" => {
+            Step::Build => {
                 let sandbox = self
                     .sandbox(rec)
                     .await?
@@ -433,21 +432,24 @@ impl Finalizer {
                     Err(e) => return Err(e.into()),
                     Ok(_) => {}
                 }
-                for (name, what, command) in BUILD_STEPS {
-                    if rec.steps.contains_key(name) {
+                for sub in BuildStep::ALL {
+                    if rec.steps.build_step(sub).is_some() {
                         continue;
                     }
                     let started = Instant::now();
                     let (t, cut) = bounded(self.settings.build_timeout, hard)?;
-                    let out = sandbox.exec(command, t).await?;
+                    let out = sandbox.exec(sub.command(), t).await?;
                     if out.timed_out && cut {
                         return Err(StepError::OutOfTime);
                     }
-                    check(&out, what)?;
+                    check(&out, sub.what())?;
                     let ms = started.elapsed().as_millis() as u64;
-                    rec.steps
-                        .insert(name.to_string(), json!({ "duration_ms": ms }));
-                    rec.push_activity(format!("{what}: done in {:.1} s", ms as f64 / 1000.0));
+                    rec.steps.record_build_step(sub, ms);
+                    rec.push_activity(format!(
+                        "{}: done in {:.1} s",
+                        sub.what(),
+                        ms as f64 / 1000.0
+                    ));
                     rec.lease = Some(self.lease(worker_id));
                     self.save(rec).await?;
                 }
@@ -474,13 +476,18 @@ impl Finalizer {
                     rec.project, rec.id
                 );
                 self.archive.put(&key, &bytes, &sha).await?;
-                Ok(json!({"key": key, "sha256": sha, "bytes": bytes.len()}))
+                Ok(StepResult::Build(Built {
+                    key,
+                    sha256: sha,
+                    bytes: bytes.len(),
+                }))
             }
-            "deploy" => {
+            Step::Deploy => {
                 let key = rec
                     .steps
-                    .get("build")
-                    .and_then(|b| b["key"].as_str())
+                    .build
+                    .as_ref()
+                    .map(|b| b.result.key.as_str())
                     .ok_or_else(|| StepError::Permanent("no build artifact".into()))?;
                 let tar_gz = self.archive.get(key).await?.ok_or_else(|| {
                     StepError::Permanent(format!("the artifact {key} is missing"))
@@ -502,9 +509,8 @@ impl Finalizer {
                     .deployer
                     .deploy(&rec.project, &artifact, &secrets)
                     .await?;
-                Ok(serde_json::to_value(deployment).expect("serialisable"))
+                Ok(StepResult::Deploy(deployment))
             }
-            other => Err(StepError::Permanent(format!("unknown step {other}"))),
         }
     }
 
@@ -541,11 +547,7 @@ impl Finalizer {
         };
         if rec.phase == Phase::Succeeded {
             // The next request on this project starts from this one's source.
-            let archived = rec.steps.get("archive");
-            if let (Some(key), Some(sha)) = (
-                archived.and_then(|a| a["key"].as_str()),
-                archived.and_then(|a| a["sha256"].as_str()),
-            ) {
+            if let Some((key, sha)) = rec.steps.source() {
                 let current = crate::base::Current {
                     request_id: rec.id.clone(),
                     source_key: key.to_string(),
@@ -562,7 +564,7 @@ impl Finalizer {
     }
 
     fn owes_callback(&self, rec: &RequestRecord) -> bool {
-        self.notifier.is_some() && rec.callback_url.is_some() && !rec.steps.contains_key("notify")
+        self.notifier.is_some() && rec.callback_url.is_some() && rec.steps.notify.is_none()
     }
 
     /// Sends the callback once: its outcome is recorded as the `notify` step, so a retried
@@ -571,37 +573,36 @@ impl Finalizer {
         let (Some(notifier), Some(url)) = (&self.notifier, rec.callback_url.clone()) else {
             return;
         };
-        if rec.steps.contains_key("notify") {
+        if rec.steps.notify.is_some() {
             return;
         }
-        let step = |name: &str, field: &str| {
-            rec.steps
-                .get(name)
-                .and_then(|v| v.get(field))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
+        let steps = &rec.steps;
         let payload = json!({
             "request_id": rec.id,
             "project_id": rec.project,
             "phase": rec.phase,
             "outcome": rec.agent.outcome.as_ref().map(Outcome::describe),
             "cost_micro_usd": rec.agent.cost.micros(),
-            "repository_url": step("repository", "repo_url"),
-            "commit_sha": step("repository", "commit_sha"),
-            "database": step("database", "database"),
-            "deployment_url": step("deploy", "url"),
+            "repository_url": steps.repository_url(),
+            "commit_sha": steps.commit_sha(),
+            "database": steps.database_name(),
+            "deployment_url": steps.deployment_url(),
             "error": rec.failure,
         });
         let delivery = format!("{}-final", rec.id);
-        let result = match notifier.notify(&url, &delivery, &payload).await {
-            Ok(()) => json!({"delivered": true, "delivery_id": delivery, "at_ms": now_ms()}),
+        let error = match notifier.notify(&url, &delivery, &payload).await {
+            Ok(()) => None,
             Err(e) => {
                 tracing::warn!(request_id = %rec.id, "callback failed: {e}");
-                json!({"delivered": false, "delivery_id": delivery, "error": e.to_string(), "at_ms": now_ms()})
+                Some(e.to_string())
             }
         };
-        rec.steps.insert("notify".into(), result);
+        rec.steps.notify = Some(Notified {
+            delivered: error.is_none(),
+            delivery_id: delivery,
+            error,
+            at_ms: now_ms(),
+        });
         if let Err(e) = self.save(rec).await {
             tracing::warn!(request_id = %rec.id, "recording the callback failed: {e}");
         }
@@ -627,24 +628,18 @@ impl Finalizer {
                 updated_at_ms: now,
                 lifecycle: Default::default(),
             });
-        let step = |name: &str, field: &str| {
-            rec.steps
-                .get(name)
-                .and_then(|v| v[field].as_str())
-                .map(String::from)
-        };
-        if let Some(url) = step("repository", "repo_url") {
-            p.repo_url = Some(url);
+        if let Some(url) = rec.steps.repository_url() {
+            p.repo_url = Some(url.to_string());
         }
-        if let Some(db) = step("database", "database") {
-            p.database = Some(db);
+        if let Some(db) = rec.steps.database_name() {
+            p.database = Some(db.to_string());
         }
-        if let (Some(url), Some(version)) = (step("deploy", "url"), step("deploy", "version"))
-            && p.deployed_version.as_deref() != Some(version.as_str())
+        if let Some(d) = rec.steps.deployment()
+            && p.deployed_version.as_deref() != Some(d.version.as_str())
         {
             p.previous_version = p.deployed_version.take();
-            p.deployed_version = Some(version);
-            p.deploy_url = Some(url);
+            p.deployed_version = Some(d.version.clone());
+            p.deploy_url = Some(d.url.clone());
         }
         p.last_request = Some(rec.id.clone());
         p.updated_at_ms = now;
@@ -677,18 +672,6 @@ impl Finalizer {
 
     async fn save(&self, rec: &mut RequestRecord) -> Result<(), PortError> {
         crate::ports::save_next(self.store.as_ref(), rec, Appended::default()).await
-    }
-}
-
-/// What a step needs from outside, for outage messages.
-fn service_of(step: &str) -> &'static str {
-    match step {
-        "archive" => "the archive",
-        "repository" => "the code host",
-        "database" => "the database cluster",
-        "build" => "the sandbox provider",
-        "deploy" => "the deploy target",
-        _ => "a service",
     }
 }
 

@@ -14,8 +14,8 @@ use tb_core::ports::{
 };
 
 use crate::messages::FinalizeMessage;
-use crate::pipeline::Pipeline;
 use crate::requests::RequestError;
+use crate::requests::Requests;
 
 /// Requests of a project looked at for cancelling or refusing.
 const REQUESTS_SCAN: usize = 100;
@@ -49,7 +49,7 @@ fn not_found(id: &str) -> RequestError {
 /// The caller's project record. A project whose first request has not finished has no
 /// record yet: one is written for it, so its deletion can be recorded.
 async fn owned(
-    p: &Pipeline,
+    p: &Requests,
     records: &dyn PlatformRecords,
     user: &UserId,
     id: &str,
@@ -86,7 +86,7 @@ async fn owned(
 
 /// The project's requests not finished, newest first.
 async fn running(
-    p: &Pipeline,
+    p: &Requests,
     user: &UserId,
     project: &ProjectId,
 ) -> Result<Vec<RequestId>, RequestError> {
@@ -115,7 +115,7 @@ async fn save(
     }
 }
 
-async fn send(p: &Pipeline, message: FinalizeMessage) -> Result<(), RequestError> {
+async fn send(p: &Requests, message: FinalizeMessage) -> Result<(), RequestError> {
     p.queue.send_finalize(&message).await.map_err(|e| {
         RequestError::Unavailable(format!(
             "recorded, but not handed to the finalizer ({e}); ask again to continue"
@@ -128,7 +128,7 @@ async fn send(p: &Pipeline, message: FinalizeMessage) -> Result<(), RequestError
 /// project changes nothing and says so; deleting one whose deletion stopped at a refused
 /// step retries from that step.
 pub async fn request_delete(
-    p: &Pipeline,
+    p: &Requests,
     records: &dyn PlatformRecords,
     user: &UserId,
     id: &str,
@@ -235,7 +235,7 @@ pub async fn request_delete(
 /// clear reason when there is no previous version, the project is deleted, or a request is
 /// running on it.
 pub async fn request_rollback(
-    p: &Pipeline,
+    p: &Requests,
     records: &dyn PlatformRecords,
     user: &UserId,
     id: &str,

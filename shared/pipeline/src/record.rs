@@ -3,15 +3,15 @@
 //! Stored as one item (`STATE`) whose size does not grow with the conversation; messages
 //! and model calls are stored as separate append-only items.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tb_core::agent::{AgentState, Outcome, StuckState};
 use tb_core::backoff::Backoff;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::{Message, MicroUsd, ModelCall, TokenUsage};
+
+use crate::steps::Steps;
 
 /// Lines of recent activity kept on the record.
 pub const ACTIVITY_LINES: usize = 12;
@@ -37,8 +37,9 @@ pub struct RequestRecord {
     /// The request holds one of its owner's concurrent-request slots (given back when it ends).
     #[serde(default)]
     pub holds_slot: bool,
-    /// Finalizer step name → its recorded result (a step with a result is not run again).
-    pub steps: BTreeMap<String, Value>,
+    /// What the worker and the finalizer recorded: each finalizer step's result (a step
+    /// with a result is not run again), the seed, the agent's end, the callback.
+    pub steps: Steps,
     pub failure: Option<Failure>,
     /// A service the agent needs is unreachable and the worker is waiting it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,7 +183,7 @@ impl RequestRecord {
             },
             cancel_requested: false,
             holds_slot: false,
-            steps: BTreeMap::new(),
+            steps: Steps::default(),
             failure: None,
             outage: None,
             activity: Vec::new(),

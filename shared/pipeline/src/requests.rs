@@ -1,20 +1,24 @@
-//! What the api does: create a request, report its status, cancel it.
+//! [`Requests`]: create a request (through admission, [`crate::admission`]), report its
+//! status, cancel it, list a user's requests. The front door (MCP, REST) and the worker (a
+//! job in the original system's shape) create requests only here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use tb_core::agent::AgentConfig;
 use tb_core::clock::now_ms;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_core::encoding::sha256_hex;
-use tb_core::ports::PortError;
+use tb_core::ports::{PlatformRecords, PortError};
 
+use crate::admission::{Admission, Limits, Origin, Refusal};
 use crate::messages::WorkMessage;
-use crate::pipeline::Pipeline;
-use crate::ports::{Appended, Created};
+use crate::ports::{Appended, Created, Queue, StateStore};
 use crate::record::{Failure, RequestRecord};
+use crate::steps::Steps;
 
-/// A new request, as the api (or a job on the queue) gives it.
+/// A new request, as the front door (or a job on the queue) gives it.
 #[derive(Clone, Debug)]
 pub struct NewRequest {
     pub owner: UserId,
@@ -24,9 +28,24 @@ pub struct NewRequest {
     /// The same owner and key always give the same request.
     pub idempotency_key: Option<String>,
     pub callback_url: Option<String>,
-    /// The caller took one of the owner's concurrent-request slots for this request
-    /// ([`crate::StateStore::acquire_slot`]); it is given back when the request ends.
-    pub holds_slot: bool,
+}
+
+/// Everything that creates, reports, cancels and lists requests: the state store and the
+/// work queue, the platform records (project ownership, the spending ledger), the per-user
+/// limits, and the limits of each request's agent. Built once per process; the api uses
+/// only this, the worker adds what runs the agent ([`crate::Worker`]).
+pub struct Requests {
+    pub store: Arc<dyn StateStore>,
+    pub queue: Arc<dyn Queue>,
+    pub records: Arc<dyn PlatformRecords>,
+    pub limits: Limits,
+    /// Each request's agent limits: its budget counts in admission, its iteration limit in
+    /// its status.
+    pub agent: AgentConfig,
+    /// Accept callback URLs on private or loopback addresses, and plain http (local mode,
+    /// tests). Never in the cloud: it would let a caller reach internal endpoints.
+    pub allow_private_callbacks: bool,
+    pub(crate) admission: Admission,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +93,17 @@ pub struct Status {
     pub activity: Vec<String>,
     pub outcome: Option<String>,
     /// Finalizer results (repository, archive, database, deployment) once known.
-    pub result: serde_json::Map<String, Value>,
+    pub result: Steps,
     pub error: Option<Failure>,
     pub cancel_requested: bool,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+}
+
+/// The id of the request a job in the original system's shape creates: a redelivered job
+/// finds it again.
+pub fn job_request_id(job_id: &str) -> RequestId {
+    derived_request_id("job", job_id)
 }
 
 /// A request id derived from something the caller chose, so retries find the same request.
@@ -90,28 +115,75 @@ pub fn derived_request_id(scope: &str, key: &str) -> RequestId {
     .expect("hex is a valid id")
 }
 
-impl Pipeline {
-    /// Stores the request and enqueues its first slice. Idempotent on the key.
-    #[tracing::instrument(skip_all, fields(owner = %new.owner))]
-    pub async fn create(&self, new: NewRequest) -> Result<Accepted, RequestError> {
-        if let Some(url) = &new.callback_url {
-            crate::callback::check(url, self.allow_private_callbacks)
-                .await
-                .map_err(RequestError::Invalid)?;
+impl Requests {
+    /// Default [`Limits`], callbacks to public https addresses only.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        queue: Arc<dyn Queue>,
+        records: Arc<dyn PlatformRecords>,
+        agent: AgentConfig,
+    ) -> Self {
+        Requests {
+            store,
+            queue,
+            records,
+            limits: Limits::default(),
+            agent,
+            allow_private_callbacks: false,
+            admission: Admission::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Accepts callbacks to private addresses and plain http (local mode, tests).
+    pub fn allowing_private_callbacks(mut self) -> Self {
+        self.allow_private_callbacks = true;
+        self
+    }
+
+    /// Admits the request ([`crate::admission`]), stores it and enqueues its first slice.
+    /// Idempotent on the key.
+    #[tracing::instrument(skip_all, fields(owner = %new.owner))]
+    pub async fn create(&self, new: NewRequest) -> Result<Accepted, Refusal> {
         let id = match &new.idempotency_key {
             Some(k) if k.is_empty() || k.len() > 200 => {
-                return Err(RequestError::Invalid(
+                return Err(Refusal::Invalid(
                     "idempotency_key must be 1-200 characters".into(),
                 ));
             }
-            Some(k) => derived_request_id(new.owner.as_str(), k),
-            None => RequestId::generate(),
+            Some(k) => Some(derived_request_id(new.owner.as_str(), k)),
+            None => None,
         };
-        self.create_with_id(id, new).await
+        self.check_callback(&new).await?;
+        self.admit(id, new, Origin::Caller).await
     }
 
-    pub(crate) async fn create_with_id(
+    /// Creates the request a job in the original system's shape asks for, once: its id
+    /// derives from the job id. The job's user is trusted (see [`Origin::Job`]); its project
+    /// and the user's limits are checked like any other request's.
+    #[tracing::instrument(skip_all, fields(owner = %new.owner, job_id))]
+    pub async fn create_job(&self, job_id: &str, new: NewRequest) -> Result<Accepted, Refusal> {
+        self.check_callback(&new).await?;
+        self.admit(Some(job_request_id(job_id)), new, Origin::Job)
+            .await
+    }
+
+    async fn check_callback(&self, new: &NewRequest) -> Result<(), Refusal> {
+        match &new.callback_url {
+            Some(url) => crate::callback::check(url, self.allow_private_callbacks)
+                .await
+                .map_err(Refusal::Invalid),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores an admitted request (it holds one of its owner's slots) and enqueues its first
+    /// slice.
+    pub(crate) async fn insert(
         &self,
         id: RequestId,
         new: NewRequest,
@@ -121,7 +193,7 @@ impl Pipeline {
             RequestRecord::new(id.clone(), new.owner, project, new.description, now_ms());
         record.key_id = new.key_id;
         record.callback_url = new.callback_url;
-        record.holds_slot = new.holds_slot;
+        record.holds_slot = true;
         match self.store.create(&record, &first).await? {
             Created::Existing(existing) => {
                 return Ok(Accepted {
@@ -175,11 +247,7 @@ impl Pipeline {
             tokens: r.agent.usage,
             activity: r.activity.clone(),
             outcome: r.agent.outcome.as_ref().map(|o| o.describe()),
-            result: r
-                .steps
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            result: r.steps.clone(),
             error: r.failure.clone(),
             cancel_requested: r.cancel_requested,
             created_at_ms: r.created_at_ms,

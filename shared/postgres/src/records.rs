@@ -67,6 +67,21 @@ impl PgPlatformRecords {
         Self::from_pool(pool).await
     }
 
+    /// A pool that connects to `url` at first use, without checking the schema (the
+    /// functions that connect at start-up bring it up to date): for a host that reads the
+    /// records rarely, so its start-up opens no connection.
+    pub fn connect_lazy(url: &str) -> Result<Self, PgError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|_| PgError::Settings("the platform database URL does not parse".into()))?
+            .application_name("turbobackend-records")
+            .options([("statement_timeout", "30000")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        Ok(PgPlatformRecords { pool })
+    }
+
     /// Uses an existing pool; brings the schema up to date.
     pub async fn from_pool(pool: PgPool) -> Result<Self, PgError> {
         schema::bring_up_to_date(&pool).await?;

@@ -21,9 +21,8 @@ use serde_json::{Value, json};
 use tb_aws::testing::{Received, TestAws};
 use tb_core::domain::{Description, Phase, RequestId, UserId};
 use tb_core::ports::PlatformRecords;
-use tb_core::pricing::PriceTable;
 use tb_models::server::ScriptedServer;
-use tb_pipeline::{NewRequest, Pipeline};
+use tb_pipeline::{NewRequest, Requests, Worker};
 use tb_postgres::PgPlatformRecords;
 use tb_postgres::testing::Cleanup;
 use tb_testkit::fake_daytona::FakeDaytona;
@@ -120,9 +119,9 @@ fn median(v: &[Duration]) -> Duration {
 /// Everything the functions talk to, on loopback.
 struct Rig {
     aws: TestAws,
-    front: Pipeline,
+    front: Requests,
     /// Runs cancelled requests to the finalizer in-process, to give the finalizer its events.
-    worker: Pipeline,
+    worker: Worker,
     records_url: String,
     key: String,
     status_request: RequestId,
@@ -146,7 +145,6 @@ fn new_request() -> NewRequest {
         project: None,
         idempotency_key: None,
         callback_url: None,
-        holds_slot: false,
     }
 }
 
@@ -157,12 +155,7 @@ impl Rig {
         let records_url = tb_tests::finalize::fresh_database(&cleanup).await;
         let records = PgPlatformRecords::connect(&records_url).await?;
         let (_, key) = records.create_key(&user(), "bench").await?;
-        let front = Pipeline::front_only(
-            Arc::new(aws.store()),
-            Arc::new(aws.queue()),
-            PriceTable::with_defaults(),
-            tb_tests::scenario::config(),
-        );
+        let front = tb_tests::scenario::requests(Arc::new(aws.store()), Arc::new(aws.queue()));
         let sandboxes = tempfile::tempdir()?;
         let worker =
             tb_tests::scenario::pipeline(Arc::new(aws.store()), Arc::new(aws.queue()), &sandboxes);
@@ -214,6 +207,7 @@ impl Rig {
                 env.push(("TB_ALLOWED_HOSTS", HOST.into()));
             }
             "worker" => {
+                env.push(("TB_RECORDS_DATABASE_URL", self.records_url.clone()));
                 env.push(("ANTHROPIC_API_KEY", "bench-model-key".into()));
                 env.push(("ANTHROPIC_BASE_URL", self.model.url()));
                 env.push(("DAYTONA_API_KEY", DAYTONA_KEY.into()));

@@ -20,7 +20,7 @@ use tb_frontdoor::memory::MemoryRecords;
 use tb_frontdoor::{FrontDoor, Limits};
 use tb_pipeline::memory::{MemoryQueue, MemoryStore};
 use tb_pipeline::{Appended, Created, RequestRecord, StateStore};
-use tb_pipeline::{Invocation, Pipeline, SliceSettings};
+use tb_pipeline::{Invocation, Requests, SliceSettings, Worker};
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tempfile::TempDir;
 
@@ -39,6 +39,8 @@ pub struct Server {
     /// `http://127.0.0.1:<port>`
     pub url: String,
     pub fd: Arc<FrontDoor>,
+    /// Runs the work the front door queues ([`Server::drain_work`]).
+    pub worker: Worker,
     pub records: Arc<MemoryRecords>,
     pub store: Arc<MemoryStore>,
     pub queue: Arc<MemoryQueue>,
@@ -80,12 +82,24 @@ async fn start_configured(
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline {
-        store: Arc::new(Latent {
+    let records = Arc::new(MemoryRecords::new());
+    let requests = Requests::new(
+        Arc::new(Latent {
             inner: store.clone(),
             latency,
         }),
-        queue: queue.clone(),
+        queue.clone(),
+        records.clone() as Arc<dyn PlatformRecords>,
+        AgentConfig {
+            command_timeout: Duration::from_secs(60),
+            ..AgentConfig::standard()
+        },
+    )
+    .with_limits(limits)
+    .allowing_private_callbacks();
+    let requests = Arc::new(requests);
+    let worker = Worker {
+        requests: requests.clone(),
         sandboxes: Arc::new(LocalSandboxProvider::new(LocalSandboxConfig::new(
             dir.path(),
         ))),
@@ -93,21 +107,11 @@ async fn start_configured(
         dev_databases: None,
         archive: None,
         prices: PriceTable::with_defaults(),
-        agent: AgentConfig {
-            command_timeout: Duration::from_secs(60),
-            ..AgentConfig::standard()
-        },
         slices: SliceSettings::standard(),
-        allow_private_callbacks: true,
     };
-    let records = Arc::new(MemoryRecords::new());
     let fd = Arc::new(
-        FrontDoor::new(
-            Arc::new(pipeline),
-            records.clone() as Arc<dyn PlatformRecords>,
-        )
-        .with_limits(limits)
-        .with_oauth(Arc::new(tb_frontdoor::memory::MemoryOAuth::new()), oauth),
+        FrontDoor::new(requests)
+            .with_oauth(Arc::new(tb_frontdoor::memory::MemoryOAuth::new()), oauth),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -120,6 +124,7 @@ async fn start_configured(
     Server {
         url,
         fd,
+        worker,
         records,
         store,
         queue,
@@ -291,8 +296,7 @@ impl Server {
                     worker_id: tb_core::ids::random_hex(8),
                     deadline: Instant::now() + Duration::from_secs(600),
                 };
-                self.fd
-                    .pipeline
+                self.worker
                     .handle_work(&body, &inv)
                     .await
                     .expect("work slice");

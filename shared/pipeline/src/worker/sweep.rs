@@ -10,11 +10,8 @@ use serde::Serialize;
 use tb_core::clock::now_ms;
 use tb_core::domain::{Phase, RequestId};
 
+use super::{REQUEST_LABEL, Worker};
 use crate::messages::{FinalizeMessage, WorkMessage};
-use crate::pipeline::Pipeline;
-
-/// The label that ties a sandbox to its request.
-pub const REQUEST_LABEL: &str = "turbobackend-request";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
@@ -24,12 +21,12 @@ pub struct SweepReport {
     pub errors: Vec<String>,
 }
 
-impl Pipeline {
+impl Worker {
     pub async fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
         let now = now_ms();
         let stall = self.slices.stall_after.as_millis() as u64;
-        match self.store.active().await {
+        match self.requests.store.active().await {
             Ok(active) => {
                 for r in active {
                     let claimed = r.lease.as_ref().is_some_and(|l| l.until_ms > now);
@@ -44,7 +41,8 @@ impl Pipeline {
                                 request_id: r.id.clone(),
                                 seq: r.seq,
                             };
-                            self.queue
+                            self.requests
+                                .queue
                                 .send_work(&msg, Duration::ZERO)
                                 .await
                                 .map(|_| report.redriven_work.push(r.id.clone()))
@@ -53,7 +51,8 @@ impl Pipeline {
                             let msg = FinalizeMessage::Finalize {
                                 request_id: r.id.clone(),
                             };
-                            self.queue
+                            self.requests
+                                .queue
                                 .send_finalize(&msg)
                                 .await
                                 .map(|_| report.redriven_finalize.push(r.id.clone()))
@@ -94,7 +93,7 @@ impl Pipeline {
                 .get(REQUEST_LABEL)
                 .and_then(|id| RequestId::parse(id).ok())
             {
-                match self.store.load(&owner).await {
+                match self.requests.store.load(&owner).await {
                     Ok(Some(r)) if !r.phase.is_terminal() => continue,
                     Ok(_) => {}
                     Err(e) => {

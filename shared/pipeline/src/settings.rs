@@ -1,16 +1,8 @@
-//! The pipeline's dependencies, built once per process and shared by its operations.
+//! Settings of the worker's slices and claims, and the deadline every invocation works to.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tb_core::agent::AgentConfig;
-use tb_core::model::Model;
-use tb_core::ports::{Archive, DevDatabases};
-use tb_core::pricing::PriceTable;
-use tb_core::sandbox::SandboxProvider;
 use tb_core::settings::SettingError;
-
-use crate::ports::{Queue, StateStore};
 
 /// How work is cut into slices and how long claims last.
 #[derive(Clone, Debug)]
@@ -71,92 +63,6 @@ pub fn seconds(
             name,
             problem: format!("`{v}` is not a number of seconds"),
         }),
-    }
-}
-
-/// Everything the api, the worker and the sweeper need.
-pub struct Pipeline {
-    pub store: Arc<dyn StateStore>,
-    pub queue: Arc<dyn Queue>,
-    pub sandboxes: Arc<dyn SandboxProvider>,
-    pub model: Arc<dyn Model>,
-    /// The projects' development databases for the agent's `query_database` tool.
-    pub dev_databases: Option<Arc<dyn DevDatabases>>,
-    /// Where the projects' snapshots are: a change request's sandbox is seeded from its
-    /// project's current source (`None`: every request starts from an empty sandbox).
-    pub archive: Option<Arc<dyn Archive>>,
-    pub prices: PriceTable,
-    pub agent: AgentConfig,
-    pub slices: SliceSettings,
-    /// Accept callback URLs on private or loopback addresses, and plain http (local mode,
-    /// tests). Never in the cloud: it would let a caller reach internal endpoints.
-    pub allow_private_callbacks: bool,
-}
-
-impl Pipeline {
-    /// A pipeline for a host that only creates, reports and cancels requests (the api): it
-    /// never runs the agent, so its model and sandbox provider refuse every call.
-    pub fn front_only(
-        store: Arc<dyn StateStore>,
-        queue: Arc<dyn Queue>,
-        prices: PriceTable,
-        agent: AgentConfig,
-    ) -> Self {
-        Pipeline {
-            store,
-            queue,
-            sandboxes: Arc::new(front_only::NoSandboxes),
-            model: Arc::new(front_only::NoModel),
-            dev_databases: None,
-            archive: None,
-            prices,
-            agent,
-            slices: SliceSettings::standard(),
-            allow_private_callbacks: false,
-        }
-    }
-}
-
-mod front_only {
-    use std::sync::Arc;
-
-    use async_trait::async_trait;
-    use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse};
-    use tb_core::sandbox::{Sandbox, SandboxError, SandboxInfo, SandboxProvider, SandboxSpec};
-
-    const WHY: &str = "this host does not run agents (it only accepts and reports requests)";
-
-    pub struct NoModel;
-
-    #[async_trait]
-    impl Model for NoModel {
-        fn id(&self) -> &str {
-            "none"
-        }
-        async fn complete(&self, _: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
-            Err(ModelError::Rejected {
-                status: 0,
-                message: WHY.into(),
-            })
-        }
-    }
-
-    pub struct NoSandboxes;
-
-    #[async_trait]
-    impl SandboxProvider for NoSandboxes {
-        async fn create(&self, _: &SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
-            Err(SandboxError::Invalid(WHY.into()))
-        }
-        async fn connect(&self, _: &str) -> Result<Arc<dyn Sandbox>, SandboxError> {
-            Err(SandboxError::Invalid(WHY.into()))
-        }
-        async fn destroy(&self, _: &str) -> Result<(), SandboxError> {
-            Err(SandboxError::Invalid(WHY.into()))
-        }
-        async fn list(&self) -> Result<Vec<SandboxInfo>, SandboxError> {
-            Err(SandboxError::Invalid(WHY.into()))
-        }
     }
 }
 

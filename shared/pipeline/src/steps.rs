@@ -1,0 +1,444 @@
+//! What a request records of its way through the pipeline: the finalizer's [`Step`]s and
+//! each one's result as a type, with the worker's `seed` and `agent` entries and the
+//! callback's `notify`, all in [`Steps`] (the request record's `steps`).
+//!
+//! Stored with serde as one JSON object keyed by step name (`"archive"`, `"build:install"`,
+//! …), each result an object with its `duration_ms`: the shape records written before these
+//! types existed have, so they read back unchanged. A step a newer version records and this
+//! one does not know is kept as it is ([`Steps::other`]). What the status, the callback and
+//! the project record show of the steps is read here and only here ([`Steps::repository_url`]
+//! and the methods beside it).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tb_core::agent::ProjectBase;
+use tb_core::ports::{Deployment, Pushed};
+
+/// The finalizer's steps, in the order they run. `archive` runs for every request; the
+/// rest only when the agent finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Snapshot the sandbox → tar.gz → the archive.
+    Archive,
+    /// Commit the snapshot to the code host.
+    Repository,
+    /// Provision the project's database and apply its migrations.
+    Database,
+    /// `npm install` and `npm run build` in the sandbox → the artifact → the archive.
+    Build,
+    /// Run the artifact on the deploy target.
+    Deploy,
+}
+
+impl Step {
+    pub const ALL: [Step; 5] = [
+        Step::Archive,
+        Step::Repository,
+        Step::Database,
+        Step::Build,
+        Step::Deploy,
+    ];
+
+    /// The name it is recorded and reported under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Archive => "archive",
+            Step::Repository => "repository",
+            Step::Database => "database",
+            Step::Build => "build",
+            Step::Deploy => "deploy",
+        }
+    }
+
+    /// What the step needs from outside, for outage messages.
+    pub fn service(self) -> &'static str {
+        match self {
+            Step::Archive => "the archive",
+            Step::Repository => "the code host",
+            Step::Database => "the database cluster",
+            Step::Build => "the sandbox provider",
+            Step::Deploy => "the deploy target",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The build's sub-steps, recorded as they finish so a build longer than one invocation
+/// continues where it was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildStep {
+    /// `build:install`: `npm install`.
+    Install,
+    /// `build:compile`: `npm run build`.
+    Compile,
+}
+
+impl BuildStep {
+    pub const ALL: [BuildStep; 2] = [BuildStep::Install, BuildStep::Compile];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuildStep::Install => "build:install",
+            BuildStep::Compile => "build:compile",
+        }
+    }
+
+    /// What it runs, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            BuildStep::Install => "npm install",
+            BuildStep::Compile => "npm run build",
+        }
+    }
+
+    pub fn command(self) -> &'static str {
+        match self {
+            BuildStep::Install => "npm ci --no-audit --no-fund || npm install --no-audit --no-fund",
+            BuildStep::Compile => "npm run build",
+        }
+    }
+}
+
+/// A step's result with how long the step took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Done<T> {
+    #[serde(flatten)]
+    pub result: T,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// `agent`: how the agent ended, recorded by the worker's hand-over to the finalizer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentDone {
+    pub duration_ms: u64,
+    pub outcome: String,
+}
+
+/// `archive`: the request's source in the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Archived {
+    Source {
+        key: String,
+        sha256: String,
+        files: usize,
+        bytes: usize,
+    },
+    /// Nothing to archive, and why.
+    Skipped { skipped: String },
+}
+
+/// `repository`: where the source was pushed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    #[serde(flatten)]
+    pub pushed: Pushed,
+    /// Said in the step's activity line (files left out of the repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Files under `.github/workflows/`: archived, never pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+/// `database`: the project's database and the migrations applied now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Provisioned {
+    Database {
+        database: String,
+        role: String,
+        applied: Vec<String>,
+    },
+    /// No database cluster, and what to set.
+    Skipped { skipped: String },
+}
+
+/// `build`: the built app in the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Built {
+    pub key: String,
+    pub sha256: String,
+    pub bytes: usize,
+}
+
+/// A finished sub-step of the build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubStep {
+    pub duration_ms: u64,
+}
+
+/// `notify`: the request's callback, sent once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notified {
+    pub delivered: bool,
+    pub delivery_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at_ms: u64,
+}
+
+/// The result of one finalizer step, as the step returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepResult {
+    Archive(Archived),
+    Repository(Published),
+    Database(Provisioned),
+    Build(Built),
+    Deploy(Deployment),
+}
+
+impl StepResult {
+    /// What the step's activity line adds after "done in …".
+    pub fn note(&self) -> Option<&str> {
+        match self {
+            StepResult::Repository(p) => p.note.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Everything recorded of a request's steps (see the module documentation).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Steps {
+    /// What a change request's sandbox was seeded with (the worker, before the first
+    /// iteration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<ProjectBase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentDone>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<Done<Archived>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Done<Published>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<Done<Provisioned>>,
+    #[serde(
+        rename = "build:install",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub build_install: Option<SubStep>,
+    #[serde(
+        rename = "build:compile",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub build_compile: Option<SubStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Done<Built>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Done<Deployment>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notified>,
+    /// Steps this version does not know (recorded by a newer one), kept as they are.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+impl Steps {
+    /// Whether `step` has recorded its result (a redelivery skips it).
+    pub fn done(&self, step: Step) -> bool {
+        match step {
+            Step::Archive => self.archive.is_some(),
+            Step::Repository => self.repository.is_some(),
+            Step::Database => self.database.is_some(),
+            Step::Build => self.build.is_some(),
+            Step::Deploy => self.deploy.is_some(),
+        }
+    }
+
+    /// Records `result` of the step it belongs to.
+    pub fn record(&mut self, result: StepResult, duration_ms: u64) {
+        fn done<T>(result: T, duration_ms: u64) -> Option<Done<T>> {
+            Some(Done {
+                result,
+                duration_ms,
+            })
+        }
+        match result {
+            StepResult::Archive(r) => self.archive = done(r, duration_ms),
+            StepResult::Repository(r) => self.repository = done(r, duration_ms),
+            StepResult::Database(r) => self.database = done(r, duration_ms),
+            StepResult::Build(r) => self.build = done(r, duration_ms),
+            StepResult::Deploy(r) => self.deploy = done(r, duration_ms),
+        }
+    }
+
+    pub fn build_step(&self, step: BuildStep) -> Option<&SubStep> {
+        match step {
+            BuildStep::Install => self.build_install.as_ref(),
+            BuildStep::Compile => self.build_compile.as_ref(),
+        }
+    }
+
+    pub fn record_build_step(&mut self, step: BuildStep, duration_ms: u64) {
+        let done = Some(SubStep { duration_ms });
+        match step {
+            BuildStep::Install => self.build_install = done,
+            BuildStep::Compile => self.build_compile = done,
+        }
+    }
+
+    /// The names of the entries recorded, in the stored (name) order.
+    pub fn names(&self) -> Vec<String> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// How many entries are recorded.
+    pub fn len(&self) -> usize {
+        self.names().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One entry as stored, by name (for reports and tests).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut map)) => map.remove(name),
+            _ => None,
+        }
+    }
+
+    /// The archived source: its key and SHA-256.
+    pub fn source(&self) -> Option<(&str, &str)> {
+        match &self.archive.as_ref()?.result {
+            Archived::Source { key, sha256, .. } => Some((key, sha256)),
+            Archived::Skipped { .. } => None,
+        }
+    }
+
+    /// The project's repository, once pushed.
+    pub fn repository_url(&self) -> Option<&str> {
+        Some(&self.repository.as_ref()?.result.pushed.repo_url)
+    }
+
+    /// The commit pushed.
+    pub fn commit_sha(&self) -> Option<&str> {
+        Some(&self.repository.as_ref()?.result.pushed.commit_sha)
+    }
+
+    /// The project's database name, once provisioned.
+    pub fn database_name(&self) -> Option<&str> {
+        match &self.database.as_ref()?.result {
+            Provisioned::Database { database, .. } => Some(database),
+            Provisioned::Skipped { .. } => None,
+        }
+    }
+
+    /// Where the app runs, once deployed.
+    pub fn deployment(&self) -> Option<&Deployment> {
+        Some(&self.deploy.as_ref()?.result)
+    }
+
+    /// The deployment's URL.
+    pub fn deployment_url(&self) -> Option<&str> {
+        Some(&self.deployment()?.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A record's `steps` as written before the steps had types (untyped JSON per step).
+    fn old_shape() -> Value {
+        json!({
+            "seed": {"from_request": "req_1", "files": ["package.json"], "applied_migrations": []},
+            "agent": {"duration_ms": 1200, "outcome": "finished: done"},
+            "archive": {"key": "projects/p/requests/r/source.tar.gz", "sha256": "ab", "files": 3, "bytes": 120, "duration_ms": 40},
+            "repository": {"repo_url": "https://github.com/acme/p", "commit_sha": "c0ffee", "committed": true,
+                           "note": "1 file(s) under .github/workflows/ left out", "left_out": [".github/workflows/ci.yml"], "duration_ms": 300},
+            "database": {"database": "proj_p", "role": "proj_p_owner", "applied": ["001_users.sql"], "duration_ms": 80},
+            "build:install": {"duration_ms": 9000},
+            "build:compile": {"duration_ms": 4000},
+            "build": {"key": "projects/p/requests/r/artifact.tar.gz", "sha256": "cd", "bytes": 5000, "duration_ms": 13100},
+            "deploy": {"url": "https://p.fly.dev", "version": "sha256:1", "details": {"app": "p"}, "duration_ms": 20000},
+            "notify": {"delivered": false, "delivery_id": "r-final", "error": "HTTP 500", "at_ms": 7}
+        })
+    }
+
+    #[test]
+    fn steps_recorded_before_the_types_read_back_and_write_the_same_json() {
+        let steps: Steps = serde_json::from_value(old_shape()).unwrap();
+        assert_eq!(steps.repository_url(), Some("https://github.com/acme/p"));
+        assert_eq!(steps.commit_sha(), Some("c0ffee"));
+        assert_eq!(steps.database_name(), Some("proj_p"));
+        assert_eq!(steps.deployment_url(), Some("https://p.fly.dev"));
+        assert_eq!(
+            steps.source(),
+            Some(("projects/p/requests/r/source.tar.gz", "ab"))
+        );
+        assert_eq!(steps.build.as_ref().unwrap().duration_ms, 13100);
+        assert_eq!(
+            steps.build_step(BuildStep::Install).unwrap().duration_ms,
+            9000
+        );
+        assert_eq!(
+            steps.notify.as_ref().unwrap().error.as_deref(),
+            Some("HTTP 500")
+        );
+        assert_eq!(steps.seed.as_ref().unwrap().from_request, "req_1");
+        assert!(steps.other.is_empty(), "{:?}", steps.other);
+        for step in Step::ALL {
+            assert!(steps.done(step), "{step}");
+        }
+        assert_eq!(serde_json::to_value(&steps).unwrap(), old_shape());
+    }
+
+    #[test]
+    fn a_whole_record_stored_before_the_types_reads_back_unchanged() {
+        use tb_core::domain::{Description, ProjectId, RequestId, UserId};
+        let (rec, _) = crate::RequestRecord::new(
+            RequestId::generate(),
+            UserId::parse("user_1").unwrap(),
+            ProjectId::generate(),
+            Description::parse("An API").unwrap(),
+            1,
+        );
+        let mut stored = serde_json::to_value(&rec).unwrap();
+        stored["steps"] = old_shape();
+        let back: crate::RequestRecord = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(back.steps.deployment_url(), Some("https://p.fly.dev"));
+        assert_eq!(serde_json::to_value(&back).unwrap(), stored);
+    }
+
+    #[test]
+    fn skipped_steps_and_unknown_steps_read_back() {
+        let stored = json!({
+            "archive": {"skipped": "the request never had a sandbox", "duration_ms": 1},
+            "database": {"skipped": "no database cluster configured (set DB_CLUSTER_HOST)", "duration_ms": 0},
+            "verify": {"passed": true, "duration_ms": 5}
+        });
+        let steps: Steps = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(steps.source(), None);
+        assert_eq!(steps.database_name(), None);
+        assert!(steps.done(Step::Archive) && !steps.done(Step::Repository));
+        assert_eq!(steps.other["verify"]["passed"], true);
+        assert_eq!(steps.names(), ["archive", "database", "verify"]);
+        assert_eq!(serde_json::to_value(&steps).unwrap(), stored);
+    }
+
+    #[test]
+    fn a_renamed_field_is_refused_rather_than_read_as_nothing() {
+        // A deploy result without its URL does not silently blank the status: it does not
+        // read as a deployment at all.
+        let stored =
+            json!({"deploy": {"address": "https://p.fly.dev", "version": "1", "details": {}}});
+        assert!(serde_json::from_value::<Steps>(stored).is_err());
+    }
+}
