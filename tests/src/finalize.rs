@@ -359,6 +359,7 @@ impl Services {
         rec.sandbox_id = Some(sandbox.id().to_owned());
         rec.agent.outcome = Some(Outcome::Finished {
             summary: "A users API with a health check.".into(),
+            checks: None,
         });
         rec.agent.iteration = calls.len() as u32;
         rec.agent.calls = calls.len();

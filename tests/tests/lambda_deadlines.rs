@@ -229,7 +229,8 @@ async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once(
     assert_eq!(
         rec.agent.outcome,
         Some(Outcome::Finished {
-            summary: "done".into()
+            summary: "done".into(),
+            checks: None,
         })
     );
     assert_eq!(worker.runtime.timeouts(), 0, "no invocation was killed");
@@ -340,7 +341,8 @@ async fn a_model_down_for_a_while_is_waited_out_and_the_wait_shows_in_the_activi
     assert_eq!(
         rec.agent.outcome,
         Some(Outcome::Finished {
-            summary: "done".into()
+            summary: "done".into(),
+            checks: None,
         })
     );
     assert!(

@@ -91,6 +91,10 @@ impl AgentConfig {
 pub enum Outcome {
     Finished {
         summary: String,
+        /// The endpoint checks `finish` declared; `None`: none were, and only `/api/health`
+        /// is checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checks: Option<Vec<crate::checks::EndpointCheck>>,
     },
     IterationCap {
         iterations: u32,
@@ -449,9 +453,13 @@ impl Agent<'_> {
                 tools::run_tool(&ctx, name, input, &format!("{iteration}-{k}")).await?
             };
             let (content, is_error) = match reply {
-                tools::ToolReply::Finish { summary } => {
-                    step.outcome = Some(Outcome::Finished { summary });
-                    ("Finished.".to_string(), false)
+                tools::ToolReply::Finish { summary, checks } => {
+                    let said = match &checks {
+                        Some(c) => format!("Finished; the platform checks /api/health and the {} declared check(s) after the deployment.", c.len()),
+                        None => "Finished; no checks were declared, so the platform checks only /api/health after the deployment.".to_string(),
+                    };
+                    step.outcome = Some(Outcome::Finished { summary, checks });
+                    (said, false)
                 }
                 tools::ToolReply::Observation {
                     content,
