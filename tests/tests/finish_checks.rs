@@ -68,3 +68,76 @@ async fn a_finish_without_checks_is_accepted_and_says_only_health_is_checked() {
         results[0].0
     );
 }
+
+fn checking() -> tb_core::agent::AgentConfig {
+    tb_core::agent::AgentConfig {
+        check_on_finish: true,
+        ..test_config()
+    }
+}
+
+#[tokio::test]
+async fn finish_builds_starts_and_checks_the_server_and_refuses_while_a_check_fails() {
+    let fixed = todo_project_calls(false);
+    let server = ScriptedServer::start(script(json!({"turns": [
+        {"tool_calls": todo_project_calls(true)},
+        {"tool_calls": [{"name": "finish", "input": {"summary": "todos", "checks": todo_checks()}}]},
+        {"tool_calls": [fixed[1].clone()]},
+        {"tool_calls": [{"name": "finish", "input": {"summary": "todos", "checks": todo_checks()}}]}
+    ]})))
+    .await;
+    let sandbox = TestSandbox::new().await;
+    let state = run_agent(&anthropic_client(&server), &sandbox.sandbox, &checking()).await;
+    let results = tool_results(&state);
+    let refused = &results[2];
+    assert!(refused.1, "{}", refused.0);
+    assert!(
+        refused.0.starts_with("[finish refused at checks]")
+            && refused.0.contains("GET /api/todos/1 -> 500")
+            && refused.0.contains("answered 500 instead of 200"),
+        "{}",
+        refused.0
+    );
+    assert!(matches!(outcome(&state), Outcome::Finished { checks: Some(c), .. } if c.len() == 2));
+    let accepted = &results[4].0;
+    assert!(
+        accepted.contains("the build passed")
+            && accepted.contains("answered GET /api/health")
+            && accepted.contains("the 2 declared check(s) passed"),
+        "{accepted}"
+    );
+}
+
+#[tokio::test]
+async fn finish_is_refused_at_the_build_and_the_run_fails_after_the_attempts() {
+    let broken_build = json!({"name": "write_file", "input": {"path": "package.json", "content": "{\"scripts\": {\"build\": \"echo cannot compile server/api/x.ts >&2; exit 2\"}}"}});
+    let finish = json!({"name": "finish", "input": {"summary": "x"}});
+    let server = ScriptedServer::start(script(json!({"turns": [
+        {"tool_calls": [broken_build]},
+        {"tool_calls": [finish]}
+    ], "repeat_last": true})))
+    .await;
+    let sandbox = TestSandbox::new().await;
+    let config = tb_core::agent::AgentConfig {
+        finish_attempts: 2,
+        // The same refusal twice is not "stuck" before the cap.
+        stuck_repeats: 5,
+        ..checking()
+    };
+    let state = run_agent(&anthropic_client(&server), &sandbox.sandbox, &config).await;
+    let results = tool_results(&state);
+    assert!(
+        results[1].0.starts_with("[finish refused at build]")
+            && results[1].0.contains("cannot compile server/api/x.ts"),
+        "{}",
+        results[1].0
+    );
+    match outcome(&state) {
+        Outcome::Failed { reason } => assert!(
+            reason.contains("refused 2 times") && reason.contains("build stage"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state.iteration, 3);
+}

@@ -52,6 +52,7 @@ fn agent_config() -> AgentConfig {
     AgentConfig {
         command_timeout: Duration::from_secs(60),
         max_command_timeout: Duration::from_secs(120),
+        check_on_finish: false,
         ..AgentConfig::standard()
     }
 }

@@ -47,6 +47,13 @@ pub(crate) enum ToolReply {
     Finish {
         summary: String,
         checks: Option<Vec<EndpointCheck>>,
+        /// What was checked in the sandbox before it was accepted.
+        report: Option<String>,
+    },
+    /// `finish` was refused at a stage of its checks (see [`super::finish`]).
+    FinishRefused {
+        stage: &'static str,
+        content: String,
     },
 }
 
@@ -179,6 +186,12 @@ pub(crate) async fn run_tool(
     let command_timeout = command_timeout(ctx.config, input);
     let bound = match name {
         "run_command" => command_timeout.saturating_add(ctx.config.tool_timeout),
+        // The build, then the server and its checks, each bounded on its own.
+        "finish" if ctx.config.check_on_finish => ctx
+            .config
+            .max_command_timeout
+            .saturating_mul(2)
+            .saturating_add(ctx.config.tool_timeout),
         _ => ctx.config.tool_timeout,
     };
     match tokio::time::timeout(bound, dispatch(ctx, name, input, call_key, command_timeout)).await {
@@ -270,9 +283,24 @@ async fn finish(
     {
         return Ok(ToolReply::error(why));
     }
+    let report = if ctx.config.check_on_finish {
+        match super::finish::check(ctx, checks.as_deref()).await? {
+            Ok(report) => Some(report),
+            Err(super::finish::Refusal::Stage { stage, text }) => {
+                return Ok(ToolReply::FinishRefused {
+                    stage,
+                    content: format!("{}{stage}] {text}", super::finish::REFUSED),
+                });
+            }
+            Err(super::finish::Refusal::OutOfTime(why)) => return Ok(ToolReply::error(why)),
+        }
+    } else {
+        None
+    };
     Ok(ToolReply::Finish {
         summary: summary.to_string(),
         checks,
+        report,
     })
 }
 

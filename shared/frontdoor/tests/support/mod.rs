@@ -95,6 +95,7 @@ async fn start_configured(
         prices: PriceTable::with_defaults(),
         agent: AgentConfig {
             command_timeout: Duration::from_secs(60),
+            check_on_finish: false,
             ..AgentConfig::standard()
         },
         slices: SliceSettings::standard(),
