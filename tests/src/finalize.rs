@@ -168,6 +168,10 @@ pub fn settings() -> FinalizerSettings {
         safety_margin: Duration::from_secs(60),
         // A test whose fault outlasts the step's attempts fails soon.
         outage_retry: Duration::from_secs(5),
+        verify: tb_core::checks::RunPolicy {
+            warm_up: Duration::from_secs(20),
+            ..tb_core::checks::RunPolicy::standard()
+        },
     }
 }
 
@@ -291,6 +295,8 @@ impl Services {
             deployer: parts.deployer,
             records: Arc::new(self.records.clone()),
             notifier: None,
+            // The fake Fly's apps answer on loopback.
+            prober: Arc::new(tb_notify::HttpProber::new(true)),
             settings: parts.settings,
         }
     }
@@ -326,6 +332,18 @@ impl Services {
         project: &ProjectId,
         files: &Files,
     ) -> RequestRecord {
+        self.finished_request_with_checks(store, project, files, None)
+            .await
+    }
+
+    /// [`Services::finished_request`] whose `finish` declared `checks`.
+    pub async fn finished_request_with_checks(
+        &self,
+        store: &dyn StateStore,
+        project: &ProjectId,
+        files: &Files,
+        checks: Option<Vec<tb_core::checks::EndpointCheck>>,
+    ) -> RequestRecord {
         let id = RequestId::generate();
         let (mut rec, first) = RequestRecord::new(
             id.clone(),
@@ -359,7 +377,7 @@ impl Services {
         rec.sandbox_id = Some(sandbox.id().to_owned());
         rec.agent.outcome = Some(Outcome::Finished {
             summary: "A users API with a health check.".into(),
-            checks: None,
+            checks,
         });
         rec.agent.iteration = calls.len() as u32;
         rec.agent.calls = calls.len();

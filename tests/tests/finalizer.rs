@@ -128,7 +128,8 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
             "build:install",
             "database",
             "deploy",
-            "repository"
+            "repository",
+            "verify"
         ]
     );
     assert_no_database_secrets(&rec);
@@ -562,7 +563,7 @@ async fn a_build_whose_script_exits_1_fails_the_request_at_the_build_step_with_i
 // the finalize message is delivered again to a new process.
 
 /// What the finalizer records, in order: the steps, and the build's sub-steps before it.
-const RECORDED: [&str; 7] = [
+const RECORDED: [&str; 8] = [
     "archive",
     "repository",
     "database",
@@ -570,10 +571,11 @@ const RECORDED: [&str; 7] = [
     "build:compile",
     "build",
     "deploy",
+    "verify",
 ];
 
-/// The finalizer's commits, in order: 1 claims the request, 2..=8 record the steps and
-/// sub-steps, 9 is the final one (phase, lease released).
+/// The finalizer's commits, in order: 1 claims the request, 2..=9 record the steps and
+/// sub-steps, 10 is the final one (phase, lease released).
 const FINAL_COMMIT: usize = RECORDED.len() + 2;
 
 struct Killed {
@@ -686,7 +688,7 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
 #[tokio::test]
 async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_commit_or_machine() {
     let s = Services::start().await;
-    // Commit 3 would record `repository`, 8 `deploy`, 9 the end (after the sandbox was
+    // Commit 3 would record `repository`, 8 `deploy`, 10 the end (after the sandbox was
     // released, the ledger and the project written).
     for at in [3, 8, FINAL_COMMIT] {
         let k = kill_at(&s, at, Strike::BeforeWrite).await;
@@ -898,4 +900,78 @@ async fn a_deploy_target_down_for_good_fails_the_request_naming_it_within_the_bo
         took < bound + std::time::Duration::from_secs(20),
         "{took:?}"
     );
+}
+
+/// Finalizes a finished request whose `finish` declared `checks`; the stored record.
+async fn finalize_with_checks(s: &Services, project: &ProjectId, checks: Value) -> RequestRecord {
+    let parts = s.parts();
+    let store = parts.store.clone();
+    let checks = serde_json::from_value(checks).unwrap();
+    let rec = s
+        .finished_request_with_checks(store.as_ref(), project, &v1(), Some(checks))
+        .await;
+    let finalizer = s.finalizer(parts);
+    finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
+    load(store.as_ref(), &rec).await
+}
+
+#[tokio::test]
+async fn the_declared_checks_run_against_the_app_deployed_on_the_fly_stand_in() {
+    let s = Services::start().await;
+    let project = s.project();
+    let rec = finalize_with_checks(
+        &s,
+        &project,
+        json!([
+            {"method": "GET", "path": "/api/users", "status": 200,
+             "expect": {"version": "v1", "users.1.name": "Grace", "database_url_set": true}},
+            {"method": "GET", "path": "/api/users?first={{1.users.0.name}}", "status": 200}
+        ]),
+    )
+    .await;
+    assert_eq!(rec.phase, Phase::Succeeded, "{:?}", rec.failure);
+    let verify = step(&rec, "verify");
+    assert_eq!(verify["passed"], true);
+    assert_eq!(verify["url"], s.fly.app_url(&s.app(&project)));
+    let calls = verify["calls"].as_array().unwrap();
+    let paths: Vec<&str> = calls.iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/api/health", "/api/users", "/api/users?first=Ada"]);
+    for c in calls {
+        assert_eq!(c["status"], 200, "{c}");
+        assert!(c["latency_ms"].is_u64(), "{c}");
+    }
+    assert!(calls[1]["excerpt"].as_str().unwrap().contains("Grace"));
+}
+
+#[tokio::test]
+async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_call_recorded() {
+    let s = Services::start().await;
+    let project = s.project();
+    let rec = finalize_with_checks(
+        &s,
+        &project,
+        json!([
+            {"method": "POST", "path": "/api/users", "body": {"name": "Ada"}, "status": 201},
+            {"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v2"}}
+        ]),
+    )
+    .await;
+    assert_eq!(rec.phase, Phase::Failed);
+    let failure = rec.failure.clone().unwrap();
+    assert_eq!(failure.step, "verify");
+    assert!(
+        failure.reason.contains("POST /api/users -> 200")
+            && failure.reason.contains("answered 200 instead of 201")
+            && failure
+                .reason
+                .contains("`version` is \"v1\" instead of \"v2\""),
+        "{}",
+        failure.reason
+    );
+    let calls = step(&rec, "verify")["calls"].as_array().unwrap().clone();
+    let passed: Vec<bool> = calls
+        .iter()
+        .map(|c| c["passed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(passed, [true, false, false]);
 }

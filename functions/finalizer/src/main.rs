@@ -54,6 +54,8 @@ async fn main() -> Result<(), Error> {
         // Callbacks are signed with TB_CALLBACK_SECRET; without one, none are sent.
         notifier: var("TB_CALLBACK_SECRET")
             .map(|s| Arc::new(HttpNotifier::new(s, false)) as Arc<dyn Notifier>),
+        // Deployed apps are called on their public address only, like callbacks.
+        prober: Arc::new(tb_notify::HttpProber::new(false)),
         settings: FinalizerSettings::from_env(var)?,
     });
     // Where a finalization that outlasts one invocation continues.

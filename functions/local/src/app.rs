@@ -278,6 +278,8 @@ impl App {
                 callback_secret(settings, dir)?,
                 true,
             ))),
+            // Local apps answer on loopback.
+            prober: Arc::new(tb_notify::HttpProber::new(true)),
             settings: {
                 let mut s = tb_local::dispatch::local_finalizer_settings();
                 if let Some(d) = settings.outage_retry {

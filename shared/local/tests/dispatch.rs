@@ -94,6 +94,20 @@ impl Deployer for NoDeployer {
     }
 }
 
+struct NoProber;
+
+#[async_trait]
+impl tb_core::checks::Prober for NoProber {
+    async fn send(
+        &self,
+        _: &str,
+        _: &tb_core::checks::ProbeRequest,
+        _: std::time::Duration,
+    ) -> Result<tb_core::checks::ProbeReply, PortError> {
+        Err(PortError::Permanent("no app to call in this test".into()))
+    }
+}
+
 struct Options {
     store: Option<Arc<dyn StateStore>>,
     model: Arc<dyn Model>,
@@ -166,6 +180,7 @@ async fn start(data: &Path, options: Options) -> Host {
         deployer: Arc::new(NoDeployer),
         records: records.clone(),
         notifier: None,
+        prober: Arc::new(NoProber),
         settings: local_finalizer_settings(),
     });
     // Watch the finalize channel on its way to the dispatcher.

@@ -5,6 +5,7 @@
 //! `archive` (snapshot the sandbox → tar.gz → archive, with its SHA-256) → `repository`
 //! (commit to the code host) → `database` (provision, apply migrations) → `build`
 //! (`npm install` + `npm run build` in the sandbox → artifact → archive) → `deploy` →
+//! `verify` (health and the declared checks against the live URL: [`crate::verify`]) →
 //! cleanup (release the sandbox, write the usage ledger, update the project, set the final
 //! phase). A request whose agent did not finish gets only its archive and the cleanup.
 //! Transient failures are retried with exponential backoff and jitter; after the retry
@@ -38,7 +39,14 @@ use crate::record::{Failure, Lease, RequestRecord};
 use crate::snapshot;
 
 /// Steps in order. `archive` runs for every request; the rest only when the agent finished.
-pub const STEPS: [&str; 5] = ["archive", "repository", "database", "build", "deploy"];
+pub const STEPS: [&str; 6] = [
+    "archive",
+    "repository",
+    "database",
+    "build",
+    "deploy",
+    "verify",
+];
 
 #[derive(Clone, Debug)]
 pub struct FinalizerSettings {
@@ -55,6 +63,9 @@ pub struct FinalizerSettings {
     /// once the step's own attempts are used up, before the request fails naming it
     /// (`TB_OUTAGE_RETRY_SECS`).
     pub outage_retry: Duration,
+    /// The `verify` step's bounds: each call's timeout, how long the app may take to
+    /// answer its health check after the deploy.
+    pub verify: tb_core::checks::RunPolicy,
 }
 
 impl FinalizerSettings {
@@ -67,6 +78,7 @@ impl FinalizerSettings {
             lease: Duration::from_secs(960),
             safety_margin: Duration::from_secs(60),
             outage_retry: Duration::from_secs(600),
+            verify: tb_core::checks::RunPolicy::standard(),
         }
     }
 
@@ -107,6 +119,8 @@ pub struct Finalizer {
     pub records: Arc<dyn PlatformRecords>,
     /// Sends the callback of requests that have a callback URL (`None`: no callbacks).
     pub notifier: Option<Arc<dyn Notifier>>,
+    /// Calls the deployed app in the `verify` step, under the platform's outbound policy.
+    pub prober: Arc<dyn tb_core::checks::Prober>,
     pub settings: FinalizerSettings,
 }
 
@@ -226,6 +240,10 @@ impl Finalizer {
                         map.insert("duration_ms".into(), json!(ms));
                     }
                     let note = result["note"].as_str().map(|n| format!("; {n}"));
+                    let failed = match *step {
+                        "verify" => crate::verify::failure_of(&result),
+                        _ => None,
+                    };
                     rec.steps.insert(step.to_string(), result);
                     rec.push_activity(format!(
                         "{step}: done in {:.1} s{}",
@@ -234,6 +252,14 @@ impl Finalizer {
                     ));
                     rec.lease = Some(self.lease(worker_id));
                     self.save(&mut rec).await?;
+                    if let Some(reason) = failed {
+                        tracing::warn!(request_id = %rec.id, step, "{reason}");
+                        rec.failure = Some(Failure {
+                            step: step.to_string(),
+                            reason,
+                        });
+                        break;
+                    }
                 }
                 // Progress was recorded (a step, a sub-step, an outage being waited out).
                 Err(StepError::OutOfTime) if rec.steps.len() > recorded || rec.outage.is_some() => {
@@ -478,6 +504,9 @@ impl Finalizer {
                     .await?;
                 Ok(serde_json::to_value(deployment).expect("serialisable"))
             }
+            "verify" => crate::verify::verify(self.prober.as_ref(), rec, &self.settings.verify)
+                .await
+                .map_err(StepError::Permanent),
             other => Err(StepError::Permanent(format!("unknown step {other}"))),
         }
     }
@@ -661,6 +690,7 @@ fn service_of(step: &str) -> &'static str {
         "database" => "the database cluster",
         "build" => "the sandbox provider",
         "deploy" => "the deploy target",
+        "verify" => "the deployed app",
         _ => "a service",
     }
 }

@@ -21,6 +21,7 @@ pub mod requests;
 pub mod rest;
 pub mod snapshot;
 pub mod sweeper;
+pub mod verify;
 pub mod worker;
 
 pub use finalizer::{FinalizeDone, FinalizeError, Finalizer, FinalizerSettings};
