@@ -1,0 +1,138 @@
+//! Proof that a deployment works, through the real binary: a todo API with tags, played by
+//! its own script (two migrations, the dev database tool, declared checks that chain),
+//! passes `run` on the local Postgres cluster with every declared check verified against
+//! the live app, and `--keep-running` then serves it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tb_models::TODO_TAGS_SCRIPT;
+use tb_models::scripted::Script;
+use tb_models::server::ScriptedServer;
+
+mod common;
+use common::{events, turbobackend};
+
+/// Drops the project's databases and roles (production and development), however the test
+/// ends.
+struct DropDatabases(Option<tb_core::domain::ProjectId>);
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        let Some(project) = &self.0 else { return };
+        for dev in [false, true] {
+            let n = tb_postgres::naming::database_names(
+                tb_postgres::PgProvisioner::DEFAULT_PREFIX,
+                project,
+                dev,
+            );
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    n.database
+                ))
+                .arg("-c")
+                .arg(format!("DROP ROLE IF EXISTS \"{}\"", n.role))
+                .output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_todo_api_with_tags_passes_run_with_its_declared_checks_and_then_serves() {
+    let data = tempfile::tempdir().unwrap();
+    let model = ScriptedServer::start(Script::from_json(TODO_TAGS_SCRIPT).unwrap()).await;
+    let mut databases = DropDatabases(None);
+    let mut run = turbobackend(
+        data.path(),
+        &[
+            "run",
+            "An API for a todo list with tags",
+            "--output",
+            "json",
+            "--keep-running",
+        ],
+    )
+    .env("DB_CLUSTER_HOST", "127.0.0.1")
+    .env("DB_CLUSTER_PORT", "5432")
+    .env("DB_CLUSTER_USER", "postgres")
+    .env("ANTHROPIC_API_KEY", "test-key")
+    .env("ANTHROPIC_BASE_URL", model.url())
+    .spawn()
+    .unwrap();
+    let seen = tokio::task::block_in_place(|| {
+        events(&mut run, |e| {
+            e["event"] == "serving" || e["event"] == "done" && e["status"]["phase"] != "succeeded"
+        })
+    });
+    if let Some(project) = seen[0]["project_id"].as_str() {
+        databases.0 = Some(tb_core::domain::ProjectId::parse(project).unwrap());
+    }
+    let serving = seen.iter().find(|e| e["event"] == "serving");
+    let Some(url) = serving.and_then(|e| e["url"].as_str()).map(String::from) else {
+        let _ = run.kill();
+        panic!("the request did not end serving: {seen:#?}");
+    };
+    let status = &seen.iter().find(|e| e["event"] == "done").unwrap()["status"];
+    assert_eq!(status["phase"], "succeeded");
+    assert_eq!(
+        status["result"]["database"]["applied"],
+        serde_json::json!(["001_todos.sql", "002_tags.sql"])
+    );
+
+    // The calls shown are the verify step's: health and the seven declared checks, passed.
+    let calls: Vec<&Value> = seen.iter().filter(|e| e["event"] == "call").collect();
+    let shown: Vec<String> = calls
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c["method"].as_str().unwrap(),
+                c["path"].as_str().unwrap(),
+                c["status"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "GET /api/health 200",
+            "POST /api/todos 201",
+            "POST /api/todos 201",
+            "GET /api/todos/1 200",
+            "GET /api/todos?tag=shop 200",
+            "GET /api/todos?tag=home 200",
+            "POST /api/todos 400",
+            "GET /api/todos/999999 404"
+        ],
+        "{calls:#?}"
+    );
+    assert!(calls.iter().all(|c| c["passed"] == true), "{calls:#?}");
+    let verify = &status["result"]["verify"];
+    assert_eq!(
+        (verify["declared"].as_u64(), verify["passed"].as_bool()),
+        (Some(7), Some(true))
+    );
+
+    let activity = status["activity"].to_string();
+    assert!(activity.contains("verify: done"), "{activity}");
+
+    // Still serving: the tags written by the checks are in the real database.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let home: Value = http
+        .get(format!("{url}/api/todos?tag=home"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(home.as_array().map(Vec::len), Some(2), "{home}");
+    let _ = run.kill();
+    let _ = run.wait();
+}
