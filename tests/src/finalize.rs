@@ -50,6 +50,9 @@ pub const MODEL: &str = "claude-sonnet-4-5";
 /// A project's files: path → contents.
 pub type Files = BTreeMap<String, Vec<u8>>;
 
+/// The key the tests' finalizers sign receipts with.
+pub const RECEIPT_KEY: &str = "test-receipt-key";
+
 /// A small Nitro-like project with no dependencies, so `npm ci` and `npm run build` are
 /// real but instant: the build script copies `server/` to `.output/server/`, whose
 /// `index.mjs` is a plain `node:http` server answering `/api/health` and `/api/users`
@@ -297,6 +300,7 @@ impl Services {
             notifier: None,
             // The fake Fly's apps answer on loopback.
             prober: Arc::new(tb_notify::HttpProber::new(true)),
+            receipt_key: Some(tb_pipeline::receipt::SigningKey::new(RECEIPT_KEY)),
             settings: parts.settings,
         }
     }

@@ -101,6 +101,7 @@ fn finalizer(store: Arc<dyn StateStore>, dir: &std::path::Path) -> Finalizer {
             HttpNotifier::new(SECRET, true).with_retries(3, Duration::from_millis(5)),
         ) as Arc<dyn Notifier>),
         prober: Arc::new(tb_notify::HttpProber::new(true)),
+        receipt_key: Some(tb_pipeline::receipt::SigningKey::new(SECRET)),
         settings: FinalizerSettings {
             base_delay: Duration::from_millis(1),
             ..FinalizerSettings::standard()

@@ -56,6 +56,8 @@ async fn main() -> Result<(), Error> {
             .map(|s| Arc::new(HttpNotifier::new(s, false)) as Arc<dyn Notifier>),
         // Deployed apps are called on their public address only, like callbacks.
         prober: Arc::new(tb_notify::HttpProber::new(false)),
+        // Receipts are signed with the callbacks' key.
+        receipt_key: var("TB_CALLBACK_SECRET").map(tb_pipeline::receipt::SigningKey::new),
         settings: FinalizerSettings::from_env(var)?,
     });
     // Where a finalization that outlasts one invocation continues.

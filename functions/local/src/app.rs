@@ -280,6 +280,10 @@ impl App {
             ))),
             // Local apps answer on loopback.
             prober: Arc::new(tb_notify::HttpProber::new(true)),
+            // Receipts are signed with the callbacks' key.
+            receipt_key: Some(tb_pipeline::receipt::SigningKey::new(callback_secret(
+                settings, dir,
+            )?)),
             settings: {
                 let mut s = tb_local::dispatch::local_finalizer_settings();
                 if let Some(d) = settings.outage_retry {
@@ -340,7 +344,7 @@ fn path(dir: &Path, name: &str) -> String {
 
 /// `TB_CALLBACK_SECRET`, or a random secret kept in the data directory (`callback-secret`),
 /// made on first use: receivers verify callbacks with it.
-fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
+pub fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
     if let Some(s) = &settings.callback_secret {
         return Ok(s.clone());
     }

@@ -37,6 +37,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// Check verification receipts.
+    #[command(subcommand)]
+    Receipt(admin::ReceiptCommand),
 }
 
 #[tokio::main]
@@ -56,5 +59,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => serve::serve().await,
         Command::Status { request_id } => admin::status(&request_id).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
+        Command::Receipt(admin::ReceiptCommand::Verify { file }) => admin::verify_receipt(&file),
     }
 }

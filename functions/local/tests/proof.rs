@@ -135,4 +135,38 @@ async fn a_todo_api_with_tags_passes_run_with_its_declared_checks_and_then_serve
     assert_eq!(home.as_array().map(Vec::len), Some(2), "{home}");
     let _ = run.kill();
     let _ = run.wait();
+
+    // The signed receipt verifies with the documented command; a tampered copy does not.
+    let document = &status["result"]["receipt"]["document"];
+    let receipt = &document["receipt"];
+    assert_eq!(receipt["verified"], true);
+    assert_eq!(receipt["checks"].as_array().map(Vec::len), Some(8));
+    let names: Vec<&str> = receipt["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["001_todos.sql", "002_tags.sql"]);
+    let file = data.path().join("receipt.json");
+    std::fs::write(&file, serde_json::to_string_pretty(document).unwrap()).unwrap();
+    let verify = |path: &std::path::Path| {
+        turbobackend(data.path(), &["receipt", "verify", path.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&file);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("receipt verified"));
+    let tampered = data.path().join("tampered.json");
+    let mut changed = document.clone();
+    changed["receipt"]["checks"][3]["status"] = serde_json::json!(500);
+    std::fs::write(&tampered, changed.to_string()).unwrap();
+    let refused = verify(&tampered);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("signature does not match"),
+        "{refused:?}"
+    );
 }

@@ -181,6 +181,7 @@ async fn start(data: &Path, options: Options) -> Host {
         records: records.clone(),
         notifier: None,
         prober: Arc::new(NoProber),
+        receipt_key: None,
         settings: local_finalizer_settings(),
     });
     // Watch the finalize channel on its way to the dispatcher.

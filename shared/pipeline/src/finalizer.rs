@@ -6,7 +6,7 @@
 //! (commit to the code host) → `database` (provision, apply migrations) → `build`
 //! (`npm install` + `npm run build` in the sandbox → artifact → archive) → `deploy` →
 //! `verify` (health and the declared checks against the live URL: [`crate::verify`]) →
-//! cleanup (release the sandbox, write the usage ledger, update the project, set the final
+//! `receipt` (signed, archived beside the source: [`crate::receipt`]) → cleanup (release the sandbox, write the usage ledger, update the project, set the final
 //! phase). A request whose agent did not finish gets only its archive and the cleanup.
 //! Transient failures are retried with exponential backoff and jitter; after the retry
 //! budget, or at once for permanent ones, the request fails naming the step and the cause.
@@ -39,13 +39,14 @@ use crate::record::{Failure, Lease, RequestRecord};
 use crate::snapshot;
 
 /// Steps in order. `archive` runs for every request; the rest only when the agent finished.
-pub const STEPS: [&str; 6] = [
+pub const STEPS: [&str; 7] = [
     "archive",
     "repository",
     "database",
     "build",
     "deploy",
     "verify",
+    "receipt",
 ];
 
 #[derive(Clone, Debug)]
@@ -121,6 +122,9 @@ pub struct Finalizer {
     pub notifier: Option<Arc<dyn Notifier>>,
     /// Calls the deployed app in the `verify` step, under the platform's outbound policy.
     pub prober: Arc<dyn tb_core::checks::Prober>,
+    /// Signs verification receipts (the platform's callback key); `None`: receipts are
+    /// recorded unsigned and not archived.
+    pub receipt_key: Option<crate::receipt::SigningKey>,
     pub settings: FinalizerSettings,
 }
 
@@ -507,6 +511,27 @@ impl Finalizer {
             "verify" => crate::verify::verify(self.prober.as_ref(), rec, &self.settings.verify)
                 .await
                 .map_err(StepError::Permanent),
+            "receipt" => {
+                let snap = self.source(&source_key).await?;
+                let receipt = crate::receipt::build(rec, &snapshot::migrations(&snap));
+                let Some(signing) = &self.receipt_key else {
+                    return Ok(json!({
+                        "skipped": "no signing key is configured (TB_CALLBACK_SECRET)",
+                        "receipt": receipt,
+                    }));
+                };
+                let document = crate::receipt::sign(signing, receipt);
+                let bytes = serde_json::to_vec_pretty(&document).expect("serialisable");
+                let sha = sha256_hex(&bytes);
+                let key = format!("projects/{}/requests/{}/receipt.json", rec.project, rec.id);
+                self.archive.put(&key, &bytes, &sha).await?;
+                Ok(json!({
+                    "key": key,
+                    "sha256": sha,
+                    "document": document,
+                    "note": "signed; check it with `turbobackend receipt verify FILE`",
+                }))
+            }
             other => Err(StepError::Permanent(format!("unknown step {other}"))),
         }
     }
@@ -594,6 +619,7 @@ impl Finalizer {
             "commit_sha": step("repository", "commit_sha"),
             "database": step("database", "database"),
             "deployment_url": step("deploy", "url"),
+            "receipt": step("receipt", "document"),
             "error": rec.failure,
         });
         let delivery = format!("{}-final", rec.id);
@@ -691,6 +717,7 @@ fn service_of(step: &str) -> &'static str {
         "build" => "the sandbox provider",
         "deploy" => "the deploy target",
         "verify" => "the deployed app",
+        "receipt" => "the archive",
         _ => "a service",
     }
 }

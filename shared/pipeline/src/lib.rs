@@ -17,6 +17,7 @@ pub mod dir_archive;
 pub mod finalizer;
 pub mod memory;
 pub mod pipeline;
+pub mod receipt;
 pub mod requests;
 pub mod rest;
 pub mod snapshot;

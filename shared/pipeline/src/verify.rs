@@ -43,6 +43,7 @@ pub async fn verify(
         "url": url,
         "declared": declared.as_ref().map(Vec::len),
         "passed": passed,
+        "at_ms": tb_core::agent::now_ms(),
         "calls": calls,
         "note": note,
     }))
