@@ -171,6 +171,8 @@ pub fn settings() -> FinalizerSettings {
         safety_margin: Duration::from_secs(60),
         // A test whose fault outlasts the step's attempts fails soon.
         outage_retry: Duration::from_secs(5),
+        // These finalizers have no worker to hand a request back to.
+        repair_rounds: 0,
         verify: tb_core::checks::RunPolicy {
             warm_up: Duration::from_secs(20),
             ..tb_core::checks::RunPolicy::standard()
@@ -301,6 +303,7 @@ impl Services {
             // The fake Fly's apps answer on loopback.
             prober: Arc::new(tb_notify::HttpProber::new(true)),
             receipt_key: Some(tb_pipeline::receipt::SigningKey::new(RECEIPT_KEY)),
+            queue: Arc::new(tb_pipeline::memory::MemoryQueue::default()),
             settings: parts.settings,
         }
     }

@@ -52,6 +52,8 @@ pub struct Settings {
     /// How long an outage of the model, the sandbox or a finalizer step's service is waited
     /// out (`TB_OUTAGE_RETRY_SECS`).
     pub outage_retry: Option<std::time::Duration>,
+    /// Repair rounds after a failed verification (`TB_REPAIR_ROUNDS`).
+    pub repair_rounds: u32,
 }
 
 impl Settings {
@@ -93,6 +95,7 @@ impl Settings {
             },
             allow_unisolated: flag(var, "TB_ALLOW_UNISOLATED_COMMANDS")?,
             outage_retry: tb_pipeline::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")?,
+            repair_rounds: tb_pipeline::FinalizerSettings::from_env(var)?.repair_rounds,
         })
     }
 }
@@ -209,6 +212,7 @@ impl App {
         let oauth: Arc<dyn tb_core::ports::OAuthStore> = sqlite_records.clone();
         let records: Arc<dyn PlatformRecords> = sqlite_records;
         let (queue, receivers) = LocalQueue::new(dir);
+        let queue: Arc<dyn tb_pipeline::Queue> = Arc::new(queue);
         // One npm cache for every project, used before the registry: with it warm,
         // `npm install` does not ask the registry about every package again.
         std::fs::create_dir_all(&settings.npm_cache)
@@ -241,7 +245,7 @@ impl App {
             Arc::new(DirArchive::new(dir.join("archive")));
         let pipeline = Arc::new(Pipeline {
             store: store.clone(),
-            queue: Arc::new(queue),
+            queue: queue.clone(),
             sandboxes: sandboxes.clone(),
             model: settings.model.build()?,
             dev_databases,
@@ -284,11 +288,13 @@ impl App {
             receipt_key: Some(tb_pipeline::receipt::SigningKey::new(callback_secret(
                 settings, dir,
             )?)),
+            queue,
             settings: {
                 let mut s = tb_local::dispatch::local_finalizer_settings();
                 if let Some(d) = settings.outage_retry {
                     s.outage_retry = d;
                 }
+                s.repair_rounds = settings.repair_rounds;
                 s
             },
         });

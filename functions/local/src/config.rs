@@ -28,6 +28,7 @@ pub const KNOWN: &[&str] = &[
     "TB_TOOL_TIMEOUT_SECS",
     "TB_PROMPT_CACHING",
     "TB_FINISH_ATTEMPTS",
+    "TB_REPAIR_ROUNDS",
     "DB_CLUSTER_HOST",
     "DB_CLUSTER_PORT",
     "DB_CLUSTER_USER",

@@ -170,3 +170,89 @@ async fn a_todo_api_with_tags_passes_run_with_its_declared_checks_and_then_serve
         "{refused:?}"
     );
 }
+
+/// A script whose project passes `finish` in the sandbox (its checks need the database, so
+/// they run live) but whose `GET /api/todos/<id>` answers 500 once deployed; `fixes`: after
+/// the failed verification it writes the fixed server and finishes again.
+fn broken_then(fixes: bool) -> Script {
+    let mut first = tb_tests::todo_project_calls(true);
+    first.as_array_mut().unwrap().push(serde_json::json!(
+        {"name": "write_file", "input": {"path": "migrations/001_todos.sql", "content": "CREATE TABLE IF NOT EXISTS todos (id serial PRIMARY KEY, title text NOT NULL);\n"}}
+    ));
+    let finish = serde_json::json!({"name": "finish", "input": {"summary": "todos", "checks": tb_tests::todo_checks()}});
+    let mut turns = vec![
+        serde_json::json!({"tool_calls": first}),
+        serde_json::json!({"tool_calls": [finish.clone()]}),
+    ];
+    if fixes {
+        let fixed = tb_tests::todo_project_calls(false)[1].clone();
+        turns.push(serde_json::json!({"text": "The read handler fails; fixing it.", "tool_calls": [fixed]}));
+        turns.push(serde_json::json!({"tool_calls": [finish]}));
+    }
+    serde_json::from_value(serde_json::json!({"turns": turns, "repeat_last": !fixes})).unwrap()
+}
+
+/// Runs `script` with `run` to its end; the `done` event's status and the calls shown.
+async fn run_script(data: &std::path::Path, script: Script) -> (Value, Vec<Value>) {
+    let model = ScriptedServer::start(script).await;
+    let mut run = turbobackend(data, &["run", "A todo API", "--output", "json"])
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("ANTHROPIC_BASE_URL", model.url())
+        .spawn()
+        .unwrap();
+    let seen = tokio::task::block_in_place(|| events(&mut run, |_| false));
+    let _ = run.wait();
+    let status = seen
+        .iter()
+        .find(|e| e["event"] == "done")
+        .unwrap_or_else(|| panic!("no done event: {seen:#?}"))["status"]
+        .clone();
+    let calls = seen.into_iter().filter(|e| e["event"] == "call").collect();
+    (status, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_answering_500_live_is_repaired_in_the_next_round_and_both_costs_are_receipted() {
+    let data = tempfile::tempdir().unwrap();
+    let (status, calls) = run_script(data.path(), broken_then(true)).await;
+    assert_eq!(status["phase"], "succeeded", "{status:#}");
+    let repairs = status["result"]["repairs"].as_array().unwrap();
+    assert_eq!(repairs.len(), 1);
+    let failed = repairs[0]["verify"]["calls"][2].clone();
+    assert_eq!(
+        (failed["path"].as_str(), failed["status"].as_u64()),
+        (Some("/api/todos/1"), Some(500))
+    );
+    // The calls shown are the final round's, all passed.
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|c| c["passed"] == true), "{calls:#?}");
+    // The agent went on after the failed verification: the script's two more turns.
+    assert_eq!(status["iteration"], 4);
+    let receipt = &status["result"]["receipt"]["document"]["receipt"];
+    assert_eq!(receipt["repair_rounds"], 1);
+    let cost = &receipt["cost_micro_usd"];
+    let (agent, round, total) = (
+        cost["agent"].as_i64().unwrap(),
+        cost["repair_round_1"].as_i64().unwrap(),
+        cost["total"].as_i64().unwrap(),
+    );
+    assert!(agent > 0 && round > 0, "{cost}");
+    assert_eq!(agent + round, total);
+    assert_eq!(total, status["cost_micro_usd"].as_i64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_never_fixed_fails_the_request_after_the_repair_rounds_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    let (status, calls) = run_script(data.path(), broken_then(false)).await;
+    assert_eq!(status["phase"], "failed", "{status:#}");
+    assert_eq!(status["error"]["step"], "verify");
+    let reason = status["error"]["reason"].as_str().unwrap();
+    assert!(reason.contains("GET /api/todos/1 -> 500"), "{reason}");
+    assert_eq!(
+        status["result"]["repairs"].as_array().map(Vec::len),
+        Some(2)
+    );
+    // The failed calls of the last round are shown.
+    assert!(calls.iter().any(|c| c["passed"] == false), "{calls:#?}");
+}

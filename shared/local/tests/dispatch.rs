@@ -182,6 +182,7 @@ async fn start(data: &Path, options: Options) -> Host {
         notifier: None,
         prober: Arc::new(NoProber),
         receipt_key: None,
+        queue: Arc::new(queue.clone()),
         settings: local_finalizer_settings(),
     });
     // Watch the finalize channel on its way to the dispatcher.

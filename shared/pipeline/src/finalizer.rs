@@ -67,6 +67,9 @@ pub struct FinalizerSettings {
     /// The `verify` step's bounds: each call's timeout, how long the app may take to
     /// answer its health check after the deploy.
     pub verify: tb_core::checks::RunPolicy,
+    /// Times a failed verification goes back to the agent, in the same sandbox, before the
+    /// request fails (`TB_REPAIR_ROUNDS`).
+    pub repair_rounds: u32,
 }
 
 impl FinalizerSettings {
@@ -80,6 +83,7 @@ impl FinalizerSettings {
             safety_margin: Duration::from_secs(60),
             outage_retry: Duration::from_secs(600),
             verify: tb_core::checks::RunPolicy::standard(),
+            repair_rounds: 2,
         }
     }
 
@@ -94,6 +98,15 @@ impl FinalizerSettings {
         }
         if let Some(b) = crate::pipeline::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
             s.outage_retry = b;
+        }
+        if let Some(v) = var("TB_REPAIR_ROUNDS").filter(|v| !v.trim().is_empty()) {
+            s.repair_rounds = v
+                .trim()
+                .parse()
+                .map_err(|_| tb_core::settings::SettingError {
+                    name: "TB_REPAIR_ROUNDS",
+                    problem: format!("{v:?} is not a whole number"),
+                })?;
         }
         Ok(s)
     }
@@ -125,6 +138,8 @@ pub struct Finalizer {
     /// Signs verification receipts (the platform's callback key); `None`: receipts are
     /// recorded unsigned and not archived.
     pub receipt_key: Option<crate::receipt::SigningKey>,
+    /// Where a repair round hands the request back to the agent.
+    pub queue: Arc<dyn crate::ports::Queue>,
     pub settings: FinalizerSettings,
 }
 
@@ -138,6 +153,11 @@ pub enum FinalizeDone {
     /// The invocation's time ran out; what was done is recorded. Deliver the same message
     /// again (at once) to continue.
     Continue,
+    /// Verification failed and the request went back to the agent for repair round
+    /// `round` (its work message is sent); the agent's next `finish` finalizes it again.
+    Repairing {
+        round: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +278,17 @@ impl Finalizer {
                     self.save(&mut rec).await?;
                     if let Some(reason) = failed {
                         tracing::warn!(request_id = %rec.id, step, "{reason}");
+                        if let Some(round) = crate::repair::hand_back(
+                            self.store.as_ref(),
+                            self.queue.as_ref(),
+                            &mut rec,
+                            &reason,
+                            self.settings.repair_rounds,
+                        )
+                        .await?
+                        {
+                            return Ok(FinalizeDone::Repairing { round });
+                        }
                         rec.failure = Some(Failure {
                             step: step.to_string(),
                             reason,

@@ -18,6 +18,7 @@ pub mod finalizer;
 pub mod memory;
 pub mod pipeline;
 pub mod receipt;
+pub mod repair;
 pub mod requests;
 pub mod rest;
 pub mod snapshot;

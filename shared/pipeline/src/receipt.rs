@@ -9,7 +9,8 @@
 //!              "checks": [{"method": "GET", "path": "/api/health", "status": 200,
 //!                          "expected_status": 200, "passed": true, "latency_ms": 12}],
 //!              "verified": true, "verified_at_ms": 1700000000000,
-//!              "cost_micro_usd": {"agent": 81234, "total": 81234}},
+//!              "repair_rounds": 1,
+//!              "cost_micro_usd": {"agent": 81234, "repair_round_1": 9000, "total": 90234}},
 //!  "signature": {"alg": "HMAC-SHA256", "value": "<hex>"}}
 //! ```
 //!
@@ -82,7 +83,24 @@ pub fn build(rec: &RequestRecord, migrations: &[Migration]) -> Value {
             })
         })
         .collect();
-    let agent = rec.agent.cost.micros();
+    // Cost by phase: the agent until the first failed verification, then each repair round.
+    let total = rec.agent.cost.micros();
+    let starts: Vec<i64> = rec
+        .steps
+        .get("repairs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["cost_micro_usd_before"].as_i64())
+        .collect();
+    let mut cost = serde_json::Map::new();
+    let mut bounds = starts.clone();
+    bounds.push(total);
+    cost.insert("agent".into(), json!(bounds[0]));
+    for (k, w) in bounds.windows(2).enumerate() {
+        cost.insert(format!("repair_round_{}", k + 1), json!(w[1] - w[0]));
+    }
+    cost.insert("total".into(), json!(total));
     json!({
         "format": 1,
         "request_id": rec.id,
@@ -95,7 +113,8 @@ pub fn build(rec: &RequestRecord, migrations: &[Migration]) -> Value {
         "declared_checks": step("verify", "declared"),
         "verified": step("verify", "passed"),
         "verified_at_ms": step("verify", "at_ms"),
-        "cost_micro_usd": {"agent": agent, "total": agent},
+        "repair_rounds": starts.len(),
+        "cost_micro_usd": cost,
     })
 }
 
@@ -145,7 +164,7 @@ pub fn verify_document(key: &SigningKey, text: &str) -> Result<Value, ReceiptErr
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
