@@ -96,6 +96,8 @@ impl Worker {
             .env("DAYTONA_API_KEY", DAYTONA_KEY)
             .env("DAYTONA_API_URL", daytona.api_url())
             .env("TB_PROMPT_CACHING", "false")
+            // The scripts write a few files, not an app: nothing for `finish` to build.
+            .env("TB_FINISH_ATTEMPTS", "0")
             .envs(extra.iter().copied())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())

@@ -270,6 +270,7 @@ impl App {
             }),
             ..LocalConfig::new(dir.join("deploy"))
         }));
+        let secret = callback_secret(settings, dir)?;
         let finalizer = Arc::new(Finalizer {
             store,
             sandboxes,
@@ -278,16 +279,11 @@ impl App {
             databases,
             deployer: deployer.clone(),
             records: records.clone(),
-            notifier: Some(Arc::new(tb_notify::HttpNotifier::new(
-                callback_secret(settings, dir)?,
-                true,
-            ))),
+            notifier: Some(Arc::new(tb_notify::HttpNotifier::new(secret.clone(), true))),
             // Local apps answer on loopback.
             prober: Arc::new(tb_notify::HttpProber::new(true)),
             // Receipts are signed with the callbacks' key.
-            receipt_key: Some(tb_pipeline::receipt::SigningKey::new(callback_secret(
-                settings, dir,
-            )?)),
+            receipt_key: Some(tb_pipeline::receipt::SigningKey::new(secret)),
             queue,
             settings: {
                 let mut s = tb_local::dispatch::local_finalizer_settings();
@@ -350,7 +346,7 @@ fn path(dir: &Path, name: &str) -> String {
 
 /// `TB_CALLBACK_SECRET`, or a random secret kept in the data directory (`callback-secret`),
 /// made on first use: receivers verify callbacks with it.
-pub fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
+fn callback_secret(settings: &Settings, dir: &Path) -> anyhow::Result<String> {
     if let Some(s) = &settings.callback_secret {
         return Ok(s.clone());
     }

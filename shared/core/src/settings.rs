@@ -62,6 +62,8 @@ pub fn agent_config(var: impl Fn(&str) -> Option<String>) -> Result<AgentConfig,
         c.tool_timeout = Duration::from_secs(s);
     }
     if let Some(n) = parse::<u32>(&var, "TB_FINISH_ATTEMPTS")? {
+        // 0: `finish` is accepted without building and starting the project.
+        c.check_on_finish = n > 0;
         c.finish_attempts = n.max(1);
     }
     if let Some(b) = parse::<bool>(&var, "TB_PROMPT_CACHING")? {
