@@ -46,9 +46,15 @@ FUNCTIONS = {
 
 # The tb-pipeline modules each function runs, and the call in its host code that proves it.
 ENTRY_MODULES = {
-    "api": {"requests": r"pipeline\.(create|cancel)\("},
+    "api": {
+        "requests": r"pipeline\.(create|cancel)\(",
+        "lifecycle": r"lifecycle::request_(delete|rollback)\(",
+    },
     "worker": {"worker": r"handle_work\(|handle_batch\(", "sweeper": r"\.sweep\("},
-    "finalizer": {"finalizer": r"finalizer::handle_batch\("},
+    "finalizer": {
+        "finalizer": r"finalizer::handle_batch\(",
+        "project_ops": r"finalizer::handle_batch\(",
+    },
 }
 
 # SDK fluent call -> IAM actions, per service.
@@ -122,12 +128,15 @@ def adapter_needs():
     store |= {(a, index) for a in sdk_calls(AWS_SRC / "index.rs", DYNAMODB)}
     spill = s3_needs(sdk_calls(AWS_SRC / "spill.rs", S3), "spill/")
     archive = s3_needs(sdk_calls(AWS_SRC / "archive.rs", S3), "projects/")
-    return {"store": store | spill, "archive": archive}
+    # Removing a deleted project's objects (only functions whose code removes any).
+    removal = s3_needs(sdk_calls(AWS_SRC / "archive_delete.rs", S3), "projects/")
+    return {"store": store | spill, "archive": archive, "archive_delete": removal}
 
 
 def s3_needs(actions, prefix):
-    needs = {(a, ("ProjectsBucket", f"/{prefix}*")) for a in actions}
-    if "s3:GetObject" in actions:
+    # ListBucket is granted on the bucket, for the prefix listed (ListObjectsV2 `prefix`).
+    needs = {(a, ("ProjectsBucket", f"/{prefix}*")) for a in actions if a != "s3:ListBucket"}
+    if "s3:GetObject" in actions or "s3:ListBucket" in actions:
         needs.add(("s3:ListBucket", ("ProjectsBucket", "", prefix + "*")))
     return needs
 
@@ -170,6 +179,11 @@ def required(template):
         for adapter in ["store", "archive"]:
             if f"aws.{adapter}(" in code:
                 need |= adapters[adapter]
+        modules = "\n".join(
+            strip_tests((PIPELINE_SRC / f"{m}.rs").read_text()) for m in sorted(ENTRY_MODULES[name])
+        )
+        if "aws.archive(" in code and re.search(r"\.delete_prefix\(", code + modules):
+            need |= adapters["archive_delete"]
         if "aws.queue(" in code:
             for module, proof in ENTRY_MODULES[name].items():
                 if not re.search(proof, code):
@@ -278,7 +292,7 @@ def self_test(template):
     sends["Resource"] = sends["Resource"][:2]
     more = copy.deepcopy(template)
     objects = sid(more, "FinalizerFunction", "SpillAndProjectObjects")
-    objects["Action"] = list(objects["Action"]) + ["s3:DeleteObject"]
+    objects["Action"] = list(objects["Action"]) + ["s3:DeleteObjectVersion"]
     crud = copy.deepcopy(template)
     crud["Resources"]["ApiFunction"]["Properties"]["Policies"].append(
         {"DynamoDBCrudPolicy": {"TableName": {"Ref": "RequestsTable"}}}
@@ -290,7 +304,7 @@ def self_test(template):
     cases = [
         (less, "WorkerFunction: the code calls sqs:SendMessage on WorkDeadLetterQueue"),
         (no_index, "ApiFunction: the code calls dynamodb:Query on RequestsTable/index/*"),
-        (more, "FinalizerFunction: the template grants s3:DeleteObject on ProjectsBucket/projects/*"),
+        (more, "FinalizerFunction: the template grants s3:DeleteObjectVersion on ProjectsBucket/projects/*"),
         (crud, "ApiFunction: policy"),
     ]
     for t, expected in cases:

@@ -52,6 +52,25 @@ impl FaultyStore {
         self.commits.load(Ordering::SeqCst) >= self.at
     }
 
+    /// Counts a commit; at the `at`-th, dies before or after letting `write` happen.
+    async fn strike(
+        &self,
+        write: impl std::future::Future<Output = Result<(), PortError>>,
+    ) -> Result<(), PortError> {
+        self.check()?;
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.at {
+            self.dead.store(true, Ordering::SeqCst);
+            if self.strike == Strike::AfterWrite {
+                write.await?;
+            }
+            return Err(PortError::Transient(
+                "injected fault: the worker died".into(),
+            ));
+        }
+        write.await
+    }
+
     fn check(&self) -> Result<(), PortError> {
         if self.dead.load(Ordering::SeqCst) {
             Err(PortError::Transient(
@@ -89,20 +108,8 @@ impl StateStore for FaultyStore {
         expected_version: u64,
         appended: Appended<'_>,
     ) -> Result<(), PortError> {
-        self.check()?;
-        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.at {
-            self.dead.store(true, Ordering::SeqCst);
-            if self.strike == Strike::AfterWrite {
-                self.inner
-                    .commit(record, expected_version, appended)
-                    .await?;
-            }
-            return Err(PortError::Transient(
-                "injected fault: the worker died".into(),
-            ));
-        }
-        self.inner.commit(record, expected_version, appended).await
+        self.strike(self.inner.commit(record, expected_version, appended))
+            .await
     }
 
     async fn active(&self) -> Result<Vec<RequestRecord>, PortError> {
@@ -127,5 +134,15 @@ impl StateStore for FaultyStore {
     async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
         self.check()?;
         self.inner.release_slot(owner).await
+    }
+
+    /// A commit like any other: the fault may strike it.
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError> {
+        self.strike(self.inner.commit_releasing_slot(record, expected_version))
+            .await
     }
 }

@@ -9,6 +9,7 @@ pub mod faults;
 pub mod finalize;
 pub mod flaky;
 pub mod instant;
+pub mod load;
 pub mod runtime_api;
 pub mod scenario;
 pub mod slow_http;
@@ -105,6 +106,17 @@ pub async fn run_agent(
     sandbox: &dyn Sandbox,
     config: &AgentConfig,
 ) -> AgentState {
+    run_agent_from(model, sandbox, config, None).await
+}
+
+/// [`run_agent`] for a request that starts from `base` (the template or a project's source,
+/// already seeded into `sandbox`), as the worker runs it.
+pub async fn run_agent_from(
+    model: &dyn Model,
+    sandbox: &dyn Sandbox,
+    config: &AgentConfig,
+    base: Option<&tb_core::agent::ProjectBase>,
+) -> AgentState {
     let mut state = AgentState::new("Create a simple API with a users endpoint");
     let prices = PriceTable::with_defaults();
     let agent = Agent {
@@ -114,7 +126,7 @@ pub async fn run_agent(
         prices: &prices,
         config,
         cancel: CancelFlag::default(),
-        base: None,
+        base,
     };
     match agent
         .run(&mut state, Slice::unbounded())

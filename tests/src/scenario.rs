@@ -12,7 +12,7 @@ use tb_pipeline::{Invocation, NewRequest, Pipeline, Queue, SliceSettings, StateS
 use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tempfile::TempDir;
 
-use crate::{TestSandbox, calls_without_latency, run_agent, script, test_config};
+use crate::{TestSandbox, calls_without_latency, run_agent_from, script, test_config};
 
 /// Idempotent steps: a worker that dies mid-iteration has its iteration redone, and the
 /// redone commands run again in the sandbox (effects there are at-least-once).
@@ -83,13 +83,21 @@ pub fn new_request(key: Option<&str>) -> NewRequest {
     }
 }
 
-/// The same task run uninterrupted in one go.
+/// The same task run uninterrupted in one go, from the template a new project starts from.
 pub async fn reference() -> AgentState {
     let sandbox = TestSandbox::new().await;
-    run_agent(
+    let base = tb_pipeline::base::seed(
+        None,
+        &tb_core::domain::ProjectId::generate(),
+        &sandbox.sandbox,
+    )
+    .await
+    .expect("seeding the template");
+    run_agent_from(
         &tb_models::ScriptedModel::new(task_script()),
         &sandbox.sandbox,
         &config(),
+        Some(&base),
     )
     .await
 }

@@ -198,3 +198,31 @@ async fn callback_urls_to_private_addresses_are_refused_at_request_time_in_the_c
         );
     }
 }
+
+#[tokio::test]
+async fn a_finalizer_that_dies_after_giving_back_the_slot_gives_it_back_once() {
+    let (url, _receiver) = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+    let id = finalizing_request(memory.as_ref(), &url).await;
+    let owner = UserId::parse("user_cb").unwrap();
+    // Another request of the owner runs on and holds a second slot: a slot given back twice
+    // would leave the counter below it (at zero a second give-back would not show).
+    assert!(memory.acquire_slot(&owner, 2).await.unwrap());
+    // Commits of the finalizer: claim, archive step, final; die at the one after it, when
+    // the slot has been given back and that is being recorded.
+    let faulty = Arc::new(FaultyStore::new(memory.clone(), 4, Strike::BeforeWrite));
+    let f = finalizer(faulty.clone(), dir.path());
+    let _ = f.handle(&message(&id), "w1").await;
+    assert!(faulty.struck());
+    faulty.revive();
+    f.handle(&message(&id), "w2").await.unwrap();
+    f.handle(&message(&id), "w3").await.unwrap();
+    assert!(!memory.load(&id).await.unwrap().unwrap().holds_slot);
+    // Exactly the other request's slot is taken: one more fits under 2, a second does not.
+    assert!(memory.acquire_slot(&owner, 2).await.unwrap());
+    assert!(
+        !memory.acquire_slot(&owner, 2).await.unwrap(),
+        "the slot was given back twice"
+    );
+}

@@ -32,10 +32,27 @@ async fn a_seeded_sandbox_holds_the_current_source_and_finish_refuses_changed_mi
     let project = ProjectId::generate();
     let sandbox = TestSandbox::new().await;
 
-    // A new project has no current source: nothing is seeded.
-    assert_eq!(
-        seed(&archive, &project, &sandbox.sandbox).await.unwrap(),
-        None
+    // A new project has no current source: it starts from the template.
+    let fresh = TestSandbox::new().await;
+    let base = seed(Some(&archive), &project, &fresh.sandbox)
+        .await
+        .unwrap();
+    assert_eq!(base.template.as_deref(), Some(tb_pipeline::template::NAME));
+    assert!(base.from_request.is_empty() && base.applied_migrations.is_empty());
+    assert!(base.files.contains(&"server/utils/db.ts".to_string()));
+    for (path, contents) in tb_pipeline::template::FILES {
+        let p = WorkspacePath::parse(path).unwrap();
+        assert_eq!(
+            tb_core::sandbox::Sandbox::read_file(&fresh.sandbox, &p)
+                .await
+                .unwrap(),
+            *contents,
+            "{path}"
+        );
+    }
+    assert!(
+        base.prompt()
+            .contains("starts from the platform's template")
     );
 
     let snap = Snapshot {
@@ -62,10 +79,10 @@ async fn a_seeded_sandbox_holds_the_current_source_and_finish_refuses_changed_mi
     .await
     .unwrap();
 
-    let base = seed(&archive, &project, &sandbox.sandbox)
+    let base = seed(Some(&archive), &project, &sandbox.sandbox)
         .await
-        .unwrap()
-        .expect("a current source");
+        .unwrap();
+    assert_eq!(base.template, None);
     assert_eq!(
         base.files,
         [

@@ -351,3 +351,46 @@ async fn concurrent_slots_are_counted_atomically_in_dynamodb() {
         3
     );
 }
+
+#[tokio::test]
+async fn a_slot_is_given_back_in_the_same_transaction_as_its_record() {
+    let rig = rig().await;
+    let store = rig.pipeline.store.clone();
+    let accepted = rig.pipeline.create(new_request(None)).await.unwrap();
+    let mut rec = store.load(&accepted.request_id).await.unwrap().unwrap();
+    // This request's slot and another one's.
+    assert!(store.acquire_slot(&rec.owner, 2).await.unwrap());
+    assert!(store.acquire_slot(&rec.owner, 2).await.unwrap());
+    let v = rec.version;
+    rec.version += 1;
+    rec.phase = Phase::Succeeded;
+    store.commit_releasing_slot(&rec, v).await.unwrap();
+    // Again from the version it was read at: a conflict, and nothing given back.
+    let err = store.commit_releasing_slot(&rec, v).await.unwrap_err();
+    assert!(
+        matches!(err, tb_core::ports::PortError::Conflict(_)),
+        "{err}"
+    );
+    assert!(
+        store.acquire_slot(&rec.owner, 2).await.unwrap(),
+        "one came back"
+    );
+    assert!(
+        !store.acquire_slot(&rec.owner, 2).await.unwrap(),
+        "only one"
+    );
+    // With the counter at zero the record is still written, and the counter stays at zero.
+    for _ in 0..2 {
+        store.release_slot(&rec.owner).await.unwrap();
+    }
+    let v = rec.version;
+    rec.version += 1;
+    rec.activity.push("written with the counter at zero".into());
+    store.commit_releasing_slot(&rec, v).await.unwrap();
+    assert_eq!(
+        store.load(&rec.id).await.unwrap().unwrap().version,
+        rec.version
+    );
+    assert!(store.acquire_slot(&rec.owner, 1).await.unwrap());
+    assert!(!store.acquire_slot(&rec.owner, 1).await.unwrap());
+}

@@ -217,6 +217,18 @@ impl App {
         // `npm install` does not ask the registry about every package again.
         std::fs::create_dir_all(&settings.npm_cache)
             .with_context(|| format!("creating the npm cache {}", settings.npm_cache))?;
+        // New projects start from the template: with its packages in the cache, their first
+        // `npm install` asks the registry nothing. Once per lockfile; without the registry,
+        // installs simply fetch what they need later.
+        if run {
+            let cache = Path::new(&settings.npm_cache);
+            if !tb_local::npm_cache::marker(cache).exists() {
+                eprintln!("preparing the npm cache with the template's packages (once)…");
+            }
+            if let Err(e) = tb_local::npm_cache::warm(cache).await {
+                eprintln!("WARNING: {e}; projects will fetch their packages from the registry");
+            }
+        }
         let mut isolation = settings.isolation.clone().ok();
         let npm_cache = match &mut isolation {
             Some(iso) => {

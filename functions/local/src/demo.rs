@@ -105,7 +105,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Polls the request until it ends, printing what is new.
-async fn watch(app: &App, id: &RequestId, progress: &Progress) -> anyhow::Result<Status> {
+pub(crate) async fn watch(
+    app: &App,
+    id: &RequestId,
+    progress: &Progress,
+) -> anyhow::Result<Status> {
     let mut seen: VecDeque<String> = VecDeque::new();
     let mut phase = None;
     loop {

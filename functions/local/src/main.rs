@@ -2,13 +2,16 @@
 //!
 //! The same pipeline as on Lambda, with local adapters (see `app.rs`): `demo` builds "Create
 //! a simple API with a users endpoint" end to end and calls the live app; `run` does the same
-//! for any description; `status` and `keys` inspect and administer.
+//! for any description; `eval` runs the tasks of `eval/tasks.json` and reports each;
+//! `status`, `keys` and `projects` inspect and administer.
 
 mod admin;
 mod app;
 mod config;
 mod demo;
+mod eval;
 mod progress;
+mod projects;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +33,9 @@ enum Command {
     Demo(demo::RunArgs),
     /// Build a backend from a description and call it.
     Run(demo::RunArgs),
+    /// Run the one-sentence tasks of eval/tasks.json through the whole local pipeline with
+    /// the configured model and print what each cost and whether it worked.
+    Eval(eval::EvalArgs),
     /// Serve MCP and REST on 127.0.0.1 (TB_PORT, default 8787), with the workers.
     Serve,
     /// Show a request's status as JSON.
@@ -37,6 +43,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// List, show, delete or roll back projects.
+    #[command(subcommand)]
+    Projects(projects::ProjectsCommand),
     /// Check verification receipts.
     #[command(subcommand)]
     Receipt(admin::ReceiptCommand),
@@ -56,9 +65,11 @@ async fn main() -> anyhow::Result<()> {
     }
     match Cli::parse().command {
         Command::Demo(args) | Command::Run(args) => demo::run(args).await,
+        Command::Eval(args) => eval::eval(args).await,
         Command::Serve => serve::serve().await,
         Command::Status { request_id } => admin::status(&request_id).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
+        Command::Projects(cmd) => projects::projects(cmd).await,
         Command::Receipt(admin::ReceiptCommand::Verify { file }) => admin::verify_receipt(&file),
     }
 }

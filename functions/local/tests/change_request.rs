@@ -35,9 +35,8 @@ fn git(data: &Path, args: &[&str]) -> String {
 }
 
 const POSTS_ROUTE: &str = r#"export default defineEventHandler(async () => {
-  const pool = db();
-  if (!pool) return [{ id: 1, title: "Hello, posts" }];
-  const { rows } = await pool.query("SELECT id, title FROM posts ORDER BY id");
+  if (!hasDatabase()) return [{ id: 1, title: "Hello, posts" }];
+  const { rows } = await db().query("SELECT id, title FROM posts ORDER BY id");
   return rows;
 });
 "#;

@@ -423,7 +423,8 @@ async fn a_workspace_without_package_json_fails_the_build_step_and_runs_nothing(
     .unwrap();
     let script = Script::from_json(
         &json!({"turns": [
-            {"tool_calls": [{"name": "write_file", "input": {"path": "README.md", "content": "no project here\n"}}]},
+            // The template's package.json goes: the workspace is left with none.
+            {"tool_calls": [{"name": "delete_file", "input": {"path": "package.json"}}, {"name": "write_file", "input": {"path": "README.md", "content": "no project here\n"}}]},
             {"tool_calls": [{"name": "finish", "input": {"summary": "done"}}]}
         ]})
         .to_string(),

@@ -29,6 +29,9 @@ async fn main() -> Result<(), Error> {
     if let Some(url) = var("DAYTONA_API_URL").filter(|u| !u.is_empty()) {
         daytona.api_url = url;
     }
+    // The snapshot whose image holds the template's packages in npm's cache
+    // (infra/sandbox-image/Dockerfile); without it, Daytona's default snapshot.
+    daytona.snapshot = var("DAYTONA_SNAPSHOT").filter(|s| !s.trim().is_empty());
     let clients = aws.clients().await;
     let store = aws.store(&clients);
     // Every invocation starts by loading the request from DynamoDB: open the connection now.

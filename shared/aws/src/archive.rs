@@ -118,4 +118,8 @@ impl Archive for S3Archive {
         }
         Ok(Some(bytes))
     }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, PortError> {
+        crate::archive_delete::delete_prefix(&self.s3, &self.bucket, prefix).await
+    }
 }

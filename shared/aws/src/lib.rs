@@ -10,6 +10,7 @@
 //! (`Transient`), reload (`Conflict`) or give up (`Permanent`).
 
 pub mod archive;
+mod archive_delete;
 mod error;
 mod index;
 pub mod layout;

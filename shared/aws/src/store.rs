@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use serde::de::DeserializeOwned;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ports::PortError;
@@ -283,7 +283,13 @@ impl DynamoStore {
     }
 
     /// Writes the drafts in one transaction, spilling payloads first where needed.
-    async fn transact(&self, id: &RequestId, drafts: Vec<Draft>) -> Result<(), TransactionFailure> {
+    /// Writes `drafts` (spilling large payloads to S3) and then `extra`, in one transaction.
+    async fn transact(
+        &self,
+        id: &RequestId,
+        drafts: Vec<Draft>,
+        extra: Vec<TransactWriteItem>,
+    ) -> Result<(), TransactionFailure> {
         let fail = TransactionFailure::Other;
         if drafts.len() > layout::MAX_TRANSACTION_ITEMS {
             return Err(fail(PortError::Permanent(format!(
@@ -374,6 +380,7 @@ impl DynamoStore {
             items.push(TransactWriteItem::builder().put(put).build());
         }
 
+        items.extend(extra);
         let count = items.len() as u64;
         let what = format!("writing {count} items of {id}");
         self.dynamo
@@ -468,7 +475,7 @@ impl StateStore for DynamoStore {
             Self::state_draft(record, Condition::Absent)?,
             Self::message_draft(0, first)?,
         ];
-        match self.transact(&record.id, drafts).await {
+        match self.transact(&record.id, drafts, Vec::new()).await {
             Ok(()) => Ok(Created::New),
             Err(TransactionFailure::ConditionFailed(failed)) if failed.contains(&0) => {
                 match self.load(&record.id).await? {
@@ -550,7 +557,7 @@ impl StateStore for DynamoStore {
             drafts.push(Self::call_draft(c)?);
         }
         let sks: Vec<String> = drafts.iter().map(|d| d.sk.clone()).collect();
-        match self.transact(&record.id, drafts).await {
+        match self.transact(&record.id, drafts, Vec::new()).await {
             Ok(()) => Ok(()),
             Err(TransactionFailure::ConditionFailed(failed)) => {
                 let why: Vec<String> = failed
@@ -673,6 +680,50 @@ impl StateStore for DynamoStore {
                 PortError::Conflict(_) => Ok(()),
                 other => Err(other),
             },
+        }
+    }
+
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError> {
+        // The STATE put (conditional on the version) and the counter's decrement
+        // (conditional on it being above zero) in one transaction.
+        let state = Self::state_draft(record, Condition::Version(expected_version))?;
+        let release = Update::builder()
+            .table_name(&self.table)
+            .key(layout::PK, s(layout::user_pk(&record.owner)))
+            .key(layout::SK, s(layout::SLOTS_SK))
+            .update_expression("ADD #active :minus")
+            .condition_expression("#active > :zero")
+            .expression_attribute_names("#active", layout::ACTIVE_SLOTS)
+            .expression_attribute_values(
+                ":minus",
+                aws_sdk_dynamodb::types::AttributeValue::N("-1".into()),
+            )
+            .expression_attribute_values(":zero", n(0))
+            .build()
+            .map_err(|e| PortError::Permanent(format!("building an update: {e}")))?;
+        let release = TransactWriteItem::builder().update(release).build();
+        match self.transact(&record.id, vec![state], vec![release]).await {
+            Ok(()) => {
+                // A small item written in a transaction: 2 write units.
+                self.count_slot_update();
+                self.count_slot_update();
+                Ok(())
+            }
+            // Only the counter's condition failed: it is at zero already, nothing to give
+            // back; the record is still written.
+            Err(TransactionFailure::ConditionFailed(failed)) if failed == [1] => {
+                self.commit(record, expected_version, Appended::default())
+                    .await
+            }
+            Err(TransactionFailure::ConditionFailed(_)) => Err(PortError::Conflict(format!(
+                "{}: the stored version is no longer {expected_version}",
+                record.id
+            ))),
+            Err(TransactionFailure::Other(e)) => Err(e),
         }
     }
 }

@@ -111,9 +111,11 @@ async fn lifecycle(store: &DynamoStore, iterations: usize) -> Lifecycle {
     }
     rec.phase = Phase::Succeeded;
     save(store, &mut rec, &[], &[]).await;
-    store.release_slot(&user).await.unwrap();
+    // The slot given back in the same transaction that records it.
     rec.holds_slot = false;
-    save(store, &mut rec, &[], &[]).await;
+    let v = rec.version;
+    rec.version += 1;
+    store.commit_releasing_slot(&rec, v).await.unwrap();
     let finalize = since(store, before);
 
     let slices = iterations.div_ceil(ITERATIONS_PER_SLICE);

@@ -222,6 +222,50 @@ impl GitHubCodeHost {
         })
     }
 
+    /// [`CodeHost::archive`] with this crate's error type: `PATCH /repos/{owner}/{repo}`
+    /// with `{"archived": true}` (GitHub REST, "Update a repository",
+    /// <https://docs.github.com/en/rest/repos/repos#update-a-repository>: "archived: Whether
+    /// to archive this repository. `false` will unarchive a previously archived
+    /// repository."). The repository stays, read-only, with all its history. An already
+    /// archived one is left as it is; a missing one (404) is noted, not an error.
+    pub async fn archive_repository(&self, project: &ProjectId) -> Result<Value, CodeHostError> {
+        let api = self.api().await?;
+        let owner = self.owner(api).await?;
+        let name = self.repo_name(project);
+        let path = format!("/repos/{}/{}", segment(&owner), segment(&name));
+        let what = format!("reading repository {owner}/{name}");
+        let answer = api.send(Method::GET, &path, None, &what).await?;
+        if answer.status == 404 {
+            return Ok(json!({"repository": format!("{owner}/{name}"), "already_gone": true}));
+        }
+        if !answer.is_success() {
+            return Err(answer.refusal(&what));
+        }
+        let url = answer.body["html_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if answer.body["archived"] == json!(true) {
+            return Ok(
+                json!({"repository": format!("{owner}/{name}"), "url": url, "archived": true, "already_archived": true}),
+            );
+        }
+        let what = format!("archiving repository {owner}/{name}");
+        let answer = api
+            .send(
+                Method::PATCH,
+                &path,
+                Some(&json!({"archived": true})),
+                &what,
+            )
+            .await?;
+        if !answer.is_success() {
+            return Err(answer.refusal(&what));
+        }
+        tracing::info!(owner = %owner, repo = %name, "archived the repository");
+        Ok(json!({"repository": format!("{owner}/{name}"), "url": url, "archived": true}))
+    }
+
     async fn api(&self) -> Result<&Api, CodeHostError> {
         self.api
             .get_or_try_init(|| async { Api::new(&self.config) })
@@ -633,6 +677,12 @@ impl CodeHost for GitHubCodeHost {
             )?;
         tracing::info!(project = %project, repo = %pushed.repo_url, commit = %pushed.commit_sha, committed = pushed.committed, "pushed to GitHub");
         Ok(pushed)
+    }
+
+    async fn archive(&self, project: &ProjectId) -> Result<Value, PortError> {
+        Ok(self.archive_repository(project).await.inspect_err(
+            |e| tracing::warn!(project = %project, error = %e, "archiving the repository failed"),
+        )?)
     }
 }
 

@@ -288,4 +288,14 @@ impl CodeHost for LocalGitCodeHost {
         tracing::info!(project = %project, repo = %pushed.repo_url, commit = %pushed.commit_sha, committed = pushed.committed, "committed to the local repository");
         Ok(pushed)
     }
+
+    /// The local repository is kept as it is: deleting a project never loses its code.
+    async fn archive(&self, project: &ProjectId) -> Result<serde_json::Value, PortError> {
+        let repo = self.repo_path(project);
+        let exists = tokio::fs::try_exists(&repo).await.unwrap_or(false);
+        Ok(serde_json::json!({
+            "repository": repo.display().to_string(),
+            "kept": exists,
+        }))
+    }
 }

@@ -63,6 +63,13 @@ pub trait Archive: Send + Sync {
     /// is a no-op.
     async fn put(&self, key: &str, bytes: &[u8], sha256: &str) -> Result<(), PortError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError>;
+    /// Removes every object whose key starts with `prefix`; returns how many were removed.
+    /// Idempotent.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, PortError> {
+        Err(PortError::Permanent(format!(
+            "this archive cannot remove {prefix}"
+        )))
+    }
 }
 
 /// The project files taken out of the sandbox (no `node_modules`, `.output`, `.git`), sorted
@@ -100,6 +107,13 @@ pub trait CodeHost: Send + Sync {
         snapshot: &Snapshot,
         message: &str,
     ) -> Result<Pushed, PortError>;
+    /// Archives the project's repository (read-only, nothing lost) or keeps it as it is;
+    /// says what it did. Idempotent.
+    async fn archive(&self, project: &crate::domain::ProjectId) -> Result<Value, PortError> {
+        Err(PortError::Permanent(format!(
+            "this code host cannot archive the repository of {project}"
+        )))
+    }
 }
 
 /// A project's database, as provisioned. `url` is a secret: never log or show it.
@@ -142,6 +156,13 @@ pub trait DatabaseProvisioner: Send + Sync {
         db: &ProjectDatabase,
         migrations: &[Migration],
     ) -> Result<Vec<String>, PortError>;
+    /// Drops the project's databases (production and development) and their roles; says
+    /// what was dropped. Idempotent: what is already gone is skipped.
+    async fn drop_project(&self, project: &crate::domain::ProjectId) -> Result<Value, PortError> {
+        Err(PortError::Permanent(format!(
+            "this provisioner cannot drop the databases of {project}"
+        )))
+    }
 }
 
 /// The built app: `.output/` of a Nitro build, as a gzip'd tar with its SHA-256.
@@ -173,6 +194,25 @@ pub trait Deployer: Send + Sync {
         artifact: &Artifact,
         secrets: &std::collections::BTreeMap<String, String>,
     ) -> Result<Deployment, PortError>;
+    /// Runs `version` (an earlier [`Deployment::version`]) again in place of the current one,
+    /// and waits until `/api/health` answers. Idempotent.
+    async fn rollback(
+        &self,
+        project: &crate::domain::ProjectId,
+        version: &str,
+    ) -> Result<Deployment, PortError> {
+        let _ = version;
+        Err(PortError::Permanent(format!(
+            "this deploy target cannot roll {project} back"
+        )))
+    }
+    /// Stops and removes everything the project runs on (machines, addresses, the app);
+    /// says what was removed. Idempotent: what is already gone is skipped.
+    async fn destroy(&self, project: &crate::domain::ProjectId) -> Result<Value, PortError> {
+        Err(PortError::Permanent(format!(
+            "this deploy target cannot remove {project}"
+        )))
+    }
 }
 
 /// An API key as stored: never the key itself, only its hash and a visible prefix.
@@ -202,6 +242,115 @@ pub struct ProjectRecord {
     pub last_request: Option<crate::domain::RequestId>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Deletion and rollbacks: written only through [`PlatformRecords::save_lifecycle`]
+    /// (`save_project` keeps what is stored).
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// What happened to a project besides its requests: its deletion and its rollbacks, with
+/// who asked and when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// Bumped by every write: [`PlatformRecords::save_lifecycle`] stores a lifecycle only
+    /// over the one before it (version one less), so of two writers the later is refused.
+    #[serde(default)]
+    pub version: u64,
+    /// Set when every step of the deletion is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<Operation>,
+    /// The last rollback asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Operation>,
+    /// Oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A deletion or a rollback: a sequence of steps, each recorded with its result when done
+/// (a redelivery skips it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub requested_by: crate::domain::UserId,
+    pub requested_at_ms: u64,
+    /// Step name → what it did (what it removed, the version it deployed).
+    #[serde(default)]
+    pub steps: std::collections::BTreeMap<String, Value>,
+    /// The step a service refused for good, and why; asking again retries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<OperationFailure>,
+    /// Requests running on the project that were cancelled first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled_requests: Vec<crate::domain::RequestId>,
+    /// For a rollback: the version it goes back to, and the one it leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+impl Operation {
+    pub fn new(by: crate::domain::UserId, at_ms: u64) -> Self {
+        Operation {
+            requested_by: by,
+            requested_at_ms: at_ms,
+            steps: Default::default(),
+            failure: None,
+            cancelled_requests: Vec::new(),
+            target_version: None,
+            from_version: None,
+            finished_at_ms: None,
+        }
+    }
+
+    /// Neither finished nor stopped by a refused step.
+    pub fn under_way(&self) -> bool {
+        self.finished_at_ms.is_none() && self.failure.is_none()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationFailure {
+    pub step: String,
+    pub reason: String,
+}
+
+/// One line of a project's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// `delete requested`, `deleted`, `delete failed`, `rollback requested`, `rolled back`,
+    /// `rollback failed`.
+    pub action: String,
+    /// Who asked.
+    pub by: crate::domain::UserId,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// History lines kept per project (the oldest are dropped).
+pub const HISTORY_KEPT: usize = 100;
+
+impl Lifecycle {
+    /// Bumps the version before a write.
+    pub fn next_version(&mut self) {
+        self.version += 1;
+    }
+
+    pub fn record(&mut self, action: &str, by: &crate::domain::UserId, at_ms: u64, detail: String) {
+        self.history.push(HistoryEntry {
+            action: action.into(),
+            by: by.clone(),
+            at_ms,
+            detail,
+        });
+        let excess = self.history.len().saturating_sub(HISTORY_KEPT);
+        self.history.drain(..excess);
+    }
 }
 
 /// Platform records: API keys, projects, the usage ledger. Postgres in the cloud, SQLite
@@ -234,6 +383,14 @@ pub trait PlatformRecords: Send + Sync {
         &self,
         owner: &crate::domain::UserId,
     ) -> Result<Vec<ProjectRecord>, PortError>;
+    /// Writes the project's [`Lifecycle`] (and nothing else) if the stored one's version is
+    /// `lifecycle.version - 1`; `Conflict` when someone else wrote first, `NotFound` for an
+    /// unknown project.
+    async fn save_lifecycle(
+        &self,
+        id: &crate::domain::ProjectId,
+        lifecycle: &Lifecycle,
+    ) -> Result<(), PortError>;
 
     /// Writes one ledger row per call (keyed by request and iteration: writing twice is a
     /// no-op).

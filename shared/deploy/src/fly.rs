@@ -519,6 +519,135 @@ impl FlyDeployer {
     }
 }
 
+impl FlyDeployer {
+    /// Updates the web machine to `<registry>/<app>@<digest>` (an image this app ran
+    /// before, kept in its repository), waits until it is healthy; on failure the machine
+    /// goes back to the configuration it had.
+    async fn roll_back_to(
+        &self,
+        project: &ProjectId,
+        digest: &str,
+    ) -> Result<Deployment, DeployError> {
+        if !digest.starts_with("sha256:") {
+            return Err(DeployError::Config(format!(
+                "{digest} is not an image digest this deployer recorded"
+            )));
+        }
+        let app = self.app_name(project);
+        let lock = self
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(app.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+        let registry = RegistryClient::new(&self.config.registry, None)?;
+        let reference = format!("{}/{app}@{digest}", registry.registry());
+        let mut live: Vec<_> = self
+            .api
+            .machines(&app, ROLE_KEY, ROLE_WEB)
+            .await?
+            .into_iter()
+            .filter(|m| {
+                !matches!(
+                    m.state.as_str(),
+                    "destroyed" | "destroying" | "replaced" | "migrated"
+                )
+            })
+            .collect();
+        live.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        let Some(current) = live.into_iter().next() else {
+            return Err(DeployError::Unhealthy(format!(
+                "{app} has no web machine to roll back"
+            )));
+        };
+        let previous_config = current.config.clone();
+        let previous_image = previous_config["image"].as_str().map(str::to_owned);
+        let deadline = Instant::now() + self.config.health_timeout;
+        if previous_image.as_deref() != Some(reference.as_str()) {
+            // The same configuration as a deploy, with the earlier image.
+            let config = machine_config::web_machine(&reference);
+            let updated = self
+                .api
+                .update_machine(&app, &current.id, &config, None, &current.instance_id)
+                .await?;
+            tracing::info!(app, machine = %current.id, image = reference, "rolled the web machine back");
+            if let Err(e) = self.until_healthy(&app, &current.id, deadline).await {
+                let note = self
+                    .roll_back(
+                        &app,
+                        &current.id,
+                        &previous_config,
+                        None,
+                        &updated.instance_id,
+                    )
+                    .await;
+                return Err(annotate(e, &note));
+            }
+        } else {
+            // A redelivery: the machine runs it already; check it answers.
+            self.until_healthy(&app, &current.id, deadline).await?;
+        }
+        Ok(Deployment {
+            url: self.public_url(&app),
+            version: digest.to_string(),
+            details: json!({
+                "app": app,
+                "machine_id": current.id,
+                "image": reference,
+                "previous_image": previous_image,
+            }),
+        })
+    }
+
+    /// Destroys every machine of the app, releases its public IPs, then deletes the app
+    /// (`DELETE /apps/{app}?force=true`). What is already gone is skipped.
+    async fn remove(&self, project: &ProjectId) -> Result<Value, DeployError> {
+        let app = self.app_name(project);
+        match self.api.app(&app).await? {
+            AppLookup::Found { org, .. } if !org.is_empty() && org != self.config.org_slug => {
+                return Err(DeployError::Fly {
+                    operation: format!("delete app {app}"),
+                    status: Some(403),
+                    message: format!(
+                        "the app {app} belongs to organization {org}, not {}; it is left alone",
+                        self.config.org_slug
+                    ),
+                });
+            }
+            AppLookup::Found { .. } => {}
+            AppLookup::NotVisible => {
+                return Ok(json!({"app": app, "already_gone": true}));
+            }
+            AppLookup::OtherOrganization => {
+                return Err(self.taken(&app, "it is left alone"));
+            }
+        }
+        let mut machines = Vec::new();
+        for m in self.api.all_machines(&app).await? {
+            if matches!(m.state.as_str(), "destroyed" | "replaced" | "migrated") {
+                continue;
+            }
+            self.api.destroy_machine(&app, &m.id).await?;
+            machines.push(m.id);
+        }
+        let mut ips = Vec::new();
+        for ip in self.api.ips(&app).await? {
+            self.api.release_ip(&app, &ip.ip).await?;
+            ips.push(ip.ip);
+        }
+        let deleted = self.api.delete_app(&app).await?;
+        tracing::info!(app, ?machines, ?ips, "the Fly app was deleted");
+        Ok(json!({
+            "app": app,
+            "machines_destroyed": machines,
+            "ips_released": ips,
+            "app_deleted": deleted,
+        }))
+    }
+}
+
 /// `e` with `note` added to its message, keeping how callers must react to it.
 fn annotate(e: DeployError, note: &str) -> DeployError {
     match e {
@@ -556,6 +685,20 @@ impl Deployer for FlyDeployer {
         let app = self.app_name(project);
         self.run(project, artifact, secrets).await.map_err(|e| {
             tracing::warn!(app, "deploy failed: {e}");
+            e.into()
+        })
+    }
+
+    async fn rollback(&self, project: &ProjectId, version: &str) -> Result<Deployment, PortError> {
+        self.roll_back_to(project, version).await.map_err(|e| {
+            tracing::warn!(%project, "rollback failed: {e}");
+            e.into()
+        })
+    }
+
+    async fn destroy(&self, project: &ProjectId) -> Result<Value, PortError> {
+        self.remove(project).await.map_err(|e| {
+            tracing::warn!(%project, "removing the app failed: {e}");
             e.into()
         })
     }

@@ -202,6 +202,82 @@ impl LocalDeployer {
         })
     }
 
+    /// Runs `version` (kept beside the current one: a deploy prunes all but the current
+    /// and the previous version) in place of the current process, the same way a deploy
+    /// switches: the old one stops only once the earlier one answers `/api/health`.
+    async fn run_version(
+        &self,
+        project: &ProjectId,
+        version: &str,
+    ) -> Result<Deployment, DeployError> {
+        let is_version = version.len() == 64 && version.bytes().all(|b| b.is_ascii_hexdigit());
+        let project_dir = self.config.root.join(project.as_str());
+        let dir = project_dir.join(version);
+        if !is_version || !dir.join(".output/server/index.mjs").is_file() {
+            return Err(DeployError::Config(format!(
+                "version {version} of {project} is not kept here any more"
+            )));
+        }
+        let slot = self.slot(project);
+        let mut running = slot.lock().await;
+        let secrets = read_env_file(&project_dir);
+        let port = free_port()?;
+        let (child, pid) = self
+            .start_healthy(project, &project_dir, version, port, &secrets)
+            .await?;
+        let previous_version = match running.take() {
+            Some(old) => {
+                let v = old.version.clone();
+                stop_child(old, self.config.stop_grace).await;
+                Some(v)
+            }
+            None => {
+                let recorded = read_pid_file(&project_dir);
+                stop_recorded(&project_dir, self.config.stop_grace).await;
+                recorded.map(|r| r.version)
+            }
+        };
+        write_pid_file(&project_dir, pid, port, version)?;
+        *running = Some(Running {
+            child,
+            pid,
+            version: version.to_owned(),
+        });
+        let url = format!("http://127.0.0.1:{port}");
+        tracing::info!(project = %project, %url, pid, version, "rolled back locally");
+        Ok(Deployment {
+            url,
+            version: version.to_owned(),
+            details: json!({
+                "pid": pid,
+                "port": port,
+                "dir": dir.display().to_string(),
+                "previous_version": previous_version,
+            }),
+        })
+    }
+
+    /// Stops the project's app and removes its directory (unpacked versions, logs, the
+    /// kept environment).
+    async fn remove(&self, project: &ProjectId) -> Result<serde_json::Value, DeployError> {
+        let stopped = self.stop(project).await;
+        let project_dir = self.config.root.join(project.as_str());
+        let removed = match std::fs::remove_dir_all(&project_dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(DeployError::Local(format!(
+                    "removing {}: {e}",
+                    project_dir.display()
+                )));
+            }
+        };
+        self.slots.lock().expect("slots").remove(project);
+        Ok(
+            json!({"stopped": stopped, "removed": removed, "dir": project_dir.display().to_string()}),
+        )
+    }
+
     /// Starts every app recorded under the root again, on its recorded port, unless it
     /// runs already (e.g. after the server was killed: its apps died with it). Returns
     /// each project's URL or why it did not start.
@@ -432,6 +508,17 @@ impl Deployer for LocalDeployer {
             tracing::warn!(project = %project, "local deploy failed: {e}");
             e.into()
         })
+    }
+
+    async fn rollback(&self, project: &ProjectId, version: &str) -> Result<Deployment, PortError> {
+        self.run_version(project, version).await.map_err(|e| {
+            tracing::warn!(project = %project, "local rollback failed: {e}");
+            e.into()
+        })
+    }
+
+    async fn destroy(&self, project: &ProjectId) -> Result<serde_json::Value, PortError> {
+        Ok(self.remove(project).await?)
     }
 }
 

@@ -247,3 +247,79 @@ async fn new_apps_and_machines_answer_404_for_a_moment_and_names_are_one_namespa
     assert!(fake.can_reach("a1", "a2"));
     assert!(!fake.can_reach("a1", "fresh"));
 }
+
+#[tokio::test]
+async fn deleting_an_app_with_a_running_machine_needs_force_and_takes_its_machines_and_ips() {
+    let registry = test_registry();
+    let fake = FakeFly::start(TOKEN, &registry).await;
+    fake.set_invisibility(Duration::ZERO, Duration::ZERO);
+    let base = push_synthetic_base(&registry, &unique("tb-test/base")).await;
+    let repo = unique("tb-test/doomed");
+    let client = RegistryClient::new(&registry, None).unwrap();
+    let pushed = push_app_image(
+        &client,
+        &base.reference,
+        &client,
+        &repo,
+        "doomed",
+        &node_app("v1", Health::Unhealthy),
+    )
+    .await
+    .unwrap();
+    let app = unique("honesty");
+    app_with_machine(&fake, &app, &pushed.reference).await;
+    let (status, ip) = call(
+        &fake,
+        "POST",
+        &format!("/apps/{app}/ip_assignments"),
+        Some(json!({"type": "v6"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{ip}");
+    let address = ip["ip"].as_str().unwrap().to_owned();
+    // The machine's process runs once its image is pulled (it never answers its check).
+    for _ in 0..100 {
+        if fake.running_processes() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.running_processes(), 1);
+
+    // Releasing an address the app does not have is a 404; its own goes.
+    let (status, _) = call(
+        &fake,
+        "DELETE",
+        &format!("/apps/{app}/ip_assignments/2001:db8::99"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &fake,
+        "DELETE",
+        &format!("/apps/{app}/ip_assignments/{address}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(fake.ips(&app).is_empty());
+
+    let (status, _) = call(&fake, "DELETE", &format!("/apps/{app}"), None).await;
+    assert_eq!(
+        status, 412,
+        "a running machine blocks a deletion without force"
+    );
+    assert!(fake.app_exists(&app));
+    let (status, _) = call(&fake, "DELETE", &format!("/apps/{app}?force=true"), None).await;
+    assert_eq!(status, 202);
+    assert!(!fake.app_exists(&app));
+    assert_eq!(fake.running_processes(), 0);
+    assert!(fake.machines(&app).is_empty());
+    assert_eq!(
+        call(&fake, "GET", &format!("/apps/{app}"), None).await.0,
+        404
+    );
+    let (status, _) = call(&fake, "DELETE", &format!("/apps/{app}?force=true"), None).await;
+    assert_eq!(status, 404);
+}

@@ -205,3 +205,45 @@ async fn an_artifact_with_a_wrong_checksum_is_refused_before_anything_runs() {
     assert!(matches!(err, PortError::Permanent(_)), "{err:?}");
     assert!(processes_under(root.path()).is_empty());
 }
+
+#[tokio::test]
+async fn rolling_back_runs_the_previous_version_again_and_destroying_stops_and_removes_the_app() {
+    let root = tempfile::tempdir().unwrap();
+    let d = deployer(root.path());
+    let project = ProjectId::parse("proj_local_life").unwrap();
+    let first = d
+        .deploy(&project, &node_app("v1", Health::Healthy), &secrets())
+        .await
+        .unwrap();
+    let second = d
+        .deploy(&project, &node_app("v2", Health::Healthy), &secrets())
+        .await
+        .unwrap();
+
+    let back = d.rollback(&project, &first.version).await.unwrap();
+    assert_eq!(back.version, first.version);
+    assert_eq!(
+        get_json(&format!("{}/api/users", back.url)).await["version"],
+        "v1"
+    );
+    assert!(gone(pid_of(&second.details)).await, "v2 still runs");
+    assert_eq!(back.details["previous_version"], second.version.as_str());
+    assert_eq!(processes_under(root.path()), vec![pid_of(&back.details)]);
+    // A version that is not kept is refused, and the rolled-back one keeps serving.
+    let refused = d.rollback(&project, &"0".repeat(64)).await.unwrap_err();
+    assert!(matches!(refused, PortError::Permanent(_)), "{refused:?}");
+    assert_eq!(
+        get_json(&format!("{}/api/users", back.url)).await["version"],
+        "v1"
+    );
+
+    let removed = d.destroy(&project).await.unwrap();
+    assert_eq!(removed["stopped"], true, "{removed}");
+    assert!(gone(pid_of(&back.details)).await, "the app still runs");
+    assert!(!root.path().join(project.as_str()).exists());
+    let again = d.destroy(&project).await.unwrap();
+    assert_eq!(
+        (again["stopped"].clone(), again["removed"].clone()),
+        (false.into(), false.into())
+    );
+}

@@ -7,7 +7,7 @@
 //! POST /mcp            MCP, stateless Streamable HTTP, JSON responses (both protocol eras)
 //! GET|DELETE /mcp      405 (no SSE stream, no sessions)
 //! /v1/requests...      REST (create, list, status, cancel)
-//! /v1/projects[/{id}]  REST (the caller's projects)
+//! /v1/projects[/{id}]  REST (the caller's projects; DELETE one, POST …/{id}/rollback)
 //! GET /health          200, no authentication
 //! /.well-known/oauth-*, /register, /authorize, /token, /revoke
 //!                      OAuth 2.1 for remote MCP clients ([`oauth`])

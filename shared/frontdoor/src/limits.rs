@@ -7,8 +7,8 @@
 //! (`StateStore::acquire_slot` / `release_slot`: a conditional update of a per-user item in
 //! DynamoDB, one upsert in SQLite), so it holds across every api instance. A request that
 //! took a slot carries `holds_slot`; the finalizer gives the slot back after the request's
-//! final commit (and a redelivered finalize message does it if the first one died in
-//! between). The spending check runs under a per-user async mutex, which serialises it within
+//! final commit, in one atomic write with the record of it (a redelivered finalize message
+//! does it if the first one died in between, and never a second time). The spending check runs under a per-user async mutex, which serialises it within
 //! one process; across instances the slot limit bounds what can run at once, so the cap can
 //! be overshot by at most the budgets of requests admitted in the same instant on other
 //! instances.
@@ -200,6 +200,11 @@ pub fn committed(running: &[RequestRecord], budget: MicroUsd) -> MicroUsd {
 /// requests is building (its record is written when the first request finishes).
 async fn owns_project(fd: &FrontDoor, user: &UserId, project: &ProjectId) -> Result<bool, Refusal> {
     match fd.records.project(project).await.map_err(unavailable)? {
+        Some(p) if &p.owner == user && p.lifecycle.deletion.is_some() => {
+            Err(Refusal::Invalid(format!(
+                "project {project} is deleted (or being deleted): leave project_id out to start a new project"
+            )))
+        }
         Some(p) => Ok(&p.owner == user),
         None => Ok(!fd
             .pipeline

@@ -51,17 +51,21 @@ use crate::auth::{self, Caller};
 use crate::host::ReceivedAt;
 use crate::limits::{self, CreateRequest, clip};
 use crate::rest::read_body;
-use crate::views::{self, ExecuteView, ProjectList, ProjectView, StatusView, ViewError};
+use crate::views::{
+    self, ExecuteView, ProjectList, ProjectOperationView, ProjectView, StatusView, ViewError,
+};
 
 /// Told to clients on `initialize` and `server/discover`.
-pub const INSTRUCTIONS: &str = "turbobackend builds and deploys backends (Nitro.js + Postgres) from a plain-language description. Call execute_request with a description; it returns a request_id at once. The work takes minutes: poll get_request_status with the request_id every 10-30 s until done is true, then report the deployment_url and repository_url. To change an existing backend, pass its project_id (see list_projects).";
+pub const INSTRUCTIONS: &str = "turbobackend builds and deploys backends (Nitro.js + Postgres) from a plain-language description. Call execute_request with a description; it returns a request_id at once. The work takes minutes: poll get_request_status with the request_id every 10-30 s until done is true, then report the deployment_url and repository_url. To change an existing backend, pass its project_id (see list_projects); rollback_project brings back its previous deployed version, and delete_project removes it (ask the user first).";
 
-pub const TOOL_NAMES: [&str; 5] = [
+pub const TOOL_NAMES: [&str; 7] = [
     "execute_request",
     "get_request_status",
     "cancel_request",
     "list_projects",
     "get_project",
+    "delete_project",
+    "rollback_project",
 ];
 
 /// Arguments of `execute_request`.
@@ -97,10 +101,24 @@ pub struct ProjectArgs {
     pub project_id: String,
 }
 
-/// `list_projects` takes no arguments.
+/// Arguments of `list_projects`.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NoArgs {}
+pub struct ListArgs {
+    /// Also list deleted projects (default false: they are hidden).
+    #[serde(default)]
+    pub include_deleted: bool,
+}
+
+/// Arguments of `delete_project`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteArgs {
+    /// The project to delete, from list_projects.
+    pub project_id: String,
+    /// The same project id again, to confirm: deletion cannot be undone.
+    pub confirm: String,
+}
 
 /// Hints: (read-only, destructive, idempotent, open world).
 type Hints = (bool, bool, bool, bool);
@@ -203,17 +221,29 @@ pub static TOOLS: LazyLock<Vec<Tool>> = LazyLock::new(|| {
             "Asks a running request to stop; it stops at its next step and what was built so far is archived. Cancelling a finished request changes nothing. Returns the request's status.",
             (false, true, true, false),
         ),
-        tool::<NoArgs, ProjectList>(
+        tool::<ListArgs, ProjectList>(
             "list_projects",
             "List your projects",
-            "Lists your projects (most recently updated first) with their repository and deployment URLs. Pass a project_id to execute_request to change that project.",
+            "Lists your projects (most recently updated first) with their state, repository and deployment URLs. Deleted projects are hidden unless include_deleted is true. Pass a project_id to execute_request to change that project.",
             (true, false, true, false),
         ),
         tool::<ProjectArgs, ProjectView>(
             "get_project",
             "Get a project",
-            "Shows one of your projects: repository URL, deployment URL, database name, deployed version, and its recent requests.",
+            "Shows one of your projects: state (live, deleting, deleted, ...), repository URL, deployment URL, database name, deployed and previous versions, its recent requests, its deletion or rollback in progress, and its history of deletions and rollbacks (who asked, when).",
             (true, false, true, false),
+        ),
+        tool::<DeleteArgs, ProjectOperationView>(
+            "delete_project",
+            "Delete a project",
+            "Deletes one of your projects for good: stops and removes its running app (machines, IP addresses, the app), drops its database and role, archives its git repository (read-only; no code is lost) and removes its stored snapshots. Requests running on it are cancelled first. Cannot be undone: ask the user first, and pass confirm equal to project_id. Returns at once; poll get_project until its state is deleted. Deleting a deleted project does nothing and says so; deleting one whose deletion stopped retries it.",
+            (false, true, true, true),
+        ),
+        tool::<ProjectArgs, ProjectOperationView>(
+            "rollback_project",
+            "Roll a project back",
+            "Makes the previous deployed version of one of your projects current again (the app runs the previous build, health checked; deployed and previous versions swap). Fails with a reason when there is no previous version or a request is running on the project. Returns at once; poll get_project.",
+            (false, true, false, true),
         ),
     ]
 });
@@ -298,8 +328,8 @@ impl McpTools {
     }
 
     async fn list_projects(&self, caller: &Caller, args: Value) -> ToolOutcome {
-        let _: NoArgs = parse_args("list_projects", args)?;
-        let list = views::list_projects(&self.fd, &caller.user)
+        let a: ListArgs = parse_args("list_projects", args)?;
+        let list = views::list_projects(&self.fd, &caller.user, a.include_deleted)
             .await
             .map_err(view_error)?;
         to_value(&list)
@@ -311,6 +341,46 @@ impl McpTools {
             .await
             .map_err(view_error)?;
         to_value(&project)
+    }
+}
+
+impl McpTools {
+    async fn delete_project(&self, caller: &Caller, args: Value) -> ToolOutcome {
+        let a: DeleteArgs = parse_args("delete_project", args)?;
+        let accepted = tb_pipeline::lifecycle::request_delete(
+            &self.fd.pipeline,
+            self.fd.records.as_ref(),
+            &caller.user,
+            &a.project_id,
+            &a.confirm,
+        )
+        .await
+        .map_err(|e| project_error(&a.project_id, e))?;
+        to_value(&ProjectOperationView::from(&accepted))
+    }
+
+    async fn rollback_project(&self, caller: &Caller, args: Value) -> ToolOutcome {
+        let a: ProjectArgs = parse_args("rollback_project", args)?;
+        let accepted = tb_pipeline::lifecycle::request_rollback(
+            &self.fd.pipeline,
+            self.fd.records.as_ref(),
+            &caller.user,
+            &a.project_id,
+        )
+        .await
+        .map_err(|e| project_error(&a.project_id, e))?;
+        to_value(&ProjectOperationView::from(&accepted))
+    }
+}
+
+fn project_error(id: &str, e: RequestError) -> String {
+    match e {
+        RequestError::NotFound(_) => view_error(ViewError::NotFound(clip(id, 80))),
+        RequestError::Invalid(m) => m,
+        RequestError::Unavailable(m) => {
+            tracing::warn!("pipeline unavailable: {m}");
+            "temporarily unavailable; retry in a few seconds".into()
+        }
     }
 }
 
@@ -366,6 +436,8 @@ impl ServerHandler for McpTools {
             "cancel_request" => self.status(&caller, args, true).await,
             "list_projects" => self.list_projects(&caller, args).await,
             "get_project" => self.get_project(&caller, args).await,
+            "delete_project" => self.delete_project(&caller, args).await,
+            "rollback_project" => self.rollback_project(&caller, args).await,
             other => {
                 return Err(ErrorData::invalid_params(
                     format!(

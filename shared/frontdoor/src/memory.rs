@@ -131,8 +131,30 @@ impl PlatformRecords for MemoryRecords {
                 project.id
             )));
         }
-        inner.projects.insert(project.id.clone(), project.clone());
+        let mut project = project.clone();
+        if let Some(existing) = inner.projects.get(&project.id) {
+            // The lifecycle is written by `save_lifecycle` only.
+            project.lifecycle = existing.lifecycle.clone();
+        }
+        inner.projects.insert(project.id.clone(), project);
         Ok(())
+    }
+
+    async fn save_lifecycle(
+        &self,
+        id: &ProjectId,
+        lifecycle: &tb_core::ports::Lifecycle,
+    ) -> Result<(), PortError> {
+        match self.lock().projects.get_mut(id) {
+            Some(p) if p.lifecycle.version != lifecycle.version.saturating_sub(1) => Err(
+                PortError::Conflict(format!("the lifecycle of project {id} changed")),
+            ),
+            Some(p) => {
+                p.lifecycle = lifecycle.clone();
+                Ok(())
+            }
+            None => Err(PortError::NotFound(format!("project {id}"))),
+        }
     }
 
     async fn project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, PortError> {

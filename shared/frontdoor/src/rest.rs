@@ -106,10 +106,40 @@ pub async fn serve(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (&parts.method, segments.as_slice()) {
         (&Method::POST, ["v1", "requests"]) => create(&fd, &caller, &body).await,
-        (&Method::GET, ["v1", "projects"]) => match views::list_projects(&fd, &caller.user).await {
-            Ok(list) => json_response(StatusCode::OK, json!(list)),
-            Err(e) => view_error(e),
-        },
+        (&Method::GET, ["v1", "projects"]) => {
+            let include_deleted = query_flag(parts.uri.query(), "include_deleted");
+            match views::list_projects(&fd, &caller.user, include_deleted).await {
+                Ok(list) => json_response(StatusCode::OK, json!(list)),
+                Err(e) => view_error(e),
+            }
+        }
+        (&Method::DELETE, ["v1", "projects", id]) => {
+            let confirm = match confirmation(parts.uri.query(), &body) {
+                Ok(c) => c,
+                Err(response) => return response,
+            };
+            operation_response(
+                tb_pipeline::lifecycle::request_delete(
+                    &fd.pipeline,
+                    fd.records.as_ref(),
+                    &caller.user,
+                    id,
+                    &confirm,
+                )
+                .await,
+                id,
+            )
+        }
+        (&Method::POST, ["v1", "projects", id, "rollback"]) => operation_response(
+            tb_pipeline::lifecycle::request_rollback(
+                &fd.pipeline,
+                fd.records.as_ref(),
+                &caller.user,
+                id,
+            )
+            .await,
+            id,
+        ),
         (&Method::GET, ["v1", "projects", id]) => {
             match views::project(&fd, &caller.user, id).await {
                 Ok(p) => json_response(StatusCode::OK, json!(p)),
@@ -127,6 +157,80 @@ pub async fn serve(State(fd): State<Arc<FrontDoor>>, req: Request) -> Response {
             json_response(status, value)
         }
     }
+}
+
+/// Whether `name=true` (or `name=1`) is in the query string.
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query.unwrap_or("").split('&').any(|pair| {
+        pair.split_once('=')
+            .is_some_and(|(k, v)| k == name && matches!(v, "true" | "1"))
+    })
+}
+
+/// The `confirm` of a deletion: `?confirm=<project id>`, or `{"confirm": "<project id>"}`
+/// as the body.
+#[allow(clippy::result_large_err)]
+fn confirmation(query: Option<&str>, body: &[u8]) -> Result<String, Response> {
+    if let Some(value) = query.unwrap_or("").split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(k, _)| *k == "confirm")
+            .map(|(_, v)| v.to_string())
+    }) {
+        return Ok(value);
+    }
+    if body.is_empty() {
+        return Ok(String::new());
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct DeleteBody {
+        confirm: String,
+    }
+    serde_json::from_slice::<DeleteBody>(body)
+        .map(|b| b.confirm)
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not {{\"confirm\": \"<project id>\"}}: {e}"),
+            )
+        })
+}
+
+fn operation_response(
+    result: Result<tb_pipeline::lifecycle::OperationAccepted, tb_pipeline::RequestError>,
+    id: &str,
+) -> Response {
+    match result {
+        Ok(accepted) => {
+            let status = if accepted.started {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            json_response(status, json!(views::ProjectOperationView::from(&accepted)))
+        }
+        Err(tb_pipeline::RequestError::NotFound(_)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no project {}", limits_clip(id)),
+        ),
+        Err(tb_pipeline::RequestError::Invalid(m)) => {
+            error(StatusCode::CONFLICT, "not_possible", m)
+        }
+        Err(tb_pipeline::RequestError::Unavailable(m)) => {
+            tracing::warn!("unavailable: {m}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "temporarily unavailable; retry shortly",
+            )
+        }
+    }
+}
+
+fn limits_clip(id: &str) -> String {
+    crate::limits::clip(id, 80)
 }
 
 fn view_error(e: ViewError) -> Response {

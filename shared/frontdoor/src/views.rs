@@ -5,7 +5,8 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 use tb_core::domain::{Phase, ProjectId, UserId};
-use tb_core::ports::ProjectRecord;
+use tb_core::ports::{Lifecycle, Operation, ProjectRecord};
+use tb_pipeline::lifecycle::OperationAccepted;
 use tb_pipeline::{Accepted, RequestRecord, Status};
 
 use crate::FrontDoor;
@@ -182,8 +183,13 @@ impl From<&RequestRecord> for RequestBrief {
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ProjectSummary {
     pub project_id: String,
-    /// `live` once a request has finished for it, `building` while its first request runs.
+    /// `live` once a request has finished for it, `building` while its first request runs,
+    /// `deleting` while its deletion runs, `deletion_stopped` when a step of it was refused
+    /// (delete again to retry), `deleted` once it is gone.
     pub state: String,
+    /// When it was deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,8 +216,22 @@ pub struct ProjectList {
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ProjectView {
     pub project_id: String,
-    /// `live` once a request has finished for it, `building` while its first request runs.
+    /// `live` once a request has finished for it, `building` while its first request runs,
+    /// `deleting` while its deletion runs, `deletion_stopped` when a step of it was refused
+    /// (delete again to retry), `deleted` once it is gone.
     pub state: String,
+    /// When it was deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at_ms: Option<u64>,
+    /// Its deletion: who asked, when, each step's result (what it removed), and the step
+    /// that stopped it if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<OperationView>,
+    /// Its last rollback, the same way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<OperationView>,
+    /// Deletions and rollbacks asked for and done, with who asked and when; newest last.
+    pub history: Vec<HistoryView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,6 +252,146 @@ pub struct ProjectView {
     pub updated_at_ms: u64,
 }
 
+/// A deletion or rollback of a project.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct OperationView {
+    /// `running`, `done` or `stopped` (a step was refused: see failure).
+    pub status: String,
+    pub requested_by: String,
+    pub requested_at_ms: u64,
+    /// Step → its result (for a deletion: what it removed).
+    pub steps: std::collections::BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ErrorView>,
+    /// Requests that were running on the project and were cancelled first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cancelled_requests: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+impl From<&Operation> for OperationView {
+    fn from(op: &Operation) -> Self {
+        let status = if op.finished_at_ms.is_some() {
+            "done"
+        } else if op.failure.is_some() {
+            "stopped"
+        } else {
+            "running"
+        };
+        OperationView {
+            status: status.into(),
+            requested_by: op.requested_by.to_string(),
+            requested_at_ms: op.requested_at_ms,
+            steps: op.steps.clone(),
+            failure: op.failure.as_ref().map(|f| ErrorView {
+                step: f.step.clone(),
+                reason: clip(&f.reason, REASON_CHARS),
+            }),
+            cancelled_requests: op
+                .cancelled_requests
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+            target_version: op.target_version.clone(),
+            from_version: op.from_version.clone(),
+            finished_at_ms: op.finished_at_ms,
+        }
+    }
+}
+
+/// One line of a project's history.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct HistoryView {
+    /// `delete requested`, `deleted`, `delete failed`, `rollback requested`, `rolled back`,
+    /// `rollback failed`.
+    pub action: String,
+    /// Who asked.
+    pub by: String,
+    pub at_ms: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// History lines shown by `get_project`, newest last.
+pub const HISTORY_SHOWN: usize = 20;
+
+/// The state a project record says it is in.
+pub fn project_state(l: &Lifecycle) -> &'static str {
+    match (&l.deleted_at_ms, &l.deletion) {
+        (Some(_), _) => "deleted",
+        (None, Some(op)) if op.failure.is_some() => "deletion_stopped",
+        (None, Some(_)) => "deleting",
+        (None, None) => "live",
+    }
+}
+
+/// The answer to `delete_project` and `rollback_project`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ProjectOperationView {
+    pub project_id: String,
+    /// `deleting`, `deleted` or `rolling_back`.
+    pub state: String,
+    /// False when nothing new started: the project was deleted already (a no-op), or the
+    /// same operation is under way.
+    pub started: bool,
+    /// Requests that were running on the project and were cancelled first.
+    pub cancelled_requests: Vec<String>,
+    /// A step that stopped an earlier deletion and is retried now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<ErrorView>,
+    /// For a rollback: the version it goes back to, and the one it leaves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// For a project deleted already: when, and what each step removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub removed: serde_json::Map<String, serde_json::Value>,
+    pub message: String,
+    /// What to do next.
+    pub next: String,
+}
+
+impl From<&OperationAccepted> for ProjectOperationView {
+    fn from(a: &OperationAccepted) -> Self {
+        let next = match a.state.as_str() {
+            "deleted" => "nothing to do".to_string(),
+            _ => format!(
+                "poll get_project with project_id {} every 10-30 s until its state is {}",
+                a.project_id,
+                if a.state == "deleting" {
+                    "deleted (or deletion_stopped)"
+                } else {
+                    "live with deployed_version equal to target_version (see rollback for its progress)"
+                }
+            ),
+        };
+        ProjectOperationView {
+            project_id: a.project_id.to_string(),
+            state: a.state.clone(),
+            started: a.started,
+            cancelled_requests: a.cancelled_requests.iter().map(|r| r.to_string()).collect(),
+            retrying: a.retrying.as_ref().map(|f| ErrorView {
+                step: f.step.clone(),
+                reason: clip(&f.reason, REASON_CHARS),
+            }),
+            target_version: a.target_version.clone(),
+            from_version: a.from_version.clone(),
+            deleted_at_ms: a.deleted_at_ms,
+            removed: a.removed.clone(),
+            message: a.message.clone(),
+            next,
+        }
+    }
+}
+
 /// Why a view could not be built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ViewError {
@@ -248,7 +408,13 @@ fn unavailable(e: impl std::fmt::Display) -> ViewError {
 /// The caller's projects: their project records, plus projects whose first request is still
 /// running (the record is written when a request finishes). Only running requests are read,
 /// so the cost does not grow with the caller's history.
-pub async fn list_projects(fd: &FrontDoor, user: &UserId) -> Result<ProjectList, ViewError> {
+/// Deleted projects are left out unless `include_deleted` (projects being deleted are
+/// always listed).
+pub async fn list_projects(
+    fd: &FrontDoor,
+    user: &UserId,
+    include_deleted: bool,
+) -> Result<ProjectList, ViewError> {
     let records = fd.records.projects(user).await.map_err(unavailable)?;
     let requests = fd
         .pipeline
@@ -259,9 +425,11 @@ pub async fn list_projects(fd: &FrontDoor, user: &UserId) -> Result<ProjectList,
     let mut projects: Vec<ProjectSummary> = records
         .iter()
         .filter(|p| &p.owner == user)
+        .filter(|p| include_deleted || p.lifecycle.deleted_at_ms.is_none())
         .map(|p| ProjectSummary {
             project_id: p.id.to_string(),
-            state: "live".into(),
+            state: project_state(&p.lifecycle).into(),
+            deleted_at_ms: p.lifecycle.deleted_at_ms,
             name: Some(p.name.clone()),
             repository_url: p.repo_url.clone(),
             deployment_url: p.deploy_url.clone(),
@@ -271,12 +439,16 @@ pub async fn list_projects(fd: &FrontDoor, user: &UserId) -> Result<ProjectList,
         .collect();
     // Newest first: the first request seen per project is its latest.
     for r in &requests {
+        if records.iter().any(|p| p.id == r.project) {
+            continue;
+        }
         if projects.iter().any(|p| p.project_id == r.project.as_str()) {
             continue;
         }
         projects.push(ProjectSummary {
             project_id: r.project.to_string(),
             state: "building".into(),
+            deleted_at_ms: None,
             name: None,
             repository_url: None,
             deployment_url: None,
@@ -314,7 +486,22 @@ pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectV
     match record {
         Some(p) => Ok(ProjectView {
             project_id: p.id.to_string(),
-            state: "live".into(),
+            state: project_state(&p.lifecycle).into(),
+            deleted_at_ms: p.lifecycle.deleted_at_ms,
+            deletion: p.lifecycle.deletion.as_ref().map(OperationView::from),
+            rollback: p.lifecycle.rollback.as_ref().map(OperationView::from),
+            history: {
+                let h = &p.lifecycle.history;
+                h[h.len().saturating_sub(HISTORY_SHOWN)..]
+                    .iter()
+                    .map(|e| HistoryView {
+                        action: e.action.clone(),
+                        by: e.by.to_string(),
+                        at_ms: e.at_ms,
+                        detail: clip(&e.detail, REASON_CHARS),
+                    })
+                    .collect()
+            },
             name: Some(p.name),
             repository_url: p.repo_url,
             deployment_url: p.deploy_url,
@@ -328,6 +515,10 @@ pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectV
         None if !requests.is_empty() => Ok(ProjectView {
             project_id: id.to_string(),
             state: "building".into(),
+            deleted_at_ms: None,
+            deletion: None,
+            rollback: None,
+            history: Vec::new(),
             name: None,
             repository_url: None,
             deployment_url: None,

@@ -256,6 +256,7 @@ async fn two_users() -> TwoUsers {
             last_request: None,
             created_at_ms: 1,
             updated_at_ms: 2,
+            lifecycle: Default::default(),
         })
         .await
         .unwrap();
@@ -435,4 +436,173 @@ async fn over_rest_a_user_cannot_read_list_or_cancel_another_users_requests_or_p
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["repository_url"], "https://git.example/b");
+}
+
+#[tokio::test]
+async fn a_user_cannot_delete_or_roll_back_another_users_project_over_mcp_or_rest() {
+    let t = two_users().await;
+    let s = &t.s;
+    for project in [&t.b_project, &t.b_record_project] {
+        let r = s
+            .call(
+                &t.key_a,
+                "delete_project",
+                json!({"project_id": project, "confirm": project}),
+            )
+            .await;
+        assert!(is_error(&r), "{r}");
+        assert!(text(&r).starts_with("no project"), "{r}");
+        let r = s
+            .call(&t.key_a, "rollback_project", json!({"project_id": project}))
+            .await;
+        assert!(is_error(&r), "{r}");
+        assert!(text(&r).starts_with("no project"), "{r}");
+        let (status, body) = s
+            .rest(
+                &t.key_a,
+                Method::DELETE,
+                &format!("/v1/projects/{project}?confirm={project}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = s
+            .rest(
+                &t.key_a,
+                Method::POST,
+                &format!("/v1/projects/{project}/rollback"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+    // Nothing was recorded or handed to the finalizer.
+    assert!(s.queue.take_finalize().is_empty());
+    let record = s
+        .records
+        .project(&ProjectId::parse(&t.b_record_project).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.lifecycle, Default::default());
+}
+
+#[tokio::test]
+async fn the_owner_deletes_with_confirmation_and_deleted_projects_are_hidden_unless_asked_for() {
+    let t = two_users().await;
+    let s = &t.s;
+    let project = &t.b_record_project;
+    // Without the confirmation: refused, nothing recorded.
+    let r = s
+        .call(
+            &t.key_b,
+            "delete_project",
+            json!({"project_id": project, "confirm": "yes"}),
+        )
+        .await;
+    assert!(is_error(&r), "{r}");
+    assert!(text(&r).contains("confirm"), "{r}");
+    let (status, body) = s
+        .rest(
+            &t.key_b,
+            Method::DELETE,
+            &format!("/v1/projects/{project}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(s.queue.take_finalize().is_empty());
+
+    // With it: recorded and handed to the finalizer.
+    let r = s
+        .call(
+            &t.key_b,
+            "delete_project",
+            json!({"project_id": project, "confirm": project}),
+        )
+        .await;
+    assert!(!is_error(&r), "{r}");
+    assert_eq!(r["structuredContent"]["state"], "deleting", "{r}");
+    let sent = s.queue.take_finalize();
+    assert_eq!(
+        sent,
+        vec![tb_pipeline::FinalizeMessage::DeleteProject {
+            project_id: ProjectId::parse(project).unwrap()
+        }]
+    );
+    let r = s
+        .call(&t.key_b, "get_project", json!({"project_id": project}))
+        .await;
+    assert_eq!(r["structuredContent"]["state"], "deleting", "{r}");
+    assert_eq!(
+        r["structuredContent"]["history"][0]["action"], "delete requested",
+        "{r}"
+    );
+    assert_eq!(r["structuredContent"]["history"][0]["by"], "user_b", "{r}");
+    // A change request to a project being deleted is refused.
+    let r = s
+        .call(
+            &t.key_b,
+            "execute_request",
+            json!({"description": "add posts", "project_id": project}),
+        )
+        .await;
+    assert!(is_error(&r), "{r}");
+    assert!(text(&r).contains("deleted"), "{r}");
+
+    // Once the finalizer has recorded it deleted: hidden from the list by default.
+    let id = ProjectId::parse(project).unwrap();
+    let mut lifecycle = s.records.project(&id).await.unwrap().unwrap().lifecycle;
+    lifecycle.deleted_at_ms = Some(42);
+    lifecycle.next_version();
+    s.records.save_lifecycle(&id, &lifecycle).await.unwrap();
+    let r = s.call(&t.key_b, "list_projects", json!({})).await;
+    let listed: Vec<&str> = r["structuredContent"]["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project_id"].as_str().unwrap())
+        .collect();
+    assert!(!listed.contains(&project.as_str()), "{r}");
+    let r = s
+        .call(&t.key_b, "list_projects", json!({"include_deleted": true}))
+        .await;
+    let deleted = r["structuredContent"]["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["project_id"] == project.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(deleted["state"], "deleted");
+    assert_eq!(deleted["deleted_at_ms"], 42);
+    let (_, body) = s
+        .rest(
+            &t.key_b,
+            Method::GET,
+            "/v1/projects?include_deleted=true",
+            None,
+        )
+        .await;
+    assert!(
+        body["projects"].to_string().contains(project.as_str()),
+        "{body}"
+    );
+    let r = s
+        .call(&t.key_b, "get_project", json!({"project_id": project}))
+        .await;
+    assert_eq!(r["structuredContent"]["state"], "deleted", "{r}");
+
+    // Deleting again: a no-op that says so.
+    let r = s
+        .call(
+            &t.key_b,
+            "delete_project",
+            json!({"project_id": project, "confirm": project}),
+        )
+        .await;
+    assert!(!is_error(&r), "{r}");
+    assert_eq!(r["structuredContent"]["state"], "deleted", "{r}");
+    assert_eq!(r["structuredContent"]["started"], false, "{r}");
+    assert!(s.queue.take_finalize().is_empty());
 }

@@ -229,7 +229,7 @@ async fn the_python_sdk_oauth_client_registers_signs_in_and_calls_tools() {
     assert!(auth_url.contains("resource="), "{auth_url}");
     assert_eq!(report["access_token_prefix"], "tbat_", "{report}");
     assert_eq!(report["has_refresh_token"], true, "{report}");
-    assert_eq!(report["tools"].as_array().unwrap().len(), 5, "{report}");
+    assert_eq!(report["tools"].as_array().unwrap().len(), 7, "{report}");
     assert_eq!(report["execute"]["created"], true, "{report}");
     // The request belongs to the user whose key signed in.
     let id = report["execute"]["request_id"].as_str().unwrap();

@@ -63,10 +63,12 @@ async fn run_python_client(mode: &str) -> Value {
 fn assert_client_report(report: &Value, protocol: &str) {
     let all = [
         "cancel_request",
+        "delete_project",
         "execute_request",
         "get_project",
         "get_request_status",
         "list_projects",
+        "rollback_project",
     ];
     assert_eq!(report["protocol"], protocol, "{report}");
     for key in [

@@ -37,7 +37,9 @@ async fn every_tool_declares_input_and_output_schemas_and_annotations() {
             "get_request_status",
             "cancel_request",
             "list_projects",
-            "get_project"
+            "get_project",
+            "delete_project",
+            "rollback_project"
         ]
     );
     // (read-only, destructive, idempotent, open world)
@@ -47,6 +49,8 @@ async fn every_tool_declares_input_and_output_schemas_and_annotations() {
         ("cancel_request", [false, true, true, false]),
         ("list_projects", [true, false, true, false]),
         ("get_project", [true, false, true, false]),
+        ("delete_project", [false, true, true, true]),
+        ("rollback_project", [false, true, false, true]),
     ];
     for (tool, (name, h)) in tools.iter().zip(hints) {
         assert_eq!(tool["name"], name);
@@ -483,6 +487,7 @@ async fn list_projects_is_bounded_and_newest_first() {
                 last_request: None,
                 created_at_ms: i,
                 updated_at_ms: 1000 + i,
+                lifecycle: Default::default(),
             })
             .await
             .unwrap();

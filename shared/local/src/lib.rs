@@ -9,6 +9,7 @@
 //!   JSON-lines file;
 //! - [`dispatch`]: the loops that feed queued messages to the worker and finalizer handlers,
 //!   with bounded concurrency, retries and the periodic sweeper;
+//! - [`npm_cache`]: the npm cache the sandboxes share, warmed with the template's packages;
 //! - [`private`]: the modes of what holds secrets (data directory 0700, secret files 0600).
 //!
 //! A host wires them up like this (building the `Pipeline` and the `Finalizer` themselves
@@ -40,6 +41,7 @@ pub mod dispatch;
 mod error;
 mod gates;
 pub mod keys;
+pub mod npm_cache;
 mod oauth;
 pub mod private;
 mod queue;

@@ -15,7 +15,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use tb_core::agent::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
-use tb_core::ports::{ApiKey, PlatformRecords, PortError, ProjectRecord};
+use tb_core::ports::{ApiKey, Lifecycle, PlatformRecords, PortError, ProjectRecord};
 use tb_core::{MicroUsd, ModelCall};
 
 use crate::db::LocalDb;
@@ -159,7 +159,7 @@ impl PlatformRecords for SqliteRecords {
         let what = format!("saving project {id}");
         let err = |e| port_error(&what, e);
         let mut tx = self.db.write(&what).await?;
-        let stored = sqlx::query("SELECT owner, created_at_ms FROM projects WHERE id = ?")
+        let stored = sqlx::query("SELECT owner, created_at_ms, body FROM projects WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await
@@ -174,6 +174,8 @@ impl PlatformRecords for SqliteRecords {
             }
             project.created_at_ms =
                 to_u64("created_at_ms", row.try_get("created_at_ms").map_err(err)?)?;
+            // The lifecycle is written by `save_lifecycle` only.
+            project.lifecycle = project_of(&row)?.lifecycle;
         }
         let body = serde_json::to_string(&project).map_err(|e| json_error(&what, e))?;
         sqlx::query(
@@ -200,6 +202,33 @@ impl PlatformRecords for SqliteRecords {
             .await
             .map_err(|e| port_error(&format!("loading project {id}"), e))?;
         row.as_ref().map(project_of).transpose()
+    }
+
+    async fn save_lifecycle(&self, id: &ProjectId, lifecycle: &Lifecycle) -> Result<(), PortError> {
+        let what = format!("saving the lifecycle of project {id}");
+        let err = |e| port_error(&what, e);
+        let mut tx = self.db.write(&what).await?;
+        let row = sqlx::query("SELECT body FROM projects WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?
+            .ok_or_else(|| PortError::NotFound(format!("project {id}")))?;
+        let mut project = project_of(&row)?;
+        if project.lifecycle.version != lifecycle.version.saturating_sub(1) {
+            return Err(PortError::Conflict(format!(
+                "the lifecycle of project {id} changed since it was read"
+            )));
+        }
+        project.lifecycle = lifecycle.clone();
+        let body = serde_json::to_string(&project).map_err(|e| json_error(&what, e))?;
+        sqlx::query("UPDATE projects SET body = ? WHERE id = ?")
+            .bind(&body)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
     }
 
     async fn projects(&self, owner: &UserId) -> Result<Vec<ProjectRecord>, PortError> {

@@ -25,6 +25,72 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// A commit, and with `release_slot` the owner's slot given back, in one transaction.
+    async fn commit_in_transaction(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+        appended: Appended<'_>,
+        release_slot: bool,
+    ) -> Result<(), PortError> {
+        let id = &record.id;
+        let what = format!("committing {id}");
+        let c = Columns::of(record)?;
+        let mut tx = self.db.write(&what).await?;
+        // The owner never changes, and phase and `active` (both indexed) rarely do: setting
+        // them on every commit would rewrite their index entries each iteration. So the
+        // versioned update sets the unindexed columns, and a second statement touches the
+        // indexed ones only when they differ.
+        let updated =
+            sqlx::query("UPDATE requests SET version = ?, body = ? WHERE id = ? AND version = ?")
+                .bind(c.version)
+                .bind(&c.body)
+                .bind(id.as_str())
+                .bind(to_i64("expected version", expected_version)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| port_error(&what, e))?
+                .rows_affected();
+        if updated == 0 {
+            // Dropping the transaction rolls it back (it wrote nothing anyway).
+            return Err(match load_in(&mut tx, id).await? {
+                None => PortError::NotFound(id.to_string()),
+                Some(stored) => PortError::Conflict(format!(
+                    "{id}: version {} is not {expected_version}",
+                    stored.version
+                )),
+            });
+        }
+        sqlx::query(
+            "UPDATE requests SET phase = ?, active = ?
+             WHERE id = ? AND (phase IS NOT ? OR active IS NOT ?)",
+        )
+        .bind(&c.phase)
+        .bind(c.active)
+        .bind(id.as_str())
+        .bind(&c.phase)
+        .bind(c.active)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| port_error(&what, e))?;
+        insert_items(
+            &mut tx,
+            id,
+            appended.first_index,
+            appended.messages,
+            appended.calls,
+        )
+        .await?;
+        if release_slot {
+            sqlx::query("UPDATE slots SET active = active - 1 WHERE owner = ? AND active > 0")
+                .bind(record.owner.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| port_error(&what, e))?;
+        }
+        tx.commit().await.map_err(|e| port_error(&what, e))
+    }
+
     pub fn new(db: LocalDb) -> Self {
         SqliteStore { db }
     }
@@ -221,55 +287,8 @@ impl StateStore for SqliteStore {
         expected_version: u64,
         appended: Appended<'_>,
     ) -> Result<(), PortError> {
-        let id = &record.id;
-        let what = format!("committing {id}");
-        let c = Columns::of(record)?;
-        let mut tx = self.db.write(&what).await?;
-        // The owner never changes, and phase and `active` (both indexed) rarely do: setting
-        // them on every commit would rewrite their index entries each iteration. So the
-        // versioned update sets the unindexed columns, and a second statement touches the
-        // indexed ones only when they differ.
-        let updated =
-            sqlx::query("UPDATE requests SET version = ?, body = ? WHERE id = ? AND version = ?")
-                .bind(c.version)
-                .bind(&c.body)
-                .bind(id.as_str())
-                .bind(to_i64("expected version", expected_version)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| port_error(&what, e))?
-                .rows_affected();
-        if updated == 0 {
-            // Dropping the transaction rolls it back (it wrote nothing anyway).
-            return Err(match load_in(&mut tx, id).await? {
-                None => PortError::NotFound(id.to_string()),
-                Some(stored) => PortError::Conflict(format!(
-                    "{id}: version {} is not {expected_version}",
-                    stored.version
-                )),
-            });
-        }
-        sqlx::query(
-            "UPDATE requests SET phase = ?, active = ?
-             WHERE id = ? AND (phase IS NOT ? OR active IS NOT ?)",
-        )
-        .bind(&c.phase)
-        .bind(c.active)
-        .bind(id.as_str())
-        .bind(&c.phase)
-        .bind(c.active)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| port_error(&what, e))?;
-        insert_items(
-            &mut tx,
-            id,
-            appended.first_index,
-            appended.messages,
-            appended.calls,
-        )
-        .await?;
-        tx.commit().await.map_err(|e| port_error(&what, e))
+        self.commit_in_transaction(record, expected_version, appended, false)
+            .await
     }
 
     async fn active(&self) -> Result<Vec<RequestRecord>, PortError> {
@@ -338,5 +357,14 @@ impl StateStore for SqliteStore {
             .await
             .map_err(|e| port_error(&format!("returning a slot of {owner}"), e))?;
         Ok(())
+    }
+
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError> {
+        self.commit_in_transaction(record, expected_version, Appended::default(), true)
+            .await
     }
 }

@@ -283,8 +283,15 @@ async fn assert_finalized(host: &Host, id: &RequestId) -> RequestRecord {
     let snapshot =
         tb_pipeline::snapshot::unpack(&std::fs::read(host.data.join("archive").join(key)).unwrap())
             .unwrap();
+    // The agent's files on top of the template the new project started from.
     let files: Vec<&str> = snapshot.files.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(files, ["a.txt", "b.txt"]);
+    let mut expected: Vec<&str> = tb_pipeline::template::FILES
+        .iter()
+        .map(|(p, _)| *p)
+        .collect();
+    expected.extend(["a.txt", "b.txt"]);
+    expected.sort();
+    assert_eq!(files, expected);
     // The ledger in the same SQLite file holds the calls, and the project record exists.
     let total: i64 = calls.iter().map(|c| c.cost.micros()).sum();
     assert!(total > 0);
@@ -446,6 +453,16 @@ impl StateStore for Faulty {
 
     async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
         self.inner.release_slot(owner).await
+    }
+
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError> {
+        self.inner
+            .commit_releasing_slot(record, expected_version)
+            .await
     }
 }
 

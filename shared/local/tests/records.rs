@@ -46,6 +46,7 @@ fn project(id: &str, owner: &str, at: u64) -> ProjectRecord {
         last_request: None,
         created_at_ms: at,
         updated_at_ms: at,
+        lifecycle: Default::default(),
     }
 }
 
@@ -251,4 +252,34 @@ async fn writing_the_same_usage_twice_bills_it_once_and_spent_is_the_sum() {
     .await
     .unwrap();
     assert_eq!((rows, cache_read), (3, 15_000));
+}
+
+#[tokio::test]
+async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = open(&dir).await;
+    let mut p = project("proj_life", "user_a", 1);
+    records.save_project(&p).await.unwrap();
+    let mut lifecycle = tb_core::ports::Lifecycle {
+        version: 1,
+        deleted_at_ms: Some(9),
+        ..Default::default()
+    };
+    lifecycle.record("deleted", &user("user_a"), 9, "app: gone".into());
+    records.save_lifecycle(&p.id, &lifecycle).await.unwrap();
+    p.updated_at_ms = 2;
+    records.save_project(&p).await.unwrap();
+    let stored = records.project(&p.id).await.unwrap().unwrap();
+    assert_eq!(stored.lifecycle, lifecycle);
+    assert_eq!(stored.updated_at_ms, 2);
+    let stale = records.save_lifecycle(&p.id, &lifecycle).await;
+    assert!(matches!(stale, Err(PortError::Conflict(_))), "{stale:?}");
+
+    let missing = records
+        .save_lifecycle(&ProjectId::parse("proj_none").unwrap(), &lifecycle)
+        .await;
+    assert!(
+        matches!(missing, Err(PortError::NotFound(_))),
+        "{missing:?}"
+    );
 }

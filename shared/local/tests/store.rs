@@ -411,3 +411,31 @@ async fn everything_survives_closing_and_reopening_the_file() {
         "WAL with synchronous=FULL"
     );
 }
+
+#[tokio::test]
+async fn a_slot_is_given_back_with_its_record_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("state.db")).await;
+    let (mut rec, first) = new_record("req_slot", "user_slot", 1);
+    let owner = rec.owner.clone();
+    store.create(&rec, &first).await.unwrap();
+    // This request's slot and another one's.
+    assert!(store.acquire_slot(&owner, 2).await.unwrap());
+    assert!(store.acquire_slot(&owner, 2).await.unwrap());
+    let v = rec.version;
+    rec.version += 1;
+    rec.phase = Phase::Succeeded;
+    store.commit_releasing_slot(&rec, v).await.unwrap();
+    // A second attempt from the version it was read at is a conflict and gives back nothing.
+    let err = store.commit_releasing_slot(&rec, v).await.unwrap_err();
+    assert!(matches!(err, PortError::Conflict(_)), "{err}");
+    assert_eq!(
+        store.load(&rec.id).await.unwrap().unwrap().phase,
+        Phase::Succeeded
+    );
+    assert!(
+        store.acquire_slot(&owner, 2).await.unwrap(),
+        "one came back"
+    );
+    assert!(!store.acquire_slot(&owner, 2).await.unwrap(), "only one");
+}

@@ -1,16 +1,18 @@
-//! A project's current source, and how a change request starts from it.
+//! A project's current source, and how a request starts from it.
 //!
 //! When a request succeeds, the finalizer records its archived snapshot as the project's
 //! current source (`projects/<project>/current.json`, next to the snapshots). A later request
 //! on the same project has its sandbox seeded from that snapshot before its first iteration;
-//! what it was seeded with ([`ProjectBase`]) is kept on the request as the `seed` step, so
-//! every slice tells the model the same thing and keeps the applied migrations as they are.
+//! a new project's (one with no current source) is seeded from the platform's template
+//! ([`crate::template`]). What it was seeded with ([`ProjectBase`]) is kept on the request as
+//! the `seed` step, so every slice tells the model the same thing and keeps the applied
+//! migrations as they are.
 
 use serde::{Deserialize, Serialize};
 use tb_core::agent::{APPLIED_COPY_DIR, AppliedMigration, ProjectBase};
 use tb_core::domain::{ProjectId, RequestId};
 use tb_core::ids::sha256_hex;
-use tb_core::ports::{Archive, PortError};
+use tb_core::ports::{Archive, PortError, Snapshot};
 use tb_core::sandbox::{Sandbox, SandboxError, WorkspacePath};
 
 use crate::snapshot;
@@ -57,14 +59,64 @@ pub enum SeedError {
     Broken(String),
 }
 
-/// Seeds `sandbox` with the project's current source. `None` for a project with none (a
-/// new project, or one whose every request failed). Idempotent: seeding again writes the
-/// same files.
+/// Seeds `sandbox` with the project's current source, or, for a project with none (a new
+/// project, one whose every request failed, or a host without an archive), with the
+/// template. Idempotent: seeding again writes the same files.
 pub async fn seed(
-    archive: &dyn Archive,
+    archive: Option<&dyn Archive>,
     project: &ProjectId,
     sandbox: &dyn Sandbox,
-) -> Result<Option<ProjectBase>, SeedError> {
+) -> Result<ProjectBase, SeedError> {
+    let current = match archive {
+        Some(archive) => current_source(archive, project).await?,
+        None => None,
+    };
+    let Some((current, snap)) = current else {
+        let snap = crate::template::snapshot();
+        write(sandbox, &snap).await?;
+        return Ok(ProjectBase {
+            template: Some(crate::template::NAME.to_string()),
+            files: paths(&snap),
+            ..ProjectBase::default()
+        });
+    };
+    write(sandbox, &snap).await?;
+    let migrations = snapshot::migrations(&snap);
+    let contents = |name: &str| {
+        snap.files
+            .iter()
+            .find(|f| f.path.as_str() == format!("migrations/{name}"))
+            .map(|f| f.contents.as_slice())
+            .unwrap_or_default()
+    };
+    for m in &migrations {
+        let copy = WorkspacePath::parse(&format!("{APPLIED_COPY_DIR}/{}", m.name))
+            .map_err(|e| SeedError::Broken(e.to_string()))?;
+        sandbox
+            .write_file(&copy, contents(&m.name))
+            .await
+            .map_err(sandbox_err)?;
+    }
+    let sha_of = |name: &str| sha256_hex(contents(name));
+    Ok(ProjectBase {
+        from_request: current.request_id.to_string(),
+        template: None,
+        files: paths(&snap),
+        applied_migrations: migrations
+            .iter()
+            .map(|m| AppliedMigration {
+                sha256: sha_of(&m.name),
+                name: m.name.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// The project's current source and its pointer, `None` when it has none.
+async fn current_source(
+    archive: &dyn Archive,
+    project: &ProjectId,
+) -> Result<Option<(Current, Snapshot)>, SeedError> {
     let unavailable = |service| {
         move |e: PortError| match e {
             PortError::Transient(cause) => SeedError::Unavailable { service, cause },
@@ -98,13 +150,21 @@ pub async fn seed(
     }
     let snap = snapshot::unpack(&bytes)
         .map_err(|e| SeedError::Broken(format!("reading {}: {e}", current.source_key)))?;
-    let sandbox_err = |e: SandboxError| match e {
+    Ok(Some((current, snap)))
+}
+
+fn sandbox_err(e: SandboxError) -> SeedError {
+    match e {
         SandboxError::Unavailable(cause) => SeedError::Unavailable {
             service: "the sandbox provider",
             cause,
         },
         other => SeedError::Broken(format!("seeding the sandbox: {other}")),
-    };
+    }
+}
+
+/// Writes the snapshot's files into the sandbox, executable bits included.
+async fn write(sandbox: &dyn Sandbox, snap: &Snapshot) -> Result<(), SeedError> {
     let mut executable = Vec::new();
     for f in &snap.files {
         sandbox
@@ -130,38 +190,14 @@ pub async fn seed(
             )));
         }
     }
-    let migrations = snapshot::migrations(&snap);
-    let contents = |name: &str| {
-        snap.files
-            .iter()
-            .find(|f| f.path.as_str() == format!("migrations/{name}"))
-            .map(|f| f.contents.as_slice())
-            .unwrap_or_default()
-    };
-    for m in &migrations {
-        let copy = WorkspacePath::parse(&format!("{APPLIED_COPY_DIR}/{}", m.name))
-            .map_err(|e| SeedError::Broken(e.to_string()))?;
-        sandbox
-            .write_file(&copy, contents(&m.name))
-            .await
-            .map_err(sandbox_err)?;
-    }
-    let sha_of = |name: &str| sha256_hex(contents(name));
-    Ok(Some(ProjectBase {
-        from_request: current.request_id.to_string(),
-        files: snap
-            .files
-            .iter()
-            .map(|f| f.path.as_str().to_string())
-            .collect(),
-        applied_migrations: migrations
-            .iter()
-            .map(|m| AppliedMigration {
-                sha256: sha_of(&m.name),
-                name: m.name.clone(),
-            })
-            .collect(),
-    }))
+    Ok(())
+}
+
+fn paths(snap: &Snapshot) -> Vec<String> {
+    snap.files
+        .iter()
+        .map(|f| f.path.as_str().to_string())
+        .collect()
 }
 
 fn shell_quote(s: &str) -> String {

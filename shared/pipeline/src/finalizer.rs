@@ -217,7 +217,15 @@ impl Finalizer {
         let hard = deadline.map(|d| crate::pipeline::hard_deadline(d, self.settings.safety_margin));
         let msg: FinalizeMessage = serde_json::from_str(body)
             .map_err(|e| FinalizeError::Poison(format!("malformed finalize message: {e}")))?;
-        let FinalizeMessage::Finalize { request_id } = msg;
+        let request_id = match msg {
+            FinalizeMessage::Finalize { request_id } => request_id,
+            FinalizeMessage::DeleteProject { project_id } => {
+                return self.delete_project(&project_id, hard).await;
+            }
+            FinalizeMessage::RollbackProject { project_id } => {
+                return self.rollback_project(&project_id, hard).await;
+            }
+        };
         let Some(mut rec) = self.store.load(&request_id).await? else {
             return Err(FinalizeError::Poison(format!("no request {request_id}")));
         };
@@ -248,7 +256,24 @@ impl Finalizer {
         }
 
         let agent_finished = rec.agent.outcome.as_ref().is_some_and(Outcome::is_success);
-        let plan: &[&str] = if agent_finished { &STEPS } else { &STEPS[..1] };
+        let plan: &[&str] =
+            if crate::project_ops::deleting(self.records.as_ref(), &rec.project).await? {
+                // Nothing may be archived, pushed or deployed again for a deleted project.
+                rec.push_activity(
+                    "the project is deleted: nothing is archived, pushed or deployed".into(),
+                );
+                if agent_finished && rec.failure.is_none() {
+                    rec.failure = Some(Failure {
+                        step: "project".into(),
+                        reason: "the project was deleted before the request finished".into(),
+                    });
+                }
+                &[]
+            } else if agent_finished {
+                &STEPS
+            } else {
+                &STEPS[..1]
+            };
         // Steps and sub-steps recorded before this invocation.
         let recorded = rec.steps.len();
         for step in plan {
@@ -685,6 +710,7 @@ impl Finalizer {
                 last_request: None,
                 created_at_ms: now,
                 updated_at_ms: now,
+                lifecycle: Default::default(),
             });
         let step = |name: &str, field: &str| {
             rec.steps

@@ -15,14 +15,17 @@ pub mod base;
 pub mod callback;
 pub mod dir_archive;
 pub mod finalizer;
+pub mod lifecycle;
 pub mod memory;
 pub mod pipeline;
+pub mod project_ops;
 pub mod receipt;
 pub mod repair;
 pub mod requests;
 pub mod rest;
 pub mod snapshot;
 pub mod sweeper;
+pub mod template;
 pub mod verify;
 pub mod worker;
 

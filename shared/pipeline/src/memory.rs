@@ -121,6 +121,21 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError> {
+        // `commit` never waits, so both happen in the same poll: no caller can be cancelled
+        // between them.
+        self.commit(record, expected_version, Appended::default())
+            .await?;
+        if let Some(taken) = self.slots.lock().unwrap().get_mut(&record.owner) {
+            *taken = taken.saturating_sub(1);
+        }
+        Ok(())
+    }
+
     async fn active(&self) -> Result<Vec<RequestRecord>, PortError> {
         Ok(self
             .inner

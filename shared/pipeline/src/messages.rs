@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tb_core::domain::RequestId;
+use tb_core::domain::{ProjectId, RequestId};
 
 /// Our own messages on the work queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,7 +16,17 @@ pub enum WorkMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FinalizeMessage {
-    Finalize { request_id: RequestId },
+    Finalize {
+        request_id: RequestId,
+    },
+    /// Carry out the deletion recorded on the project ([`crate::project_ops`]).
+    DeleteProject {
+        project_id: ProjectId,
+    },
+    /// Carry out the rollback recorded on the project ([`crate::project_ops`]).
+    RollbackProject {
+        project_id: ProjectId,
+    },
 }
 
 /// A job in the original system's shape, published onto the work queue by another backend:

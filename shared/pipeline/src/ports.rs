@@ -93,8 +93,18 @@ pub trait StateStore: Send + Sync {
     /// Takes one of `owner`'s concurrent-request slots if fewer than `limit` are taken,
     /// atomically across processes; `false` when all are taken.
     async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError>;
-    /// Gives a slot back (the request ended, or was not created after all); never below zero.
+    /// Gives a slot back (a request that was not created after all); never below zero.
     async fn release_slot(&self, owner: &UserId) -> Result<(), PortError>;
+    /// Writes `record` as [`StateStore::commit`] does (conditional on `expected_version`,
+    /// appending nothing) and gives back one of its owner's slots, in one atomic write:
+    /// both happen or neither, so a request that ended gives its slot back exactly once
+    /// however often (and however concurrently) its finalization is retried. A counter
+    /// already at zero stays there and the record is still written.
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError>;
 }
 
 /// The work and finalize queues. At-least-once: every message may arrive twice, late, or
@@ -125,18 +135,21 @@ pub async fn save_next(
     result
 }
 
-/// Gives back the owner's concurrent-request slot of a request that has ended, and records
-/// that it did (best effort: a failure is logged, and a later finalize delivery retries).
+/// Gives back the owner's concurrent-request slot of a request that has ended, in the same
+/// atomic write that records it ([`StateStore::commit_releasing_slot`]): a retry after a
+/// crash, or a duplicate delivery racing this one, can never give it back a second time.
+/// Best effort: a failure is logged, and a later finalize delivery retries.
 pub async fn give_back_slot(store: &dyn StateStore, rec: &mut RequestRecord) {
     if !rec.holds_slot || !rec.phase.is_terminal() {
         return;
     }
-    if let Err(e) = store.release_slot(&rec.owner).await {
-        tracing::warn!(request_id = %rec.id, "giving back the slot failed: {e}");
-        return;
-    }
+    let expected = rec.version;
+    rec.version += 1;
     rec.holds_slot = false;
-    if let Err(e) = save_next(store, rec, Appended::default()).await {
-        tracing::warn!(request_id = %rec.id, "recording the returned slot failed: {e}");
+    rec.updated_at_ms = tb_core::agent::now_ms();
+    if let Err(e) = store.commit_releasing_slot(rec, expected).await {
+        rec.version = expected;
+        rec.holds_slot = true;
+        tracing::warn!(request_id = %rec.id, "giving back the slot failed: {e}");
     }
 }

@@ -267,25 +267,28 @@ impl Pipeline {
             None
         };
 
-        // A change request starts from its project's current source, seeded before its
-        // first iteration (and again if the worker died before that iteration was recorded).
-        let sandbox = match (sandbox, &self.archive) {
-            (Some(s), Some(archive))
-                if state.iteration == 0 && !rec.steps.contains_key(SEED_STEP) =>
-            {
-                match crate::base::seed(archive.as_ref(), &rec.project, s.as_ref()).await {
+        // A request starts from its project's current source, or a new project from the
+        // template, seeded before its first iteration (and again if the worker died before
+        // that iteration was recorded).
+        let sandbox = match sandbox {
+            Some(s) if state.iteration == 0 && !rec.steps.contains_key(SEED_STEP) => {
+                match crate::base::seed(self.archive.as_deref(), &rec.project, s.as_ref()).await {
                     Ok(base) => {
-                        if let Some(base) = base {
-                            rec.push_activity(format!(
+                        rec.push_activity(match &base.template {
+                            Some(name) => format!(
+                                "started from the template {name} ({} files)",
+                                base.files.len()
+                            ),
+                            None => format!(
                                 "started from the project's current source ({} files, from {})",
                                 base.files.len(),
                                 base.from_request
-                            ));
-                            rec.steps.insert(
-                                SEED_STEP.into(),
-                                serde_json::to_value(base).expect("serialisable"),
-                            );
-                        }
+                            ),
+                        });
+                        rec.steps.insert(
+                            SEED_STEP.into(),
+                            serde_json::to_value(base).expect("serialisable"),
+                        );
                         Some(s)
                     }
                     Err(SeedError::Unavailable { service, cause }) => {
@@ -301,7 +304,7 @@ impl Pipeline {
                     }
                 }
             }
-            (s, _) => s,
+            s => s,
         };
         let base: Option<ProjectBase> = rec
             .steps

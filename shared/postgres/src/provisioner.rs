@@ -186,6 +186,32 @@ impl PgProvisioner {
         Ok(password)
     }
 
+    /// [`DatabaseProvisioner::drop_project`] with this crate's error type: for the
+    /// production and the development database of `project`, `DROP DATABASE … WITH (FORCE)`
+    /// (ending the sessions still connected, Postgres 13+) then `DROP ROLE`, each only if it
+    /// exists, under the same advisory lock as provisioning.
+    pub async fn drop_databases(&self, project: &ProjectId) -> Result<serde_json::Value, PgError> {
+        let options = self
+            .settings
+            .admin_options(&self.settings.admin_database, ADMIN_STATEMENT_TIMEOUT);
+        let mut admin = connect(&options, "connecting to the database cluster as admin").await?;
+        let mut dropped = Vec::new();
+        let mut absent = Vec::new();
+        let mut result = Ok(());
+        for dev in [false, true] {
+            let names = self.names(project, dev);
+            result = drop_one(&mut admin, &names, &mut dropped, &mut absent).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        // Closing the session also releases the advisory locks.
+        let _ = sqlx::Connection::close(admin).await;
+        result?;
+        tracing::info!(%project, ?dropped, "project databases dropped");
+        Ok(serde_json::json!({"dropped": dropped, "already_gone": absent}))
+    }
+
     /// [`DatabaseProvisioner::migrate`] with this crate's error type.
     pub async fn migrate_database(
         &self,
@@ -333,6 +359,64 @@ async fn close_maintenance_databases(
     result.and(unlocked.map(|_| ()))
 }
 
+/// Drops the database then the role of `names`, when they exist; notes each as `database
+/// <name>` / `role <name>` in `dropped` or `absent`.
+async fn drop_one(
+    admin: &mut PgConnection,
+    names: &DatabaseNames,
+    dropped: &mut Vec<String>,
+    absent: &mut Vec<String>,
+) -> Result<(), PgError> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key(&format!(
+            "turbobackend provision {}",
+            names.database
+        )))
+        .execute(&mut *admin)
+        .await
+        .map_err(PgError::sql("waiting for the provisioning lock"))?;
+    let database: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&names.database)
+            .fetch_one(&mut *admin)
+            .await
+            .map_err(PgError::sql("looking up the project database"))?;
+    let what = format!("database {}", names.database);
+    if database {
+        execute_ddl(
+            admin,
+            format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&names.database)
+            ),
+            "dropping the project database",
+        )
+        .await?;
+        dropped.push(what);
+    } else {
+        absent.push(what);
+    }
+    let role: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(&names.role)
+            .fetch_one(&mut *admin)
+            .await
+            .map_err(PgError::sql("looking up the project role"))?;
+    let what = format!("role {}", names.role);
+    if role {
+        execute_ddl(
+            admin,
+            format!("DROP ROLE IF EXISTS {}", quote_ident(&names.role)),
+            "dropping the project role",
+        )
+        .await?;
+        dropped.push(what);
+    } else {
+        absent.push(what);
+    }
+    Ok(())
+}
+
 /// duplicate_object, duplicate_database, unique_violation: another session created it.
 fn lost_race(e: &sqlx::Error) -> bool {
     matches!(sqlstate(e).as_deref(), Some("42710" | "42P04" | "23505"))
@@ -354,5 +438,9 @@ impl DatabaseProvisioner for PgProvisioner {
         migrations: &[Migration],
     ) -> Result<Vec<String>, PortError> {
         Ok(self.migrate_database(db, migrations).await?)
+    }
+
+    async fn drop_project(&self, project: &ProjectId) -> Result<serde_json::Value, PortError> {
+        Ok(self.drop_databases(project).await?)
     }
 }

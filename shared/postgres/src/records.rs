@@ -29,7 +29,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::model::StopReason;
 use tb_core::money::MicroUsd;
-use tb_core::ports::{ApiKey, PlatformRecords, PortError, ProjectRecord};
+use tb_core::ports::{ApiKey, Lifecycle, PlatformRecords, PortError, ProjectRecord};
 use tb_core::usage::ModelCall;
 
 use crate::error::PgError;
@@ -169,6 +169,14 @@ fn project_record(row: &PgRow) -> Result<ProjectRecord, PortError> {
         last_request,
         created_at_ms: ms(row, "created_ms")?,
         updated_at_ms: ms(row, "updated_ms")?,
+        lifecycle: {
+            let text: String = row
+                .try_get("lifecycle_text")
+                .map_err(sql("reading a project"))?;
+            serde_json::from_str(&text).map_err(|e| {
+                PortError::from(PgError::Corrupt(format!("a project's lifecycle: {e}")))
+            })?
+        },
     })
 }
 
@@ -264,10 +272,11 @@ impl PlatformRecords for PgPlatformRecords {
             .map_err(sql("starting to save a project"))?;
         let done = sqlx::query(
             "INSERT INTO projects (id, owner_id, name, repo_url, deploy_url, database_name, \
-                 deployed_version, previous_version, last_request_id, created_at, updated_at) \
+                 deployed_version, previous_version, last_request_id, created_at, updated_at, \
+                 lifecycle) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
                  'epoch'::timestamptz + $10::bigint * interval '1 millisecond', \
-                 'epoch'::timestamptz + $11::bigint * interval '1 millisecond') \
+                 'epoch'::timestamptz + $11::bigint * interval '1 millisecond', $12::jsonb) \
              ON CONFLICT (id) DO UPDATE SET \
                  name = EXCLUDED.name, repo_url = EXCLUDED.repo_url, \
                  deploy_url = EXCLUDED.deploy_url, database_name = EXCLUDED.database_name, \
@@ -287,6 +296,7 @@ impl PlatformRecords for PgPlatformRecords {
         .bind(p.last_request.as_ref().map(|r| r.as_str()))
         .bind(to_i64("created_at_ms", p.created_at_ms)?)
         .bind(to_i64("updated_at_ms", p.updated_at_ms)?)
+        .bind(serde_json::to_string(&p.lifecycle).map_err(|e| PgError::Invalid(e.to_string()))?)
         .execute(&mut *tx)
         .await
         .map_err(sql("saving a project"))?;
@@ -323,7 +333,8 @@ impl PlatformRecords for PgPlatformRecords {
     async fn project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, PortError> {
         let row = sqlx::query(
             "SELECT *, floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
-                 floor(extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms \
+                 floor(extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
+                 lifecycle::text AS lifecycle_text \
              FROM projects WHERE id = $1",
         )
         .bind(id.as_str())
@@ -333,10 +344,33 @@ impl PlatformRecords for PgPlatformRecords {
         row.as_ref().map(project_record).transpose()
     }
 
+    async fn save_lifecycle(&self, id: &ProjectId, lifecycle: &Lifecycle) -> Result<(), PortError> {
+        let done = sqlx::query(
+            "UPDATE projects SET lifecycle = $2::jsonb \
+             WHERE id = $1 AND COALESCE((lifecycle->>'version')::bigint, 0) = $3",
+        )
+        .bind(id.as_str())
+        .bind(serde_json::to_string(lifecycle).map_err(|e| PgError::Invalid(e.to_string()))?)
+        .bind(to_i64("version", lifecycle.version.saturating_sub(1))?)
+        .execute(&self.pool)
+        .await
+        .map_err(sql("saving a project's lifecycle"))?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        match self.project(id).await? {
+            None => Err(PortError::NotFound(format!("project {id}"))),
+            Some(_) => Err(PortError::Conflict(format!(
+                "the lifecycle of project {id} changed since it was read"
+            ))),
+        }
+    }
+
     async fn projects(&self, owner: &UserId) -> Result<Vec<ProjectRecord>, PortError> {
         sqlx::query(
             "SELECT *, floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
-                 floor(extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms \
+                 floor(extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
+                 lifecycle::text AS lifecycle_text \
              FROM projects WHERE owner_id = $1 ORDER BY created_at, id",
         )
         .bind(owner.as_str())

@@ -31,6 +31,10 @@ pub const FILES: &[(&str, &str)] = &[
         "0004_spending_totals.sql",
         include_str!("../../../migrations/0004_spending_totals.sql"),
     ),
+    (
+        "0005_project_lifecycle.sql",
+        include_str!("../../../migrations/0005_project_lifecycle.sql"),
+    ),
 ];
 
 /// The migrator for [`FILES`]. A file is `<version>_<description>.sql`.

@@ -19,7 +19,10 @@ pub fn percent_encode(s: &str) -> String {
 }
 
 /// The URL a project uses to reach `database` as `role`, on the cluster of `settings`
-/// (same host, port and `sslmode`).
+/// (same host, port and `sslmode`). The mode keeps libpq's meaning for every client: the
+/// migrator's sqlx reads it so, and the project template's `server/utils/db.ts` takes it out
+/// of the URL and gives node-postgres the matching TLS options, since node-postgres alone
+/// would verify the certificate for `require` (docs/template.md).
 pub fn database_url(
     settings: &ClusterSettings,
     role: &str,

@@ -259,3 +259,43 @@ async fn quoted_names_and_literals_reach_the_server_as_exactly_one_token() {
     assert!(exists);
     let _ = c.close().await;
 }
+
+#[tokio::test]
+async fn dropping_a_project_removes_its_databases_and_roles_once_and_is_idempotent() {
+    let (p, cleanup) = provisioner();
+    let id = project("proj_dropped");
+    cleanup.names(&p.names(&id, false));
+    cleanup.names(&p.names(&id, true));
+    let prod = p.provision(&id, false).await.unwrap();
+    let dev = p.provision(&id, true).await.unwrap();
+    // A session still connected does not stop the drop.
+    let open = connect(&prod.url).await.unwrap();
+
+    let dropped = p.drop_project(&id).await.unwrap();
+    assert_eq!(
+        dropped["dropped"],
+        serde_json::json!([
+            format!("database {}", prod.database),
+            format!("role {}", prod.role),
+            format!("database {}", dev.database),
+            format!("role {}", dev.role),
+        ])
+    );
+    let mut a = admin().await;
+    for (db, role) in [(&prod.database, &prod.role), (&dev.database, &dev.role)] {
+        let left: (bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1), \
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2)",
+        )
+        .bind(db)
+        .bind(role)
+        .fetch_one(&mut a)
+        .await
+        .unwrap();
+        assert_eq!(left, (false, false), "{db}");
+    }
+    drop(open);
+    let again = p.drop_project(&id).await.unwrap();
+    assert_eq!(again["dropped"], serde_json::json!([]));
+    assert_eq!(again["already_gone"].as_array().unwrap().len(), 4);
+}

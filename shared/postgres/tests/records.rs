@@ -300,6 +300,7 @@ fn project_record(id: &str, owner: &str) -> ProjectRecord {
         last_request: None,
         created_at_ms: 1_700_000_000_123,
         updated_at_ms: 1_700_000_000_123,
+        lifecycle: Default::default(),
     }
 }
 
@@ -567,4 +568,51 @@ async fn the_schema_has_users_request_summaries_and_project_databases() {
     ] {
         assert!(indexed.iter().any(|i| i == index), "{index}: {indexed:?}");
     }
+}
+
+#[tokio::test]
+async fn a_projects_lifecycle_is_written_only_by_save_lifecycle_and_kept_by_save_project() {
+    let (r, _url, _c) = records().await;
+    let mut p = project_record("proj_life", "user_alice");
+    r.save_project(&p).await.unwrap();
+    assert_eq!(
+        r.project(&p.id).await.unwrap().unwrap().lifecycle,
+        Default::default()
+    );
+    let mut lifecycle = tb_core::ports::Lifecycle {
+        version: 1,
+        deletion: Some(tb_core::ports::Operation::new(user("user_alice"), 5)),
+        ..Default::default()
+    };
+    lifecycle.record("delete requested", &user("user_alice"), 5, String::new());
+    r.save_lifecycle(&p.id, &lifecycle).await.unwrap();
+    assert_eq!(
+        r.project(&p.id).await.unwrap().unwrap().lifecycle,
+        lifecycle
+    );
+
+    // A save of the record read before (as a finalizer finishing a request does) keeps it.
+    p.deploy_url = Some("https://x.example".into());
+    r.save_project(&p).await.unwrap();
+    let stored = r.project(&p.id).await.unwrap().unwrap();
+    assert_eq!(stored.lifecycle, lifecycle);
+    assert_eq!(stored.deploy_url.as_deref(), Some("https://x.example"));
+    assert_eq!(
+        r.projects(&user("user_alice")).await.unwrap()[0].lifecycle,
+        lifecycle
+    );
+
+    // A writer that read the lifecycle before this one was saved is refused.
+    let stale = r.save_lifecycle(&p.id, &lifecycle).await;
+    assert!(matches!(stale, Err(PortError::Conflict(_))), "{stale:?}");
+    lifecycle.version += 1;
+    r.save_lifecycle(&p.id, &lifecycle).await.unwrap();
+
+    let missing = r
+        .save_lifecycle(&ProjectId::parse("proj_none").unwrap(), &lifecycle)
+        .await;
+    assert!(
+        matches!(missing, Err(PortError::NotFound(_))),
+        "{missing:?}"
+    );
 }

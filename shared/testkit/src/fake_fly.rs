@@ -1,5 +1,6 @@
-//! A fake Fly.io: the Machines API subset a deployer uses (apps, IP assignments, secrets,
-//! machines with create / update / get / list / wait / restart / delete) under `/v1`, and a
+//! A fake Fly.io: the Machines API subset a deployer uses (apps with create / get / delete,
+//! IP assignments with list / allocate / release, secrets, machines with create / update /
+//! get / list / wait / restart / delete) under `/v1`, and a
 //! public proxy standing in for `https://<app>.fly.dev`.
 //!
 //! It is honest where a deployer's correctness depends on it. A machine created or updated
@@ -183,6 +184,11 @@ impl FakeFly {
     pub fn network(&self, app: &str) -> Option<String> {
         let inner = self.state.lock();
         inner.apps.get(app).map(|a| a.network.clone())
+    }
+
+    /// Whether `app` exists (created and not deleted).
+    pub fn app_exists(&self, app: &str) -> bool {
+        self.state.lock().apps.contains_key(app)
     }
 
     /// Whether the machines of `a` and `b` could reach each other over Fly's private

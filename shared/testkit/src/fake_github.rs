@@ -16,6 +16,11 @@
 //!   (409 `Git Repository is empty.`), while the contents API may create the first commit;
 //! - moving a ref without `force` must be a fast-forward (422 `Update is not a fast
 //!   forward`), and creating an existing ref is a 422 (`Reference already exists`);
+//! - `PATCH /repos/{o}/{r}` with `archived: true` archives a repository (GitHub REST,
+//!   "Update a repository": <https://docs.github.com/en/rest/repos/repos#update-a-repository>);
+//!   an archived repository is read-only: every write to it answers 403 `Repository was
+//!   archived so is read-only.` (GitHub docs, "About archiving repositories": "When a
+//!   repository is archived, its issues, pull requests, code, labels, … are read-only");
 //! - repository rulesets ([`FakeGitHub::add_ruleset`]) refuse what their rules forbid on a
 //!   branch with GitHub's 422 for rule violations: `message` `Repository rule violations
 //!   found\n\n<one line per rule>\n\n`, `documentation_url` of the endpoint (as the REST
@@ -168,6 +173,15 @@ impl FakeGitHub {
     }
 
     /// Whether `owner/repo` exists and is private.
+    /// Whether `owner/repo` is archived (`None`: no such repository).
+    pub fn repo_is_archived(&self, owner: &str, repo: &str) -> Option<bool> {
+        self.state
+            .lock()
+            .repos
+            .get(&repo_key(owner, repo))
+            .map(|r| r.archived)
+    }
+
     pub fn repo_is_private(&self, owner: &str, repo: &str) -> Option<bool> {
         self.state
             .lock()
@@ -312,6 +326,8 @@ pub(crate) struct RepoMeta {
     pub private: bool,
     pub description: String,
     pub path: PathBuf,
+    /// Archived: read-only (writes answer 403).
+    pub archived: bool,
 }
 
 struct Fault {

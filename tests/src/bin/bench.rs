@@ -11,6 +11,13 @@
 //!    bubblewrap boundary (namespaces, cgroups, egress bridge, disk check) against the same
 //!    without it.
 //!
+//! 5. `bench load [N] [compare|clean]` (never part of a run of all sections; it takes
+//!    minutes): the load run of [`tb_tests::load`] on moto, N requests (default 100) with 5%
+//!    of handler runs killed and duplicate deliveries: throughput, and the slowest request's
+//!    delay beyond one uninterrupted request made alone; with `compare`, the same load
+//!    without faults too; with `clean`, only that.
+//!    Needs moto (`AWS_ENDPOINT_URL`) and Postgres on 127.0.0.1:5432.
+//!
 //! Run: `cargo run --release -p tb-tests --bin bench` (arguments pick sections: `-- 2 3`)
 
 use std::time::{Duration, Instant};
@@ -89,6 +96,9 @@ async fn main() -> anyhow::Result<()> {
     );
     // Arguments pick sections (`bench 2 3`); none runs all.
     let picked: Vec<String> = std::env::args().skip(1).collect();
+    if picked.first().map(String::as_str) == Some("load") {
+        return load_run(&picked[1..]);
+    }
     if let Some(a) = picked
         .iter()
         .find(|a| !["1", "2", "3", "4"].contains(&a.as_str()))
@@ -306,7 +316,12 @@ struct TaskRun {
 /// Runs `script` to the end with `savers`, one iteration per slice so that the compaction
 /// boundary each call was sent with can be recorded (a resumed run sends exactly what an
 /// uninterrupted one would).
-async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Result<TaskRun> {
+async fn run_task(
+    script: &Script,
+    from_template: bool,
+    window: u64,
+    savers: Savers,
+) -> anyhow::Result<TaskRun> {
     let model = ScriptedModel::new(Script {
         context_window: Some(window),
         ..script.clone()
@@ -324,6 +339,13 @@ async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Resul
         ..LocalSandboxConfig::new(dir.path())
     });
     let sandbox = provider.create_local(&Default::default()).await?;
+    // The demo's script builds on the template a new project starts from, seeded as the
+    // worker seeds it (the prompt then describes it).
+    let base = if from_template {
+        Some(tb_pipeline::base::seed(None, &ProjectId::generate(), &sandbox).await?)
+    } else {
+        None
+    };
     let config = AgentConfig {
         prompt_caching: savers.caching,
         truncate_outputs: savers.truncation,
@@ -342,7 +364,7 @@ async fn run_task(script: &Script, window: u64, savers: Savers) -> anyhow::Resul
         prices: &prices,
         config: &config,
         cancel: CancelFlag::default(),
-        base: None,
+        base: base.as_ref(),
     };
     let mut state = AgentState::new(TASK);
     let mut compacted_calls = Vec::new();
@@ -461,14 +483,16 @@ async fn task_cost() -> anyhow::Result<()> {
     task_table(
         "shared/models/scripts/bench-explore.json (9 turns: large outputs, a 1.2 MB file read)",
         &explore,
+        false,
         &rows,
     )
     .await;
 
     let users = Script::from_json(USERS_API_SCRIPT)?;
     task_table(
-        "shared/models/scripts/users-api.json (the demo: 7 turns, real npm install and build)",
+        "shared/models/scripts/users-api.json (the demo: 3 turns from the template, real npm install, check and build)",
         &users,
+        true,
         &[
             (Savers::ALL_OFF, TASK_WINDOW),
             (Savers::ALL_ON, TASK_WINDOW),
@@ -482,6 +506,7 @@ async fn task_cost() -> anyhow::Result<()> {
             "generated long task ({LONG_TURNS} turns of run_command printing {LONG_OUTPUT} bytes, then finish; default window)"
         ),
         &long,
+        false,
         &[
             (Savers::ALL_OFF, DEFAULT_WINDOW),
             (
@@ -499,7 +524,7 @@ async fn task_cost() -> anyhow::Result<()> {
 }
 
 /// Runs `script` once per row and prints the table; a failed run is a row saying why.
-async fn task_table(title: &str, script: &Script, rows: &[(Savers, u64)]) {
+async fn task_table(title: &str, script: &Script, from_template: bool, rows: &[(Savers, u64)]) {
     println!("\n### {title}\n");
     println!(
         "| caching | truncation | compaction | window | input | cache write | cache read | output | peak prompt | cost | vs. all off | compacted | run s |"
@@ -517,7 +542,7 @@ async fn task_table(title: &str, script: &Script, rows: &[(Savers, u64)]) {
             on(savers.truncation),
             on(savers.compaction)
         );
-        let run = match run_task(script, window, savers).await {
+        let run = match run_task(script, from_template, window, savers).await {
             Ok(run) => run,
             Err(e) => {
                 println!("{switches} failed: {e:#} | | | | | | | | |");
@@ -806,5 +831,70 @@ async fn state_store() -> anyhow::Result<()> {
     let store = aws.store();
     let rows = measure_store(&store).await?;
     store_table::<tb_aws::DynamoStore>(&rows);
+    Ok(())
+}
+
+/// Section 5: the load run (see the module documentation), on a runtime with worker threads
+/// of its own, as the test runs it.
+fn load_run(args: &[String]) -> anyhow::Result<()> {
+    use tb_tests::load::{self, LoadReport, LoadSettings};
+    let requests: usize = match args.first().filter(|a| *a != "compare" && *a != "clean") {
+        Some(n) => n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("`{n}` is not a number of requests"))?,
+        None => 100,
+    };
+    let compare = args.iter().any(|a| a == "compare");
+    let clean_only = args.iter().any(|a| a == "clean");
+    let seed: u64 = std::env::var("TB_LOAD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let run = |settings: LoadSettings| -> anyhow::Result<LoadReport> {
+        let report = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(load::run(settings))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load run panicked"))?;
+        anyhow::ensure!(
+            report.problems.is_empty(),
+            "seed {seed}: {} problems:\n{}",
+            report.problems.len(),
+            report.problems.join("\n")
+        );
+        Ok(report)
+    };
+    println!("\n## 5. Load on moto ({requests} requests, seed {seed})");
+    let solo = run(LoadSettings::clean(1, seed))?;
+    let alone = solo.slowest();
+    println!(
+        "one request alone, uninterrupted: {:.2} s from the create's answer to its callback",
+        alone.as_secs_f64()
+    );
+    let mut runs = vec![(
+        "with 5% of handler runs killed and 10% duplicate deliveries",
+        LoadSettings::faulty(requests, seed),
+    )];
+    if clean_only {
+        runs.clear();
+    }
+    if compare || clean_only {
+        runs.push(("without faults", LoadSettings::clean(requests, seed)));
+    }
+    for (label, settings) in runs {
+        let r = run(settings)?;
+        println!("\n{label}:\n{}", r.summary());
+        println!(
+            "throughput {:.1} requests/minute; slowest request {:.2} s, {:.2} s more than one alone",
+            r.per_minute(),
+            r.slowest().as_secs_f64(),
+            r.slowest().saturating_sub(alone).as_secs_f64()
+        );
+    }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! What a change request starts from: the project as its last successful request left it.
+//! What a request starts from: for a change request, the project as its last successful
+//! request left it; for a new project, the platform's template.
 //!
 //! The worker seeds the sandbox with that snapshot before the first iteration and records a
 //! [`ProjectBase`]; the agent is told about it in its prompt, and the tools keep the
@@ -12,11 +13,15 @@ use crate::sandbox::{Sandbox, SandboxError, WorkspacePath};
 /// snapshot: `.turbobackend/` is left out), so the model can restore one it changed.
 pub const APPLIED_COPY_DIR: &str = ".turbobackend/applied";
 
-/// The project a change request starts from.
+/// The project a request starts from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectBase {
-    /// The request whose snapshot the sandbox was seeded from.
+    /// The request whose snapshot the sandbox was seeded from (empty for a template).
     pub from_request: String,
+    /// The template a new project was seeded from (`nitro-pg`), instead of a request's
+    /// snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// Every file of the project, sorted.
     pub files: Vec<String>,
     /// The migrations applied to the project's database, in name order.
@@ -45,6 +50,9 @@ impl ProjectBase {
 
     /// What the model is told, after the system prompt.
     pub fn prompt(&self) -> String {
+        if let Some(name) = &self.template {
+            return template_prompt(name, &self.files);
+        }
         let mut s = String::from(
             "## This is a change to an existing project\nThe working directory already holds the project as it is deployed now (dependencies are not installed: run `npm install` before building). Read the files you need before changing them, keep what works, and change only what the request asks for. The platform commits your changes on top of the project's history and updates the same deployment.\n\nThe project's files:\n",
         );
@@ -151,6 +159,24 @@ impl ProjectBase {
     }
 }
 
+/// What a new project is told about the template it starts from.
+fn template_prompt(name: &str, files: &[String]) -> String {
+    let mut s = format!(
+        "## This project starts from the platform's template ({name})\nThe working directory already holds a Nitro + PostgreSQL project that builds and answers `GET /api/health`. Keep its layout and build on it; do not recreate these files:\n"
+    );
+    for f in files {
+        s.push_str(&format!("- {f}\n"));
+    }
+    s.push_str(
+        "\n- `package.json` pins `nitropack`, `pg` and TypeScript, with the scripts `build`, `dev`, `start` and `check` (`npm run check` type-checks). `package-lock.json` pins every package: keep it, and add a package with `npm install <name>` only when you need one.\n\
+- Dependencies are not installed yet: run `npm install` first. The template's packages are in a local cache, so it normally takes seconds and asks the registry nothing.\n\
+- `server/utils/db.ts` (auto-imported in `server/`) exports `db()`, the pool from `DATABASE_URL` with the platform's TLS settings (a 503 when no database is configured), `hasDatabase()`, and `dbError(e)`, which maps a Postgres error to the HTTP error to throw (`catch (e) { throw dbError(e); }`: 23505 → 409, 23503 → 409, 23502/23514/22P02 → 400, else 500 without the SQL text). Use them rather than a pool of your own, and keep its TLS handling.\n\
+- `server/api/health.get.ts` answers `{ status: \"ok\" }` and, when `DATABASE_URL` is set, runs `SELECT 1` first: the deployment's health check is the app's first database call. Keep it.\n\
+- There are no migrations yet: the first is `migrations/001_<what>.sql`.\n",
+    );
+    s
+}
+
 /// The number a migration's name starts with (`002_posts.sql` → 2).
 fn number_of(name: &str) -> Option<u64> {
     let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
@@ -164,6 +190,7 @@ mod tests {
     fn base() -> ProjectBase {
         ProjectBase {
             from_request: "req_1".into(),
+            template: None,
             files: vec!["migrations/001_users.sql".into(), "package.json".into()],
             applied_migrations: vec![AppliedMigration {
                 name: "001_users.sql".into(),
@@ -202,5 +229,32 @@ mod tests {
                 && prompt.contains("migrations/002_<what>.sql"),
             "{prompt}"
         );
+    }
+
+    #[test]
+    fn a_template_base_says_so_and_lists_its_files() {
+        let b = ProjectBase {
+            template: Some("nitro-pg".into()),
+            files: vec!["package.json".into(), "server/utils/db.ts".into()],
+            ..ProjectBase::default()
+        };
+        let prompt = b.prompt();
+        assert!(
+            prompt.contains("starts from the platform's template (nitro-pg)")
+                && prompt.contains("- server/utils/db.ts")
+                && prompt.contains("run `npm install` first")
+                && !prompt.contains("change to an existing project"),
+            "{prompt}"
+        );
+        assert_eq!(b.next_migration_prefix(), "001_");
+        // Its serialised form, kept on the request, reads back; an older one without the
+        // field still does.
+        let back: ProjectBase = serde_json::from_value(serde_json::to_value(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
+        let old: ProjectBase = serde_json::from_value(
+            serde_json::json!({"from_request": "req_1", "files": [], "applied_migrations": []}),
+        )
+        .unwrap();
+        assert_eq!(old.template, None);
     }
 }

@@ -380,6 +380,71 @@ impl MachinesApi {
         )
     }
 
+    /// `GET /apps/{app}/machines`: every machine of the app, whatever its role.
+    pub(crate) async fn all_machines(&self, app: &str) -> Result<Vec<Machine>, DeployError> {
+        let op = format!("list machines of {app}");
+        let path = format!("/apps/{app}/machines");
+        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        self.ok(&op, status, &body, &[StatusCode::OK])?;
+        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+    }
+
+    /// `DELETE /apps/{app}/ip_assignments/{ip}` (releases a public IP; a 404 means it is
+    /// released already).
+    pub(crate) async fn release_ip(&self, app: &str, ip: &str) -> Result<(), DeployError> {
+        let op = format!("release IP {ip} of {app}");
+        let key = format!("ip_assignments/{app}");
+        let (status, body) = self
+            .call(
+                &op,
+                Method::DELETE,
+                &format!("/apps/{app}/ip_assignments/{ip}"),
+                None,
+                Some(&key),
+            )
+            .await?;
+        self.ok(
+            &op,
+            status,
+            &body,
+            &[
+                StatusCode::OK,
+                StatusCode::ACCEPTED,
+                StatusCode::NO_CONTENT,
+                StatusCode::NOT_FOUND,
+            ],
+        )
+    }
+
+    /// `DELETE /apps/{app}?force=true` (202; `force` stops machines first). `false` when
+    /// there was no such app (404).
+    pub(crate) async fn delete_app(&self, app: &str) -> Result<bool, DeployError> {
+        let op = format!("delete app {app}");
+        let key = format!("delete_app/{app}");
+        let (status, body) = self
+            .call(
+                &op,
+                Method::DELETE,
+                &format!("/apps/{app}?force=true"),
+                None,
+                Some(&key),
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        self.ok(
+            &op,
+            status,
+            &body,
+            &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NO_CONTENT],
+        )?;
+        Ok(true)
+    }
+
     /// [`MachinesApi::call`], retrying 404 and 401 for a while: a just-created app is not
     /// visible at once to every part of the API. The backoff is fly-go's `flaps.Retry`
     /// (`flaps/retry.go`: 100 ms doubling to 500 ms, ±50 % jitter), as its `WaitForApp`

@@ -190,6 +190,17 @@ impl StateStore for Latent {
     async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
         self.inner.release_slot(owner).await
     }
+
+    async fn commit_releasing_slot(
+        &self,
+        record: &RequestRecord,
+        expected_version: u64,
+    ) -> Result<(), PortError> {
+        self.wait().await;
+        self.inner
+            .commit_releasing_slot(record, expected_version)
+            .await
+    }
 }
 
 pub fn user(s: &str) -> UserId {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -16,11 +16,12 @@ use super::{FakeApp, FakeMachine, Fly, Inner, boot, now_rfc3339};
 pub(super) fn routes() -> Router<Arc<Fly>> {
     Router::new()
         .route("/apps", post(create_app))
-        .route("/apps/{app}", get(get_app))
+        .route("/apps/{app}", get(get_app).delete(delete_app))
         .route(
             "/apps/{app}/ip_assignments",
             get(list_ips).post(allocate_ip),
         )
+        .route("/apps/{app}/ip_assignments/{ip}", delete(release_ip))
         .route("/apps/{app}/secrets", post(set_secrets))
         .route(
             "/apps/{app}/machines",
@@ -189,6 +190,78 @@ async fn get_app(State(fly): State<Arc<Fly>>, Path(app): Path<String>) -> Respon
         .into_response(),
         None => error(StatusCode::NOT_FOUND, "app not found"),
     }
+}
+
+/// `DELETE /apps/{app}`: 202, and the app is gone with its machines, IPs and secrets
+/// (`reference/external_apis.md` §2.2 from the Machines API's apps resource:
+/// "`DELETE /apps/{app}` (`?force=true` stops machines first) → 202"). Without `force`, a
+/// machine still running refuses the deletion the way a machine's own `DELETE` does without
+/// it (412 `failed_precondition`); that answer is this fake's reading of "stops machines
+/// first", the documentation gives no status for it.
+async fn delete_app(
+    State(fly): State<Arc<Fly>>,
+    Path(app): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "delete_app", &app) {
+        return r.into_response();
+    }
+    if inner.reserved.contains(&app) {
+        return error(StatusCode::FORBIDDEN, "unauthorized to access this app");
+    }
+    if let Some(r) = app_refusal(&mut inner, &app) {
+        return r.into_response();
+    }
+    if !inner.apps.contains_key(&app) {
+        return error(StatusCode::NOT_FOUND, "app not found");
+    }
+    let force = query.get("force").is_some_and(|v| v == "true");
+    let mut running = false;
+    for m in inner.machines.values_mut().filter(|m| m.app == app) {
+        running |= m.process.as_mut().is_some_and(|p| p.is_running());
+    }
+    if running && !force {
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            "failed_precondition: the app has running machines, stop them or use force=true",
+        );
+    }
+    for m in inner.machines.values_mut().filter(|m| m.app == app) {
+        if let Some(process) = m.process.take() {
+            process.kill();
+        }
+        m.generation += 1;
+        m.state = "destroyed".into();
+        m.updated_at = now_rfc3339();
+    }
+    inner.apps.remove(&app);
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `DELETE /apps/{app}/ip_assignments/{ip}` (`reference/external_apis.md` §2.3, the REST
+/// IP assignments flyctl uses): releases the address; an address the app does not have is
+/// a 404.
+async fn release_ip(
+    State(fly): State<Arc<Fly>>,
+    Path((app, ip)): Path<(String, String)>,
+) -> Response {
+    let mut inner = fly.lock();
+    if let Err(r) = throttle(&mut inner, "ip_assignments", &app) {
+        return r.into_response();
+    }
+    if let Some(r) = app_refusal(&mut inner, &app) {
+        return r.into_response();
+    }
+    let Some(a) = inner.apps.get_mut(&app) else {
+        return error(StatusCode::NOT_FOUND, "app not found");
+    };
+    let before = a.ips.len();
+    a.ips.retain(|(_, address)| address != &ip);
+    if a.ips.len() == before {
+        return error(StatusCode::NOT_FOUND, "ip assignment not found");
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn list_ips(State(fly): State<Arc<Fly>>, Path(app): Path<String>) -> Response {

@@ -33,6 +33,12 @@ async fn put_file(
         let Some(repo) = fake.visible_repo(&owner, &name) else {
             return error(StatusCode::NOT_FOUND, "Not Found");
         };
+        if repo.archived {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Repository was archived so is read-only.",
+            );
+        }
         let body = match json_body(&body) {
             Ok(body) => body,
             Err(response) => return response,

@@ -66,6 +66,12 @@ async fn with_repo(
             Ok(repo) => repo,
             Err(response) => return response,
         };
+        if body.is_some() && repo.archived {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Repository was archived so is read-only.",
+            );
+        }
         let body = match body.as_deref().map(json_body) {
             None => Value::Null,
             Some(Ok(body)) => body,

@@ -1,5 +1,5 @@
 //! The fake's users and repositories: `GET /user`, `POST /user/repos`,
-//! `POST /orgs/{org}/repos`, `GET /repos/{owner}/{repo}`.
+//! `POST /orgs/{org}/repos`, `GET` and `PATCH /repos/{owner}/{repo}`.
 
 use std::sync::Arc;
 
@@ -18,7 +18,34 @@ pub(super) fn routes() -> Router<Arc<Fake>> {
         .route("/user", get(user))
         .route("/user/repos", post(create_for_user))
         .route("/orgs/{org}/repos", post(create_for_org))
-        .route("/repos/{owner}/{repo}", get(get_repo))
+        .route("/repos/{owner}/{repo}", get(get_repo).patch(update_repo))
+}
+
+/// `PATCH /repos/{owner}/{repo}` ("Update a repository"): only `archived` is applied here;
+/// `archived: false` unarchives. Answers the repository JSON.
+async fn update_repo(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = match json_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Some(repo) = fake.visible_repo(&owner, &name) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let repo = {
+        let mut inner = fake.lock();
+        let Some(stored) = inner.repos.get_mut(&repo_key(&repo.owner, &repo.name)) else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        if let Some(archived) = body.get("archived").and_then(Value::as_bool) {
+            stored.archived = archived;
+        }
+        stored.clone()
+    };
+    axum::Json(repo_json(&fake, &repo)).into_response()
 }
 
 async fn user(State(fake): State<Arc<Fake>>) -> Response {
@@ -133,6 +160,7 @@ pub(super) fn create(
             private,
             description: description.to_owned(),
             path: fake.repo_dir(owner, name),
+            archived: false,
         };
         inner.repos.insert(repo_key(owner, name), repo.clone());
         repo
@@ -174,5 +202,6 @@ pub(super) fn repo_json(fake: &Fake, repo: &RepoMeta) -> Value {
         "url": fake.repo_api_url(repo),
         "clone_url": format!("{html_url}.git"),
         "default_branch": "main",
+        "archived": repo.archived,
     })
 }
