@@ -61,7 +61,7 @@ use tb_sandbox::{LocalSandboxConfig, LocalSandboxProvider};
 use tempfile::TempDir;
 
 use crate::finalize::{cluster, fresh_database, project_files};
-use crate::{calls_without_latency, run_agent, scenario, script};
+use crate::{calls_without_latency, run_agent_from, scenario, script};
 
 /// The domain the api instances are reached at (as API Gateway reports it).
 const DOMAIN: &str = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com";
@@ -237,13 +237,18 @@ pub fn task_script() -> tb_models::Script {
     ]}))
 }
 
-/// The task run uninterrupted in one go, outside the pipeline.
+/// The task run uninterrupted in one go, outside the pipeline, from the same start as the
+/// worker gives a new project: the template, seeded before the first iteration.
 pub async fn reference() -> AgentState {
     let sandbox = crate::TestSandbox::new().await;
-    run_agent(
+    let base = tb_pipeline::base::seed(None, &ProjectId::generate(), &sandbox.sandbox)
+        .await
+        .expect("seeding the template");
+    run_agent_from(
         &tb_models::ScriptedModel::new(task_script()),
         &sandbox.sandbox,
         &scenario::config(),
+        Some(&base),
     )
     .await
 }
