@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod checks;
 pub mod conversation;
 pub mod domain;
 pub mod ids;
