@@ -51,6 +51,9 @@ pub const MODEL: &str = "claude-sonnet-4-5";
 /// A project's files: path → contents.
 pub type Files = BTreeMap<String, Vec<u8>>;
 
+/// The key the tests' finalizers sign receipts with.
+pub const RECEIPT_KEY: &str = "test-receipt-key";
+
 /// A small Nitro-like project with no dependencies, so `npm ci` and `npm run build` are
 /// real but instant: the build script copies `server/` to `.output/server/`, whose
 /// `index.mjs` is a plain `node:http` server answering `/api/health` and `/api/users`
@@ -169,6 +172,12 @@ pub fn settings() -> FinalizerSettings {
         safety_margin: Duration::from_secs(60),
         // A test whose fault outlasts the step's attempts fails soon.
         outage_retry: Duration::from_secs(5),
+        // These finalizers have no worker to hand a request back to.
+        repair_rounds: 0,
+        verify: tb_core::checks::RunPolicy {
+            warm_up: Duration::from_secs(20),
+            ..tb_core::checks::RunPolicy::standard()
+        },
     }
 }
 
@@ -292,6 +301,10 @@ impl Services {
             deployer: parts.deployer,
             records: Arc::new(self.records.clone()),
             notifier: None,
+            // The fake Fly's apps answer on loopback.
+            prober: Arc::new(tb_notify::HttpProber::new(true)),
+            receipt_key: Some(tb_pipeline::receipt::SigningKey::new(RECEIPT_KEY)),
+            queue: Arc::new(tb_pipeline::memory::MemoryQueue::default()),
             settings: parts.settings,
         }
     }
@@ -327,6 +340,18 @@ impl Services {
         project: &ProjectId,
         files: &Files,
     ) -> RequestRecord {
+        self.finished_request_with_checks(store, project, files, None)
+            .await
+    }
+
+    /// [`Services::finished_request`] whose `finish` declared `checks`.
+    pub async fn finished_request_with_checks(
+        &self,
+        store: &dyn StateStore,
+        project: &ProjectId,
+        files: &Files,
+        checks: Option<Vec<tb_core::checks::EndpointCheck>>,
+    ) -> RequestRecord {
         let id = RequestId::generate();
         let (mut rec, first) = RequestRecord::new(
             id.clone(),
@@ -360,6 +385,7 @@ impl Services {
         rec.sandbox_id = Some(sandbox.id().to_owned());
         rec.agent.outcome = Some(Outcome::Finished {
             summary: "A users API with a health check.".into(),
+            checks,
         });
         rec.agent.iteration = calls.len() as u32;
         rec.agent.calls = calls.len();

@@ -65,6 +65,8 @@ pub fn test_config() -> AgentConfig {
     AgentConfig {
         command_timeout: Duration::from_secs(60),
         max_command_timeout: Duration::from_secs(120),
+        // Most tests' projects are a few files, not a Nitro app: nothing to build.
+        check_on_finish: false,
         ..AgentConfig::standard()
     }
 }
@@ -172,4 +174,57 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A tiny todo API as a built Nitro app would run it (`node .output/server/index.mjs`,
+/// listening on `PORT`), in plain Node with no dependencies, so that tests build, start and
+/// call a real server without `npm install`. `GET /api/health`; `POST /api/todos` (`title`,
+/// `tags`) answers 201 with the todo and its `id`; `GET /api/todos/<id>` answers it.
+/// `broken`: `GET /api/todos/<id>` answers 500.
+pub fn todo_server_js(broken: bool) -> String {
+    let read = if broken {
+        r#"return send(res, 500, {error: "boom"});"#
+    } else {
+        r#"const t = todos.get(Number(m[1])); if (!t) return send(res, 404, {error: "not found"}); return send(res, 200, t);"#
+    };
+    format!(
+        r#"import http from "node:http";
+const todos = new Map();
+const send = (res, status, body) => {{ res.writeHead(status, {{"content-type": "application/json"}}); res.end(JSON.stringify(body)); }};
+http.createServer((req, res) => {{
+  let data = "";
+  req.on("data", (c) => (data += c));
+  req.on("end", () => {{
+    const m = /^\/api\/todos\/(\d+)$/.exec(req.url);
+    if (req.method === "GET" && req.url === "/api/health") return send(res, 200, {{status: "ok"}});
+    if (req.method === "POST" && req.url === "/api/todos") {{
+      const b = JSON.parse(data || "{{}}");
+      if (typeof b.title !== "string") return send(res, 400, {{error: "title is required"}});
+      const t = {{id: todos.size + 1, title: b.title, tags: b.tags ?? []}};
+      todos.set(t.id, t);
+      return send(res, 201, t);
+    }}
+    if (req.method === "GET" && m) {{ {read} }}
+    send(res, 404, {{error: "no route"}});
+  }});
+}}).listen(Number(process.env.PORT ?? 3000), process.env.HOST ?? "0.0.0.0");
+"#
+    )
+}
+
+/// The files of [`todo_server_js`]'s project: its `package.json` (whose build copies the
+/// server to `.output/server/index.mjs`) and the server, as `write_file` calls.
+pub fn todo_project_calls(broken: bool) -> serde_json::Value {
+    serde_json::json!([
+        {"name": "write_file", "input": {"path": "package.json", "content": "{\"name\": \"todos\", \"private\": true, \"type\": \"module\", \"scripts\": {\"build\": \"mkdir -p .output/server && cp server.mjs .output/server/index.mjs\"}}\n"}},
+        {"name": "write_file", "input": {"path": "server.mjs", "content": todo_server_js(broken)}}
+    ])
+}
+
+/// The checks a todo API's `finish` declares: create a todo, then read it back by its id.
+pub fn todo_checks() -> serde_json::Value {
+    serde_json::json!([
+        {"method": "POST", "path": "/api/todos", "body": {"title": "milk", "tags": ["shop"]}, "status": 201, "expect": {"title": "milk", "tags.0": "shop"}},
+        {"method": "GET", "path": "/api/todos/{{1.id}}", "status": 200, "expect": {"id": "{{1.id}}", "title": "milk"}}
+    ])
 }

@@ -575,6 +575,9 @@ impl Platform {
             deployer: deployer.clone() as Arc<dyn Deployer>,
             records: Arc::new(records.clone()),
             notifier: Some(Arc::new(HttpNotifier::new(CALLBACK_SECRET, true)) as Arc<dyn Notifier>),
+            prober: Arc::new(tb_notify::HttpProber::new(true)),
+            receipt_key: Some(tb_pipeline::receipt::SigningKey::new(CALLBACK_SECRET)),
+            queue: Arc::new(tb_pipeline::memory::MemoryQueue::default()),
             settings: FinalizerSettings {
                 attempts: 4,
                 base_delay: Duration::from_millis(50),
@@ -585,6 +588,9 @@ impl Platform {
                 // a 900 s timeout).
                 safety_margin: Duration::from_secs(3),
                 outage_retry: Duration::from_secs(60),
+                // No worker reads this finalizer's queue: a failed verification fails.
+                repair_rounds: 0,
+                ..FinalizerSettings::standard()
             },
         });
         let fate = Fate {

@@ -133,7 +133,8 @@ pub async fn assert_finished_like_reference(store: &dyn StateStore, id: &Request
     assert_eq!(
         state.outcome,
         Some(Outcome::Finished {
-            summary: "done".into()
+            summary: "done".into(),
+            checks: None,
         })
     );
     assert_eq!(state.messages, expected.messages);

@@ -21,7 +21,8 @@ async fn assert_hello_run(state: &AgentState, sandbox: &TestSandbox) {
     assert_eq!(
         outcome(state),
         &Outcome::Finished {
-            summary: "wrote and read a file".into()
+            summary: "wrote and read a file".into(),
+            checks: None,
         }
     );
     assert_eq!(sandbox.read("notes/hello.txt"), "hello from the model\n");
@@ -428,7 +429,8 @@ async fn conversations_the_messages_api_would_refuse_are_never_sent() {
     assert_eq!(
         outcome(&state),
         &Outcome::Finished {
-            summary: "notes written".into()
+            summary: "notes written".into(),
+            checks: None,
         },
         "{:#?}",
         state.messages
@@ -618,7 +620,8 @@ async fn the_loop_runs_in_a_daytona_sandbox_through_its_rest_api() {
     assert_eq!(
         outcome(&state),
         &Outcome::Finished {
-            summary: "wrote and read a file".into()
+            summary: "wrote and read a file".into(),
+            checks: None,
         }
     );
     // The files really landed in the sandbox behind the API.

@@ -116,7 +116,8 @@ async fn a_run_that_recovers_from_repeated_errors_by_different_fixes_is_not_stuc
     assert_eq!(
         outcome(&state),
         &Outcome::Finished {
-            summary: "fixed".into()
+            summary: "fixed".into(),
+            checks: None,
         }
     );
     let r = tool_results(&state);

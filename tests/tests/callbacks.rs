@@ -98,6 +98,9 @@ fn finalizer(store: Arc<dyn StateStore>, dir: &std::path::Path) -> Finalizer {
         notifier: Some(Arc::new(
             HttpNotifier::new(SECRET, true).with_retries(3, Duration::from_millis(5)),
         ) as Arc<dyn Notifier>),
+        prober: Arc::new(tb_notify::HttpProber::new(true)),
+        receipt_key: Some(tb_pipeline::receipt::SigningKey::new(SECRET)),
+        queue: Arc::new(tb_pipeline::memory::MemoryQueue::default()),
         settings: FinalizerSettings {
             base_delay: Duration::from_millis(1),
             ..FinalizerSettings::standard()

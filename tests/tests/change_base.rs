@@ -134,7 +134,8 @@ async fn a_seeded_sandbox_holds_the_current_source_and_finish_refuses_changed_mi
     assert_eq!(
         state.outcome,
         Some(Outcome::Finished {
-            summary: "done".into()
+            summary: "done".into(),
+            checks: None,
         })
     );
     let results = tool_results(&state);

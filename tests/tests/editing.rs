@@ -38,7 +38,8 @@ async fn assert_edited(state: &tb_core::agent::AgentState, sandbox: &TestSandbox
     assert_eq!(
         outcome(state),
         &Outcome::Finished {
-            summary: "edited".into()
+            summary: "edited".into(),
+            checks: None,
         }
     );
     assert_eq!(

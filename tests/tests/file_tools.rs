@@ -59,7 +59,8 @@ async fn a_fifo_and_a_hard_linked_file_are_refused_and_the_request_goes_on() {
     assert_eq!(
         outcome(&state),
         &Outcome::Finished {
-            summary: "done".into()
+            summary: "done".into(),
+            checks: None,
         }
     );
     assert_eq!(sandbox.read("ok.txt"), "fine");

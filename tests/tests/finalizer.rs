@@ -130,7 +130,9 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
             "build:install",
             "database",
             "deploy",
-            "repository"
+            "receipt",
+            "repository",
+            "verify"
         ]
     );
     assert_no_database_secrets(&rec);
@@ -567,7 +569,7 @@ async fn a_build_whose_script_exits_1_fails_the_request_at_the_build_step_with_i
 // the finalize message is delivered again to a new process.
 
 /// What the finalizer records, in order: the steps, and the build's sub-steps before it.
-const RECORDED: [&str; 7] = [
+const RECORDED: [&str; 9] = [
     "archive",
     "repository",
     "database",
@@ -575,10 +577,12 @@ const RECORDED: [&str; 7] = [
     "build:compile",
     "build",
     "deploy",
+    "verify",
+    "receipt",
 ];
 
-/// The finalizer's commits, in order: 1 claims the request, 2..=8 record the steps and
-/// sub-steps, 9 is the final one (phase, lease released).
+/// The finalizer's commits, in order: 1 claims the request, 2..=10 record the steps and
+/// sub-steps, 11 is the final one (phase, lease released).
 const FINAL_COMMIT: usize = RECORDED.len() + 2;
 
 struct Killed {
@@ -693,7 +697,7 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
 #[tokio::test]
 async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_commit_or_machine() {
     let s = Services::start().await;
-    // Commit 3 would record `repository`, 8 `deploy`, 9 the end (after the sandbox was
+    // Commit 3 would record `repository`, 8 `deploy`, 11 the end (after the sandbox was
     // released, the ledger and the project written).
     for at in [3, 8, FINAL_COMMIT] {
         let k = kill_at(&s, at, Strike::BeforeWrite).await;
@@ -905,4 +909,131 @@ async fn a_deploy_target_down_for_good_fails_the_request_naming_it_within_the_bo
         took < bound + std::time::Duration::from_secs(20),
         "{took:?}"
     );
+}
+
+/// Finalizes a finished request whose `finish` declared `checks`; the stored record.
+async fn finalize_with_checks(s: &Services, project: &ProjectId, checks: Value) -> RequestRecord {
+    let parts = s.parts();
+    let store = parts.store.clone();
+    let checks = serde_json::from_value(checks).unwrap();
+    let rec = s
+        .finished_request_with_checks(store.as_ref(), project, &v1(), Some(checks))
+        .await;
+    let finalizer = s.finalizer(parts);
+    finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
+    load(store.as_ref(), &rec).await
+}
+
+#[tokio::test]
+async fn the_declared_checks_run_against_the_app_deployed_on_the_fly_stand_in() {
+    let s = Services::start().await;
+    let project = s.project();
+    let rec = finalize_with_checks(
+        &s,
+        &project,
+        json!([
+            {"method": "GET", "path": "/api/users", "status": 200,
+             "expect": {"version": "v1", "users.1.name": "Grace", "database_url_set": true}},
+            {"method": "GET", "path": "/api/users?first={{1.users.0.name}}", "status": 200}
+        ]),
+    )
+    .await;
+    assert_eq!(rec.phase, Phase::Succeeded, "{:?}", rec.failure);
+    let verify = step(&rec, "verify");
+    assert_eq!(verify["passed"], true);
+    assert_eq!(verify["url"], s.fly.app_url(&s.app(&project)));
+    let calls = verify["calls"].as_array().unwrap();
+    let paths: Vec<&str> = calls.iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/api/health", "/api/users", "/api/users?first=Ada"]);
+    for c in calls {
+        assert_eq!(c["status"], 200, "{c}");
+        assert!(c["latency_ms"].is_u64(), "{c}");
+    }
+    assert!(calls[1]["excerpt"].as_str().unwrap().contains("Grace"));
+
+    // The receipt: archived beside the source, signed with the platform's key, naming the
+    // commit, the image digest, the migrations with their hashes and every check.
+    let key = text(&rec, "receipt", "key");
+    assert!(key.ends_with(&format!("{}/receipt.json", rec.id)), "{key}");
+    let (bytes, _) = s.archived(&key).await;
+    let archived = String::from_utf8(bytes).unwrap();
+    let signing = tb_pipeline::receipt::SigningKey::new(tb_tests::finalize::RECEIPT_KEY);
+    let receipt = tb_pipeline::receipt::verify_document(&signing, &archived).unwrap();
+    assert_eq!(receipt, step(&rec, "receipt")["document"]["receipt"]);
+    assert_eq!(
+        receipt["commit_sha"],
+        text(&rec, "repository", "commit_sha")
+    );
+    let digest = text(&rec, "deploy", "version");
+    assert!(
+        digest.starts_with("sha256:") || digest.contains("@sha256:"),
+        "{digest}"
+    );
+    assert_eq!(receipt["deployment"]["version"], digest);
+    assert_eq!(
+        receipt["migrations"],
+        json!([{"name": "001_users.sql", "applied_now": true,
+                "sha256": sha256_hex(&v1()["migrations/001_users.sql"])}])
+    );
+    let checked: Vec<(&str, u64, bool)> = receipt["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap(),
+                c["status"].as_u64().unwrap(),
+                c["latency_ms"].is_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checked,
+        [
+            ("/api/health", 200, true),
+            ("/api/users", 200, true),
+            ("/api/users?first=Ada", 200, true)
+        ]
+    );
+    assert_eq!(receipt["cost_micro_usd"]["agent"], rec.agent.cost.micros());
+    // A tampered receipt does not verify.
+    let tampered = archived.replacen("\"passed\": true", "\"passed\": false", 1);
+    assert_ne!(tampered, archived);
+    assert_eq!(
+        tb_pipeline::receipt::verify_document(&signing, &tampered),
+        Err(tb_pipeline::receipt::ReceiptError::BadSignature)
+    );
+}
+
+#[tokio::test]
+async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_call_recorded() {
+    let s = Services::start().await;
+    let project = s.project();
+    let rec = finalize_with_checks(
+        &s,
+        &project,
+        json!([
+            {"method": "POST", "path": "/api/users", "body": {"name": "Ada"}, "status": 201},
+            {"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v2"}}
+        ]),
+    )
+    .await;
+    assert_eq!(rec.phase, Phase::Failed);
+    let failure = rec.failure.clone().unwrap();
+    assert_eq!(failure.step, "verify");
+    assert!(
+        failure.reason.contains("POST /api/users -> 200")
+            && failure.reason.contains("answered 200 instead of 201")
+            && failure
+                .reason
+                .contains("`version` is \"v1\" instead of \"v2\""),
+        "{}",
+        failure.reason
+    );
+    let calls = step(&rec, "verify")["calls"].as_array().unwrap().clone();
+    let passed: Vec<bool> = calls
+        .iter()
+        .map(|c| c["passed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(passed, [true, false, false]);
 }

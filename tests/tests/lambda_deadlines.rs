@@ -100,6 +100,8 @@ impl Worker {
                 "TB_RECORDS_DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/postgres",
             )
+            // The scripts write a few files, not an app: nothing for `finish` to build.
+            .env("TB_FINISH_ATTEMPTS", "0")
             .envs(extra.iter().copied())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
@@ -228,7 +230,8 @@ async fn a_slow_model_never_outruns_the_invocation_and_each_call_is_billed_once(
     assert_eq!(
         rec.agent.outcome,
         Some(Outcome::Finished {
-            summary: "done".into()
+            summary: "done".into(),
+            checks: None,
         })
     );
     assert_eq!(worker.runtime.timeouts(), 0, "no invocation was killed");
@@ -339,7 +342,8 @@ async fn a_model_down_for_a_while_is_waited_out_and_the_wait_shows_in_the_activi
     assert_eq!(
         rec.agent.outcome,
         Some(Outcome::Finished {
-            summary: "done".into()
+            summary: "done".into(),
+            checks: None,
         })
     );
     assert!(

@@ -47,6 +47,9 @@ pub async fn handle_batch(
             Ok(FinalizeDone::Stale(why)) => {
                 tracing::info!(message_id = %id, "stale finalize message: {why}")
             }
+            Ok(FinalizeDone::Repairing { round }) => {
+                tracing::info!(message_id = %id, round, "verification failed; back to the agent")
+            }
             Ok(FinalizeDone::Continue) => {
                 let sent = match serde_json::from_str::<FinalizeMessage>(body) {
                     Ok(message) => queue

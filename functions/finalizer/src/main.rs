@@ -43,6 +43,9 @@ async fn main() -> Result<(), Error> {
     let (records, ()) = tokio::join!(PgPlatformRecords::connect(&records_url), store.warm());
     let records = records?;
 
+    // Where a finalization that outlasts one invocation continues, and where a repair round
+    // hands the request back to the agent.
+    let queue = Arc::new(aws.queue(&clients));
     let finalizer = Arc::new(Finalizer {
         store: Arc::new(store),
         sandboxes: Arc::new(DaytonaProvider::new(daytona)?),
@@ -54,10 +57,13 @@ async fn main() -> Result<(), Error> {
         // Callbacks are signed with TB_CALLBACK_SECRET; without one, none are sent.
         notifier: var("TB_CALLBACK_SECRET")
             .map(|s| Arc::new(HttpNotifier::new(s, false)) as Arc<dyn Notifier>),
+        // Deployed apps are called on their public address only, like callbacks.
+        prober: Arc::new(tb_notify::HttpProber::new(false)),
+        // Receipts are signed with the callbacks' key.
+        receipt_key: var("TB_CALLBACK_SECRET").map(tb_pipeline::receipt::SigningKey::new),
+        queue: queue.clone(),
         settings: FinalizerSettings::from_env(var)?,
     });
-    // Where a finalization that outlasts one invocation continues.
-    let queue = Arc::new(aws.queue(&clients));
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (finalizer, queue) = (finalizer.clone(), queue.clone());
         async move {

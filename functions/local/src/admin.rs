@@ -1,6 +1,6 @@
 //! `turbobackend status <id>` and `turbobackend keys create|list|revoke`.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use tb_core::domain::{RequestId, UserId};
 
 use crate::app::{App, Settings};
@@ -26,6 +26,47 @@ pub enum KeysCommand {
         #[arg(long, default_value = LOCAL_USER)]
         user: String,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub enum ReceiptCommand {
+    /// Check a receipt's signature (`.turbobackend/receipt.json`, or the archived copy)
+    /// against this platform's key (`TB_CALLBACK_SECRET`, else the data directory's).
+    Verify { file: std::path::PathBuf },
+}
+
+/// `turbobackend receipt verify FILE`: exits non-zero unless the signature matches.
+pub fn verify_receipt(file: &std::path::Path) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // Never made up here: a new key could only say "does not match".
+    let key = match &settings.callback_secret {
+        Some(s) => s.clone(),
+        None => {
+            let file = settings.data_dir.join("callback-secret");
+            std::fs::read_to_string(&file)
+                .with_context(|| {
+                    format!(
+                        "reading the platform's key {} (or set TB_CALLBACK_SECRET)",
+                        file.display()
+                    )
+                })?
+                .trim()
+                .to_string()
+        }
+    };
+    let receipt =
+        tb_pipeline::receipt::verify_document(&tb_pipeline::receipt::SigningKey::new(key), &text)?;
+    let checks = receipt["checks"].as_array().map_or(0, Vec::len);
+    println!(
+        "receipt verified: request {}, commit {}, deployed {}, {checks} check(s), verified: {}",
+        receipt["request_id"].as_str().unwrap_or("?"),
+        receipt["commit_sha"].as_str().unwrap_or("?"),
+        receipt["deployment"]["version"].as_str().unwrap_or("?"),
+        receipt["verified"]
+    );
+    Ok(())
 }
 
 pub async fn status(id: &str) -> anyhow::Result<()> {

@@ -52,6 +52,8 @@ pub struct Settings {
     /// How long an outage of the model, the sandbox or a finalizer step's service is waited
     /// out (`TB_OUTAGE_RETRY_SECS`).
     pub outage_retry: Option<std::time::Duration>,
+    /// Repair rounds after a failed verification (`TB_REPAIR_ROUNDS`).
+    pub repair_rounds: u32,
 }
 
 impl Settings {
@@ -93,6 +95,7 @@ impl Settings {
             },
             allow_unisolated: flag(var, "TB_ALLOW_UNISOLATED_COMMANDS")?,
             outage_retry: tb_pipeline::settings::seconds(&var, "TB_OUTAGE_RETRY_SECS")?,
+            repair_rounds: tb_pipeline::FinalizerSettings::from_env(var)?.repair_rounds,
         })
     }
 }
@@ -209,6 +212,7 @@ impl App {
         let oauth: Arc<dyn tb_core::ports::OAuthStore> = sqlite_records.clone();
         let records: Arc<dyn PlatformRecords> = sqlite_records;
         let (queue, receivers) = LocalQueue::new(dir);
+        let queue: Arc<dyn tb_pipeline::Queue> = Arc::new(queue);
         // One npm cache for every project, used before the registry: with it warm,
         // `npm install` does not ask the registry about every package again.
         std::fs::create_dir_all(&settings.npm_cache)
@@ -254,7 +258,7 @@ impl App {
         let requests = Arc::new(
             Requests::new(
                 store.clone(),
-                Arc::new(queue),
+                queue.clone(),
                 records.clone(),
                 settings.agent.clone(),
             )
@@ -285,6 +289,7 @@ impl App {
             }),
             ..LocalConfig::new(dir.join("deploy"))
         }));
+        let secret = callback_secret(settings, dir)?;
         let finalizer = Arc::new(Finalizer {
             store,
             sandboxes,
@@ -293,15 +298,18 @@ impl App {
             databases,
             deployer: deployer.clone(),
             records: records.clone(),
-            notifier: Some(Arc::new(tb_notify::HttpNotifier::new(
-                callback_secret(settings, dir)?,
-                true,
-            ))),
+            notifier: Some(Arc::new(tb_notify::HttpNotifier::new(secret.clone(), true))),
+            // Local apps answer on loopback.
+            prober: Arc::new(tb_notify::HttpProber::new(true)),
+            // Receipts are signed with the callbacks' key.
+            receipt_key: Some(tb_pipeline::receipt::SigningKey::new(secret)),
+            queue,
             settings: {
                 let mut s = tb_local::dispatch::local_finalizer_settings();
                 if let Some(d) = settings.outage_retry {
                     s.outage_retry = d;
                 }
+                s.repair_rounds = settings.repair_rounds;
                 s
             },
         });

@@ -1,12 +1,12 @@
 //! `turbobackend demo` / `run`: a request through the whole local pipeline (agent in a
 //! local sandbox → archive → git → database → build → local deploy), watched until it ends,
-//! then the live app is called.
+//! and the calls the `verify` step made to the live app are shown.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::bail;
-use serde_json::{Value, json};
+use serde_json::json;
 use tb_core::domain::{Description, Phase, ProjectId, RequestId, UserId};
 use tb_pipeline::steps::Provisioned;
 use tb_pipeline::{NewRequest, Status};
@@ -77,6 +77,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let status = watch(&app, &accepted.request_id, &progress).await?;
     report(&status, &progress, settings.model.is_scripted());
+    show_calls(&status, &progress);
     if status.phase != Phase::Succeeded {
         bail!(
             "the request ended {:?}: {}",
@@ -88,15 +89,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let url = status.result.deployment_url().map(String::from);
-    if let Some(url) = url {
-        call_app(&url, &progress).await?;
-        if args.keep_running {
-            progress.event(
-                &format!("\nserving at {url}; Ctrl-C to stop"),
-                json!({"event": "serving", "url": url}),
-            );
-            tokio::signal::ctrl_c().await?;
-        }
+    // The request succeeded, so the live app passed its checks: serve it if asked.
+    if let (Some(url), true) = (url, args.keep_running) {
+        progress.event(
+            &format!("\nserving at {url}; Ctrl-C to stop"),
+            json!({"event": "serving", "url": url}),
+        );
+        tokio::signal::ctrl_c().await?;
     }
     Ok(())
 }
@@ -185,38 +184,32 @@ fn report(s: &Status, progress: &Progress, scripted: bool) {
     );
 }
 
-/// The demo's own check of the app: health, create a user, list users.
-async fn call_app(base: &str, progress: &Progress) -> anyhow::Result<()> {
-    let http = tb_tls::http_client()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let mut calls = vec![
-        ("GET", "/api/health".to_string(), None),
-        ("GET", "/api/users".to_string(), None),
-    ];
-    calls.insert(
-        1,
-        (
-            "POST",
-            "/api/users".to_string(),
-            Some(json!({"name": "Ada Lovelace", "email": "ada@example.com"})),
-        ),
+/// The calls the `verify` step made to the live app: `/api/health`, then the checks the
+/// agent declared with `finish`.
+fn show_calls(s: &Status, progress: &Progress) {
+    let Some(verify) = s.result.verified() else {
+        return;
+    };
+    progress.event(
+        &format!("\nverified against the live app: {}", verify.note),
+        json!({"event": "calls", "passed": verify.passed, "note": verify.note}),
     );
-    progress.event("\ncalling the app", json!({"event": "calls"}));
-    for (method, path, body) in calls {
-        let req = match method {
-            "POST" => http.post(format!("{base}{path}")).json(&body),
-            _ => http.get(format!("{base}{path}")),
-        };
-        let r = req.send().await?;
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        progress.event(&format!("  {method:<4} {path} -> {status} {body}"), json!({"event": "call", "method": method, "path": path, "status": status, "body": body}));
-        if status >= 400 {
-            bail!("{method} {path} answered {status}");
+    for call in &verify.calls {
+        let status = call
+            .status
+            .map_or("no answer".to_string(), |s| s.to_string());
+        let mut line = format!(
+            "  {:<6} {} -> {status} ({} ms)",
+            call.method, call.path, call.latency_ms
+        );
+        match &call.error {
+            Some(e) => line.push_str(&format!(" FAILED: {e}")),
+            None => line.push_str(&format!(" {}", call.excerpt)),
         }
+        let mut event = serde_json::to_value(call).expect("serialisable");
+        event["event"] = json!("call");
+        progress.event(&line, event);
     }
-    Ok(())
 }
 
 /// The process's peak resident memory (Linux `VmHWM`), 0 where unknown.

@@ -73,6 +73,8 @@ struct Row {
     finished: bool,
     deployed: bool,
     healthy: bool,
+    /// The `verify` step passed: health and every check the agent declared, live.
+    verified: bool,
     iterations: u32,
     tokens: tb_core::TokenUsage,
     cost_micro_usd: i64,
@@ -222,6 +224,7 @@ async fn run_task(
         finished: status.outcome.as_deref() == Some("finished"),
         deployed: url.is_some(),
         healthy,
+        verified: status.result.verified().is_some_and(|v| v.passed),
         iterations: status.iteration,
         tokens: status.tokens,
         cost_micro_usd: status.cost_micro_usd,
@@ -270,11 +273,12 @@ fn total(rows: &[Row]) -> Row {
     }
     let count = |f: fn(&Row) -> bool| ran.iter().filter(|r| f(r)).count();
     t.note = format!(
-        "{} ran: {} finished, {} deployed, {} healthy",
+        "{} ran: {} finished, {} deployed, {} healthy, {} verified",
         ran.len(),
         count(|r| r.finished),
         count(|r| r.deployed),
-        count(|r| r.healthy)
+        count(|r| r.healthy),
+        count(|r| r.verified)
     );
     t
 }
@@ -286,6 +290,7 @@ fn row_json(r: &Row) -> Value {
         "finished": r.finished,
         "deployed": r.deployed,
         "health_verified": r.healthy,
+        "verified": r.verified,
         "iterations": r.iterations,
         "tokens": r.tokens,
         "cost_usd": r.cost_micro_usd as f64 / 1e6,
@@ -299,21 +304,22 @@ fn print_table(rows: &[Row], total: &Row, scripted: bool) {
     let yes = |b: bool| if b { "yes" } else { "no" };
     println!();
     println!(
-        "| task | finished | deployed | health verified | iterations | input | cache write | cache read | output | cost $ | wall s | note |"
+        "| task | finished | deployed | health verified | verified | iterations | input | cache write | cache read | output | cost $ | wall s | note |"
     );
-    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     let line = |r: &Row, counts: bool| {
-        let (f, d, h) = if counts {
-            (String::new(), String::new(), String::new())
+        let (f, d, h, v) = if counts {
+            (String::new(), String::new(), String::new(), String::new())
         } else {
             (
                 yes(r.finished).into(),
                 yes(r.deployed).into(),
                 yes(r.healthy).into(),
+                yes(r.verified).into(),
             )
         };
         println!(
-            "| {} | {f} | {d} | {h} | {} | {} | {} | {} | {} | {:.4} | {:.1} | {} |",
+            "| {} | {f} | {d} | {h} | {v} | {} | {} | {} | {} | {} | {:.4} | {:.1} | {} |",
             r.name,
             r.iterations,
             r.tokens.input,
@@ -342,7 +348,7 @@ fn print_table(rows: &[Row], total: &Row, scripted: bool) {
         );
     }
     println!(
-        "\nhealth verified: GET /api/health answered 200 after the deploy (with a database, after one query). The endpoint checks a task declares are not verified yet."
+        "\nhealth verified: GET /api/health answered 200 when called again after the run (with a database, after one query). verified: the pipeline's verify step passed: health and every endpoint check the agent declared with `finish`, against the live app."
     );
     if scripted {
         println!(
@@ -422,6 +428,9 @@ mod tests {
         };
         let t = total(&[ran, skipped]);
         assert_eq!((t.iterations, t.cost_micro_usd), (3, 10));
-        assert_eq!(t.note, "1 ran: 1 finished, 1 deployed, 0 healthy");
+        assert_eq!(
+            t.note,
+            "1 ran: 1 finished, 1 deployed, 0 healthy, 0 verified"
+        );
     }
 }

@@ -46,6 +46,9 @@ enum Command {
     /// List, show, delete or roll back projects.
     #[command(subcommand)]
     Projects(projects::ProjectsCommand),
+    /// Check verification receipts.
+    #[command(subcommand)]
+    Receipt(admin::ReceiptCommand),
 }
 
 #[tokio::main]
@@ -67,5 +70,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { request_id } => admin::status(&request_id).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
         Command::Projects(cmd) => projects::projects(cmd).await,
+        Command::Receipt(admin::ReceiptCommand::Verify { file }) => admin::verify_receipt(&file),
     }
 }

@@ -59,6 +59,7 @@ fn posts_script() -> Script {
             {"name": "write_file", "input": {"path": "server/api/posts/index.get.ts", "content": POSTS_ROUTE}},
             {"name": "write_file", "input": {"path": "migrations/002_posts.sql", "content": POSTS_MIGRATION}}
         ]},
+        {"tool_calls": [{"name": "run_command", "input": {"command": "npm install --no-audit --no-fund && npm run build", "timeout_seconds": 600}}]},
         {"tool_calls": [{"name": "finish", "input": {"summary": "Added GET /api/posts and migrations/002_posts.sql."}}]}
     ]});
     Script::from_json(&turns.to_string()).unwrap()

@@ -57,17 +57,42 @@ fn the_demo_builds_deploys_and_serves_the_users_endpoint() {
             .map(|s| s.contains("no database cluster")),
         Some(true)
     );
+    // The calls shown are the verify step's: health, then the script's declared checks.
     let calls: Vec<&Value> = events.iter().filter(|e| e["event"] == "call").collect();
-    assert_eq!(calls.len(), 3);
+    let shown: Vec<(&str, &str, u64)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["method"].as_str().unwrap(),
+                c["path"].as_str().unwrap(),
+                c["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
-        (calls[0]["path"].as_str(), calls[0]["status"].as_u64()),
-        (Some("/api/health"), Some(200))
+        shown,
+        [
+            ("GET", "/api/health", 200),
+            ("POST", "/api/users", 201),
+            ("GET", "/api/users", 200),
+            ("GET", "/api/users/1", 200),
+            ("POST", "/api/users", 400)
+        ],
+        "{calls:#?}"
     );
-    assert_eq!(calls[1]["status"], 201);
-    assert_eq!(
-        calls[2]["body"][0]["email"], "ada@example.com",
+    assert!(calls.iter().all(|c| c["passed"] == true), "{calls:#?}");
+    assert!(
+        calls[3]["excerpt"]
+            .as_str()
+            .unwrap()
+            .contains("ada@example.com"),
         "{}",
-        calls[2]
+        calls[3]
+    );
+    assert_eq!(
+        done["status"]["result"]["verify"]["declared"], 4,
+        "{}",
+        done["status"]["result"]["verify"]
     );
     assert_eq!(commits(data.path()), 1);
 }

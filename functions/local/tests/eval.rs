@@ -30,7 +30,7 @@ fn the_scripted_tasks_run_end_to_end_and_the_rest_are_reported_skipped() {
     assert_eq!(ran.len(), 1, "{rows:?}");
     let users = ran[0];
     assert_eq!(users["task"], "users");
-    for field in ["finished", "deployed", "health_verified"] {
+    for field in ["finished", "deployed", "health_verified", "verified"] {
         assert_eq!(users[field], true, "{field}: {users}");
     }
     // The built-in script starts from the template: three turns.
@@ -91,7 +91,7 @@ async fn with_a_model_configured_a_task_without_a_script_runs_too() {
     assert!(todos["skipped"].is_null(), "{todos}");
     assert_eq!(todos["iterations"], 1, "{todos}");
     // The template alone builds, deploys and answers its health check.
-    for field in ["finished", "deployed", "health_verified"] {
+    for field in ["finished", "deployed", "health_verified", "verified"] {
         assert_eq!(todos[field], true, "{field}: {todos}");
     }
     assert_eq!(summary["scripted"], false);

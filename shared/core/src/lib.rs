@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod api_key;
 pub mod backoff;
+pub mod checks;
 pub mod clock;
 pub mod conversation;
 pub mod domain;

@@ -92,6 +92,13 @@ pub trait DevDatabase: Send + Sync {
     /// Runs one SQL statement and returns at most `max_rows` rows. Errors are plain text the
     /// model can act on (syntax errors, missing tables).
     async fn query(&self, sql: &str, max_rows: usize) -> Result<QueryRows, String>;
+
+    /// Applies `migrations` in order to a throwaway database and discards it: whether they
+    /// apply to an empty database. `Ok(false)`: this database cannot rehearse them.
+    async fn rehearse_migrations(&self, migrations: &[Migration]) -> Result<bool, String> {
+        let _ = migrations;
+        Ok(false)
+    }
 }
 
 /// Hands out each project's development database (provisioned on first use).

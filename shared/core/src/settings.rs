@@ -31,7 +31,7 @@ fn parse<T: std::str::FromStr>(
 
 /// The agent's limits: `TB_MAX_ITERATIONS`, `TB_BUDGET_USD` (dollars, e.g. `2.50`),
 /// `TB_WALL_CLOCK_SECS`, `TB_MAX_TOKENS`, `TB_COMMAND_TIMEOUT_SECS`, `TB_TOOL_TIMEOUT_SECS`,
-/// `TB_PROMPT_CACHING`; the rest are the standard values.
+/// `TB_PROMPT_CACHING`, `TB_FINISH_ATTEMPTS`; the rest are the standard values.
 pub fn agent_config(var: impl Fn(&str) -> Option<String>) -> Result<AgentConfig, SettingError> {
     let mut c = AgentConfig::standard();
     if let Some(n) = parse::<u32>(&var, "TB_MAX_ITERATIONS")? {
@@ -60,6 +60,11 @@ pub fn agent_config(var: impl Fn(&str) -> Option<String>) -> Result<AgentConfig,
             });
         }
         c.tool_timeout = Duration::from_secs(s);
+    }
+    if let Some(n) = parse::<u32>(&var, "TB_FINISH_ATTEMPTS")? {
+        // 0: `finish` is accepted without building and starting the project.
+        c.check_on_finish = n > 0;
+        c.finish_attempts = n.max(1);
     }
     if let Some(b) = parse::<bool>(&var, "TB_PROMPT_CACHING")? {
         c.prompt_caching = b;

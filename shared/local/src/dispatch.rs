@@ -267,6 +267,10 @@ async fn handle_finalize(
                 tracing::debug!(why, "stale finalize message");
                 return;
             }
+            Ok(FinalizeDone::Repairing { round }) => {
+                tracing::info!(round, "verification failed; back to the agent");
+                return;
+            }
             // Not with `handle`'s missing deadline; a new invocation continues at once.
             Ok(FinalizeDone::Continue) => attempt -= 1,
             Err(FinalizeError::Poison(reason)) => {

@@ -53,6 +53,7 @@ fn agent_config() -> AgentConfig {
     AgentConfig {
         command_timeout: Duration::from_secs(60),
         max_command_timeout: Duration::from_secs(120),
+        check_on_finish: false,
         ..AgentConfig::standard()
     }
 }
@@ -91,6 +92,20 @@ impl Deployer for NoDeployer {
         _: &std::collections::BTreeMap<String, String>,
     ) -> Result<Deployment, PortError> {
         Err(PortError::Permanent("no deployer in this test".into()))
+    }
+}
+
+struct NoProber;
+
+#[async_trait]
+impl tb_core::checks::Prober for NoProber {
+    async fn send(
+        &self,
+        _: &str,
+        _: &tb_core::checks::ProbeRequest,
+        _: std::time::Duration,
+    ) -> Result<tb_core::checks::ProbeReply, PortError> {
+        Err(PortError::Permanent("no app to call in this test".into()))
     }
 }
 
@@ -176,6 +191,9 @@ async fn start(data: &Path, options: Options) -> Host {
         deployer: Arc::new(NoDeployer),
         records: records.clone(),
         notifier: None,
+        prober: Arc::new(NoProber),
+        receipt_key: None,
+        queue: Arc::new(queue.clone()),
         settings: local_finalizer_settings(),
     });
     // Watch the finalize channel on its way to the dispatcher.

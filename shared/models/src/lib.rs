@@ -31,4 +31,4 @@ pub use retry::RetryPolicy;
 pub use scripted::{Script, ScriptError, ScriptToolCall, ScriptTurn, ScriptedModel};
 #[cfg(feature = "server")]
 pub use server::{OpenAiDialect, ScriptedServer, TokenLimitParameter};
-pub use settings::{ModelSettings, USERS_API_SCRIPT};
+pub use settings::{ModelSettings, TODO_TAGS_SCRIPT, USERS_API_SCRIPT};

@@ -18,6 +18,9 @@ use crate::{AnthropicClient, AnthropicConfig, OpenAiClient, OpenAiConfig};
 
 /// The built-in script: a Nitro.js users API (see `scripts/users-api.json`).
 pub const USERS_API_SCRIPT: &str = include_str!("../scripts/users-api.json");
+/// A todo API with tags on PostgreSQL (two migrations, the dev database tool, declared
+/// checks that chain), for tests that play it through the scripted model's server.
+pub const TODO_TAGS_SCRIPT: &str = include_str!("../scripts/todo-tags.json");
 
 pub const DEFAULT_MODEL: &str = "claude-sonnet-4-6";
 

@@ -19,6 +19,9 @@ use sha2::Sha256;
 use tb_core::net::is_public;
 use tb_core::ports::{Notifier, PortError};
 
+pub mod probe;
+pub use probe::HttpProber;
+
 pub const SIGNATURE_HEADER: &str = "x-turbobackend-signature";
 pub const DELIVERY_HEADER: &str = "x-turbobackend-delivery";
 
@@ -60,35 +63,47 @@ impl HttpNotifier {
     }
 
     async fn client_for(&self, url: &str) -> Result<reqwest::Client, PortError> {
-        let builder = tb_tls::http_client()
-            // Never followed: a redirect would send the signed request wherever the
-            // receiver points (loopback, the metadata service), past the address check.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")));
-        let builder = if self.allow_private {
-            builder
-        } else {
-            let parsed = url::Url::parse(url)
-                .map_err(|e| PortError::Permanent(format!("bad callback URL: {e}")))?;
-            let host = parsed
-                .host_str()
-                .ok_or_else(|| PortError::Permanent("callback URL has no host".into()))?
-                .to_string();
-            let port = parsed.port_or_known_default().unwrap_or(443);
-            let addr = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| PortError::Transient(format!("resolving {host}: {e}")))?
-                .find(|a| is_public(&a.ip()))
-                .ok_or_else(|| {
-                    PortError::Permanent(format!("{host} does not resolve to a public address"))
-                })?;
-            builder.resolve(&host, addr)
-        };
-        builder
-            .build()
-            .map_err(|e| PortError::Permanent(e.to_string()))
+        pinned_client(url, self.allow_private, Duration::from_secs(10)).await
     }
+}
+
+/// A client for `url` under the platform's outbound policy: redirects are never followed
+/// (a redirect would send the call wherever the receiver points: loopback, the metadata
+/// service), and unless private targets are allowed the host is resolved now, must be
+/// public ([`is_public`]), and the connection is pinned to the checked address.
+pub async fn pinned_client(
+    url: &str,
+    allow_private: bool,
+    timeout: Duration,
+) -> Result<reqwest::Client, PortError> {
+    let builder = tb_tls::http_client()
+        // Never followed: a redirect would send the request wherever the receiver points
+        // (loopback, the metadata service), past the address check.
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")));
+    let builder = if allow_private {
+        builder
+    } else {
+        let parsed =
+            url::Url::parse(url).map_err(|e| PortError::Permanent(format!("bad URL: {e}")))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| PortError::Permanent("the URL has no host".into()))?
+            .to_string();
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| PortError::Transient(format!("resolving {host}: {e}")))?
+            .find(|a| is_public(&a.ip()))
+            .ok_or_else(|| {
+                PortError::Permanent(format!("{host} does not resolve to a public address"))
+            })?;
+        builder.resolve(&host, addr)
+    };
+    builder
+        .build()
+        .map_err(|e| PortError::Permanent(e.to_string()))
 }
 
 /// Hex HMAC-SHA256 of `"<timestamp>.<body>"`.

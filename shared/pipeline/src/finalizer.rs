@@ -6,7 +6,8 @@
 //! `archive` (snapshot the sandbox → tar.gz → archive, with its SHA-256) → `repository`
 //! (commit to the code host) → `database` (provision, apply migrations) → `build`
 //! (`npm install` + `npm run build` in the sandbox → artifact → archive) → `deploy` →
-//! cleanup (release the sandbox, write the usage ledger, update the project, set the final
+//! `verify` (health and the declared checks against the live URL: [`crate::verify`]) →
+//! `receipt` (signed, archived beside the source: [`crate::receipt`]) → cleanup (release the sandbox, write the usage ledger, update the project, set the final
 //! phase). A request whose agent did not finish gets only its archive and the cleanup.
 //! Transient failures are retried with exponential backoff and jitter; after the retry
 //! budget, or at once for permanent ones, the request fails naming the step and the cause.
@@ -39,7 +40,7 @@ use crate::ports::{Appended, StateStore};
 use crate::record::{Failure, Lease, RequestRecord};
 use crate::snapshot;
 use crate::steps::{
-    Archived, BuildStep, Built, Notified, Provisioned, Published, Step, StepResult,
+    Archived, BuildStep, Built, Notified, Provisioned, Published, Receipted, Step, StepResult,
 };
 
 #[derive(Clone, Debug)]
@@ -57,6 +58,12 @@ pub struct FinalizerSettings {
     /// once the step's own attempts are used up, before the request fails naming it
     /// (`TB_OUTAGE_RETRY_SECS`).
     pub outage_retry: Duration,
+    /// The `verify` step's bounds: each call's timeout, how long the app may take to
+    /// answer its health check after the deploy.
+    pub verify: tb_core::checks::RunPolicy,
+    /// Times a failed verification goes back to the agent, in the same sandbox, before the
+    /// request fails (`TB_REPAIR_ROUNDS`).
+    pub repair_rounds: u32,
 }
 
 impl FinalizerSettings {
@@ -69,6 +76,8 @@ impl FinalizerSettings {
             lease: Duration::from_secs(960),
             safety_margin: Duration::from_secs(60),
             outage_retry: Duration::from_secs(600),
+            verify: tb_core::checks::RunPolicy::standard(),
+            repair_rounds: 2,
         }
     }
 
@@ -83,6 +92,15 @@ impl FinalizerSettings {
         }
         if let Some(b) = crate::settings::seconds(&var, "TB_OUTAGE_RETRY_SECS")? {
             s.outage_retry = b;
+        }
+        if let Some(v) = var("TB_REPAIR_ROUNDS").filter(|v| !v.trim().is_empty()) {
+            s.repair_rounds = v
+                .trim()
+                .parse()
+                .map_err(|_| tb_core::settings::SettingError {
+                    name: "TB_REPAIR_ROUNDS",
+                    problem: format!("{v:?} is not a whole number"),
+                })?;
         }
         Ok(s)
     }
@@ -99,6 +117,13 @@ pub struct Finalizer {
     pub records: Arc<dyn PlatformRecords>,
     /// Sends the callback of requests that have a callback URL (`None`: no callbacks).
     pub notifier: Option<Arc<dyn Notifier>>,
+    /// Calls the deployed app in the `verify` step, under the platform's outbound policy.
+    pub prober: Arc<dyn tb_core::checks::Prober>,
+    /// Signs verification receipts (the platform's callback key); `None`: receipts are
+    /// recorded unsigned and not archived.
+    pub receipt_key: Option<crate::receipt::SigningKey>,
+    /// Where a repair round hands the request back to the agent.
+    pub queue: Arc<dyn crate::ports::Queue>,
     pub settings: FinalizerSettings,
 }
 
@@ -112,6 +137,11 @@ pub enum FinalizeDone {
     /// The invocation's time ran out; what was done is recorded. Deliver the same message
     /// again (at once) to continue.
     Continue,
+    /// Verification failed and the request went back to the agent for repair round
+    /// `round` (its work message is sent); the agent's next `finish` finalizes it again.
+    Repairing {
+        round: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +270,10 @@ impl Finalizer {
                 Ok(result) => {
                     let ms = started.elapsed().as_millis() as u64;
                     let note = result.note().map(|n| format!("; {n}"));
+                    let failed = match &result {
+                        StepResult::Verify(v) => crate::verify::failure_of(v),
+                        _ => None,
+                    };
                     rec.steps.record(result, ms);
                     rec.push_activity(format!(
                         "{step}: done in {:.1} s{}",
@@ -248,6 +282,25 @@ impl Finalizer {
                     ));
                     rec.lease = Some(self.lease(worker_id));
                     self.save(&mut rec).await?;
+                    if let Some(reason) = failed {
+                        tracing::warn!(request_id = %rec.id, step = step.name(), "{reason}");
+                        if let Some(round) = crate::repair::hand_back(
+                            self.store.as_ref(),
+                            self.queue.as_ref(),
+                            &mut rec,
+                            &reason,
+                            self.settings.repair_rounds,
+                        )
+                        .await?
+                        {
+                            return Ok(FinalizeDone::Repairing { round });
+                        }
+                        rec.failure = Some(Failure {
+                            step: step.to_string(),
+                            reason,
+                        });
+                        break;
+                    }
                 }
                 // Progress was recorded (a step, a sub-step, an outage being waited out).
                 Err(StepError::OutOfTime) if rec.steps.len() > recorded || rec.outage.is_some() => {
@@ -511,6 +564,31 @@ impl Finalizer {
                     .await?;
                 Ok(StepResult::Deploy(deployment))
             }
+            Step::Verify => crate::verify::verify(self.prober.as_ref(), rec, &self.settings.verify)
+                .await
+                .map(StepResult::Verify)
+                .map_err(StepError::Permanent),
+            Step::Receipt => {
+                let snap = self.source(&source_key).await?;
+                let receipt = crate::receipt::build(rec, &snapshot::migrations(&snap));
+                let Some(signing) = &self.receipt_key else {
+                    return Ok(StepResult::Receipt(Receipted::Unsigned {
+                        skipped: "no signing key is configured (TB_CALLBACK_SECRET)".into(),
+                        receipt,
+                    }));
+                };
+                let document = crate::receipt::sign(signing, receipt);
+                let bytes = serde_json::to_vec_pretty(&document).expect("serialisable");
+                let sha = sha256_hex(&bytes);
+                let key = format!("projects/{}/requests/{}/receipt.json", rec.project, rec.id);
+                self.archive.put(&key, &bytes, &sha).await?;
+                Ok(StepResult::Receipt(Receipted::Signed {
+                    key,
+                    sha256: sha,
+                    document,
+                    note: "signed; check it with `turbobackend receipt verify FILE`".into(),
+                }))
+            }
         }
     }
 
@@ -587,6 +665,7 @@ impl Finalizer {
             "commit_sha": steps.commit_sha(),
             "database": steps.database_name(),
             "deployment_url": steps.deployment_url(),
+            "receipt": steps.receipt_document(),
             "error": rec.failure,
         });
         let delivery = format!("{}-final", rec.id);

@@ -18,12 +18,15 @@ pub mod memory;
 pub mod messages;
 pub mod ports;
 pub mod project_ops;
+pub mod receipt;
 pub mod record;
+pub mod repair;
 pub mod requests;
 pub mod settings;
 pub mod snapshot;
 pub mod steps;
 pub mod template;
+pub mod verify;
 pub mod worker;
 
 pub use admission::{Limits, LimitsError, Refusal};

@@ -30,15 +30,21 @@ pub enum Step {
     Build,
     /// Run the artifact on the deploy target.
     Deploy,
+    /// Health and the declared checks against the live URL ([`crate::verify`]).
+    Verify,
+    /// The signed verification receipt, archived beside the source ([`crate::receipt`]).
+    Receipt,
 }
 
 impl Step {
-    pub const ALL: [Step; 5] = [
+    pub const ALL: [Step; 7] = [
         Step::Archive,
         Step::Repository,
         Step::Database,
         Step::Build,
         Step::Deploy,
+        Step::Verify,
+        Step::Receipt,
     ];
 
     /// The name it is recorded and reported under.
@@ -49,6 +55,8 @@ impl Step {
             Step::Database => "database",
             Step::Build => "build",
             Step::Deploy => "deploy",
+            Step::Verify => "verify",
+            Step::Receipt => "receipt",
         }
     }
 
@@ -60,6 +68,8 @@ impl Step {
             Step::Database => "the database cluster",
             Step::Build => "the sandbox provider",
             Step::Deploy => "the deploy target",
+            Step::Verify => "the deployed app",
+            Step::Receipt => "the archive",
         }
     }
 }
@@ -186,6 +196,42 @@ pub struct Notified {
     pub at_ms: u64,
 }
 
+/// `verify`: every call made to the live app, kept whether the checks passed or not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verified {
+    pub url: String,
+    /// How many checks `finish` declared (`None`: none, so only health was checked).
+    pub declared: Option<usize>,
+    pub passed: bool,
+    pub at_ms: u64,
+    pub calls: Vec<tb_core::checks::CheckCall>,
+    pub note: String,
+}
+
+/// `receipt`: the signed receipt in the archive, or why it is unsigned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Receipted {
+    Signed {
+        key: String,
+        sha256: String,
+        document: Value,
+        note: String,
+    },
+    /// No signing key: the receipt is kept on the record only.
+    Unsigned { skipped: String, receipt: Value },
+}
+
+/// `repairs`: one entry per repair round begun (the failed verification handed back).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Repair {
+    pub round: u32,
+    /// The `verify` result that failed.
+    pub verify: Option<Verified>,
+    /// The request's cost when the round began.
+    pub cost_micro_usd_before: i64,
+}
+
 /// The result of one finalizer step, as the step returns it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepResult {
@@ -194,6 +240,8 @@ pub enum StepResult {
     Database(Provisioned),
     Build(Built),
     Deploy(Deployment),
+    Verify(Verified),
+    Receipt(Receipted),
 }
 
 impl StepResult {
@@ -201,6 +249,9 @@ impl StepResult {
     pub fn note(&self) -> Option<&str> {
         match self {
             StepResult::Repository(p) => p.note.as_deref(),
+            StepResult::Verify(v) => Some(&v.note),
+            StepResult::Receipt(Receipted::Signed { note, .. }) => Some(note),
+            StepResult::Receipt(Receipted::Unsigned { skipped, .. }) => Some(skipped),
             _ => None,
         }
     }
@@ -238,6 +289,12 @@ pub struct Steps {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Done<Deployment>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Done<Verified>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Done<Receipted>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<Repair>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notified>,
     /// Steps this version does not know (recorded by a newer one), kept as they are.
     #[serde(flatten)]
@@ -253,6 +310,25 @@ impl Steps {
             Step::Database => self.database.is_some(),
             Step::Build => self.build.is_some(),
             Step::Deploy => self.deploy.is_some(),
+            Step::Verify => self.verify.is_some(),
+            Step::Receipt => self.receipt.is_some(),
+        }
+    }
+
+    /// Forgets what `step` recorded, so it runs again (a repair round redoes the build).
+    pub fn clear(&mut self, step: Step) {
+        match step {
+            Step::Archive => self.archive = None,
+            Step::Repository => self.repository = None,
+            Step::Database => self.database = None,
+            Step::Build => {
+                self.build = None;
+                self.build_install = None;
+                self.build_compile = None;
+            }
+            Step::Deploy => self.deploy = None,
+            Step::Verify => self.verify = None,
+            Step::Receipt => self.receipt = None,
         }
     }
 
@@ -270,6 +346,8 @@ impl Steps {
             StepResult::Database(r) => self.database = done(r, duration_ms),
             StepResult::Build(r) => self.build = done(r, duration_ms),
             StepResult::Deploy(r) => self.deploy = done(r, duration_ms),
+            StepResult::Verify(r) => self.verify = done(r, duration_ms),
+            StepResult::Receipt(r) => self.receipt = done(r, duration_ms),
         }
     }
 
@@ -348,6 +426,35 @@ impl Steps {
     pub fn deployment_url(&self) -> Option<&str> {
         Some(&self.deployment()?.url)
     }
+
+    /// The live app's verification, once run.
+    pub fn verified(&self) -> Option<&Verified> {
+        Some(&self.verify.as_ref()?.result)
+    }
+
+    /// The migrations the `database` step applied now.
+    pub fn applied_now(&self) -> &[String] {
+        match self.database.as_ref().map(|d| &d.result) {
+            Some(Provisioned::Database { applied, .. }) => applied,
+            _ => &[],
+        }
+    }
+
+    /// Whether the `database` step was skipped (no cluster).
+    pub fn database_skipped(&self) -> bool {
+        matches!(
+            self.database.as_ref().map(|d| &d.result),
+            Some(Provisioned::Skipped { .. })
+        )
+    }
+
+    /// The signed receipt document (or the unsigned receipt), once made.
+    pub fn receipt_document(&self) -> Option<&Value> {
+        match &self.receipt.as_ref()?.result {
+            Receipted::Signed { document, .. } => Some(document),
+            Receipted::Unsigned { receipt, .. } => Some(receipt),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -394,9 +501,11 @@ mod tests {
         );
         assert_eq!(steps.seed.as_ref().unwrap().from_request, "req_1");
         assert!(steps.other.is_empty(), "{:?}", steps.other);
-        for step in Step::ALL {
-            assert!(steps.done(step), "{step}");
+        // Verification and receipts came later: records of that time have neither.
+        for step in &Step::ALL[..5] {
+            assert!(steps.done(*step), "{step}");
         }
+        assert!(!steps.done(Step::Verify) && !steps.done(Step::Receipt));
         assert_eq!(serde_json::to_value(&steps).unwrap(), old_shape());
     }
 
@@ -422,14 +531,14 @@ mod tests {
         let stored = json!({
             "archive": {"skipped": "the request never had a sandbox", "duration_ms": 1},
             "database": {"skipped": "no database cluster configured (set DB_CLUSTER_HOST)", "duration_ms": 0},
-            "verify": {"passed": true, "duration_ms": 5}
+            "preview": {"passed": true, "duration_ms": 5}
         });
         let steps: Steps = serde_json::from_value(stored.clone()).unwrap();
         assert_eq!(steps.source(), None);
         assert_eq!(steps.database_name(), None);
         assert!(steps.done(Step::Archive) && !steps.done(Step::Repository));
-        assert_eq!(steps.other["verify"]["passed"], true);
-        assert_eq!(steps.names(), ["archive", "database", "verify"]);
+        assert_eq!(steps.other["preview"]["passed"], true);
+        assert_eq!(steps.names(), ["archive", "database", "preview"]);
         assert_eq!(serde_json::to_value(&steps).unwrap(), stored);
     }
 

@@ -34,7 +34,9 @@ use sqlx::{
     Statement, ValueRef,
 };
 use tb_core::domain::ProjectId;
-use tb_core::ports::{DatabaseProvisioner, DevDatabase, PortError, ProjectDatabase, QueryRows};
+use tb_core::ports::{
+    DatabaseProvisioner, DevDatabase, Migration, PortError, ProjectDatabase, QueryRows,
+};
 use tokio::sync::OnceCell;
 
 use crate::error::describe;
@@ -85,20 +87,59 @@ impl PgDevDatabase {
             .await
     }
 
-    async fn run(&self, sql: &str, max_rows: usize) -> Result<QueryRows, String> {
+    /// How to connect as the dev role, with the statement timeouts set.
+    async fn options(&self) -> Result<PgConnectOptions, String> {
         let db = self
             .database()
             .await
             .map_err(|e| format!("the dev database is not available right now: {e}"))?;
         let ms = self.statement_timeout.as_millis().to_string();
-        let options = PgConnectOptions::from_str(&db.url)
+        Ok(PgConnectOptions::from_str(&db.url)
             .map_err(|_| "the dev database's address is invalid".to_string())?
             .application_name("turbobackend-dev-query")
             .options([
                 ("statement_timeout", ms.as_str()),
                 ("lock_timeout", ms.as_str()),
                 ("idle_in_transaction_session_timeout", ms.as_str()),
-            ]);
+            ]))
+    }
+
+    /// Applies `migrations` in a fresh schema inside one transaction, then rolls it back:
+    /// the throwaway database of [`DevDatabase::rehearse_migrations`]. The schema's random
+    /// name is dropped afterwards too, should a migration have committed despite the rules.
+    async fn rehearse(&self, migrations: &[Migration]) -> Result<(), String> {
+        let options = self.options().await?;
+        let mut conn = options
+            .connect()
+            .await
+            .map_err(|e| format!("could not connect to the dev database: {}", describe(&e)))?;
+        let schema = format!("tb_rehearsal_{}", tb_core::ids::random_hex(6));
+        let setup = format!("BEGIN; CREATE SCHEMA {schema}; SET LOCAL search_path TO {schema}");
+        let mut result = sqlx::raw_sql(AssertSqlSafe(setup))
+            .execute(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e));
+        for m in migrations {
+            if result.is_err() {
+                break;
+            }
+            result = sqlx::raw_sql(AssertSqlSafe(m.sql.clone()))
+                .execute(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("migrations/{}: {}", m.name, describe(&e)));
+        }
+        let cleanup = format!("ROLLBACK; DROP SCHEMA IF EXISTS {schema} CASCADE");
+        let _ = sqlx::raw_sql(AssertSqlSafe(cleanup))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn run(&self, sql: &str, max_rows: usize) -> Result<QueryRows, String> {
+        let options = self.options().await?;
         let deadline = self.statement_timeout + Duration::from_secs(5);
         match tokio::time::timeout(deadline, run_session(&options, sql, max_rows)).await {
             Ok(result) => result.map_err(|e| {
@@ -208,6 +249,18 @@ fn row_values(row: &PgRow) -> Vec<Value> {
 impl DevDatabase for PgDevDatabase {
     async fn query(&self, sql: &str, max_rows: usize) -> Result<QueryRows, String> {
         self.run(sql, max_rows).await
+    }
+
+    async fn rehearse_migrations(&self, migrations: &[Migration]) -> Result<bool, String> {
+        let deadline =
+            self.statement_timeout * (migrations.len() as u32 + 2) + Duration::from_secs(5);
+        match tokio::time::timeout(deadline, self.rehearse(migrations)).await {
+            Ok(result) => result.map(|()| true),
+            Err(_) => Err(format!(
+                "applying the migrations did not finish within {} s",
+                deadline.as_secs()
+            )),
+        }
     }
 }
 

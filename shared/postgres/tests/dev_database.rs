@@ -210,3 +210,38 @@ async fn queries_run_as_the_dev_role_in_a_fresh_session_provisioned_on_first_use
     let e = db.query("CREATE ROLE intruder", 1).await.unwrap_err();
     assert!(e.contains("permission denied"), "{e}");
 }
+
+#[tokio::test]
+async fn migrations_are_rehearsed_in_a_throwaway_schema_that_leaves_nothing_behind() {
+    use tb_core::ports::Migration;
+    let (db, _cleanup, _) = dev_database("proj_rehearsal");
+    // A table of the same name in the dev database does not hide a migration's own error.
+    db.query("CREATE TABLE todos (id int)", 1).await.unwrap();
+    let good = vec![
+        Migration {
+            name: "001_todos.sql".into(),
+            sql: "CREATE TABLE todos (id serial PRIMARY KEY, title text NOT NULL);\nCREATE TABLE tags (todo_id int REFERENCES todos(id), tag text);".into(),
+        },
+        Migration {
+            name: "002_done.sql".into(),
+            sql: "ALTER TABLE todos ADD COLUMN done boolean NOT NULL DEFAULT false;".into(),
+        },
+    ];
+    assert_eq!(db.rehearse_migrations(&good).await, Ok(true));
+    let mut bad = good.clone();
+    bad[1].sql = "ALTER TABLE todoz ADD COLUMN done boolean;".into();
+    let err = db.rehearse_migrations(&bad).await.unwrap_err();
+    assert!(
+        err.starts_with("migrations/002_done.sql:") && err.contains("todoz"),
+        "{err}"
+    );
+    // Nothing of the rehearsals stayed: no schema, no table `tags`, `todos` unchanged.
+    let left = db
+        .query("SELECT count(*)::int AS n FROM information_schema.schemata WHERE schema_name LIKE 'tb_rehearsal%'", 1)
+        .await
+        .unwrap();
+    assert_eq!(left.rows[0][0], json!(0));
+    assert!(db.query("SELECT * FROM tags", 1).await.is_err());
+    let cols = db.query("SELECT * FROM todos", 1).await.unwrap();
+    assert_eq!(cols.columns, vec!["id"]);
+}

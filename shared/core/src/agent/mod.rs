@@ -9,6 +9,7 @@
 
 mod base;
 mod compaction;
+mod finish;
 mod output;
 mod prompt;
 mod stuck;
@@ -57,6 +58,11 @@ pub struct AgentConfig {
     pub keep_recent_messages: usize,
     /// Stuck after this many identical iterations (or identical actions that all failed).
     pub stuck_repeats: usize,
+    /// `finish` builds the project, starts it and runs its checks in the sandbox before it
+    /// is accepted.
+    pub check_on_finish: bool,
+    /// The run fails after this many refused `finish` calls (`TB_FINISH_ATTEMPTS`).
+    pub finish_attempts: u32,
 }
 
 impl AgentConfig {
@@ -82,6 +88,8 @@ impl AgentConfig {
             compact_at_percent: 70,
             keep_recent_messages: 12,
             stuck_repeats: 3,
+            check_on_finish: true,
+            finish_attempts: 4,
         }
     }
 }
@@ -92,6 +100,10 @@ impl AgentConfig {
 pub enum Outcome {
     Finished {
         summary: String,
+        /// The endpoint checks `finish` declared; `None`: none were, and only `/api/health`
+        /// is checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checks: Option<Vec<crate::checks::EndpointCheck>>,
     },
     IterationCap {
         iterations: u32,
@@ -450,9 +462,34 @@ impl Agent<'_> {
                 tools::run_tool(&ctx, name, input, &format!("{iteration}-{k}")).await?
             };
             let (content, is_error) = match reply {
-                tools::ToolReply::Finish { summary } => {
-                    step.outcome = Some(Outcome::Finished { summary });
-                    ("Finished.".to_string(), false)
+                tools::ToolReply::Finish {
+                    summary,
+                    checks,
+                    report,
+                } => {
+                    let mut said = match &checks {
+                        Some(c) => format!("Finished; the platform checks /api/health and the {} declared check(s) after the deployment.", c.len()),
+                        None => "Finished; no checks were declared, so the platform checks only /api/health after the deployment.".to_string(),
+                    };
+                    if let Some(r) = report {
+                        said.push_str(&format!(" In the sandbox: {r}."));
+                    }
+                    step.outcome = Some(Outcome::Finished { summary, checks });
+                    (said, false)
+                }
+                tools::ToolReply::FinishRefused { stage, content } => {
+                    let refused = finish_refusals(state) + 1;
+                    if refused >= c.finish_attempts {
+                        step.outcome = Some(Outcome::Failed {
+                            reason: format!(
+                                "`finish` was refused {refused} times; the last time at its {stage} stage"
+                            ),
+                        });
+                    }
+                    action.push_str(&format!("{name} {input}\n"));
+                    fingerprint.push_str(&format!("{name} {input} => {content}\n"));
+                    failed = true;
+                    (content, true)
                 }
                 tools::ToolReply::Observation {
                     content,
@@ -516,7 +553,7 @@ impl Agent<'_> {
             let tree =
                 match tools::run_tool(&ctx, "list_files", &serde_json::json!({}), "tree").await? {
                     tools::ToolReply::Observation { content, .. } => content,
-                    tools::ToolReply::Finish { .. } => String::new(),
+                    _ => String::new(),
                 };
             // Bounded like a tool call; a source that never answers is simply left out.
             let sources = tokio::time::timeout(c.tool_timeout, tools::small_sources(&ctx))
@@ -630,6 +667,19 @@ fn apply(state: &mut AgentState, step: Step) {
     state.stuck = step.stuck;
     state.compacted_upto = step.compacted_upto;
     state.outcome = step.outcome;
+}
+
+/// How many times `finish` was refused by its checks so far.
+fn finish_refusals(state: &AgentState) -> u32 {
+    state
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .flat_map(|m| &m.content)
+        .filter(|b| {
+            matches!(b, Block::ToolResult { content, is_error: true, .. } if content.starts_with(finish::REFUSED))
+        })
+        .count() as u32
 }
 
 /// The tool calls of the last assistant message, one short line each (`run_command npm

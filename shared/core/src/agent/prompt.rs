@@ -23,6 +23,10 @@ A Nitro.js (nitropack) server project. A new project starts from the platform's 
 - When the project builds and does what was asked, call `finish` with a summary of what you built: endpoints, tables, and anything the user should know. Calling `finish` ends your work.
 - You are not done until `npm run build` passes and the server answers `GET /api/health`; after `finish` the platform runs its own checks and the deployment, and a project that fails them is not delivered.
 
+## Declaring checks with `finish`
+- Give `finish` a `checks` list: the HTTP calls that prove the API does what was asked, one or more per endpoint, in order (create, then read back, update, delete). Each has `method`, `path`, the JSON `body` where the endpoint takes one, the `status` the answer must have, and optionally `expect`: fields of the JSON answer by dotted path (`tags.0`) with the value each must equal. A later check uses a field of an earlier answer as `{{N.field}}`, N being the earlier check's number from 1: `{"method": "GET", "path": "/api/todos/{{1.id}}", "status": 200, "expect": {"title": "milk"}}`.
+- Try each check with `curl` against the built server (started in the background in the same command) before you call `finish`. `finish` builds the project, starts it and runs the checks that need no database itself, and refuses to finish while one fails; after the deployment the platform runs all of them against the live app and its database, and a failing check comes back to you to fix.
+
 ## Editing files
 - Change an existing file with `str_replace_based_edit_tool` instead of rewriting it: `view` it (lines come numbered; `view_range` [start, end] shows a part, end -1 for the rest), then `str_replace` with an `old_str` copied exactly from the file (whitespace included) and long enough to match one place only, or `insert` after a line number. A failed edit changes nothing and says why; view the file again before retrying.
 - Create new files with `create` (or `write_file`). Rewrite a whole file only when most of it changes.
@@ -105,6 +109,9 @@ mod tests {
             // the template the project starts from
             "starts from the platform's template",
             "throw dbError(e)",
+            // endpoint checks declared with finish, tried with curl first
+            "`checks` list",
+            "with `curl`",
         ] {
             assert!(
                 SYSTEM_PROMPT.contains(needle),
@@ -116,7 +123,11 @@ mod tests {
     #[test]
     fn the_prompt_is_plain_text_without_per_run_details() {
         // Stable text is what keeps it cached: nothing that varies between runs.
-        assert!(!SYSTEM_PROMPT.contains("{{") && !SYSTEM_PROMPT.contains("${process"));
+        // `{{N.field}}` is the documented syntax of check references, not a placeholder.
+        let without_references = SYSTEM_PROMPT
+            .replace("{{N.field}}", "")
+            .replace("{{1.id}}", "");
+        assert!(!without_references.contains("{{") && !SYSTEM_PROMPT.contains("${process"));
         assert!(
             SYSTEM_PROMPT.len() < 16_000,
             "{} bytes",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::checks::{EndpointCheck, parse_checks};
 use crate::model::ToolSpec;
 use crate::ports::DevDatabase;
 use crate::sandbox::{Sandbox, SandboxError, WorkspacePath};
@@ -45,6 +46,14 @@ pub(crate) enum ToolReply {
     },
     Finish {
         summary: String,
+        checks: Option<Vec<EndpointCheck>>,
+        /// What was checked in the sandbox before it was accepted.
+        report: Option<String>,
+    },
+    /// `finish` was refused at a stage of its checks (see [`super::finish`]).
+    FinishRefused {
+        stage: &'static str,
+        content: String,
     },
 }
 
@@ -114,8 +123,17 @@ pub fn tool_specs(config: &AgentConfig) -> Vec<ToolSpec> {
         ),
         spec(
             "finish",
-            "End the work: call this once the project builds and does what was asked. Give a summary of what you built (endpoints, tables, how to use it).",
-            json!({"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}),
+            "End the work: call this once the project builds and does what was asked. Give a summary of what you built (endpoints, tables, how to use it) and `checks`: the HTTP calls that prove it works, run in order against the deployed app after GET /api/health. A later check may use a field of an earlier check's JSON answer as {{N.field}} (N = the earlier check's number, from 1; e.g. /api/todos/{{1.id}}); a string that is exactly one reference becomes that value (numbers stay numbers).",
+            json!({"type": "object", "properties": {
+                "summary": {"type": "string"},
+                "checks": {"type": "array", "maxItems": crate::checks::MAX_CHECKS, "items": {"type": "object", "properties": {
+                    "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+                    "path": {"type": "string", "description": "Starts with /, e.g. /api/todos/{{1.id}}"},
+                    "body": {"description": "The JSON request body, if the endpoint takes one."},
+                    "status": {"type": "integer", "description": "The status the answer must have, e.g. 201."},
+                    "expect": {"type": "object", "description": "Fields the JSON answer must hold, by dotted path (tags.0 is the first tag), each equal to the value given."}
+                }, "required": ["method", "path", "status"]}}
+            }, "required": ["summary"]}),
         ),
     ]
 }
@@ -168,6 +186,12 @@ pub(crate) async fn run_tool(
     let command_timeout = command_timeout(ctx.config, input);
     let bound = match name {
         "run_command" => command_timeout.saturating_add(ctx.config.tool_timeout),
+        // The build, then the server and its checks, each bounded on its own.
+        "finish" if ctx.config.check_on_finish => ctx
+            .config
+            .max_command_timeout
+            .saturating_mul(2)
+            .saturating_add(ctx.config.tool_timeout),
         _ => ctx.config.tool_timeout,
     };
     match tokio::time::timeout(bound, dispatch(ctx, name, input, call_key, command_timeout)).await {
@@ -230,18 +254,7 @@ async fn dispatch(
             Err(e) => Ok(e),
         },
         "finish" => match arg(input, "summary") {
-            Ok(summary) => match ctx.base {
-                Some(base) => match base.refuse_finish(ctx.sandbox).await {
-                    Ok(Some(why)) => Ok(ToolReply::error(why)),
-                    Ok(None) => Ok(ToolReply::Finish {
-                        summary: summary.to_string(),
-                    }),
-                    Err(e) => Err(e),
-                },
-                None => Ok(ToolReply::Finish {
-                    summary: summary.to_string(),
-                }),
-            },
+            Ok(summary) => finish(ctx, summary, input).await,
             Err(e) => Ok(e),
         },
         other => Ok(ToolReply::error(format!(
@@ -252,6 +265,43 @@ async fn dispatch(
         Err(e) if e.is_model_fault() => Ok(ToolReply::error(e.to_string())),
         other => other,
     }
+}
+
+/// `finish`: accepted when its checks are well formed and a change request keeps its
+/// applied migrations.
+async fn finish(
+    ctx: &ToolContext<'_>,
+    summary: &str,
+    input: &Value,
+) -> Result<ToolReply, SandboxError> {
+    let checks = match parse_checks(input.get("checks")) {
+        Ok(c) => c,
+        Err(why) => return Ok(ToolReply::error(why)),
+    };
+    if let Some(base) = ctx.base
+        && let Some(why) = base.refuse_finish(ctx.sandbox).await?
+    {
+        return Ok(ToolReply::error(why));
+    }
+    let report = if ctx.config.check_on_finish {
+        match super::finish::check(ctx, checks.as_deref()).await? {
+            Ok(report) => Some(report),
+            Err(super::finish::Refusal::Stage { stage, text }) => {
+                return Ok(ToolReply::FinishRefused {
+                    stage,
+                    content: format!("{}{stage}] {text}", super::finish::REFUSED),
+                });
+            }
+            Err(super::finish::Refusal::OutOfTime(why)) => return Ok(ToolReply::error(why)),
+        }
+    } else {
+        None
+    };
+    Ok(ToolReply::Finish {
+        summary: summary.to_string(),
+        checks,
+        report,
+    })
 }
 
 /// A required string argument, or an error observation naming it.

@@ -92,6 +92,7 @@ async fn start_configured(
         records.clone() as Arc<dyn PlatformRecords>,
         AgentConfig {
             command_timeout: Duration::from_secs(60),
+            check_on_finish: false,
             ..AgentConfig::standard()
         },
     )
