@@ -55,6 +55,8 @@ ENTRY_MODULES = {
     "finalizer": {
         "finalizer": r"finalizer::handle_batch\(",
         "project_ops": r"finalizer::handle_batch\(",
+        # A failed verification goes back to the agent: a work message.
+        "repair": r"finalizer::handle_batch\(",
     },
 }
 

@@ -63,7 +63,8 @@ pub(crate) async fn check(
     let out = ctx
         .sandbox
         .exec(
-            "CI=1 NO_COLOR=1 npm run build 2>&1 && test -f .output/server/index.mjs",
+            // Installed first when nothing is installed yet, as the finalizer's build does.
+            "export CI=1 NO_COLOR=1; (test -d node_modules || npm install --no-audit --no-fund) 2>&1 && npm run build 2>&1 && test -f .output/server/index.mjs",
             timeout,
         )
         .await?;
@@ -83,7 +84,7 @@ pub(crate) async fn check(
         return refuse(
             "build",
             format!(
-                "`npm run build` failed (or produced no .output/server/index.mjs):\n{}",
+                "`npm install` or `npm run build` failed (or produced no .output/server/index.mjs):\n{}",
                 head_tail(&out.output, SHOWN, SHOWN, None)
             ),
         );
