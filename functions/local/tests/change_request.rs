@@ -12,7 +12,7 @@ use tb_models::scripted::Script;
 use tb_models::server::ScriptedServer;
 
 mod common;
-use common::{events, turbobackend};
+use common::{DropDatabases, events, turbobackend};
 
 fn git_dir(data: &Path) -> PathBuf {
     std::fs::read_dir(data.join("git"))
@@ -106,32 +106,6 @@ fn psql(database: &str, sql: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "psql {sql}: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Drops the project's databases and roles (production and development), however the test
-/// ends.
-struct DropDatabases(Option<tb_core::domain::ProjectId>);
-
-impl Drop for DropDatabases {
-    fn drop(&mut self) {
-        let Some(project) = &self.0 else { return };
-        for dev in [false, true] {
-            let n = tb_postgres::naming::database_names(
-                tb_postgres::PgProvisioner::DEFAULT_PREFIX,
-                project,
-                dev,
-            );
-            let _ = Command::new("psql")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    n.database
-                ))
-                .arg("-c")
-                .arg(format!("DROP ROLE IF EXISTS \"{}\"", n.role))
-                .output();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,6 @@
 //! passes `run` on the local Postgres cluster with every declared check verified against
 //! the live app, and `--keep-running` then serves it.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,33 +11,7 @@ use tb_models::scripted::Script;
 use tb_models::server::ScriptedServer;
 
 mod common;
-use common::{events, turbobackend};
-
-/// Drops the project's databases and roles (production and development), however the test
-/// ends.
-struct DropDatabases(Option<tb_core::domain::ProjectId>);
-
-impl Drop for DropDatabases {
-    fn drop(&mut self) {
-        let Some(project) = &self.0 else { return };
-        for dev in [false, true] {
-            let n = tb_postgres::naming::database_names(
-                tb_postgres::PgProvisioner::DEFAULT_PREFIX,
-                project,
-                dev,
-            );
-            let _ = Command::new("psql")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    n.database
-                ))
-                .arg("-c")
-                .arg(format!("DROP ROLE IF EXISTS \"{}\"", n.role))
-                .output();
-        }
-    }
-}
+use common::{DropDatabases, events, turbobackend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_todo_api_with_tags_passes_run_with_its_declared_checks_and_then_serves() {

@@ -47,3 +47,29 @@ pub fn events(child: &mut Child, mut stop: impl FnMut(&Value) -> bool) -> Vec<Va
     }
     all
 }
+
+/// Drops the project's databases and roles (production and development), however the test
+/// ends.
+pub struct DropDatabases(pub Option<tb_core::domain::ProjectId>);
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        let Some(project) = &self.0 else { return };
+        for dev in [false, true] {
+            let n = tb_postgres::naming::database_names(
+                tb_postgres::PgProvisioner::DEFAULT_PREFIX,
+                project,
+                dev,
+            );
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    n.database
+                ))
+                .arg("-c")
+                .arg(format!("DROP ROLE IF EXISTS \"{}\"", n.role))
+                .output();
+        }
+    }
+}
