@@ -20,12 +20,14 @@ async fn main() -> Result<(), Error> {
     let limits = Limits::from_env(var)?;
     let records_url =
         var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?;
+    // Every invocation checks a key in Postgres and reads or writes DynamoDB: open both
+    // connections now, while init runs at full CPU. Postgres first, on a task of its own:
+    // its connection and schema check go on while the AWS clients load.
+    let records = tokio::spawn(async move { PgPlatformRecords::connect(&records_url).await });
     let clients = aws.clients().await;
     let store = aws.store(&clients);
-    // Every invocation checks a key in Postgres and reads or writes DynamoDB: open both
-    // connections now, together, while init runs at full CPU.
-    let (records, ()) = tokio::join!(PgPlatformRecords::connect(&records_url), store.warm());
-    let records = records?;
+    let (records, ()) = tokio::join!(records, store.warm());
+    let records = records??;
     // The price table is not used here, but a bad TB_MODEL_PRICES stops every function at
     // start-up alike.
     tb_core::settings::price_table(var)?;

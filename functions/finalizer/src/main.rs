@@ -18,6 +18,15 @@ async fn main() -> Result<(), Error> {
     tb_aws::telemetry::init();
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let aws = tb_aws::AwsSettings::from_env(var)?;
+    // Every invocation reads and commits the request in DynamoDB and writes the ledger in
+    // Postgres: open both connections now, while init runs at full CPU. Postgres first, on a
+    // task of its own: its connection and schema check go on while the clients are built.
+    let records_url =
+        var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?;
+    let records = tokio::spawn(async move { PgPlatformRecords::connect(&records_url).await });
+    // The HTTP clients below share one TLS configuration: its root certificates load on a
+    // thread of their own meanwhile.
+    tb_tls::preload();
     let clients = aws.clients().await;
 
     let mut daytona =
@@ -35,13 +44,9 @@ async fn main() -> Result<(), Error> {
         )?))),
         None => None,
     };
-    let records_url =
-        var("TB_RECORDS_DATABASE_URL").context("TB_RECORDS_DATABASE_URL is not set")?;
     let store = aws.store(&clients);
-    // Every invocation reads and commits the request in DynamoDB and writes the ledger in
-    // Postgres: open both connections now, together, while init runs at full CPU.
-    let (records, ()) = tokio::join!(PgPlatformRecords::connect(&records_url), store.warm());
-    let records = records?;
+    let (records, ()) = tokio::join!(records, store.warm());
+    let records = records??;
 
     // Where a finalization that outlasts one invocation continues, and where a repair round
     // hands the request back to the agent.

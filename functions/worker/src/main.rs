@@ -14,6 +14,9 @@ async fn main() -> Result<(), Error> {
     tb_aws::telemetry::init();
     let var = |k: &str| std::env::var(k).ok();
     let aws = tb_aws::AwsSettings::from_env(var)?;
+    // The model and Daytona clients share one TLS configuration: its root certificates load
+    // on a thread of their own while the AWS clients load and DynamoDB is warmed.
+    tb_tls::preload();
     let model = tb_models::ModelSettings::from_env(var)?;
     if model.is_scripted() {
         return Err(

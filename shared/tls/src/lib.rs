@@ -29,6 +29,16 @@ pub fn client_config() -> Result<ClientConfig, TlsUnavailable> {
     CONFIG.get_or_init(build).clone()
 }
 
+/// Starts building [`client_config`] on a thread of its own and returns at once: a start-up
+/// calls it first, so that loading the system's root certificates overlaps with the rest of
+/// its work (connections being opened), and the first client built waits only for what is
+/// left of it (the configuration is built once, whoever asks first).
+pub fn preload() {
+    std::thread::spawn(|| {
+        let _ = client_config();
+    });
+}
+
 fn build() -> Result<ClientConfig, TlsUnavailable> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = rustls_platform_verifier::Verifier::new(provider.clone())

@@ -11,6 +11,9 @@
 //!
 //! Run: `scripts/bench` (it builds the release bootstraps and starts moto), or
 //! `bench-lambda <dir of the release binaries>` with `AWS_ENDPOINT_URL` set to a moto server.
+//! `TB_BENCH_COLD_RUNS` sets the cold starts per function (10); `TB_BENCH_FUNCTIONS` a
+//! comma-separated subset of `hello-lambda,api,worker,finalizer` for section 5 alone (without
+//! it, every function and then section 6).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +33,8 @@ use tb_tests::peak_rss_kib;
 use tb_tests::runtime_api::{Answer, RuntimeApi};
 use tokio::process::{Child, Command};
 
+/// The functions of section 5, the reference first.
+const FUNCTIONS: [&str; 4] = ["hello-lambda", "api", "worker", "finalizer"];
 const DAYTONA_KEY: &str = "bench-daytona-key";
 const HOST: &str = "api.bench.example";
 
@@ -48,6 +53,17 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("AWS_ENDPOINT_URL").is_ok(),
         "AWS_ENDPOINT_URL is not set: start moto first (`infra/moto.sh start && eval \"$(infra/moto.sh env)\"`)"
     );
+    let subset = std::env::var("TB_BENCH_FUNCTIONS").ok();
+    let functions: Vec<String> = match &subset {
+        Some(list) => list.split(',').map(|f| f.trim().to_string()).collect(),
+        None => FUNCTIONS.iter().map(|f| f.to_string()).collect(),
+    };
+    for f in &functions {
+        ensure!(
+            FUNCTIONS.contains(&f.as_str()),
+            "TB_BENCH_FUNCTIONS names `{f}`, not one of {FUNCTIONS:?}"
+        );
+    }
     let rig = Rig::new().await?;
 
     println!("\n## 5. Lambda functions: cold start and first invocations");
@@ -70,10 +86,10 @@ async fn main() -> anyhow::Result<()> {
     println!("hello-world = lambda_runtime + serde_json echoing its event, the reference function");
     println!("of public cold-start comparisons.\n");
     println!(
-        "| function | binary (stripped) | init ms: median (min-max) | first invocation ms: median | warm invocation ms: median |"
+        "| function | binary (stripped) | init ms: median (min-max) | first invocation ms: median | init + first invocation ms: median | warm invocation ms: median |"
     );
-    println!("|---|---:|---:|---:|---:|");
-    for function in ["hello-lambda", "api", "worker", "finalizer"] {
+    println!("|---|---:|---:|---:|---:|---:|");
+    for function in functions.iter().map(String::as_str) {
         let bin = dir.join(function);
         let size = std::fs::metadata(&bin)
             .with_context(|| format!("{} is missing: build it first", bin.display()))?
@@ -81,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         let mut init = Vec::new();
         let mut first = Vec::new();
         let mut warm = Vec::new();
+        let mut until_first = Vec::new();
         for _ in 0..runs {
             let (i, f, w) = rig
                 .cold_start(function, &bin)
@@ -89,21 +106,26 @@ async fn main() -> anyhow::Result<()> {
             init.push(i);
             first.push(f);
             warm.push(w);
+            until_first.push(i + f);
         }
         let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
         init.sort();
         println!(
-            "| {function} | {:.2} MB | {:.1} ({:.1}-{:.1}) | {:.1} | {:.1} |",
+            "| {function} | {:.2} MB | {:.1} ({:.1}-{:.1}) | {:.1} | {:.1} | {:.1} |",
             size as f64 / 1e6,
             ms(&median(&init)),
             ms(&init[0]),
             ms(init.last().expect("runs > 0")),
             ms(&median(&first)),
+            ms(&median(&until_first)),
             ms(&median(&warm)),
         );
     }
 
     drop(rig);
+    if subset.is_some() {
+        return Ok(());
+    }
     // A fresh table: moto copies a table for every item of every transaction, so a table
     // that holds the runs above would slow this one down (DynamoDB does not).
     Rig::new().await?.worker_memory(&dir.join("worker")).await?;
