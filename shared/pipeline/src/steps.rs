@@ -32,7 +32,8 @@ pub enum Step {
     Deploy,
     /// Health and the declared checks against the live URL ([`crate::verify`]).
     Verify,
-    /// The signed verification receipt, archived beside the source ([`crate::receipt`]).
+    /// The signed verification receipt, archived beside the source and committed on top of
+    /// the source commit as `.turbobackend/receipt.json` ([`crate::receipt`]).
     Receipt,
 }
 
@@ -69,7 +70,7 @@ impl Step {
             Step::Build => "the sandbox provider",
             Step::Deploy => "the deploy target",
             Step::Verify => "the deployed app",
-            Step::Receipt => "the archive",
+            Step::Receipt => "the archive and the code host",
         }
     }
 }
@@ -208,7 +209,8 @@ pub struct Verified {
     pub note: String,
 }
 
-/// `receipt`: the signed receipt in the archive, or why it is unsigned.
+/// `receipt`: the signed receipt in the archive and in the repository, or why it is
+/// unsigned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Receipted {
@@ -216,6 +218,12 @@ pub enum Receipted {
         key: String,
         sha256: String,
         document: Value,
+        /// The commit on `main` that holds it as `.turbobackend/receipt.json` (on top of
+        /// the source commit it names); `None` when it was not committed (the note says
+        /// why: `main` had moved on to a newer request's commit). Records made before
+        /// receipts were committed have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt_commit_sha: Option<String>,
         note: String,
     },
     /// No signing key: the receipt is kept on the record only.
@@ -446,6 +454,16 @@ impl Steps {
             self.database.as_ref().map(|d| &d.result),
             Some(Provisioned::Skipped { .. })
         )
+    }
+
+    /// The commit holding the signed receipt as `.turbobackend/receipt.json`, once made.
+    pub fn receipt_commit_sha(&self) -> Option<&str> {
+        match &self.receipt.as_ref()?.result {
+            Receipted::Signed {
+                receipt_commit_sha, ..
+            } => receipt_commit_sha.as_deref(),
+            Receipted::Unsigned { .. } => None,
+        }
     }
 
     /// The signed receipt document (or the unsigned receipt), once made.
