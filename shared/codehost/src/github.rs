@@ -71,9 +71,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::Method;
 use serde_json::{Value, json};
 use tb_core::domain::ProjectId;
-use tb_core::ports::{
-    CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot, SnapshotFile,
-};
+use tb_core::ports::{CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot};
 use tb_core::sandbox::WorkspacePath;
 use tokio::sync::OnceCell;
 
@@ -416,13 +414,7 @@ impl GitHubCodeHost {
         contents: &[u8],
         message: &str,
     ) -> Result<FileCommit, CodeHostError> {
-        let one = Snapshot {
-            files: vec![SnapshotFile {
-                path: path.clone(),
-                contents: contents.to_vec(),
-                executable: false,
-            }],
-        };
+        let one = crate::tree::one_file(path, contents);
         let file_tree = ProjectTree::new(&one)?;
         let file = &file_tree.files[0];
         let api = self.api().await?;

@@ -26,9 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tb_core::domain::ProjectId;
-use tb_core::ports::{
-    CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot, SnapshotFile,
-};
+use tb_core::ports::{CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot};
 use tb_core::sandbox::WorkspacePath;
 
 use crate::error::CodeHostError;
@@ -154,13 +152,7 @@ impl LocalGitCodeHost {
         contents: &[u8],
         message: &str,
     ) -> Result<FileCommit, CodeHostError> {
-        let one = Snapshot {
-            files: vec![SnapshotFile {
-                path: path.clone(),
-                contents: contents.to_vec(),
-                executable: false,
-            }],
-        };
+        let one = crate::tree::one_file(path, contents);
         let file_tree = ProjectTree::new(&one)?;
         let file = &file_tree.files[0];
         let repo = self.repo_path(project);
@@ -191,13 +183,8 @@ impl LocalGitCodeHost {
         }
         self.write_blobs(&repo, &file_tree).await?;
         let parent_tree = self.tree_of(&repo, parent).await?;
-        let scratch = tempfile::tempdir().map_err(|source| CodeHostError::Io {
-            what: "creating a temporary index".into(),
-            source,
-        })?;
-        let index = scratch.path().join("index");
-        let index = index.to_string_lossy();
-        let env = [("GIT_INDEX_FILE", index.as_ref())];
+        let (_scratch, index) = scratch_index()?;
+        let env = [("GIT_INDEX_FILE", index.as_str())];
         self.git
             .check(Some(&repo), &["read-tree", &parent_tree], &env, None)
             .await?;
@@ -453,13 +440,8 @@ impl LocalGitCodeHost {
             index_info.extend_from_slice(file.path.as_bytes());
             index_info.push(0);
         }
-        let scratch = tempfile::tempdir().map_err(|source| CodeHostError::Io {
-            what: "creating a temporary index".into(),
-            source,
-        })?;
-        let index = scratch.path().join("index");
-        let index = index.to_string_lossy();
-        let env = [("GIT_INDEX_FILE", index.as_ref())];
+        let (_scratch, index) = scratch_index()?;
+        let env = [("GIT_INDEX_FILE", index.as_str())];
         self.git
             .check(
                 Some(repo),
@@ -496,6 +478,17 @@ impl LocalGitCodeHost {
             .await?;
         Ok(output.success.then(|| output.line()))
     }
+}
+
+/// A temporary index file's path (for `GIT_INDEX_FILE`), in a directory removed when the
+/// returned guard is dropped.
+fn scratch_index() -> Result<(tempfile::TempDir, String), CodeHostError> {
+    let scratch = tempfile::tempdir().map_err(|source| CodeHostError::Io {
+        what: "creating a temporary index".into(),
+        source,
+    })?;
+    let index = scratch.path().join("index").to_string_lossy().into_owned();
+    Ok((scratch, index))
 }
 
 #[async_trait]

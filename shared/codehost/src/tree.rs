@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tb_core::ports::{PLATFORM_DIR, Snapshot};
+use tb_core::ports::{PLATFORM_DIR, Snapshot, SnapshotFile};
+use tb_core::sandbox::WorkspacePath;
 
 use crate::error::CodeHostError;
 use crate::git_object::{self, EntryKind, ObjectId, TreeEntry};
@@ -33,6 +34,17 @@ pub(crate) struct ProjectTree<'a> {
     pub files: Vec<TreeFile<'a>>,
     /// The id git gives the root tree of these files.
     pub tree_id: ObjectId,
+}
+
+/// A snapshot of one file (not executable), to check and lay out with [`ProjectTree::new`].
+pub(crate) fn one_file(path: &WorkspacePath, contents: &[u8]) -> Snapshot {
+    Snapshot {
+        files: vec![SnapshotFile {
+            path: path.clone(),
+            contents: contents.to_vec(),
+            executable: false,
+        }],
+    }
 }
 
 /// Whether `path` is the platform's directory ([`PLATFORM_DIR`]) or inside it.

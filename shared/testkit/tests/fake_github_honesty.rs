@@ -269,8 +269,14 @@ async fn a_tree_on_a_base_tree_keeps_the_base_and_replaces_what_its_entries_name
         )
         .await;
     let base = commit["tree"]["sha"].as_str().unwrap().to_owned();
-    let paths = |tree: &Value| -> Vec<String> {
-        tree["tree"]
+    // The files of a created tree, as `GET …/git/trees/{sha}?recursive=1` lists them.
+    let paths = async |tree: &Value| -> Vec<String> {
+        let path = format!(
+            "/repos/octo/r/git/trees/{}?recursive=1",
+            tree["sha"].as_str().unwrap()
+        );
+        let (_, listed) = gh.call(Method::GET, &path, None).await;
+        listed["tree"]
             .as_array()
             .unwrap()
             .iter()
@@ -288,17 +294,7 @@ async fn a_tree_on_a_base_tree_keeps_the_base_and_replaces_what_its_entries_name
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (_, listed) = gh
-        .call(
-            Method::GET,
-            &format!(
-                "/repos/octo/r/git/trees/{}?recursive=1",
-                with_file["sha"].as_str().unwrap()
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(paths(&listed), ["README.md", "dir/a.json"]);
+    assert_eq!(paths(&with_file).await, ["README.md", "dir/a.json"]);
     // The same file again gives the same tree.
     let (_, again) = gh
         .call(
@@ -327,17 +323,7 @@ async fn a_tree_on_a_base_tree_keeps_the_base_and_replaces_what_its_entries_name
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (_, listed) = gh
-        .call(
-            Method::GET,
-            &format!(
-                "/repos/octo/r/git/trees/{}?recursive=1",
-                grafted["sha"].as_str().unwrap()
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(paths(&listed), ["README.md", "dir/b.json"]);
+    assert_eq!(paths(&grafted).await, ["README.md", "dir/b.json"]);
     // A tree entry whose type does not match its mode is refused.
     let (status, _) = gh
         .call(
