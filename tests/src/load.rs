@@ -1195,6 +1195,7 @@ impl Platform {
                 if d.delivery_id != format!("{}-final", c.id)
                     || d.payload["phase"] != "succeeded"
                     || d.payload["cost_micro_usd"] != reference.cost.micros()
+                    || d.payload["receipt_commit_sha"].as_str() != rec.steps.receipt_commit_sha()
                 {
                     p(format!("callback {}: {}", d.delivery_id, d.payload));
                 }

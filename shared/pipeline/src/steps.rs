@@ -568,4 +568,23 @@ mod tests {
             json!({"deploy": {"address": "https://p.fly.dev", "version": "1", "details": {}}});
         assert!(serde_json::from_value::<Steps>(stored).is_err());
     }
+
+    #[test]
+    fn a_receipt_step_reads_back_with_or_without_its_commit() {
+        let before = json!({"key": "k", "sha256": "ab", "document": {"receipt": {}}, "note": "signed", "duration_ms": 3});
+        let steps: Steps = serde_json::from_value(json!({"receipt": before})).unwrap();
+        assert_eq!(steps.receipt_commit_sha(), None);
+        assert!(steps.receipt_document().is_some());
+        assert_eq!(serde_json::to_value(&steps).unwrap()["receipt"], before);
+        let mut now = before.clone();
+        now["receipt_commit_sha"] = json!("c0ffee");
+        let steps: Steps = serde_json::from_value(json!({"receipt": now})).unwrap();
+        assert_eq!(steps.receipt_commit_sha(), Some("c0ffee"));
+        assert_eq!(serde_json::to_value(&steps).unwrap()["receipt"], now);
+        let unsigned: Steps = serde_json::from_value(
+            json!({"receipt": {"skipped": "no key", "receipt": {}, "duration_ms": 1}}),
+        )
+        .unwrap();
+        assert_eq!(unsigned.receipt_commit_sha(), None);
+    }
 }
