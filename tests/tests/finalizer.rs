@@ -911,13 +911,19 @@ async fn a_deploy_target_down_for_good_fails_the_request_naming_it_within_the_bo
     );
 }
 
-/// Finalizes a finished request whose `finish` declared `checks`; the stored record.
-async fn finalize_with_checks(s: &Services, project: &ProjectId, checks: Value) -> RequestRecord {
+/// Finalizes a finished request of `files` whose `finish` declared `checks`; the stored
+/// record.
+async fn finalize_with_checks(
+    s: &Services,
+    project: &ProjectId,
+    files: &Files,
+    checks: Value,
+) -> RequestRecord {
     let parts = s.parts();
     let store = parts.store.clone();
     let checks = serde_json::from_value(checks).unwrap();
     let rec = s
-        .finished_request_with_checks(store.as_ref(), project, &v1(), Some(checks))
+        .finished_request_with_checks(store.as_ref(), project, files, Some(checks))
         .await;
     let finalizer = s.finalizer(parts);
     finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
@@ -931,6 +937,7 @@ async fn the_declared_checks_run_against_the_app_deployed_on_the_fly_stand_in() 
     let rec = finalize_with_checks(
         &s,
         &project,
+        &v1(),
         json!([
             {"method": "GET", "path": "/api/users", "status": 200,
              "expect": {"version": "v1", "users.1.name": "Grace", "database_url_set": true}},
@@ -1012,6 +1019,7 @@ async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_
     let rec = finalize_with_checks(
         &s,
         &project,
+        &v1(),
         json!([
             {"method": "POST", "path": "/api/users", "body": {"name": "Ada"}, "status": 201},
             {"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v2"}}
@@ -1036,4 +1044,94 @@ async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_
         .map(|c| c["passed"].as_bool().unwrap())
         .collect();
     assert_eq!(passed, [true, false, false]);
+
+    // A first deploy: no earlier version passed, so the app stays up for the user to look
+    // at, and the project record says it is unverified.
+    let version = text(&rec, "deploy", "version");
+    assert_eq!(step(&rec, "restore")["unverified"], version.as_str());
+    assert!(
+        failure.reason.contains("stays up for you to look at"),
+        "{}",
+        failure.reason
+    );
+    assert_healthy(&s, &project).await;
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(record.deployed_version.as_deref(), Some(version.as_str()));
+    assert_eq!(record.deployed_verified, Some(false));
+    assert_eq!(record.last_verified_version, None);
+}
+
+#[tokio::test]
+async fn a_change_that_never_passes_its_checks_goes_back_to_the_last_verified_version() {
+    let s = Services::start().await;
+    let project = s.project();
+    let app = s.app(&project);
+    let first = finalize_with_checks(
+        &s,
+        &project,
+        &v1(),
+        json!([{"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v1"}}]),
+    )
+    .await;
+    assert_eq!(first.phase, Phase::Succeeded, "{:?}", first.failure);
+    let verified = text(&first, "deploy", "version");
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            record.last_verified_version.as_deref(),
+            record.deployed_verified
+        ),
+        (Some(verified.as_str()), Some(true))
+    );
+
+    // The change deploys, but its declared check fails (and no repair round is left).
+    let second = finalize_with_checks(
+        &s,
+        &project,
+        &v2(),
+        json!([{"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v3"}}]),
+    )
+    .await;
+    assert_eq!(second.phase, Phase::Failed);
+    let failure = second.failure.clone().unwrap();
+    assert_eq!(failure.step, "verify");
+    assert!(
+        failure.reason.contains("GET /api/users -> 200")
+            && failure
+                .reason
+                .contains("`version` is \"v2\" instead of \"v3\"")
+            && failure
+                .reason
+                .contains(&format!("back on the last verified version {verified}")),
+        "{}",
+        failure.reason
+    );
+    let failed = text(&second, "deploy", "version");
+    assert_ne!(failed, verified);
+    let restore = step(&second, "restore");
+    assert_eq!(
+        restore["restored"]["version"],
+        verified.as_str(),
+        "{restore}"
+    );
+    assert_eq!(restore["failed_version"], failed.as_str());
+
+    // The deployer runs the earlier version again: the machine's image is its digest, and
+    // the app answers as v1.
+    let machines = s.fly.machines(&app);
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    assert!(
+        machines[0].image.ends_with(&format!("@{verified}")),
+        "{machines:?}"
+    );
+    let (status, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
+    assert_eq!((status, users["version"].clone()), (200, json!("v1")));
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(record.deployed_version.as_deref(), Some(verified.as_str()));
+    assert_eq!(record.deployed_verified, Some(true));
+    assert_eq!(
+        record.last_verified_version.as_deref(),
+        Some(verified.as_str())
+    );
+    assert_eq!(record.last_request.as_ref(), Some(&second.id));
 }
