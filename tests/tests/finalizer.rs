@@ -695,6 +695,68 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
 }
 
 #[tokio::test]
+async fn a_finalizer_killed_after_recording_a_failed_verify_or_its_restore_fails_the_request_on_redelivery()
+ {
+    let s = Services::start().await;
+    // Commit 9 records `verify` (failed: no repair round is left), 10 `restore`.
+    for at in [9, 10] {
+        let project = s.project();
+        let checks = serde_json::from_value(json!([
+            {"method": "GET", "path": "/api/users", "status": 201}
+        ]))
+        .unwrap();
+        let rec = s
+            .finished_request_with_checks(s.store.as_ref(), &project, &v1(), Some(checks))
+            .await;
+        let faulty = Arc::new(FaultyStore::new(s.store.clone(), at, Strike::AfterWrite));
+        let finalizer = |store: Arc<FaultyStore>| {
+            let mut parts = s.parts();
+            parts.store = store;
+            parts.settings.lease = std::time::Duration::from_millis(1);
+            s.finalizer(parts)
+        };
+        let died = finalize(&finalizer(faulty.clone()), &rec.id, "finalizer-1").await;
+        assert!(faulty.struck() && died.is_err(), "commit {at}: {died:?}");
+        let left = load(s.store.as_ref(), &rec).await;
+        assert_eq!(left.phase, Phase::Finalizing);
+        assert_eq!(step(&left, "verify")["passed"], false);
+        assert_eq!(left.steps.get("restore").is_some(), at == 10, "commit {at}");
+
+        faulty.revive();
+        let redelivery = finalize(&finalizer(faulty.clone()), &rec.id, "finalizer-2")
+            .await
+            .unwrap();
+        let after = load(s.store.as_ref(), &rec).await;
+        assert!(
+            matches!(
+                redelivery,
+                FinalizeDone::Finished {
+                    phase: Phase::Failed,
+                    ..
+                }
+            ),
+            "commit {at}: {redelivery:?}"
+        );
+        let failure = after.failure.clone().unwrap();
+        assert_eq!(failure.step, "verify", "commit {at}");
+        assert!(
+            failure.reason.contains("answered 200 instead of 201"),
+            "{}",
+            failure.reason
+        );
+        assert!(after.steps.get("receipt").is_none(), "commit {at}");
+        let version = text(&after, "deploy", "version");
+        assert_eq!(step(&after, "restore")["unverified"], version.as_str());
+        if at == 10 {
+            assert_eq!(after.steps.get("restore"), left.steps.get("restore"));
+        }
+        let record = s.records.project(&project).await.unwrap().unwrap();
+        assert_eq!(record.deployed_verified, Some(false), "commit {at}");
+        assert_healthy(&s, &project).await;
+    }
+}
+
+#[tokio::test]
 async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_commit_or_machine() {
     let s = Services::start().await;
     // Commit 3 would record `repository`, 8 `deploy`, 11 the end (after the sandbox was

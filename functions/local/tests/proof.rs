@@ -248,7 +248,10 @@ async fn a_check_never_fixed_fails_the_request_after_the_repair_rounds_naming_it
     assert!(shown.status.success(), "{shown:?}");
     let record: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(
-        (record["deployed_version"].as_str(), record["deployed_verified"].as_bool()),
+        (
+            record["deployed_version"].as_str(),
+            record["deployed_verified"].as_bool()
+        ),
         (Some(deployed), Some(false)),
         "{record:#}"
     );

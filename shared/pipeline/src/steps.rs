@@ -609,6 +609,45 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_reads_back_as_its_kind_and_says_where_the_project_runs() {
+        let verify = json!({"url": "http://127.0.0.1:4001", "declared": 1, "passed": false,
+                            "at_ms": 5, "calls": [], "note": "1 of 2 call(s) failed"});
+        let deploy = json!({"url": "http://127.0.0.1:4001", "version": "bb", "details": {}});
+        let back: Steps = serde_json::from_value(json!({
+            "deploy": deploy, "verify": verify,
+            "restore": {"restored": {"url": "http://127.0.0.1:4002", "version": "aa", "details": {}},
+                        "failed_version": "bb", "note": "back on aa", "duration_ms": 900}
+        }))
+        .unwrap();
+        assert!(back.done(Step::Restore));
+        assert_eq!(
+            back.live_deployment().map(|d| d.version.as_str()),
+            Some("aa")
+        );
+        assert_eq!(
+            back.live_deployment().map(|d| d.url.as_str()),
+            Some("http://127.0.0.1:4002")
+        );
+        assert_eq!(back.deployment_url(), Some("http://127.0.0.1:4001"));
+        assert_eq!(back.live_verified(), Some(true));
+
+        let stays: Steps = serde_json::from_value(json!({
+            "deploy": deploy, "verify": verify,
+            "restore": {"unverified": "bb", "note": "stays up", "duration_ms": 3}
+        }))
+        .unwrap();
+        assert_eq!(
+            stays.live_deployment().map(|d| d.version.as_str()),
+            Some("bb")
+        );
+        assert_eq!(stays.live_verified(), Some(false));
+        assert!(matches!(stays.restored(), Some(Restored::StaysUp { .. })));
+        // Not verified yet: nothing is said.
+        let deployed: Steps = serde_json::from_value(json!({"deploy": deploy})).unwrap();
+        assert_eq!(deployed.live_verified(), None);
+    }
+
+    #[test]
     fn a_renamed_field_is_refused_rather_than_read_as_nothing() {
         // A deploy result without its URL does not silently blank the status: it does not
         // read as a deployment at all.
