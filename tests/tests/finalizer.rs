@@ -598,8 +598,21 @@ struct Killed {
 }
 
 async fn kill_at(s: &Services, at: usize, strike: Strike) -> Killed {
+    kill_at_with_checks(s, at, strike, None).await
+}
+
+/// [`kill_at`] for a request whose `finish` declared `checks`.
+async fn kill_at_with_checks(
+    s: &Services,
+    at: usize,
+    strike: Strike,
+    checks: Option<Value>,
+) -> Killed {
     let project = s.project();
-    let rec = s.finished_request(s.store.as_ref(), &project, &v1()).await;
+    let checks = checks.map(|c| serde_json::from_value(c).unwrap());
+    let rec = s
+        .finished_request_with_checks(s.store.as_ref(), &project, &v1(), checks)
+        .await;
     let faulty = Arc::new(FaultyStore::new(s.store.clone(), at, strike));
     let finalizer = |store: Arc<FaultyStore>| {
         let mut parts = s.parts();
@@ -700,33 +713,17 @@ async fn a_finalizer_killed_after_recording_a_failed_verify_or_its_restore_fails
     let s = Services::start().await;
     // Commit 9 records `verify` (failed: no repair round is left), 10 `restore`.
     for at in [9, 10] {
-        let project = s.project();
-        let checks = serde_json::from_value(json!([
-            {"method": "GET", "path": "/api/users", "status": 201}
-        ]))
-        .unwrap();
-        let rec = s
-            .finished_request_with_checks(s.store.as_ref(), &project, &v1(), Some(checks))
-            .await;
-        let faulty = Arc::new(FaultyStore::new(s.store.clone(), at, Strike::AfterWrite));
-        let finalizer = |store: Arc<FaultyStore>| {
-            let mut parts = s.parts();
-            parts.store = store;
-            parts.settings.lease = std::time::Duration::from_millis(1);
-            s.finalizer(parts)
-        };
-        let died = finalize(&finalizer(faulty.clone()), &rec.id, "finalizer-1").await;
-        assert!(faulty.struck() && died.is_err(), "commit {at}: {died:?}");
-        let left = load(s.store.as_ref(), &rec).await;
+        let checks = json!([{"method": "GET", "path": "/api/users", "status": 201}]);
+        let Killed {
+            project,
+            left,
+            after,
+            redelivery,
+            ..
+        } = kill_at_with_checks(&s, at, Strike::AfterWrite, Some(checks)).await;
         assert_eq!(left.phase, Phase::Finalizing);
         assert_eq!(step(&left, "verify")["passed"], false);
         assert_eq!(left.steps.get("restore").is_some(), at == 10, "commit {at}");
-
-        faulty.revive();
-        let redelivery = finalize(&finalizer(faulty.clone()), &rec.id, "finalizer-2")
-            .await
-            .unwrap();
-        let after = load(s.store.as_ref(), &rec).await;
         assert!(
             matches!(
                 redelivery,
