@@ -9,6 +9,12 @@
 //! `verify` (health and the declared checks against the live URL: [`crate::verify`]) →
 //! `receipt` (signed, archived beside the source: [`crate::receipt`]) → cleanup (release the sandbox, write the usage ledger, update the project, set the final
 //! phase). A request whose agent did not finish gets only its archive and the cleanup.
+//! When `verify` fails, the request goes back to the agent while a repair round is left
+//! ([`crate::repair`], with the app's recent log lines where the deployer can read them);
+//! after the last one, `restore` runs instead of `receipt`: the project's last verified
+//! version runs again ([`Deployer::rollback`]), or, with none, the app stays up marked
+//! unverified; the request fails at `verify` naming the failed checks. A failed `verify`
+//! recorded by an invocation that ended before acting on it is acted on by the next.
 //! Transient failures are retried with exponential backoff and jitter; after the retry
 //! budget, or at once for permanent ones, the request fails naming the step and the cause.
 //!
@@ -498,6 +504,7 @@ impl Finalizer {
     ) -> Result<StepResult, StepError> {
         let source_key = format!("projects/{}/requests/{}/source.tar.gz", rec.project, rec.id);
         match step {
+            Step::Restore => self.restore(rec).await.map(StepResult::Restore),
             Step::Archive => {
                 let Some(sandbox) = self.sandbox(rec).await? else {
                     return Ok(StepResult::Archive(Archived::Skipped {
@@ -654,7 +661,6 @@ impl Finalizer {
                 .await
                 .map(StepResult::Verify)
                 .map_err(StepError::Permanent),
-            Step::Restore => self.restore(rec).await.map(StepResult::Restore),
             Step::Receipt => {
                 let snap = self.source(&source_key).await?;
                 let receipt = crate::receipt::build(rec, &snapshot::migrations(&snap));
