@@ -68,6 +68,7 @@ impl Step {
     /// What the step needs from outside, for outage messages.
     pub fn service(self) -> &'static str {
         match self {
+            Step::Restore => "the deploy target",
             Step::Archive => "the archive",
             Step::Repository => "the code host",
             Step::Database => "the database cluster",
@@ -75,7 +76,6 @@ impl Step {
             Step::Deploy => "the deploy target",
             Step::Verify => "the deployed app",
             Step::Receipt => "the archive",
-            Step::Restore => "the deploy target",
         }
     }
 }
