@@ -18,8 +18,8 @@ use tb_deploy::FlyDeployer;
 use tb_pipeline::{FinalizeDone, RequestRecord, StateStore};
 use tb_tests::faults::{FaultyStore, Strike};
 use tb_tests::finalize::{
-    Files, GITHUB_LOGIN, Parts, Services, assert_no_database_secrets, calls, cluster_address,
-    cluster_via, finalize, get, project_files, with_failing_build,
+    Files, GITHUB_LOGIN, Parts, RECEIPT_KEY, RECEIPT_MESSAGE, Services, assert_no_database_secrets,
+    calls, cluster_address, cluster_via, finalize, get, project_files, with_failing_build,
 };
 use tb_tests::flaky::FlakyProxy;
 
@@ -87,6 +87,50 @@ fn text(rec: &RequestRecord, name: &str, field: &str) -> String {
 }
 
 /// The app answers its health check through the Fly proxy.
+/// The signed receipt of `rec` is committed on top of its source commit: a fresh clone has
+/// `.turbobackend/receipt.json` at main's head (when `rec` is the project's latest
+/// request), it verifies with the platform's key and names the source commit. Returns the
+/// receipt commit.
+fn assert_receipt_committed(s: &Services, project: &ProjectId, rec: &RequestRecord) -> String {
+    let source = text(rec, "repository", "commit_sha");
+    let receipt_commit = text(rec, "receipt", "receipt_commit_sha");
+    let clone = s.clone_repo(project);
+    assert_eq!(
+        clone.head(),
+        receipt_commit,
+        "the receipt commit is main's head"
+    );
+    assert_eq!(
+        clone.subject(&receipt_commit),
+        format!("{RECEIPT_MESSAGE}{}", rec.id)
+    );
+    let receipts = clone.receipt_commits();
+    assert!(
+        receipts.contains(&(receipt_commit.clone(), vec![source.clone()])),
+        "{receipts:?}"
+    );
+    let mut tree = clone.tree(&receipt_commit);
+    let committed = tree
+        .remove(".turbobackend/receipt.json")
+        .expect("the receipt file");
+    let mut source_tree = clone.tree(&source);
+    source_tree.remove(".turbobackend/receipt.json");
+    assert_eq!(
+        tree, source_tree,
+        "the source commit's tree plus the receipt"
+    );
+    let signing = tb_pipeline::receipt::SigningKey::new(RECEIPT_KEY);
+    let receipt =
+        tb_pipeline::receipt::verify_document(&signing, std::str::from_utf8(&committed).unwrap())
+            .unwrap();
+    assert_eq!(receipt["commit_sha"], source.as_str());
+    assert_eq!(receipt["request_id"], rec.id.as_str());
+    assert_eq!(receipt, step(rec, "receipt")["document"]["receipt"]);
+    let note = step(rec, "receipt")["note"].as_str().unwrap().to_owned();
+    assert!(note.contains(&receipt_commit), "{note}");
+    receipt_commit
+}
+
 async fn assert_healthy(s: &Services, project: &ProjectId) {
     let url = format!("{}/api/health", s.fly.app_url(&s.app(project)));
     assert_eq!(get(&url).await, (200, json!({"status": "ok"})), "{url}");
@@ -180,10 +224,13 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
     let sha = text(&rec, "repository", "commit_sha");
     assert_eq!(s.github.repo_is_private(GITHUB_LOGIN, &repo), Some(true));
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [sha.as_str()]);
+    assert_eq!(clone.source_commits(), [sha.as_str()]);
     let mut pushed = files.clone();
     pushed.remove(workflow);
     assert_eq!(clone.tree(&sha), pushed);
+    // The signed receipt, committed on top of it.
+    let receipt_commit = assert_receipt_committed(&s, &project, &rec);
+    assert_eq!(clone.commits(), [sha.as_str(), receipt_commit.as_str()]);
     assert_eq!(step(&rec, "repository")["left_out"], json!([workflow]));
     assert!(
         rec.activity
@@ -271,20 +318,48 @@ async fn a_changed_project_gets_a_second_commit_on_the_same_machine_and_an_uncha
     let (_, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
     assert_eq!(users["version"], "v2");
 
-    let commits_before_third = s.commit_creations(&project);
+    let r2 = assert_receipt_committed(&s, &project, &second);
+    let commits_before_third = s.source_commit_creations(&project);
     let third = finalize_ok(&s, s.parts(), &project, &v2()).await;
 
-    // Git: two commits whose trees are the two snapshots; the third request made none.
+    // Git: two source commits whose trees are the two snapshots; the third request made
+    // none. Each request's receipt is committed on top of the commit it names: the first's
+    // and the second's on their source commits, the third's on the second's receipt commit,
+    // which its push found unchanged (the tree compared carries `.turbobackend/` over).
     let c1 = text(&first, "repository", "commit_sha");
     let c2 = text(&second, "repository", "commit_sha");
+    let r1 = text(&first, "receipt", "receipt_commit_sha");
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [c1.as_str(), c2.as_str()]);
+    assert_eq!(clone.source_commits(), [c1.as_str(), c2.as_str()]);
     assert_eq!(clone.tree(&c1), v1());
-    assert_eq!(clone.tree(&c2), v2());
+    let mut v2_with_first_receipt = v2();
+    v2_with_first_receipt.insert(
+        ".turbobackend/receipt.json".into(),
+        clone.tree(&r1)[".turbobackend/receipt.json"].clone(),
+    );
+    assert_eq!(
+        clone.tree(&c2),
+        v2_with_first_receipt,
+        "the snapshot, with the first receipt carried over"
+    );
     assert_eq!(step(&third, "repository")["committed"], false);
-    assert_eq!(text(&third, "repository", "commit_sha"), c2);
-    assert_eq!(s.commit_creations(&project), commits_before_third);
-    assert_eq!(s.commit_creations(&project), 2);
+    assert_eq!(text(&third, "repository", "commit_sha"), r2);
+    assert_eq!(s.source_commit_creations(&project), commits_before_third);
+    assert_eq!(s.source_commit_creations(&project), 2);
+    let r3 = assert_receipt_committed(&s, &project, &third);
+    assert_eq!(
+        clone.receipt_commits(),
+        [
+            (r1.clone(), vec![c1.clone()]),
+            (r2.clone(), vec![c2.clone()]),
+            (r3.clone(), vec![r2.clone()]),
+        ]
+    );
+    assert_eq!(
+        clone.commits(),
+        [&c1, &r1, &c2, &r2, &r3].map(String::as_str)
+    );
+    assert_eq!(s.receipt_commit_creations(&project), 3);
     assert_eq!(step(&third, "database")["applied"], json!([]));
 
     // Fly: one machine in all, created once, now on the third deploy's digest.
@@ -357,9 +432,10 @@ async fn github_answering_500_to_commit_creation_is_retried_and_the_request_succ
         failed, attempts,
         "the fault outlasted the adapter's retries"
     );
-    assert_eq!(s.commit_creations(&project), 1);
+    assert_eq!(s.source_commit_creations(&project), 1);
     let sha = text(&rec, "repository", "commit_sha");
-    assert_eq!(s.clone_repo(&project).commits(), [sha]);
+    assert_eq!(s.clone_repo(&project).source_commits(), [sha]);
+    assert_eq!(s.receipt_commit_creations(&project), 1);
     assert_healthy(&s, &project).await;
 }
 
@@ -388,8 +464,12 @@ async fn github_rate_limits_429_and_403_with_retry_after_0_are_retried_and_the_r
         (attempts as usize, attempts as usize)
     );
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [text(&rec, "repository", "commit_sha")]);
+    assert_eq!(
+        clone.source_commits(),
+        [text(&rec, "repository", "commit_sha")]
+    );
     assert_eq!(clone.tree(&text(&rec, "repository", "commit_sha")), v1());
+    assert_receipt_committed(&s, &project, &rec);
     assert_healthy(&s, &project).await;
 }
 
@@ -598,8 +678,21 @@ struct Killed {
 }
 
 async fn kill_at(s: &Services, at: usize, strike: Strike) -> Killed {
+    kill_at_with_checks(s, at, strike, None).await
+}
+
+/// [`kill_at`] for a request whose `finish` declared `checks`.
+async fn kill_at_with_checks(
+    s: &Services,
+    at: usize,
+    strike: Strike,
+    checks: Option<Value>,
+) -> Killed {
     let project = s.project();
-    let rec = s.finished_request(s.store.as_ref(), &project, &v1()).await;
+    let checks = checks.map(|c| serde_json::from_value(c).unwrap());
+    let rec = s
+        .finished_request_with_checks(s.store.as_ref(), &project, &v1(), checks)
+        .await;
     let faulty = Arc::new(FaultyStore::new(s.store.clone(), at, strike));
     let finalizer = |store: Arc<FaultyStore>| {
         let mut parts = s.parts();
@@ -630,14 +723,16 @@ async fn kill_at(s: &Services, at: usize, strike: Strike) -> Killed {
     }
 }
 
-/// What must hold however the finalizer died: the request succeeded with one commit, one
-/// machine, one ledger row per call, and the app answers.
+/// What must hold however the finalizer died: the request succeeded with one source
+/// commit and one receipt commit, one machine, one ledger row per call, and the app answers.
 async fn assert_finished_once(s: &Services, k: &Killed) {
     assert_eq!(k.after.phase, Phase::Succeeded, "{:?}", k.after.activity);
-    assert_eq!(s.commit_creations(&k.project), 1);
+    assert_eq!(s.source_commit_creations(&k.project), 1);
+    assert_eq!(s.receipt_commit_creations(&k.project), 1);
     assert_eq!(s.machine_creations(&k.project), 1);
     assert_eq!(s.fly.all_machines(&s.app(&k.project)).len(), 1);
-    assert_eq!(s.clone_repo(&k.project).commits().len(), 1);
+    assert_eq!(s.clone_repo(&k.project).commits().len(), 2);
+    assert_receipt_committed(s, &k.project, &k.after);
     assert_billed(s, &k.after).await;
     assert_eq!(s.deployments(&k.project).await.len(), 1);
     assert!(!s.sandbox_dir(&k.after).exists());
@@ -681,7 +776,7 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
                 "commit {at}: {name}"
             );
         }
-        if done.contains(&"repository") {
+        if done.contains(&"receipt") {
             assert_eq!(
                 k.github_requests, 0,
                 "commit {at}: GitHub was not called again"
@@ -695,11 +790,57 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
 }
 
 #[tokio::test]
+async fn a_finalizer_killed_after_recording_a_failed_verify_or_its_restore_fails_the_request_on_redelivery()
+ {
+    let s = Services::start().await;
+    // Commit 9 records `verify` (failed: no repair round is left), 10 `restore`.
+    for at in [9, 10] {
+        let checks = json!([{"method": "GET", "path": "/api/users", "status": 201}]);
+        let Killed {
+            project,
+            left,
+            after,
+            redelivery,
+            ..
+        } = kill_at_with_checks(&s, at, Strike::AfterWrite, Some(checks)).await;
+        assert_eq!(left.phase, Phase::Finalizing);
+        assert_eq!(step(&left, "verify")["passed"], false);
+        assert_eq!(left.steps.get("restore").is_some(), at == 10, "commit {at}");
+        assert!(
+            matches!(
+                redelivery,
+                FinalizeDone::Finished {
+                    phase: Phase::Failed,
+                    ..
+                }
+            ),
+            "commit {at}: {redelivery:?}"
+        );
+        let failure = after.failure.clone().unwrap();
+        assert_eq!(failure.step, "verify", "commit {at}");
+        assert!(
+            failure.reason.contains("answered 200 instead of 201"),
+            "{}",
+            failure.reason
+        );
+        assert!(after.steps.get("receipt").is_none(), "commit {at}");
+        let version = text(&after, "deploy", "version");
+        assert_eq!(step(&after, "restore")["unverified"], version.as_str());
+        if at == 10 {
+            assert_eq!(after.steps.get("restore"), left.steps.get("restore"));
+        }
+        let record = s.records.project(&project).await.unwrap().unwrap();
+        assert_eq!(record.deployed_verified, Some(false), "commit {at}");
+        assert_healthy(&s, &project).await;
+    }
+}
+
+#[tokio::test]
 async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_commit_or_machine() {
     let s = Services::start().await;
-    // Commit 3 would record `repository`, 8 `deploy`, 11 the end (after the sandbox was
-    // released, the ledger and the project written).
-    for at in [3, 8, FINAL_COMMIT] {
+    // Commit 3 would record `repository`, 8 `deploy`, 10 `receipt` (its commit made), 11
+    // the end (after the sandbox was released, the ledger and the project written).
+    for at in [3, 8, 10, FINAL_COMMIT] {
         let k = kill_at(&s, at, Strike::BeforeWrite).await;
         assert_eq!(k.left.phase, Phase::Finalizing);
         assert_eq!(
@@ -714,6 +855,10 @@ async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_c
         }
         if at == 8 {
             assert!(k.fly_requests > 0, "deployed again");
+        }
+        if at == 10 {
+            // Made again: the receipt commit is already main's head, so none is added.
+            assert!(k.github_requests > 0, "committed again");
         }
         assert_finished_once(&s, &k).await;
         assert_no_database_secrets(&k.after);
@@ -911,13 +1056,19 @@ async fn a_deploy_target_down_for_good_fails_the_request_naming_it_within_the_bo
     );
 }
 
-/// Finalizes a finished request whose `finish` declared `checks`; the stored record.
-async fn finalize_with_checks(s: &Services, project: &ProjectId, checks: Value) -> RequestRecord {
+/// Finalizes a finished request of `files` whose `finish` declared `checks`; the stored
+/// record.
+async fn finalize_with_checks(
+    s: &Services,
+    project: &ProjectId,
+    files: &Files,
+    checks: Value,
+) -> RequestRecord {
     let parts = s.parts();
     let store = parts.store.clone();
     let checks = serde_json::from_value(checks).unwrap();
     let rec = s
-        .finished_request_with_checks(store.as_ref(), project, &v1(), Some(checks))
+        .finished_request_with_checks(store.as_ref(), project, files, Some(checks))
         .await;
     let finalizer = s.finalizer(parts);
     finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
@@ -931,6 +1082,7 @@ async fn the_declared_checks_run_against_the_app_deployed_on_the_fly_stand_in() 
     let rec = finalize_with_checks(
         &s,
         &project,
+        &v1(),
         json!([
             {"method": "GET", "path": "/api/users", "status": 200,
              "expect": {"version": "v1", "users.1.name": "Grace", "database_url_set": true}},
@@ -951,13 +1103,15 @@ async fn the_declared_checks_run_against_the_app_deployed_on_the_fly_stand_in() 
     }
     assert!(calls[1]["excerpt"].as_str().unwrap().contains("Grace"));
 
-    // The receipt: archived beside the source, signed with the platform's key, naming the
-    // commit, the image digest, the migrations with their hashes and every check.
+    // The receipt: archived beside the source and committed on top of it, signed with the
+    // platform's key, naming the commit, the image digest, the migrations with their
+    // hashes and every check.
+    assert_receipt_committed(&s, &project, &rec);
     let key = text(&rec, "receipt", "key");
     assert!(key.ends_with(&format!("{}/receipt.json", rec.id)), "{key}");
     let (bytes, _) = s.archived(&key).await;
     let archived = String::from_utf8(bytes).unwrap();
-    let signing = tb_pipeline::receipt::SigningKey::new(tb_tests::finalize::RECEIPT_KEY);
+    let signing = tb_pipeline::receipt::SigningKey::new(RECEIPT_KEY);
     let receipt = tb_pipeline::receipt::verify_document(&signing, &archived).unwrap();
     assert_eq!(receipt, step(&rec, "receipt")["document"]["receipt"]);
     assert_eq!(
@@ -1012,6 +1166,7 @@ async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_
     let rec = finalize_with_checks(
         &s,
         &project,
+        &v1(),
         json!([
             {"method": "POST", "path": "/api/users", "body": {"name": "Ada"}, "status": 201},
             {"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v2"}}
@@ -1036,4 +1191,94 @@ async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_
         .map(|c| c["passed"].as_bool().unwrap())
         .collect();
     assert_eq!(passed, [true, false, false]);
+
+    // A first deploy: no earlier version passed, so the app stays up for the user to look
+    // at, and the project record says it is unverified.
+    let version = text(&rec, "deploy", "version");
+    assert_eq!(step(&rec, "restore")["unverified"], version.as_str());
+    assert!(
+        failure.reason.contains("stays up for you to look at"),
+        "{}",
+        failure.reason
+    );
+    assert_healthy(&s, &project).await;
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(record.deployed_version.as_deref(), Some(version.as_str()));
+    assert_eq!(record.deployed_verified, Some(false));
+    assert_eq!(record.last_verified_version, None);
+}
+
+#[tokio::test]
+async fn a_change_that_never_passes_its_checks_goes_back_to_the_last_verified_version() {
+    let s = Services::start().await;
+    let project = s.project();
+    let app = s.app(&project);
+    let first = finalize_with_checks(
+        &s,
+        &project,
+        &v1(),
+        json!([{"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v1"}}]),
+    )
+    .await;
+    assert_eq!(first.phase, Phase::Succeeded, "{:?}", first.failure);
+    let verified = text(&first, "deploy", "version");
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            record.last_verified_version.as_deref(),
+            record.deployed_verified
+        ),
+        (Some(verified.as_str()), Some(true))
+    );
+
+    // The change deploys, but its declared check fails (and no repair round is left).
+    let second = finalize_with_checks(
+        &s,
+        &project,
+        &v2(),
+        json!([{"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v3"}}]),
+    )
+    .await;
+    assert_eq!(second.phase, Phase::Failed);
+    let failure = second.failure.clone().unwrap();
+    assert_eq!(failure.step, "verify");
+    assert!(
+        failure.reason.contains("GET /api/users -> 200")
+            && failure
+                .reason
+                .contains("`version` is \"v2\" instead of \"v3\"")
+            && failure
+                .reason
+                .contains(&format!("back on the last verified version {verified}")),
+        "{}",
+        failure.reason
+    );
+    let failed = text(&second, "deploy", "version");
+    assert_ne!(failed, verified);
+    let restore = step(&second, "restore");
+    assert_eq!(
+        restore["restored"]["version"],
+        verified.as_str(),
+        "{restore}"
+    );
+    assert_eq!(restore["failed_version"], failed.as_str());
+
+    // The deployer runs the earlier version again: the machine's image is its digest, and
+    // the app answers as v1.
+    let machines = s.fly.machines(&app);
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    assert!(
+        machines[0].image.ends_with(&format!("@{verified}")),
+        "{machines:?}"
+    );
+    let (status, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
+    assert_eq!((status, users["version"].clone()), (200, json!("v1")));
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(record.deployed_version.as_deref(), Some(verified.as_str()));
+    assert_eq!(record.deployed_verified, Some(true));
+    assert_eq!(
+        record.last_verified_version.as_deref(),
+        Some(verified.as_str())
+    );
+    assert_eq!(record.last_request.as_ref(), Some(&second.id));
 }

@@ -146,17 +146,63 @@ pub struct Pushed {
     pub committed: bool,
 }
 
+/// The directory of a project's repository that belongs to the platform
+/// (`.turbobackend/receipt.json`): never taken from a snapshot, carried over by every push.
+pub const PLATFORM_DIR: &str = ".turbobackend";
+
+/// What [`CodeHost::commit_file`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum FileCommit {
+    /// `main` holds the file: `commit_sha` is the commit made now (`committed`), or the
+    /// head that already held those bytes on top of the parent (`committed: false`).
+    Committed {
+        #[serde(flatten)]
+        pushed: Pushed,
+    },
+    /// `main` had moved past the parent (a newer push): nothing was committed.
+    BranchMoved { repo_url: String, head: String },
+}
+
 /// A git host: GitHub in the cloud, a bare repository on disk locally.
+///
+/// The repository's [`PLATFORM_DIR`] (`.turbobackend/`) belongs to the platform: [`push`]
+/// ignores whatever a snapshot has there and carries the head's `.turbobackend/` over into
+/// the new tree unchanged, so the tree it compares (to make no commit for an unchanged
+/// project) includes it; only [`commit_file`] writes there.
+///
+/// [`push`]: CodeHost::push
+/// [`commit_file`]: CodeHost::commit_file
 #[async_trait]
 pub trait CodeHost: Send + Sync {
     /// Creates the project's repository if missing, then commits `snapshot` as the whole tree
-    /// on `main` (parent: the current head) unless the tree is unchanged. Idempotent.
+    /// (plus the head's `.turbobackend/`, see above) on `main` (parent: the current head)
+    /// unless the tree is unchanged. Idempotent.
     async fn push(
         &self,
         project: &crate::domain::ProjectId,
         snapshot: &Snapshot,
         message: &str,
     ) -> Result<Pushed, PortError>;
+    /// Commits one file on `main` on top of `parent` (a commit of `main`): the parent's tree
+    /// with `path` holding `contents` (not executable). A fast-forward only: when `main` is
+    /// no longer at `parent` nothing is committed ([`FileCommit::BranchMoved`]), unless its
+    /// head is already that very commit (`parent` its only parent, that tree its tree: an
+    /// earlier call whose answer was lost), which is returned with `committed: false`; so is `parent` itself when `path` already holds
+    /// `contents` there. Idempotent.
+    async fn commit_file(
+        &self,
+        project: &crate::domain::ProjectId,
+        parent: &str,
+        path: &WorkspacePath,
+        contents: &[u8],
+        message: &str,
+    ) -> Result<FileCommit, PortError> {
+        let _ = (parent, contents, message);
+        Err(PortError::Permanent(format!(
+            "this code host cannot commit {path} to the repository of {project}"
+        )))
+    }
     /// Archives the project's repository (read-only, nothing lost) or keeps it as it is;
     /// says what it did. Idempotent.
     async fn archive(&self, project: &crate::domain::ProjectId) -> Result<Value, PortError> {
@@ -232,6 +278,11 @@ pub struct Deployment {
     pub details: Value,
 }
 
+/// At most this many of an app's log lines are read ([`Deployer::recent_logs`]).
+pub const APP_LOG_LINES: usize = 50;
+/// At most this many bytes of an app's log are read ([`Deployer::recent_logs`]).
+pub const APP_LOG_BYTES: usize = 4096;
+
 /// Runs a built app: Fly.io Machines in the cloud, a local process locally.
 #[async_trait]
 pub trait Deployer: Send + Sync {
@@ -255,6 +306,29 @@ pub trait Deployer: Send + Sync {
         Err(PortError::Permanent(format!(
             "this deploy target cannot roll {project} back"
         )))
+    }
+    /// Keeps `version` (the project's last verified version) available to
+    /// [`Deployer::rollback`] however many versions are deployed after it. The default does
+    /// nothing: a target that keeps every version it ran (Fly's registry keeps each image by
+    /// digest) has nothing to do.
+    async fn retain(
+        &self,
+        project: &crate::domain::ProjectId,
+        version: &str,
+    ) -> Result<(), PortError> {
+        let _ = (project, version);
+        Ok(())
+    }
+    /// The running app's most recent log lines, oldest first: at most [`APP_LOG_LINES`]
+    /// lines and [`APP_LOG_BYTES`] bytes, the values of the app's secrets (the database URL
+    /// and its password) replaced by [`crate::secret::REDACTED`]. `None`: this target cannot
+    /// read its apps' logs (the default).
+    async fn recent_logs(
+        &self,
+        project: &crate::domain::ProjectId,
+    ) -> Result<Option<Vec<String>>, PortError> {
+        let _ = project;
+        Ok(None)
     }
     /// Stops and removes everything the project runs on (machines, addresses, the app);
     /// says what was removed. Idempotent: what is already gone is skipped.
@@ -290,6 +364,16 @@ pub struct ProjectRecord {
     pub deployed_version: Option<String>,
     pub previous_version: Option<String>,
     pub last_request: Option<crate::domain::RequestId>,
+    /// The newest version that passed the `verify` step: a request whose checks still fail
+    /// after its repair rounds goes back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_version: Option<String>,
+    /// Whether `deployed_version` passed the `verify` step (`Some(false)`: a first deploy
+    /// that failed it stays up for the user to look at, unverified); `None` for versions
+    /// deployed before verification existed. After a project rollback: whether the version
+    /// rolled back to is `last_verified_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_verified: Option<bool>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     /// Deletion and rollbacks: written only through [`PlatformRecords::save_lifecycle`]

@@ -32,8 +32,13 @@ pub enum Step {
     Deploy,
     /// Health and the declared checks against the live URL ([`crate::verify`]).
     Verify,
-    /// The signed verification receipt, archived beside the source ([`crate::receipt`]).
+    /// The signed verification receipt, archived beside the source and committed on top of
+    /// the source commit as `.turbobackend/receipt.json` ([`crate::receipt`]).
     Receipt,
+    /// Only when `verify` still fails after the last repair round: the deployment goes back
+    /// to the project's last verified version, or, with none, the app stays up unverified.
+    /// Not in [`Step::ALL`].
+    Restore,
 }
 
 impl Step {
@@ -57,19 +62,21 @@ impl Step {
             Step::Deploy => "deploy",
             Step::Verify => "verify",
             Step::Receipt => "receipt",
+            Step::Restore => "restore",
         }
     }
 
     /// What the step needs from outside, for outage messages.
     pub fn service(self) -> &'static str {
         match self {
+            Step::Restore => "the deploy target",
             Step::Archive => "the archive",
             Step::Repository => "the code host",
             Step::Database => "the database cluster",
             Step::Build => "the sandbox provider",
             Step::Deploy => "the deploy target",
             Step::Verify => "the deployed app",
-            Step::Receipt => "the archive",
+            Step::Receipt => "the archive and the code host",
         }
     }
 }
@@ -208,7 +215,8 @@ pub struct Verified {
     pub note: String,
 }
 
-/// `receipt`: the signed receipt in the archive, or why it is unsigned.
+/// `receipt`: the signed receipt in the archive and in the repository, or why it is
+/// unsigned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Receipted {
@@ -216,10 +224,50 @@ pub enum Receipted {
         key: String,
         sha256: String,
         document: Value,
+        /// The commit on `main` that holds it as `.turbobackend/receipt.json` (on top of
+        /// the source commit it names); `None` when it was not committed (the note says
+        /// why: `main` had moved on to a newer request's commit). Records made before
+        /// receipts were committed have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt_commit_sha: Option<String>,
         note: String,
     },
     /// No signing key: the receipt is kept on the record only.
     Unsigned { skipped: String, receipt: Value },
+}
+
+/// `restore`: what became of a deployment whose checks still failed after the last repair
+/// round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Restored {
+    /// The deployment went back to the project's last verified version.
+    Back {
+        /// The earlier version running again, where.
+        restored: Deployment,
+        /// The version that failed its checks.
+        failed_version: String,
+        note: String,
+    },
+    /// The failed version stays deployed, marked unverified: no earlier version of the
+    /// project passed verification (or the one that did is this very version).
+    StaysUp { unverified: String, note: String },
+}
+
+impl Restored {
+    /// The version deployed after the step, if it went back.
+    pub fn restored(&self) -> Option<&Deployment> {
+        match self {
+            Restored::Back { restored, .. } => Some(restored),
+            Restored::StaysUp { .. } => None,
+        }
+    }
+
+    pub fn note(&self) -> &str {
+        match self {
+            Restored::Back { note, .. } | Restored::StaysUp { note, .. } => note,
+        }
+    }
 }
 
 /// `repairs`: one entry per repair round begun (the failed verification handed back).
@@ -242,6 +290,7 @@ pub enum StepResult {
     Deploy(Deployment),
     Verify(Verified),
     Receipt(Receipted),
+    Restore(Restored),
 }
 
 impl StepResult {
@@ -252,6 +301,7 @@ impl StepResult {
             StepResult::Verify(v) => Some(&v.note),
             StepResult::Receipt(Receipted::Signed { note, .. }) => Some(note),
             StepResult::Receipt(Receipted::Unsigned { skipped, .. }) => Some(skipped),
+            StepResult::Restore(r) => Some(r.note()),
             _ => None,
         }
     }
@@ -295,6 +345,8 @@ pub struct Steps {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<Repair>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Done<Restored>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notified>,
     /// Steps this version does not know (recorded by a newer one), kept as they are.
     #[serde(flatten)]
@@ -312,6 +364,7 @@ impl Steps {
             Step::Deploy => self.deploy.is_some(),
             Step::Verify => self.verify.is_some(),
             Step::Receipt => self.receipt.is_some(),
+            Step::Restore => self.restore.is_some(),
         }
     }
 
@@ -329,6 +382,7 @@ impl Steps {
             Step::Deploy => self.deploy = None,
             Step::Verify => self.verify = None,
             Step::Receipt => self.receipt = None,
+            Step::Restore => self.restore = None,
         }
     }
 
@@ -348,6 +402,7 @@ impl Steps {
             StepResult::Deploy(r) => self.deploy = done(r, duration_ms),
             StepResult::Verify(r) => self.verify = done(r, duration_ms),
             StepResult::Receipt(r) => self.receipt = done(r, duration_ms),
+            StepResult::Restore(r) => self.restore = done(r, duration_ms),
         }
     }
 
@@ -432,6 +487,25 @@ impl Steps {
         Some(&self.verify.as_ref()?.result)
     }
 
+    /// What became of a deployment that failed its checks for good, once decided.
+    pub fn restored(&self) -> Option<&Restored> {
+        Some(&self.restore.as_ref()?.result)
+    }
+
+    /// Where the project runs now: the earlier version the `restore` step went back to, or
+    /// the `deploy` step's deployment.
+    pub fn live_deployment(&self) -> Option<&Deployment> {
+        self.restored()
+            .and_then(Restored::restored)
+            .or_else(|| self.deployment())
+    }
+
+    /// Whether the version running now passed verification: `None` before `verify` ran.
+    pub fn live_verified(&self) -> Option<bool> {
+        let verified = self.verified()?;
+        Some(verified.passed || self.restored().and_then(Restored::restored).is_some())
+    }
+
     /// The migrations the `database` step applied now.
     pub fn applied_now(&self) -> &[String] {
         match self.database.as_ref().map(|d| &d.result) {
@@ -446,6 +520,16 @@ impl Steps {
             self.database.as_ref().map(|d| &d.result),
             Some(Provisioned::Skipped { .. })
         )
+    }
+
+    /// The commit holding the signed receipt as `.turbobackend/receipt.json`, once made.
+    pub fn receipt_commit_sha(&self) -> Option<&str> {
+        match &self.receipt.as_ref()?.result {
+            Receipted::Signed {
+                receipt_commit_sha, ..
+            } => receipt_commit_sha.as_deref(),
+            Receipted::Unsigned { .. } => None,
+        }
     }
 
     /// The signed receipt document (or the unsigned receipt), once made.
@@ -543,11 +627,69 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_reads_back_as_its_kind_and_says_where_the_project_runs() {
+        let verify = json!({"url": "http://127.0.0.1:4001", "declared": 1, "passed": false,
+                            "at_ms": 5, "calls": [], "note": "1 of 2 call(s) failed"});
+        let deploy = json!({"url": "http://127.0.0.1:4001", "version": "bb", "details": {}});
+        let back: Steps = serde_json::from_value(json!({
+            "deploy": deploy, "verify": verify,
+            "restore": {"restored": {"url": "http://127.0.0.1:4002", "version": "aa", "details": {}},
+                        "failed_version": "bb", "note": "back on aa", "duration_ms": 900}
+        }))
+        .unwrap();
+        assert!(back.done(Step::Restore));
+        assert_eq!(
+            back.live_deployment().map(|d| d.version.as_str()),
+            Some("aa")
+        );
+        assert_eq!(
+            back.live_deployment().map(|d| d.url.as_str()),
+            Some("http://127.0.0.1:4002")
+        );
+        assert_eq!(back.deployment_url(), Some("http://127.0.0.1:4001"));
+        assert_eq!(back.live_verified(), Some(true));
+
+        let stays: Steps = serde_json::from_value(json!({
+            "deploy": deploy, "verify": verify,
+            "restore": {"unverified": "bb", "note": "stays up", "duration_ms": 3}
+        }))
+        .unwrap();
+        assert_eq!(
+            stays.live_deployment().map(|d| d.version.as_str()),
+            Some("bb")
+        );
+        assert_eq!(stays.live_verified(), Some(false));
+        assert!(matches!(stays.restored(), Some(Restored::StaysUp { .. })));
+        // Not verified yet: nothing is said.
+        let deployed: Steps = serde_json::from_value(json!({"deploy": deploy})).unwrap();
+        assert_eq!(deployed.live_verified(), None);
+    }
+
+    #[test]
     fn a_renamed_field_is_refused_rather_than_read_as_nothing() {
         // A deploy result without its URL does not silently blank the status: it does not
         // read as a deployment at all.
         let stored =
             json!({"deploy": {"address": "https://p.fly.dev", "version": "1", "details": {}}});
         assert!(serde_json::from_value::<Steps>(stored).is_err());
+    }
+
+    #[test]
+    fn a_receipt_step_reads_back_with_or_without_its_commit() {
+        let before = json!({"key": "k", "sha256": "ab", "document": {"receipt": {}}, "note": "signed", "duration_ms": 3});
+        let steps: Steps = serde_json::from_value(json!({"receipt": before})).unwrap();
+        assert_eq!(steps.receipt_commit_sha(), None);
+        assert!(steps.receipt_document().is_some());
+        assert_eq!(serde_json::to_value(&steps).unwrap()["receipt"], before);
+        let mut now = before.clone();
+        now["receipt_commit_sha"] = json!("c0ffee");
+        let steps: Steps = serde_json::from_value(json!({"receipt": now})).unwrap();
+        assert_eq!(steps.receipt_commit_sha(), Some("c0ffee"));
+        assert_eq!(serde_json::to_value(&steps).unwrap()["receipt"], now);
+        let unsigned: Steps = serde_json::from_value(
+            json!({"receipt": {"skipped": "no key", "receipt": {}, "duration_ms": 1}}),
+        )
+        .unwrap();
+        assert_eq!(unsigned.receipt_commit_sha(), None);
     }
 }
