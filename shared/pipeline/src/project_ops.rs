@@ -30,7 +30,7 @@ use tb_core::clock::now_ms;
 use tb_core::domain::{Phase, ProjectId};
 use tb_core::ports::{Lifecycle, Operation, OperationFailure, PlatformRecords, PortError};
 
-use crate::finalizer::{FinalizeDone, FinalizeError, Finalizer};
+use crate::finalizer::{FinalizeDone, FinalizeError, Finalizer, StepError};
 use crate::record::Failure;
 
 /// The deletion's steps, in order.
@@ -51,22 +51,6 @@ pub async fn deleting(
         .project(project)
         .await?
         .is_some_and(|p| p.lifecycle.deletion.is_some()))
-}
-
-/// How a step ended, when not with its result.
-enum StepError {
-    Transient(String),
-    Permanent(String),
-    OutOfTime,
-}
-
-impl From<PortError> for StepError {
-    fn from(e: PortError) -> Self {
-        match e {
-            PortError::Transient(m) => StepError::Transient(m),
-            other => StepError::Permanent(other.to_string()),
-        }
-    }
 }
 
 /// Which operation of the lifecycle a run works on.
