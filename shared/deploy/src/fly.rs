@@ -39,10 +39,11 @@ use tb_core::domain::ProjectId;
 use tb_core::ports::{Artifact, Deployer, Deployment, PortError};
 use tokio::time::Instant;
 
-use self::api::{AppLookup, Backoff, Created, MachinesApi, Waited};
+use self::api::{AppLookup, Created, MachinesApi, Waited, fly_go, flyctl_wait};
 use self::machine_config::{HEALTH_PATH, ROLE_KEY, ROLE_WEB};
 use crate::registry::{RegistryClient, RegistryCredentials};
 use crate::{DeployError, ImageRef, Secret, artifact, image};
+use tb_core::backoff::{Attempt, Stop, retry};
 
 /// Where and how to deploy.
 #[derive(Clone, Debug)]
@@ -327,21 +328,28 @@ impl FlyDeployer {
                 self.api.wait_for_app(app).await
             }
             Created::Refused(message) => {
-                let deadline = Instant::now() + self.api.visibility_timeout();
-                let mut backoff = Backoff::fly_go();
-                loop {
-                    match self.api.app(app).await? {
-                        AppLookup::Found { org, network: has } => {
-                            tracing::info!(app, "the app exists already; reusing it");
-                            return self.ours(app, &org, &has, &network);
+                let policy = fly_go(Instant::now() + self.api.visibility_timeout());
+                let found = retry(&policy, move |_| async move {
+                    match self.api.app(app).await {
+                        Ok(AppLookup::Found { org, network: has }) => {
+                            Attempt::Done(Ok(Some((org, has))))
                         }
-                        AppLookup::OtherOrganization => return Err(self.taken(app, &message)),
-                        AppLookup::NotVisible => {
-                            if !backoff.sleep_before(deadline).await {
-                                return Err(self.taken(app, &message));
-                            }
-                        }
+                        Ok(AppLookup::OtherOrganization) => Attempt::Done(Ok(None)),
+                        Ok(AppLookup::NotVisible) => Attempt::Retry {
+                            after: None,
+                            error: format!("app {app} not visible yet"),
+                        },
+                        Err(e) => Attempt::Done(Err(e)),
                     }
+                })
+                .await;
+                match found {
+                    Ok(Ok(Some((org, has)))) => {
+                        tracing::info!(app, "the app exists already; reusing it");
+                        self.ours(app, &org, &has, &network)
+                    }
+                    Ok(Ok(None)) | Err(_) => Err(self.taken(app, &message)),
+                    Ok(Err(e)) => Err(e),
                 }
             }
         }
@@ -437,10 +445,50 @@ impl FlyDeployer {
         // flyctl `internal/machine/wait.go` (`WaitForStartOrStop`): a failed wait call is
         // tried again after 500 ms doubling to 2 s until the timeout; a just-created machine
         // answers 404 for a moment, which is not a reason to give up on it.
-        let mut backoff = Backoff::flyctl_wait();
-        loop {
+        let started = retry(&flyctl_wait(deadline), move |_| async move {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                return Attempt::Fail(String::from("out of time"));
+            }
+            let waited = self
+                .api
+                .wait(app, id, "started", remaining.as_secs().max(1))
+                .await;
+            match waited {
+                Ok(Waited::Reached) => Attempt::Done(Ok(())),
+                Ok(Waited::NotVisible) => Attempt::Retry {
+                    after: None,
+                    error: format!("machine {id} of {app} is not visible yet"),
+                },
+                // Asked again at once unless it ended.
+                Ok(Waited::TimedOut) => match self.api.machine(app, id).await {
+                    Ok(Some(m))
+                        if matches!(
+                            m.state.as_str(),
+                            "failed" | "destroyed" | "stopped" | "launch_failed"
+                        ) =>
+                    {
+                        Attempt::Done(Err(DeployError::Unhealthy(format!(
+                            "machine {id} is {} instead of started",
+                            m.state
+                        ))))
+                    }
+                    Ok(_) => Attempt::Retry {
+                        after: Some(Duration::ZERO),
+                        error: format!("machine {id} of {app} is not started yet"),
+                    },
+                    Err(e) => Attempt::Done(Err(e)),
+                },
+                Err(e) => Attempt::Done(Err(e)),
+            }
+        })
+        .await;
+        match started {
+            Ok(result) => result?,
+            Err(gave_up) => {
+                if gave_up.stop == Stop::Deadline {
+                    tokio::time::sleep_until(deadline).await;
+                }
                 let state = match self.api.machine(app, id).await {
                     Ok(Some(m)) => m.state,
                     Ok(None) => "not visible".into(),
@@ -450,32 +498,6 @@ impl FlyDeployer {
                     "machine {id} was not started within {:?} (state {state:?})",
                     self.config.health_timeout
                 )));
-            }
-            match self
-                .api
-                .wait(app, id, "started", remaining.as_secs().max(1))
-                .await?
-            {
-                Waited::Reached => break,
-                Waited::NotVisible => {
-                    tracing::debug!(app, machine = id, "the machine is not visible yet");
-                    if !backoff.sleep_before(deadline).await {
-                        tokio::time::sleep_until(deadline).await;
-                    }
-                }
-                Waited::TimedOut => {
-                    let state = self.api.machine(app, id).await?.map(|m| m.state);
-                    if let Some(state) = state
-                        && matches!(
-                            state.as_str(),
-                            "failed" | "destroyed" | "stopped" | "launch_failed"
-                        )
-                    {
-                        return Err(DeployError::Unhealthy(format!(
-                            "machine {id} is {state} instead of started"
-                        )));
-                    }
-                }
             }
         }
         let url = format!("{}{HEALTH_PATH}", self.public_url(app));

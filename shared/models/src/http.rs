@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Client, Url};
+use tb_core::backoff::{Attempt, retry};
 use tb_core::model::ModelError;
 
 use crate::retry::{RetryPolicy, is_retryable_status, retry_after, should_retry_header};
@@ -71,9 +72,9 @@ pub(crate) async fn post_json(
 ) -> Result<Vec<u8>, ModelError> {
     let payload = serde_json::to_vec(body)
         .map_err(|e| ModelError::Protocol(format!("cannot encode request: {e}")))?;
-    let attempts = policy.attempts();
-    let mut attempt = 1;
-    loop {
+    let payload = &payload;
+    let policy = policy.retrying(provider);
+    let sent = retry(&policy, move |_| async move {
         let request = client
             .post(url.clone())
             .headers(headers.clone())
@@ -85,7 +86,9 @@ pub(crate) async fn post_json(
                 let verdict = should_retry_header(response.headers());
                 let wait = retry_after(response.headers());
                 match response.bytes().await {
-                    Ok(bytes) if (200..300).contains(&status) => return Ok(bytes.to_vec()),
+                    Ok(bytes) if (200..300).contains(&status) => {
+                        return Attempt::Done(bytes.to_vec());
+                    }
                     Ok(bytes) => Failure::Status {
                         status,
                         message: error_message(&bytes),
@@ -106,21 +109,17 @@ pub(crate) async fn post_json(
                 }
             }
         };
-        if !failure.retry() || attempt >= attempts {
-            return Err(failure.into_error(attempt));
+        if failure.retry() {
+            Attempt::Retry {
+                after: failure.wait(),
+                error: failure,
+            }
+        } else {
+            Attempt::Fail(failure)
         }
-        let delay = failure.wait().unwrap_or_else(|| policy.backoff(attempt));
-        tracing::warn!(
-            provider,
-            status = failure.status(),
-            attempt,
-            max_attempts = attempts,
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            "model call failed; retrying"
-        );
-        tokio::time::sleep(delay).await;
-        attempt += 1;
-    }
+    })
+    .await;
+    sent.map_err(|gave_up| gave_up.error.into_error(gave_up.attempts))
 }
 
 /// The human message in an error body: Anthropic's `{"error":{"message"}}`, OpenAI's
@@ -201,13 +200,6 @@ impl Failure {
         }
     }
 
-    fn status(&self) -> Option<u16> {
-        match self {
-            Failure::Status { status, .. } => Some(*status),
-            Failure::Network { .. } => None,
-        }
-    }
-
     fn into_error(self, attempts: u32) -> ModelError {
         let tried = |m: String| {
             if attempts > 1 {
@@ -239,6 +231,17 @@ impl Failure {
                 status: None,
                 message: tried(message),
             },
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status {
+                status, message, ..
+            } => write!(f, "model call failed: HTTP {status}: {message}"),
+            Failure::Network { message, .. } => write!(f, "model call failed: {message}"),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! hold it, and server text is scrubbed of it before it becomes an error.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
-use tb_core::backoff::parse_retry_after;
+use tb_core::backoff::{Attempt, Backoff, Jitter, RetryPolicy, parse_retry_after, retry};
+use tokio::time::Instant;
 
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -76,39 +78,31 @@ pub(crate) struct MachinesApi {
     visibility_timeout: Duration,
 }
 
-/// Exponential backoff with jitter, for waiting out eventual consistency.
-pub(crate) struct Backoff {
-    schedule: tb_core::backoff::Backoff,
-    attempt: u32,
+/// fly-go `flaps/retry.go`, for waiting out eventual consistency: from 100 ms, doubling,
+/// at most 500 ms (±50 %), until `deadline`.
+pub(crate) fn fly_go(deadline: Instant) -> RetryPolicy {
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+    RetryPolicy::new("Fly.io", u32::MAX, backoff, Jitter::Spread).deadline(Some(deadline))
 }
 
-impl Backoff {
-    fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            schedule: tb_core::backoff::Backoff::new(base, max),
-            attempt: 0,
-        }
-    }
+/// flyctl `internal/machine/wait.go` between wait calls: 500 ms doubling to 2 s (±50 %),
+/// until `deadline`.
+pub(crate) fn flyctl_wait(deadline: Instant) -> RetryPolicy {
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
+    RetryPolicy::new("Fly.io", u32::MAX, backoff, Jitter::Spread).deadline(Some(deadline))
+}
 
-    /// fly-go `flaps/retry.go`: from 100 ms, doubling, at most 500 ms.
-    pub(crate) fn fly_go() -> Self {
-        Backoff::new(Duration::from_millis(100), Duration::from_millis(500))
-    }
+/// An answer kept while its call is tried again; the retry log shows its operation and
+/// status.
+struct Pending<'a, T> {
+    op: &'a str,
+    status: StatusCode,
+    answer: T,
+}
 
-    /// flyctl `internal/machine/wait.go` between wait calls: 500 ms doubling to 2 s.
-    pub(crate) fn flyctl_wait() -> Self {
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(2))
-    }
-
-    /// Sleeps the next interval (±50 %) unless that would pass `deadline`; false then.
-    pub(crate) async fn sleep_before(&mut self, deadline: tokio::time::Instant) -> bool {
-        self.attempt += 1;
-        let wait = self.schedule.spread_jitter(self.attempt);
-        if tokio::time::Instant::now() + wait > deadline {
-            return false;
-        }
-        tokio::time::sleep(wait).await;
-        true
+impl<T> fmt::Display for Pending<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: Fly.io answered {}", self.op, self.status)
     }
 }
 
@@ -458,18 +452,26 @@ impl MachinesApi {
         body: Option<&Value>,
         spacing_key: Option<&str>,
     ) -> Result<(StatusCode, Value), DeployError> {
-        let deadline = tokio::time::Instant::now() + self.visibility_timeout;
-        let mut backoff = Backoff::fly_go();
-        loop {
-            let (status, answer) = self
-                .call(op, method.clone(), path, body, spacing_key)
-                .await?;
-            let not_visible = matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED);
-            if !not_visible || !backoff.sleep_before(deadline).await {
-                return Ok((status, answer));
+        let policy = fly_go(Instant::now() + self.visibility_timeout);
+        let method = &method;
+        let answer = retry(&policy, move |_| async move {
+            match self.call(op, method.clone(), path, body, spacing_key).await {
+                Ok((status, answer))
+                    if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) =>
+                {
+                    Attempt::Retry {
+                        after: None,
+                        error: Pending { op, status, answer },
+                    }
+                }
+                other => Attempt::Done(other),
             }
-            tracing::debug!(operation = op, %status, "not visible yet; trying again");
-        }
+        })
+        .await;
+        answer.unwrap_or_else(|not_visible| {
+            let Pending { status, answer, .. } = not_visible.error;
+            Ok((status, answer))
+        })
     }
 
     /// Waits until `GET /apps/{app}` answers 200, as fly-go's `WaitForApp` does after
@@ -497,15 +499,22 @@ impl MachinesApi {
         body: Option<&Value>,
         spacing_key: Option<&str>,
     ) -> Result<(StatusCode, Value), DeployError> {
-        let url = format!("{}{path}", self.base);
-        let mut throttled = 0;
-        loop {
+        let url = &format!("{}{path}", self.base);
+        let method = &method;
+        // Fly's `retry-after`, else a second; at most 10 s.
+        let policy = RetryPolicy::new(
+            "Fly.io",
+            self.max_429_retries.saturating_add(1),
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(10)),
+            Jitter::None,
+        );
+        let sent = retry(&policy, move |_| async move {
             if let Some(key) = spacing_key {
                 self.spacing.wait(key).await;
             }
             let mut request = self
                 .http
-                .request(method.clone(), &url)
+                .request(method.clone(), url)
                 .header(header::AUTHORIZATION, self.authorization.clone());
             if path.contains("/wait?") {
                 request = request.timeout(Duration::from_secs(75));
@@ -513,35 +522,39 @@ impl MachinesApi {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let resp = request
-                .send()
-                .await
-                .map_err(|e| self.error(op, None, &e.to_string()))?;
-            let status = resp.status();
-            if status == StatusCode::TOO_MANY_REQUESTS && throttled < self.max_429_retries {
-                throttled += 1;
-                let after = resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| parse_retry_after(v.to_str().ok()?))
-                    .unwrap_or(Duration::from_secs(1))
-                    .min(Duration::from_secs(10));
-                tracing::info!(
-                    operation = op,
-                    retry_after_ms = after.as_millis() as u64,
-                    "Fly.io throttled a call"
-                );
-                tokio::time::sleep(after).await;
-                continue;
+            match request.send().await {
+                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let after = resp
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| parse_retry_after(v.to_str().ok()?))
+                        .unwrap_or(Duration::from_secs(1));
+                    Attempt::Retry {
+                        after: Some(after),
+                        error: Pending {
+                            op,
+                            status: resp.status(),
+                            answer: resp,
+                        },
+                    }
+                }
+                Ok(resp) => Attempt::Done(Ok(resp)),
+                Err(e) => Attempt::Done(Err(self.error(op, None, &e.to_string()))),
             }
-            let text = resp.text().await.unwrap_or_default();
-            let value = if text.trim().is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            };
-            return Ok((status, value));
-        }
+        })
+        .await;
+        let resp = match sent {
+            Ok(resp) => resp?,
+            Err(throttled) => throttled.error.answer,
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, value))
     }
 
     fn ok(
