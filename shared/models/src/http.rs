@@ -25,7 +25,7 @@ pub enum ConfigError {
 }
 
 /// A reqwest client with our User-Agent and timeouts; built once per model client.
-pub(crate) fn build_client(timeout: Duration) -> Result<Client, ConfigError> {
+fn build_client(timeout: Duration) -> Result<Client, ConfigError> {
     tb_tls::http_client()
         .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
         .timeout(timeout)
@@ -60,9 +60,52 @@ pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, ConfigError> {
     Ok(v)
 }
 
+/// Where a client sends its calls: the HTTP client, the URL and headers, the retries.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    http: Client,
+    url: Url,
+    headers: HeaderMap,
+    retry: RetryPolicy,
+    /// Names the provider in logs.
+    provider: &'static str,
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        url: Url,
+        headers: HeaderMap,
+        timeout: Duration,
+        retry: RetryPolicy,
+        provider: &'static str,
+    ) -> Result<Self, ConfigError> {
+        Ok(Endpoint {
+            http: build_client(timeout)?,
+            url,
+            headers,
+            retry,
+            provider,
+        })
+    }
+
+    /// POSTs `body` as JSON and returns the body of the first 2xx answer, retrying per
+    /// the policy.
+    pub(crate) async fn post(&self, body: &serde_json::Value) -> Result<Vec<u8>, ModelError> {
+        post_json(
+            &self.http,
+            &self.url,
+            &self.headers,
+            body,
+            &self.retry,
+            self.provider,
+        )
+        .await
+    }
+}
+
 /// POSTs `body` as JSON and returns the body of the first 2xx answer, retrying per
 /// `policy`. `provider` names the provider in logs.
-pub(crate) async fn post_json(
+async fn post_json(
     client: &Client,
     url: &Url,
     headers: &HeaderMap,

@@ -224,46 +224,7 @@ impl PgProvisioner {
 
 /// Creates `role` unless it exists; refuses an existing role with special attributes.
 async fn ensure_role(admin: &mut PgConnection, role: &str) -> Result<(), PgError> {
-    for _ in 0..3 {
-        let existing = sqlx::query(
-            "SELECT (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls) \
-             AS privileged, rolname = current_user AS is_admin FROM pg_roles WHERE rolname = $1",
-        )
-        .bind(role)
-        .fetch_optional(&mut *admin)
-        .await
-        .map_err(PgError::sql("looking up the project role"))?;
-        if let Some(row) = existing {
-            let privileged: bool = row.get("privileged");
-            let is_admin: bool = row.get("is_admin");
-            if privileged || is_admin {
-                return Err(PgError::Refused(format!(
-                    "role {role} exists with privileges a project role must not have; refusing to \
-                     use it for a project"
-                )));
-            }
-            return Ok(());
-        }
-        let created = execute_ddl(
-            admin,
-            format!(
-                "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-                 NOBYPASSRLS",
-                quote_ident(role)
-            ),
-            "creating the project role",
-        )
-        .await;
-        match created {
-            Ok(()) => return Ok(()),
-            // Someone else created it first: look again.
-            Err(PgError::Sql { ref source, .. }) if lost_race(source) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(PgError::Refused(format!(
-        "role {role} keeps appearing and disappearing; try again"
-    )))
+    ensure(admin, Owned::Role(role)).await
 }
 
 /// Creates `database` owned by `role` unless it exists; refuses one owned by another role.
@@ -272,41 +233,111 @@ async fn ensure_database(
     database: &str,
     role: &str,
 ) -> Result<(), PgError> {
-    for _ in 0..3 {
-        let owner: Option<String> = sqlx::query_scalar(
-            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-        )
-        .bind(database)
-        .fetch_optional(&mut *admin)
-        .await
-        .map_err(PgError::sql("looking up the project database"))?;
-        if let Some(owner) = owner {
-            if owner != role {
-                return Err(PgError::Refused(format!(
-                    "database {database} exists but is owned by {owner}, not {role}; refusing to \
-                     hand it to the project"
-                )));
+    ensure(admin, Owned::Database { database, role }).await
+}
+
+/// What a project owns in the cluster.
+enum Owned<'a> {
+    Role(&'a str),
+    Database { database: &'a str, role: &'a str },
+}
+
+impl Owned<'_> {
+    /// Whether it exists; an error when it exists but is not fit for the project.
+    async fn exists(&self, admin: &mut PgConnection) -> Result<bool, PgError> {
+        match *self {
+            Owned::Role(role) => {
+                let existing = sqlx::query(
+                    "SELECT (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR \
+                     rolbypassrls) AS privileged, rolname = current_user AS is_admin \
+                     FROM pg_roles WHERE rolname = $1",
+                )
+                .bind(role)
+                .fetch_optional(&mut *admin)
+                .await
+                .map_err(PgError::sql("looking up the project role"))?;
+                let Some(row) = existing else {
+                    return Ok(false);
+                };
+                let privileged: bool = row.get("privileged");
+                let is_admin: bool = row.get("is_admin");
+                if privileged || is_admin {
+                    return Err(PgError::Refused(format!(
+                        "role {role} exists with privileges a project role must not have; \
+                         refusing to use it for a project"
+                    )));
+                }
+                Ok(true)
             }
+            Owned::Database { database, role } => {
+                let owner: Option<String> = sqlx::query_scalar(
+                    "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+                )
+                .bind(database)
+                .fetch_optional(&mut *admin)
+                .await
+                .map_err(PgError::sql("looking up the project database"))?;
+                match owner {
+                    Some(owner) if owner != role => Err(PgError::Refused(format!(
+                        "database {database} exists but is owned by {owner}, not {role}; \
+                         refusing to hand it to the project"
+                    ))),
+                    Some(_) => Ok(true),
+                    None => Ok(false),
+                }
+            }
+        }
+    }
+
+    /// The statement that creates it, and what it does (for errors).
+    fn create(&self) -> (String, &'static str) {
+        match *self {
+            Owned::Role(role) => (
+                format!(
+                    "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
+                     NOREPLICATION NOBYPASSRLS",
+                    quote_ident(role)
+                ),
+                "creating the project role",
+            ),
+            Owned::Database { database, role } => (
+                format!(
+                    "CREATE DATABASE {} OWNER {} TEMPLATE template0",
+                    quote_ident(database),
+                    quote_ident(role)
+                ),
+                "creating the project database",
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Owned<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owned::Role(role) => write!(f, "role {role}"),
+            Owned::Database { database, .. } => write!(f, "database {database}"),
+        }
+    }
+}
+
+/// Creates `owned` unless it exists (refusing one that is not fit). A creation another
+/// session won first looks again, three times at most.
+async fn ensure(admin: &mut PgConnection, owned: Owned<'_>) -> Result<(), PgError> {
+    for _ in 0..3 {
+        if owned.exists(admin).await? {
             return Ok(());
         }
-        let created = execute_ddl(
-            admin,
-            format!(
-                "CREATE DATABASE {} OWNER {} TEMPLATE template0",
-                quote_ident(database),
-                quote_ident(role)
-            ),
-            "creating the project database",
-        )
-        .await;
-        match created {
+        let (sql, doing) = owned.create();
+        match execute_ddl(admin, sql, doing).await {
             Ok(()) => return Ok(()),
+            // Someone else created it first: look again.
             Err(PgError::Sql { ref source, .. }) if lost_race(source) => continue,
             Err(e) => return Err(e),
         }
     }
     Err(PgError::Refused(format!(
-        "database {database} keeps appearing and disappearing; try again"
+        "{owned} keeps appearing and disappearing; try again"
     )))
 }
 

@@ -13,11 +13,22 @@ use tokio::time::Instant;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::spacing::Spacing;
 use super::token::FlyTokens;
 use crate::{DeployError, Secret};
+
+/// The statuses of a call that created or changed something.
+const CREATED: &[StatusCode] = &[StatusCode::OK, StatusCode::CREATED];
+/// The statuses of a deletion, the last one (404) for something gone already.
+const GONE: &[StatusCode] = &[
+    StatusCode::OK,
+    StatusCode::ACCEPTED,
+    StatusCode::NO_CONTENT,
+    StatusCode::NOT_FOUND,
+];
 
 /// What the deployer reads of a machine.
 #[derive(Clone, Debug, Deserialize)]
@@ -191,34 +202,29 @@ impl MachinesApi {
     /// `GET /apps/{app}/ip_assignments`.
     pub(crate) async fn ips(&self, app: &str) -> Result<Vec<IpAssignment>, DeployError> {
         let op = format!("list IPs of {app}");
-        let (status, body) = self
-            .call_visible(
-                &op,
-                Method::GET,
-                &format!("/apps/{app}/ip_assignments"),
-                None,
-                None,
-            )
+        let path = format!("/apps/{app}/ip_assignments");
+        let answer = self
+            .call_visible(&op, Method::GET, &path, None, None)
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        let ips = body.get("ips").cloned().unwrap_or(Value::Array(vec![]));
-        serde_json::from_value(ips).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        let body = self.ok(&op, answer, &[StatusCode::OK])?;
+        self.read(
+            &op,
+            body.get("ips").cloned().unwrap_or(Value::Array(vec![])),
+        )
     }
 
     /// `POST /apps/{app}/ip_assignments` with `type` `shared_v4` or `v6`.
     pub(crate) async fn allocate_ip(&self, app: &str, kind: &str) -> Result<(), DeployError> {
         let op = format!("allocate a {kind} IP for {app}");
-        let key = format!("ip_assignments/{app}");
-        let (status, body) = self
-            .call_visible(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/ip_assignments"),
-                Some(&json!({"type": kind})),
-                Some(&key),
-            )
+        let (path, key) = (
+            format!("/apps/{app}/ip_assignments"),
+            format!("ip_assignments/{app}"),
+        );
+        let body = json!({"type": kind});
+        let answer = self
+            .call_visible(&op, Method::POST, &path, Some(&body), Some(&key))
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK, StatusCode::CREATED])
+        self.ok(&op, answer, CREATED).map(drop)
     }
 
     /// `POST /apps/{app}/secrets`; returns the secrets version to pass as
@@ -229,18 +235,12 @@ impl MachinesApi {
         values: &BTreeMap<String, String>,
     ) -> Result<Option<u64>, DeployError> {
         let op = format!("set secrets of {app}");
-        let key = format!("secrets/{app}");
-        let (status, body) = self
-            .call_visible(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/secrets"),
-                Some(&json!({"values": values})),
-                Some(&key),
-            )
+        let (path, key) = (format!("/apps/{app}/secrets"), format!("secrets/{app}"));
+        let body = json!({"values": values});
+        let answer = self
+            .call_visible(&op, Method::POST, &path, Some(&body), Some(&key))
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK, StatusCode::CREATED])?;
-        Ok(body["version"].as_u64())
+        Ok(self.ok(&op, answer, CREATED)?["version"].as_u64())
     }
 
     /// `GET /apps/{app}/machines?metadata.{key}={value}`.
@@ -252,9 +252,8 @@ impl MachinesApi {
     ) -> Result<Vec<Machine>, DeployError> {
         let op = format!("list machines of {app}");
         let path = format!("/apps/{app}/machines?metadata.{key}={value}");
-        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        let answer = self.call(&op, Method::GET, &path, None, None).await?;
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
     }
 
     /// `GET /apps/{app}/machines/{id}`; `None` on 404 (gone, or not visible yet).
@@ -265,14 +264,12 @@ impl MachinesApi {
     ) -> Result<Option<Machine>, DeployError> {
         let op = format!("get machine {id} of {app}");
         let path = format!("/apps/{app}/machines/{id}");
-        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
-        if status == StatusCode::NOT_FOUND {
+        let answer = self.call(&op, Method::GET, &path, None, None).await?;
+        if answer.0 == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        serde_json::from_value(body)
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
             .map(Some)
-            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
     }
 
     /// `POST /apps/{app}/machines`.
@@ -288,19 +285,14 @@ impl MachinesApi {
         if let Some(v) = min_secrets_version {
             body["min_secrets_version"] = json!(v);
         }
-        let key = format!("create_machine/{app}");
-        let (status, answer) = self
-            .call(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/machines"),
-                Some(&body),
-                Some(&key),
-            )
+        let (path, key) = (
+            format!("/apps/{app}/machines"),
+            format!("create_machine/{app}"),
+        );
+        let answer = self
+            .call(&op, Method::POST, &path, Some(&body), Some(&key))
             .await?;
-        self.ok(&op, status, &answer, &[StatusCode::OK, StatusCode::CREATED])?;
-        serde_json::from_value(answer)
-            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        self.read(&op, self.ok(&op, answer, CREATED)?)
     }
 
     /// `POST /apps/{app}/machines/{id}`: replaces the whole configuration.
@@ -320,18 +312,11 @@ impl MachinesApi {
         if !current_version.is_empty() {
             body["current_version"] = json!(current_version);
         }
-        let (status, answer) = self
-            .call(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/machines/{id}"),
-                Some(&body),
-                Some(id),
-            )
+        let path = format!("/apps/{app}/machines/{id}");
+        let answer = self
+            .call(&op, Method::POST, &path, Some(&body), Some(id))
             .await?;
-        self.ok(&op, status, &answer, &[StatusCode::OK])?;
-        serde_json::from_value(answer)
-            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
     }
 
     /// `GET /apps/{app}/machines/{id}/wait?state=…&timeout=…` (seconds, at most 60).
@@ -358,85 +343,50 @@ impl MachinesApi {
     pub(crate) async fn destroy_machine(&self, app: &str, id: &str) -> Result<(), DeployError> {
         let op = format!("destroy machine {id} of {app}");
         let path = format!("/apps/{app}/machines/{id}?force=true");
-        let (status, body) = self
+        let answer = self
             .call(&op, Method::DELETE, &path, None, Some(id))
             .await?;
-        self.ok(
-            &op,
-            status,
-            &body,
-            &[
-                StatusCode::OK,
-                StatusCode::ACCEPTED,
-                StatusCode::NO_CONTENT,
-                StatusCode::NOT_FOUND,
-            ],
-        )
+        self.ok(&op, answer, GONE).map(drop)
     }
 
     /// `GET /apps/{app}/machines`: every machine of the app, whatever its role.
     pub(crate) async fn all_machines(&self, app: &str) -> Result<Vec<Machine>, DeployError> {
         let op = format!("list machines of {app}");
         let path = format!("/apps/{app}/machines");
-        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
-        if status == StatusCode::NOT_FOUND {
+        let answer = self.call(&op, Method::GET, &path, None, None).await?;
+        if answer.0 == StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
     }
 
     /// `DELETE /apps/{app}/ip_assignments/{ip}` (releases a public IP; a 404 means it is
     /// released already).
     pub(crate) async fn release_ip(&self, app: &str, ip: &str) -> Result<(), DeployError> {
         let op = format!("release IP {ip} of {app}");
+        let path = format!("/apps/{app}/ip_assignments/{ip}");
         let key = format!("ip_assignments/{app}");
-        let (status, body) = self
-            .call(
-                &op,
-                Method::DELETE,
-                &format!("/apps/{app}/ip_assignments/{ip}"),
-                None,
-                Some(&key),
-            )
+        let answer = self
+            .call(&op, Method::DELETE, &path, None, Some(&key))
             .await?;
-        self.ok(
-            &op,
-            status,
-            &body,
-            &[
-                StatusCode::OK,
-                StatusCode::ACCEPTED,
-                StatusCode::NO_CONTENT,
-                StatusCode::NOT_FOUND,
-            ],
-        )
+        self.ok(&op, answer, GONE).map(drop)
     }
 
     /// `DELETE /apps/{app}?force=true` (202; `force` stops machines first). `false` when
     /// there was no such app (404).
     pub(crate) async fn delete_app(&self, app: &str) -> Result<bool, DeployError> {
         let op = format!("delete app {app}");
-        let key = format!("delete_app/{app}");
-        let (status, body) = self
-            .call(
-                &op,
-                Method::DELETE,
-                &format!("/apps/{app}?force=true"),
-                None,
-                Some(&key),
-            )
+        let (path, key) = (
+            format!("/apps/{app}?force=true"),
+            format!("delete_app/{app}"),
+        );
+        let answer = self
+            .call(&op, Method::DELETE, &path, None, Some(&key))
             .await?;
-        if status == StatusCode::NOT_FOUND {
+        if answer.0 == StatusCode::NOT_FOUND {
             return Ok(false);
         }
-        self.ok(
-            &op,
-            status,
-            &body,
-            &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NO_CONTENT],
-        )?;
-        Ok(true)
+        self.ok(&op, answer, &GONE[..3]).map(|_| true)
     }
 
     /// [`MachinesApi::call`], retrying 404 and 401 for a while: a just-created app is not
@@ -478,10 +428,11 @@ impl MachinesApi {
     /// creating an app (404 and 401 are retried, anything else ends the wait).
     pub(crate) async fn wait_for_app(&self, app: &str) -> Result<(), DeployError> {
         let op = format!("wait for app {app}");
-        let (status, body) = self
-            .call_visible(&op, Method::GET, &format!("/apps/{app}"), None, None)
+        let path = format!("/apps/{app}");
+        let answer = self
+            .call_visible(&op, Method::GET, &path, None, None)
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK])
+        self.ok(&op, answer, &[StatusCode::OK]).map(drop)
     }
 
     /// How long calls on a just-created app or machine keep being retried on 404 / 401.
@@ -557,18 +508,23 @@ impl MachinesApi {
         Ok((status, value))
     }
 
+    /// The body of an answer whose status is one of `ok`; an error otherwise.
     fn ok(
         &self,
         op: &str,
-        status: StatusCode,
-        body: &Value,
+        (status, body): (StatusCode, Value),
         ok: &[StatusCode],
-    ) -> Result<(), DeployError> {
+    ) -> Result<Value, DeployError> {
         if ok.contains(&status) {
-            Ok(())
+            Ok(body)
         } else {
-            Err(self.status_error(op, status, body))
+            Err(self.status_error(op, status, &body))
         }
+    }
+
+    /// A JSON answer read as `T`.
+    fn read<T: DeserializeOwned>(&self, op: &str, body: Value) -> Result<T, DeployError> {
+        serde_json::from_value(body).map_err(|e| self.error(op, None, &format!("bad answer: {e}")))
     }
 
     fn status_error(&self, op: &str, status: StatusCode, body: &Value) -> DeployError {
