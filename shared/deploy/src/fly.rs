@@ -39,7 +39,7 @@ use tb_core::domain::ProjectId;
 use tb_core::ports::{Artifact, Deployer, Deployment, PortError};
 use tokio::time::Instant;
 
-use self::api::{AppLookup, Created, MachinesApi, Waited, fly_go, flyctl_wait};
+use self::api::{AppLookup, Created, Machine, MachinesApi, Waited, fly_go, flyctl_wait};
 use self::machine_config::{HEALTH_PATH, ROLE_KEY, ROLE_WEB};
 use crate::registry::{RegistryClient, RegistryCredentials};
 use crate::{DeployError, ImageRef, Secret, artifact, image};
@@ -267,31 +267,9 @@ impl FlyDeployer {
                 (machine.id, None)
             }
             Some(current) => {
-                let previous_config = current.config.clone();
-                let previous_image = previous_config["image"].as_str().map(str::to_owned);
-                let updated = self
-                    .api
-                    .update_machine(
-                        &app,
-                        &current.id,
-                        &config,
-                        secrets_version,
-                        &current.instance_id,
-                    )
+                let previous_image = current.config["image"].as_str().map(str::to_owned);
+                self.update_healthy(&app, &current, &config, secrets_version, deadline)
                     .await?;
-                tracing::info!(app, machine = %current.id, "updated the web machine");
-                if let Err(e) = self.until_healthy(&app, &current.id, deadline).await {
-                    let note = self
-                        .roll_back(
-                            &app,
-                            &current.id,
-                            &previous_config,
-                            secrets_version,
-                            &updated.instance_id,
-                        )
-                        .await;
-                    return Err(annotate(e, &note));
-                }
                 (current.id, previous_image)
             }
         };
@@ -512,6 +490,44 @@ impl FlyDeployer {
         .map_err(DeployError::Unhealthy)
     }
 
+    /// Updates the web machine `current` to `config` and waits until it is healthy before
+    /// `deadline`; when it is not, puts `current`'s configuration back and says so in the
+    /// error.
+    async fn update_healthy(
+        &self,
+        app: &str,
+        current: &Machine,
+        config: &Value,
+        secrets_version: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), DeployError> {
+        let updated = self
+            .api
+            .update_machine(
+                app,
+                &current.id,
+                config,
+                secrets_version,
+                &current.instance_id,
+            )
+            .await?;
+        let image = config["image"].as_str().unwrap_or("?");
+        tracing::info!(app, machine = %current.id, image, "updated the web machine");
+        if let Err(e) = self.until_healthy(app, &current.id, deadline).await {
+            let note = self
+                .roll_back(
+                    app,
+                    &current.id,
+                    &current.config,
+                    secrets_version,
+                    &updated.instance_id,
+                )
+                .await;
+            return Err(annotate(e, &note));
+        }
+        Ok(())
+    }
+
     /// Puts the configuration the machine had before back, and waits for it to serve again.
     /// Returns what happened, for the error message.
     async fn roll_back(
@@ -584,29 +600,13 @@ impl FlyDeployer {
                 "{app} has no web machine to roll back"
             )));
         };
-        let previous_config = current.config.clone();
-        let previous_image = previous_config["image"].as_str().map(str::to_owned);
+        let previous_image = current.config["image"].as_str().map(str::to_owned);
         let deadline = Instant::now() + self.config.health_timeout;
         if previous_image.as_deref() != Some(reference.as_str()) {
             // The same configuration as a deploy, with the earlier image.
             let config = machine_config::web_machine(&reference);
-            let updated = self
-                .api
-                .update_machine(&app, &current.id, &config, None, &current.instance_id)
+            self.update_healthy(&app, &current, &config, None, deadline)
                 .await?;
-            tracing::info!(app, machine = %current.id, image = reference, "rolled the web machine back");
-            if let Err(e) = self.until_healthy(&app, &current.id, deadline).await {
-                let note = self
-                    .roll_back(
-                        &app,
-                        &current.id,
-                        &previous_config,
-                        None,
-                        &updated.instance_id,
-                    )
-                    .await;
-                return Err(annotate(e, &note));
-            }
         } else {
             // A redelivery: the machine runs it already; check it answers.
             self.until_healthy(&app, &current.id, deadline).await?;
