@@ -209,14 +209,7 @@ impl FlyDeployer {
     ) -> Result<Deployment, DeployError> {
         artifact::verify(artifact)?;
         let app = self.app_name(project);
-        let lock = self
-            .locks
-            .lock()
-            .expect("locks")
-            .entry(app.clone())
-            .or_default()
-            .clone();
-        let _one_at_a_time = lock.lock().await;
+        let _one_at_a_time = self.one_at_a_time(&app).await;
 
         self.ensure_app(&app).await?;
         self.ensure_ips(&app).await?;
@@ -490,6 +483,18 @@ impl FlyDeployer {
         .map_err(DeployError::Unhealthy)
     }
 
+    /// Holds `app`'s deploys and rollbacks to one at a time (in this process).
+    async fn one_at_a_time(&self, app: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(app.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
     /// Updates the web machine `current` to `config` and waits until it is healthy before
     /// `deadline`; when it is not, puts `current`'s configuration back and says so in the
     /// error.
@@ -572,14 +577,7 @@ impl FlyDeployer {
             )));
         }
         let app = self.app_name(project);
-        let lock = self
-            .locks
-            .lock()
-            .expect("locks")
-            .entry(app.clone())
-            .or_default()
-            .clone();
-        let _one_at_a_time = lock.lock().await;
+        let _one_at_a_time = self.one_at_a_time(&app).await;
         let registry = RegistryClient::new(&self.config.registry, None)?;
         let reference = format!("{}/{app}@{digest}", registry.registry());
         let mut live: Vec<_> = self

@@ -406,44 +406,44 @@ async fn drop_one(
         .execute(&mut *admin)
         .await
         .map_err(PgError::sql("waiting for the provisioning lock"))?;
-    let database: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&names.database)
-            .fetch_one(&mut *admin)
-            .await
-            .map_err(PgError::sql("looking up the project database"))?;
-    let what = format!("database {}", names.database);
-    if database {
-        execute_ddl(
-            admin,
-            format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&names.database)
+    let owned = [
+        Owned::Database {
+            database: &names.database,
+            role: &names.role,
+        },
+        Owned::Role(&names.role),
+    ];
+    for owned in owned {
+        let (exists, name, drop, looking_up, dropping) = match owned {
+            Owned::Database { database, .. } => (
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                database,
+                format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(database)
+                ),
+                "looking up the project database",
+                "dropping the project database",
             ),
-            "dropping the project database",
-        )
-        .await?;
-        dropped.push(what);
-    } else {
-        absent.push(what);
-    }
-    let role: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(&names.role)
+            Owned::Role(role) => (
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+                role,
+                format!("DROP ROLE IF EXISTS {}", quote_ident(role)),
+                "looking up the project role",
+                "dropping the project role",
+            ),
+        };
+        let exists: bool = sqlx::query_scalar(exists)
+            .bind(name)
             .fetch_one(&mut *admin)
             .await
-            .map_err(PgError::sql("looking up the project role"))?;
-    let what = format!("role {}", names.role);
-    if role {
-        execute_ddl(
-            admin,
-            format!("DROP ROLE IF EXISTS {}", quote_ident(&names.role)),
-            "dropping the project role",
-        )
-        .await?;
-        dropped.push(what);
-    } else {
-        absent.push(what);
+            .map_err(PgError::sql(looking_up))?;
+        if exists {
+            execute_ddl(admin, drop, dropping).await?;
+            dropped.push(owned.to_string());
+        } else {
+            absent.push(owned.to_string());
+        }
     }
     Ok(())
 }
