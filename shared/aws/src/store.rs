@@ -277,22 +277,17 @@ impl DynamoStore {
     }
 
     fn message_draft(index: usize, message: &Message) -> Result<Draft, PortError> {
-        let sk = layout::message_sk(index);
-        Ok(Draft {
-            json: to_json(&sk, message)?,
-            sk,
-            attributes: Item::from([(
-                layout::TTL.to_string(),
-                aws_sdk_dynamodb::types::AttributeValue::N(layout::item_expiry_secs().to_string()),
-            )]),
-            condition: Condition::Absent,
-        })
+        Self::conversation_draft(layout::message_sk(index), message)
     }
 
     fn call_draft(call: &ModelCall) -> Result<Draft, PortError> {
-        let sk = layout::call_sk(call.iteration);
+        Self::conversation_draft(layout::call_sk(call.iteration), call)
+    }
+
+    /// A new conversation item (a message or a call) at `sk`, expiring like every one.
+    fn conversation_draft(sk: String, value: &impl serde::Serialize) -> Result<Draft, PortError> {
         Ok(Draft {
-            json: to_json(&sk, call)?,
+            json: to_json(&sk, value)?,
             sk,
             attributes: Item::from([(
                 layout::TTL.to_string(),

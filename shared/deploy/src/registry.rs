@@ -213,16 +213,29 @@ impl RegistryClient {
         })
     }
 
-    /// True when `repository` has the blob (`HEAD` answers 200).
-    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool, DeployError> {
-        let op = format!("HEAD blob {repository}@{digest}");
+    /// `method` (`HEAD` or `GET`) on a blob, as a read.
+    async fn read_blob(
+        &self,
+        op: &str,
+        method: Method,
+        repository: &str,
+        digest: &str,
+    ) -> Result<reqwest::Response, DeployError> {
         let req = Req {
-            method: Method::HEAD,
+            method,
             url: self.url(&format!("v2/{repository}/blobs/{digest}"))?,
             headers: vec![],
             body: None,
         };
-        let resp = self.read(&op, &pull_scope(repository), &req).await?;
+        self.read(op, &pull_scope(repository), &req).await
+    }
+
+    /// True when `repository` has the blob (`HEAD` answers 200).
+    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool, DeployError> {
+        let op = format!("HEAD blob {repository}@{digest}");
+        let resp = self
+            .read_blob(&op, Method::HEAD, repository, digest)
+            .await?;
         match resp.status() {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -233,13 +246,7 @@ impl RegistryClient {
     /// Downloads a blob and checks it against `digest`.
     pub async fn get_blob(&self, repository: &str, digest: &str) -> Result<Vec<u8>, DeployError> {
         let op = format!("GET blob {repository}@{digest}");
-        let req = Req {
-            method: Method::GET,
-            url: self.url(&format!("v2/{repository}/blobs/{digest}"))?,
-            headers: vec![],
-            body: None,
-        };
-        let resp = self.read(&op, &pull_scope(repository), &req).await?;
+        let resp = self.read_blob(&op, Method::GET, repository, digest).await?;
         let resp = self.expect(&op, resp, &[StatusCode::OK]).await?;
         let bytes = resp.bytes().await.map_err(|e| self.net_error(&op, &e))?;
         let got = format!("sha256:{}", sha256_hex(&bytes));

@@ -425,6 +425,17 @@ struct FakeMachine {
 }
 
 impl FakeMachine {
+    /// Kills its process (a boot still under way sees the new generation and stops) and
+    /// moves it to `state`.
+    fn stop(&mut self, state: &str) {
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
+        self.generation += 1;
+        self.state = state.into();
+        self.updated_at = now_rfc3339();
+    }
+
     fn view(&self) -> MachineView {
         MachineView {
             id: self.id.clone(),

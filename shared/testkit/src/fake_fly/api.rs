@@ -268,12 +268,7 @@ async fn delete_app(
         );
     }
     for m in inner.machines.values_mut().filter(|m| m.app == app) {
-        if let Some(process) = m.process.take() {
-            process.kill();
-        }
-        m.generation += 1;
-        m.state = "destroyed".into();
-        m.updated_at = now_rfc3339();
+        m.stop("destroyed");
     }
     inner.apps.remove(&app);
     StatusCode::ACCEPTED.into_response()
@@ -515,15 +510,10 @@ async fn update_machine(
             "current_version does not match the machine's instance",
         ));
     }
-    if let Some(process) = m.process.take() {
-        process.kill();
-    }
-    m.generation += 1;
+    m.stop("updating");
     m.config = config;
     m.instance_id = tb_core::ids::random_hex(13);
-    m.state = "updating".into();
     m.check_status = "critical".into();
-    m.updated_at = now_rfc3339();
     let (answer, generation) = (machine_json(m), m.generation);
     drop(inner);
     boot::start(fly.clone(), id, generation);
@@ -545,12 +535,7 @@ async fn delete_machine(
             "failed_precondition: machine still active, stop it or use force=true",
         ));
     }
-    if let Some(process) = m.process.take() {
-        process.kill();
-    }
-    m.generation += 1;
-    m.state = "destroyed".into();
-    m.updated_at = now_rfc3339();
+    m.stop("destroyed");
     Ok(Json(json!({"ok": true})).into_response())
 }
 
@@ -563,13 +548,8 @@ async fn restart_machine(
 ) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
     let m = machine_for(&mut inner, Some("restart"), &app, &id)?;
-    if let Some(process) = m.process.take() {
-        process.kill();
-    }
-    m.generation += 1;
-    m.state = "starting".into();
+    m.stop("starting");
     m.check_status = "critical".into();
-    m.updated_at = now_rfc3339();
     m.events.push("restarted".into());
     let generation = m.generation;
     drop(inner);
