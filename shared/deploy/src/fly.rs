@@ -167,11 +167,7 @@ impl FlyDeployer {
             config.max_429_retries,
             config.visibility_timeout,
         )?;
-        let http = tb_tls::http_client()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        let http = crate::http_client(None)?;
         Ok(FlyDeployer {
             config,
             api,

@@ -138,12 +138,7 @@ impl RegistryClient {
         let scheme = if loopback { "http" } else { "https" };
         let base_url = Url::parse(&format!("{scheme}://{api_host}/"))
             .map_err(|e| DeployError::Config(format!("registry {registry}: {e}")))?;
-        let http = tb_tls::http_client()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        let http = crate::http_client(Some(Duration::from_secs(300)))?;
         Ok(RegistryClient {
             http,
             registry: registry.to_owned(),

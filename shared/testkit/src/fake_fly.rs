@@ -132,16 +132,8 @@ impl FakeFly {
             .with_state(state.clone());
         let proxy = proxy::routes().with_state(state.clone());
         let servers = vec![
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(api_listener, api).await {
-                    tracing::error!(error = %e, "fake Fly API stopped");
-                }
-            }),
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(proxy_listener, proxy).await {
-                    tracing::error!(error = %e, "fake Fly proxy stopped");
-                }
-            }),
+            crate::serve(api_listener, api, "fake Fly API"),
+            crate::serve(proxy_listener, proxy, "fake Fly proxy"),
         ];
         FakeFly {
             state,

@@ -121,11 +121,7 @@ impl FakeGitHub {
             .layer(middleware::from_fn_with_state(state.clone(), gate))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "fake GitHub stopped");
-            }
-        });
+        let server = crate::serve(listener, app, "fake GitHub");
         FakeGitHub { state, server }
     }
 

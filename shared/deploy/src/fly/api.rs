@@ -132,12 +132,7 @@ impl MachinesApi {
             DeployError::Config("the Fly token holds characters not allowed in a header".into())
         })?;
         authorization.set_sensitive(true);
-        let http = tb_tls::http_client()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(90))
-            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        let http = crate::http_client(Some(Duration::from_secs(90)))?;
         Ok(MachinesApi {
             http,
             base: base.trim_end_matches('/').to_owned(),
