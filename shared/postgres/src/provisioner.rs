@@ -121,14 +121,7 @@ impl PgProvisioner {
         admin: &mut PgConnection,
         names: &DatabaseNames,
     ) -> Result<String, PgError> {
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(lock_key(&format!(
-                "turbobackend provision {}",
-                names.database
-            )))
-            .execute(&mut *admin)
-            .await
-            .map_err(PgError::sql("waiting for the provisioning lock"))?;
+        lock_project(admin, names).await?;
 
         let role = quote_ident(&names.role);
         let database = quote_ident(&names.database);
@@ -398,14 +391,7 @@ async fn drop_one(
     dropped: &mut Vec<String>,
     absent: &mut Vec<String>,
 ) -> Result<(), PgError> {
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(lock_key(&format!(
-            "turbobackend provision {}",
-            names.database
-        )))
-        .execute(&mut *admin)
-        .await
-        .map_err(PgError::sql("waiting for the provisioning lock"))?;
+    lock_project(admin, names).await?;
     let owned = [
         Owned::Database {
             database: &names.database,
@@ -445,6 +431,18 @@ async fn drop_one(
             absent.push(owned.to_string());
         }
     }
+    Ok(())
+}
+
+/// Takes the project's advisory lock (held until the session ends), which provisioning
+/// and dropping its databases share.
+async fn lock_project(admin: &mut PgConnection, names: &DatabaseNames) -> Result<(), PgError> {
+    let key = lock_key(&format!("turbobackend provision {}", names.database));
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *admin)
+        .await
+        .map_err(PgError::sql("waiting for the provisioning lock"))?;
     Ok(())
 }
 
