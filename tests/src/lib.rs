@@ -180,10 +180,10 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// listening on `PORT`), in plain Node with no dependencies, so that tests build, start and
 /// call a real server without `npm install`. `GET /api/health`; `POST /api/todos` (`title`,
 /// `tags`) answers 201 with the todo and its `id`; `GET /api/todos/<id>` answers it.
-/// `broken`: `GET /api/todos/<id>` answers 500.
+/// `broken`: `GET /api/todos/<id>` answers 500 (and prints `reading todo <id> failed: boom`).
 pub fn todo_server_js(broken: bool) -> String {
     let read = if broken {
-        r#"return send(res, 500, {error: "boom"});"#
+        r#"console.error(`reading todo ${m[1]} failed: boom`); return send(res, 500, {error: "boom"});"#
     } else {
         r#"const t = todos.get(Number(m[1])); if (!t) return send(res, 404, {error: "not found"}); return send(res, 200, t);"#
     };

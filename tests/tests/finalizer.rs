@@ -598,8 +598,21 @@ struct Killed {
 }
 
 async fn kill_at(s: &Services, at: usize, strike: Strike) -> Killed {
+    kill_at_with_checks(s, at, strike, None).await
+}
+
+/// [`kill_at`] for a request whose `finish` declared `checks`.
+async fn kill_at_with_checks(
+    s: &Services,
+    at: usize,
+    strike: Strike,
+    checks: Option<Value>,
+) -> Killed {
     let project = s.project();
-    let rec = s.finished_request(s.store.as_ref(), &project, &v1()).await;
+    let checks = checks.map(|c| serde_json::from_value(c).unwrap());
+    let rec = s
+        .finished_request_with_checks(s.store.as_ref(), &project, &v1(), checks)
+        .await;
     let faulty = Arc::new(FaultyStore::new(s.store.clone(), at, strike));
     let finalizer = |store: Arc<FaultyStore>| {
         let mut parts = s.parts();
@@ -691,6 +704,52 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
             assert_eq!(k.fly_requests, 0, "commit {at}: Fly was not called again");
         }
         assert_finished_once(&s, &k).await;
+    }
+}
+
+#[tokio::test]
+async fn a_finalizer_killed_after_recording_a_failed_verify_or_its_restore_fails_the_request_on_redelivery()
+ {
+    let s = Services::start().await;
+    // Commit 9 records `verify` (failed: no repair round is left), 10 `restore`.
+    for at in [9, 10] {
+        let checks = json!([{"method": "GET", "path": "/api/users", "status": 201}]);
+        let Killed {
+            project,
+            left,
+            after,
+            redelivery,
+            ..
+        } = kill_at_with_checks(&s, at, Strike::AfterWrite, Some(checks)).await;
+        assert_eq!(left.phase, Phase::Finalizing);
+        assert_eq!(step(&left, "verify")["passed"], false);
+        assert_eq!(left.steps.get("restore").is_some(), at == 10, "commit {at}");
+        assert!(
+            matches!(
+                redelivery,
+                FinalizeDone::Finished {
+                    phase: Phase::Failed,
+                    ..
+                }
+            ),
+            "commit {at}: {redelivery:?}"
+        );
+        let failure = after.failure.clone().unwrap();
+        assert_eq!(failure.step, "verify", "commit {at}");
+        assert!(
+            failure.reason.contains("answered 200 instead of 201"),
+            "{}",
+            failure.reason
+        );
+        assert!(after.steps.get("receipt").is_none(), "commit {at}");
+        let version = text(&after, "deploy", "version");
+        assert_eq!(step(&after, "restore")["unverified"], version.as_str());
+        if at == 10 {
+            assert_eq!(after.steps.get("restore"), left.steps.get("restore"));
+        }
+        let record = s.records.project(&project).await.unwrap().unwrap();
+        assert_eq!(record.deployed_verified, Some(false), "commit {at}");
+        assert_healthy(&s, &project).await;
     }
 }
 
@@ -911,13 +970,19 @@ async fn a_deploy_target_down_for_good_fails_the_request_naming_it_within_the_bo
     );
 }
 
-/// Finalizes a finished request whose `finish` declared `checks`; the stored record.
-async fn finalize_with_checks(s: &Services, project: &ProjectId, checks: Value) -> RequestRecord {
+/// Finalizes a finished request of `files` whose `finish` declared `checks`; the stored
+/// record.
+async fn finalize_with_checks(
+    s: &Services,
+    project: &ProjectId,
+    files: &Files,
+    checks: Value,
+) -> RequestRecord {
     let parts = s.parts();
     let store = parts.store.clone();
     let checks = serde_json::from_value(checks).unwrap();
     let rec = s
-        .finished_request_with_checks(store.as_ref(), project, &v1(), Some(checks))
+        .finished_request_with_checks(store.as_ref(), project, files, Some(checks))
         .await;
     let finalizer = s.finalizer(parts);
     finalize(&finalizer, &rec.id, "finalizer-1").await.unwrap();
@@ -931,6 +996,7 @@ async fn the_declared_checks_run_against_the_app_deployed_on_the_fly_stand_in() 
     let rec = finalize_with_checks(
         &s,
         &project,
+        &v1(),
         json!([
             {"method": "GET", "path": "/api/users", "status": 200,
              "expect": {"version": "v1", "users.1.name": "Grace", "database_url_set": true}},
@@ -1012,6 +1078,7 @@ async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_
     let rec = finalize_with_checks(
         &s,
         &project,
+        &v1(),
         json!([
             {"method": "POST", "path": "/api/users", "body": {"name": "Ada"}, "status": 201},
             {"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v2"}}
@@ -1036,4 +1103,94 @@ async fn a_failing_check_on_the_live_app_fails_the_request_at_verify_with_every_
         .map(|c| c["passed"].as_bool().unwrap())
         .collect();
     assert_eq!(passed, [true, false, false]);
+
+    // A first deploy: no earlier version passed, so the app stays up for the user to look
+    // at, and the project record says it is unverified.
+    let version = text(&rec, "deploy", "version");
+    assert_eq!(step(&rec, "restore")["unverified"], version.as_str());
+    assert!(
+        failure.reason.contains("stays up for you to look at"),
+        "{}",
+        failure.reason
+    );
+    assert_healthy(&s, &project).await;
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(record.deployed_version.as_deref(), Some(version.as_str()));
+    assert_eq!(record.deployed_verified, Some(false));
+    assert_eq!(record.last_verified_version, None);
+}
+
+#[tokio::test]
+async fn a_change_that_never_passes_its_checks_goes_back_to_the_last_verified_version() {
+    let s = Services::start().await;
+    let project = s.project();
+    let app = s.app(&project);
+    let first = finalize_with_checks(
+        &s,
+        &project,
+        &v1(),
+        json!([{"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v1"}}]),
+    )
+    .await;
+    assert_eq!(first.phase, Phase::Succeeded, "{:?}", first.failure);
+    let verified = text(&first, "deploy", "version");
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            record.last_verified_version.as_deref(),
+            record.deployed_verified
+        ),
+        (Some(verified.as_str()), Some(true))
+    );
+
+    // The change deploys, but its declared check fails (and no repair round is left).
+    let second = finalize_with_checks(
+        &s,
+        &project,
+        &v2(),
+        json!([{"method": "GET", "path": "/api/users", "status": 200, "expect": {"version": "v3"}}]),
+    )
+    .await;
+    assert_eq!(second.phase, Phase::Failed);
+    let failure = second.failure.clone().unwrap();
+    assert_eq!(failure.step, "verify");
+    assert!(
+        failure.reason.contains("GET /api/users -> 200")
+            && failure
+                .reason
+                .contains("`version` is \"v2\" instead of \"v3\"")
+            && failure
+                .reason
+                .contains(&format!("back on the last verified version {verified}")),
+        "{}",
+        failure.reason
+    );
+    let failed = text(&second, "deploy", "version");
+    assert_ne!(failed, verified);
+    let restore = step(&second, "restore");
+    assert_eq!(
+        restore["restored"]["version"],
+        verified.as_str(),
+        "{restore}"
+    );
+    assert_eq!(restore["failed_version"], failed.as_str());
+
+    // The deployer runs the earlier version again: the machine's image is its digest, and
+    // the app answers as v1.
+    let machines = s.fly.machines(&app);
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    assert!(
+        machines[0].image.ends_with(&format!("@{verified}")),
+        "{machines:?}"
+    );
+    let (status, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
+    assert_eq!((status, users["version"].clone()), (200, json!("v1")));
+    let record = s.records.project(&project).await.unwrap().unwrap();
+    assert_eq!(record.deployed_version.as_deref(), Some(verified.as_str()));
+    assert_eq!(record.deployed_verified, Some(true));
+    assert_eq!(
+        record.last_verified_version.as_deref(),
+        Some(verified.as_str())
+    );
+    assert_eq!(record.last_request.as_ref(), Some(&second.id));
 }

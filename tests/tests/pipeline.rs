@@ -348,6 +348,8 @@ fn project_of(id: &str, owner: &str) -> ProjectRecord {
         deployed_version: None,
         previous_version: None,
         last_request: None,
+        last_verified_version: None,
+        deployed_verified: None,
         created_at_ms: 1,
         updated_at_ms: 1,
         lifecycle: Default::default(),

@@ -19,7 +19,8 @@ pub enum ProjectsCommand {
         #[arg(long)]
         include_deleted: bool,
     },
-    /// Show a project's record as JSON: versions, deletion, rollback, history.
+    /// Show a project's record as JSON: versions (and which passed verification),
+    /// deletion, rollback, history.
     Show { project_id: String },
     /// Delete a project: stop and remove its app, drop its database and role (when a
     /// cluster is configured), remove its archives; its git repository is kept.
@@ -43,8 +44,13 @@ pub async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
                 if state == "deleted" && !include_deleted {
                     continue;
                 }
+                let unverified = if p.deployed_verified == Some(false) {
+                    "  unverified"
+                } else {
+                    ""
+                };
                 println!(
-                    "{}  {state}  {}",
+                    "{}  {state}  {}{unverified}",
                     p.id,
                     p.deploy_url.as_deref().unwrap_or("-")
                 );

@@ -165,8 +165,9 @@ fn broken_then(fixes: bool) -> Script {
     serde_json::from_value(serde_json::json!({"turns": turns, "repeat_last": !fixes})).unwrap()
 }
 
-/// Runs `script` with `run` to its end; the `done` event's status and the calls shown.
-async fn run_script(data: &std::path::Path, script: Script) -> (Value, Vec<Value>) {
+/// Runs `script` with `run` to its end; the `done` event's status, the calls shown and the
+/// last request the model got.
+async fn run_script(data: &std::path::Path, script: Script) -> (Value, Vec<Value>, Value) {
     let model = ScriptedServer::start(script).await;
     let mut run = turbobackend(data, &["run", "A todo API", "--output", "json"])
         .env("ANTHROPIC_API_KEY", "test-key")
@@ -181,14 +182,28 @@ async fn run_script(data: &std::path::Path, script: Script) -> (Value, Vec<Value
         .unwrap_or_else(|| panic!("no done event: {seen:#?}"))["status"]
         .clone();
     let calls = seen.into_iter().filter(|e| e["event"] == "call").collect();
-    (status, calls)
+    (status, calls, model.last_request().unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_answering_500_live_is_repaired_in_the_next_round_and_both_costs_are_receipted() {
     let data = tempfile::tempdir().unwrap();
-    let (status, calls) = run_script(data.path(), broken_then(true)).await;
+    let (status, calls, last) = run_script(data.path(), broken_then(true)).await;
     assert_eq!(status["phase"], "succeeded", "{status:#}");
+    // The repair observation had the failed call and, under its heading, what the app
+    // printed when it failed (read from the local deployer's log of the app).
+    let conversation = last.to_string();
+    let observed = conversation
+        .split_once("[Verification failed]")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no repair observation in {conversation}"));
+    let heading = observed
+        .find("Recent log lines of the deployed app (the last ")
+        .expect("the log heading");
+    let printed = observed
+        .find("reading todo 1 failed: boom")
+        .expect("the app's log line");
+    assert!(heading < printed, "{observed}");
     let repairs = status["result"]["repairs"].as_array().unwrap();
     assert_eq!(repairs.len(), 1);
     let failed = repairs[0]["verify"]["calls"][2].clone();
@@ -217,11 +232,30 @@ async fn a_check_answering_500_live_is_repaired_in_the_next_round_and_both_costs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_never_fixed_fails_the_request_after_the_repair_rounds_naming_it() {
     let data = tempfile::tempdir().unwrap();
-    let (status, calls) = run_script(data.path(), broken_then(false)).await;
+    let (status, calls, _) = run_script(data.path(), broken_then(false)).await;
     assert_eq!(status["phase"], "failed", "{status:#}");
     assert_eq!(status["error"]["step"], "verify");
     let reason = status["error"]["reason"].as_str().unwrap();
     assert!(reason.contains("GET /api/todos/1 -> 500"), "{reason}");
+    // A first deploy: nothing earlier passed, so the app stays up, marked unverified.
+    assert!(reason.contains("stays up for you to look at"), "{reason}");
+    let deployed = status["result"]["deploy"]["version"].as_str().unwrap();
+    assert_eq!(status["result"]["restore"]["unverified"], deployed);
+    let project = status["project_id"].as_str().unwrap();
+    let shown = turbobackend(data.path(), &["projects", "show", project])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    let record: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (
+            record["deployed_version"].as_str(),
+            record["deployed_verified"].as_bool()
+        ),
+        (Some(deployed), Some(false)),
+        "{record:#}"
+    );
+    assert!(record.get("last_verified_version").is_none(), "{record:#}");
     assert_eq!(
         status["result"]["repairs"].as_array().map(Vec::len),
         Some(2)

@@ -232,6 +232,11 @@ pub struct Deployment {
     pub details: Value,
 }
 
+/// At most this many of an app's log lines are read ([`Deployer::recent_logs`]).
+pub const APP_LOG_LINES: usize = 50;
+/// At most this many bytes of an app's log are read ([`Deployer::recent_logs`]).
+pub const APP_LOG_BYTES: usize = 4096;
+
 /// Runs a built app: Fly.io Machines in the cloud, a local process locally.
 #[async_trait]
 pub trait Deployer: Send + Sync {
@@ -255,6 +260,29 @@ pub trait Deployer: Send + Sync {
         Err(PortError::Permanent(format!(
             "this deploy target cannot roll {project} back"
         )))
+    }
+    /// Keeps `version` (the project's last verified version) available to
+    /// [`Deployer::rollback`] however many versions are deployed after it. The default does
+    /// nothing: a target that keeps every version it ran (Fly's registry keeps each image by
+    /// digest) has nothing to do.
+    async fn retain(
+        &self,
+        project: &crate::domain::ProjectId,
+        version: &str,
+    ) -> Result<(), PortError> {
+        let _ = (project, version);
+        Ok(())
+    }
+    /// The running app's most recent log lines, oldest first: at most [`APP_LOG_LINES`]
+    /// lines and [`APP_LOG_BYTES`] bytes, the values of the app's secrets (the database URL
+    /// and its password) replaced by [`crate::secret::REDACTED`]. `None`: this target cannot
+    /// read its apps' logs (the default).
+    async fn recent_logs(
+        &self,
+        project: &crate::domain::ProjectId,
+    ) -> Result<Option<Vec<String>>, PortError> {
+        let _ = project;
+        Ok(None)
     }
     /// Stops and removes everything the project runs on (machines, addresses, the app);
     /// says what was removed. Idempotent: what is already gone is skipped.
@@ -290,6 +318,16 @@ pub struct ProjectRecord {
     pub deployed_version: Option<String>,
     pub previous_version: Option<String>,
     pub last_request: Option<crate::domain::RequestId>,
+    /// The newest version that passed the `verify` step: a request whose checks still fail
+    /// after its repair rounds goes back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_version: Option<String>,
+    /// Whether `deployed_version` passed the `verify` step (`Some(false)`: a first deploy
+    /// that failed it stays up for the user to look at, unverified); `None` for versions
+    /// deployed before verification existed. After a project rollback: whether the version
+    /// rolled back to is `last_verified_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_verified: Option<bool>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     /// Deletion and rollbacks: written only through [`PlatformRecords::save_lifecycle`]

@@ -16,6 +16,31 @@ pub fn redacted(secret: &str) -> &'static str {
     }
 }
 
+/// `text` with every value of `secrets` (an app's environment secrets) replaced by
+/// [`REDACTED`], and, of a value that is a URL with a password (`DATABASE_URL`), the
+/// password alone too (an app may print the parts it connects with). Values shorter than
+/// four characters are left alone: they would blank out ordinary words.
+pub fn scrub_values<'a>(text: &str, secrets: impl IntoIterator<Item = &'a str>) -> String {
+    let mut values: Vec<&str> = Vec::new();
+    for value in secrets {
+        values.push(value);
+        // scheme://user:password@host…
+        if let Some((_, rest)) = value.split_once("://")
+            && let Some((userinfo, _)) = rest.split_once('@')
+            && let Some((_, password)) = userinfo.split_once(':')
+        {
+            values.push(password);
+        }
+    }
+    // Longest first, so a password inside a replaced URL does not leave part of it.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = text.to_owned();
+    for value in values.into_iter().filter(|v| v.len() >= 4) {
+        out = out.replace(value, REDACTED);
+    }
+    out
+}
+
 /// Holds a credential. Its `Debug` and `Display` print `<redacted>`; the value is only
 /// reachable through [`Secret::expose`], at the one place that puts it on the wire.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,6 +89,20 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_apps_secret_values_and_a_urls_password_are_scrubbed_from_its_output() {
+        let url = "postgres://proj_p:s3cretPassw0rd@127.0.0.1:5432/proj_p";
+        let text =
+            format!("connecting to {url}\npassword s3cretPassw0rd rejected\ntoken tok_123456 ok");
+        let out = scrub_values(&text, [url, "tok_123456", "ab"]);
+        assert!(!out.contains("s3cretPassw0rd"), "{out}");
+        assert!(!out.contains("tok_123456"), "{out}");
+        assert_eq!(
+            out,
+            "connecting to <redacted>\npassword <redacted> rejected\ntoken <redacted> ok"
+        );
+    }
 
     #[test]
     fn a_secret_prints_as_redacted_and_is_scrubbed_from_text() {

@@ -22,6 +22,14 @@
 //! and, without its scheme, as the password of user `x` for the registry, exactly as
 //! flyctl sends them (see `token.rs`); it never appears in logs, errors or the returned
 //! details.
+//!
+//! Rolling back ([`Deployer::rollback`]) runs an earlier image by digest; the app's
+//! repository keeps every image pushed, so [`Deployer::retain`] keeps the default (nothing
+//! to do). An app's log lines are not read ([`Deployer::recent_logs`] keeps the default,
+//! `None`): the Machines API (<https://fly.io/docs/machines/api/>) documents no logs
+//! endpoint; flyctl reads logs from an undocumented endpoint of `api.fly.io`
+//! (`/api/v1/apps/{app}/logs`, fly-go's `GetAppLogs`) or from NATS, neither a published
+//! API to build on.
 
 mod api;
 pub mod machine_config;

@@ -19,6 +19,12 @@
 //! host's network (the platform must reach its port, and it must reach its database on the
 //! local cluster). The boundary dies with the process that started it.
 //!
+//! Each version's output (stdout and stderr) goes to `<root>/<project>/<version>.log`;
+//! [`Deployer::recent_logs`] reads the end of the running version's (bounded, the app's
+//! secret values redacted). A deploy removes every unpacked version but the current one,
+//! the one before it and the one [`Deployer::retain`] named (the project's last verified
+//! version, recorded in `<root>/<project>/retained`), with their logs.
+//!
 //! Apps do not outlive the server: each is tied to the server's life, and stopped when the
 //! deployer is dropped. [`LocalDeployer::restore`] starts every recorded app again on its
 //! recorded port (the next `serve` calls it), with the environment kept beside it in
@@ -35,7 +41,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 use tb_core::domain::ProjectId;
-use tb_core::ports::{Artifact, Deployer, Deployment, PortError};
+use tb_core::ports::{APP_LOG_BYTES, APP_LOG_LINES, Artifact, Deployer, Deployment, PortError};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -189,7 +195,15 @@ impl LocalDeployer {
             pid,
             version: version.clone(),
         });
-        prune(&project_dir, &version, previous_version.as_deref());
+        let retained = std::fs::read_to_string(project_dir.join(RETAINED_FILE)).ok();
+        prune(
+            &project_dir,
+            &[
+                Some(version.as_str()),
+                previous_version.as_deref(),
+                retained.as_deref().map(str::trim),
+            ],
+        );
         let url = format!("http://127.0.0.1:{port}");
         tracing::info!(project = %project, %url, pid, "deployed locally");
         Ok(Deployment {
@@ -257,6 +271,20 @@ impl LocalDeployer {
                 "previous_version": previous_version,
             }),
         })
+    }
+
+    /// The end of the running version's log: at most [`APP_LOG_BYTES`] bytes and
+    /// [`APP_LOG_LINES`] lines, the app's secret values redacted. `None`: nothing runs.
+    async fn log_lines(&self, project: &ProjectId) -> Option<Vec<String>> {
+        let project_dir = self.config.root.join(project.as_str());
+        let version = match self.slot(project).lock().await.as_ref() {
+            Some(r) => r.version.clone(),
+            None => read_pid_file(&project_dir)?.version,
+        };
+        let secrets = read_env_file(&project_dir);
+        let text = read_tail(&project_dir.join(format!("{version}.log")), APP_LOG_BYTES)
+            .unwrap_or_default();
+        Some(recent_lines(&text, &secrets))
     }
 
     /// Stops the project's app and removes its directory (unpacked versions, logs, the
@@ -519,12 +547,29 @@ impl Deployer for LocalDeployer {
         })
     }
 
+    /// Records `version` in `<root>/<project>/retained`: deploys do not remove it.
+    async fn retain(&self, project: &ProjectId, version: &str) -> Result<(), PortError> {
+        let project_dir = self.config.root.join(project.as_str());
+        let tmp = project_dir.join(format!("{RETAINED_FILE}.tmp"));
+        std::fs::write(&tmp, version)
+            .and_then(|()| std::fs::rename(&tmp, project_dir.join(RETAINED_FILE)))
+            .map_err(|e| {
+                PortError::Transient(format!("recording the version to keep of {project}: {e}"))
+            })
+    }
+
+    async fn recent_logs(&self, project: &ProjectId) -> Result<Option<Vec<String>>, PortError> {
+        Ok(self.log_lines(project).await)
+    }
+
     async fn destroy(&self, project: &ProjectId) -> Result<serde_json::Value, PortError> {
         Ok(self.remove(project).await?)
     }
 }
 
 const PID_FILE: &str = "app.pid";
+/// The version [`Deployer::retain`] keeps.
+const RETAINED_FILE: &str = "retained";
 /// The app's environment (secrets included), to start it again after a restart.
 const ENV_FILE: &str = "app.env.json";
 
@@ -653,20 +698,49 @@ fn tempfile_dir(parent: &Path) -> std::io::Result<PathBuf> {
 
 /// The last lines of the app's output, with secret values blanked.
 fn log_tail(path: &Path, secrets: &BTreeMap<String, String>) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(2000);
-    let start = (start..text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    let mut tail = text[start..].to_owned();
-    for value in secrets.values().filter(|v| v.len() >= 4) {
-        tail = tail.replace(value.as_str(), tb_core::secret::REDACTED);
-    }
-    tail
+    let text = read_tail(path, 2000).unwrap_or_default();
+    tb_core::secret::scrub_values(&text, secrets.values().map(String::as_str))
 }
 
-/// Removes unpacked versions (and their logs) other than the current and the previous one.
-fn prune(project_dir: &Path, current: &str, previous: Option<&str>) {
+/// The last `max_bytes` of the file at `path`, as text; when that cuts the file, from the
+/// first whole line on (a secret cut in two by the cut is dropped with its line, never
+/// left half there to escape its redaction).
+fn read_tail(path: &Path, max_bytes: usize) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let start = file.metadata()?.len().saturating_sub(max_bytes as u64);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity(max_bytes);
+    file.take(max_bytes as u64).read_to_end(&mut bytes)?;
+    if start > 0 {
+        let first_line = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
+        bytes.drain(..first_line);
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The last [`APP_LOG_LINES`] lines of `text`, secrets redacted, within [`APP_LOG_BYTES`].
+fn recent_lines(text: &str, secrets: &BTreeMap<String, String>) -> Vec<String> {
+    let text = tb_core::secret::scrub_values(text, secrets.values().map(String::as_str));
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for line in lines.iter().rev().take(APP_LOG_LINES) {
+        bytes += line.len() + 1;
+        if bytes > APP_LOG_BYTES {
+            break;
+        }
+        kept.push((*line).to_owned());
+    }
+    kept.reverse();
+    kept
+}
+
+/// Removes unpacked versions (and their logs) other than those in `keep`.
+fn prune(project_dir: &Path, keep: &[Option<&str>]) {
     let Ok(entries) = std::fs::read_dir(project_dir) else {
         return;
     };
@@ -674,7 +748,7 @@ fn prune(project_dir: &Path, current: &str, previous: Option<&str>) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let version = name.strip_suffix(".log").unwrap_or(&name);
         let is_version = version.len() == 64 && version.bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_version || version == current || Some(version) == previous {
+        if !is_version || keep.contains(&Some(version)) {
             continue;
         }
         let path = entry.path();

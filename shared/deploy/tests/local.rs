@@ -247,3 +247,64 @@ async fn rolling_back_runs_the_previous_version_again_and_destroying_stops_and_r
         (false.into(), false.into())
     );
 }
+
+#[tokio::test]
+async fn the_running_apps_recent_log_lines_are_read_bounded_with_its_secrets_redacted() {
+    let root = tempfile::tempdir().unwrap();
+    let d = deployer(root.path());
+    let project = ProjectId::parse("proj_local_logs").unwrap();
+    assert_eq!(d.recent_logs(&project).await.unwrap(), None, "nothing runs");
+    let app = d
+        .deploy(&project, &node_app("v1", Health::Healthy), &secrets())
+        .await
+        .unwrap();
+    for i in 0..80 {
+        let status = reqwest::get(format!("{}/api/missing-{i}", app.url))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404);
+    }
+    let lines = d.recent_logs(&project).await.unwrap().expect("a log");
+    assert_eq!(lines.len(), tb_core::ports::APP_LOG_LINES, "{lines:#?}");
+    assert!(lines.iter().map(|l| l.len() + 1).sum::<usize>() <= tb_core::ports::APP_LOG_BYTES);
+    let all = lines.join("\n");
+    assert!(!all.contains("pw-local"), "{all}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("no route for /api/missing-79 with database <redacted>")
+    );
+}
+
+#[tokio::test]
+async fn a_retained_version_is_kept_for_a_rollback_however_many_versions_follow_it() {
+    let root = tempfile::tempdir().unwrap();
+    let d = deployer(root.path());
+    let project = ProjectId::parse("proj_local_keep").unwrap();
+    let deploy = |v: &'static str| {
+        let d = &d;
+        let project = &project;
+        async move {
+            d.deploy(project, &node_app(v, Health::Healthy), &secrets())
+                .await
+                .unwrap()
+        }
+    };
+    // Without `retain`, a version two deploys old is gone.
+    let v1 = deploy("v1").await;
+    deploy("v2").await;
+    deploy("v3").await;
+    let refused = d.rollback(&project, &v1.version).await.unwrap_err();
+    assert!(matches!(refused, PortError::Permanent(_)), "{refused:?}");
+
+    let v4 = deploy("v4").await;
+    d.retain(&project, &v4.version).await.unwrap();
+    deploy("v5").await;
+    deploy("v6").await;
+    deploy("v7").await;
+    let back = d.rollback(&project, &v4.version).await.unwrap();
+    assert_eq!(
+        get_json(&format!("{}/api/users", back.url)).await["version"],
+        "v4"
+    );
+}

@@ -85,9 +85,14 @@ pub struct StatusView {
     /// The project's git repository, once pushed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository_url: Option<String>,
-    /// The live backend (its `/api/health` answers), once deployed.
+    /// The live backend (its `/api/health` answers), once deployed; after a verification
+    /// that failed for good, where the project's last verified version runs again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_url: Option<String>,
+    /// Whether the app at `deployment_url` passed its checks, once verified (false: it
+    /// failed them and no earlier version had passed, so it stays up, unverified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
     /// The project's database name, once provisioned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
@@ -109,7 +114,7 @@ pub fn phase_name(p: Phase) -> String {
 impl From<&Status> for StatusView {
     fn from(s: &Status) -> Self {
         let done = s.phase.is_terminal();
-        let deployment_url = s.result.deployment_url().map(String::from);
+        let deployment_url = s.result.live_deployment().map(|d| d.url.clone());
         let next = match s.phase {
             Phase::Succeeded => match &deployment_url {
                 Some(url) => format!("done: the backend is live at {url} (try {url}/api/health)"),
@@ -139,6 +144,7 @@ impl From<&Status> for StatusView {
             outcome: s.outcome.as_deref().map(|o| clip(o, REASON_CHARS)),
             repository_url: s.result.repository_url().map(String::from),
             deployment_url,
+            verified: s.result.live_verified(),
             database: s.result.database_name().map(String::from),
             error: s.error.as_ref().map(|f| ErrorView {
                 step: f.step.clone(),
@@ -189,6 +195,10 @@ pub struct ProjectSummary {
     pub repository_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_url: Option<String>,
+    /// Whether the deployed version passed its checks (false: unverified; absent for
+    /// versions deployed before verification existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_request_id: Option<String>,
     pub updated_at_ms: u64,
@@ -238,6 +248,15 @@ pub struct ProjectView {
     pub deployed_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<String>,
+    /// Whether the deployed version passed its checks (false: unverified, e.g. a first
+    /// deploy that failed them stays up to be looked at; absent for versions deployed
+    /// before verification existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// The newest version that passed its checks: a request whose checks still fail after
+    /// its repair rounds goes back to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_verified_version: Option<String>,
     /// The project's newest requests, newest first.
     pub recent_requests: Vec<RequestBrief>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -426,6 +445,7 @@ pub async fn list_projects(
             name: Some(p.name.clone()),
             repository_url: p.repo_url.clone(),
             deployment_url: p.deploy_url.clone(),
+            verified: p.deployed_verified,
             last_request_id: p.last_request.as_ref().map(|r| r.to_string()),
             updated_at_ms: p.updated_at_ms,
         })
@@ -445,6 +465,7 @@ pub async fn list_projects(
             name: None,
             repository_url: None,
             deployment_url: None,
+            verified: None,
             last_request_id: Some(r.id.to_string()),
             updated_at_ms: r.updated_at_ms,
         });
@@ -501,6 +522,8 @@ pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectV
             database: p.database,
             deployed_version: p.deployed_version,
             previous_version: p.previous_version,
+            verified: p.deployed_verified,
+            last_verified_version: p.last_verified_version,
             recent_requests,
             created_at_ms: Some(p.created_at_ms),
             updated_at_ms: p.updated_at_ms,
@@ -518,6 +541,8 @@ pub async fn project(fd: &FrontDoor, user: &UserId, id: &str) -> Result<ProjectV
             database: None,
             deployed_version: None,
             previous_version: None,
+            verified: None,
+            last_verified_version: None,
             updated_at_ms: requests[0].updated_at_ms,
             created_at_ms: requests.last().map(|r| r.created_at_ms),
             recent_requests,

@@ -254,6 +254,8 @@ async fn two_users() -> TwoUsers {
             deployed_version: Some("v1".into()),
             previous_version: None,
             last_request: None,
+            last_verified_version: None,
+            deployed_verified: None,
             created_at_ms: 1,
             updated_at_ms: 2,
             lifecycle: Default::default(),

@@ -481,6 +481,8 @@ async fn list_projects_is_bounded_and_newest_first() {
                 deployed_version: Some("sha256:1".into()),
                 previous_version: None,
                 last_request: None,
+                last_verified_version: None,
+                deployed_verified: None,
                 created_at_ms: i,
                 updated_at_ms: 1000 + i,
                 lifecycle: Default::default(),

@@ -44,6 +44,8 @@ fn project(id: &str, owner: &str, at: u64) -> ProjectRecord {
         deployed_version: None,
         previous_version: None,
         last_request: None,
+        last_verified_version: None,
+        deployed_verified: None,
         created_at_ms: at,
         updated_at_ms: at,
         lifecycle: Default::default(),
@@ -167,6 +169,8 @@ async fn a_projects_owner_never_changes() {
     let updated = ProjectRecord {
         deploy_url: Some("http://127.0.0.1:4000".into()),
         last_request: Some(RequestId::parse("req_1").unwrap()),
+        last_verified_version: Some("ab12".into()),
+        deployed_verified: Some(true),
         created_at_ms: 9_999,
         updated_at_ms: 2_000,
         ..p.clone()
@@ -174,6 +178,13 @@ async fn a_projects_owner_never_changes() {
     records.save_project(&updated).await.unwrap();
     let stored = records.project(&p.id).await.unwrap().unwrap();
     assert_eq!(stored.deploy_url.as_deref(), Some("http://127.0.0.1:4000"));
+    assert_eq!(
+        (
+            stored.last_verified_version.as_deref(),
+            stored.deployed_verified
+        ),
+        (Some("ab12"), Some(true))
+    );
     assert_eq!(stored.created_at_ms, 1_000);
 
     records

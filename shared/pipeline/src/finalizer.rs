@@ -9,6 +9,12 @@
 //! `verify` (health and the declared checks against the live URL: [`crate::verify`]) →
 //! `receipt` (signed, archived beside the source: [`crate::receipt`]) → cleanup (release the sandbox, write the usage ledger, update the project, set the final
 //! phase). A request whose agent did not finish gets only its archive and the cleanup.
+//! When `verify` fails, the request goes back to the agent while a repair round is left
+//! ([`crate::repair`], with the app's recent log lines where the deployer can read them);
+//! after the last one, `restore` runs instead of `receipt`: the project's last verified
+//! version runs again ([`Deployer::rollback`]), or, with none, the app stays up marked
+//! unverified; the request fails at `verify` naming the failed checks. A failed `verify`
+//! recorded by an invocation that ended before acting on it is acted on by the next.
 //! Transient failures are retried with exponential backoff and jitter; after the retry
 //! budget, or at once for permanent ones, the request fails naming the step and the cause.
 //!
@@ -40,7 +46,8 @@ use crate::ports::{Appended, StateStore};
 use crate::record::{Failure, Lease, RequestRecord};
 use crate::snapshot;
 use crate::steps::{
-    Archived, BuildStep, Built, Notified, Provisioned, Published, Receipted, Step, StepResult,
+    Archived, BuildStep, Built, Notified, Provisioned, Published, Receipted, Restored, Step,
+    StepResult,
 };
 
 #[derive(Clone, Debug)]
@@ -262,6 +269,19 @@ impl Finalizer {
         let recorded = rec.steps.len();
         for &step in plan {
             if rec.steps.done(step) {
+                // A verification that failed, recorded by an invocation that ended before
+                // it handed the request back or failed it, is dealt with now.
+                if step == Step::Verify
+                    && let Some(reason) = rec.steps.verified().and_then(crate::verify::failure_of)
+                {
+                    match self
+                        .verification_failed(&mut rec, reason, worker_id, hard)
+                        .await?
+                    {
+                        Some(done) => return Ok(done),
+                        None => break,
+                    }
+                }
                 continue;
             }
             tracing::info!(request_id = %rec.id, step = step.name(), "finalizer step");
@@ -284,22 +304,13 @@ impl Finalizer {
                     self.save(&mut rec).await?;
                     if let Some(reason) = failed {
                         tracing::warn!(request_id = %rec.id, step = step.name(), "{reason}");
-                        if let Some(round) = crate::repair::hand_back(
-                            self.store.as_ref(),
-                            self.queue.as_ref(),
-                            &mut rec,
-                            &reason,
-                            self.settings.repair_rounds,
-                        )
-                        .await?
+                        match self
+                            .verification_failed(&mut rec, reason, worker_id, hard)
+                            .await?
                         {
-                            return Ok(FinalizeDone::Repairing { round });
+                            Some(done) => return Ok(done),
+                            None => break,
                         }
-                        rec.failure = Some(Failure {
-                            step: step.to_string(),
-                            reason,
-                        });
-                        break;
                     }
                 }
                 // Progress was recorded (a step, a sub-step, an outage being waited out).
@@ -339,6 +350,87 @@ impl Finalizer {
             phase: rec.phase,
             failure: rec.failure.clone(),
         })
+    }
+
+    /// The live app failed its checks (`reason` names them): back to the agent while a repair
+    /// round is left (`Some(Repairing)`); after the last one, the `restore` step (the last
+    /// verified version runs again, or the app stays up unverified), and the request fails
+    /// at `verify` (`None`: go on to the cleanup). `Some(Continue)`: the invocation's time
+    /// ran out before `restore` was done.
+    async fn verification_failed(
+        &self,
+        rec: &mut RequestRecord,
+        reason: String,
+        worker_id: &str,
+        hard: Option<Instant>,
+    ) -> Result<Option<FinalizeDone>, FinalizeError> {
+        let logs = match self.deployer.recent_logs(&rec.project).await {
+            Ok(logs) => logs,
+            Err(e) => {
+                tracing::warn!(request_id = %rec.id, "reading the app's log failed: {e}");
+                None
+            }
+        };
+        if let Some(round) = crate::repair::hand_back(
+            self.store.as_ref(),
+            self.queue.as_ref(),
+            rec,
+            &reason,
+            logs.as_deref(),
+            self.settings.repair_rounds,
+        )
+        .await?
+        {
+            return Ok(Some(FinalizeDone::Repairing { round }));
+        }
+        let outcome = if rec.steps.done(Step::Restore) {
+            Ok(())
+        } else {
+            let started = Instant::now();
+            match self
+                .run_with_retries(Step::Restore, rec, worker_id, hard)
+                .await
+            {
+                Ok(result) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    let note = result.note().unwrap_or_default().to_string();
+                    rec.steps.record(result, ms);
+                    rec.push_activity(format!(
+                        "{}: done in {:.1} s; {note}",
+                        Step::Restore,
+                        ms as f64 / 1000.0
+                    ));
+                    rec.lease = Some(self.lease(worker_id));
+                    self.save(rec).await?;
+                    Ok(())
+                }
+                Err(StepError::OutOfTime) => {
+                    rec.lease = None;
+                    rec.push_activity(format!(
+                        "{}: continues in the next invocation",
+                        Step::Restore
+                    ));
+                    self.save(rec).await?;
+                    return Ok(Some(FinalizeDone::Continue));
+                }
+                Err(StepError::Transient(m) | StepError::Permanent(m)) => Err(m),
+            }
+        };
+        let after = match (outcome, rec.steps.restored()) {
+            (Ok(()), Some(r)) => r.note().to_string(),
+            (Ok(()), None) => String::new(),
+            (Err(m), _) => {
+                tracing::warn!(request_id = %rec.id, "going back to the last verified version failed: {m}");
+                format!(
+                    "going back to the last verified version failed ({m}); the version that failed its checks stays deployed, unverified"
+                )
+            }
+        };
+        rec.failure = Some(Failure {
+            step: Step::Verify.to_string(),
+            reason: format!("{reason}\n\n{after}").trim_end().to_string(),
+        });
+        Ok(None)
     }
 
     /// Runs `step`, retrying transient failures; `Err` is `Permanent` (with the reason to
@@ -412,6 +504,7 @@ impl Finalizer {
     ) -> Result<StepResult, StepError> {
         let source_key = format!("projects/{}/requests/{}/source.tar.gz", rec.project, rec.id);
         match step {
+            Step::Restore => self.restore(rec).await.map(StepResult::Restore),
             Step::Archive => {
                 let Some(sandbox) = self.sandbox(rec).await? else {
                     return Ok(StepResult::Archive(Archived::Skipped {
@@ -592,6 +685,46 @@ impl Finalizer {
         }
     }
 
+    /// The `restore` step: the project's last verified version runs again in place of the
+    /// one that failed its checks (by its version: the image digest, or the local
+    /// version), unless there is none, or it is the one deployed now.
+    async fn restore(&self, rec: &RequestRecord) -> Result<Restored, StepError> {
+        let failed = rec
+            .steps
+            .deployment()
+            .map(|d| d.version.clone())
+            .ok_or_else(|| StepError::Permanent("no deployment to restore from".into()))?;
+        let verified = self
+            .records
+            .project(&rec.project)
+            .await?
+            .and_then(|p| p.last_verified_version);
+        match verified {
+            Some(version) if version != failed => {
+                let restored = self.deployer.rollback(&rec.project, &version).await?;
+                Ok(Restored::Back {
+                    note: format!(
+                        "the deployment is back on the last verified version {version}; the failed version {failed} is not running"
+                    ),
+                    restored,
+                    failed_version: failed,
+                })
+            }
+            Some(_) => Ok(Restored::StaysUp {
+                unverified: failed.clone(),
+                note: format!(
+                    "the deployed version {failed} passed verification before; it stays up, marked unverified now"
+                ),
+            }),
+            None => Ok(Restored::StaysUp {
+                unverified: failed.clone(),
+                note: format!(
+                    "no earlier version of the project passed verification: version {failed} stays up for you to look at, marked unverified"
+                ),
+            }),
+        }
+    }
+
     /// Releases the sandbox, writes the ledger and the project record, sets the final phase.
     async fn cleanup(&self, rec: &mut RequestRecord) -> Result<(), FinalizeError> {
         if let Some(id) = &rec.sandbox_id
@@ -605,6 +738,14 @@ impl Finalizer {
             .record_usage(&rec.id, &rec.owner, &rec.project, &calls)
             .await?;
         self.save_project(rec).await?;
+        if let (Some(d), Some(true)) = (
+            rec.steps.deployment(),
+            rec.steps.verified().map(|v| v.passed),
+        ) && let Err(e) = self.deployer.retain(&rec.project, &d.version).await
+        {
+            // The version stays deployed; only a later `restore` may not find it.
+            tracing::warn!(request_id = %rec.id, "keeping the verified version failed: {e}");
+        }
 
         let outcome = rec.agent.outcome.clone();
         rec.phase = match (&rec.failure, &outcome) {
@@ -664,7 +805,7 @@ impl Finalizer {
             "repository_url": steps.repository_url(),
             "commit_sha": steps.commit_sha(),
             "database": steps.database_name(),
-            "deployment_url": steps.deployment_url(),
+            "deployment_url": steps.live_deployment().map(|d| &d.url),
             "receipt": steps.receipt_document(),
             "error": rec.failure,
         });
@@ -703,6 +844,8 @@ impl Finalizer {
                 deployed_version: None,
                 previous_version: None,
                 last_request: None,
+                last_verified_version: None,
+                deployed_verified: None,
                 created_at_ms: now,
                 updated_at_ms: now,
                 lifecycle: Default::default(),
@@ -713,12 +856,19 @@ impl Finalizer {
         if let Some(db) = rec.steps.database_name() {
             p.database = Some(db.to_string());
         }
-        if let Some(d) = rec.steps.deployment()
+        // After a `restore`, the earlier version it went back to.
+        if let Some(d) = rec.steps.live_deployment()
             && p.deployed_version.as_deref() != Some(d.version.as_str())
         {
             p.previous_version = p.deployed_version.take();
             p.deployed_version = Some(d.version.clone());
             p.deploy_url = Some(d.url.clone());
+        }
+        if let Some(verified) = rec.steps.live_verified() {
+            p.deployed_verified = Some(verified);
+            if let (true, Some(v)) = (verified, &p.deployed_version) {
+                p.last_verified_version = Some(v.clone());
+            }
         }
         p.last_request = Some(rec.id.clone());
         p.updated_at_ms = now;

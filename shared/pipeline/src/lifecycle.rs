@@ -74,6 +74,8 @@ async fn owned(
                 deployed_version: None,
                 previous_version: None,
                 last_request: Some(requests[0].id.clone()),
+                last_verified_version: None,
+                deployed_verified: None,
                 created_at_ms: requests[0].created_at_ms,
                 updated_at_ms: now,
                 lifecycle: Lifecycle::default(),

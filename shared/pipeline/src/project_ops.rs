@@ -396,6 +396,8 @@ impl Finalizer {
                 if p.deployed_version.as_deref() != Some(target) {
                     p.previous_version = p.deployed_version.take();
                     p.deployed_version = Some(target.to_string());
+                    // Verified when it is the last version that passed `verify`.
+                    p.deployed_verified = p.last_verified_version.as_ref().map(|v| v == target);
                     if url.is_some() {
                         p.deploy_url = url;
                     }

@@ -34,6 +34,10 @@ pub enum Step {
     Verify,
     /// The signed verification receipt, archived beside the source ([`crate::receipt`]).
     Receipt,
+    /// Only when `verify` still fails after the last repair round: the deployment goes back
+    /// to the project's last verified version, or, with none, the app stays up unverified.
+    /// Not in [`Step::ALL`].
+    Restore,
 }
 
 impl Step {
@@ -57,12 +61,14 @@ impl Step {
             Step::Deploy => "deploy",
             Step::Verify => "verify",
             Step::Receipt => "receipt",
+            Step::Restore => "restore",
         }
     }
 
     /// What the step needs from outside, for outage messages.
     pub fn service(self) -> &'static str {
         match self {
+            Step::Restore => "the deploy target",
             Step::Archive => "the archive",
             Step::Repository => "the code host",
             Step::Database => "the database cluster",
@@ -222,6 +228,40 @@ pub enum Receipted {
     Unsigned { skipped: String, receipt: Value },
 }
 
+/// `restore`: what became of a deployment whose checks still failed after the last repair
+/// round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Restored {
+    /// The deployment went back to the project's last verified version.
+    Back {
+        /// The earlier version running again, where.
+        restored: Deployment,
+        /// The version that failed its checks.
+        failed_version: String,
+        note: String,
+    },
+    /// The failed version stays deployed, marked unverified: no earlier version of the
+    /// project passed verification (or the one that did is this very version).
+    StaysUp { unverified: String, note: String },
+}
+
+impl Restored {
+    /// The version deployed after the step, if it went back.
+    pub fn restored(&self) -> Option<&Deployment> {
+        match self {
+            Restored::Back { restored, .. } => Some(restored),
+            Restored::StaysUp { .. } => None,
+        }
+    }
+
+    pub fn note(&self) -> &str {
+        match self {
+            Restored::Back { note, .. } | Restored::StaysUp { note, .. } => note,
+        }
+    }
+}
+
 /// `repairs`: one entry per repair round begun (the failed verification handed back).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Repair {
@@ -242,6 +282,7 @@ pub enum StepResult {
     Deploy(Deployment),
     Verify(Verified),
     Receipt(Receipted),
+    Restore(Restored),
 }
 
 impl StepResult {
@@ -252,6 +293,7 @@ impl StepResult {
             StepResult::Verify(v) => Some(&v.note),
             StepResult::Receipt(Receipted::Signed { note, .. }) => Some(note),
             StepResult::Receipt(Receipted::Unsigned { skipped, .. }) => Some(skipped),
+            StepResult::Restore(r) => Some(r.note()),
             _ => None,
         }
     }
@@ -295,6 +337,8 @@ pub struct Steps {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<Repair>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Done<Restored>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notified>,
     /// Steps this version does not know (recorded by a newer one), kept as they are.
     #[serde(flatten)]
@@ -312,6 +356,7 @@ impl Steps {
             Step::Deploy => self.deploy.is_some(),
             Step::Verify => self.verify.is_some(),
             Step::Receipt => self.receipt.is_some(),
+            Step::Restore => self.restore.is_some(),
         }
     }
 
@@ -329,6 +374,7 @@ impl Steps {
             Step::Deploy => self.deploy = None,
             Step::Verify => self.verify = None,
             Step::Receipt => self.receipt = None,
+            Step::Restore => self.restore = None,
         }
     }
 
@@ -348,6 +394,7 @@ impl Steps {
             StepResult::Deploy(r) => self.deploy = done(r, duration_ms),
             StepResult::Verify(r) => self.verify = done(r, duration_ms),
             StepResult::Receipt(r) => self.receipt = done(r, duration_ms),
+            StepResult::Restore(r) => self.restore = done(r, duration_ms),
         }
     }
 
@@ -430,6 +477,25 @@ impl Steps {
     /// The live app's verification, once run.
     pub fn verified(&self) -> Option<&Verified> {
         Some(&self.verify.as_ref()?.result)
+    }
+
+    /// What became of a deployment that failed its checks for good, once decided.
+    pub fn restored(&self) -> Option<&Restored> {
+        Some(&self.restore.as_ref()?.result)
+    }
+
+    /// Where the project runs now: the earlier version the `restore` step went back to, or
+    /// the `deploy` step's deployment.
+    pub fn live_deployment(&self) -> Option<&Deployment> {
+        self.restored()
+            .and_then(Restored::restored)
+            .or_else(|| self.deployment())
+    }
+
+    /// Whether the version running now passed verification: `None` before `verify` ran.
+    pub fn live_verified(&self) -> Option<bool> {
+        let verified = self.verified()?;
+        Some(verified.passed || self.restored().and_then(Restored::restored).is_some())
     }
 
     /// The migrations the `database` step applied now.
@@ -540,6 +606,45 @@ mod tests {
         assert_eq!(steps.other["preview"]["passed"], true);
         assert_eq!(steps.names(), ["archive", "database", "preview"]);
         assert_eq!(serde_json::to_value(&steps).unwrap(), stored);
+    }
+
+    #[test]
+    fn a_restore_reads_back_as_its_kind_and_says_where_the_project_runs() {
+        let verify = json!({"url": "http://127.0.0.1:4001", "declared": 1, "passed": false,
+                            "at_ms": 5, "calls": [], "note": "1 of 2 call(s) failed"});
+        let deploy = json!({"url": "http://127.0.0.1:4001", "version": "bb", "details": {}});
+        let back: Steps = serde_json::from_value(json!({
+            "deploy": deploy, "verify": verify,
+            "restore": {"restored": {"url": "http://127.0.0.1:4002", "version": "aa", "details": {}},
+                        "failed_version": "bb", "note": "back on aa", "duration_ms": 900}
+        }))
+        .unwrap();
+        assert!(back.done(Step::Restore));
+        assert_eq!(
+            back.live_deployment().map(|d| d.version.as_str()),
+            Some("aa")
+        );
+        assert_eq!(
+            back.live_deployment().map(|d| d.url.as_str()),
+            Some("http://127.0.0.1:4002")
+        );
+        assert_eq!(back.deployment_url(), Some("http://127.0.0.1:4001"));
+        assert_eq!(back.live_verified(), Some(true));
+
+        let stays: Steps = serde_json::from_value(json!({
+            "deploy": deploy, "verify": verify,
+            "restore": {"unverified": "bb", "note": "stays up", "duration_ms": 3}
+        }))
+        .unwrap();
+        assert_eq!(
+            stays.live_deployment().map(|d| d.version.as_str()),
+            Some("bb")
+        );
+        assert_eq!(stays.live_verified(), Some(false));
+        assert!(matches!(stays.restored(), Some(Restored::StaysUp { .. })));
+        // Not verified yet: nothing is said.
+        let deployed: Steps = serde_json::from_value(json!({"deploy": deploy})).unwrap();
+        assert_eq!(deployed.live_verified(), None);
     }
 
     #[test]

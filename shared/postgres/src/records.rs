@@ -162,6 +162,10 @@ fn project_record(row: &PgRow) -> Result<ProjectRecord, PortError> {
         deployed_version: text("deployed_version")?,
         previous_version: text("previous_version")?,
         last_request,
+        last_verified_version: text("last_verified_version")?,
+        deployed_verified: row
+            .try_get("deployed_verified")
+            .map_err(sql("reading a project"))?,
         created_at_ms: ms(row, "created_ms")?,
         updated_at_ms: ms(row, "updated_ms")?,
         lifecycle: {
@@ -266,16 +270,19 @@ impl PlatformRecords for PgPlatformRecords {
         let done = sqlx::query(
             "INSERT INTO projects (id, owner_id, name, repo_url, deploy_url, database_name, \
                  deployed_version, previous_version, last_request_id, created_at, updated_at, \
-                 lifecycle) \
+                 lifecycle, last_verified_version, deployed_verified) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
                  'epoch'::timestamptz + $10::bigint * interval '1 millisecond', \
-                 'epoch'::timestamptz + $11::bigint * interval '1 millisecond', $12::jsonb) \
+                 'epoch'::timestamptz + $11::bigint * interval '1 millisecond', $12::jsonb, \
+                 $13, $14) \
              ON CONFLICT (id) DO UPDATE SET \
                  name = EXCLUDED.name, repo_url = EXCLUDED.repo_url, \
                  deploy_url = EXCLUDED.deploy_url, database_name = EXCLUDED.database_name, \
                  deployed_version = EXCLUDED.deployed_version, \
                  previous_version = EXCLUDED.previous_version, \
-                 last_request_id = EXCLUDED.last_request_id, updated_at = EXCLUDED.updated_at \
+                 last_request_id = EXCLUDED.last_request_id, updated_at = EXCLUDED.updated_at, \
+                 last_verified_version = EXCLUDED.last_verified_version, \
+                 deployed_verified = EXCLUDED.deployed_verified \
              WHERE projects.owner_id = EXCLUDED.owner_id",
         )
         .bind(p.id.as_str())
@@ -290,6 +297,8 @@ impl PlatformRecords for PgPlatformRecords {
         .bind(to_i64("created_at_ms", p.created_at_ms)?)
         .bind(to_i64("updated_at_ms", p.updated_at_ms)?)
         .bind(serde_json::to_string(&p.lifecycle).map_err(|e| PgError::Invalid(e.to_string()))?)
+        .bind(&p.last_verified_version)
+        .bind(p.deployed_verified)
         .execute(&mut *tx)
         .await
         .map_err(sql("saving a project"))?;

@@ -35,6 +35,10 @@ pub const FILES: &[(&str, &str)] = &[
         "0005_project_lifecycle.sql",
         include_str!("../../../migrations/0005_project_lifecycle.sql"),
     ),
+    (
+        "0006_project_verification.sql",
+        include_str!("../../../migrations/0006_project_verification.sql"),
+    ),
 ];
 
 /// The migrator for [`FILES`]. A file is `<version>_<description>.sql`.

@@ -298,6 +298,8 @@ fn project_record(id: &str, owner: &str) -> ProjectRecord {
         deployed_version: None,
         previous_version: None,
         last_request: None,
+        last_verified_version: None,
+        deployed_verified: None,
         created_at_ms: 1_700_000_000_123,
         updated_at_ms: 1_700_000_000_123,
         lifecycle: Default::default(),
@@ -318,6 +320,8 @@ async fn a_project_owner_cannot_be_changed_by_upsert() {
     p.deployed_version = Some("sha256:bbb".into());
     p.previous_version = Some("sha256:aaa".into());
     p.last_request = Some(RequestId::parse("req_9").unwrap());
+    p.last_verified_version = Some("sha256:aaa".into());
+    p.deployed_verified = Some(false);
     p.updated_at_ms = 1_700_000_999_999;
     r.save_project(&p).await.unwrap();
     assert_eq!(r.project(&p.id).await.unwrap(), Some(p.clone()));

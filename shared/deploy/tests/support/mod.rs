@@ -108,6 +108,8 @@ const server = http.createServer((req, res) => {{
     node_env: process.env.NODE_ENV ?? null,
     cwd: process.cwd(),
   }});
+  // An app that prints what it connects with: its log must come back redacted.
+  console.error('no route for', path, 'with database', process.env.DATABASE_URL);
   send(res, 404, {{ error: 'not found' }});
 }});
 server.listen(Number(process.env.PORT), process.env.HOST || '0.0.0.0', () => console.log('listening', process.env.PORT));
