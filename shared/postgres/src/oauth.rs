@@ -109,17 +109,7 @@ impl OAuthStore for PgPlatformRecords {
     }
 
     async fn use_grant(&self, hash: &str) -> Result<GrantUse, PortError> {
-        let used = sqlx::query(
-            "UPDATE oauth_grants \
-             SET used_at = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
-             WHERE hash = $2 AND used_at IS NULL",
-        )
-        .bind(to_i64("used_at_ms", now_ms())?)
-        .bind(hash)
-        .execute(self.pool())
-        .await
-        .map_err(sql("using an OAuth grant"))?
-        .rows_affected();
+        let used = stamp(self, Stamp::Used, hash).await?;
         let Some(mut grant) = self.grant(hash).await? else {
             return Ok(GrantUse::Unknown);
         };
@@ -133,16 +123,42 @@ impl OAuthStore for PgPlatformRecords {
     }
 
     async fn revoke_family(&self, family: &str) -> Result<(), PortError> {
-        sqlx::query(
+        stamp(self, Stamp::Revoked, family).await.map(drop)
+    }
+}
+
+/// A time a grant records once.
+enum Stamp {
+    /// `used_at` of the grant whose hash is given.
+    Used,
+    /// `revoked_at` of every grant of the family given.
+    Revoked,
+}
+
+/// Sets the stamp to now on the grants `key` names that do not have it yet; how many
+/// it set.
+async fn stamp(records: &PgPlatformRecords, stamp: Stamp, key: &str) -> Result<u64, PortError> {
+    let (statement, what, column) = match stamp {
+        Stamp::Used => (
+            "UPDATE oauth_grants \
+             SET used_at = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
+             WHERE hash = $2 AND used_at IS NULL",
+            "using an OAuth grant",
+            "used_at_ms",
+        ),
+        Stamp::Revoked => (
             "UPDATE oauth_grants \
              SET revoked_at = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
              WHERE family = $2 AND revoked_at IS NULL",
-        )
-        .bind(to_i64("revoked_at_ms", now_ms())?)
-        .bind(family)
-        .execute(self.pool())
+            "revoking an OAuth grant family",
+            "revoked_at_ms",
+        ),
+    };
+    Ok(sqlx::query(statement)
+        .bind(to_i64(column, now_ms())?)
+        .bind(key)
+        .execute(records.pool())
         .await
-        .map_err(sql("revoking an OAuth grant family"))?;
-        Ok(())
-    }
+        .map_err(sql(what))?
+        .rows_affected())
 }
