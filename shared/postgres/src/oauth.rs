@@ -4,8 +4,8 @@
 //! concurrent uses exactly one sees the grant unused.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Row};
 use tb_core::clock::now_ms;
 use tb_core::ports::{
     GrantKind, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PURGE_AFTER_MS, PortError,
@@ -138,24 +138,18 @@ enum Stamp {
 /// Sets the stamp to now on the grants `key` names that do not have it yet; how many
 /// it set.
 async fn stamp(records: &PgPlatformRecords, stamp: Stamp, key: &str) -> Result<u64, PortError> {
-    let (statement, what, column) = match stamp {
-        Stamp::Used => (
-            "UPDATE oauth_grants \
-             SET used_at = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
-             WHERE hash = $2 AND used_at IS NULL",
-            "using an OAuth grant",
-            "used_at_ms",
-        ),
-        Stamp::Revoked => (
-            "UPDATE oauth_grants \
-             SET revoked_at = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
-             WHERE family = $2 AND revoked_at IS NULL",
-            "revoking an OAuth grant family",
-            "revoked_at_ms",
-        ),
+    let (column, key_column, what) = match stamp {
+        Stamp::Used => ("used_at", "hash", "using an OAuth grant"),
+        Stamp::Revoked => ("revoked_at", "family", "revoking an OAuth grant family"),
     };
-    Ok(sqlx::query(statement)
-        .bind(to_i64(column, now_ms())?)
+    // Both names are the constants above, never input.
+    let statement = format!(
+        "UPDATE oauth_grants \
+         SET {column} = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
+         WHERE {key_column} = $2 AND {column} IS NULL"
+    );
+    Ok(sqlx::query(AssertSqlSafe(statement))
+        .bind(to_i64(&format!("{column}_ms"), now_ms())?)
         .bind(key)
         .execute(records.pool())
         .await
