@@ -53,6 +53,8 @@ pub type Files = BTreeMap<String, Vec<u8>>;
 
 /// The key the tests' finalizers sign receipts with.
 pub const RECEIPT_KEY: &str = "test-receipt-key";
+/// How the message of a receipt commit begins.
+pub const RECEIPT_MESSAGE: &str = "Verification receipt for request ";
 
 /// A small Nitro-like project with no dependencies, so `npm ci` and `npm run build` are
 /// real but instant: the build script copies `server/` to `.output/server/`, whose
@@ -495,13 +497,25 @@ impl Services {
         GitClone { dir }
     }
 
-    /// Requests the fake GitHub answered with a created commit object (`POST …/git/commits`).
-    pub fn commit_creations(&self, project: &ProjectId) -> usize {
+    /// Source commits the fake GitHub created (`POST …/git/commits` answered 201, receipt
+    /// commits left out).
+    pub fn source_commit_creations(&self, project: &ProjectId) -> usize {
+        self.commit_creations(project, false)
+    }
+
+    /// Receipt commits the fake GitHub created (`POST …/git/commits` answered 201 whose
+    /// message is [`RECEIPT_MESSAGE`]'s).
+    pub fn receipt_commit_creations(&self, project: &ProjectId) -> usize {
+        self.commit_creations(project, true)
+    }
+
+    fn commit_creations(&self, project: &ProjectId, receipts: bool) -> usize {
         let path = format!("/repos/{GITHUB_LOGIN}/{}/git/commits", self.repo(project));
         self.github
             .requests()
             .iter()
             .filter(|r| r.method == "POST" && r.path == path && r.status == 201)
+            .filter(|r| r.body.contains(RECEIPT_MESSAGE) == receipts)
             .count()
     }
 
@@ -602,6 +616,41 @@ impl GitClone {
             })
             .map(str::to_owned)
             .collect()
+    }
+
+    /// [`GitClone::commits`] without the receipt commits.
+    pub fn source_commits(&self) -> Vec<String> {
+        self.commits()
+            .into_iter()
+            .filter(|sha| !self.subject(sha).starts_with(RECEIPT_MESSAGE))
+            .collect()
+    }
+
+    /// The receipt commits of `main`, oldest first: (commit, its parents).
+    pub fn receipt_commits(&self) -> Vec<(String, Vec<String>)> {
+        self.commits()
+            .into_iter()
+            .filter(|sha| self.subject(sha).starts_with(RECEIPT_MESSAGE))
+            .map(|sha| {
+                let parents = git(&self.path(), &["log", "-1", "--format=%P", &sha])
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                (sha, parents)
+            })
+            .collect()
+    }
+
+    /// The commit `main` points at.
+    pub fn head(&self) -> String {
+        git(&self.path(), &["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
+    /// The subject line of `commit`'s message.
+    pub fn subject(&self, commit: &str) -> String {
+        git(&self.path(), &["log", "-1", "--format=%s", commit])
+            .trim()
+            .to_owned()
     }
 
     /// The files of `commit`'s tree.

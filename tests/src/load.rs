@@ -1157,10 +1157,14 @@ impl Platform {
             if ledger != expected_ledger {
                 p(format!("ledger {ledger:?}, expected {expected_ledger:?}"));
             }
-            // Pushed once: one commit in the project's repository.
+            // Pushed once and receipted once: the source commit and the signed receipt's
+            // commit on top of it in the project's repository.
             let commits = git_commits(&self.code_host.repo_path(&c.project));
-            if commits != Some(1) {
-                p(format!("{commits:?} commits in its repository"));
+            if commits != Some(2) || rec.steps.receipt_commit_sha().is_none() {
+                p(format!(
+                    "{commits:?} commits in its repository, receipt commit {:?}",
+                    rec.steps.receipt_commit_sha()
+                ));
             }
             // Deployed, and recorded once.
             let deployed: Vec<String> =
@@ -1191,6 +1195,7 @@ impl Platform {
                 if d.delivery_id != format!("{}-final", c.id)
                     || d.payload["phase"] != "succeeded"
                     || d.payload["cost_micro_usd"] != reference.cost.micros()
+                    || d.payload["receipt_commit_sha"].as_str() != rec.steps.receipt_commit_sha()
                 {
                     p(format!("callback {}: {}", d.delivery_id, d.payload));
                 }

@@ -18,8 +18,8 @@ use tb_deploy::FlyDeployer;
 use tb_pipeline::{FinalizeDone, RequestRecord, StateStore};
 use tb_tests::faults::{FaultyStore, Strike};
 use tb_tests::finalize::{
-    Files, GITHUB_LOGIN, Parts, Services, assert_no_database_secrets, calls, cluster_address,
-    cluster_via, finalize, get, project_files, with_failing_build,
+    Files, GITHUB_LOGIN, Parts, RECEIPT_KEY, RECEIPT_MESSAGE, Services, assert_no_database_secrets,
+    calls, cluster_address, cluster_via, finalize, get, project_files, with_failing_build,
 };
 use tb_tests::flaky::FlakyProxy;
 
@@ -87,6 +87,50 @@ fn text(rec: &RequestRecord, name: &str, field: &str) -> String {
 }
 
 /// The app answers its health check through the Fly proxy.
+/// The signed receipt of `rec` is committed on top of its source commit: a fresh clone has
+/// `.turbobackend/receipt.json` at main's head (when `rec` is the project's latest
+/// request), it verifies with the platform's key and names the source commit. Returns the
+/// receipt commit.
+fn assert_receipt_committed(s: &Services, project: &ProjectId, rec: &RequestRecord) -> String {
+    let source = text(rec, "repository", "commit_sha");
+    let receipt_commit = text(rec, "receipt", "receipt_commit_sha");
+    let clone = s.clone_repo(project);
+    assert_eq!(
+        clone.head(),
+        receipt_commit,
+        "the receipt commit is main's head"
+    );
+    assert_eq!(
+        clone.subject(&receipt_commit),
+        format!("{RECEIPT_MESSAGE}{}", rec.id)
+    );
+    let receipts = clone.receipt_commits();
+    assert!(
+        receipts.contains(&(receipt_commit.clone(), vec![source.clone()])),
+        "{receipts:?}"
+    );
+    let mut tree = clone.tree(&receipt_commit);
+    let committed = tree
+        .remove(".turbobackend/receipt.json")
+        .expect("the receipt file");
+    let mut source_tree = clone.tree(&source);
+    source_tree.remove(".turbobackend/receipt.json");
+    assert_eq!(
+        tree, source_tree,
+        "the source commit's tree plus the receipt"
+    );
+    let signing = tb_pipeline::receipt::SigningKey::new(RECEIPT_KEY);
+    let receipt =
+        tb_pipeline::receipt::verify_document(&signing, std::str::from_utf8(&committed).unwrap())
+            .unwrap();
+    assert_eq!(receipt["commit_sha"], source.as_str());
+    assert_eq!(receipt["request_id"], rec.id.as_str());
+    assert_eq!(receipt, step(rec, "receipt")["document"]["receipt"]);
+    let note = step(rec, "receipt")["note"].as_str().unwrap().to_owned();
+    assert!(note.contains(&receipt_commit), "{note}");
+    receipt_commit
+}
+
 async fn assert_healthy(s: &Services, project: &ProjectId) {
     let url = format!("{}/api/health", s.fly.app_url(&s.app(project)));
     assert_eq!(get(&url).await, (200, json!({"status": "ok"})), "{url}");
@@ -180,10 +224,13 @@ async fn a_finished_request_is_archived_pushed_provisioned_built_and_deployed_en
     let sha = text(&rec, "repository", "commit_sha");
     assert_eq!(s.github.repo_is_private(GITHUB_LOGIN, &repo), Some(true));
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [sha.as_str()]);
+    assert_eq!(clone.source_commits(), [sha.as_str()]);
     let mut pushed = files.clone();
     pushed.remove(workflow);
     assert_eq!(clone.tree(&sha), pushed);
+    // The signed receipt, committed on top of it.
+    let receipt_commit = assert_receipt_committed(&s, &project, &rec);
+    assert_eq!(clone.commits(), [sha.as_str(), receipt_commit.as_str()]);
     assert_eq!(step(&rec, "repository")["left_out"], json!([workflow]));
     assert!(
         rec.activity
@@ -271,20 +318,48 @@ async fn a_changed_project_gets_a_second_commit_on_the_same_machine_and_an_uncha
     let (_, users) = get(&format!("{}/api/users", s.fly.app_url(&app))).await;
     assert_eq!(users["version"], "v2");
 
-    let commits_before_third = s.commit_creations(&project);
+    let r2 = assert_receipt_committed(&s, &project, &second);
+    let commits_before_third = s.source_commit_creations(&project);
     let third = finalize_ok(&s, s.parts(), &project, &v2()).await;
 
-    // Git: two commits whose trees are the two snapshots; the third request made none.
+    // Git: two source commits whose trees are the two snapshots; the third request made
+    // none. Each request's receipt is committed on top of the commit it names: the first's
+    // and the second's on their source commits, the third's on the second's receipt commit,
+    // which its push found unchanged (the tree compared carries `.turbobackend/` over).
     let c1 = text(&first, "repository", "commit_sha");
     let c2 = text(&second, "repository", "commit_sha");
+    let r1 = text(&first, "receipt", "receipt_commit_sha");
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [c1.as_str(), c2.as_str()]);
+    assert_eq!(clone.source_commits(), [c1.as_str(), c2.as_str()]);
     assert_eq!(clone.tree(&c1), v1());
-    assert_eq!(clone.tree(&c2), v2());
+    let mut v2_with_first_receipt = v2();
+    v2_with_first_receipt.insert(
+        ".turbobackend/receipt.json".into(),
+        clone.tree(&r1)[".turbobackend/receipt.json"].clone(),
+    );
+    assert_eq!(
+        clone.tree(&c2),
+        v2_with_first_receipt,
+        "the snapshot, with the first receipt carried over"
+    );
     assert_eq!(step(&third, "repository")["committed"], false);
-    assert_eq!(text(&third, "repository", "commit_sha"), c2);
-    assert_eq!(s.commit_creations(&project), commits_before_third);
-    assert_eq!(s.commit_creations(&project), 2);
+    assert_eq!(text(&third, "repository", "commit_sha"), r2);
+    assert_eq!(s.source_commit_creations(&project), commits_before_third);
+    assert_eq!(s.source_commit_creations(&project), 2);
+    let r3 = assert_receipt_committed(&s, &project, &third);
+    assert_eq!(
+        clone.receipt_commits(),
+        [
+            (r1.clone(), vec![c1.clone()]),
+            (r2.clone(), vec![c2.clone()]),
+            (r3.clone(), vec![r2.clone()]),
+        ]
+    );
+    assert_eq!(
+        clone.commits(),
+        [&c1, &r1, &c2, &r2, &r3].map(String::as_str)
+    );
+    assert_eq!(s.receipt_commit_creations(&project), 3);
     assert_eq!(step(&third, "database")["applied"], json!([]));
 
     // Fly: one machine in all, created once, now on the third deploy's digest.
@@ -357,9 +432,10 @@ async fn github_answering_500_to_commit_creation_is_retried_and_the_request_succ
         failed, attempts,
         "the fault outlasted the adapter's retries"
     );
-    assert_eq!(s.commit_creations(&project), 1);
+    assert_eq!(s.source_commit_creations(&project), 1);
     let sha = text(&rec, "repository", "commit_sha");
-    assert_eq!(s.clone_repo(&project).commits(), [sha]);
+    assert_eq!(s.clone_repo(&project).source_commits(), [sha]);
+    assert_eq!(s.receipt_commit_creations(&project), 1);
     assert_healthy(&s, &project).await;
 }
 
@@ -388,8 +464,12 @@ async fn github_rate_limits_429_and_403_with_retry_after_0_are_retried_and_the_r
         (attempts as usize, attempts as usize)
     );
     let clone = s.clone_repo(&project);
-    assert_eq!(clone.commits(), [text(&rec, "repository", "commit_sha")]);
+    assert_eq!(
+        clone.source_commits(),
+        [text(&rec, "repository", "commit_sha")]
+    );
     assert_eq!(clone.tree(&text(&rec, "repository", "commit_sha")), v1());
+    assert_receipt_committed(&s, &project, &rec);
     assert_healthy(&s, &project).await;
 }
 
@@ -643,14 +723,16 @@ async fn kill_at_with_checks(
     }
 }
 
-/// What must hold however the finalizer died: the request succeeded with one commit, one
-/// machine, one ledger row per call, and the app answers.
+/// What must hold however the finalizer died: the request succeeded with one source
+/// commit and one receipt commit, one machine, one ledger row per call, and the app answers.
 async fn assert_finished_once(s: &Services, k: &Killed) {
     assert_eq!(k.after.phase, Phase::Succeeded, "{:?}", k.after.activity);
-    assert_eq!(s.commit_creations(&k.project), 1);
+    assert_eq!(s.source_commit_creations(&k.project), 1);
+    assert_eq!(s.receipt_commit_creations(&k.project), 1);
     assert_eq!(s.machine_creations(&k.project), 1);
     assert_eq!(s.fly.all_machines(&s.app(&k.project)).len(), 1);
-    assert_eq!(s.clone_repo(&k.project).commits().len(), 1);
+    assert_eq!(s.clone_repo(&k.project).commits().len(), 2);
+    assert_receipt_committed(s, &k.project, &k.after);
     assert_billed(s, &k.after).await;
     assert_eq!(s.deployments(&k.project).await.len(), 1);
     assert!(!s.sandbox_dir(&k.after).exists());
@@ -694,7 +776,7 @@ async fn a_finalizer_killed_after_any_commit_resumes_at_the_next_step_without_re
                 "commit {at}: {name}"
             );
         }
-        if done.contains(&"repository") {
+        if done.contains(&"receipt") {
             assert_eq!(
                 k.github_requests, 0,
                 "commit {at}: GitHub was not called again"
@@ -756,9 +838,9 @@ async fn a_finalizer_killed_after_recording_a_failed_verify_or_its_restore_fails
 #[tokio::test]
 async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_commit_or_machine() {
     let s = Services::start().await;
-    // Commit 3 would record `repository`, 8 `deploy`, 11 the end (after the sandbox was
-    // released, the ledger and the project written).
-    for at in [3, 8, FINAL_COMMIT] {
+    // Commit 3 would record `repository`, 8 `deploy`, 10 `receipt` (its commit made), 11
+    // the end (after the sandbox was released, the ledger and the project written).
+    for at in [3, 8, 10, FINAL_COMMIT] {
         let k = kill_at(&s, at, Strike::BeforeWrite).await;
         assert_eq!(k.left.phase, Phase::Finalizing);
         assert_eq!(
@@ -773,6 +855,10 @@ async fn a_finalizer_killed_before_recording_a_step_redoes_it_without_a_second_c
         }
         if at == 8 {
             assert!(k.fly_requests > 0, "deployed again");
+        }
+        if at == 10 {
+            // Made again: the receipt commit is already main's head, so none is added.
+            assert!(k.github_requests > 0, "committed again");
         }
         assert_finished_once(&s, &k).await;
         assert_no_database_secrets(&k.after);
@@ -1017,13 +1103,15 @@ async fn the_declared_checks_run_against_the_app_deployed_on_the_fly_stand_in() 
     }
     assert!(calls[1]["excerpt"].as_str().unwrap().contains("Grace"));
 
-    // The receipt: archived beside the source, signed with the platform's key, naming the
-    // commit, the image digest, the migrations with their hashes and every check.
+    // The receipt: archived beside the source and committed on top of it, signed with the
+    // platform's key, naming the commit, the image digest, the migrations with their
+    // hashes and every check.
+    assert_receipt_committed(&s, &project, &rec);
     let key = text(&rec, "receipt", "key");
     assert!(key.ends_with(&format!("{}/receipt.json", rec.id)), "{key}");
     let (bytes, _) = s.archived(&key).await;
     let archived = String::from_utf8(bytes).unwrap();
-    let signing = tb_pipeline::receipt::SigningKey::new(tb_tests::finalize::RECEIPT_KEY);
+    let signing = tb_pipeline::receipt::SigningKey::new(RECEIPT_KEY);
     let receipt = tb_pipeline::receipt::verify_document(&signing, &archived).unwrap();
     assert_eq!(receipt, step(&rec, "receipt")["document"]["receipt"]);
     assert_eq!(

@@ -2,7 +2,7 @@
 //! front door, run by concurrent worker and finalizer invocations fed from the real queues,
 //! with duplicate deliveries and 5% of handler runs killed at random points. Every request
 //! must end exactly once and exactly like an uninterrupted run (conversation, calls, cost,
-//! ledger, one commit, one deployment record, its callback), and every user's slot counter and
+//! ledger, one source commit and its receipt commit, one deployment record, its callback), and every user's slot counter and
 //! spending total must end exactly right.
 //!
 //! `TB_LOAD_REQUESTS` sets the number of requests: by default 50, which keeps this test near

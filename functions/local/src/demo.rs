@@ -155,6 +155,12 @@ fn report(s: &Status, progress: &Progress, scripted: bool) {
             steps.commit_sha().unwrap_or_default()
         ));
     }
+    if let Some(commit) = steps.receipt_commit_sha() {
+        lines.push(format!(
+            "  receipt:    {} @ {commit}",
+            tb_pipeline::receipt::RECEIPT_PATH
+        ));
+    }
     if let Some((archive, sha256)) = steps.source() {
         lines.push(format!("  archive:    {archive} (sha256 {sha256})"));
     }

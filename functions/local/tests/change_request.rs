@@ -148,7 +148,22 @@ async fn change_after_demo(cluster: bool) {
             .unwrap();
         psql(db, "DELETE FROM users");
     }
-    assert_eq!(git(data.path(), &["rev-list", "--count", "main"]), "1");
+    // Its source commit, and its signed receipt committed on top.
+    let demo_done = &demo_events.iter().find(|e| e["event"] == "done").unwrap()["status"];
+    assert_eq!(git(data.path(), &["rev-list", "--count", "main"]), "2");
+    assert_eq!(
+        git(data.path(), &["rev-parse", "main~1"]),
+        demo_done["result"]["repository"]["commit_sha"]
+            .as_str()
+            .unwrap()
+    );
+    assert_eq!(
+        git(data.path(), &["log", "-1", "--format=%s", "main"]),
+        format!(
+            "Verification receipt for request {}",
+            demo_done["request_id"].as_str().unwrap()
+        )
+    );
 
     // The change, with its own script.
     let model = ScriptedServer::start(posts_script()).await;
@@ -261,20 +276,29 @@ async fn change_after_demo(cluster: bool) {
         results[3]
     );
 
-    // One new commit on top of the demo's, adding only the posts files.
-    assert_eq!(git(data.path(), &["rev-list", "--count", "main"]), "2");
+    // One new source commit on top of the demo's receipt commit, adding only the posts
+    // files (the demo's receipt carried over); the change's receipt replaces it on top.
+    assert_eq!(git(data.path(), &["rev-list", "--count", "main"]), "4");
+    assert_eq!(
+        git(data.path(), &["rev-parse", "main~1"]),
+        done["result"]["repository"]["commit_sha"].as_str().unwrap()
+    );
+    assert_eq!(
+        git(data.path(), &["diff", "--name-status", "main~2", "main~1"]),
+        "A\tmigrations/002_posts.sql\nA\tserver/api/posts/index.get.ts"
+    );
     assert_eq!(
         git(data.path(), &["diff", "--name-status", "main~1", "main"]),
-        "A\tmigrations/002_posts.sql\nA\tserver/api/posts/index.get.ts"
+        "M\t.turbobackend/receipt.json"
     );
     assert_eq!(
         git(
             data.path(),
-            &["show", "main:migrations/001_create_users.sql"]
+            &["show", "main~1:migrations/001_create_users.sql"]
         ),
         git(
             data.path(),
-            &["show", "main~1:migrations/001_create_users.sql"]
+            &["show", "main~2:migrations/001_create_users.sql"]
         )
     );
 }

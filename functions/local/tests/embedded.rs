@@ -12,6 +12,8 @@ use tb_core::ports::PlatformRecords;
 mod common;
 use common::{events, turbobackend};
 
+/// The commits of `main` in the local repository: a request's source commit and, on top,
+/// its signed receipt's commit (checked to be main's head).
 fn commits(data: &Path) -> usize {
     let git = std::fs::read_dir(data.join("git"))
         .unwrap()
@@ -29,6 +31,21 @@ fn commits(data: &Path) -> usize {
         ])
         .output()
         .unwrap();
+    let subject = Command::new("git")
+        .args([
+            "--git-dir",
+            git.to_str().unwrap(),
+            "log",
+            "-1",
+            "--format=%s",
+            "main",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&subject.stdout).starts_with("Verification receipt for request "),
+        "{subject:?}"
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
@@ -94,11 +111,11 @@ fn the_demo_builds_deploys_and_serves_the_users_endpoint() {
         "{}",
         done["status"]["result"]["verify"]
     );
-    assert_eq!(commits(data.path()), 1);
+    assert_eq!(commits(data.path()), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_process_resumes_its_request_with_the_same_cost_and_one_commit() {
+async fn a_killed_process_resumes_its_request_with_the_same_cost_and_one_commit_and_receipt() {
     let data = tempfile::tempdir().unwrap();
     let args = [
         "run",
@@ -139,7 +156,7 @@ async fn a_killed_process_resumes_its_request_with_the_same_cost_and_one_commit(
         .await
         .unwrap();
     assert_eq!(spent.micros(), status["cost_micro_usd"].as_i64().unwrap());
-    assert_eq!(commits(data.path()), 1);
+    assert_eq!(commits(data.path()), 2);
 }
 
 #[test]

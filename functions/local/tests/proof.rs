@@ -132,6 +132,48 @@ async fn a_todo_api_with_tags_passes_run_with_its_declared_checks_and_then_serve
     let ok = verify(&file);
     assert!(ok.status.success(), "{ok:?}");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("receipt verified"));
+    // It is committed to the local bare repository, on top of the source commit it names,
+    // as `.turbobackend/receipt.json` at main's head; that file verifies too.
+    let repo_url = status["result"]["repository"]["repo_url"].as_str().unwrap();
+    let source = status["result"]["repository"]["commit_sha"]
+        .as_str()
+        .unwrap();
+    assert_eq!(receipt["commit_sha"], source);
+    let receipt_commit = status["result"]["receipt"]["receipt_commit_sha"]
+        .as_str()
+        .unwrap();
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let clone = data.path().join("clone");
+    git(
+        data.path(),
+        &["clone", "-q", repo_url, clone.to_str().unwrap()],
+    );
+    assert_eq!(
+        git(&clone, &["log", "-1", "--format=%H %P|%s"]),
+        format!(
+            "{receipt_commit} {source}|Verification receipt for request {}",
+            receipt["request_id"].as_str().unwrap()
+        )
+    );
+    let committed = clone.join(".turbobackend/receipt.json");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&std::fs::read(&committed).unwrap()).unwrap(),
+        *document
+    );
+    let ok = verify(&committed);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains(&format!("commit {source}")),
+        "{ok:?}"
+    );
     let tampered = data.path().join("tampered.json");
     let mut changed = document.clone();
     changed["receipt"]["checks"][3]["status"] = serde_json::json!(500);

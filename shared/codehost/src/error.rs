@@ -45,6 +45,9 @@ pub enum CodeHostError {
     /// The branch kept moving under this push (another writer).
     #[error("the branch `{branch}` moved while pushing; try again")]
     BranchMoved { branch: String },
+    /// A file was to be committed on top of a commit the branch does not have.
+    #[error("commit {commit} is not on the branch `{branch}` of the repository")]
+    NotOnBranch { commit: String, branch: String },
     /// A `git` command failed.
     #[error("git {command} failed: {message}")]
     Git { command: String, message: String },
@@ -74,6 +77,7 @@ impl From<CodeHostError> for PortError {
             | CodeHostError::Rejected { .. }
             | CodeHostError::Protocol { .. }
             | CodeHostError::Git { .. }
+            | CodeHostError::NotOnBranch { .. }
             | CodeHostError::Internal(_) => PortError::Permanent(message),
         }
     }

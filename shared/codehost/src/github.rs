@@ -10,7 +10,11 @@
 //!    branch, 409 = the repository has no commit at all) and its commit's tree.
 //! 3. Compares the snapshot's tree id, computed locally, with the head's: equal means
 //!    nothing changed, and the push ends with `committed: false` having created nothing.
-//! 4. Otherwise creates the tree (`POST …/git/trees`): UTF-8 files go inline as `content`
+//!    The head's `.turbobackend/` (the platform's: see [`CodeHost`]) counts: when the
+//!    head has one, its tree is listed (`GET …/git/trees/{sha}?recursive=1`) and the id
+//!    compared is the snapshot's with that directory added.
+//! 4. Otherwise creates the tree (`POST …/git/trees`, the head's `.turbobackend/` as an
+//!    entry of mode `040000`, type `tree`, by `sha`): UTF-8 files go inline as `content`
 //!    (one request for all of them, which matters under GitHub's limit of 80
 //!    content-creating requests a minute), other files as blobs (`POST …/git/blobs`,
 //!    base64) unless the head tree already holds that blob. GitHub's tree id is compared
@@ -36,6 +40,10 @@
 //! a validation error) will not change by trying again: the push fails at once with
 //! GitHub's message.
 //!
+//! **One file on top of a commit** ([`GitHubCodeHost::commit_file_on_branch`]): a tree
+//! made with `base_tree` (the parent's tree) and the one file, a commit, and a
+//! fast-forward of the branch from exactly that parent, never forced.
+//!
 //! **Workflows are never pushed.** Files under `.github/workflows/` are left out of every
 //! commit: GitHub Actions in the owner's organisation would run agent-written code with
 //! that organisation's secrets. (The archive keeps them.)
@@ -47,6 +55,7 @@
 //! 401, 403 and 404 are permanent errors that say what to check.
 //!
 //! [`PortError::Conflict`]: tb_core::ports::PortError::Conflict
+//! [`CodeHost`]: tb_core::ports::CodeHost
 
 mod api;
 mod config;
@@ -62,7 +71,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::Method;
 use serde_json::{Value, json};
 use tb_core::domain::ProjectId;
-use tb_core::ports::{CodeHost, PortError, Pushed, Snapshot};
+use tb_core::ports::{CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot};
+use tb_core::sandbox::WorkspacePath;
 use tokio::sync::OnceCell;
 
 pub use config::{GitHubConfig, GitHubToken};
@@ -107,6 +117,20 @@ struct Repo {
     branch: String,
 }
 
+impl From<wire::Repository> for Repo {
+    fn from(repository: wire::Repository) -> Repo {
+        Repo {
+            owner: repository.owner.login,
+            name: repository.name,
+            html_url: repository.html_url,
+            branch: repository
+                .default_branch
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "main".to_owned()),
+        }
+    }
+}
+
 impl Repo {
     /// `/repos/{owner}/{name}{rest}`, escaped.
     fn path(&self, rest: &str) -> String {
@@ -146,6 +170,7 @@ enum Head {
     Commit {
         sha: String,
         tree: String,
+        parents: Vec<String>,
     },
 }
 
@@ -153,10 +178,26 @@ impl Head {
     /// The commit a new commit builds on (the placeholder of an empty repository too).
     fn parent(&self) -> Option<(&str, &str)> {
         match self {
-            Head::Commit { sha, tree } => Some((sha, tree)),
+            Head::Commit { sha, tree, .. } => Some((sha, tree)),
             _ => None,
         }
     }
+
+    fn of(commit: wire::Commit) -> Head {
+        Head::Commit {
+            sha: commit.sha,
+            tree: commit.tree.sha,
+            parents: commit.parents.into_iter().map(|p| p.sha).collect(),
+        }
+    }
+}
+
+/// What a push needs of the head's tree.
+struct HeadTree {
+    /// Every blob id in it (so they are not uploaded again).
+    blobs: HashSet<String>,
+    /// The tree id of its `.turbobackend/`, carried into the new tree.
+    platform_dir: Option<String>,
 }
 
 /// Whether `path` is a GitHub Actions workflow (or anything else under
@@ -206,7 +247,7 @@ impl GitHubCodeHost {
                 "workflows under .github/workflows/ are not pushed"
             );
         }
-        let tree = ProjectTree::new(&kept)?;
+        let tree = ProjectTree::project(&kept)?;
         let api = self.api().await?;
         let repo = self
             .ensure_repository(api, &self.repo_name(project))
@@ -334,15 +375,143 @@ impl GitHubCodeHost {
         if repository.private != self.config.private {
             tracing::warn!(repo = %name, private = repository.private, "the existing repository's visibility differs from the configured one; left as it is");
         }
-        Ok(Repo {
-            owner: repository.owner.login,
-            name: repository.name,
-            html_url: repository.html_url,
-            branch: repository
-                .default_branch
-                .filter(|b| !b.is_empty())
-                .unwrap_or_else(|| "main".to_owned()),
+        Ok(Repo::from(repository))
+    }
+
+    /// The existing repository `name` (`GET /repos/{owner}/{name}`); `None` on a 404.
+    async fn find_repository(&self, api: &Api, name: &str) -> Result<Option<Repo>, CodeHostError> {
+        let owner = self.owner(api).await?;
+        let what = format!("reading repository {owner}/{name}");
+        let path = format!("/repos/{}/{}", segment(&owner), segment(name));
+        let answer = api.send(Method::GET, &path, None, &what).await?;
+        if answer.status == 404 {
+            return Ok(None);
+        }
+        if !answer.is_success() {
+            return Err(answer.refusal(&what));
+        }
+        Ok(Some(Repo::from(answer.json::<wire::Repository>(&what)?)))
+    }
+
+    /// [`CodeHost::commit_file`] with this crate's error type, over the Git Data API (GitHub
+    /// REST, "Git trees", "Git commits", "Git references"):
+    ///
+    /// 1. reads the parent (`GET …/git/commits/{parent}`) and the branch's head;
+    /// 2. at the parent: creates the tree `{"base_tree": <the parent's tree>, "tree":
+    ///    [<the file>]}` ("Entries defined in the tree parameter will overwrite items from
+    ///    base_tree with the same path"); the parent's own tree back means the file already
+    ///    holds those bytes: no commit. Otherwise creates the commit (parent: the parent)
+    ///    and moves the branch with `force: false`; a 422 `Update is not a fast forward`
+    ///    means the branch moved meanwhile, and it is read again;
+    /// 3. past the parent: if the head is the commit this call would make (only parent the
+    ///    parent, that tree), it is returned with `committed: false`; otherwise nothing is
+    ///    committed ([`FileCommit::BranchMoved`]).
+    pub async fn commit_file_on_branch(
+        &self,
+        project: &ProjectId,
+        parent: &str,
+        path: &WorkspacePath,
+        contents: &[u8],
+        message: &str,
+    ) -> Result<FileCommit, CodeHostError> {
+        let one = crate::tree::one_file(path, contents);
+        let file_tree = ProjectTree::new(&one)?;
+        let file = &file_tree.files[0];
+        let api = self.api().await?;
+        let name = self.repo_name(project);
+        let Some(repo) = self.find_repository(api, &name).await? else {
+            return Err(CodeHostError::NotOnBranch {
+                commit: parent.to_owned(),
+                branch: "main".into(),
+            });
+        };
+        let not_on_branch = || CodeHostError::NotOnBranch {
+            commit: parent.to_owned(),
+            branch: repo.branch.clone(),
+        };
+        let what = format!("reading commit {parent} of {}/{}", repo.owner, repo.name);
+        let path = repo.path(&format!("/git/commits/{}", segment(parent)));
+        let answer = api.send(Method::GET, &path, None, &what).await?;
+        let parent_tree = match answer.status {
+            404 | 409 | 422 => return Err(not_on_branch()),
+            _ if answer.is_success() => answer.json::<wire::Commit>(&what)?.tree.sha,
+            _ => return Err(answer.refusal(&what)),
+        };
+        let mut tree_sha = None;
+        for _ in 0..MAX_BRANCH_ATTEMPTS {
+            let Head::Commit {
+                sha: head,
+                tree: head_tree,
+                parents,
+            } = self.head(api, &repo).await?
+            else {
+                return Err(not_on_branch());
+            };
+            if head != parent && parents != [parent] {
+                return Ok(FileCommit::BranchMoved {
+                    repo_url: repo.html_url.clone(),
+                    head,
+                });
+            }
+            let tree_sha = match &tree_sha {
+                Some(sha) => sha,
+                None => tree_sha.insert(
+                    self.create_file_tree(api, &repo, &parent_tree, file)
+                        .await?,
+                ),
+            };
+            if head != parent {
+                // An earlier call's commit (its answer lost) is this very commit.
+                return Ok(if head_tree == *tree_sha {
+                    FileCommit::Committed {
+                        pushed: repo.pushed(head, false),
+                    }
+                } else {
+                    FileCommit::BranchMoved {
+                        repo_url: repo.html_url.clone(),
+                        head,
+                    }
+                });
+            }
+            if *tree_sha == parent_tree {
+                return Ok(FileCommit::Committed {
+                    pushed: repo.pushed(head, false),
+                });
+            }
+            let commit = self
+                .create_commit(api, &repo, tree_sha, Some(parent), message)
+                .await?;
+            if self.move_branch(api, &repo, &commit).await? {
+                return Ok(FileCommit::Committed {
+                    pushed: repo.pushed(commit, true),
+                });
+            }
+        }
+        Err(CodeHostError::BranchMoved {
+            branch: repo.branch.clone(),
         })
+    }
+
+    /// Creates `base_tree` with `file` added or replaced; returns the new tree's id.
+    async fn create_file_tree(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        base_tree: &str,
+        file: &TreeFile<'_>,
+    ) -> Result<String, CodeHostError> {
+        let entry = self
+            .file_entry(api, repo, file, &HashSet::new(), &mut HashMap::new())
+            .await?;
+        let what = format!(
+            "creating a tree with {} in {}/{}",
+            file.path, repo.owner, repo.name
+        );
+        let body = json!({ "base_tree": base_tree, "tree": [entry] });
+        let answer = api
+            .send(Method::POST, &repo.path("/git/trees"), Some(&body), &what)
+            .await?;
+        Self::created_sha(answer, what)
     }
 
     /// One attempt at committing `tree` on the branch. `None` when the branch moved.
@@ -362,13 +531,25 @@ impl GitHubCodeHost {
         {
             return Ok(Some(repo.pushed(sha.to_owned(), false)));
         }
-        let known = match head.parent() {
-            Some((_, head_tree)) => self.blobs_in(api, repo, head_tree).await?,
-            None => HashSet::new(),
+        let head_tree = match head.parent() {
+            Some((_, head_tree)) => self.head_tree(api, repo, head_tree).await?,
+            None => HeadTree {
+                blobs: HashSet::new(),
+                platform_dir: None,
+            },
         };
-        let tree_sha = self.create_tree(api, repo, tree, &known).await?;
-        if tree_sha != tree.tree_id {
-            tracing::warn!(repo = %repo.name, github = %tree_sha, local = %tree.tree_id, "GitHub's tree id differs from the locally computed one");
+        let platform_dir = head_tree.platform_dir.as_deref();
+        let local_id = tree.tree_id_with(platform_dir)?;
+        if let Some((sha, head_tree)) = head.parent()
+            && head_tree == local_id
+        {
+            return Ok(Some(repo.pushed(sha.to_owned(), false)));
+        }
+        let tree_sha = self
+            .create_tree(api, repo, tree, &head_tree.blobs, platform_dir)
+            .await?;
+        if tree_sha != local_id {
+            tracing::warn!(repo = %repo.name, github = %tree_sha, local = %local_id, "GitHub's tree id differs from the locally computed one");
         }
         if let Some((sha, head_tree)) = head.parent()
             && head_tree == tree_sha
@@ -413,11 +594,7 @@ impl GitHubCodeHost {
         if !answer.is_success() {
             return Err(answer.refusal(&what));
         }
-        let commit: wire::Commit = answer.json(&what)?;
-        Ok(Head::Commit {
-            sha: commit.sha,
-            tree: commit.tree.sha,
-        })
+        Ok(Head::of(answer.json(&what)?))
     }
 
     /// Creates the placeholder first commit through the contents API.
@@ -432,11 +609,7 @@ impl GitHubCodeHost {
         let path = repo.path(&format!("/contents/{BOOTSTRAP_PATH}"));
         let answer = api.send(Method::PUT, &path, Some(&body), &what).await?;
         if answer.is_success() {
-            let commit = answer.json::<wire::ContentsPut>(&what)?.commit;
-            return Ok(Head::Commit {
-                sha: commit.sha,
-                tree: commit.tree.sha,
-            });
+            return Ok(Head::of(answer.json::<wire::ContentsPut>(&what)?.commit));
         }
         if matches!(answer.status, 409 | 422) {
             // Someone else made the first commit meanwhile.
@@ -451,56 +624,82 @@ impl GitHubCodeHost {
         Err(answer.refusal(&what))
     }
 
-    /// The blob ids in a tree (all levels), so they are not uploaded again. A truncated
-    /// listing still names blobs that exist.
-    async fn blobs_in(
+    /// The blob ids in a tree (all levels), so they are not uploaded again, and its
+    /// `.turbobackend/` (`GET …/git/trees/{sha}?recursive=1`, which lists trees too). A
+    /// truncated listing still names blobs that exist; the top level is then read alone if
+    /// it did not name `.turbobackend`.
+    async fn head_tree(
         &self,
         api: &Api,
         repo: &Repo,
         tree_sha: &str,
-    ) -> Result<HashSet<String>, CodeHostError> {
+    ) -> Result<HeadTree, CodeHostError> {
+        let listing = self.list_tree(api, repo, tree_sha, true).await?;
+        let platform_dir = |items: &[wire::TreeItem]| {
+            items
+                .iter()
+                .find(|item| item.path == PLATFORM_DIR && item.kind == "tree")
+                .map(|item| item.sha.clone())
+        };
+        let mut found = platform_dir(&listing.tree);
+        if listing.truncated {
+            tracing::debug!(repo = %repo.name, "tree listing truncated; some blobs may be uploaded again");
+            if found.is_none() {
+                found = platform_dir(&self.list_tree(api, repo, tree_sha, false).await?.tree);
+            }
+        }
+        Ok(HeadTree {
+            blobs: listing
+                .tree
+                .into_iter()
+                .filter(|item| item.kind == "blob")
+                .map(|item| item.sha)
+                .collect(),
+            platform_dir: found,
+        })
+    }
+
+    async fn list_tree(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        tree_sha: &str,
+        recursive: bool,
+    ) -> Result<wire::Tree, CodeHostError> {
         let what = format!("listing tree {tree_sha} of {}/{}", repo.owner, repo.name);
-        let path = repo.path(&format!("/git/trees/{}?recursive=1", segment(tree_sha)));
+        let query = if recursive { "?recursive=1" } else { "" };
+        let path = repo.path(&format!("/git/trees/{}{query}", segment(tree_sha)));
         let answer = api.send(Method::GET, &path, None, &what).await?;
         if !answer.is_success() {
             return Err(answer.refusal(&what));
         }
-        let listing: wire::Tree = answer.json(&what)?;
-        if listing.truncated {
-            tracing::debug!(repo = %repo.name, "tree listing truncated; some blobs may be uploaded again");
-        }
-        Ok(listing
-            .tree
-            .into_iter()
-            .filter(|item| item.kind == "blob")
-            .map(|item| item.sha)
-            .collect())
+        answer.json(&what)
     }
 
-    /// Creates the whole tree; returns GitHub's id for it.
+    /// Creates the whole tree, with `platform_dir` (a tree of the repository) as
+    /// `.turbobackend/`; returns GitHub's id for it.
     async fn create_tree(
         &self,
         api: &Api,
         repo: &Repo,
         tree: &ProjectTree<'_>,
         known: &HashSet<String>,
+        platform_dir: Option<&str>,
     ) -> Result<String, CodeHostError> {
         let mut uploaded: HashMap<&str, String> = HashMap::new();
-        let mut entries = Vec::with_capacity(tree.files.len());
+        let mut entries = Vec::with_capacity(tree.files.len() + 1);
         for file in &tree.files {
-            let mut entry = json!({ "path": file.path, "mode": file.mode(), "type": "blob" });
-            if known.contains(&file.blob_id) {
-                entry["sha"] = json!(file.blob_id);
-            } else if let Some(text) = inline_text(file) {
-                entry["content"] = json!(text);
-            } else {
-                if !uploaded.contains_key(file.blob_id.as_str()) {
-                    let sha = self.create_blob(api, repo, file).await?;
-                    uploaded.insert(&file.blob_id, sha);
-                }
-                entry["sha"] = json!(uploaded[file.blob_id.as_str()]);
-            }
-            entries.push(entry);
+            entries.push(
+                self.file_entry(api, repo, file, known, &mut uploaded)
+                    .await?,
+            );
+        }
+        if let Some(dir) = platform_dir {
+            // GitHub REST, "Create a tree": `mode` `040000` "for subdirectory (tree)",
+            // `type` `tree`, `sha` of an existing tree.
+            entries.push(
+                json!({ "path": PLATFORM_DIR, "mode": "040000", "type": "tree", "sha": dir }),
+            );
         }
         let what = format!(
             "creating a tree of {} files in {}/{}",
@@ -513,6 +712,31 @@ impl GitHubCodeHost {
             .send(Method::POST, &repo.path("/git/trees"), Some(&body), &what)
             .await?;
         Self::created_sha(answer, what)
+    }
+
+    /// The tree entry of `file`: by `sha` when the repository holds the blob, else inline
+    /// `content` (UTF-8), else a blob uploaded now (once per id, kept in `uploaded`).
+    async fn file_entry<'f>(
+        &self,
+        api: &Api,
+        repo: &Repo,
+        file: &'f TreeFile<'_>,
+        known: &HashSet<String>,
+        uploaded: &mut HashMap<&'f str, String>,
+    ) -> Result<Value, CodeHostError> {
+        let mut entry = json!({ "path": file.path, "mode": file.mode(), "type": "blob" });
+        if known.contains(&file.blob_id) {
+            entry["sha"] = json!(file.blob_id);
+        } else if let Some(text) = inline_text(file) {
+            entry["content"] = json!(text);
+        } else {
+            if !uploaded.contains_key(file.blob_id.as_str()) {
+                let sha = self.create_blob(api, repo, file).await?;
+                uploaded.insert(&file.blob_id, sha);
+            }
+            entry["sha"] = json!(uploaded[file.blob_id.as_str()]);
+        }
+        Ok(entry)
     }
 
     async fn create_blob(
@@ -677,6 +901,24 @@ impl CodeHost for GitHubCodeHost {
             )?;
         tracing::info!(project = %project, repo = %pushed.repo_url, commit = %pushed.commit_sha, committed = pushed.committed, "pushed to GitHub");
         Ok(pushed)
+    }
+
+    async fn commit_file(
+        &self,
+        project: &ProjectId,
+        parent: &str,
+        path: &WorkspacePath,
+        contents: &[u8],
+        message: &str,
+    ) -> Result<FileCommit, PortError> {
+        let done = self
+            .commit_file_on_branch(project, parent, path, contents, message)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(project = %project, error = %e, "committing {path} to GitHub failed"),
+            )?;
+        tracing::info!(project = %project, file = %path, outcome = ?done, "committed a file to GitHub");
+        Ok(done)
     }
 
     async fn archive(&self, project: &ProjectId) -> Result<Value, PortError> {

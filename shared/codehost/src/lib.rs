@@ -11,6 +11,17 @@
 //! A snapshot git cannot hold (no files, a duplicate path, a path that is both a file and
 //! a directory, anything under `.git`) is refused before anything is written.
 //!
+//! `.turbobackend/` belongs to the platform ([`PLATFORM_DIR`]): a push leaves out whatever
+//! the snapshot has there and carries the head's `.turbobackend/` over into the new tree,
+//! so the tree compared includes it (an unchanged project still makes no commit).
+//! [`CodeHost::commit_file`] writes there: the finalizer commits the signed verification
+//! receipt as `.turbobackend/receipt.json` on top of the source commit it names, a
+//! fast-forward from exactly that commit (none when `main` moved on, none again when the
+//! file already holds those bytes).
+//!
+//! [`PLATFORM_DIR`]: tb_core::ports::PLATFORM_DIR
+//! [`CodeHost::commit_file`]: tb_core::ports::CodeHost::commit_file
+//!
 //! [`CodeHost`]: tb_core::ports::CodeHost
 
 pub mod error;

@@ -2,10 +2,13 @@
 //! `{root}/turbobackend-{project}.git`, written with git plumbing through the `git` CLI.
 //!
 //! A push writes the blobs (`git hash-object -w --stdin`), builds the tree in a temporary
-//! index (`GIT_INDEX_FILE` + `update-index -z --add --index-info` + `write-tree`),
-//! compares it with the tree of `main`'s head (equal → no commit), makes the commit
-//! (`commit-tree -p <head>`) and moves `main` with a compare-and-swap
-//! (`update-ref refs/heads/main <new> <old>`), starting again if another push moved it.
+//! index (`GIT_INDEX_FILE`; the head's `.turbobackend/`, listed by `ls-tree -r`, and the
+//! snapshot by `update-index -z --add --index-info`; `write-tree`), compares it with the
+//! tree of `main`'s head (equal → no commit), makes the commit (`commit-tree -p <head>`)
+//! and moves `main` with a compare-and-swap (`update-ref refs/heads/main <new> <old>`),
+//! starting again if another push moved it. [`LocalGitCodeHost::commit_file_on_main`]
+//! adds one file to a given parent's tree the same way, and moves `main` only from that
+//! parent.
 //!
 //! `git` runs with a clean environment (see `git_cli`), and author and committer are
 //! fixed (`turbobackend <bot@turbobackend.dev>`) with both dates taken from the host's
@@ -23,7 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tb_core::domain::ProjectId;
-use tb_core::ports::{CodeHost, PortError, Pushed, Snapshot};
+use tb_core::ports::{CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot};
+use tb_core::sandbox::WorkspacePath;
 
 use crate::error::CodeHostError;
 use crate::tree::ProjectTree;
@@ -97,77 +101,259 @@ impl LocalGitCodeHost {
         snapshot: &Snapshot,
         message: &str,
     ) -> Result<Pushed, CodeHostError> {
-        let tree = ProjectTree::new(snapshot)?;
+        let tree = ProjectTree::project(snapshot)?;
         let repo = self.repo_path(project);
         self.ensure_repository(&repo).await?;
-        let tree_id = self.write_tree(&repo, &tree).await?;
+        self.write_blobs(&repo, &tree).await?;
         let repo_url = format!("file://{}", repo.display());
-        let seconds = (self.clock)()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let date = format!("@{seconds} +0000");
         for _ in 0..MAX_BRANCH_ATTEMPTS {
             let head = self.head(&repo).await?;
-            if let Some(head) = &head {
-                let head_tree = self
-                    .git
-                    .check(
-                        Some(&repo),
-                        &["rev-parse", "--verify", &format!("{head}^{{tree}}")],
-                        &[],
-                        None,
-                    )
-                    .await?
-                    .line();
-                if head_tree == tree_id {
-                    return Ok(Pushed {
-                        repo_url,
-                        commit_sha: head.clone(),
-                        committed: false,
-                    });
-                }
-            }
-            let mut args = vec!["commit-tree", tree_id.as_str()];
-            if let Some(head) = &head {
-                args.extend(["-p", head.as_str()]);
-            }
-            let env = [
-                ("GIT_AUTHOR_NAME", AUTHOR_NAME),
-                ("GIT_AUTHOR_EMAIL", AUTHOR_EMAIL),
-                ("GIT_AUTHOR_DATE", date.as_str()),
-                ("GIT_COMMITTER_NAME", AUTHOR_NAME),
-                ("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL),
-                ("GIT_COMMITTER_DATE", date.as_str()),
-            ];
-            let commit = self
-                .git
-                .check(Some(&repo), &args, &env, Some(message.as_bytes()))
-                .await?
-                .line();
-            let old = head.as_deref().unwrap_or(ZERO_ID);
-            let reference = format!("refs/heads/{BRANCH}");
-            let moved = self
-                .git
-                .run(
-                    Some(&repo),
-                    &["update-ref", &reference, &commit, old],
-                    &[],
-                    None,
-                )
+            let platform_dir = match &head {
+                Some(head) => self.platform_dir(&repo, head).await?,
+                None => None,
+            };
+            let tree_id = self
+                .write_tree(&repo, &tree, platform_dir.as_deref())
                 .await?;
-            if moved.success {
+            if let Some(head) = &head
+                && self.tree_of(&repo, head).await? == tree_id
+            {
+                return Ok(Pushed {
+                    repo_url,
+                    commit_sha: head.clone(),
+                    committed: false,
+                });
+            }
+            let commit = self
+                .commit_tree(&repo, &tree_id, head.as_deref(), message)
+                .await?;
+            if self.move_main(&repo, &commit, head.as_deref()).await? {
                 return Ok(Pushed {
                     repo_url,
                     commit_sha: commit,
                     committed: true,
                 });
             }
-            tracing::info!(repo = %repo.display(), error = %moved.stderr, "main moved during the push; reading it again");
         }
         Err(CodeHostError::BranchMoved {
             branch: BRANCH.into(),
         })
+    }
+
+    /// [`CodeHost::commit_file`] with this crate's error type: the parent's tree in a
+    /// temporary index (`read-tree`), the file added (`update-index --cacheinfo`), then
+    /// `write-tree`, `commit-tree -p <parent>` and the compare-and-swap of `main` from the
+    /// parent to the new commit.
+    pub async fn commit_file_on_main(
+        &self,
+        project: &ProjectId,
+        parent: &str,
+        path: &WorkspacePath,
+        contents: &[u8],
+        message: &str,
+    ) -> Result<FileCommit, CodeHostError> {
+        let one = crate::tree::one_file(path, contents);
+        let file_tree = ProjectTree::new(&one)?;
+        let file = &file_tree.files[0];
+        let repo = self.repo_path(project);
+        let repo_url = format!("file://{}", repo.display());
+        let not_on_main = || CodeHostError::NotOnBranch {
+            commit: parent.to_owned(),
+            branch: BRANCH.into(),
+        };
+        if !repo.join("HEAD").is_file() {
+            return Err(not_on_main());
+        }
+        let found = self
+            .git
+            .run(
+                Some(&repo),
+                &[
+                    "rev-parse",
+                    "-q",
+                    "--verify",
+                    &format!("{parent}^{{commit}}"),
+                ],
+                &[],
+                None,
+            )
+            .await?;
+        if !found.success || found.line() != parent {
+            return Err(not_on_main());
+        }
+        self.write_blobs(&repo, &file_tree).await?;
+        let parent_tree = self.tree_of(&repo, parent).await?;
+        let (_scratch, index) = scratch_index()?;
+        let env = [("GIT_INDEX_FILE", index.as_str())];
+        self.git
+            .check(Some(&repo), &["read-tree", &parent_tree], &env, None)
+            .await?;
+        let cacheinfo = format!("{},{},{}", file.mode(), file.blob_id, file.path);
+        self.git
+            .check(
+                Some(&repo),
+                &["update-index", "--add", "--cacheinfo", &cacheinfo],
+                &env,
+                None,
+            )
+            .await?;
+        let tree_id = self
+            .git
+            .check(Some(&repo), &["write-tree"], &env, None)
+            .await?
+            .line();
+        for _ in 0..MAX_BRANCH_ATTEMPTS {
+            let Some(head) = self.head(&repo).await? else {
+                return Err(not_on_main());
+            };
+            if head != parent {
+                // An earlier call's commit (its answer lost) is this very commit.
+                let parents = self
+                    .git
+                    .check(
+                        Some(&repo),
+                        &["rev-list", "--parents", "-n", "1", &head],
+                        &[],
+                        None,
+                    )
+                    .await?
+                    .line();
+                let same = parents == format!("{head} {parent}")
+                    && self.tree_of(&repo, &head).await? == tree_id;
+                return Ok(if same {
+                    FileCommit::Committed {
+                        pushed: Pushed {
+                            repo_url,
+                            commit_sha: head,
+                            committed: false,
+                        },
+                    }
+                } else {
+                    FileCommit::BranchMoved { repo_url, head }
+                });
+            }
+            if tree_id == parent_tree {
+                return Ok(FileCommit::Committed {
+                    pushed: Pushed {
+                        repo_url,
+                        commit_sha: head,
+                        committed: false,
+                    },
+                });
+            }
+            let commit = self
+                .commit_tree(&repo, &tree_id, Some(parent), message)
+                .await?;
+            if self.move_main(&repo, &commit, Some(parent)).await? {
+                return Ok(FileCommit::Committed {
+                    pushed: Pushed {
+                        repo_url,
+                        commit_sha: commit,
+                        committed: true,
+                    },
+                });
+            }
+        }
+        Err(CodeHostError::BranchMoved {
+            branch: BRANCH.into(),
+        })
+    }
+
+    /// `commit-tree` with the fixed author and committer, dated by the clock.
+    async fn commit_tree(
+        &self,
+        repo: &Path,
+        tree_id: &str,
+        parent: Option<&str>,
+        message: &str,
+    ) -> Result<String, CodeHostError> {
+        let seconds = (self.clock)()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let date = format!("@{seconds} +0000");
+        let mut args = vec!["commit-tree", tree_id];
+        if let Some(parent) = parent {
+            args.extend(["-p", parent]);
+        }
+        let env = [
+            ("GIT_AUTHOR_NAME", AUTHOR_NAME),
+            ("GIT_AUTHOR_EMAIL", AUTHOR_EMAIL),
+            ("GIT_AUTHOR_DATE", date.as_str()),
+            ("GIT_COMMITTER_NAME", AUTHOR_NAME),
+            ("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL),
+            ("GIT_COMMITTER_DATE", date.as_str()),
+        ];
+        Ok(self
+            .git
+            .check(Some(repo), &args, &env, Some(message.as_bytes()))
+            .await?
+            .line())
+    }
+
+    /// Moves `main` from `old` (`None`: it does not exist yet) to `commit`; false if it
+    /// was no longer at `old`.
+    async fn move_main(
+        &self,
+        repo: &Path,
+        commit: &str,
+        old: Option<&str>,
+    ) -> Result<bool, CodeHostError> {
+        let reference = format!("refs/heads/{BRANCH}");
+        let moved = self
+            .git
+            .run(
+                Some(repo),
+                &["update-ref", &reference, commit, old.unwrap_or(ZERO_ID)],
+                &[],
+                None,
+            )
+            .await?;
+        if !moved.success {
+            tracing::info!(repo = %repo.display(), error = %moved.stderr, "main moved meanwhile; reading it again");
+        }
+        Ok(moved.success)
+    }
+
+    /// The tree of `commit`.
+    async fn tree_of(&self, repo: &Path, commit: &str) -> Result<String, CodeHostError> {
+        Ok(self
+            .git
+            .check(
+                Some(repo),
+                &["rev-parse", "--verify", &format!("{commit}^{{tree}}")],
+                &[],
+                None,
+            )
+            .await?
+            .line())
+    }
+
+    /// The tree `commit` has as the platform's directory, if any.
+    async fn platform_dir(
+        &self,
+        repo: &Path,
+        commit: &str,
+    ) -> Result<Option<String>, CodeHostError> {
+        let listing = self
+            .git
+            .check(
+                Some(repo),
+                &["ls-tree", "-z", commit, "--", PLATFORM_DIR],
+                &[],
+                None,
+            )
+            .await?;
+        // `<mode> SP <type> SP <id> TAB <path>`
+        Ok(listing
+            .stdout
+            .split('\0')
+            .filter_map(|record| record.split_once('\t'))
+            .find(|(_, path)| *path == PLATFORM_DIR)
+            .and_then(|(meta, _)| match meta.split(' ').collect::<Vec<_>>()[..] {
+                ["040000", "tree", id] => Some(id.to_owned()),
+                _ => None,
+            }))
     }
 
     async fn ensure_repository(&self, repo: &Path) -> Result<(), CodeHostError> {
@@ -192,12 +378,8 @@ impl LocalGitCodeHost {
         Ok(())
     }
 
-    /// Writes the blobs and the tree; returns the tree id.
-    async fn write_tree(
-        &self,
-        repo: &Path,
-        tree: &ProjectTree<'_>,
-    ) -> Result<String, CodeHostError> {
+    /// Writes the files' blobs.
+    async fn write_blobs(&self, repo: &Path, tree: &ProjectTree<'_>) -> Result<(), CodeHostError> {
         let mut written = HashSet::new();
         for file in &tree.files {
             if !written.insert(file.blob_id.as_str()) {
@@ -220,19 +402,46 @@ impl LocalGitCodeHost {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Writes the tree of `tree`'s files (their blobs written) with `platform_dir` as the
+    /// platform's directory; returns its id.
+    async fn write_tree(
+        &self,
+        repo: &Path,
+        tree: &ProjectTree<'_>,
+        platform_dir: Option<&str>,
+    ) -> Result<String, CodeHostError> {
         let mut index_info = Vec::new();
+        if let Some(dir) = platform_dir {
+            // Every entry of the carried directory, below it (`ls-tree -r`: `<mode> SP
+            // <type> SP <id> TAB <path>`).
+            let listing = self
+                .git
+                .check(Some(repo), &["ls-tree", "-r", "-z", dir], &[], None)
+                .await?;
+            for record in listing.stdout.split('\0').filter(|r| !r.is_empty()) {
+                let Some((meta, path)) = record.split_once('\t') else {
+                    continue;
+                };
+                let mut fields = meta.split(' ');
+                let (Some(mode), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next())
+                else {
+                    continue;
+                };
+                index_info.extend_from_slice(format!("{mode} {id}\t{PLATFORM_DIR}/").as_bytes());
+                index_info.extend_from_slice(path.as_bytes());
+                index_info.push(0);
+            }
+        }
         for file in &tree.files {
             index_info.extend_from_slice(format!("{} {}\t", file.mode(), file.blob_id).as_bytes());
             index_info.extend_from_slice(file.path.as_bytes());
             index_info.push(0);
         }
-        let scratch = tempfile::tempdir().map_err(|source| CodeHostError::Io {
-            what: "creating a temporary index".into(),
-            source,
-        })?;
-        let index = scratch.path().join("index");
-        let index = index.to_string_lossy();
-        let env = [("GIT_INDEX_FILE", index.as_ref())];
+        let (_scratch, index) = scratch_index()?;
+        let env = [("GIT_INDEX_FILE", index.as_str())];
         self.git
             .check(
                 Some(repo),
@@ -246,10 +455,10 @@ impl LocalGitCodeHost {
             .check(Some(repo), &["write-tree"], &env, None)
             .await?
             .line();
-        if tree_id != tree.tree_id {
+        let expected = tree.tree_id_with(platform_dir)?;
+        if tree_id != expected {
             return Err(CodeHostError::Internal(format!(
-                "git wrote tree {tree_id}, expected {}",
-                tree.tree_id
+                "git wrote tree {tree_id}, expected {expected}"
             )));
         }
         Ok(tree_id)
@@ -271,6 +480,17 @@ impl LocalGitCodeHost {
     }
 }
 
+/// A temporary index file's path (for `GIT_INDEX_FILE`), in a directory removed when the
+/// returned guard is dropped.
+fn scratch_index() -> Result<(tempfile::TempDir, String), CodeHostError> {
+    let scratch = tempfile::tempdir().map_err(|source| CodeHostError::Io {
+        what: "creating a temporary index".into(),
+        source,
+    })?;
+    let index = scratch.path().join("index").to_string_lossy().into_owned();
+    Ok((scratch, index))
+}
+
 #[async_trait]
 impl CodeHost for LocalGitCodeHost {
     async fn push(
@@ -287,6 +507,24 @@ impl CodeHost for LocalGitCodeHost {
             )?;
         tracing::info!(project = %project, repo = %pushed.repo_url, commit = %pushed.commit_sha, committed = pushed.committed, "committed to the local repository");
         Ok(pushed)
+    }
+
+    async fn commit_file(
+        &self,
+        project: &ProjectId,
+        parent: &str,
+        path: &WorkspacePath,
+        contents: &[u8],
+        message: &str,
+    ) -> Result<FileCommit, PortError> {
+        let done = self
+            .commit_file_on_main(project, parent, path, contents, message)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(project = %project, error = %e, "committing {path} failed"),
+            )?;
+        tracing::info!(project = %project, file = %path, outcome = ?done, "committed a file to the local repository");
+        Ok(done)
     }
 
     /// The local repository is kept as it is: deleting a project never loses its code.

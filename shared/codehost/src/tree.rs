@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tb_core::ports::Snapshot;
+use tb_core::ports::{PLATFORM_DIR, Snapshot, SnapshotFile};
+use tb_core::sandbox::WorkspacePath;
 
 use crate::error::CodeHostError;
 use crate::git_object::{self, EntryKind, ObjectId, TreeEntry};
@@ -35,15 +36,52 @@ pub(crate) struct ProjectTree<'a> {
     pub tree_id: ObjectId,
 }
 
+/// A snapshot of one file (not executable), to check and lay out with [`ProjectTree::new`].
+pub(crate) fn one_file(path: &WorkspacePath, contents: &[u8]) -> Snapshot {
+    Snapshot {
+        files: vec![SnapshotFile {
+            path: path.clone(),
+            contents: contents.to_vec(),
+            executable: false,
+        }],
+    }
+}
+
+/// Whether `path` is the platform's directory ([`PLATFORM_DIR`]) or inside it.
+pub(crate) fn is_platform_path(path: &str) -> bool {
+    path.strip_prefix(PLATFORM_DIR)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 impl<'a> ProjectTree<'a> {
+    /// Every file of `snapshot`.
     pub fn new(snapshot: &'a Snapshot) -> Result<Self, CodeHostError> {
-        let invalid = |reason: String| Err(CodeHostError::InvalidSnapshot(reason));
-        if snapshot.files.is_empty() {
-            return invalid("it has no files; there is nothing to commit".into());
+        Self::build(snapshot, false)
+    }
+
+    /// The files of `snapshot` outside the platform's directory (which a push carries over
+    /// from the head instead).
+    pub fn project(snapshot: &'a Snapshot) -> Result<Self, CodeHostError> {
+        Self::build(snapshot, true)
+    }
+
+    /// The id of the root tree of these files with `platform_dir` (a tree id), if any, as
+    /// [`PLATFORM_DIR`].
+    pub fn tree_id_with(&self, platform_dir: Option<&str>) -> Result<ObjectId, CodeHostError> {
+        match platform_dir {
+            None => Ok(self.tree_id.clone()),
+            Some(dir) => root_tree_id(&self.files, Some(dir)),
         }
+    }
+
+    fn build(snapshot: &'a Snapshot, skip_platform: bool) -> Result<Self, CodeHostError> {
+        let invalid = |reason: String| Err(CodeHostError::InvalidSnapshot(reason));
         let mut files = Vec::with_capacity(snapshot.files.len());
         for file in &snapshot.files {
             let path = file.path.as_str();
+            if skip_platform && is_platform_path(path) {
+                continue;
+            }
             if file.path.is_root() {
                 return invalid("a file has an empty path".into());
             }
@@ -59,6 +97,9 @@ impl<'a> ProjectTree<'a> {
                 executable: file.executable,
                 blob_id: git_object::blob_id(&file.contents),
             });
+        }
+        if files.is_empty() {
+            return invalid("it has no files; there is nothing to commit".into());
         }
         files.sort_by(|a, b| a.path.cmp(b.path));
         let mut seen = BTreeSet::new();
@@ -79,7 +120,7 @@ impl<'a> ProjectTree<'a> {
                 prefix = parent;
             }
         }
-        let tree_id = root_tree_id(&files)?;
+        let tree_id = root_tree_id(&files, None)?;
         Ok(ProjectTree { files, tree_id })
     }
 }
@@ -88,12 +129,15 @@ impl<'a> ProjectTree<'a> {
 #[derive(Default)]
 struct Dir {
     files: Vec<TreeEntry>,
+    /// Trees given by id.
+    trees: Vec<TreeEntry>,
     dirs: BTreeMap<String, Dir>,
 }
 
 impl Dir {
     fn id(&self) -> Option<ObjectId> {
         let mut entries = self.files.clone();
+        entries.extend(self.trees.iter().cloned());
         for (name, dir) in &self.dirs {
             entries.push(TreeEntry {
                 name: name.clone(),
@@ -105,8 +149,19 @@ impl Dir {
     }
 }
 
-fn root_tree_id(files: &[TreeFile<'_>]) -> Result<ObjectId, CodeHostError> {
+/// The root tree of `files`, plus `platform_dir` (a tree id) as [`PLATFORM_DIR`].
+fn root_tree_id(
+    files: &[TreeFile<'_>],
+    platform_dir: Option<&str>,
+) -> Result<ObjectId, CodeHostError> {
     let mut root = Dir::default();
+    if let Some(id) = platform_dir {
+        root.trees.push(TreeEntry {
+            name: PLATFORM_DIR.to_owned(),
+            kind: EntryKind::Tree,
+            id: id.to_owned(),
+        });
+    }
     for file in files {
         let mut parts: Vec<&str> = file.path.split('/').collect();
         let name = parts.pop().unwrap_or_default();
@@ -157,6 +212,38 @@ mod tests {
             let err = ProjectTree::new(&snapshot(&files)).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn the_platform_directory_is_left_out_of_a_project_tree_and_can_be_added_by_id() {
+        let snap = snapshot(&[
+            ("a.txt", "a", false),
+            (".turbobackend/receipt.json", "{}", false),
+            (".turbobackend", "x", false),
+            (".turbobackendx/keep", "k", false),
+        ]);
+        let tree = ProjectTree::project(&snap).unwrap();
+        let paths: Vec<_> = tree.files.iter().map(|f| f.path).collect();
+        assert_eq!(paths, [".turbobackendx/keep", "a.txt"]);
+        let only_platform = snapshot(&[(".turbobackend/receipt.json", "{}", false)]);
+        assert!(ProjectTree::project(&only_platform).is_err());
+        // A tree id given for the platform's directory counts like its files would.
+        let with_receipt = snapshot(&[
+            ("a.txt", "a", false),
+            (".turbobackendx/keep", "k", false),
+            (".turbobackend/receipt.json", "{}", false),
+        ]);
+        let receipt_dir = git_object::tree_id(&[TreeEntry {
+            name: "receipt.json".into(),
+            kind: EntryKind::Blob { executable: false },
+            id: git_object::blob_id(b"{}"),
+        }])
+        .unwrap();
+        assert_eq!(
+            tree.tree_id_with(Some(&receipt_dir)).unwrap(),
+            ProjectTree::new(&with_receipt).unwrap().tree_id
+        );
+        assert_eq!(tree.tree_id_with(None).unwrap(), tree.tree_id);
     }
 
     #[test]

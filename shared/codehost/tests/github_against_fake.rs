@@ -533,3 +533,29 @@ async fn workflows_are_never_pushed() {
     let files: Vec<String> = clone.files().into_keys().collect();
     assert_eq!(files, vec![".github/CODEOWNERS", "package.json"]);
 }
+
+#[tokio::test]
+async fn a_file_commits_on_top_of_its_parent_once_and_pushes_carry_the_platform_directory() {
+    let fake = FakeGitHub::start(TOKEN, LOGIN).await;
+    common::one_file_commits_and_the_platform_directory(
+        &host(&fake),
+        &project(),
+        &first_snapshot(),
+        &changed_snapshot(),
+        &fake.clone_url(LOGIN, REPO),
+    )
+    .await;
+    // Every ref update was a fast-forward, never forced.
+    for r in fake.requests().iter().filter(|r| r.method == "PATCH") {
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["force"], false, "{}", r.body);
+    }
+    // The receipt's tree was made on the parent's tree.
+    let with_base = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/git/trees"))
+        .filter(|r| r.body.contains("base_tree"))
+        .count();
+    assert!(with_base >= 1);
+}

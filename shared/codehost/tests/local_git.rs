@@ -217,3 +217,19 @@ async fn the_system_clock_dates_commits_by_default() {
         "{before} <= {dated} <= {after}"
     );
 }
+
+#[tokio::test]
+async fn a_file_commits_on_top_of_its_parent_once_and_pushes_carry_the_platform_directory() {
+    let root = TempDir::new().unwrap();
+    let host = LocalGitCodeHost::new(root.path()).unwrap();
+    let url = format!("file://{}", host.repo_path(&project()).display());
+    let changed = snapshot(&[("package.json", b"{\"name\":\"app2\"}\n", false)]);
+    common::one_file_commits_and_the_platform_directory(
+        &host,
+        &project(),
+        &first_snapshot(),
+        &changed,
+        &url,
+    )
+    .await;
+}

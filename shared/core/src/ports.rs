@@ -146,17 +146,63 @@ pub struct Pushed {
     pub committed: bool,
 }
 
+/// The directory of a project's repository that belongs to the platform
+/// (`.turbobackend/receipt.json`): never taken from a snapshot, carried over by every push.
+pub const PLATFORM_DIR: &str = ".turbobackend";
+
+/// What [`CodeHost::commit_file`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum FileCommit {
+    /// `main` holds the file: `commit_sha` is the commit made now (`committed`), or the
+    /// head that already held those bytes on top of the parent (`committed: false`).
+    Committed {
+        #[serde(flatten)]
+        pushed: Pushed,
+    },
+    /// `main` had moved past the parent (a newer push): nothing was committed.
+    BranchMoved { repo_url: String, head: String },
+}
+
 /// A git host: GitHub in the cloud, a bare repository on disk locally.
+///
+/// The repository's [`PLATFORM_DIR`] (`.turbobackend/`) belongs to the platform: [`push`]
+/// ignores whatever a snapshot has there and carries the head's `.turbobackend/` over into
+/// the new tree unchanged, so the tree it compares (to make no commit for an unchanged
+/// project) includes it; only [`commit_file`] writes there.
+///
+/// [`push`]: CodeHost::push
+/// [`commit_file`]: CodeHost::commit_file
 #[async_trait]
 pub trait CodeHost: Send + Sync {
     /// Creates the project's repository if missing, then commits `snapshot` as the whole tree
-    /// on `main` (parent: the current head) unless the tree is unchanged. Idempotent.
+    /// (plus the head's `.turbobackend/`, see above) on `main` (parent: the current head)
+    /// unless the tree is unchanged. Idempotent.
     async fn push(
         &self,
         project: &crate::domain::ProjectId,
         snapshot: &Snapshot,
         message: &str,
     ) -> Result<Pushed, PortError>;
+    /// Commits one file on `main` on top of `parent` (a commit of `main`): the parent's tree
+    /// with `path` holding `contents` (not executable). A fast-forward only: when `main` is
+    /// no longer at `parent` nothing is committed ([`FileCommit::BranchMoved`]), unless its
+    /// head is already that very commit (`parent` its only parent, that tree its tree: an
+    /// earlier call whose answer was lost), which is returned with `committed: false`; so is `parent` itself when `path` already holds
+    /// `contents` there. Idempotent.
+    async fn commit_file(
+        &self,
+        project: &crate::domain::ProjectId,
+        parent: &str,
+        path: &WorkspacePath,
+        contents: &[u8],
+        message: &str,
+    ) -> Result<FileCommit, PortError> {
+        let _ = (parent, contents, message);
+        Err(PortError::Permanent(format!(
+            "this code host cannot commit {path} to the repository of {project}"
+        )))
+    }
     /// Archives the project's repository (read-only, nothing lost) or keeps it as it is;
     /// says what it did. Idempotent.
     async fn archive(&self, project: &crate::domain::ProjectId) -> Result<Value, PortError> {

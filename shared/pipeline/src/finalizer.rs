@@ -7,7 +7,8 @@
 //! (commit to the code host) → `database` (provision, apply migrations) → `build`
 //! (`npm install` + `npm run build` in the sandbox → artifact → archive) → `deploy` →
 //! `verify` (health and the declared checks against the live URL: [`crate::verify`]) →
-//! `receipt` (signed, archived beside the source: [`crate::receipt`]) → cleanup (release the sandbox, write the usage ledger, update the project, set the final
+//! `receipt` (signed, archived beside the source and committed on top of the source
+//! commit as `.turbobackend/receipt.json`: [`crate::receipt`]) → cleanup (release the sandbox, write the usage ledger, update the project, set the final
 //! phase). A request whose agent did not finish gets only its archive and the cleanup.
 //! When `verify` fails, the request goes back to the agent while a repair round is left
 //! ([`crate::repair`], with the app's recent log lines where the deployer can read them);
@@ -675,11 +676,16 @@ impl Finalizer {
                 let sha = sha256_hex(&bytes);
                 let key = format!("projects/{}/requests/{}/receipt.json", rec.project, rec.id);
                 self.archive.put(&key, &bytes, &sha).await?;
+                let (receipt_commit_sha, committed) =
+                    crate::receipt::commit(self.code_host.as_ref(), rec, &bytes).await?;
                 Ok(StepResult::Receipt(Receipted::Signed {
                     key,
                     sha256: sha,
                     document,
-                    note: "signed; check it with `turbobackend receipt verify FILE`".into(),
+                    receipt_commit_sha,
+                    note: format!(
+                        "signed; {committed}; check it with `turbobackend receipt verify FILE`"
+                    ),
                 }))
             }
         }
@@ -807,6 +813,7 @@ impl Finalizer {
             "database": steps.database_name(),
             "deployment_url": steps.live_deployment().map(|d| &d.url),
             "receipt": steps.receipt_document(),
+            "receipt_commit_sha": steps.receipt_commit_sha(),
             "error": rec.failure,
         });
         let delivery = format!("{}-final", rec.id);

@@ -16,16 +16,29 @@
 //!
 //! The signature is the hex HMAC-SHA256, under the platform's key (the one that signs
 //! callbacks, `TB_CALLBACK_SECRET`), of the `receipt` object serialised as compact JSON. It
-//! is archived beside the request's source (`…/receipt.json`), returned in the request's
-//! result and in its callback; `turbobackend receipt verify FILE` checks it
-//! ([`verify_document`]). The document is built only from what the steps recorded, so a
-//! retried step writes the same bytes.
+//! is archived beside the request's source (`…/receipt.json`), committed to the project's
+//! repository ([`commit`]), returned in the request's result and in its callback;
+//! `turbobackend receipt verify FILE` checks it ([`verify_document`]). The document is
+//! built only from what the steps recorded, so a retried step writes the same bytes (and
+//! commits nothing new).
+//!
+//! **In the repository.** A signed receipt is committed as `.turbobackend/receipt.json`
+//! ([`RECEIPT_PATH`]) on `main`, as a new commit ("Verification receipt for request
+//! <id>") whose parent is the source commit the receipt names and whose tree is that
+//! commit's plus the file ([`CodeHost::commit_file`]). A fast-forward only: when `main`
+//! has moved past the source commit (a newer request pushed meanwhile) it is not
+//! committed, and the step's note says so; the archived copy and the record keep it. Later
+//! pushes carry `.turbobackend/` over, so the latest receipt stays in the tree until the
+//! next one replaces it. Unsigned receipts are never committed.
+//!
+//! [`CodeHost::commit_file`]: tb_core::ports::CodeHost::commit_file
 
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tb_core::encoding::sha256_hex;
-use tb_core::ports::Migration;
+use tb_core::ports::{CodeHost, FileCommit, Migration, PortError};
+use tb_core::sandbox::WorkspacePath;
 
 use crate::record::RequestRecord;
 
@@ -104,6 +117,41 @@ pub fn build(rec: &RequestRecord, migrations: &[Migration]) -> Value {
         "repair_rounds": starts.len(),
         "cost_micro_usd": cost,
     })
+}
+
+/// Where a signed receipt is committed in the project's repository.
+pub const RECEIPT_PATH: &str = ".turbobackend/receipt.json";
+
+/// Commits the signed receipt `bytes` of `rec` on top of its source commit (see the module
+/// documentation): the commit that holds it (`None`: not committed), and what happened, for
+/// the step's note.
+pub async fn commit(
+    code_host: &dyn CodeHost,
+    rec: &RequestRecord,
+    bytes: &[u8],
+) -> Result<(Option<String>, String), PortError> {
+    let Some(source) = rec.steps.commit_sha() else {
+        return Ok((None, "not committed: no source commit".into()));
+    };
+    let path = WorkspacePath::parse(RECEIPT_PATH).expect("a valid path");
+    let message = format!("Verification receipt for request {}", rec.id);
+    Ok(
+        match code_host
+            .commit_file(&rec.project, source, &path, bytes, &message)
+            .await?
+        {
+            FileCommit::Committed { pushed } => {
+                let said = format!("committed as {RECEIPT_PATH} in {}", pushed.commit_sha);
+                (Some(pushed.commit_sha), said)
+            }
+            FileCommit::BranchMoved { head, .. } => (
+                None,
+                format!(
+                    "not committed to the repository: main moved past {source} to {head} (a newer push)"
+                ),
+            ),
+        },
+    )
 }
 
 /// Signs `receipt`: the document that is archived and returned.

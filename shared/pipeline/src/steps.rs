@@ -32,7 +32,8 @@ pub enum Step {
     Deploy,
     /// Health and the declared checks against the live URL ([`crate::verify`]).
     Verify,
-    /// The signed verification receipt, archived beside the source ([`crate::receipt`]).
+    /// The signed verification receipt, archived beside the source and committed on top of
+    /// the source commit as `.turbobackend/receipt.json` ([`crate::receipt`]).
     Receipt,
     /// Only when `verify` still fails after the last repair round: the deployment goes back
     /// to the project's last verified version, or, with none, the app stays up unverified.
@@ -75,7 +76,7 @@ impl Step {
             Step::Build => "the sandbox provider",
             Step::Deploy => "the deploy target",
             Step::Verify => "the deployed app",
-            Step::Receipt => "the archive",
+            Step::Receipt => "the archive and the code host",
         }
     }
 }
@@ -214,7 +215,8 @@ pub struct Verified {
     pub note: String,
 }
 
-/// `receipt`: the signed receipt in the archive, or why it is unsigned.
+/// `receipt`: the signed receipt in the archive and in the repository, or why it is
+/// unsigned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Receipted {
@@ -222,6 +224,12 @@ pub enum Receipted {
         key: String,
         sha256: String,
         document: Value,
+        /// The commit on `main` that holds it as `.turbobackend/receipt.json` (on top of
+        /// the source commit it names); `None` when it was not committed (the note says
+        /// why: `main` had moved on to a newer request's commit). Records made before
+        /// receipts were committed have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt_commit_sha: Option<String>,
         note: String,
     },
     /// No signing key: the receipt is kept on the record only.
@@ -514,6 +522,16 @@ impl Steps {
         )
     }
 
+    /// The commit holding the signed receipt as `.turbobackend/receipt.json`, once made.
+    pub fn receipt_commit_sha(&self) -> Option<&str> {
+        match &self.receipt.as_ref()?.result {
+            Receipted::Signed {
+                receipt_commit_sha, ..
+            } => receipt_commit_sha.as_deref(),
+            Receipted::Unsigned { .. } => None,
+        }
+    }
+
     /// The signed receipt document (or the unsigned receipt), once made.
     pub fn receipt_document(&self) -> Option<&Value> {
         match &self.receipt.as_ref()?.result {
@@ -654,5 +672,24 @@ mod tests {
         let stored =
             json!({"deploy": {"address": "https://p.fly.dev", "version": "1", "details": {}}});
         assert!(serde_json::from_value::<Steps>(stored).is_err());
+    }
+
+    #[test]
+    fn a_receipt_step_reads_back_with_or_without_its_commit() {
+        let before = json!({"key": "k", "sha256": "ab", "document": {"receipt": {}}, "note": "signed", "duration_ms": 3});
+        let steps: Steps = serde_json::from_value(json!({"receipt": before})).unwrap();
+        assert_eq!(steps.receipt_commit_sha(), None);
+        assert!(steps.receipt_document().is_some());
+        assert_eq!(serde_json::to_value(&steps).unwrap()["receipt"], before);
+        let mut now = before.clone();
+        now["receipt_commit_sha"] = json!("c0ffee");
+        let steps: Steps = serde_json::from_value(json!({"receipt": now})).unwrap();
+        assert_eq!(steps.receipt_commit_sha(), Some("c0ffee"));
+        assert_eq!(serde_json::to_value(&steps).unwrap()["receipt"], now);
+        let unsigned: Steps = serde_json::from_value(
+            json!({"receipt": {"skipped": "no key", "receipt": {}, "duration_ms": 1}}),
+        )
+        .unwrap();
+        assert_eq!(unsigned.receipt_commit_sha(), None);
     }
 }

@@ -16,6 +16,10 @@
 //!   (409 `Git Repository is empty.`), while the contents API may create the first commit;
 //! - moving a ref without `force` must be a fast-forward (422 `Update is not a fast
 //!   forward`), and creating an existing ref is a 422 (`Reference already exists`);
+//! - a tree is made from its `tree` entries alone, or on top of `base_tree`, whose entries
+//!   the request's overwrite path by path; an entry of mode `040000`, type `tree`, by
+//!   `sha` puts that whole tree at its path (GitHub REST, "Create a tree"; the sources are
+//!   quoted beside the handler in `git_data.rs`);
 //! - `PATCH /repos/{o}/{r}` with `archived: true` archives a repository (GitHub REST,
 //!   "Update a repository": <https://docs.github.com/en/rest/repos/repos#update-a-repository>);
 //!   an archived repository is read-only: every write to it answers 403 `Repository was

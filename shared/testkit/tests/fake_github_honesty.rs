@@ -247,6 +247,96 @@ async fn what_the_git_data_api_accepts_is_a_repository_git_can_clone() {
 }
 
 #[tokio::test]
+async fn a_tree_on_a_base_tree_keeps_the_base_and_replaces_what_its_entries_name() {
+    let gh = Gh::start().await;
+    gh.call(
+        Method::POST,
+        "/user/repos",
+        Some(json!({"name": "r", "auto_init": true})),
+    )
+    .await;
+    let (_, head) = gh
+        .call(Method::GET, "/repos/octo/r/git/ref/heads/main", None)
+        .await;
+    let (_, commit) = gh
+        .call(
+            Method::GET,
+            &format!(
+                "/repos/octo/r/git/commits/{}",
+                head["object"]["sha"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    let base = commit["tree"]["sha"].as_str().unwrap().to_owned();
+    // The files of a created tree, as `GET …/git/trees/{sha}?recursive=1` lists them.
+    let paths = async |tree: &Value| -> Vec<String> {
+        let path = format!(
+            "/repos/octo/r/git/trees/{}?recursive=1",
+            tree["sha"].as_str().unwrap()
+        );
+        let (_, listed) = gh.call(Method::GET, &path, None).await;
+        listed["tree"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["type"] == "blob")
+            .map(|i| i["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // A nested file added to the base tree.
+    let (status, with_file) = gh
+        .call(
+            Method::POST,
+            "/repos/octo/r/git/trees",
+            Some(json!({"base_tree": base, "tree": [
+                {"path": "dir/a.json", "mode": "100644", "type": "blob", "content": "{}"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(paths(&with_file).await, ["README.md", "dir/a.json"]);
+    // The same file again gives the same tree.
+    let (_, again) = gh
+        .call(
+            Method::POST,
+            "/repos/octo/r/git/trees",
+            Some(json!({"base_tree": with_file["sha"], "tree": [
+                {"path": "dir/a.json", "mode": "100644", "type": "blob", "content": "{}"}]})),
+        )
+        .await;
+    assert_eq!(again["sha"], with_file["sha"]);
+    // A subdirectory given by tree sha (mode 040000) replaces the base's directory.
+    let (_, other) = gh
+        .call(
+            Method::POST,
+            "/repos/octo/r/git/trees",
+            Some(json!({"tree": [
+                {"path": "b.json", "mode": "100644", "type": "blob", "content": "[]"}]})),
+        )
+        .await;
+    let (status, grafted) = gh
+        .call(
+            Method::POST,
+            "/repos/octo/r/git/trees",
+            Some(json!({"base_tree": with_file["sha"], "tree": [
+                {"path": "dir", "mode": "040000", "type": "tree", "sha": other["sha"]}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(paths(&grafted).await, ["README.md", "dir/b.json"]);
+    // A tree entry whose type does not match its mode is refused.
+    let (status, _) = gh
+        .call(
+            Method::POST,
+            "/repos/octo/r/git/trees",
+            Some(json!({"tree": [
+                {"path": "dir", "mode": "040000", "type": "blob", "sha": other["sha"]}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
 async fn a_ref_update_must_be_a_fast_forward_unless_forced_and_an_existing_ref_cannot_be_created() {
     let gh = Gh::start().await;
     gh.call(

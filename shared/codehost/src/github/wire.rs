@@ -34,6 +34,8 @@ pub(crate) struct GitRef {
 pub(crate) struct Commit {
     pub sha: String,
     pub tree: Sha,
+    #[serde(default)]
+    pub parents: Vec<Sha>,
 }
 
 /// `GET /repos/{o}/{r}/git/trees/{sha}?recursive=1`.
@@ -47,6 +49,8 @@ pub(crate) struct Tree {
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct TreeItem {
+    #[serde(default)]
+    pub path: String,
     #[serde(rename = "type")]
     pub kind: String,
     pub sha: String,

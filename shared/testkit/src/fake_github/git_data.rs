@@ -267,6 +267,26 @@ fn check_entry(git: &GitStore, repo: &RepoMeta, entry: &Value) -> Result<Edit, R
     })
 }
 
+/// `POST /repos/{owner}/{repo}/git/trees` (GitHub REST, "Create a tree",
+/// <https://docs.github.com/en/rest/git/trees#create-a-tree>):
+///
+/// - `base_tree`: "If provided, a new Git tree object will be created from entries in the
+///   Git tree object pointed to by `base_tree` and entries defined in the `tree`
+///   parameter. Entries defined in the `tree` parameter will overwrite items from
+///   `base_tree` with the same `path`. … If not provided, GitHub will create a new Git
+///   tree object from only the entries defined in the `tree` parameter." A `base_tree`
+///   that is not a tree is a 422;
+/// - `tree[].mode`: "one of `100644` for file (blob), `100755` for executable (blob),
+///   `040000` for subdirectory (tree), `160000` for submodule (commit), or `120000` for a
+///   blob that specifies the path of a symlink", `tree[].type` `blob`, `tree`, or `commit`
+///   to match; a `tree` entry by `sha` puts that whole tree at `path`;
+/// - `tree[].sha` or `tree[].content` ("Use either `tree.sha` or `content` to specify the
+///   contents of the entry"), `sha: null` deletes the path;
+/// - "The tree creation API accepts nested entries. If you specify both a tree and a
+///   nested path modifying that tree, this endpoint will overwrite the contents of the
+///   tree with the new path contents": trees are placed first, then the files.
+///
+/// Answers 201 with the tree as `GET …/git/trees/{sha}` shows it.
 async fn create_tree(
     State(fake): State<Arc<Fake>>,
     Path((owner, name)): Path<(String, String)>,
@@ -294,6 +314,10 @@ async fn create_tree(
             for edit in &edits {
                 match edit {
                     Edit::Graft { sha, path } => {
+                        // "Entries defined in the tree parameter will overwrite items from
+                        // base_tree with the same path" (GitHub REST, "Create a tree",
+                        // `base_tree`): what the base has at `path` goes first.
+                        fake.git.remove_from_index(&repo.path, index, path)?;
                         let prefix = format!("--prefix={path}/");
                         fake.git.with_index(
                             &repo.path,
@@ -501,6 +525,13 @@ async fn create_ref(
     .await
 }
 
+/// `PATCH /repos/{owner}/{repo}/git/refs/{ref}` (GitHub REST, "Update a reference",
+/// <https://docs.github.com/en/rest/git/refs#update-a-reference>): `sha` to move to, and
+/// `force` ("Indicates whether to force the update or to make sure the update is a
+/// fast-forward update. Leaving this out or setting it to `false` will make sure you're not
+/// overwriting work", default `false`). A non-forced update that is not a fast-forward is
+/// the 422 `Update is not a fast forward` (the message GitHub answers, as clients quote
+/// it, e.g. octokit/rest.js issues), a missing ref the 422 `Reference does not exist`.
 async fn update_ref(
     State(fake): State<Arc<Fake>>,
     Path((owner, name, reference)): Path<(String, String, String)>,

@@ -212,7 +212,10 @@ impl GitStore {
             .to_owned())
     }
 
-    /// Runs `git args…` against the temporary index `index`.
+    /// Runs `git args…` against the temporary index `index`. Some index commands
+    /// (`read-tree --prefix`, `ls-files`, `update-index --stdin`) refuse to run without a
+    /// work tree: the empty home stands in (none of them reads or writes it); pathspecs
+    /// are literal.
     pub fn with_index(
         &self,
         repo: &Path,
@@ -220,7 +223,33 @@ impl GitStore {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<String, GitFailed> {
-        self.git(Some(repo), args, &[("GIT_INDEX_FILE", index)], stdin)
+        let home = self.home.to_string_lossy();
+        let env = [
+            ("GIT_INDEX_FILE", index),
+            ("GIT_WORK_TREE", home.as_ref()),
+            ("GIT_LITERAL_PATHSPECS", "1"),
+        ];
+        self.git(Some(repo), args, &env, stdin)
+    }
+
+    /// Removes `path` (a file, or a directory with everything in it) from the temporary
+    /// index `index`, if it is there.
+    pub fn remove_from_index(&self, repo: &Path, index: &str, path: &str) -> Result<(), GitFailed> {
+        let listed = self.with_index(
+            repo,
+            index,
+            &["ls-files", "-z", "--cached", "--", path],
+            None,
+        )?;
+        if !listed.is_empty() {
+            self.with_index(
+                repo,
+                index,
+                &["update-index", "--force-remove", "-z", "--stdin"],
+                Some(listed.as_bytes()),
+            )?;
+        }
+        Ok(())
     }
 
     /// `git commit-tree`; dates are ISO 8601 (or git's own formats), `None` = now.
