@@ -25,6 +25,26 @@ use crate::error::{TransactionFailure, classify, transaction_failure};
 use crate::layout::{self, Item, n, s};
 use crate::spill::{Payload, Spill, describe};
 
+/// Gives back one of `owner`'s slots (`ADD -1`, conditional on the counter being above
+/// zero) on `builder`: an `UpdateItem` call or the `Update` of a transaction, which have
+/// the same methods but no common type.
+macro_rules! release_one_slot {
+    ($builder:expr, $table:expr, $owner:expr) => {
+        $builder
+            .table_name($table)
+            .key(layout::PK, s(layout::user_pk($owner)))
+            .key(layout::SK, s(layout::SLOTS_SK))
+            .update_expression("ADD #active :minus")
+            .condition_expression("#active > :zero")
+            .expression_attribute_names("#active", layout::ACTIVE_SLOTS)
+            .expression_attribute_values(
+                ":minus",
+                aws_sdk_dynamodb::types::AttributeValue::N("-1".into()),
+            )
+            .expression_attribute_values(":zero", n(0))
+    };
+}
+
 /// Payloads (messages, calls) above this many bytes of JSON go to S3.
 pub const DEFAULT_SPILL_THRESHOLD: usize = 64 * 1024;
 /// A `STATE` body above this many bytes goes to S3 (DynamoDB's item limit is 400 KB).
@@ -257,22 +277,17 @@ impl DynamoStore {
     }
 
     fn message_draft(index: usize, message: &Message) -> Result<Draft, PortError> {
-        let sk = layout::message_sk(index);
-        Ok(Draft {
-            json: to_json(&sk, message)?,
-            sk,
-            attributes: Item::from([(
-                layout::TTL.to_string(),
-                aws_sdk_dynamodb::types::AttributeValue::N(layout::item_expiry_secs().to_string()),
-            )]),
-            condition: Condition::Absent,
-        })
+        Self::conversation_draft(layout::message_sk(index), message)
     }
 
     fn call_draft(call: &ModelCall) -> Result<Draft, PortError> {
-        let sk = layout::call_sk(call.iteration);
+        Self::conversation_draft(layout::call_sk(call.iteration), call)
+    }
+
+    /// A new conversation item (a message or a call) at `sk`, expiring like every one.
+    fn conversation_draft(sk: String, value: &impl serde::Serialize) -> Result<Draft, PortError> {
         Ok(Draft {
-            json: to_json(&sk, call)?,
+            json: to_json(&sk, value)?,
             sk,
             attributes: Item::from([(
                 layout::TTL.to_string(),
@@ -657,20 +672,7 @@ impl StateStore for DynamoStore {
     }
 
     async fn release_slot(&self, owner: &UserId) -> Result<(), PortError> {
-        let result = self
-            .dynamo
-            .update_item()
-            .table_name(&self.table)
-            .key(layout::PK, s(layout::user_pk(owner)))
-            .key(layout::SK, s(layout::SLOTS_SK))
-            .update_expression("ADD #active :minus")
-            .condition_expression("#active > :zero")
-            .expression_attribute_names("#active", layout::ACTIVE_SLOTS)
-            .expression_attribute_values(
-                ":minus",
-                aws_sdk_dynamodb::types::AttributeValue::N("-1".into()),
-            )
-            .expression_attribute_values(":zero", n(0))
+        let result = release_one_slot!(self.dynamo.update_item(), &self.table, owner)
             .send()
             .await;
         self.count_slot_update();
@@ -691,18 +693,7 @@ impl StateStore for DynamoStore {
         // The STATE put (conditional on the version) and the counter's decrement
         // (conditional on it being above zero) in one transaction.
         let state = Self::state_draft(record, Condition::Version(expected_version))?;
-        let release = Update::builder()
-            .table_name(&self.table)
-            .key(layout::PK, s(layout::user_pk(&record.owner)))
-            .key(layout::SK, s(layout::SLOTS_SK))
-            .update_expression("ADD #active :minus")
-            .condition_expression("#active > :zero")
-            .expression_attribute_names("#active", layout::ACTIVE_SLOTS)
-            .expression_attribute_values(
-                ":minus",
-                aws_sdk_dynamodb::types::AttributeValue::N("-1".into()),
-            )
-            .expression_attribute_values(":zero", n(0))
+        let release = release_one_slot!(Update::builder(), &self.table, &record.owner)
             .build()
             .map_err(|e| PortError::Permanent(format!("building an update: {e}")))?;
         let release = TransactWriteItem::builder().update(release).build();

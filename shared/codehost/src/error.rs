@@ -83,6 +83,21 @@ impl From<CodeHostError> for PortError {
     }
 }
 
+/// An adapter operation's result for the port, logged once: its outcome at info, its
+/// failure at warn (`host`: which code host, `what`: which operation).
+pub(crate) fn logged<T: std::fmt::Debug>(
+    host: &str,
+    project: &tb_core::domain::ProjectId,
+    what: &str,
+    result: Result<T, CodeHostError>,
+) -> Result<T, PortError> {
+    match &result {
+        Ok(done) => tracing::info!(project = %project, outcome = ?done, "{host}: {what} done"),
+        Err(e) => tracing::warn!(project = %project, error = %e, "{host}: {what} failed"),
+    }
+    Ok(result?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,7 +78,7 @@ use tokio::sync::OnceCell;
 pub use config::{GitHubConfig, GitHubToken};
 pub use retry::RetryPolicy;
 
-use crate::error::CodeHostError;
+use crate::error::{CodeHostError, logged};
 use crate::tree::{ProjectTree, TreeFile};
 use crate::{AUTHOR_EMAIL, AUTHOR_NAME};
 use api::{Answer, Api, segment};
@@ -893,14 +893,8 @@ impl CodeHost for GitHubCodeHost {
         snapshot: &Snapshot,
         message: &str,
     ) -> Result<Pushed, PortError> {
-        let pushed = self
-            .push_snapshot(project, snapshot, message)
-            .await
-            .inspect_err(
-                |e| tracing::warn!(project = %project, error = %e, "GitHub push failed"),
-            )?;
-        tracing::info!(project = %project, repo = %pushed.repo_url, commit = %pushed.commit_sha, committed = pushed.committed, "pushed to GitHub");
-        Ok(pushed)
+        let pushed = self.push_snapshot(project, snapshot, message).await;
+        logged("GitHub", project, "push", pushed)
     }
 
     async fn commit_file(
@@ -913,18 +907,13 @@ impl CodeHost for GitHubCodeHost {
     ) -> Result<FileCommit, PortError> {
         let done = self
             .commit_file_on_branch(project, parent, path, contents, message)
-            .await
-            .inspect_err(
-                |e| tracing::warn!(project = %project, error = %e, "committing {path} to GitHub failed"),
-            )?;
-        tracing::info!(project = %project, file = %path, outcome = ?done, "committed a file to GitHub");
-        Ok(done)
+            .await;
+        logged("GitHub", project, &format!("committing {path}"), done)
     }
 
     async fn archive(&self, project: &ProjectId) -> Result<Value, PortError> {
-        Ok(self.archive_repository(project).await.inspect_err(
-            |e| tracing::warn!(project = %project, error = %e, "archiving the repository failed"),
-        )?)
+        let archived = self.archive_repository(project).await;
+        logged("GitHub", project, "archiving the repository", archived)
     }
 }
 

@@ -29,7 +29,7 @@ use tb_core::domain::ProjectId;
 use tb_core::ports::{CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot};
 use tb_core::sandbox::WorkspacePath;
 
-use crate::error::CodeHostError;
+use crate::error::{CodeHostError, logged};
 use crate::tree::ProjectTree;
 use crate::{AUTHOR_EMAIL, AUTHOR_NAME};
 use git_cli::GitCli;
@@ -499,14 +499,8 @@ impl CodeHost for LocalGitCodeHost {
         snapshot: &Snapshot,
         message: &str,
     ) -> Result<Pushed, PortError> {
-        let pushed = self
-            .push_snapshot(project, snapshot, message)
-            .await
-            .inspect_err(
-                |e| tracing::warn!(project = %project, error = %e, "local git push failed"),
-            )?;
-        tracing::info!(project = %project, repo = %pushed.repo_url, commit = %pushed.commit_sha, committed = pushed.committed, "committed to the local repository");
-        Ok(pushed)
+        let pushed = self.push_snapshot(project, snapshot, message).await;
+        logged("local git", project, "push", pushed)
     }
 
     async fn commit_file(
@@ -519,12 +513,8 @@ impl CodeHost for LocalGitCodeHost {
     ) -> Result<FileCommit, PortError> {
         let done = self
             .commit_file_on_main(project, parent, path, contents, message)
-            .await
-            .inspect_err(
-                |e| tracing::warn!(project = %project, error = %e, "committing {path} failed"),
-            )?;
-        tracing::info!(project = %project, file = %path, outcome = ?done, "committed a file to the local repository");
-        Ok(done)
+            .await;
+        logged("local git", project, &format!("committing {path}"), done)
     }
 
     /// The local repository is kept as it is: deleting a project never loses its code.

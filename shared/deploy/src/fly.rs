@@ -47,10 +47,11 @@ use tb_core::domain::ProjectId;
 use tb_core::ports::{Artifact, Deployer, Deployment, PortError};
 use tokio::time::Instant;
 
-use self::api::{AppLookup, Backoff, Created, MachinesApi, Waited};
+use self::api::{AppLookup, Created, Machine, MachinesApi, Waited, fly_go, flyctl_wait};
 use self::machine_config::{HEALTH_PATH, ROLE_KEY, ROLE_WEB};
 use crate::registry::{RegistryClient, RegistryCredentials};
 use crate::{DeployError, ImageRef, Secret, artifact, image};
+use tb_core::backoff::{Attempt, Stop, retry};
 
 /// Where and how to deploy.
 #[derive(Clone, Debug)]
@@ -174,11 +175,7 @@ impl FlyDeployer {
             config.max_429_retries,
             config.visibility_timeout,
         )?;
-        let http = tb_tls::http_client()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        let http = crate::http_client(None)?;
         Ok(FlyDeployer {
             config,
             api,
@@ -216,14 +213,7 @@ impl FlyDeployer {
     ) -> Result<Deployment, DeployError> {
         artifact::verify(artifact)?;
         let app = self.app_name(project);
-        let lock = self
-            .locks
-            .lock()
-            .expect("locks")
-            .entry(app.clone())
-            .or_default()
-            .clone();
-        let _one_at_a_time = lock.lock().await;
+        let _one_at_a_time = self.one_at_a_time(&app).await;
 
         self.ensure_app(&app).await?;
         self.ensure_ips(&app).await?;
@@ -274,31 +264,9 @@ impl FlyDeployer {
                 (machine.id, None)
             }
             Some(current) => {
-                let previous_config = current.config.clone();
-                let previous_image = previous_config["image"].as_str().map(str::to_owned);
-                let updated = self
-                    .api
-                    .update_machine(
-                        &app,
-                        &current.id,
-                        &config,
-                        secrets_version,
-                        &current.instance_id,
-                    )
+                let previous_image = current.config["image"].as_str().map(str::to_owned);
+                self.update_healthy(&app, &current, &config, secrets_version, deadline)
                     .await?;
-                tracing::info!(app, machine = %current.id, "updated the web machine");
-                if let Err(e) = self.until_healthy(&app, &current.id, deadline).await {
-                    let note = self
-                        .roll_back(
-                            &app,
-                            &current.id,
-                            &previous_config,
-                            secrets_version,
-                            &updated.instance_id,
-                        )
-                        .await;
-                    return Err(annotate(e, &note));
-                }
                 (current.id, previous_image)
             }
         };
@@ -335,21 +303,28 @@ impl FlyDeployer {
                 self.api.wait_for_app(app).await
             }
             Created::Refused(message) => {
-                let deadline = Instant::now() + self.api.visibility_timeout();
-                let mut backoff = Backoff::fly_go();
-                loop {
-                    match self.api.app(app).await? {
-                        AppLookup::Found { org, network: has } => {
-                            tracing::info!(app, "the app exists already; reusing it");
-                            return self.ours(app, &org, &has, &network);
+                let policy = fly_go(Instant::now() + self.api.visibility_timeout());
+                let found = retry(&policy, move |_| async move {
+                    match self.api.app(app).await {
+                        Ok(AppLookup::Found { org, network: has }) => {
+                            Attempt::Done(Ok(Some((org, has))))
                         }
-                        AppLookup::OtherOrganization => return Err(self.taken(app, &message)),
-                        AppLookup::NotVisible => {
-                            if !backoff.sleep_before(deadline).await {
-                                return Err(self.taken(app, &message));
-                            }
-                        }
+                        Ok(AppLookup::OtherOrganization) => Attempt::Done(Ok(None)),
+                        Ok(AppLookup::NotVisible) => Attempt::Retry {
+                            after: None,
+                            error: format!("app {app} not visible yet"),
+                        },
+                        Err(e) => Attempt::Done(Err(e)),
                     }
+                })
+                .await;
+                match found {
+                    Ok(Ok(Some((org, has)))) => {
+                        tracing::info!(app, "the app exists already; reusing it");
+                        self.ours(app, &org, &has, &network)
+                    }
+                    Ok(Ok(None)) | Err(_) => Err(self.taken(app, &message)),
+                    Ok(Err(e)) => Err(e),
                 }
             }
         }
@@ -445,10 +420,50 @@ impl FlyDeployer {
         // flyctl `internal/machine/wait.go` (`WaitForStartOrStop`): a failed wait call is
         // tried again after 500 ms doubling to 2 s until the timeout; a just-created machine
         // answers 404 for a moment, which is not a reason to give up on it.
-        let mut backoff = Backoff::flyctl_wait();
-        loop {
+        let started = retry(&flyctl_wait(deadline), move |_| async move {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                return Attempt::Fail(String::from("out of time"));
+            }
+            let waited = self
+                .api
+                .wait(app, id, "started", remaining.as_secs().max(1))
+                .await;
+            match waited {
+                Ok(Waited::Reached) => Attempt::Done(Ok(())),
+                Ok(Waited::NotVisible) => Attempt::Retry {
+                    after: None,
+                    error: format!("machine {id} of {app} is not visible yet"),
+                },
+                // Asked again at once unless it ended.
+                Ok(Waited::TimedOut) => match self.api.machine(app, id).await {
+                    Ok(Some(m))
+                        if matches!(
+                            m.state.as_str(),
+                            "failed" | "destroyed" | "stopped" | "launch_failed"
+                        ) =>
+                    {
+                        Attempt::Done(Err(DeployError::Unhealthy(format!(
+                            "machine {id} is {} instead of started",
+                            m.state
+                        ))))
+                    }
+                    Ok(_) => Attempt::Retry {
+                        after: Some(Duration::ZERO),
+                        error: format!("machine {id} of {app} is not started yet"),
+                    },
+                    Err(e) => Attempt::Done(Err(e)),
+                },
+                Err(e) => Attempt::Done(Err(e)),
+            }
+        })
+        .await;
+        match started {
+            Ok(result) => result?,
+            Err(gave_up) => {
+                if gave_up.stop == Stop::Deadline {
+                    tokio::time::sleep_until(deadline).await;
+                }
                 let state = match self.api.machine(app, id).await {
                     Ok(Some(m)) => m.state,
                     Ok(None) => "not visible".into(),
@@ -458,32 +473,6 @@ impl FlyDeployer {
                     "machine {id} was not started within {:?} (state {state:?})",
                     self.config.health_timeout
                 )));
-            }
-            match self
-                .api
-                .wait(app, id, "started", remaining.as_secs().max(1))
-                .await?
-            {
-                Waited::Reached => break,
-                Waited::NotVisible => {
-                    tracing::debug!(app, machine = id, "the machine is not visible yet");
-                    if !backoff.sleep_before(deadline).await {
-                        tokio::time::sleep_until(deadline).await;
-                    }
-                }
-                Waited::TimedOut => {
-                    let state = self.api.machine(app, id).await?.map(|m| m.state);
-                    if let Some(state) = state
-                        && matches!(
-                            state.as_str(),
-                            "failed" | "destroyed" | "stopped" | "launch_failed"
-                        )
-                    {
-                        return Err(DeployError::Unhealthy(format!(
-                            "machine {id} is {state} instead of started"
-                        )));
-                    }
-                }
             }
         }
         let url = format!("{}{HEALTH_PATH}", self.public_url(app));
@@ -496,6 +485,56 @@ impl FlyDeployer {
         )
         .await
         .map_err(DeployError::Unhealthy)
+    }
+
+    /// Holds `app`'s deploys and rollbacks to one at a time (in this process).
+    async fn one_at_a_time(&self, app: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(app.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Updates the web machine `current` to `config` and waits until it is healthy before
+    /// `deadline`; when it is not, puts `current`'s configuration back and says so in the
+    /// error.
+    async fn update_healthy(
+        &self,
+        app: &str,
+        current: &Machine,
+        config: &Value,
+        secrets_version: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), DeployError> {
+        let updated = self
+            .api
+            .update_machine(
+                app,
+                &current.id,
+                config,
+                secrets_version,
+                &current.instance_id,
+            )
+            .await?;
+        let image = config["image"].as_str().unwrap_or("?");
+        tracing::info!(app, machine = %current.id, image, "updated the web machine");
+        if let Err(e) = self.until_healthy(app, &current.id, deadline).await {
+            let note = self
+                .roll_back(
+                    app,
+                    &current.id,
+                    &current.config,
+                    secrets_version,
+                    &updated.instance_id,
+                )
+                .await;
+            return Err(annotate(e, &note));
+        }
+        Ok(())
     }
 
     /// Puts the configuration the machine had before back, and waits for it to serve again.
@@ -542,14 +581,7 @@ impl FlyDeployer {
             )));
         }
         let app = self.app_name(project);
-        let lock = self
-            .locks
-            .lock()
-            .expect("locks")
-            .entry(app.clone())
-            .or_default()
-            .clone();
-        let _one_at_a_time = lock.lock().await;
+        let _one_at_a_time = self.one_at_a_time(&app).await;
         let registry = RegistryClient::new(&self.config.registry, None)?;
         let reference = format!("{}/{app}@{digest}", registry.registry());
         let mut live: Vec<_> = self
@@ -570,29 +602,13 @@ impl FlyDeployer {
                 "{app} has no web machine to roll back"
             )));
         };
-        let previous_config = current.config.clone();
-        let previous_image = previous_config["image"].as_str().map(str::to_owned);
+        let previous_image = current.config["image"].as_str().map(str::to_owned);
         let deadline = Instant::now() + self.config.health_timeout;
         if previous_image.as_deref() != Some(reference.as_str()) {
             // The same configuration as a deploy, with the earlier image.
             let config = machine_config::web_machine(&reference);
-            let updated = self
-                .api
-                .update_machine(&app, &current.id, &config, None, &current.instance_id)
+            self.update_healthy(&app, &current, &config, None, deadline)
                 .await?;
-            tracing::info!(app, machine = %current.id, image = reference, "rolled the web machine back");
-            if let Err(e) = self.until_healthy(&app, &current.id, deadline).await {
-                let note = self
-                    .roll_back(
-                        &app,
-                        &current.id,
-                        &previous_config,
-                        None,
-                        &updated.instance_id,
-                    )
-                    .await;
-                return Err(annotate(e, &note));
-            }
         } else {
             // A redelivery: the machine runs it already; check it answers.
             self.until_healthy(&app, &current.id, deadline).await?;

@@ -27,7 +27,8 @@ use tb_core::ports::Artifact;
 use crate::layer::Layer;
 use crate::reference::ImageRef;
 use crate::registry::{
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Mount, OCI_INDEX, OCI_MANIFEST, RegistryClient,
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, FetchedManifest, Mount, OCI_INDEX, OCI_MANIFEST,
+    RegistryClient,
 };
 use crate::{DeployError, artifact, layer};
 
@@ -94,6 +95,24 @@ pub struct BaseImage {
     pub config_bytes: Vec<u8>,
 }
 
+impl BaseImage {
+    fn new(
+        fetched: FetchedManifest,
+        manifest: Value,
+        config: Value,
+        config_bytes: Vec<u8>,
+    ) -> Self {
+        BaseImage {
+            digest: fetched.digest,
+            media_type: fetched.media_type,
+            manifest,
+            config,
+            manifest_bytes: fetched.bytes,
+            config_bytes,
+        }
+    }
+}
+
 /// The tag under which a target repository keeps the base manifest `base` resolved to this
 /// week: `tb-base-<hash of the reference>-w<weeks since the epoch>`.
 pub fn base_cache_tag(base: &ImageRef, unix_secs: u64) -> String {
@@ -116,14 +135,7 @@ async fn cached_base(target: &RegistryClient, repository: &str, tag: &str) -> Op
             .ok_or_else(|| DeployError::Image("no config".into()))?;
         let config_bytes = target.get_blob(repository, config_digest).await?;
         let config: Value = parse(&config_bytes, "the kept base config")?;
-        Ok(BaseImage {
-            digest: fetched.digest,
-            media_type: fetched.media_type,
-            manifest,
-            config,
-            manifest_bytes: fetched.bytes,
-            config_bytes,
-        })
+        Ok(BaseImage::new(fetched, manifest, config, config_bytes))
     }
     .await;
     match result {
@@ -201,14 +213,7 @@ pub async fn resolve_base(
             "{base}: {layers} layers but {diff_ids} diff_ids"
         )));
     }
-    Ok(BaseImage {
-        digest: fetched.digest,
-        media_type: fetched.media_type,
-        manifest,
-        config,
-        manifest_bytes: fetched.bytes,
-        config_bytes,
-    })
+    Ok(BaseImage::new(fetched, manifest, config, config_bytes))
 }
 
 /// Builds the app image from `base` and `artifact` and pushes it to

@@ -22,3 +22,18 @@ pub use fly::{FlyConfig, FlyDeployer};
 pub use local::{LocalConfig, LocalDeployer};
 pub use reference::ImageRef;
 pub use tb_core::secret::Secret;
+
+/// The HTTP client of the Fly and registry clients: the shared TLS configuration, a 10 s
+/// connect timeout, our User-Agent, and `timeout` for a whole request when given.
+fn http_client(timeout: Option<std::time::Duration>) -> Result<reqwest::Client, DeployError> {
+    let builder = tb_tls::http_client()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")));
+    let builder = match timeout {
+        Some(timeout) => builder.timeout(timeout),
+        None => builder,
+    };
+    builder
+        .build()
+        .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))
+}

@@ -176,18 +176,7 @@ impl LocalDeployer {
             .await?;
 
         // The new version serves: retire the old one.
-        let previous_version = match running.take() {
-            Some(old) => {
-                let v = old.version.clone();
-                stop_child(old, self.config.stop_grace).await;
-                Some(v)
-            }
-            None => {
-                let recorded = read_pid_file(&project_dir);
-                stop_recorded(&project_dir, self.config.stop_grace).await;
-                recorded.map(|r| r.version)
-            }
-        };
+        let previous_version = self.retire(running.take(), &project_dir).await;
         write_env_file(&project_dir, secrets)?;
         write_pid_file(&project_dir, pid, port, &version)?;
         *running = Some(Running {
@@ -218,6 +207,23 @@ impl LocalDeployer {
         })
     }
 
+    /// Stops the version that served until now (this process's child, or the one a
+    /// previous process recorded); its version.
+    async fn retire(&self, running: Option<Running>, project_dir: &Path) -> Option<String> {
+        match running {
+            Some(old) => {
+                let v = old.version.clone();
+                stop_child(old, self.config.stop_grace).await;
+                Some(v)
+            }
+            None => {
+                let recorded = read_pid_file(project_dir);
+                stop_recorded(project_dir, self.config.stop_grace).await;
+                recorded.map(|r| r.version)
+            }
+        }
+    }
+
     /// Runs `version` (kept beside the current one: a deploy prunes all but the current
     /// and the previous version) in place of the current process, the same way a deploy
     /// switches: the old one stops only once the earlier one answers `/api/health`.
@@ -241,18 +247,7 @@ impl LocalDeployer {
         let (child, pid) = self
             .start_healthy(project, &project_dir, version, port, &secrets)
             .await?;
-        let previous_version = match running.take() {
-            Some(old) => {
-                let v = old.version.clone();
-                stop_child(old, self.config.stop_grace).await;
-                Some(v)
-            }
-            None => {
-                let recorded = read_pid_file(&project_dir);
-                stop_recorded(&project_dir, self.config.stop_grace).await;
-                recorded.map(|r| r.version)
-            }
-        };
+        let previous_version = self.retire(running.take(), &project_dir).await;
         write_pid_file(&project_dir, pid, port, version)?;
         *running = Some(Running {
             child,

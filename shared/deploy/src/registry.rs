@@ -21,6 +21,7 @@ use base64::Engine;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
+use tb_core::backoff::{Attempt, Backoff, Jitter, RetryPolicy, retry};
 use tb_core::encoding::sha256_hex;
 
 use crate::{DeployError, Secret};
@@ -37,6 +38,18 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// How many times a read (`GET`/`HEAD`) is tried when the registry is unreachable or
 /// answers 429/5xx.
 const READ_ATTEMPTS: u32 = 4;
+
+/// A read's transient answer or error, kept while the read is tried again.
+struct Transient(Result<reqwest::Response, DeployError>);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(resp) => write!(f, "the registry answered {}", resp.status()),
+            Err(e) => e.fmt(f),
+        }
+    }
+}
 
 /// A user name and password for a registry (`x` and the Fly token for `registry.fly.io`).
 #[derive(Clone, Debug)]
@@ -125,12 +138,7 @@ impl RegistryClient {
         let scheme = if loopback { "http" } else { "https" };
         let base_url = Url::parse(&format!("{scheme}://{api_host}/"))
             .map_err(|e| DeployError::Config(format!("registry {registry}: {e}")))?;
-        let http = tb_tls::http_client()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        let http = crate::http_client(Some(Duration::from_secs(300)))?;
         Ok(RegistryClient {
             http,
             registry: registry.to_owned(),
@@ -200,16 +208,29 @@ impl RegistryClient {
         })
     }
 
-    /// True when `repository` has the blob (`HEAD` answers 200).
-    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool, DeployError> {
-        let op = format!("HEAD blob {repository}@{digest}");
+    /// `method` (`HEAD` or `GET`) on a blob, as a read.
+    async fn read_blob(
+        &self,
+        op: &str,
+        method: Method,
+        repository: &str,
+        digest: &str,
+    ) -> Result<reqwest::Response, DeployError> {
         let req = Req {
-            method: Method::HEAD,
+            method,
             url: self.url(&format!("v2/{repository}/blobs/{digest}"))?,
             headers: vec![],
             body: None,
         };
-        let resp = self.read(&op, &pull_scope(repository), &req).await?;
+        self.read(op, &pull_scope(repository), &req).await
+    }
+
+    /// True when `repository` has the blob (`HEAD` answers 200).
+    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool, DeployError> {
+        let op = format!("HEAD blob {repository}@{digest}");
+        let resp = self
+            .read_blob(&op, Method::HEAD, repository, digest)
+            .await?;
         match resp.status() {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -220,13 +241,7 @@ impl RegistryClient {
     /// Downloads a blob and checks it against `digest`.
     pub async fn get_blob(&self, repository: &str, digest: &str) -> Result<Vec<u8>, DeployError> {
         let op = format!("GET blob {repository}@{digest}");
-        let req = Req {
-            method: Method::GET,
-            url: self.url(&format!("v2/{repository}/blobs/{digest}"))?,
-            headers: vec![],
-            body: None,
-        };
-        let resp = self.read(&op, &pull_scope(repository), &req).await?;
+        let resp = self.read_blob(&op, Method::GET, repository, digest).await?;
         let resp = self.expect(&op, resp, &[StatusCode::OK]).await?;
         let bytes = resp.bytes().await.map_err(|e| self.net_error(&op, &e))?;
         let got = format!("sha256:{}", sha256_hex(&bytes));
@@ -386,35 +401,39 @@ impl RegistryClient {
         scopes: &[String],
         req: &Req,
     ) -> Result<reqwest::Response, DeployError> {
-        let mut attempt = 1;
-        loop {
+        // A 429 waits for its `retry-after` (at most 10 s), else a second per attempt:
+        // anonymous pulls from ECR Public are limited to one a second per address
+        // (docs.aws.amazon.com/AmazonECR/latest/public/public-service-quotas.html); other
+        // failures wait 250 ms per attempt.
+        let policy = RetryPolicy::new(
+            "registry",
+            READ_ATTEMPTS,
+            Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+            Jitter::None,
+        );
+        let read = retry(&policy, move |attempt| async move {
             let result = self.send(op, scopes, req).await;
-            let transient = match &result {
-                Ok(resp) => {
-                    resp.status() == StatusCode::TOO_MANY_REQUESTS
-                        || resp.status().is_server_error()
-                }
-                Err(DeployError::Registry { status: None, .. }) => true,
-                Err(_) => false,
-            };
-            if !transient || attempt >= READ_ATTEMPTS {
-                return result;
-            }
-            // A 429 waits for its `retry-after` (at most 10 s), else a second per attempt:
-            // anonymous pulls from ECR Public are limited to one a second per address
-            // (docs.aws.amazon.com/AmazonECR/latest/public/public-service-quotas.html).
-            let wait = match &result {
+            let after = match &result {
                 Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => resp
                     .headers()
                     .get(header::RETRY_AFTER)
                     .and_then(|v| tb_core::backoff::parse_retry_after(v.to_str().ok()?))
-                    .unwrap_or(Duration::from_secs(u64::from(attempt)))
-                    .min(Duration::from_secs(10)),
-                _ => Duration::from_millis(250 * u64::from(attempt)),
+                    .unwrap_or(Duration::from_secs(u64::from(attempt))),
+                Ok(resp) if resp.status().is_server_error() => {
+                    Duration::from_millis(250 * u64::from(attempt))
+                }
+                Err(DeployError::Registry { status: None, .. }) => {
+                    Duration::from_millis(250 * u64::from(attempt))
+                }
+                _ => return Attempt::Done(result),
             };
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
+            Attempt::Retry {
+                after: Some(after),
+                error: Transient(result),
+            }
+        })
+        .await;
+        read.unwrap_or_else(|gave_up| gave_up.error.0)
     }
 
     /// Sends `req` with the current authorization; on a `401` challenge, authenticates as

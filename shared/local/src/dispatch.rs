@@ -29,6 +29,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tb_core::backoff::{Attempt, Backoff, GaveUp, Jitter, RetryPolicy, retry};
 use tb_core::domain::RequestId;
 use tb_pipeline::requests::job_request_id;
 use tb_pipeline::{
@@ -72,10 +73,11 @@ impl Default for DispatchSettings {
 }
 
 impl DispatchSettings {
-    /// The backoff after failed attempt number `attempt` (1-based): between half and all of
-    /// `base_backoff * 2^(attempt - 1)`, at most `max_backoff`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        tb_core::backoff::Backoff::new(self.base_backoff, self.max_backoff).equal_jitter(attempt)
+    /// How a message is retried: `attempts` in all, the backoff after failed attempt `n`
+    /// between half and all of `base_backoff * 2^(n - 1)`, at most `max_backoff`.
+    pub fn retrying(&self) -> RetryPolicy {
+        let backoff = Backoff::new(self.base_backoff, self.max_backoff);
+        RetryPolicy::new("dispatcher", self.attempts, backoff, Jitter::Equal)
     }
 }
 
@@ -199,10 +201,9 @@ async fn handle_work(
         Some(id) => Some(gates.enter(&id).await),
         None => None,
     };
-    let worker_id = new_worker_id();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    let worker_id = &new_worker_id();
+    let (worker, body, permits, settings) = (&worker, &body, &permits, &*settings);
+    let handled = retry(&settings.retrying(), move |_| async move {
         let result = {
             let _permit = permits
                 .acquire()
@@ -212,21 +213,24 @@ async fn handle_work(
                 worker_id: worker_id.clone(),
                 deadline: Instant::now() + settings.invocation_time,
             };
-            worker.handle_work(&body, &invocation).await
+            worker.handle_work(body, &invocation).await
         };
         match result {
             Ok(done) => {
                 tracing::debug!(?done, "work message handled");
-                return;
+                Attempt::Done(())
             }
             // Already parked on the dead-letter queue by the pipeline.
-            Err(WorkError::Poison { .. }) => return,
-            Err(WorkError::Retry(reason)) => {
-                if !retry_or_give_up(&worker, &body, attempt, &reason, &settings).await {
-                    return;
-                }
-            }
+            Err(WorkError::Poison { .. }) => Attempt::Done(()),
+            Err(WorkError::Retry(reason)) => Attempt::Retry {
+                after: None,
+                error: reason,
+            },
         }
+    })
+    .await;
+    if let Err(gave_up) = handled {
+        give_up(worker, body, gave_up).await;
     }
 }
 
@@ -254,55 +258,52 @@ async fn handle_finalize(
     body: String,
     settings: Arc<DispatchSettings>,
 ) {
-    let worker_id = new_worker_id();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match finalizer.handle(&body, &worker_id).await {
-            Ok(FinalizeDone::Finished { phase, failure }) => {
-                tracing::info!(?phase, ?failure, "finalized");
-                return;
-            }
-            Ok(FinalizeDone::Stale(why)) => {
-                tracing::debug!(why, "stale finalize message");
-                return;
-            }
-            Ok(FinalizeDone::Repairing { round }) => {
-                tracing::info!(round, "verification failed; back to the agent");
-                return;
-            }
-            // Not with `handle`'s missing deadline; a new invocation continues at once.
-            Ok(FinalizeDone::Continue) => attempt -= 1,
-            Err(FinalizeError::Poison(reason)) => {
-                return dead_letter(&worker, &body, &reason).await;
-            }
-            Err(FinalizeError::Retry(reason)) => {
-                if !retry_or_give_up(&worker, &body, attempt, &reason, &settings).await {
-                    return;
+    let worker_id = &new_worker_id();
+    let (worker, finalizer, body) = (&worker, &finalizer, &body);
+    let handled = retry(&settings.retrying(), move |_| async move {
+        loop {
+            match finalizer.handle(body, worker_id).await {
+                Ok(FinalizeDone::Finished { phase, failure }) => {
+                    tracing::info!(?phase, ?failure, "finalized");
+                    return Attempt::Done(());
+                }
+                Ok(FinalizeDone::Stale(why)) => {
+                    tracing::debug!(why, "stale finalize message");
+                    return Attempt::Done(());
+                }
+                Ok(FinalizeDone::Repairing { round }) => {
+                    tracing::info!(round, "verification failed; back to the agent");
+                    return Attempt::Done(());
+                }
+                // Not with `handle`'s missing deadline; a new invocation continues at once,
+                // in the same attempt.
+                Ok(FinalizeDone::Continue) => continue,
+                Err(FinalizeError::Poison(reason)) => {
+                    dead_letter(worker, body, &reason).await;
+                    return Attempt::Done(());
+                }
+                Err(FinalizeError::Retry(reason)) => {
+                    return Attempt::Retry {
+                        after: None,
+                        error: reason,
+                    };
                 }
             }
         }
+    })
+    .await;
+    if let Err(gave_up) = handled {
+        give_up(worker, body, gave_up).await;
     }
 }
 
-/// After failed attempt `attempt`: waits out the backoff and returns true, or, when the
-/// attempts are used up, dead-letters the message and returns false.
-async fn retry_or_give_up(
-    worker: &Worker,
-    body: &str,
-    attempt: u32,
-    reason: &str,
-    settings: &DispatchSettings,
-) -> bool {
-    if attempt >= settings.attempts {
-        let reason = format!("gave up after {attempt} attempts: {reason}");
-        dead_letter(worker, body, &reason).await;
-        return false;
-    }
-    let wait = settings.backoff(attempt);
-    tracing::info!(attempt, ?wait, "retrying a message: {reason}");
-    tokio::time::sleep(wait).await;
-    true
+/// Dead-letters a message whose attempts are used up.
+async fn give_up(worker: &Worker, body: &str, gave_up: GaveUp<String>) {
+    let reason = format!(
+        "gave up after {} attempts: {}",
+        gave_up.attempts, gave_up.error
+    );
+    dead_letter(worker, body, &reason).await;
 }
 
 async fn dead_letter(worker: &Worker, body: &str, reason: &str) {

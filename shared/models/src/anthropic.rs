@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Client, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse, StopReason};
 use tb_core::{Block, TokenUsage};
 
-use crate::http::{self, ConfigError};
+use crate::http::{self, ConfigError, Endpoint};
 use crate::retry::RetryPolicy;
 
 /// The production endpoint.
@@ -67,9 +66,7 @@ impl fmt::Debug for AnthropicConfig {
 #[derive(Debug)]
 pub struct AnthropicClient {
     config: AnthropicConfig,
-    http: Client,
-    url: Url,
-    headers: HeaderMap,
+    endpoint: Endpoint,
 }
 
 impl AnthropicClient {
@@ -78,13 +75,8 @@ impl AnthropicClient {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", http::secret_header(&config.api_key)?);
         headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        let http = http::build_client(config.timeout)?;
-        Ok(AnthropicClient {
-            config,
-            http,
-            url,
-            headers,
-        })
+        let endpoint = Endpoint::new(url, headers, config.timeout, config.retry, "anthropic")?;
+        Ok(AnthropicClient { config, endpoint })
     }
 
     pub fn config(&self) -> &AnthropicConfig {
@@ -104,15 +96,7 @@ impl Model for AnthropicClient {
 
     async fn complete(&self, request: ModelRequest<'_>) -> Result<ModelResponse, ModelError> {
         let body = request_body(&self.config.model, &request);
-        let bytes = http::post_json(
-            &self.http,
-            &self.url,
-            &self.headers,
-            &body,
-            &self.config.retry,
-            "anthropic",
-        )
-        .await?;
+        let bytes = self.endpoint.post(&body).await?;
         parse_response(&bytes, &self.config.model)
     }
 }

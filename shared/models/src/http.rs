@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Client, Url};
+use tb_core::backoff::{Attempt, retry};
 use tb_core::model::ModelError;
 
 use crate::retry::{RetryPolicy, is_retryable_status, retry_after, should_retry_header};
@@ -24,7 +25,7 @@ pub enum ConfigError {
 }
 
 /// A reqwest client with our User-Agent and timeouts; built once per model client.
-pub(crate) fn build_client(timeout: Duration) -> Result<Client, ConfigError> {
+fn build_client(timeout: Duration) -> Result<Client, ConfigError> {
     tb_tls::http_client()
         .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
         .timeout(timeout)
@@ -59,9 +60,52 @@ pub(crate) fn secret_header(value: &str) -> Result<HeaderValue, ConfigError> {
     Ok(v)
 }
 
+/// Where a client sends its calls: the HTTP client, the URL and headers, the retries.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    http: Client,
+    url: Url,
+    headers: HeaderMap,
+    retry: RetryPolicy,
+    /// Names the provider in logs.
+    provider: &'static str,
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        url: Url,
+        headers: HeaderMap,
+        timeout: Duration,
+        retry: RetryPolicy,
+        provider: &'static str,
+    ) -> Result<Self, ConfigError> {
+        Ok(Endpoint {
+            http: build_client(timeout)?,
+            url,
+            headers,
+            retry,
+            provider,
+        })
+    }
+
+    /// POSTs `body` as JSON and returns the body of the first 2xx answer, retrying per
+    /// the policy.
+    pub(crate) async fn post(&self, body: &serde_json::Value) -> Result<Vec<u8>, ModelError> {
+        post_json(
+            &self.http,
+            &self.url,
+            &self.headers,
+            body,
+            &self.retry,
+            self.provider,
+        )
+        .await
+    }
+}
+
 /// POSTs `body` as JSON and returns the body of the first 2xx answer, retrying per
 /// `policy`. `provider` names the provider in logs.
-pub(crate) async fn post_json(
+async fn post_json(
     client: &Client,
     url: &Url,
     headers: &HeaderMap,
@@ -71,9 +115,9 @@ pub(crate) async fn post_json(
 ) -> Result<Vec<u8>, ModelError> {
     let payload = serde_json::to_vec(body)
         .map_err(|e| ModelError::Protocol(format!("cannot encode request: {e}")))?;
-    let attempts = policy.attempts();
-    let mut attempt = 1;
-    loop {
+    let payload = &payload;
+    let policy = policy.retrying(provider);
+    let sent = retry(&policy, move |_| async move {
         let request = client
             .post(url.clone())
             .headers(headers.clone())
@@ -85,7 +129,9 @@ pub(crate) async fn post_json(
                 let verdict = should_retry_header(response.headers());
                 let wait = retry_after(response.headers());
                 match response.bytes().await {
-                    Ok(bytes) if (200..300).contains(&status) => return Ok(bytes.to_vec()),
+                    Ok(bytes) if (200..300).contains(&status) => {
+                        return Attempt::Done(bytes.to_vec());
+                    }
                     Ok(bytes) => Failure::Status {
                         status,
                         message: error_message(&bytes),
@@ -106,21 +152,17 @@ pub(crate) async fn post_json(
                 }
             }
         };
-        if !failure.retry() || attempt >= attempts {
-            return Err(failure.into_error(attempt));
+        if failure.retry() {
+            Attempt::Retry {
+                after: failure.wait(),
+                error: failure,
+            }
+        } else {
+            Attempt::Fail(failure)
         }
-        let delay = failure.wait().unwrap_or_else(|| policy.backoff(attempt));
-        tracing::warn!(
-            provider,
-            status = failure.status(),
-            attempt,
-            max_attempts = attempts,
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            "model call failed; retrying"
-        );
-        tokio::time::sleep(delay).await;
-        attempt += 1;
-    }
+    })
+    .await;
+    sent.map_err(|gave_up| gave_up.error.into_error(gave_up.attempts))
 }
 
 /// The human message in an error body: Anthropic's `{"error":{"message"}}`, OpenAI's
@@ -201,13 +243,6 @@ impl Failure {
         }
     }
 
-    fn status(&self) -> Option<u16> {
-        match self {
-            Failure::Status { status, .. } => Some(*status),
-            Failure::Network { .. } => None,
-        }
-    }
-
     fn into_error(self, attempts: u32) -> ModelError {
         let tried = |m: String| {
             if attempts > 1 {
@@ -239,6 +274,17 @@ impl Failure {
                 status: None,
                 message: tried(message),
             },
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status {
+                status, message, ..
+            } => write!(f, "model call failed: HTTP {status}: {message}"),
+            Failure::Network { message, .. } => write!(f, "model call failed: {message}"),
         }
     }
 }

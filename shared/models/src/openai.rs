@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, HeaderMap};
-use reqwest::{Client, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse, StopReason};
 use tb_core::{Block, Message, Role, TokenUsage};
 
-use crate::http::{self, ConfigError};
+use crate::http::{self, ConfigError, Endpoint};
 use crate::retry::RetryPolicy;
 
 /// How to reach an OpenAI-compatible server. `Debug` never shows the API key.
@@ -81,9 +80,7 @@ impl fmt::Debug for OpenAiConfig {
 #[derive(Debug)]
 pub struct OpenAiClient {
     config: OpenAiConfig,
-    http: Client,
-    url: Url,
-    headers: HeaderMap,
+    endpoint: Endpoint,
     /// The server refused `max_completion_tokens`: send `max_tokens`.
     legacy_max_tokens: AtomicBool,
 }
@@ -116,12 +113,10 @@ impl OpenAiClient {
                 http::secret_header(&format!("Bearer {key}"))?,
             );
         }
-        let http = http::build_client(config.timeout)?;
+        let endpoint = Endpoint::new(url, headers, config.timeout, config.retry, "openai")?;
         Ok(OpenAiClient {
             config,
-            http,
-            url,
-            headers,
+            endpoint,
             legacy_max_tokens: AtomicBool::new(false),
         })
     }
@@ -175,15 +170,7 @@ impl OpenAiClient {
         field: TokenLimitField,
     ) -> Result<Vec<u8>, ModelError> {
         let body = request_body(&self.config.model, request, field);
-        http::post_json(
-            &self.http,
-            &self.url,
-            &self.headers,
-            &body,
-            &self.config.retry,
-            "openai",
-        )
-        .await
+        self.endpoint.post(&body).await
     }
 }
 

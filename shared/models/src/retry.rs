@@ -50,8 +50,15 @@ impl RetryPolicy {
         self.schedule().full_jitter(attempt)
     }
 
-    pub(crate) fn attempts(&self) -> u32 {
-        self.max_attempts.max(1)
+    /// The policy [`tb_core::backoff::retry`] runs a call of `provider` with.
+    pub(crate) fn retrying(&self, provider: &'static str) -> tb_core::backoff::RetryPolicy {
+        tb_core::backoff::RetryPolicy::new(
+            provider,
+            self.max_attempts,
+            self.schedule(),
+            tb_core::backoff::Jitter::Full,
+        )
+        .max_retry_after(MAX_RETRY_AFTER)
     }
 
     fn schedule(&self) -> Backoff {

@@ -10,7 +10,7 @@
 //! so a DNS change after the request was accepted cannot redirect it inside.
 
 use std::time::Duration;
-use tb_core::backoff::Backoff;
+use tb_core::backoff::{Attempt, Backoff, Jitter, RetryPolicy, Stop, retry};
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
@@ -118,46 +118,50 @@ impl Notifier for HttpNotifier {
     async fn notify(&self, url: &str, delivery_id: &str, payload: &Value) -> Result<(), PortError> {
         let client = self.client_for(url).await?;
         let body = payload.to_string();
-        let mut last = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                let schedule = Backoff::new(self.base_delay, self.base_delay.saturating_mul(1024));
-                tokio::time::sleep(schedule.ceiling(attempt)).await;
-            }
+        let body = &body;
+        let client = &client;
+        let schedule = Backoff::new(self.base_delay, self.base_delay.saturating_mul(1024));
+        let policy = RetryPolicy::new("callback", self.attempts, schedule, Jitter::None);
+        let sent = retry(&policy, move |_| async move {
             let ts = tb_core::clock::now_ms() / 1000;
             let sent = client
                 .post(url)
                 .header("content-type", "application/json")
                 .header(DELIVERY_HEADER, delivery_id)
-                .header(SIGNATURE_HEADER, self.signature(ts, &body))
+                .header(SIGNATURE_HEADER, self.signature(ts, body))
                 .body(body.clone())
                 .send()
                 .await;
             match sent {
-                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_success() => Attempt::Done(()),
                 Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-                    last = format!("HTTP {}", r.status())
+                    Attempt::Retry {
+                        after: None,
+                        error: format!("HTTP {}", r.status()),
+                    }
                 }
-                Ok(r) if r.status().is_redirection() => {
-                    return Err(PortError::Permanent(format!(
-                        "the callback receiver answered HTTP {} (a redirect; callbacks do not follow redirects)",
-                        r.status()
-                    )));
-                }
-                Ok(r) => {
-                    return Err(PortError::Permanent(format!(
-                        "the callback receiver answered HTTP {}",
-                        r.status()
-                    )));
-                }
-                Err(e) => last = e.without_url().to_string(),
+                Ok(r) if r.status().is_redirection() => Attempt::Fail(format!(
+                    "the callback receiver answered HTTP {} (a redirect; callbacks do not follow redirects)",
+                    r.status()
+                )),
+                Ok(r) => Attempt::Fail(format!(
+                    "the callback receiver answered HTTP {}",
+                    r.status()
+                )),
+                Err(e) => Attempt::Retry {
+                    after: None,
+                    error: e.without_url().to_string(),
+                },
             }
-            tracing::info!(attempt, "callback not delivered yet: {last}");
-        }
-        Err(PortError::Transient(format!(
-            "callback not delivered after {} attempts: {last}",
-            self.attempts
-        )))
+        })
+        .await;
+        sent.map_err(|gave_up| match gave_up.stop {
+            Stop::Failed => PortError::Permanent(gave_up.error),
+            _ => PortError::Transient(format!(
+                "callback not delivered after {} attempts: {}",
+                self.attempts, gave_up.error
+            )),
+        })
     }
 }
 

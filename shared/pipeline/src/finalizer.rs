@@ -166,9 +166,10 @@ impl From<PortError> for FinalizeError {
     }
 }
 
-/// A step's failure: retry it, or give up; or the invocation's time ran out.
+/// A step's failure (of a request's steps, or a project operation's): retry it, or give
+/// up; or the invocation's time ran out.
 #[derive(Debug)]
-enum StepError {
+pub(crate) enum StepError {
     Transient(String),
     Permanent(String),
     OutOfTime,

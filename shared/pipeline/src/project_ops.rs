@@ -26,11 +26,12 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tb_core::backoff::{Attempt, Backoff, Jitter, RetryPolicy, Stop, retry};
 use tb_core::clock::now_ms;
 use tb_core::domain::{Phase, ProjectId};
 use tb_core::ports::{Lifecycle, Operation, OperationFailure, PlatformRecords, PortError};
 
-use crate::finalizer::{FinalizeDone, FinalizeError, Finalizer};
+use crate::finalizer::{FinalizeDone, FinalizeError, Finalizer, StepError};
 use crate::record::Failure;
 
 /// The deletion's steps, in order.
@@ -51,22 +52,6 @@ pub async fn deleting(
         .project(project)
         .await?
         .is_some_and(|p| p.lifecycle.deletion.is_some()))
-}
-
-/// How a step ended, when not with its result.
-enum StepError {
-    Transient(String),
-    Permanent(String),
-    OutOfTime,
-}
-
-impl From<PortError> for StepError {
-    fn from(e: PortError) -> Self {
-        match e {
-            PortError::Transient(m) => StepError::Transient(m),
-            other => StepError::Permanent(other.to_string()),
-        }
-    }
 }
 
 /// Which operation of the lifecycle a run works on.
@@ -278,11 +263,17 @@ impl Finalizer {
         Fut: Future<Output = Result<Value, StepError>>,
     {
         let s = &self.settings;
-        let backoff = tb_core::backoff::Backoff::new(s.base_delay, s.max_delay);
+        let policy = RetryPolicy::new(
+            "finalizer",
+            u32::MAX,
+            Backoff::new(s.base_delay, s.max_delay),
+            Jitter::Full,
+        )
+        .give_up_after(s.outage_retry)
+        .deadline(hard.map(Into::into));
         let began = Instant::now();
-        let mut n = 0;
-        loop {
-            n += 1;
+        let attempt = &attempt;
+        let done = retry(&policy, move |_| async move {
             let result = match hard {
                 Some(h) => tokio::time::timeout_at(h.into(), attempt())
                     .await
@@ -291,26 +282,25 @@ impl Finalizer {
             };
             match result {
                 Err(StepError::Transient(m)) => {
-                    if began.elapsed() >= s.outage_retry {
-                        return Err(StepError::Permanent(format!(
-                            "{m} (still failing after {} s, {n} attempts)",
-                            began.elapsed().as_secs()
-                        )));
+                    tracing::info!(step, "transient failure: {m}");
+                    Attempt::Retry {
+                        after: None,
+                        error: m,
                     }
-                    let wait = backoff.full_jitter(n.min(20));
-                    if hard.is_some_and(|h| Instant::now() + wait >= h) {
-                        return Err(StepError::OutOfTime);
-                    }
-                    tracing::info!(
-                        step,
-                        attempt = n,
-                        "transient failure, retrying in {wait:?}: {m}"
-                    );
-                    tokio::time::sleep(wait).await;
                 }
-                other => return other,
+                other => Attempt::Done(other),
             }
-        }
+        })
+        .await;
+        done.unwrap_or_else(|gave_up| match gave_up.stop {
+            Stop::Deadline => Err(StepError::OutOfTime),
+            _ => Err(StepError::Permanent(format!(
+                "{} (still failing after {} s, {} attempts)",
+                gave_up.error,
+                began.elapsed().as_secs(),
+                gave_up.attempts
+            ))),
+        })
     }
 
     async fn delete_step(

@@ -16,16 +16,6 @@ use crate::ports::{Appended, Queue, StateStore};
 use crate::record::RequestRecord;
 use crate::steps::{Repair, Step};
 
-/// The steps a round runs again (with the build's sub-steps, and the agent's hand-over entry).
-const REDONE: [Step; 6] = [
-    Step::Archive,
-    Step::Repository,
-    Step::Database,
-    Step::Build,
-    Step::Deploy,
-    Step::Verify,
-];
-
 /// Rounds begun so far.
 pub fn rounds(rec: &RequestRecord) -> u32 {
     rec.steps.repairs.len() as u32
@@ -47,7 +37,8 @@ pub async fn hand_back(
         return Ok(None);
     }
     let verify = rec.steps.verified().cloned();
-    for step in REDONE {
+    // A round runs every step again but the receipt (the build with its sub-steps).
+    for step in Step::ALL.into_iter().filter(|s| *s != Step::Receipt) {
         rec.steps.clear(step);
     }
     rec.steps.agent = None;

@@ -4,8 +4,8 @@
 //! concurrent uses exactly one sees the grant unused.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Row};
 use tb_core::clock::now_ms;
 use tb_core::ports::{
     GrantKind, GrantUse, OAuthClient, OAuthGrant, OAuthStore, PURGE_AFTER_MS, PortError,
@@ -109,17 +109,7 @@ impl OAuthStore for PgPlatformRecords {
     }
 
     async fn use_grant(&self, hash: &str) -> Result<GrantUse, PortError> {
-        let used = sqlx::query(
-            "UPDATE oauth_grants \
-             SET used_at = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
-             WHERE hash = $2 AND used_at IS NULL",
-        )
-        .bind(to_i64("used_at_ms", now_ms())?)
-        .bind(hash)
-        .execute(self.pool())
-        .await
-        .map_err(sql("using an OAuth grant"))?
-        .rows_affected();
+        let used = stamp(self, Stamp::Used, hash).await?;
         let Some(mut grant) = self.grant(hash).await? else {
             return Ok(GrantUse::Unknown);
         };
@@ -133,16 +123,36 @@ impl OAuthStore for PgPlatformRecords {
     }
 
     async fn revoke_family(&self, family: &str) -> Result<(), PortError> {
-        sqlx::query(
-            "UPDATE oauth_grants \
-             SET revoked_at = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
-             WHERE family = $2 AND revoked_at IS NULL",
-        )
-        .bind(to_i64("revoked_at_ms", now_ms())?)
-        .bind(family)
-        .execute(self.pool())
-        .await
-        .map_err(sql("revoking an OAuth grant family"))?;
-        Ok(())
+        stamp(self, Stamp::Revoked, family).await.map(drop)
     }
+}
+
+/// A time a grant records once.
+enum Stamp {
+    /// `used_at` of the grant whose hash is given.
+    Used,
+    /// `revoked_at` of every grant of the family given.
+    Revoked,
+}
+
+/// Sets the stamp to now on the grants `key` names that do not have it yet; how many
+/// it set.
+async fn stamp(records: &PgPlatformRecords, stamp: Stamp, key: &str) -> Result<u64, PortError> {
+    let (column, key_column, what) = match stamp {
+        Stamp::Used => ("used_at", "hash", "using an OAuth grant"),
+        Stamp::Revoked => ("revoked_at", "family", "revoking an OAuth grant family"),
+    };
+    // Both names are the constants above, never input.
+    let statement = format!(
+        "UPDATE oauth_grants \
+         SET {column} = 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
+         WHERE {key_column} = $2 AND {column} IS NULL"
+    );
+    Ok(sqlx::query(AssertSqlSafe(statement))
+        .bind(to_i64(&format!("{column}_ms"), now_ms())?)
+        .bind(key)
+        .execute(records.pool())
+        .await
+        .map_err(sql(what))?
+        .rows_affected())
 }

@@ -121,14 +121,7 @@ impl PgProvisioner {
         admin: &mut PgConnection,
         names: &DatabaseNames,
     ) -> Result<String, PgError> {
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(lock_key(&format!(
-                "turbobackend provision {}",
-                names.database
-            )))
-            .execute(&mut *admin)
-            .await
-            .map_err(PgError::sql("waiting for the provisioning lock"))?;
+        lock_project(admin, names).await?;
 
         let role = quote_ident(&names.role);
         let database = quote_ident(&names.database);
@@ -224,46 +217,7 @@ impl PgProvisioner {
 
 /// Creates `role` unless it exists; refuses an existing role with special attributes.
 async fn ensure_role(admin: &mut PgConnection, role: &str) -> Result<(), PgError> {
-    for _ in 0..3 {
-        let existing = sqlx::query(
-            "SELECT (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls) \
-             AS privileged, rolname = current_user AS is_admin FROM pg_roles WHERE rolname = $1",
-        )
-        .bind(role)
-        .fetch_optional(&mut *admin)
-        .await
-        .map_err(PgError::sql("looking up the project role"))?;
-        if let Some(row) = existing {
-            let privileged: bool = row.get("privileged");
-            let is_admin: bool = row.get("is_admin");
-            if privileged || is_admin {
-                return Err(PgError::Refused(format!(
-                    "role {role} exists with privileges a project role must not have; refusing to \
-                     use it for a project"
-                )));
-            }
-            return Ok(());
-        }
-        let created = execute_ddl(
-            admin,
-            format!(
-                "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-                 NOBYPASSRLS",
-                quote_ident(role)
-            ),
-            "creating the project role",
-        )
-        .await;
-        match created {
-            Ok(()) => return Ok(()),
-            // Someone else created it first: look again.
-            Err(PgError::Sql { ref source, .. }) if lost_race(source) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(PgError::Refused(format!(
-        "role {role} keeps appearing and disappearing; try again"
-    )))
+    ensure(admin, Owned::Role(role)).await
 }
 
 /// Creates `database` owned by `role` unless it exists; refuses one owned by another role.
@@ -272,41 +226,111 @@ async fn ensure_database(
     database: &str,
     role: &str,
 ) -> Result<(), PgError> {
-    for _ in 0..3 {
-        let owner: Option<String> = sqlx::query_scalar(
-            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-        )
-        .bind(database)
-        .fetch_optional(&mut *admin)
-        .await
-        .map_err(PgError::sql("looking up the project database"))?;
-        if let Some(owner) = owner {
-            if owner != role {
-                return Err(PgError::Refused(format!(
-                    "database {database} exists but is owned by {owner}, not {role}; refusing to \
-                     hand it to the project"
-                )));
+    ensure(admin, Owned::Database { database, role }).await
+}
+
+/// What a project owns in the cluster.
+enum Owned<'a> {
+    Role(&'a str),
+    Database { database: &'a str, role: &'a str },
+}
+
+impl Owned<'_> {
+    /// Whether it exists; an error when it exists but is not fit for the project.
+    async fn exists(&self, admin: &mut PgConnection) -> Result<bool, PgError> {
+        match *self {
+            Owned::Role(role) => {
+                let existing = sqlx::query(
+                    "SELECT (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR \
+                     rolbypassrls) AS privileged, rolname = current_user AS is_admin \
+                     FROM pg_roles WHERE rolname = $1",
+                )
+                .bind(role)
+                .fetch_optional(&mut *admin)
+                .await
+                .map_err(PgError::sql("looking up the project role"))?;
+                let Some(row) = existing else {
+                    return Ok(false);
+                };
+                let privileged: bool = row.get("privileged");
+                let is_admin: bool = row.get("is_admin");
+                if privileged || is_admin {
+                    return Err(PgError::Refused(format!(
+                        "role {role} exists with privileges a project role must not have; \
+                         refusing to use it for a project"
+                    )));
+                }
+                Ok(true)
             }
+            Owned::Database { database, role } => {
+                let owner: Option<String> = sqlx::query_scalar(
+                    "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+                )
+                .bind(database)
+                .fetch_optional(&mut *admin)
+                .await
+                .map_err(PgError::sql("looking up the project database"))?;
+                match owner {
+                    Some(owner) if owner != role => Err(PgError::Refused(format!(
+                        "database {database} exists but is owned by {owner}, not {role}; \
+                         refusing to hand it to the project"
+                    ))),
+                    Some(_) => Ok(true),
+                    None => Ok(false),
+                }
+            }
+        }
+    }
+
+    /// The statement that creates it, and what it does (for errors).
+    fn create(&self) -> (String, &'static str) {
+        match *self {
+            Owned::Role(role) => (
+                format!(
+                    "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
+                     NOREPLICATION NOBYPASSRLS",
+                    quote_ident(role)
+                ),
+                "creating the project role",
+            ),
+            Owned::Database { database, role } => (
+                format!(
+                    "CREATE DATABASE {} OWNER {} TEMPLATE template0",
+                    quote_ident(database),
+                    quote_ident(role)
+                ),
+                "creating the project database",
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Owned<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owned::Role(role) => write!(f, "role {role}"),
+            Owned::Database { database, .. } => write!(f, "database {database}"),
+        }
+    }
+}
+
+/// Creates `owned` unless it exists (refusing one that is not fit). A creation another
+/// session won first looks again, three times at most.
+async fn ensure(admin: &mut PgConnection, owned: Owned<'_>) -> Result<(), PgError> {
+    for _ in 0..3 {
+        if owned.exists(admin).await? {
             return Ok(());
         }
-        let created = execute_ddl(
-            admin,
-            format!(
-                "CREATE DATABASE {} OWNER {} TEMPLATE template0",
-                quote_ident(database),
-                quote_ident(role)
-            ),
-            "creating the project database",
-        )
-        .await;
-        match created {
+        let (sql, doing) = owned.create();
+        match execute_ddl(admin, sql, doing).await {
             Ok(()) => return Ok(()),
+            // Someone else created it first: look again.
             Err(PgError::Sql { ref source, .. }) if lost_race(source) => continue,
             Err(e) => return Err(e),
         }
     }
     Err(PgError::Refused(format!(
-        "database {database} keeps appearing and disappearing; try again"
+        "{owned} keeps appearing and disappearing; try again"
     )))
 }
 
@@ -367,53 +391,58 @@ async fn drop_one(
     dropped: &mut Vec<String>,
     absent: &mut Vec<String>,
 ) -> Result<(), PgError> {
+    lock_project(admin, names).await?;
+    let owned = [
+        Owned::Database {
+            database: &names.database,
+            role: &names.role,
+        },
+        Owned::Role(&names.role),
+    ];
+    for owned in owned {
+        let (exists, name, drop, looking_up, dropping) = match owned {
+            Owned::Database { database, .. } => (
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                database,
+                format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(database)
+                ),
+                "looking up the project database",
+                "dropping the project database",
+            ),
+            Owned::Role(role) => (
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+                role,
+                format!("DROP ROLE IF EXISTS {}", quote_ident(role)),
+                "looking up the project role",
+                "dropping the project role",
+            ),
+        };
+        let exists: bool = sqlx::query_scalar(exists)
+            .bind(name)
+            .fetch_one(&mut *admin)
+            .await
+            .map_err(PgError::sql(looking_up))?;
+        if exists {
+            execute_ddl(admin, drop, dropping).await?;
+            dropped.push(owned.to_string());
+        } else {
+            absent.push(owned.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Takes the project's advisory lock (held until the session ends), which provisioning
+/// and dropping its databases share.
+async fn lock_project(admin: &mut PgConnection, names: &DatabaseNames) -> Result<(), PgError> {
+    let key = lock_key(&format!("turbobackend provision {}", names.database));
     sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(lock_key(&format!(
-            "turbobackend provision {}",
-            names.database
-        )))
+        .bind(key)
         .execute(&mut *admin)
         .await
         .map_err(PgError::sql("waiting for the provisioning lock"))?;
-    let database: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&names.database)
-            .fetch_one(&mut *admin)
-            .await
-            .map_err(PgError::sql("looking up the project database"))?;
-    let what = format!("database {}", names.database);
-    if database {
-        execute_ddl(
-            admin,
-            format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&names.database)
-            ),
-            "dropping the project database",
-        )
-        .await?;
-        dropped.push(what);
-    } else {
-        absent.push(what);
-    }
-    let role: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(&names.role)
-            .fetch_one(&mut *admin)
-            .await
-            .map_err(PgError::sql("looking up the project role"))?;
-    let what = format!("role {}", names.role);
-    if role {
-        execute_ddl(
-            admin,
-            format!("DROP ROLE IF EXISTS {}", quote_ident(&names.role)),
-            "dropping the project role",
-        )
-        .await?;
-        dropped.push(what);
-    } else {
-        absent.push(what);
-    }
     Ok(())
 }
 

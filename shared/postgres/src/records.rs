@@ -54,10 +54,7 @@ impl PgPlatformRecords {
     /// Connects to `url` (a pool of up to 5 connections, statements bounded to 30 s) and
     /// brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self, PgError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|_| PgError::Settings("the platform database URL does not parse".into()))?
-            .application_name("turbobackend-records")
-            .options([("statement_timeout", "30000")]);
+        let options = Self::options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(Duration::from_secs(10))
@@ -67,14 +64,19 @@ impl PgPlatformRecords {
         Self::from_pool(pool).await
     }
 
+    /// How to connect to `url`: named, statements bounded to 30 s.
+    fn options(url: &str) -> Result<PgConnectOptions, PgError> {
+        Ok(PgConnectOptions::from_str(url)
+            .map_err(|_| PgError::Settings("the platform database URL does not parse".into()))?
+            .application_name("turbobackend-records")
+            .options([("statement_timeout", "30000")]))
+    }
+
     /// A pool that connects to `url` at first use, without checking the schema (the
     /// functions that connect at start-up bring it up to date): for a host that reads the
     /// records rarely, so its start-up opens no connection.
     pub fn connect_lazy(url: &str) -> Result<Self, PgError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|_| PgError::Settings("the platform database URL does not parse".into()))?
-            .application_name("turbobackend-records")
-            .options([("statement_timeout", "30000")]);
+        let options = Self::options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))

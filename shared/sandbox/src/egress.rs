@@ -219,17 +219,9 @@ impl EgressProxy {
                             return;
                         }
                     };
-                    let serve = async {
-                        loop {
-                            let Ok((stream, _)) = listener.accept().await else {
-                                continue;
-                            };
-                            let (policy, network) = (thread_policy.clone(), thread_network.clone());
-                            tokio::spawn(async move {
-                                let _ = handle(stream, &policy, network.as_ref()).await;
-                            });
-                        }
-                    };
+                    let listener = &listener;
+                    let accept = move || async move { listener.accept().await.map(|(s, _)| s) };
+                    let serve = serve(accept, thread_policy, thread_network);
                     tokio::select! {
                         _ = serve => {}
                         _ = stopped => {}
@@ -252,21 +244,34 @@ impl EgressProxy {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (policy, network) = (self.policy.clone(), self.network.0.clone());
         Ok(ListenerGuard(self.runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (policy, network) = (policy.clone(), network.clone());
-                tokio::spawn(async move {
-                    let _ = handle(stream, &policy, network.as_ref()).await;
-                });
-            }
+            let listener = &listener;
+            let accept = move || async move { listener.accept().await.map(|(s, _)| s) };
+            serve(accept, policy, network).await
         })))
     }
 
     /// The socket to bind into sandboxes.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+}
+
+/// Hands every connection `accept` yields to [`handle`] under `policy`, each on a task of
+/// its own; never returns.
+async fn serve<S, F, Fut>(mut accept: F, policy: Arc<EgressPolicy>, network: Arc<dyn Network>)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<S>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        let Ok(stream) = accept().await else {
+            continue;
+        };
+        let (policy, network) = (policy.clone(), network.clone());
+        tokio::spawn(async move {
+            let _ = handle(stream, &policy, network.as_ref()).await;
+        });
     }
 }
 

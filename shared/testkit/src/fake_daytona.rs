@@ -72,11 +72,7 @@ impl FakeDaytona {
             ))
             .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
             .with_state(state.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "fake Daytona stopped");
-            }
-        });
+        let server = crate::serve(listener, app, "fake Daytona");
         FakeDaytona {
             state,
             base_url,

@@ -132,16 +132,8 @@ impl FakeFly {
             .with_state(state.clone());
         let proxy = proxy::routes().with_state(state.clone());
         let servers = vec![
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(api_listener, api).await {
-                    tracing::error!(error = %e, "fake Fly API stopped");
-                }
-            }),
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(proxy_listener, proxy).await {
-                    tracing::error!(error = %e, "fake Fly proxy stopped");
-                }
-            }),
+            crate::serve(api_listener, api, "fake Fly API"),
+            crate::serve(proxy_listener, proxy, "fake Fly proxy"),
         ];
         FakeFly {
             state,
@@ -425,6 +417,17 @@ struct FakeMachine {
 }
 
 impl FakeMachine {
+    /// Kills its process (a boot still under way sees the new generation and stops) and
+    /// moves it to `state`.
+    fn stop(&mut self, state: &str) {
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
+        self.generation += 1;
+        self.state = state.into();
+        self.updated_at = now_rfc3339();
+    }
+
     fn view(&self) -> MachineView {
         MachineView {
             id: self.id.clone(),

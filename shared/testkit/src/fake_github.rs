@@ -125,11 +125,7 @@ impl FakeGitHub {
             .layer(middleware::from_fn_with_state(state.clone(), gate))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "fake GitHub stopped");
-            }
-        });
+        let server = crate::serve(listener, app, "fake GitHub");
         FakeGitHub { state, server }
     }
 
@@ -176,22 +172,19 @@ impl FakeGitHub {
             .into_owned()
     }
 
-    /// Whether `owner/repo` exists and is private.
     /// Whether `owner/repo` is archived (`None`: no such repository).
     pub fn repo_is_archived(&self, owner: &str, repo: &str) -> Option<bool> {
-        self.state
-            .lock()
-            .repos
-            .get(&repo_key(owner, repo))
-            .map(|r| r.archived)
+        self.repo_flag(owner, repo, |r| r.archived)
     }
 
+    /// Whether `owner/repo` is private (`None`: no such repository).
     pub fn repo_is_private(&self, owner: &str, repo: &str) -> Option<bool> {
-        self.state
-            .lock()
-            .repos
-            .get(&repo_key(owner, repo))
-            .map(|r| r.private)
+        self.repo_flag(owner, repo, |r| r.private)
+    }
+
+    fn repo_flag(&self, owner: &str, repo: &str, flag: fn(&RepoMeta) -> bool) -> Option<bool> {
+        let state = self.state.lock();
+        state.repos.get(&repo_key(owner, repo)).map(flag)
     }
 
     /// The next `n` requests (after the User-Agent and token checks) get `status` with

@@ -21,3 +21,17 @@ pub mod temp_local;
 
 pub use fake_daytona::FakeDaytona;
 pub use temp_local::TempLocalProvider;
+
+/// Serves `app` on `listener` on a task of its own, logging why it stopped (`name` says
+/// which server).
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    name: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "{name} stopped");
+        }
+    })
+}

@@ -99,11 +99,7 @@ impl RegistryProxy {
                 .expect("an HTTP client"),
         });
         let app = Router::new().fallback(forward).with_state(state.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "registry proxy stopped");
-            }
-        });
+        let server = crate::serve(listener, app, "registry proxy");
         RegistryProxy { state, server }
     }
 

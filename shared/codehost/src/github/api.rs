@@ -9,6 +9,7 @@ use http::{HeaderMap, Method};
 use octocrab::Octocrab;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tb_core::backoff::{Attempt, retry};
 
 use super::config::GitHubConfig;
 use super::retry::{RetryPolicy, Verdict, verdict};
@@ -129,23 +130,19 @@ impl Api {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Answer, CodeHostError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last = attempt >= self.retry.max_attempts;
-            let (status, headers, text) = match self.attempt(&method, path, body).await {
+        let method = &method;
+        let policy = self.retry.retrying();
+        let sent = retry(&policy, move |_| async move {
+            let (status, headers, text) = match self.attempt(method, path, body).await {
                 Ok(answer) => answer,
-                Err(message) if last => {
-                    return Err(CodeHostError::Unavailable {
-                        what: what.to_owned(),
-                        message,
-                    });
-                }
                 Err(message) => {
-                    let wait = self.retry.backoff(attempt);
-                    tracing::warn!(%method, path, attempt, ?wait, error = %message, "GitHub request failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    continue;
+                    return Attempt::Retry {
+                        after: None,
+                        error: CodeHostError::Unavailable {
+                            what: what.to_owned(),
+                            message,
+                        },
+                    };
                 }
             };
             let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -160,7 +157,7 @@ impl Api {
                 message,
             };
             if answer.is_success() {
-                return Ok(answer);
+                return Attempt::Done(answer);
             }
             let Verdict::Retry { wait } = verdict(
                 status,
@@ -168,31 +165,27 @@ impl Api {
                 &answer.message,
                 tb_core::clock::now_secs(),
             ) else {
-                return Ok(answer);
+                return Attempt::Done(answer);
             };
-            if let Some(wait) = wait
-                && wait > self.retry.max_wait
-            {
-                return Err(CodeHostError::RateLimited {
-                    what: what.to_owned(),
-                    status,
-                    wait,
-                });
+            let rate_limited = |wait| CodeHostError::RateLimited {
+                what: what.to_owned(),
+                status,
+                wait,
+            };
+            match wait {
+                Some(wait) if wait > self.retry.max_wait => Attempt::Fail(rate_limited(wait)),
+                Some(wait) => Attempt::Retry {
+                    after: Some(wait),
+                    error: rate_limited(wait),
+                },
+                None => Attempt::Retry {
+                    after: None,
+                    error: answer.refusal(what),
+                },
             }
-            if last {
-                return Err(match wait {
-                    Some(wait) => CodeHostError::RateLimited {
-                        what: what.to_owned(),
-                        status,
-                        wait,
-                    },
-                    None => answer.refusal(what),
-                });
-            }
-            let wait = wait.unwrap_or_else(|| self.retry.backoff(attempt));
-            tracing::warn!(%method, path, status, attempt, ?wait, "GitHub asked to retry");
-            tokio::time::sleep(wait).await;
-        }
+        })
+        .await;
+        sent.map_err(|gave_up| gave_up.error)
     }
 
     /// One request: status, headers and body text, or why no answer came.

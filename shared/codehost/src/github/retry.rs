@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use http::HeaderMap;
-use tb_core::backoff::{Backoff, parse_retry_after};
+use tb_core::backoff::{Backoff, Jitter, parse_retry_after};
 
 /// Exponential backoff with jitter, bounded server-requested waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +39,14 @@ impl RetryPolicy {
     /// capped, then scaled by a random factor in [0.5, 1] so clients spread out.
     pub fn backoff(&self, attempt: u32) -> Duration {
         Backoff::new(self.initial_backoff, self.max_backoff).equal_jitter(attempt)
+    }
+
+    /// The policy [`tb_core::backoff::retry`] runs a GitHub request with; a wait GitHub
+    /// asks for longer than [`RetryPolicy::max_wait`] is the caller's to refuse.
+    pub(crate) fn retrying(&self) -> tb_core::backoff::RetryPolicy {
+        let backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        tb_core::backoff::RetryPolicy::new("GitHub", self.max_attempts, backoff, Jitter::Equal)
+            .max_retry_after(self.max_wait)
     }
 }
 

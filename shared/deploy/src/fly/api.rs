@@ -5,17 +5,30 @@
 //! hold it, and server text is scrubbed of it before it becomes an error.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
-use tb_core::backoff::parse_retry_after;
+use tb_core::backoff::{Attempt, Backoff, Jitter, RetryPolicy, parse_retry_after, retry};
+use tokio::time::Instant;
 
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::spacing::Spacing;
 use super::token::FlyTokens;
 use crate::{DeployError, Secret};
+
+/// The statuses of a call that created or changed something.
+const CREATED: &[StatusCode] = &[StatusCode::OK, StatusCode::CREATED];
+/// The statuses of a deletion, the last one (404) for something gone already.
+const GONE: &[StatusCode] = &[
+    StatusCode::OK,
+    StatusCode::ACCEPTED,
+    StatusCode::NO_CONTENT,
+    StatusCode::NOT_FOUND,
+];
 
 /// What the deployer reads of a machine.
 #[derive(Clone, Debug, Deserialize)]
@@ -76,39 +89,31 @@ pub(crate) struct MachinesApi {
     visibility_timeout: Duration,
 }
 
-/// Exponential backoff with jitter, for waiting out eventual consistency.
-pub(crate) struct Backoff {
-    schedule: tb_core::backoff::Backoff,
-    attempt: u32,
+/// fly-go `flaps/retry.go`, for waiting out eventual consistency: from 100 ms, doubling,
+/// at most 500 ms (±50 %), until `deadline`.
+pub(crate) fn fly_go(deadline: Instant) -> RetryPolicy {
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+    RetryPolicy::new("Fly.io", u32::MAX, backoff, Jitter::Spread).deadline(Some(deadline))
 }
 
-impl Backoff {
-    fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            schedule: tb_core::backoff::Backoff::new(base, max),
-            attempt: 0,
-        }
-    }
+/// flyctl `internal/machine/wait.go` between wait calls: 500 ms doubling to 2 s (±50 %),
+/// until `deadline`.
+pub(crate) fn flyctl_wait(deadline: Instant) -> RetryPolicy {
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
+    RetryPolicy::new("Fly.io", u32::MAX, backoff, Jitter::Spread).deadline(Some(deadline))
+}
 
-    /// fly-go `flaps/retry.go`: from 100 ms, doubling, at most 500 ms.
-    pub(crate) fn fly_go() -> Self {
-        Backoff::new(Duration::from_millis(100), Duration::from_millis(500))
-    }
+/// An answer kept while its call is tried again; the retry log shows its operation and
+/// status.
+struct Pending<'a, T> {
+    op: &'a str,
+    status: StatusCode,
+    answer: T,
+}
 
-    /// flyctl `internal/machine/wait.go` between wait calls: 500 ms doubling to 2 s.
-    pub(crate) fn flyctl_wait() -> Self {
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(2))
-    }
-
-    /// Sleeps the next interval (±50 %) unless that would pass `deadline`; false then.
-    pub(crate) async fn sleep_before(&mut self, deadline: tokio::time::Instant) -> bool {
-        self.attempt += 1;
-        let wait = self.schedule.spread_jitter(self.attempt);
-        if tokio::time::Instant::now() + wait > deadline {
-            return false;
-        }
-        tokio::time::sleep(wait).await;
-        true
+impl<T> fmt::Display for Pending<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: Fly.io answered {}", self.op, self.status)
     }
 }
 
@@ -127,12 +132,7 @@ impl MachinesApi {
             DeployError::Config("the Fly token holds characters not allowed in a header".into())
         })?;
         authorization.set_sensitive(true);
-        let http = tb_tls::http_client()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(90))
-            .user_agent(concat!("turbobackend/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeployError::Local(format!("building an HTTP client: {e}")))?;
+        let http = crate::http_client(Some(Duration::from_secs(90)))?;
         Ok(MachinesApi {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -197,34 +197,29 @@ impl MachinesApi {
     /// `GET /apps/{app}/ip_assignments`.
     pub(crate) async fn ips(&self, app: &str) -> Result<Vec<IpAssignment>, DeployError> {
         let op = format!("list IPs of {app}");
-        let (status, body) = self
-            .call_visible(
-                &op,
-                Method::GET,
-                &format!("/apps/{app}/ip_assignments"),
-                None,
-                None,
-            )
+        let path = format!("/apps/{app}/ip_assignments");
+        let answer = self
+            .call_visible(&op, Method::GET, &path, None, None)
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        let ips = body.get("ips").cloned().unwrap_or(Value::Array(vec![]));
-        serde_json::from_value(ips).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        let body = self.ok(&op, answer, &[StatusCode::OK])?;
+        self.read(
+            &op,
+            body.get("ips").cloned().unwrap_or(Value::Array(vec![])),
+        )
     }
 
     /// `POST /apps/{app}/ip_assignments` with `type` `shared_v4` or `v6`.
     pub(crate) async fn allocate_ip(&self, app: &str, kind: &str) -> Result<(), DeployError> {
         let op = format!("allocate a {kind} IP for {app}");
-        let key = format!("ip_assignments/{app}");
-        let (status, body) = self
-            .call_visible(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/ip_assignments"),
-                Some(&json!({"type": kind})),
-                Some(&key),
-            )
+        let (path, key) = (
+            format!("/apps/{app}/ip_assignments"),
+            format!("ip_assignments/{app}"),
+        );
+        let body = json!({"type": kind});
+        let answer = self
+            .call_visible(&op, Method::POST, &path, Some(&body), Some(&key))
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK, StatusCode::CREATED])
+        self.ok(&op, answer, CREATED).map(drop)
     }
 
     /// `POST /apps/{app}/secrets`; returns the secrets version to pass as
@@ -235,18 +230,12 @@ impl MachinesApi {
         values: &BTreeMap<String, String>,
     ) -> Result<Option<u64>, DeployError> {
         let op = format!("set secrets of {app}");
-        let key = format!("secrets/{app}");
-        let (status, body) = self
-            .call_visible(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/secrets"),
-                Some(&json!({"values": values})),
-                Some(&key),
-            )
+        let (path, key) = (format!("/apps/{app}/secrets"), format!("secrets/{app}"));
+        let body = json!({"values": values});
+        let answer = self
+            .call_visible(&op, Method::POST, &path, Some(&body), Some(&key))
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK, StatusCode::CREATED])?;
-        Ok(body["version"].as_u64())
+        Ok(self.ok(&op, answer, CREATED)?["version"].as_u64())
     }
 
     /// `GET /apps/{app}/machines?metadata.{key}={value}`.
@@ -258,9 +247,8 @@ impl MachinesApi {
     ) -> Result<Vec<Machine>, DeployError> {
         let op = format!("list machines of {app}");
         let path = format!("/apps/{app}/machines?metadata.{key}={value}");
-        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        let answer = self.call(&op, Method::GET, &path, None, None).await?;
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
     }
 
     /// `GET /apps/{app}/machines/{id}`; `None` on 404 (gone, or not visible yet).
@@ -271,14 +259,12 @@ impl MachinesApi {
     ) -> Result<Option<Machine>, DeployError> {
         let op = format!("get machine {id} of {app}");
         let path = format!("/apps/{app}/machines/{id}");
-        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
-        if status == StatusCode::NOT_FOUND {
+        let answer = self.call(&op, Method::GET, &path, None, None).await?;
+        if answer.0 == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        serde_json::from_value(body)
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
             .map(Some)
-            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
     }
 
     /// `POST /apps/{app}/machines`.
@@ -294,19 +280,14 @@ impl MachinesApi {
         if let Some(v) = min_secrets_version {
             body["min_secrets_version"] = json!(v);
         }
-        let key = format!("create_machine/{app}");
-        let (status, answer) = self
-            .call(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/machines"),
-                Some(&body),
-                Some(&key),
-            )
+        let (path, key) = (
+            format!("/apps/{app}/machines"),
+            format!("create_machine/{app}"),
+        );
+        let answer = self
+            .call(&op, Method::POST, &path, Some(&body), Some(&key))
             .await?;
-        self.ok(&op, status, &answer, &[StatusCode::OK, StatusCode::CREATED])?;
-        serde_json::from_value(answer)
-            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        self.read(&op, self.ok(&op, answer, CREATED)?)
     }
 
     /// `POST /apps/{app}/machines/{id}`: replaces the whole configuration.
@@ -326,18 +307,11 @@ impl MachinesApi {
         if !current_version.is_empty() {
             body["current_version"] = json!(current_version);
         }
-        let (status, answer) = self
-            .call(
-                &op,
-                Method::POST,
-                &format!("/apps/{app}/machines/{id}"),
-                Some(&body),
-                Some(id),
-            )
+        let path = format!("/apps/{app}/machines/{id}");
+        let answer = self
+            .call(&op, Method::POST, &path, Some(&body), Some(id))
             .await?;
-        self.ok(&op, status, &answer, &[StatusCode::OK])?;
-        serde_json::from_value(answer)
-            .map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
     }
 
     /// `GET /apps/{app}/machines/{id}/wait?state=…&timeout=…` (seconds, at most 60).
@@ -364,85 +338,50 @@ impl MachinesApi {
     pub(crate) async fn destroy_machine(&self, app: &str, id: &str) -> Result<(), DeployError> {
         let op = format!("destroy machine {id} of {app}");
         let path = format!("/apps/{app}/machines/{id}?force=true");
-        let (status, body) = self
+        let answer = self
             .call(&op, Method::DELETE, &path, None, Some(id))
             .await?;
-        self.ok(
-            &op,
-            status,
-            &body,
-            &[
-                StatusCode::OK,
-                StatusCode::ACCEPTED,
-                StatusCode::NO_CONTENT,
-                StatusCode::NOT_FOUND,
-            ],
-        )
+        self.ok(&op, answer, GONE).map(drop)
     }
 
     /// `GET /apps/{app}/machines`: every machine of the app, whatever its role.
     pub(crate) async fn all_machines(&self, app: &str) -> Result<Vec<Machine>, DeployError> {
         let op = format!("list machines of {app}");
         let path = format!("/apps/{app}/machines");
-        let (status, body) = self.call(&op, Method::GET, &path, None, None).await?;
-        if status == StatusCode::NOT_FOUND {
+        let answer = self.call(&op, Method::GET, &path, None, None).await?;
+        if answer.0 == StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
-        self.ok(&op, status, &body, &[StatusCode::OK])?;
-        serde_json::from_value(body).map_err(|e| self.error(&op, None, &format!("bad answer: {e}")))
+        self.read(&op, self.ok(&op, answer, &[StatusCode::OK])?)
     }
 
     /// `DELETE /apps/{app}/ip_assignments/{ip}` (releases a public IP; a 404 means it is
     /// released already).
     pub(crate) async fn release_ip(&self, app: &str, ip: &str) -> Result<(), DeployError> {
         let op = format!("release IP {ip} of {app}");
+        let path = format!("/apps/{app}/ip_assignments/{ip}");
         let key = format!("ip_assignments/{app}");
-        let (status, body) = self
-            .call(
-                &op,
-                Method::DELETE,
-                &format!("/apps/{app}/ip_assignments/{ip}"),
-                None,
-                Some(&key),
-            )
+        let answer = self
+            .call(&op, Method::DELETE, &path, None, Some(&key))
             .await?;
-        self.ok(
-            &op,
-            status,
-            &body,
-            &[
-                StatusCode::OK,
-                StatusCode::ACCEPTED,
-                StatusCode::NO_CONTENT,
-                StatusCode::NOT_FOUND,
-            ],
-        )
+        self.ok(&op, answer, GONE).map(drop)
     }
 
     /// `DELETE /apps/{app}?force=true` (202; `force` stops machines first). `false` when
     /// there was no such app (404).
     pub(crate) async fn delete_app(&self, app: &str) -> Result<bool, DeployError> {
         let op = format!("delete app {app}");
-        let key = format!("delete_app/{app}");
-        let (status, body) = self
-            .call(
-                &op,
-                Method::DELETE,
-                &format!("/apps/{app}?force=true"),
-                None,
-                Some(&key),
-            )
+        let (path, key) = (
+            format!("/apps/{app}?force=true"),
+            format!("delete_app/{app}"),
+        );
+        let answer = self
+            .call(&op, Method::DELETE, &path, None, Some(&key))
             .await?;
-        if status == StatusCode::NOT_FOUND {
+        if answer.0 == StatusCode::NOT_FOUND {
             return Ok(false);
         }
-        self.ok(
-            &op,
-            status,
-            &body,
-            &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NO_CONTENT],
-        )?;
-        Ok(true)
+        self.ok(&op, answer, &GONE[..3]).map(|_| true)
     }
 
     /// [`MachinesApi::call`], retrying 404 and 401 for a while: a just-created app is not
@@ -458,28 +397,37 @@ impl MachinesApi {
         body: Option<&Value>,
         spacing_key: Option<&str>,
     ) -> Result<(StatusCode, Value), DeployError> {
-        let deadline = tokio::time::Instant::now() + self.visibility_timeout;
-        let mut backoff = Backoff::fly_go();
-        loop {
-            let (status, answer) = self
-                .call(op, method.clone(), path, body, spacing_key)
-                .await?;
-            let not_visible = matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED);
-            if !not_visible || !backoff.sleep_before(deadline).await {
-                return Ok((status, answer));
+        let policy = fly_go(Instant::now() + self.visibility_timeout);
+        let method = &method;
+        let answer = retry(&policy, move |_| async move {
+            match self.call(op, method.clone(), path, body, spacing_key).await {
+                Ok((status, answer))
+                    if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) =>
+                {
+                    Attempt::Retry {
+                        after: None,
+                        error: Pending { op, status, answer },
+                    }
+                }
+                other => Attempt::Done(other),
             }
-            tracing::debug!(operation = op, %status, "not visible yet; trying again");
-        }
+        })
+        .await;
+        answer.unwrap_or_else(|not_visible| {
+            let Pending { status, answer, .. } = not_visible.error;
+            Ok((status, answer))
+        })
     }
 
     /// Waits until `GET /apps/{app}` answers 200, as fly-go's `WaitForApp` does after
     /// creating an app (404 and 401 are retried, anything else ends the wait).
     pub(crate) async fn wait_for_app(&self, app: &str) -> Result<(), DeployError> {
         let op = format!("wait for app {app}");
-        let (status, body) = self
-            .call_visible(&op, Method::GET, &format!("/apps/{app}"), None, None)
+        let path = format!("/apps/{app}");
+        let answer = self
+            .call_visible(&op, Method::GET, &path, None, None)
             .await?;
-        self.ok(&op, status, &body, &[StatusCode::OK])
+        self.ok(&op, answer, &[StatusCode::OK]).map(drop)
     }
 
     /// How long calls on a just-created app or machine keep being retried on 404 / 401.
@@ -497,15 +445,22 @@ impl MachinesApi {
         body: Option<&Value>,
         spacing_key: Option<&str>,
     ) -> Result<(StatusCode, Value), DeployError> {
-        let url = format!("{}{path}", self.base);
-        let mut throttled = 0;
-        loop {
+        let url = &format!("{}{path}", self.base);
+        let method = &method;
+        // Fly's `retry-after`, else a second; at most 10 s.
+        let policy = RetryPolicy::new(
+            "Fly.io",
+            self.max_429_retries.saturating_add(1),
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(10)),
+            Jitter::None,
+        );
+        let sent = retry(&policy, move |_| async move {
             if let Some(key) = spacing_key {
                 self.spacing.wait(key).await;
             }
             let mut request = self
                 .http
-                .request(method.clone(), &url)
+                .request(method.clone(), url)
                 .header(header::AUTHORIZATION, self.authorization.clone());
             if path.contains("/wait?") {
                 request = request.timeout(Duration::from_secs(75));
@@ -513,49 +468,58 @@ impl MachinesApi {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let resp = request
-                .send()
-                .await
-                .map_err(|e| self.error(op, None, &e.to_string()))?;
-            let status = resp.status();
-            if status == StatusCode::TOO_MANY_REQUESTS && throttled < self.max_429_retries {
-                throttled += 1;
-                let after = resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| parse_retry_after(v.to_str().ok()?))
-                    .unwrap_or(Duration::from_secs(1))
-                    .min(Duration::from_secs(10));
-                tracing::info!(
-                    operation = op,
-                    retry_after_ms = after.as_millis() as u64,
-                    "Fly.io throttled a call"
-                );
-                tokio::time::sleep(after).await;
-                continue;
+            match request.send().await {
+                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let after = resp
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| parse_retry_after(v.to_str().ok()?))
+                        .unwrap_or(Duration::from_secs(1));
+                    Attempt::Retry {
+                        after: Some(after),
+                        error: Pending {
+                            op,
+                            status: resp.status(),
+                            answer: resp,
+                        },
+                    }
+                }
+                Ok(resp) => Attempt::Done(Ok(resp)),
+                Err(e) => Attempt::Done(Err(self.error(op, None, &e.to_string()))),
             }
-            let text = resp.text().await.unwrap_or_default();
-            let value = if text.trim().is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            };
-            return Ok((status, value));
-        }
+        })
+        .await;
+        let resp = match sent {
+            Ok(resp) => resp?,
+            Err(throttled) => throttled.error.answer,
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, value))
     }
 
+    /// The body of an answer whose status is one of `ok`; an error otherwise.
     fn ok(
         &self,
         op: &str,
-        status: StatusCode,
-        body: &Value,
+        (status, body): (StatusCode, Value),
         ok: &[StatusCode],
-    ) -> Result<(), DeployError> {
+    ) -> Result<Value, DeployError> {
         if ok.contains(&status) {
-            Ok(())
+            Ok(body)
         } else {
-            Err(self.status_error(op, status, body))
+            Err(self.status_error(op, status, &body))
         }
+    }
+
+    /// A JSON answer read as `T`.
+    fn read<T: DeserializeOwned>(&self, op: &str, body: Value) -> Result<T, DeployError> {
+        serde_json::from_value(body).map_err(|e| self.error(op, None, &format!("bad answer: {e}")))
     }
 
     fn status_error(&self, op: &str, status: StatusCode, body: &Value) -> DeployError {

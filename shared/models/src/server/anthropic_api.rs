@@ -81,8 +81,8 @@ pub(super) async fn messages(
             "anthropic-version: header is required",
         );
     }
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
+    let body = match state.record(&body) {
+        Ok(body) => body,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -90,7 +90,6 @@ pub(super) async fn messages(
             );
         }
     };
-    state.record(&body);
     let messages = match check_fields(&body)
         .and_then(|()| check_tools(&body["tools"]))
         .and_then(|()| conversation(&body["messages"]))

@@ -193,8 +193,11 @@ impl ServerState {
         lock(&self.faults).pop_front()
     }
 
-    fn record(&self, body: &Value) {
+    /// `body` read as JSON and kept as the last body received.
+    fn record(&self, body: &[u8]) -> Result<Value, serde_json::Error> {
+        let body: Value = serde_json::from_slice(body)?;
         *lock(&self.last_body) = Some(body.clone());
+        Ok(body)
     }
 
     fn token_limit(&self) -> TokenLimitParameter {

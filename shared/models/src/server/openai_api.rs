@@ -28,8 +28,8 @@ pub(super) async fn chat_completions(
         let body = error_body(fault.status, &message);
         return fault.respond(body);
     }
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
+    let body = match state.record(&body) {
+        Ok(body) => body,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -37,7 +37,6 @@ pub(super) async fn chat_completions(
             );
         }
     };
-    state.record(&body);
     if let Some(refused) = refused_token_limit(&body, state.token_limit()) {
         return refused;
     }

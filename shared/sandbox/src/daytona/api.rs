@@ -2,10 +2,12 @@
 //! of failures to [`SandboxError`].
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
+use tb_core::backoff::{Attempt, Stop, retry};
 use tb_core::sandbox::SandboxError;
 
 use super::RetryPolicy;
@@ -70,60 +72,59 @@ impl Api {
         timeout: Duration,
         build: &(dyn Fn(&Client) -> RequestBuilder + Send + Sync),
     ) -> Result<Sent, SandboxError> {
-        let mut uncertain = false;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        // Set once an attempt may have been processed; read by the attempts after it.
+        let uncertain = &AtomicBool::new(false);
+        let policy = self.retry.retrying();
+        let sent = retry(&policy, move |_| async move {
             let result = build(&self.http)
                 .bearer_auth(&self.api_key)
                 .timeout(timeout)
                 .send()
                 .await;
-            let (failure, wait) = match result {
+            match result {
                 Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                     let wait = self.retry.retry_after(response.headers());
                     let message = error_message(&response.bytes().await.unwrap_or_default());
-                    (format!("{what}: rate limited by Daytona: {message}"), wait)
+                    Attempt::Retry {
+                        after: wait,
+                        error: format!("{what}: rate limited by Daytona: {message}"),
+                    }
                 }
                 Ok(response) if response.status().is_server_error() && resend == Resend::Freely => {
-                    uncertain = true;
+                    uncertain.store(true, Ordering::Relaxed);
                     let status = response.status();
                     let message = error_message(&response.bytes().await.unwrap_or_default());
-                    (
-                        format!("{what}: Daytona answered {status}: {message}"),
-                        None,
-                    )
+                    Attempt::Retry {
+                        after: None,
+                        error: format!("{what}: Daytona answered {status}: {message}"),
+                    }
                 }
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        after_uncertain_attempt: uncertain,
-                    });
-                }
+                Ok(response) => Attempt::Done(Sent {
+                    response,
+                    after_uncertain_attempt: uncertain.load(Ordering::Relaxed),
+                }),
                 Err(e) if e.is_connect() || resend == Resend::Freely => {
-                    uncertain |= !e.is_connect();
-                    (format!("{what}: {}", describe(&e)), None)
+                    if !e.is_connect() {
+                        uncertain.store(true, Ordering::Relaxed);
+                    }
+                    Attempt::Retry {
+                        after: None,
+                        error: format!("{what}: {}", describe(&e)),
+                    }
                 }
-                Err(e) => {
-                    return Err(SandboxError::Unavailable(format!(
-                        "{what}: {}",
-                        describe(&e)
-                    )));
-                }
-            };
-            if attempt >= self.retry.max_attempts {
-                return Err(SandboxError::Unavailable(format!(
-                    "{failure} (gave up after {attempt} attempts)"
-                )));
+                Err(e) => Attempt::Fail(format!("{what}: {}", describe(&e))),
             }
-            let wait = wait.unwrap_or_else(|| self.retry.backoff(attempt));
-            tracing::warn!(
-                attempt,
-                wait_ms = wait.as_millis() as u64,
-                "{failure}; retrying"
-            );
-            tokio::time::sleep(wait).await;
-        }
+        })
+        .await;
+        sent.map_err(|gave_up| {
+            SandboxError::Unavailable(match gave_up.stop {
+                Stop::Failed => gave_up.error,
+                _ => format!(
+                    "{} (gave up after {} attempts)",
+                    gave_up.error, gave_up.attempts
+                ),
+            })
+        })
     }
 
     /// Like [`Api::send`], then requires a 2xx answer and returns its body.

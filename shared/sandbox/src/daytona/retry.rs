@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
-use tb_core::backoff::{Backoff, parse_retry_after};
+use tb_core::backoff::{Backoff, Jitter, parse_retry_after};
 
 /// Exponential backoff with jitter; a server's `Retry-After` wins when it sends one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +33,13 @@ impl RetryPolicy {
     /// capped, then scaled by a random factor in [0.5, 1] so clients spread out.
     pub fn backoff(&self, attempt: u32) -> Duration {
         Backoff::new(self.initial_backoff, self.max_backoff).equal_jitter(attempt)
+    }
+
+    /// The policy [`tb_core::backoff::retry`] runs a Daytona request with.
+    pub(crate) fn retrying(&self) -> tb_core::backoff::RetryPolicy {
+        let backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        tb_core::backoff::RetryPolicy::new("Daytona", self.max_attempts, backoff, Jitter::Equal)
+            .max_retry_after(self.max_retry_after)
     }
 
     /// The wait a 429 answer asks for: the largest of `Retry-After` and the non-standard

@@ -207,15 +207,7 @@ impl Isolation {
         for (k, v) in env {
             a.extend([OsString::from("--setenv"), k.into(), v.into()]);
         }
-        a.extend(system_binds());
-        a.extend(etc_masks());
-        for p in &self.read_only {
-            a.extend([
-                OsString::from("--ro-bind-try"),
-                p.clone().into(),
-                p.clone().into(),
-            ]);
-        }
+        self.read_only_system(&mut a);
         a.extend(["--proc", "/proc", "--dev", "/dev"].map(OsString::from));
         for (sub, inside) in [("workspace", WORKSPACE), ("home", HOME), ("tmp", "/tmp")] {
             a.extend([
@@ -268,6 +260,17 @@ impl Isolation {
             ]
             .map(OsString::from),
         );
+        self.read_only_system(&mut a);
+        a.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
+        a.extend([OsString::from("--ro-bind"), dir.into(), "/app".into()]);
+        a.extend(["--chdir", "/app", "--"].map(OsString::from));
+        a.extend(app.iter().cloned());
+        a
+    }
+
+    /// The system, read-only, with `/etc`'s masks and the configured read-only paths: what
+    /// both boundaries see of the host.
+    fn read_only_system(&self, a: &mut Vec<OsString>) {
         a.extend(system_binds());
         a.extend(etc_masks());
         for p in &self.read_only {
@@ -277,11 +280,6 @@ impl Isolation {
                 p.clone().into(),
             ]);
         }
-        a.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
-        a.extend([OsString::from("--ro-bind"), dir.into(), "/app".into()]);
-        a.extend(["--chdir", "/app", "--"].map(OsString::from));
-        a.extend(app.iter().cloned());
-        a
     }
 
     /// The command bubblewrap runs (after its options; `--args` cannot carry it).

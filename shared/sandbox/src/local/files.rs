@@ -127,18 +127,10 @@ impl Workspace {
     }
 
     pub(crate) fn delete(&self, path: &WorkspacePath) -> Result<(), SandboxError> {
-        let (parent, name) = split_parent(path)
+        let (parent, name, is_dir) = self
+            .entry(path)?
             .ok_or_else(|| SandboxError::Invalid("refusing to delete the project root".into()))?;
-        let parent = self
-            .open_beneath(
-                self.dir.as_fd(),
-                parent.as_str(),
-                OFlags::PATH | OFlags::DIRECTORY,
-            )
-            .map_err(|e| io_error(path, e))?;
-        let stat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| io_error(path, e.into()))?;
-        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+        if is_dir {
             remove_tree(parent.as_fd(), name).map_err(|e| io_error(path, e))
         } else {
             rustix::fs::unlinkat(&parent, name, AtFlags::empty())
@@ -189,8 +181,18 @@ impl Workspace {
 
     /// Whether `path` is a directory (not followed through a final symlink).
     pub(crate) fn is_dir(&self, path: &WorkspacePath) -> Result<bool, SandboxError> {
+        Ok(self.entry(path)?.is_none_or(|(_, _, is_dir)| is_dir))
+    }
+
+    /// The directory holding `path` (opened beneath the workspace), `path`'s name in it, and
+    /// whether it is a directory (not followed through a final symlink); `None` for the
+    /// root.
+    fn entry<'p>(
+        &self,
+        path: &'p WorkspacePath,
+    ) -> Result<Option<(OwnedFd, &'p str, bool)>, SandboxError> {
         let Some((parent, name)) = split_parent(path) else {
-            return Ok(true);
+            return Ok(None);
         };
         let parent = self
             .open_beneath(
@@ -201,7 +203,8 @@ impl Workspace {
             .map_err(|e| io_error(path, e))?;
         let stat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_error(path, e.into()))?;
-        Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory)
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        Ok(Some((parent, name, is_dir)))
     }
 
     /// `openat2(start, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`; `""` is

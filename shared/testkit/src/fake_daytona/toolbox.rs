@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -98,16 +99,7 @@ async fn execute(
     }
 }
 
-async fn upload(
-    State(fake): State<Arc<Fake>>,
-    Path(id): Path<String>,
-    Query(query): Query<PathQuery>,
-    mut multipart: Multipart,
-) -> Response {
-    let (sandbox, path) = match target(&fake, &id, &query.path) {
-        Ok(found) => found,
-        Err(response) => return *response,
-    };
+async fn upload(Target { sandbox, path, .. }: Target, mut multipart: Multipart) -> Response {
     loop {
         match multipart.next_field().await {
             Ok(Some(field)) if field.name() == Some("file") => {
@@ -129,15 +121,7 @@ async fn upload(
     }
 }
 
-async fn download(
-    State(fake): State<Arc<Fake>>,
-    Path(id): Path<String>,
-    Query(query): Query<PathQuery>,
-) -> Response {
-    let (sandbox, path) = match target(&fake, &id, &query.path) {
-        Ok(found) => found,
-        Err(response) => return *response,
-    };
+async fn download(Target { sandbox, path, .. }: Target) -> Response {
     match sandbox.read_file(&path).await {
         Ok(contents) => (
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -149,15 +133,12 @@ async fn download(
 }
 
 async fn delete(
-    State(fake): State<Arc<Fake>>,
-    Path(id): Path<String>,
-    Query(query): Query<PathQuery>,
+    Target {
+        sandbox,
+        path,
+        recursive,
+    }: Target,
 ) -> Response {
-    let (sandbox, path) = match target(&fake, &id, &query.path) {
-        Ok(found) => found,
-        Err(response) => return *response,
-    };
-    let recursive = query.recursive.as_deref() == Some("true");
     match sandbox.is_dir(&path).await {
         Ok(true) if !recursive => {
             return daemon_error(
@@ -174,15 +155,7 @@ async fn delete(
     }
 }
 
-async fn list(
-    State(fake): State<Arc<Fake>>,
-    Path(id): Path<String>,
-    Query(query): Query<PathQuery>,
-) -> Response {
-    let (sandbox, path) = match target(&fake, &id, &query.path) {
-        Ok(found) => found,
-        Err(response) => return *response,
-    };
+async fn list(Target { sandbox, path, .. }: Target) -> Response {
     match sandbox.list(&path).await {
         Ok(entries) => {
             let infos: Vec<Value> = entries
@@ -227,6 +200,33 @@ async fn folder(
     match sandbox.create_dir_all(&path).await {
         Ok(()) => StatusCode::CREATED.into_response(),
         Err(e) => sandbox_error(e),
+    }
+}
+
+/// The started sandbox a file call names (`{sandbox_id}`) and its `path` mapped into the
+/// workspace, with `recursive` as asked.
+struct Target {
+    sandbox: LocalSandbox,
+    path: WorkspacePath,
+    recursive: bool,
+}
+
+impl FromRequestParts<Arc<Fake>> for Target {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, fake: &Arc<Fake>) -> Result<Self, Response> {
+        let Path(id) = Path::<String>::from_request_parts(parts, fake)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(query) = Query::<PathQuery>::from_request_parts(parts, fake)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (sandbox, path) = target(fake, &id, &query.path).map_err(|response| *response)?;
+        Ok(Target {
+            sandbox,
+            path,
+            recursive: query.recursive.as_deref() == Some("true"),
+        })
     }
 }
 

@@ -116,6 +116,46 @@ fn machine_refusal(inner: &mut Inner, app: &str, id: &str, destroyed_ok: bool) -
     None
 }
 
+/// The app a call names, once the call has its rate-limit token (when `action` is
+/// limited) and the app is visible.
+fn app_for<'a>(
+    inner: &'a mut Inner,
+    action: Option<&str>,
+    app: &str,
+) -> Result<&'a mut FakeApp, Refusal> {
+    if let Some(action) = action {
+        throttle(inner, action, app)?;
+    }
+    if let Some(r) = app_refusal(inner, app) {
+        return Err(r);
+    }
+    inner
+        .apps
+        .get_mut(app)
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "app not found"))
+}
+
+/// The machine a call names, not destroyed, once the call has its rate-limit token for
+/// `action` on it (when given) and the machine is visible.
+fn machine_for<'a>(
+    inner: &'a mut Inner,
+    action: Option<&str>,
+    app: &str,
+    id: &str,
+) -> Result<&'a mut FakeMachine, Refusal> {
+    if let Some(action) = action {
+        throttle(inner, action, id)?;
+    }
+    if let Some(r) = machine_refusal(inner, app, id, false) {
+        return Err(r);
+    }
+    inner
+        .machines
+        .get_mut(id)
+        .filter(|m| m.app == app && m.state != "destroyed")
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "machine not found"))
+}
+
 fn valid_app_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -228,12 +268,7 @@ async fn delete_app(
         );
     }
     for m in inner.machines.values_mut().filter(|m| m.app == app) {
-        if let Some(process) = m.process.take() {
-            process.kill();
-        }
-        m.generation += 1;
-        m.state = "destroyed".into();
-        m.updated_at = now_rfc3339();
+        m.stop("destroyed");
     }
     inner.apps.remove(&app);
     StatusCode::ACCEPTED.into_response()
@@ -245,35 +280,28 @@ async fn delete_app(
 async fn release_ip(
     State(fly): State<Arc<Fly>>,
     Path((app, ip)): Path<(String, String)>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Err(r) = throttle(&mut inner, "ip_assignments", &app) {
-        return r.into_response();
-    }
-    if let Some(r) = app_refusal(&mut inner, &app) {
-        return r.into_response();
-    }
-    let Some(a) = inner.apps.get_mut(&app) else {
-        return error(StatusCode::NOT_FOUND, "app not found");
-    };
+    let a = app_for(&mut inner, Some("ip_assignments"), &app)?;
     let before = a.ips.len();
     a.ips.retain(|(_, address)| address != &ip);
     if a.ips.len() == before {
-        return error(StatusCode::NOT_FOUND, "ip assignment not found");
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "ip assignment not found",
+        ));
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_ips(State(fly): State<Arc<Fly>>, Path(app): Path<String>) -> Response {
+async fn list_ips(
+    State(fly): State<Arc<Fly>>,
+    Path(app): Path<String>,
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Some(r) = app_refusal(&mut inner, &app) {
-        return r.into_response();
-    }
-    let Some(a) = inner.apps.get(&app) else {
-        return error(StatusCode::NOT_FOUND, "app not found");
-    };
+    let a = app_for(&mut inner, None, &app)?;
     let ips: Vec<Value> = a.ips.iter().map(|(kind, ip)| ip_json(kind, ip)).collect();
-    Json(json!({"ips": ips})).into_response()
+    Ok(Json(json!({"ips": ips})).into_response())
 }
 
 fn ip_json(kind: &str, ip: &str) -> Value {
@@ -285,17 +313,9 @@ async fn allocate_ip(
     State(fly): State<Arc<Fly>>,
     Path(app): Path<String>,
     Json(body): Json<Value>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Err(r) = throttle(&mut inner, "ip_assignments", &app) {
-        return r.into_response();
-    }
-    if let Some(r) = app_refusal(&mut inner, &app) {
-        return r.into_response();
-    }
-    let Some(a) = inner.apps.get_mut(&app) else {
-        return error(StatusCode::NOT_FOUND, "app not found");
-    };
+    let a = app_for(&mut inner, Some("ip_assignments"), &app)?;
     let kind = body["type"].as_str().unwrap_or("");
     // Documentation ranges: these addresses only name things, nothing is reachable there.
     let n = a.ips.len() + 1;
@@ -305,33 +325,25 @@ async fn allocate_ip(
         "v6" => format!("2001:db8::{n}"),
         "private_v6" => format!("fdaa:0:1::{n}"),
         _ => {
-            return error(
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "type must be v4, shared_v4, v6 or private_v6",
-            );
+            ));
         }
     };
     a.ips.push((kind.to_owned(), ip.clone()));
-    Json(ip_json(kind, &ip)).into_response()
+    Ok(Json(ip_json(kind, &ip)).into_response())
 }
 
 async fn set_secrets(
     State(fly): State<Arc<Fly>>,
     Path(app): Path<String>,
     Json(body): Json<Value>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Err(r) = throttle(&mut inner, "secrets", &app) {
-        return r.into_response();
-    }
-    if let Some(r) = app_refusal(&mut inner, &app) {
-        return r.into_response();
-    }
-    let Some(a) = inner.apps.get_mut(&app) else {
-        return error(StatusCode::NOT_FOUND, "app not found");
-    };
+    let a = app_for(&mut inner, Some("secrets"), &app)?;
     let Some(values) = body["values"].as_object() else {
-        return error(StatusCode::BAD_REQUEST, "values is required");
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "values is required"));
     };
     for (name, value) in values {
         match value {
@@ -341,7 +353,12 @@ async fn set_secrets(
             Value::String(s) => {
                 a.secrets.insert(name.clone(), s.clone());
             }
-            _ => return error(StatusCode::BAD_REQUEST, "secret values are strings or null"),
+            _ => {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "secret values are strings or null",
+                ));
+            }
         }
     }
     a.secrets_version += 1;
@@ -350,7 +367,7 @@ async fn set_secrets(
         .keys()
         .map(|name| json!({"name": name, "digest": "fake", "created_at": now_rfc3339()}))
         .collect();
-    Json(json!({"secrets": secrets, "version": a.secrets_version})).into_response()
+    Ok(Json(json!({"secrets": secrets, "version": a.secrets_version})).into_response())
 }
 
 async fn list_machines(
@@ -427,18 +444,10 @@ async fn create_machine(
     State(fly): State<Arc<Fly>>,
     Path(app): Path<String>,
     Json(body): Json<Value>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Err(r) = throttle(&mut inner, "create_machine", &app) {
-        return r.into_response();
-    }
-    if let Some(r) = app_refusal(&mut inner, &app) {
-        return r.into_response();
-    }
-    let config = match check_machine_request(&inner, &app, &body) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+    app_for(&mut inner, Some("create_machine"), &app)?;
+    let config = check_machine_request(&inner, &app, &body)?;
     let seq = inner.seq();
     let visible_at = inner.visible_from_now();
     let id = tb_core::ids::random_hex(7);
@@ -467,7 +476,7 @@ async fn create_machine(
     inner.machines.insert(id.clone(), machine);
     drop(inner);
     boot::start(fly.clone(), id, 1);
-    Json(answer).into_response()
+    Ok(Json(answer).into_response())
 }
 
 async fn get_machine(
@@ -488,82 +497,46 @@ async fn update_machine(
     State(fly): State<Arc<Fly>>,
     Path((app, id)): Path<(String, String)>,
     Json(body): Json<Value>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Err(r) = throttle(&mut inner, "update", &id) {
-        return r.into_response();
-    }
-    if let Some(r) = machine_refusal(&mut inner, &app, &id, false) {
-        return r.into_response();
-    }
-    let config = match check_machine_request(&inner, &app, &body) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let Some(m) = inner
-        .machines
-        .get_mut(&id)
-        .filter(|m| m.app == app && m.state != "destroyed")
-    else {
-        return error(StatusCode::NOT_FOUND, "machine not found");
-    };
+    machine_for(&mut inner, Some("update"), &app, &id)?;
+    let config = check_machine_request(&inner, &app, &body)?;
+    let m = machine_for(&mut inner, None, &app, &id)?;
     if let Some(current) = body["current_version"].as_str()
         && current != m.instance_id
     {
-        return error(
+        return Err(Refusal::new(
             StatusCode::PRECONDITION_FAILED,
             "current_version does not match the machine's instance",
-        );
+        ));
     }
-    if let Some(process) = m.process.take() {
-        process.kill();
-    }
-    m.generation += 1;
+    m.stop("updating");
     m.config = config;
     m.instance_id = tb_core::ids::random_hex(13);
-    m.state = "updating".into();
     m.check_status = "critical".into();
-    m.updated_at = now_rfc3339();
     let (answer, generation) = (machine_json(m), m.generation);
     drop(inner);
     boot::start(fly.clone(), id, generation);
-    Json(answer).into_response()
+    Ok(Json(answer).into_response())
 }
 
 async fn delete_machine(
     State(fly): State<Arc<Fly>>,
     Path((app, id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Err(r) = throttle(&mut inner, "delete", &id) {
-        return r.into_response();
-    }
-    if let Some(r) = machine_refusal(&mut inner, &app, &id, false) {
-        return r.into_response();
-    }
-    let Some(m) = inner
-        .machines
-        .get_mut(&id)
-        .filter(|m| m.app == app && m.state != "destroyed")
-    else {
-        return error(StatusCode::NOT_FOUND, "machine not found");
-    };
+    let m = machine_for(&mut inner, Some("delete"), &app, &id)?;
     let force = query.get("force").is_some_and(|v| v == "true");
     let active = m.process.as_mut().is_some_and(|p| p.is_running());
     if active && !force {
-        return error(
+        return Err(Refusal::new(
             StatusCode::PRECONDITION_FAILED,
             "failed_precondition: machine still active, stop it or use force=true",
-        );
+        ));
     }
-    if let Some(process) = m.process.take() {
-        process.kill();
-    }
-    m.generation += 1;
-    m.state = "destroyed".into();
-    m.updated_at = now_rfc3339();
-    Json(json!({"ok": true})).into_response()
+    m.stop("destroyed");
+    Ok(Json(json!({"ok": true})).into_response())
 }
 
 /// Stops the machine's process and boots its current config again: the same image, pulled
@@ -572,33 +545,16 @@ async fn delete_machine(
 async fn restart_machine(
     State(fly): State<Arc<Fly>>,
     Path((app, id)): Path<(String, String)>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let mut inner = fly.lock();
-    if let Err(r) = throttle(&mut inner, "restart", &id) {
-        return r.into_response();
-    }
-    if let Some(r) = machine_refusal(&mut inner, &app, &id, false) {
-        return r.into_response();
-    }
-    let Some(m) = inner
-        .machines
-        .get_mut(&id)
-        .filter(|m| m.app == app && m.state != "destroyed")
-    else {
-        return error(StatusCode::NOT_FOUND, "machine not found");
-    };
-    if let Some(process) = m.process.take() {
-        process.kill();
-    }
-    m.generation += 1;
-    m.state = "starting".into();
+    let m = machine_for(&mut inner, Some("restart"), &app, &id)?;
+    m.stop("starting");
     m.check_status = "critical".into();
-    m.updated_at = now_rfc3339();
     m.events.push("restarted".into());
     let generation = m.generation;
     drop(inner);
     boot::start(fly.clone(), id, generation);
-    Json(json!({"ok": true})).into_response()
+    Ok(Json(json!({"ok": true})).into_response())
 }
 
 async fn wait_machine(

@@ -131,26 +131,12 @@ pub(super) fn create(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !valid {
-        return Err(error_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Repository creation failed.",
-            Some(json!([{
-                "resource": "Repository", "code": "custom", "field": "name",
-                "message": "name is invalid"
-            }])),
-        ));
+        return Err(name_refused("name is invalid"));
     }
     let repo = {
         let mut inner = fake.lock();
         if inner.repos.contains_key(&repo_key(owner, name)) {
-            return Err(error_with(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Repository creation failed.",
-                Some(json!([{
-                    "resource": "Repository", "code": "custom", "field": "name",
-                    "message": "name already exists on this account"
-                }])),
-            ));
+            return Err(name_refused("name already exists on this account"));
         }
         inner.next_id += 1;
         let repo = RepoMeta {
@@ -204,4 +190,16 @@ pub(super) fn repo_json(fake: &Fake, repo: &RepoMeta) -> Value {
         "default_branch": "main",
         "archived": repo.archived,
     })
+}
+
+/// GitHub's 422 for a repository name it will not create, `message` naming why.
+fn name_refused(message: &str) -> Response {
+    error_with(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Repository creation failed.",
+        Some(json!([{
+            "resource": "Repository", "code": "custom", "field": "name",
+            "message": message
+        }])),
+    )
 }
