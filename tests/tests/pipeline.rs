@@ -338,22 +338,11 @@ async fn the_sweeper_redrives_a_request_whose_message_was_lost_and_deletes_orpha
 
 /// A project record of `owner`'s.
 fn project_of(id: &str, owner: &str) -> ProjectRecord {
-    ProjectRecord {
-        id: ProjectId::parse(id).unwrap(),
-        owner: UserId::parse(owner).unwrap(),
-        name: format!("turbobackend-{id}"),
-        repo_url: None,
-        deploy_url: None,
-        database: None,
-        deployed_version: None,
-        previous_version: None,
-        last_request: None,
-        last_verified_version: None,
-        deployed_verified: None,
-        created_at_ms: 1,
-        updated_at_ms: 1,
-        lifecycle: Default::default(),
-    }
+    ProjectRecord::new(
+        ProjectId::parse(id).unwrap(),
+        UserId::parse(owner).unwrap(),
+        1,
+    )
 }
 
 #[tokio::test]

@@ -382,6 +382,29 @@ pub struct ProjectRecord {
     pub lifecycle: Lifecycle,
 }
 
+impl ProjectRecord {
+    /// A project nothing has happened to yet: named `turbobackend-<id>`, created and
+    /// updated at `at_ms`.
+    pub fn new(id: crate::domain::ProjectId, owner: crate::domain::UserId, at_ms: u64) -> Self {
+        ProjectRecord {
+            name: format!("turbobackend-{id}"),
+            id,
+            owner,
+            repo_url: None,
+            deploy_url: None,
+            database: None,
+            deployed_version: None,
+            previous_version: None,
+            last_request: None,
+            last_verified_version: None,
+            deployed_verified: None,
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            lifecycle: Lifecycle::default(),
+        }
+    }
+}
+
 /// What happened to a project besides its requests: its deletion and its rollbacks, with
 /// who asked and when.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

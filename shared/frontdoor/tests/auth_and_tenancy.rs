@@ -245,20 +245,17 @@ async fn two_users() -> TwoUsers {
     let b_record_project = "proj_b_finished".to_string();
     s.records
         .save_project(&ProjectRecord {
-            id: ProjectId::parse(&b_record_project).unwrap(),
-            owner: user("user_b"),
             name: "b-finished".into(),
             repo_url: Some("https://git.example/b".into()),
             deploy_url: Some("https://b.example".into()),
             database: Some("db_b".into()),
             deployed_version: Some("v1".into()),
-            previous_version: None,
-            last_request: None,
-            last_verified_version: None,
-            deployed_verified: None,
-            created_at_ms: 1,
             updated_at_ms: 2,
-            lifecycle: Default::default(),
+            ..ProjectRecord::new(
+                ProjectId::parse(&b_record_project).unwrap(),
+                user("user_b"),
+                1,
+            )
         })
         .await
         .unwrap();

@@ -472,20 +472,17 @@ async fn list_projects_is_bounded_and_newest_first() {
     for i in 0..60u64 {
         s.records
             .save_project(&ProjectRecord {
-                id: ProjectId::parse(&format!("proj_{i:03}")).unwrap(),
-                owner: user("user_a"),
                 name: format!("turbobackend-{i}-{}", "n".repeat(100)),
                 repo_url: Some(format!("https://github.com/acme/p{i}")),
                 deploy_url: Some(format!("https://p{i}.fly.dev")),
                 database: Some(format!("db_{i}")),
                 deployed_version: Some("sha256:1".into()),
-                previous_version: None,
-                last_request: None,
-                last_verified_version: None,
-                deployed_verified: None,
-                created_at_ms: i,
                 updated_at_ms: 1000 + i,
-                lifecycle: Default::default(),
+                ..ProjectRecord::new(
+                    ProjectId::parse(&format!("proj_{i:03}")).unwrap(),
+                    user("user_a"),
+                    i,
+                )
             })
             .await
             .unwrap();

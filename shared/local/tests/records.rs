@@ -34,22 +34,7 @@ fn call(iteration: u32, micros: i64) -> ModelCall {
 }
 
 fn project(id: &str, owner: &str, at: u64) -> ProjectRecord {
-    ProjectRecord {
-        id: ProjectId::parse(id).unwrap(),
-        owner: user(owner),
-        name: format!("turbobackend-{id}"),
-        repo_url: None,
-        deploy_url: None,
-        database: None,
-        deployed_version: None,
-        previous_version: None,
-        last_request: None,
-        last_verified_version: None,
-        deployed_verified: None,
-        created_at_ms: at,
-        updated_at_ms: at,
-        lifecycle: Default::default(),
-    }
+    ProjectRecord::new(ProjectId::parse(id).unwrap(), user(owner), at)
 }
 
 #[tokio::test]

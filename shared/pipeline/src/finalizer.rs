@@ -842,22 +842,7 @@ impl Finalizer {
             .records
             .project(&rec.project)
             .await?
-            .unwrap_or(ProjectRecord {
-                id: rec.project.clone(),
-                owner: rec.owner.clone(),
-                name: format!("turbobackend-{}", rec.project),
-                repo_url: None,
-                deploy_url: None,
-                database: None,
-                deployed_version: None,
-                previous_version: None,
-                last_request: None,
-                last_verified_version: None,
-                deployed_verified: None,
-                created_at_ms: now,
-                updated_at_ms: now,
-                lifecycle: Default::default(),
-            });
+            .unwrap_or_else(|| ProjectRecord::new(rec.project.clone(), rec.owner.clone(), now));
         if let Some(url) = rec.steps.repository_url() {
             p.repo_url = Some(url.to_string());
         }

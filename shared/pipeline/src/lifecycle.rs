@@ -65,20 +65,10 @@ async fn owned(
             }
             let now = now_ms();
             let record = ProjectRecord {
-                id: project.clone(),
-                owner: user.clone(),
-                name: format!("turbobackend-{project}"),
-                repo_url: None,
-                deploy_url: None,
-                database: None,
-                deployed_version: None,
-                previous_version: None,
                 last_request: Some(requests[0].id.clone()),
-                last_verified_version: None,
-                deployed_verified: None,
                 created_at_ms: requests[0].created_at_ms,
                 updated_at_ms: now,
-                lifecycle: Lifecycle::default(),
+                ..ProjectRecord::new(project.clone(), user.clone(), now)
             };
             records.save_project(&record).await?;
             Ok(records.project(&project).await?.unwrap_or(record))

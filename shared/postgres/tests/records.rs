@@ -289,20 +289,12 @@ async fn the_totals_migration_starts_from_the_existing_ledger() {
 
 fn project_record(id: &str, owner: &str) -> ProjectRecord {
     ProjectRecord {
-        id: ProjectId::parse(id).unwrap(),
-        owner: user(owner),
         name: "users api".into(),
-        repo_url: None,
-        deploy_url: None,
-        database: None,
-        deployed_version: None,
-        previous_version: None,
-        last_request: None,
-        last_verified_version: None,
-        deployed_verified: None,
-        created_at_ms: 1_700_000_000_123,
-        updated_at_ms: 1_700_000_000_123,
-        lifecycle: Default::default(),
+        ..ProjectRecord::new(
+            ProjectId::parse(id).unwrap(),
+            user(owner),
+            1_700_000_000_123,
+        )
     }
 }
 
