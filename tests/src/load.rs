@@ -792,18 +792,7 @@ impl Platform {
         let Ok(out) = out else {
             return Vec::new();
         };
-        out.messages()
-            .iter()
-            .map(|m| Received {
-                body: m.body().unwrap_or_default().to_string(),
-                receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
-                receive_count: m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0),
-            })
-            .collect()
+        Received::all(&out)
     }
 
     /// The invocations a receive leads to: the batch itself, plus duplicates. A duplicate is
@@ -1001,22 +990,8 @@ impl Platform {
 }
 
 fn sqs_event(batch: &[Received]) -> SqsEvent {
-    let records: Vec<Value> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            json!({
-                "messageId": format!("m{i}"),
-                "receiptHandle": m.receipt_handle,
-                "body": m.body,
-                "attributes": {"ApproximateReceiveCount": m.receive_count.to_string()},
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    serde_json::from_value(json!({ "Records": records })).expect("an SQS event")
+    let event = tb_aws::testing::sqs_event(batch, "arn:aws:sqs:us-east-1:123456789012:load");
+    serde_json::from_value(event).expect("an SQS event")
 }
 
 async fn queue_arn(aws: &TestAws, url: &str) -> String {

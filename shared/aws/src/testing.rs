@@ -37,6 +37,47 @@ pub struct Received {
     pub receive_count: u32,
 }
 
+impl Received {
+    /// The messages of a ReceiveMessage answer (asked with the `ApproximateReceiveCount`
+    /// system attribute).
+    pub fn all(out: &aws_sdk_sqs::operation::receive_message::ReceiveMessageOutput) -> Vec<Self> {
+        out.messages()
+            .iter()
+            .map(|m| Received {
+                body: m.body().unwrap_or_default().to_string(),
+                receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
+                receive_count: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0),
+            })
+            .collect()
+    }
+}
+
+/// The SQS event Lambda's event source mapping hands a function for `batch` (one record a
+/// message; `queue_arn` as its `eventSourceARN`).
+pub fn sqs_event(batch: &[Received], queue_arn: &str) -> serde_json::Value {
+    let records: Vec<serde_json::Value> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            serde_json::json!({
+                "messageId": format!("m{i}"),
+                "receiptHandle": m.receipt_handle,
+                "body": m.body,
+                "attributes": {"ApproximateReceiveCount": m.receive_count.to_string()},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    serde_json::json!({ "Records": records })
+}
+
 /// One test's AWS resources on the moto server.
 pub struct TestAws {
     pub endpoint: String,
@@ -218,18 +259,7 @@ impl TestAws {
             .send()
             .await
             .expect("receiving messages");
-        out.messages()
-            .iter()
-            .map(|m| Received {
-                body: m.body().unwrap_or_default().to_string(),
-                receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
-                receive_count: m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0),
-            })
-            .collect()
+        Received::all(&out)
     }
 
     pub async fn receive_work(&self, wait: Duration) -> Vec<Received> {

@@ -550,23 +550,7 @@ async fn drain(aws: &TestAws, queue: &str) {
 }
 
 fn sqs_event(messages: &[Received]) -> Value {
-    let records: Vec<Value> = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            json!({
-                "messageId": format!("m{i}"),
-                "receiptHandle": m.receipt_handle,
-                "body": m.body,
-                "attributes": {"ApproximateReceiveCount": m.receive_count.to_string()},
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench",
-                "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    json!({ "Records": records })
+    tb_aws::testing::sqs_event(messages, "arn:aws:sqs:us-east-1:123456789012:bench")
 }
 
 /// An API Gateway HTTP API (payload 2.0) event: `POST /mcp` with `rpc` as the body.
