@@ -204,7 +204,10 @@ async fn folder(
 }
 
 /// The started sandbox a file call names (`{sandbox_id}`) and its `path` mapped into the
-/// workspace, with `recursive` as asked.
+/// workspace, with `recursive` as asked. Taken from the request's path and query before any
+/// body is read: Daytona's proxy resolves `{toolboxProxyUrl}/{sandboxId}` to the sandbox's
+/// daemon before it forwards the request (reference/external_apis.md, "toolbox base"), so
+/// an unknown or stopped sandbox answers without the upload being read.
 struct Target {
     sandbox: LocalSandbox,
     path: WorkspacePath,
