@@ -1,5 +1,6 @@
 //! What can go wrong while deploying, and how each case maps onto [`PortError`].
 
+use tb_core::domain::ProjectId;
 use tb_core::ports::PortError;
 
 /// A deploy failure. Messages never hold credentials: text from servers is scrubbed
@@ -66,6 +67,19 @@ impl From<DeployError> for PortError {
             | DeployError::Unhealthy(_) => PortError::Permanent(text),
         }
     }
+}
+
+/// `result` as a deployer answers the port: a failure is logged ("`what` failed", with
+/// the project), then converted.
+pub(crate) fn answer<T>(
+    project: &ProjectId,
+    what: &str,
+    result: Result<T, DeployError>,
+) -> Result<T, PortError> {
+    result.map_err(|e| {
+        tracing::warn!(%project, "{what} failed: {e}");
+        e.into()
+    })
 }
 
 #[cfg(test)]

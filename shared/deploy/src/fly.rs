@@ -49,6 +49,7 @@ use tokio::time::Instant;
 
 use self::api::{AppLookup, Created, Machine, MachinesApi, Waited, fly_go, flyctl_wait};
 use self::machine_config::{HEALTH_PATH, ROLE_KEY, ROLE_WEB};
+use crate::error::answer;
 use crate::registry::{RegistryClient, RegistryCredentials};
 use crate::{DeployError, ImageRef, Secret, artifact, image};
 use tb_core::backoff::{Attempt, Stop, retry};
@@ -706,24 +707,22 @@ impl Deployer for FlyDeployer {
         artifact: &Artifact,
         secrets: &BTreeMap<String, String>,
     ) -> Result<Deployment, PortError> {
-        let app = self.app_name(project);
-        self.run(project, artifact, secrets).await.map_err(|e| {
-            tracing::warn!(app, "deploy failed: {e}");
-            e.into()
-        })
+        answer(
+            project,
+            "deploy",
+            self.run(project, artifact, secrets).await,
+        )
     }
 
     async fn rollback(&self, project: &ProjectId, version: &str) -> Result<Deployment, PortError> {
-        self.roll_back_to(project, version).await.map_err(|e| {
-            tracing::warn!(%project, "rollback failed: {e}");
-            e.into()
-        })
+        answer(
+            project,
+            "rollback",
+            self.roll_back_to(project, version).await,
+        )
     }
 
     async fn destroy(&self, project: &ProjectId) -> Result<Value, PortError> {
-        self.remove(project).await.map_err(|e| {
-            tracing::warn!(%project, "removing the app failed: {e}");
-            e.into()
-        })
+        answer(project, "removing the app", self.remove(project).await)
     }
 }

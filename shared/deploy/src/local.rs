@@ -45,6 +45,7 @@ use tb_core::ports::{APP_LOG_BYTES, APP_LOG_LINES, Artifact, Deployer, Deploymen
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::error::answer;
 use crate::{DeployError, artifact};
 
 /// Wraps an app in an isolation boundary: given the unpacked app's directory and the
@@ -529,17 +530,19 @@ impl Deployer for LocalDeployer {
         artifact: &Artifact,
         secrets: &BTreeMap<String, String>,
     ) -> Result<Deployment, PortError> {
-        self.run(project, artifact, secrets).await.map_err(|e| {
-            tracing::warn!(project = %project, "local deploy failed: {e}");
-            e.into()
-        })
+        answer(
+            project,
+            "local deploy",
+            self.run(project, artifact, secrets).await,
+        )
     }
 
     async fn rollback(&self, project: &ProjectId, version: &str) -> Result<Deployment, PortError> {
-        self.run_version(project, version).await.map_err(|e| {
-            tracing::warn!(project = %project, "local rollback failed: {e}");
-            e.into()
-        })
+        answer(
+            project,
+            "local rollback",
+            self.run_version(project, version).await,
+        )
     }
 
     /// Records `version` in `<root>/<project>/retained`: deploys do not remove it.

@@ -48,12 +48,12 @@ use crate::cache_sim::{PromptCacheSim, approx_tokens};
 pub const NO_MORE_TURNS: &str = "The script has no more turns.";
 
 /// A script of assistant turns (the JSON file format, see the module docs).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Script {
     #[serde(default = "default_model")]
     pub model: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window: Option<u64>,
     pub turns: Vec<ScriptTurn>,
     #[serde(default)]
@@ -61,18 +61,16 @@ pub struct Script {
 }
 
 /// One assistant turn.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptTurn {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ScriptToolCall>,
     /// Anthropic or OpenAI spelling (`end_turn`, `tool_use`, `max_tokens`, `stop`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
     /// A `thinking` block before the text, signed by the scripted model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<String>,
     /// A `redacted_thinking` block (opaque data) before the text.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

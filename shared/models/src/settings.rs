@@ -27,18 +27,8 @@ pub const DEFAULT_MODEL: &str = "claude-sonnet-4-6";
 /// The model choice. `Debug` never shows keys.
 #[derive(Clone)]
 pub enum ModelSettings {
-    Anthropic {
-        api_key: String,
-        base_url: Option<String>,
-        model: String,
-        context_window: Option<u64>,
-    },
-    OpenAi {
-        base_url: String,
-        api_key: Option<String>,
-        model: String,
-        context_window: Option<u64>,
-    },
+    Anthropic(AnthropicConfig),
+    OpenAi(OpenAiConfig),
     /// No model configured: replay a script.
     Scripted(Script),
 }
@@ -60,21 +50,24 @@ impl ModelSettings {
             None => None,
         };
         if let Some(api_key) = non_empty("ANTHROPIC_API_KEY") {
-            return Ok(ModelSettings::Anthropic {
-                api_key,
-                base_url: non_empty("ANTHROPIC_BASE_URL"),
-                model: non_empty("TB_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into()),
-                context_window,
-            });
+            let model = non_empty("TB_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into());
+            let mut config = AnthropicConfig::new(api_key, model);
+            if let Some(base_url) = non_empty("ANTHROPIC_BASE_URL") {
+                config.base_url = base_url;
+            }
+            if let Some(window) = context_window {
+                config.context_window = window;
+            }
+            return Ok(ModelSettings::Anthropic(config));
         }
         if let Some(base_url) = non_empty("OPENAI_BASE_URL") {
             let model = non_empty("TB_MODEL").ok_or_else(|| SettingsError("OPENAI_BASE_URL is set but TB_MODEL is not: name the model the server should run".into()))?;
-            return Ok(ModelSettings::OpenAi {
-                base_url,
-                api_key: non_empty("OPENAI_API_KEY"),
-                model,
-                context_window,
-            });
+            let mut config = OpenAiConfig::new(base_url, model);
+            config.api_key = non_empty("OPENAI_API_KEY");
+            if let Some(window) = context_window {
+                config.context_window = window;
+            }
+            return Ok(ModelSettings::OpenAi(config));
         }
         let script =
             Script::from_json(USERS_API_SCRIPT).map_err(|e| SettingsError(e.to_string()))?;
@@ -84,7 +77,8 @@ impl ModelSettings {
     /// The id of the model requests are made with (and priced by).
     pub fn model_id(&self) -> &str {
         match self {
-            ModelSettings::Anthropic { model, .. } | ModelSettings::OpenAi { model, .. } => model,
+            ModelSettings::Anthropic(config) => &config.model,
+            ModelSettings::OpenAi(config) => &config.model,
             ModelSettings::Scripted(script) => &script.model,
         }
     }
@@ -97,35 +91,11 @@ impl ModelSettings {
     pub fn build(&self) -> Result<Arc<dyn Model>, SettingsError> {
         let err = |e: crate::ConfigError| SettingsError(e.to_string());
         Ok(match self {
-            ModelSettings::Anthropic {
-                api_key,
-                base_url,
-                model,
-                context_window,
-            } => {
-                let mut c = AnthropicConfig::new(api_key.clone(), model.clone());
-                if let Some(b) = base_url {
-                    c.base_url = b.clone();
-                }
-                if let Some(w) = context_window {
-                    c.context_window = *w;
-                }
-                Arc::new(AnthropicClient::new(c).map_err(err)?)
+            ModelSettings::Anthropic(config) => {
+                Arc::new(AnthropicClient::new(config.clone()).map_err(err)?)
             }
-            ModelSettings::OpenAi {
-                base_url,
-                api_key,
-                model,
-                context_window,
-            } => {
-                let mut c = OpenAiConfig::new(base_url.clone(), model.clone());
-                if let Some(k) = api_key {
-                    c = c.with_api_key(k.clone());
-                }
-                if let Some(w) = context_window {
-                    c.context_window = *w;
-                }
-                Arc::new(OpenAiClient::new(c).map_err(err)?)
+            ModelSettings::OpenAi(config) => {
+                Arc::new(OpenAiClient::new(config.clone()).map_err(err)?)
             }
             ModelSettings::Scripted(script) => Arc::new(ScriptedModel::new(script.clone())),
         })
@@ -134,8 +104,8 @@ impl ModelSettings {
     /// One line for people: which model, and whether it is real.
     pub fn describe(&self) -> String {
         match self {
-            ModelSettings::Anthropic { model, .. } => format!("{model} (Anthropic Messages API)"),
-            ModelSettings::OpenAi { model, base_url, .. } => format!("{model} (OpenAI-compatible server at {base_url})"),
+            ModelSettings::Anthropic(config) => format!("{} (Anthropic Messages API)", config.model),
+            ModelSettings::OpenAi(config) => format!("{} (OpenAI-compatible server at {})", config.model, config.base_url),
             ModelSettings::Scripted(_) => "scripted: no model key is set (ANTHROPIC_API_KEY or OPENAI_BASE_URL), so a built-in script plays the model; no model was called".into(),
         }
     }
@@ -163,7 +133,7 @@ mod tests {
     #[test]
     fn an_anthropic_key_selects_anthropic_and_is_never_shown() {
         let s = ModelSettings::from_env(env(&[("ANTHROPIC_API_KEY", "sk-secret-value")])).unwrap();
-        assert!(matches!(&s, ModelSettings::Anthropic { model, .. } if model == DEFAULT_MODEL));
+        assert!(matches!(&s, ModelSettings::Anthropic(config) if config.model == DEFAULT_MODEL));
         assert!(!format!("{s:?}").contains("sk-secret-value"));
     }
 
@@ -177,7 +147,7 @@ mod tests {
             ("TB_MODEL", "qwen3"),
         ]))
         .unwrap();
-        assert!(matches!(s, ModelSettings::OpenAi { .. }));
+        assert!(matches!(s, ModelSettings::OpenAi(_)));
     }
 
     #[test]

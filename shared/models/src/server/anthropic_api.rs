@@ -64,10 +64,8 @@ pub(super) async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(fault) = state.begin() {
-        let message = format!("injected failure (HTTP {})", fault.status.as_u16());
-        let body = error_body(fault.status, &message);
-        return fault.respond(body);
+    if let Some(injected) = state.begin(error) {
+        return injected;
     }
     if headers.get("x-api-key").is_none_or(|k| k.is_empty()) {
         return error(StatusCode::UNAUTHORIZED, "x-api-key header is required");
@@ -81,14 +79,9 @@ pub(super) async fn messages(
             "anthropic-version: header is required",
         );
     }
-    let body = match state.record(&body) {
+    let body = match state.record(&body, "The request body is not valid JSON") {
         Ok(body) => body,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("The request body is not valid JSON: {e}"),
-            );
-        }
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let messages = match check_fields(&body)
         .and_then(|()| check_tools(&body["tools"]))
@@ -137,12 +130,8 @@ pub(super) async fn messages(
     .into_response()
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(error_body(status, message))).into_response()
-}
-
 /// `{"type":"error","error":{"type","message"}}` with the API's error type for `status`.
-fn error_body(status: StatusCode, message: &str) -> Value {
+fn error(status: StatusCode, message: &str) -> Response {
     let kind = match status.as_u16() {
         400 => "invalid_request_error",
         401 => "authentication_error",
@@ -153,7 +142,11 @@ fn error_body(status: StatusCode, message: &str) -> Value {
         529 => "overloaded_error",
         _ => "api_error",
     };
-    json!({"type": "error", "error": {"type": kind, "message": message}})
+    (
+        status,
+        Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
+    )
+        .into_response()
 }
 
 fn check_fields(body: &Value) -> Result<(), String> {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use serde_json::Value;
 use tb_core::model::StopReason;
@@ -186,16 +186,25 @@ struct Fault {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// An endpoint's error response for a status and a message, in its API's error shape.
+type ErrorResponse = fn(StatusCode, &str) -> Response;
+
 impl ServerState {
-    /// Counts the request and returns the fault to answer it with, if one is queued.
-    fn begin(&self) -> Option<Fault> {
+    /// Counts the request and, when a fault is queued, returns the response that injects
+    /// it: `error`'s response for the fault's status, with the fault's headers.
+    fn begin(&self, error: ErrorResponse) -> Option<Response> {
         self.requests.fetch_add(1, Ordering::SeqCst);
-        lock(&self.faults).pop_front()
+        let fault = lock(&self.faults).pop_front()?;
+        let message = format!("injected failure (HTTP {})", fault.status.as_u16());
+        let mut response = error(fault.status, &message);
+        response.headers_mut().extend(fault.headers);
+        Some(response)
     }
 
-    /// `body` read as JSON and kept as the last body received.
-    fn record(&self, body: &[u8]) -> Result<Value, serde_json::Error> {
-        let body: Value = serde_json::from_slice(body)?;
+    /// `body` read as JSON and kept as the last body received. What is not JSON is refused
+    /// with `not_json`, then the parser's reason.
+    fn record(&self, body: &[u8], not_json: &str) -> Result<Value, String> {
+        let body: Value = serde_json::from_slice(body).map_err(|e| format!("{not_json}: {e}"))?;
         *lock(&self.last_body) = Some(body.clone());
         Ok(body)
     }
@@ -214,14 +223,6 @@ impl ServerState {
         } else {
             OpenAiDialect::Standard
         }
-    }
-}
-
-impl Fault {
-    fn respond(self, body: Value) -> Response {
-        let mut response = (self.status, axum::Json(body)).into_response();
-        response.headers_mut().extend(self.headers);
-        response
     }
 }
 

@@ -23,19 +23,12 @@ pub(super) async fn chat_completions(
     State(state): State<Arc<ServerState>>,
     body: Bytes,
 ) -> Response {
-    if let Some(fault) = state.begin() {
-        let message = format!("injected failure (HTTP {})", fault.status.as_u16());
-        let body = error_body(fault.status, &message);
-        return fault.respond(body);
+    if let Some(injected) = state.begin(error) {
+        return injected;
     }
-    let body = match state.record(&body) {
+    let body = match state.record(&body, "We could not parse the JSON body") {
         Ok(body) => body,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("We could not parse the JSON body: {e}"),
-            );
-        }
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     if let Some(refused) = refused_token_limit(&body, state.token_limit()) {
         return refused;
@@ -142,18 +135,19 @@ fn finish_reason(reason: &StopReason) -> &str {
     }
 }
 
+/// `{"error":{"message","type","param","code"}}` with the API's error type for `status`.
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(error_body(status, message))).into_response()
-}
-
-fn error_body(status: StatusCode, message: &str) -> Value {
     let kind = match status.as_u16() {
         401 => "authentication_error",
         429 => "rate_limit_exceeded",
         400..=499 => "invalid_request_error",
         _ => "server_error",
     };
-    json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+    (
+        status,
+        Json(json!({"error": {"message": message, "type": kind, "param": null, "code": null}})),
+    )
+        .into_response()
 }
 
 /// Validates the body; returns the turn to play (the number of assistant messages).

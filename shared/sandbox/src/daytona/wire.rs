@@ -1,21 +1,20 @@
 //! Daytona's JSON bodies, as far as this client uses them. Unknown fields are ignored and
 //! most fields are optional: servers of several versions answer, and the shapes that
 //! changed are read in each of their forms (sources: the daytonaio/daytona repository).
+//! An absent `Option` field reads as `None`; `None` is left out of a body sent.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 /// `POST /sandbox`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateSandbox {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub build_info: Option<BuildInfo>,
     pub auto_stop_interval: u32,
     pub auto_delete_interval: i32,
@@ -34,19 +33,13 @@ pub(crate) struct BuildInfo {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SandboxDto {
     pub id: String,
-    #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
     pub state: Option<String>,
     /// Where the server is taking it (`SandboxDesiredState`: started, stopped, archived,
     /// paused, destroyed, resized).
-    #[serde(default)]
     pub desired_state: Option<String>,
-    #[serde(default)]
     pub error_reason: Option<String>,
-    #[serde(default)]
     pub toolbox_proxy_url: Option<String>,
-    #[serde(default)]
     pub created_at: Option<String>,
 }
 
@@ -83,7 +76,6 @@ impl SandboxList {
 pub(crate) struct SandboxPage {
     #[serde(default)]
     pub items: Vec<SandboxDto>,
-    #[serde(default)]
     pub next_cursor: Option<serde_json::Value>,
 }
 
@@ -113,9 +105,7 @@ pub(crate) struct ExecuteRequest<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ExecuteResponse {
-    #[serde(default)]
     exit_code: Option<i32>,
-    #[serde(default)]
     code: Option<i32>,
     #[serde(default)]
     pub result: String,
@@ -142,9 +132,7 @@ pub(crate) struct FileInfo {
 /// `{"error":…}` (the daemon). `message` may be a list of validation messages.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ErrorBody {
-    #[serde(default)]
     pub message: Option<serde_json::Value>,
-    #[serde(default)]
     pub error: Option<serde_json::Value>,
 }
 

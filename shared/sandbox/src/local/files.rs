@@ -75,13 +75,7 @@ impl Workspace {
     }
 
     pub(crate) fn read(&self, path: &WorkspacePath, limit: u64) -> Result<Vec<u8>, SandboxError> {
-        let fd = self
-            .open_beneath(
-                self.dir.as_fd(),
-                path.as_str(),
-                OFlags::RDONLY | OFlags::NONBLOCK,
-            )
-            .map_err(|e| io_error(path, e))?;
+        let fd = self.open_from_root(path, OFlags::RDONLY | OFlags::NONBLOCK, path)?;
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_error(path, e.into()))?;
         check_regular(path, &stat)?;
         let size = stat.st_size as u64;
@@ -194,17 +188,23 @@ impl Workspace {
         let Some((parent, name)) = split_parent(path) else {
             return Ok(None);
         };
-        let parent = self
-            .open_beneath(
-                self.dir.as_fd(),
-                parent.as_str(),
-                OFlags::PATH | OFlags::DIRECTORY,
-            )
-            .map_err(|e| io_error(path, e))?;
+        let parent = self.open_from_root(&parent, OFlags::PATH | OFlags::DIRECTORY, path)?;
         let stat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_error(path, e.into()))?;
         let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
         Ok(Some((parent, name, is_dir)))
+    }
+
+    /// `rel` opened beneath the workspace's root ([`Workspace::open_beneath`]); errors name
+    /// `reported`.
+    fn open_from_root(
+        &self,
+        rel: &WorkspacePath,
+        flags: OFlags,
+        reported: &WorkspacePath,
+    ) -> Result<OwnedFd, SandboxError> {
+        self.open_beneath(self.dir.as_fd(), rel.as_str(), flags)
+            .map_err(|e| io_error(reported, e))
     }
 
     /// `openat2(start, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`; `""` is
