@@ -26,8 +26,9 @@
 
 /// Implements [`CodeHost`](tb_core::ports::CodeHost) for an adapter from its own methods
 /// (`push_snapshot`, `archive_repository`, and `file_commit::FileCommits` for
-/// `commit_file`), which return [`CodeHostError`]: each call's result is logged once ([`error::logged`], `$host` naming
-/// the code host) and handed to the port as a [`PortError`](tb_core::ports::PortError).
+/// `commit_file`), which return [`CodeHostError`]: each call's result is logged once
+/// (`error::logged`, `$host` naming the code host) and handed to the port as a
+/// [`PortError`](tb_core::ports::PortError).
 macro_rules! impl_code_host {
     ($adapter:ty, $host:literal) => {
         #[async_trait::async_trait]
