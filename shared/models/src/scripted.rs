@@ -38,6 +38,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse, StopReason};
 use tb_core::{Block, Role};
 
@@ -48,7 +49,7 @@ use crate::cache_sim::{PromptCacheSim, approx_tokens};
 pub const NO_MORE_TURNS: &str = "The script has no more turns.";
 
 /// A script of assistant turns (the JSON file format, see the module docs).
-#[serde_with::skip_serializing_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Script {
@@ -61,7 +62,7 @@ pub struct Script {
 }
 
 /// One assistant turn.
-#[serde_with::skip_serializing_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptTurn {
