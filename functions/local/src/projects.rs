@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use tb_core::domain::{ProjectId, UserId};
 use tb_core::ports::ProjectRecord;
+use tb_pipeline::RequestError;
+use tb_pipeline::lifecycle::OperationAccepted;
 
 use crate::app::{App, Settings};
 use crate::demo::LOCAL_USER;
@@ -36,9 +38,15 @@ pub enum ProjectsCommand {
 
 pub async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
     let user = UserId::parse(LOCAL_USER)?;
+    // With workers for a deletion or a rollback: the finalizer carries it out, and requests
+    // being cancelled can reach their end.
+    let workers = matches!(
+        cmd,
+        ProjectsCommand::Delete { .. } | ProjectsCommand::Rollback { .. }
+    );
+    let app = App::open(&Settings::from_env()?, workers).await?;
     match cmd {
         ProjectsCommand::List { include_deleted } => {
-            let app = App::open(&Settings::from_env()?, false).await?;
             for p in app.records.projects(&user).await? {
                 let state = state(&p);
                 if state == "deleted" && !include_deleted {
@@ -57,7 +65,6 @@ pub async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
             }
         }
         ProjectsCommand::Show { project_id } => {
-            let app = App::open(&Settings::from_env()?, false).await?;
             let p = load(&app, &user, &project_id).await?;
             println!("{}", serde_json::to_string_pretty(&p)?);
         }
@@ -65,20 +72,15 @@ pub async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
             project_id,
             confirm,
         } => {
-            // With workers: the finalizer carries the deletion out, and requests being
-            // cancelled can reach their end.
-            let app = App::open(&Settings::from_env()?, true).await?;
-            let accepted = tb_pipeline::lifecycle::request_delete(
+            let asked = tb_pipeline::lifecycle::request_delete(
                 &app.requests,
                 app.records.as_ref(),
                 &user,
                 &project_id,
                 &confirm,
             )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", message(&project_id, e)))?;
-            println!("{}", accepted.message);
-            if accepted.state != "deleted" {
+            .await;
+            if accepted(&project_id, asked)?.state != "deleted" {
                 let p = wait(&app, &user, &project_id, |p| {
                     p.lifecycle.deleted_at_ms.is_some()
                         || p.lifecycle
@@ -91,16 +93,14 @@ pub async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
             }
         }
         ProjectsCommand::Rollback { project_id } => {
-            let app = App::open(&Settings::from_env()?, true).await?;
-            let accepted = tb_pipeline::lifecycle::request_rollback(
+            let asked = tb_pipeline::lifecycle::request_rollback(
                 &app.requests,
                 app.records.as_ref(),
                 &user,
                 &project_id,
             )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", message(&project_id, e)))?;
-            println!("{}", accepted.message);
+            .await;
+            accepted(&project_id, asked)?;
             let p = wait(&app, &user, &project_id, |p| {
                 p.lifecycle
                     .rollback
@@ -128,11 +128,18 @@ fn state(p: &ProjectRecord) -> &'static str {
     }
 }
 
-fn message(id: &str, e: tb_pipeline::RequestError) -> String {
-    match e {
-        tb_pipeline::RequestError::NotFound(_) => format!("no project {id}"),
-        other => other.to_string(),
-    }
+/// What asking for a deletion or a rollback of project `id` answered, said; or why it was
+/// refused.
+fn accepted(
+    id: &str,
+    asked: Result<OperationAccepted, RequestError>,
+) -> anyhow::Result<OperationAccepted> {
+    let accepted = asked.map_err(|e| match e {
+        RequestError::NotFound(_) => anyhow!("no project {id}"),
+        other => anyhow!("{other}"),
+    })?;
+    println!("{}", accepted.message);
+    Ok(accepted)
 }
 
 async fn load(app: &App, user: &UserId, id: &str) -> anyhow::Result<ProjectRecord> {

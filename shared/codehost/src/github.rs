@@ -40,9 +40,10 @@
 //! a validation error) will not change by trying again: the push fails at once with
 //! GitHub's message.
 //!
-//! **One file on top of a commit** ([`GitHubCodeHost::commit_file_on_branch`]): a tree
-//! made with `base_tree` (the parent's tree) and the one file, a commit, and a
-//! fast-forward of the branch from exactly that parent, never forced.
+//! **One file on top of a commit** ([`CodeHost::commit_file`], decided in
+//! `crate::file_commit`): a tree made with `base_tree` (the parent's tree) and the one
+//! file, a commit, and a fast-forward of the branch from exactly that parent, never
+//! forced.
 //!
 //! **Workflows are never pushed.** Files under `.github/workflows/` are left out of every
 //! commit: GitHub Actions in the owner's organisation would run agent-written code with
@@ -56,6 +57,7 @@
 //!
 //! [`PortError::Conflict`]: tb_core::ports::PortError::Conflict
 //! [`CodeHost`]: tb_core::ports::CodeHost
+//! [`CodeHost::commit_file`]: tb_core::ports::CodeHost::commit_file
 
 mod api;
 mod config;
@@ -71,14 +73,15 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::Method;
 use serde_json::{Value, json};
 use tb_core::domain::ProjectId;
-use tb_core::ports::{CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot};
-use tb_core::sandbox::WorkspacePath;
+use tb_core::ports::{PLATFORM_DIR, Pushed, Snapshot};
 use tokio::sync::OnceCell;
 
 pub use config::{GitHubConfig, GitHubToken};
 pub use retry::RetryPolicy;
 
-use crate::error::{CodeHostError, logged};
+use crate::MAX_BRANCH_ATTEMPTS;
+use crate::error::CodeHostError;
+use crate::file_commit::{Call, FileCommits, HeadCommit};
 use crate::tree::{ProjectTree, TreeFile};
 use crate::{AUTHOR_EMAIL, AUTHOR_NAME};
 use api::{Answer, Api, segment};
@@ -87,8 +90,6 @@ use api::{Answer, Api, segment};
 /// API's refusal; the first snapshot is committed on top of it.
 pub const BOOTSTRAP_MESSAGE: &str = "turbobackend: initialize repository";
 const BOOTSTRAP_PATH: &str = ".turbobackend-init";
-/// Times a push re-reads the branch after finding it moved.
-const MAX_BRANCH_ATTEMPTS: u32 = 3;
 /// UTF-8 files up to this size go inline in the tree request; larger ones as blobs.
 const MAX_INLINE_BYTES: usize = 512 * 1024;
 
@@ -110,7 +111,7 @@ impl fmt::Debug for GitHubCodeHost {
 }
 
 /// The repository a push goes to.
-struct Repo {
+pub(crate) struct Repo {
     owner: String,
     name: String,
     html_url: String,
@@ -192,6 +193,15 @@ impl Head {
     }
 }
 
+/// How [`GitHubCodeHost::update_branch`] points the branch at a commit.
+#[derive(Clone, Copy, Debug)]
+enum BranchUpdate {
+    /// The branch does not exist yet.
+    Create,
+    /// From the head it has now, never forced.
+    FastForward,
+}
+
 /// What a push needs of the head's tree.
 struct HeadTree {
     /// Every blob id in it (so they are not uploaded again).
@@ -225,7 +235,7 @@ impl GitHubCodeHost {
         format!("{}{}", self.config.repo_prefix, project.as_str())
     }
 
-    /// [`CodeHost::push`] with this crate's error type.
+    /// [`CodeHost::push`](tb_core::ports::CodeHost::push) with this crate's error type.
     pub async fn push_snapshot(
         &self,
         project: &ProjectId,
@@ -263,8 +273,8 @@ impl GitHubCodeHost {
         })
     }
 
-    /// [`CodeHost::archive`] with this crate's error type: `PATCH /repos/{owner}/{repo}`
-    /// with `{"archived": true}` (GitHub REST, "Update a repository",
+    /// [`CodeHost::archive`](tb_core::ports::CodeHost::archive) with this crate's error
+    /// type: `PATCH /repos/{owner}/{repo}` with `{"archived": true}` (GitHub REST, "Update a repository",
     /// <https://docs.github.com/en/rest/repos/repos#update-a-repository>: "archived: Whether
     /// to archive this repository. `false` will unarchive a previously archived
     /// repository."). The repository stays, read-only, with all its history. An already
@@ -393,105 +403,6 @@ impl GitHubCodeHost {
         Ok(Some(Repo::from(answer.json::<wire::Repository>(&what)?)))
     }
 
-    /// [`CodeHost::commit_file`] with this crate's error type, over the Git Data API (GitHub
-    /// REST, "Git trees", "Git commits", "Git references"):
-    ///
-    /// 1. reads the parent (`GET …/git/commits/{parent}`) and the branch's head;
-    /// 2. at the parent: creates the tree `{"base_tree": <the parent's tree>, "tree":
-    ///    [<the file>]}` ("Entries defined in the tree parameter will overwrite items from
-    ///    base_tree with the same path"); the parent's own tree back means the file already
-    ///    holds those bytes: no commit. Otherwise creates the commit (parent: the parent)
-    ///    and moves the branch with `force: false`; a 422 `Update is not a fast forward`
-    ///    means the branch moved meanwhile, and it is read again;
-    /// 3. past the parent: if the head is the commit this call would make (only parent the
-    ///    parent, that tree), it is returned with `committed: false`; otherwise nothing is
-    ///    committed ([`FileCommit::BranchMoved`]).
-    pub async fn commit_file_on_branch(
-        &self,
-        project: &ProjectId,
-        parent: &str,
-        path: &WorkspacePath,
-        contents: &[u8],
-        message: &str,
-    ) -> Result<FileCommit, CodeHostError> {
-        let one = crate::tree::one_file(path, contents);
-        let file_tree = ProjectTree::new(&one)?;
-        let file = &file_tree.files[0];
-        let api = self.api().await?;
-        let name = self.repo_name(project);
-        let Some(repo) = self.find_repository(api, &name).await? else {
-            return Err(CodeHostError::NotOnBranch {
-                commit: parent.to_owned(),
-                branch: "main".into(),
-            });
-        };
-        let not_on_branch = || CodeHostError::NotOnBranch {
-            commit: parent.to_owned(),
-            branch: repo.branch.clone(),
-        };
-        let what = format!("reading commit {parent} of {}/{}", repo.owner, repo.name);
-        let path = repo.path(&format!("/git/commits/{}", segment(parent)));
-        let answer = api.send(Method::GET, &path, None, &what).await?;
-        let parent_tree = match answer.status {
-            404 | 409 | 422 => return Err(not_on_branch()),
-            _ if answer.is_success() => answer.json::<wire::Commit>(&what)?.tree.sha,
-            _ => return Err(answer.refusal(&what)),
-        };
-        let mut tree_sha = None;
-        for _ in 0..MAX_BRANCH_ATTEMPTS {
-            let Head::Commit {
-                sha: head,
-                tree: head_tree,
-                parents,
-            } = self.head(api, &repo).await?
-            else {
-                return Err(not_on_branch());
-            };
-            if head != parent && parents != [parent] {
-                return Ok(FileCommit::BranchMoved {
-                    repo_url: repo.html_url.clone(),
-                    head,
-                });
-            }
-            let tree_sha = match &tree_sha {
-                Some(sha) => sha,
-                None => tree_sha.insert(
-                    self.create_file_tree(api, &repo, &parent_tree, file)
-                        .await?,
-                ),
-            };
-            if head != parent {
-                // An earlier call's commit (its answer lost) is this very commit.
-                return Ok(if head_tree == *tree_sha {
-                    FileCommit::Committed {
-                        pushed: repo.pushed(head, false),
-                    }
-                } else {
-                    FileCommit::BranchMoved {
-                        repo_url: repo.html_url.clone(),
-                        head,
-                    }
-                });
-            }
-            if *tree_sha == parent_tree {
-                return Ok(FileCommit::Committed {
-                    pushed: repo.pushed(head, false),
-                });
-            }
-            let commit = self
-                .create_commit(api, &repo, tree_sha, Some(parent), message)
-                .await?;
-            if self.move_branch(api, &repo, &commit).await? {
-                return Ok(FileCommit::Committed {
-                    pushed: repo.pushed(commit, true),
-                });
-            }
-        }
-        Err(CodeHostError::BranchMoved {
-            branch: repo.branch.clone(),
-        })
-    }
-
     /// Creates `base_tree` with `file` added or replaced; returns the new tree's id.
     async fn create_file_tree(
         &self,
@@ -508,10 +419,7 @@ impl GitHubCodeHost {
             file.path, repo.owner, repo.name
         );
         let body = json!({ "base_tree": base_tree, "tree": [entry] });
-        let answer = api
-            .send(Method::POST, &repo.path("/git/trees"), Some(&body), &what)
-            .await?;
-        Self::created_sha(answer, what)
+        Self::create_object(api, repo, "trees", &body, what).await
     }
 
     /// One attempt at committing `tree` on the branch. `None` when the branch moved.
@@ -560,13 +468,11 @@ impl GitHubCodeHost {
         let commit = self
             .create_commit(api, repo, &tree_sha, parent, message)
             .await?;
-        let moved = match &head {
-            Head::NoBranch | Head::EmptyRepository => {
-                self.create_branch(api, repo, &commit).await?
-            }
-            Head::Commit { .. } => self.move_branch(api, repo, &commit).await?,
+        let update = match &head {
+            Head::NoBranch | Head::EmptyRepository => BranchUpdate::Create,
+            Head::Commit { .. } => BranchUpdate::FastForward,
         };
-        if moved {
+        if self.update_branch(api, repo, &commit, update).await? {
             return Ok(Some(repo.pushed(commit, true)));
         }
         // An earlier attempt's update may have landed with its answer lost.
@@ -708,10 +614,7 @@ impl GitHubCodeHost {
             repo.name
         );
         let body = json!({ "tree": entries });
-        let answer = api
-            .send(Method::POST, &repo.path("/git/trees"), Some(&body), &what)
-            .await?;
-        Self::created_sha(answer, what)
+        Self::create_object(api, repo, "trees", &body, what).await
     }
 
     /// The tree entry of `file`: by `sha` when the repository holds the blob, else inline
@@ -747,10 +650,7 @@ impl GitHubCodeHost {
     ) -> Result<String, CodeHostError> {
         let what = format!("uploading {} to {}/{}", file.path, repo.owner, repo.name);
         let body = json!({ "content": BASE64.encode(file.contents), "encoding": "base64" });
-        let answer = api
-            .send(Method::POST, &repo.path("/git/blobs"), Some(&body), &what)
-            .await?;
-        let sha = Self::created_sha(answer, what.clone())?;
+        let sha = Self::create_object(api, repo, "blobs", &body, what.clone()).await?;
         if sha != file.blob_id {
             return Err(CodeHostError::Protocol {
                 what,
@@ -777,60 +677,61 @@ impl GitHubCodeHost {
             "author": person,
             "committer": person,
         });
-        let answer = api
-            .send(Method::POST, &repo.path("/git/commits"), Some(&body), &what)
-            .await?;
-        Self::created_sha(answer, what)
+        Self::create_object(api, repo, "commits", &body, what).await
     }
 
-    /// Creates the branch at `commit`; false if it exists already (another writer).
-    async fn create_branch(
+    /// Points the branch at `commit`: creates it (`POST …/git/refs`), or moves it
+    /// (`PATCH …/git/refs/heads/{branch}`, a fast-forward, never forced). False when
+    /// another writer got there first: the branch exists already, or it moved. Any other
+    /// refusal (a repository rule, a validation error) is returned as GitHub worded it.
+    async fn update_branch(
         &self,
         api: &Api,
         repo: &Repo,
         commit: &str,
+        update: BranchUpdate,
     ) -> Result<bool, CodeHostError> {
+        let (method, path, body, doing) = match update {
+            BranchUpdate::Create => (
+                Method::POST,
+                repo.path("/git/refs"),
+                json!({ "ref": format!("refs/heads/{}", repo.branch), "sha": commit }),
+                "creating",
+            ),
+            BranchUpdate::FastForward => (
+                Method::PATCH,
+                repo.refs_path(),
+                json!({ "sha": commit, "force": false }),
+                "moving",
+            ),
+        };
         let what = format!(
-            "creating branch {} of {}/{}",
+            "{doing} branch {} of {}/{}",
             repo.branch, repo.owner, repo.name
         );
-        let body = json!({ "ref": format!("refs/heads/{}", repo.branch), "sha": commit });
-        let answer = api
-            .send(Method::POST, &repo.path("/git/refs"), Some(&body), &what)
-            .await?;
+        let answer = api.send(method, &path, Some(&body), &what).await?;
+        let overtaken = match update {
+            BranchUpdate::Create => answer.message.contains("Reference already exists"),
+            BranchUpdate::FastForward => branch_moved(&answer.message),
+        };
         match answer.status {
             _ if answer.is_success() => Ok(true),
-            422 if answer.message.contains("Reference already exists") => Ok(false),
+            422 if overtaken => Ok(false),
             _ => Err(answer.refusal(&what)),
         }
     }
 
-    /// Moves the branch to `commit` (a fast-forward, never forced); false if that is
-    /// refused because the branch moved. Any other refusal (a repository rule, a
-    /// validation error) is returned as GitHub worded it.
-    async fn move_branch(
-        &self,
+    /// Creates a Git object of `kind` (`blobs`, `trees`, `commits`: `POST …/git/{kind}`);
+    /// returns the `sha` of the 201 answer.
+    async fn create_object(
         api: &Api,
         repo: &Repo,
-        commit: &str,
-    ) -> Result<bool, CodeHostError> {
-        let what = format!(
-            "moving branch {} of {}/{}",
-            repo.branch, repo.owner, repo.name
-        );
-        let body = json!({ "sha": commit, "force": false });
-        let answer = api
-            .send(Method::PATCH, &repo.refs_path(), Some(&body), &what)
-            .await?;
-        match answer.status {
-            _ if answer.is_success() => Ok(true),
-            422 if branch_moved(&answer.message) => Ok(false),
-            _ => Err(answer.refusal(&what)),
-        }
-    }
-
-    /// The `sha` of a 201 answer.
-    fn created_sha(answer: Answer, what: String) -> Result<String, CodeHostError> {
+        kind: &str,
+        body: &Value,
+        what: String,
+    ) -> Result<String, CodeHostError> {
+        let path = repo.path(&format!("/git/{kind}"));
+        let answer = api.send(Method::POST, &path, Some(body), &what).await?;
         if answer.status == 409 {
             // The repository looks empty again (replication lag right after its first
             // commit): worth another try later.
@@ -843,6 +744,80 @@ impl GitHubCodeHost {
             return Err(answer.refusal(&what));
         }
         Ok(answer.json::<wire::Sha>(&what)?.sha)
+    }
+}
+
+/// [`CodeHost::commit_file`](tb_core::ports::CodeHost::commit_file) over the Git Data API
+/// (GitHub REST, "Git trees", "Git commits", "Git references"): the parent read with
+/// `GET …/git/commits/{parent}`; the tree created with `{"base_tree": <the parent's tree>,
+/// "tree": [<the file>]}` ("Entries defined in the tree parameter will overwrite items
+/// from base_tree with the same path"); the branch moved with `force: false`, a 422
+/// `Update is not a fast forward` meaning it moved meanwhile.
+#[async_trait]
+impl FileCommits for GitHubCodeHost {
+    type Repo = Repo;
+
+    async fn find_parent(
+        &self,
+        project: &ProjectId,
+        parent: &str,
+    ) -> Result<(Repo, String), CodeHostError> {
+        let api = self.api().await?;
+        let not_on = |branch: &str| CodeHostError::NotOnBranch {
+            commit: parent.to_owned(),
+            branch: branch.to_owned(),
+        };
+        let Some(repo) = self.find_repository(api, &self.repo_name(project)).await? else {
+            return Err(not_on("main"));
+        };
+        let what = format!("reading commit {parent} of {}/{}", repo.owner, repo.name);
+        let path = repo.path(&format!("/git/commits/{}", segment(parent)));
+        let answer = api.send(Method::GET, &path, None, &what).await?;
+        let parent_tree = match answer.status {
+            404 | 409 | 422 => return Err(not_on(&repo.branch)),
+            _ if answer.is_success() => answer.json::<wire::Commit>(&what)?.tree.sha,
+            _ => return Err(answer.refusal(&what)),
+        };
+        Ok((repo, parent_tree))
+    }
+
+    fn repo_url(repo: &Repo) -> String {
+        repo.html_url.clone()
+    }
+
+    fn branch(repo: &Repo) -> String {
+        repo.branch.clone()
+    }
+
+    async fn head_commit(&self, repo: &Repo) -> Result<Option<HeadCommit>, CodeHostError> {
+        let api = self.api().await?;
+        Ok(match self.head(api, repo).await? {
+            Head::Commit { sha, tree, parents } => Some(HeadCommit { sha, tree, parents }),
+            Head::EmptyRepository | Head::NoBranch => None,
+        })
+    }
+
+    async fn file_tree(&self, call: &Call<'_, Repo>) -> Result<String, CodeHostError> {
+        let api = self.api().await?;
+        let file = &call.file.files[0];
+        self.create_file_tree(api, &call.repo, &call.parent_tree, file)
+            .await
+    }
+
+    /// GitHub refuses a branch update that is not a fast-forward: the parent is not sent.
+    async fn commit_on_parent(
+        &self,
+        call: &Call<'_, Repo>,
+        tree: &str,
+    ) -> Result<Option<String>, CodeHostError> {
+        let (api, repo) = (self.api().await?, &call.repo);
+        let commit = self
+            .create_commit(api, repo, tree, Some(call.parent), call.message)
+            .await?;
+        let moved = self
+            .update_branch(api, repo, &commit, BranchUpdate::FastForward)
+            .await?;
+        Ok(moved.then_some(commit))
     }
 }
 
@@ -885,37 +860,7 @@ fn name_already_exists(answer: &Answer) -> bool {
     })
 }
 
-#[async_trait]
-impl CodeHost for GitHubCodeHost {
-    async fn push(
-        &self,
-        project: &ProjectId,
-        snapshot: &Snapshot,
-        message: &str,
-    ) -> Result<Pushed, PortError> {
-        let pushed = self.push_snapshot(project, snapshot, message).await;
-        logged("GitHub", project, "push", pushed)
-    }
-
-    async fn commit_file(
-        &self,
-        project: &ProjectId,
-        parent: &str,
-        path: &WorkspacePath,
-        contents: &[u8],
-        message: &str,
-    ) -> Result<FileCommit, PortError> {
-        let done = self
-            .commit_file_on_branch(project, parent, path, contents, message)
-            .await;
-        logged("GitHub", project, &format!("committing {path}"), done)
-    }
-
-    async fn archive(&self, project: &ProjectId) -> Result<Value, PortError> {
-        let archived = self.archive_repository(project).await;
-        logged("GitHub", project, "archiving the repository", archived)
-    }
-}
+impl_code_host!(GitHubCodeHost, "GitHub");
 
 #[cfg(test)]
 mod tests {

@@ -24,16 +24,65 @@
 //!
 //! [`CodeHost`]: tb_core::ports::CodeHost
 
+/// Implements [`CodeHost`](tb_core::ports::CodeHost) for an adapter from its own methods
+/// (`push_snapshot`, `archive_repository`, and `file_commit::FileCommits` for
+/// `commit_file`), which return [`CodeHostError`]: each call's result is logged once
+/// (`error::logged`, `$host` naming the code host) and handed to the port as a
+/// [`PortError`](tb_core::ports::PortError).
+macro_rules! impl_code_host {
+    ($adapter:ty, $host:literal) => {
+        #[async_trait::async_trait]
+        impl tb_core::ports::CodeHost for $adapter {
+            async fn push(
+                &self,
+                project: &tb_core::domain::ProjectId,
+                snapshot: &tb_core::ports::Snapshot,
+                message: &str,
+            ) -> Result<tb_core::ports::Pushed, tb_core::ports::PortError> {
+                let pushed = self.push_snapshot(project, snapshot, message).await;
+                $crate::error::logged($host, project, "push", pushed)
+            }
+
+            async fn commit_file(
+                &self,
+                project: &tb_core::domain::ProjectId,
+                parent: &str,
+                path: &tb_core::sandbox::WorkspacePath,
+                contents: &[u8],
+                message: &str,
+            ) -> Result<tb_core::ports::FileCommit, tb_core::ports::PortError> {
+                let done = $crate::file_commit::commit_file(
+                    self, project, parent, path, contents, message,
+                )
+                .await;
+                $crate::error::logged($host, project, &format!("committing {path}"), done)
+            }
+
+            async fn archive(
+                &self,
+                project: &tb_core::domain::ProjectId,
+            ) -> Result<serde_json::Value, tb_core::ports::PortError> {
+                let archived = self.archive_repository(project).await;
+                $crate::error::logged($host, project, "archiving the repository", archived)
+            }
+        }
+    };
+}
+
 pub mod error;
 pub mod github;
 pub mod local_git;
 
+mod file_commit;
 mod git_object;
 mod tree;
 
 pub use error::CodeHostError;
 pub use github::{GitHubCodeHost, GitHubConfig, GitHubToken, RetryPolicy};
 pub use local_git::LocalGitCodeHost;
+
+/// Times a push or a file commit reads the branch again after finding it moved.
+const MAX_BRANCH_ATTEMPTS: u32 = 3;
 
 /// The author and committer name of every commit.
 pub const AUTHOR_NAME: &str = "turbobackend";

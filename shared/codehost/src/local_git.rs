@@ -6,9 +6,9 @@
 //! snapshot by `update-index -z --add --index-info`; `write-tree`), compares it with the
 //! tree of `main`'s head (equal → no commit), makes the commit (`commit-tree -p <head>`)
 //! and moves `main` with a compare-and-swap (`update-ref refs/heads/main <new> <old>`),
-//! starting again if another push moved it. [`LocalGitCodeHost::commit_file_on_main`]
-//! adds one file to a given parent's tree the same way, and moves `main` only from that
-//! parent.
+//! starting again if another push moved it. A file commit
+//! ([`CodeHost::commit_file`](tb_core::ports::CodeHost::commit_file)) adds one file to a
+//! given parent's tree the same way, and moves `main` only from that parent.
 //!
 //! `git` runs with a clean environment (see `git_cli`), and author and committer are
 //! fixed (`turbobackend <bot@turbobackend.dev>`) with both dates taken from the host's
@@ -26,10 +26,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tb_core::domain::ProjectId;
-use tb_core::ports::{CodeHost, FileCommit, PLATFORM_DIR, PortError, Pushed, Snapshot};
-use tb_core::sandbox::WorkspacePath;
+use tb_core::ports::{PLATFORM_DIR, Pushed, Snapshot};
 
-use crate::error::{CodeHostError, logged};
+use crate::MAX_BRANCH_ATTEMPTS;
+use crate::error::CodeHostError;
+use crate::file_commit::{Call, FileCommits, HeadCommit};
 use crate::tree::ProjectTree;
 use crate::{AUTHOR_EMAIL, AUTHOR_NAME};
 use git_cli::GitCli;
@@ -38,8 +39,6 @@ use git_cli::GitCli;
 pub const BRANCH: &str = "main";
 const REPO_PREFIX: &str = "turbobackend-";
 const ZERO_ID: &str = "0000000000000000000000000000000000000000";
-/// Times a push re-reads `main` after finding it moved.
-const MAX_BRANCH_ATTEMPTS: u32 = 3;
 
 /// The time a push's commit is dated with.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -94,7 +93,7 @@ impl LocalGitCodeHost {
             .join(format!("{REPO_PREFIX}{}.git", project.as_str()))
     }
 
-    /// [`CodeHost::push`] with this crate's error type.
+    /// [`CodeHost::push`](tb_core::ports::CodeHost::push) with this crate's error type.
     pub async fn push_snapshot(
         &self,
         project: &ProjectId,
@@ -105,7 +104,7 @@ impl LocalGitCodeHost {
         let repo = self.repo_path(project);
         self.ensure_repository(&repo).await?;
         self.write_blobs(&repo, &tree).await?;
-        let repo_url = format!("file://{}", repo.display());
+        let repo_url = file_url(&repo);
         for _ in 0..MAX_BRANCH_ATTEMPTS {
             let head = self.head(&repo).await?;
             let platform_dir = match &head {
@@ -140,123 +139,19 @@ impl LocalGitCodeHost {
         })
     }
 
-    /// [`CodeHost::commit_file`] with this crate's error type: the parent's tree in a
-    /// temporary index (`read-tree`), the file added (`update-index --cacheinfo`), then
-    /// `write-tree`, `commit-tree -p <parent>` and the compare-and-swap of `main` from the
-    /// parent to the new commit.
-    pub async fn commit_file_on_main(
+    /// [`CodeHost::archive`](tb_core::ports::CodeHost::archive) with this crate's error
+    /// type. The local repository is kept as it is: deleting a project never loses its
+    /// code.
+    pub async fn archive_repository(
         &self,
         project: &ProjectId,
-        parent: &str,
-        path: &WorkspacePath,
-        contents: &[u8],
-        message: &str,
-    ) -> Result<FileCommit, CodeHostError> {
-        let one = crate::tree::one_file(path, contents);
-        let file_tree = ProjectTree::new(&one)?;
-        let file = &file_tree.files[0];
+    ) -> Result<serde_json::Value, CodeHostError> {
         let repo = self.repo_path(project);
-        let repo_url = format!("file://{}", repo.display());
-        let not_on_main = || CodeHostError::NotOnBranch {
-            commit: parent.to_owned(),
-            branch: BRANCH.into(),
-        };
-        if !repo.join("HEAD").is_file() {
-            return Err(not_on_main());
-        }
-        let found = self
-            .git
-            .run(
-                Some(&repo),
-                &[
-                    "rev-parse",
-                    "-q",
-                    "--verify",
-                    &format!("{parent}^{{commit}}"),
-                ],
-                &[],
-                None,
-            )
-            .await?;
-        if !found.success || found.line() != parent {
-            return Err(not_on_main());
-        }
-        self.write_blobs(&repo, &file_tree).await?;
-        let parent_tree = self.tree_of(&repo, parent).await?;
-        let (_scratch, index) = scratch_index()?;
-        let env = [("GIT_INDEX_FILE", index.as_str())];
-        self.git
-            .check(Some(&repo), &["read-tree", &parent_tree], &env, None)
-            .await?;
-        let cacheinfo = format!("{},{},{}", file.mode(), file.blob_id, file.path);
-        self.git
-            .check(
-                Some(&repo),
-                &["update-index", "--add", "--cacheinfo", &cacheinfo],
-                &env,
-                None,
-            )
-            .await?;
-        let tree_id = self
-            .git
-            .check(Some(&repo), &["write-tree"], &env, None)
-            .await?
-            .line();
-        for _ in 0..MAX_BRANCH_ATTEMPTS {
-            let Some(head) = self.head(&repo).await? else {
-                return Err(not_on_main());
-            };
-            if head != parent {
-                // An earlier call's commit (its answer lost) is this very commit.
-                let parents = self
-                    .git
-                    .check(
-                        Some(&repo),
-                        &["rev-list", "--parents", "-n", "1", &head],
-                        &[],
-                        None,
-                    )
-                    .await?
-                    .line();
-                let same = parents == format!("{head} {parent}")
-                    && self.tree_of(&repo, &head).await? == tree_id;
-                return Ok(if same {
-                    FileCommit::Committed {
-                        pushed: Pushed {
-                            repo_url,
-                            commit_sha: head,
-                            committed: false,
-                        },
-                    }
-                } else {
-                    FileCommit::BranchMoved { repo_url, head }
-                });
-            }
-            if tree_id == parent_tree {
-                return Ok(FileCommit::Committed {
-                    pushed: Pushed {
-                        repo_url,
-                        commit_sha: head,
-                        committed: false,
-                    },
-                });
-            }
-            let commit = self
-                .commit_tree(&repo, &tree_id, Some(parent), message)
-                .await?;
-            if self.move_main(&repo, &commit, Some(parent)).await? {
-                return Ok(FileCommit::Committed {
-                    pushed: Pushed {
-                        repo_url,
-                        commit_sha: commit,
-                        committed: true,
-                    },
-                });
-            }
-        }
-        Err(CodeHostError::BranchMoved {
-            branch: BRANCH.into(),
-        })
+        let exists = tokio::fs::try_exists(&repo).await.unwrap_or(false);
+        Ok(serde_json::json!({
+            "repository": repo.display().to_string(),
+            "kept": exists,
+        }))
     }
 
     /// `commit-tree` with the fixed author and committer, dated by the clock.
@@ -286,8 +181,9 @@ impl LocalGitCodeHost {
         ];
         Ok(self
             .git
-            .check(Some(repo), &args, &env, Some(message.as_bytes()))
+            .run(Some(repo), &args, &env, Some(message.as_bytes()))
             .await?
+            .checked()?
             .line())
     }
 
@@ -319,13 +215,14 @@ impl LocalGitCodeHost {
     async fn tree_of(&self, repo: &Path, commit: &str) -> Result<String, CodeHostError> {
         Ok(self
             .git
-            .check(
+            .run(
                 Some(repo),
                 &["rev-parse", "--verify", &format!("{commit}^{{tree}}")],
                 &[],
                 None,
             )
             .await?
+            .checked()?
             .line())
     }
 
@@ -337,13 +234,14 @@ impl LocalGitCodeHost {
     ) -> Result<Option<String>, CodeHostError> {
         let listing = self
             .git
-            .check(
+            .run(
                 Some(repo),
                 &["ls-tree", "-z", commit, "--", PLATFORM_DIR],
                 &[],
                 None,
             )
-            .await?;
+            .await?
+            .checked()?;
         // `<mode> SP <type> SP <id> TAB <path>`
         Ok(listing
             .stdout
@@ -368,13 +266,14 @@ impl LocalGitCodeHost {
             })?;
         let path = repo.to_string_lossy();
         self.git
-            .check(
+            .run(
                 None,
                 &["init", "--bare", "-q", "-b", BRANCH, &path],
                 &[],
                 None,
             )
-            .await?;
+            .await?
+            .checked()?;
         Ok(())
     }
 
@@ -387,13 +286,14 @@ impl LocalGitCodeHost {
             }
             let id = self
                 .git
-                .check(
+                .run(
                     Some(repo),
                     &["hash-object", "-w", "--stdin"],
                     &[],
                     Some(file.contents),
                 )
                 .await?
+                .checked()?
                 .line();
             if id != file.blob_id {
                 return Err(CodeHostError::Internal(format!(
@@ -419,8 +319,9 @@ impl LocalGitCodeHost {
             // <type> SP <id> TAB <path>`).
             let listing = self
                 .git
-                .check(Some(repo), &["ls-tree", "-r", "-z", dir], &[], None)
-                .await?;
+                .run(Some(repo), &["ls-tree", "-r", "-z", dir], &[], None)
+                .await?
+                .checked()?;
             for record in listing.stdout.split('\0').filter(|r| !r.is_empty()) {
                 let Some((meta, path)) = record.split_once('\t') else {
                     continue;
@@ -443,17 +344,19 @@ impl LocalGitCodeHost {
         let (_scratch, index) = scratch_index()?;
         let env = [("GIT_INDEX_FILE", index.as_str())];
         self.git
-            .check(
+            .run(
                 Some(repo),
                 &["update-index", "-z", "--add", "--index-info"],
                 &env,
                 Some(&index_info),
             )
-            .await?;
+            .await?
+            .checked()?;
         let tree_id = self
             .git
-            .check(Some(repo), &["write-tree"], &env, None)
+            .run(Some(repo), &["write-tree"], &env, None)
             .await?
+            .checked()?
             .line();
         let expected = tree.tree_id_with(platform_dir)?;
         if tree_id != expected {
@@ -491,39 +394,116 @@ fn scratch_index() -> Result<(tempfile::TempDir, String), CodeHostError> {
     Ok((scratch, index))
 }
 
-#[async_trait]
-impl CodeHost for LocalGitCodeHost {
-    async fn push(
-        &self,
-        project: &ProjectId,
-        snapshot: &Snapshot,
-        message: &str,
-    ) -> Result<Pushed, PortError> {
-        let pushed = self.push_snapshot(project, snapshot, message).await;
-        logged("local git", project, "push", pushed)
-    }
+/// `file://` and the repository's path.
+fn file_url(repo: &Path) -> String {
+    format!("file://{}", repo.display())
+}
 
-    async fn commit_file(
+/// [`CodeHost::commit_file`](tb_core::ports::CodeHost::commit_file) on the bare repository:
+/// the parent's tree in a temporary index (`read-tree`), the file added (`update-index
+/// --cacheinfo`), then `write-tree`, `commit-tree -p <parent>` and the compare-and-swap of
+/// `main` from the parent to the new commit.
+#[async_trait]
+impl FileCommits for LocalGitCodeHost {
+    /// The bare repository's path.
+    type Repo = PathBuf;
+
+    async fn find_parent(
         &self,
         project: &ProjectId,
         parent: &str,
-        path: &WorkspacePath,
-        contents: &[u8],
-        message: &str,
-    ) -> Result<FileCommit, PortError> {
-        let done = self
-            .commit_file_on_main(project, parent, path, contents, message)
-            .await;
-        logged("local git", project, &format!("committing {path}"), done)
+    ) -> Result<(PathBuf, String), CodeHostError> {
+        let repo = self.repo_path(project);
+        let not_on_main = || CodeHostError::NotOnBranch {
+            commit: parent.to_owned(),
+            branch: BRANCH.into(),
+        };
+        if !repo.join("HEAD").is_file() {
+            return Err(not_on_main());
+        }
+        let commit = format!("{parent}^{{commit}}");
+        let found = self
+            .git
+            .run(
+                Some(&repo),
+                &["rev-parse", "-q", "--verify", &commit],
+                &[],
+                None,
+            )
+            .await?;
+        if !found.success || found.line() != parent {
+            return Err(not_on_main());
+        }
+        let parent_tree = self.tree_of(&repo, parent).await?;
+        Ok((repo, parent_tree))
     }
 
-    /// The local repository is kept as it is: deleting a project never loses its code.
-    async fn archive(&self, project: &ProjectId) -> Result<serde_json::Value, PortError> {
-        let repo = self.repo_path(project);
-        let exists = tokio::fs::try_exists(&repo).await.unwrap_or(false);
-        Ok(serde_json::json!({
-            "repository": repo.display().to_string(),
-            "kept": exists,
+    fn repo_url(repo: &PathBuf) -> String {
+        file_url(repo)
+    }
+
+    fn branch(_: &PathBuf) -> String {
+        BRANCH.into()
+    }
+
+    /// `main`'s commit, then `rev-parse <commit>^{tree} <commit>^@`: its tree, then each
+    /// parent, a line each.
+    async fn head_commit(&self, repo: &PathBuf) -> Result<Option<HeadCommit>, CodeHostError> {
+        let Some(sha) = self.head(repo).await? else {
+            return Ok(None);
+        };
+        let (tree, parents) = (format!("{sha}^{{tree}}"), format!("{sha}^@"));
+        let output = self
+            .git
+            .run(Some(repo), &["rev-parse", &tree, &parents], &[], None)
+            .await?
+            .checked()?;
+        let mut lines = output.stdout.lines().map(|line| line.trim().to_owned());
+        Ok(Some(HeadCommit {
+            sha,
+            tree: lines.next().unwrap_or_default(),
+            parents: lines.collect(),
         }))
     }
+
+    async fn file_tree(&self, call: &Call<'_, PathBuf>) -> Result<String, CodeHostError> {
+        let repo = &call.repo;
+        self.write_blobs(repo, call.file).await?;
+        let (_scratch, index) = scratch_index()?;
+        let env = [("GIT_INDEX_FILE", index.as_str())];
+        self.git
+            .run(Some(repo), &["read-tree", &call.parent_tree], &env, None)
+            .await?
+            .checked()?;
+        let file = &call.file.files[0];
+        let cacheinfo = format!("{},{},{}", file.mode(), file.blob_id, file.path);
+        self.git
+            .run(
+                Some(repo),
+                &["update-index", "--add", "--cacheinfo", &cacheinfo],
+                &env,
+                None,
+            )
+            .await?
+            .checked()?;
+        Ok(self
+            .git
+            .run(Some(repo), &["write-tree"], &env, None)
+            .await?
+            .checked()?
+            .line())
+    }
+
+    async fn commit_on_parent(
+        &self,
+        call: &Call<'_, PathBuf>,
+        tree: &str,
+    ) -> Result<Option<String>, CodeHostError> {
+        let (repo, parent) = (&call.repo, Some(call.parent));
+        let commit = self.commit_tree(repo, tree, parent, call.message).await?;
+        let moved = self.move_main(repo, &commit, parent).await?;
+        Ok(moved.then_some(commit))
+    }
 }
+
+impl_code_host!(LocalGitCodeHost, "local git");

@@ -291,6 +291,22 @@ pub struct CheckCall {
     pub latency_ms: u64,
 }
 
+impl CheckCall {
+    /// Check `check`, meant for `path`, failed with no reply, and why.
+    fn unanswered(check: &EndpointCheck, path: &str, error: String, latency_ms: u64) -> Self {
+        CheckCall {
+            method: check.method.clone(),
+            path: path.to_string(),
+            status: None,
+            expected_status: check.status,
+            passed: false,
+            error: Some(error),
+            excerpt: String::new(),
+            latency_ms,
+        }
+    }
+}
+
 /// Prepares check `check` for sending, given the answers so far.
 pub fn prepare(check: &EndpointCheck, answers: &[Option<Value>]) -> Result<ProbeRequest, String> {
     Ok(ProbeRequest {
@@ -394,7 +410,7 @@ pub async fn run_checks(
             tokio::time::sleep(policy.retry_every).await;
             continue;
         }
-        let call = record(&health, &request, sent, ms, &[]).0;
+        let call = record(&health, &request.path, sent, ms, &[]).0;
         let ok = call.passed;
         calls.push(call);
         if !ok {
@@ -407,16 +423,12 @@ pub async fn run_checks(
         let request = match prepare(check, &answers) {
             Ok(r) => r,
             Err(why) => {
-                calls.push(CheckCall {
-                    method: check.method.clone(),
-                    path: check.path.clone(),
-                    status: None,
-                    expected_status: check.status,
-                    passed: false,
-                    error: Some(format!("not sent: {why}")),
-                    excerpt: String::new(),
-                    latency_ms: 0,
-                });
+                calls.push(CheckCall::unanswered(
+                    check,
+                    &check.path,
+                    format!("not sent: {why}"),
+                    0,
+                ));
                 answers.push(None);
                 continue;
             }
@@ -424,41 +436,39 @@ pub async fn run_checks(
         let t = Instant::now();
         let sent = prober.send(base, &request, policy.timeout).await;
         let ms = t.elapsed().as_millis() as u64;
-        let (call, json) = record(check, &request, sent, ms, &answers);
+        let (call, json) = record(check, &request.path, sent, ms, &answers);
         calls.push(call);
         answers.push(json);
     }
     calls
 }
 
-fn record(
+/// Check `check`, sent to `path`, as a recorded call: judged on its reply, or failed with
+/// why no reply came; with the reply's JSON answer (for later checks' references).
+pub fn record(
     check: &EndpointCheck,
-    request: &ProbeRequest,
-    sent: Result<ProbeReply, PortError>,
+    path: &str,
+    sent: Result<ProbeReply, impl std::fmt::Display>,
     latency_ms: u64,
     answers: &[Option<Value>],
 ) -> (CheckCall, Option<Value>) {
-    let mut call = CheckCall {
-        method: request.method.clone(),
-        path: request.path.clone(),
-        status: None,
-        expected_status: check.status,
-        passed: false,
-        error: None,
-        excerpt: String::new(),
-        latency_ms,
-    };
     match sent {
         Err(e) => {
-            call.error = Some(format!("no answer: {e}"));
+            let call = CheckCall::unanswered(check, path, format!("no answer: {e}"), latency_ms);
             (call, None)
         }
         Ok(reply) => {
             let (json, verdict) = judge(check, &reply, answers);
-            call.status = Some(reply.status);
-            call.excerpt = excerpt(&reply.body);
-            call.passed = verdict.is_ok();
-            call.error = verdict.err();
+            let call = CheckCall {
+                method: check.method.clone(),
+                path: path.to_string(),
+                status: Some(reply.status),
+                expected_status: check.status,
+                passed: verdict.is_ok(),
+                error: verdict.err(),
+                excerpt: excerpt(&reply.body),
+                latency_ms,
+            };
             (call, json)
         }
     }

@@ -4,6 +4,26 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// A string newtype stored as its string (`#[serde(try_from = "String", into = "String")]`):
+/// read back through its `parse`, so a stored value is checked like a new one.
+macro_rules! parsed_string {
+    ($name:ident, $error:ty) => {
+        impl TryFrom<String> for $name {
+            type Error = $error;
+            fn try_from(s: String) -> Result<Self, $error> {
+                $name::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+    };
+}
+pub(crate) use parsed_string;
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -39,18 +59,7 @@ macro_rules! id_type {
             }
         }
 
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(s: String) -> Result<Self, IdError> {
-                $name::parse(&s)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
+        parsed_string!($name, IdError);
     };
 }
 
@@ -120,18 +129,7 @@ impl Description {
     }
 }
 
-impl TryFrom<String> for Description {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Description::parse(&s)
-    }
-}
-
-impl From<Description> for String {
-    fn from(d: Description) -> String {
-        d.0
-    }
-}
+parsed_string!(Description, String);
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 
 use crate::model::{ModelError, ModelRequest, ModelResponse};
 use crate::sandbox::{
@@ -407,6 +408,7 @@ impl ProjectRecord {
 
 /// What happened to a project besides its requests: its deletion and its rollbacks, with
 /// who asked and when.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lifecycle {
     /// Bumped by every write: [`PlatformRecords::save_lifecycle`] stores a lifecycle only
@@ -414,12 +416,9 @@ pub struct Lifecycle {
     #[serde(default)]
     pub version: u64,
     /// Set when every step of the deletion is done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion: Option<Operation>,
     /// The last rollback asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Operation>,
     /// Oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -428,6 +427,7 @@ pub struct Lifecycle {
 
 /// A deletion or a rollback: a sequence of steps, each recorded with its result when done
 /// (a redelivery skips it).
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     pub requested_by: crate::domain::UserId,
@@ -436,17 +436,13 @@ pub struct Operation {
     #[serde(default)]
     pub steps: std::collections::BTreeMap<String, Value>,
     /// The step a service refused for good, and why; asking again retries it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<OperationFailure>,
     /// Requests running on the project that were cancelled first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cancelled_requests: Vec<crate::domain::RequestId>,
     /// For a rollback: the version it goes back to, and the one it leaves.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
 }
 

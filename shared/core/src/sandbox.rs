@@ -84,18 +84,7 @@ impl fmt::Display for WorkspacePath {
     }
 }
 
-impl TryFrom<String> for WorkspacePath {
-    type Error = PathError;
-    fn try_from(s: String) -> Result<Self, PathError> {
-        WorkspacePath::parse(&s)
-    }
-}
-
-impl From<WorkspacePath> for String {
-    fn from(p: WorkspacePath) -> String {
-        p.0
-    }
-}
+crate::domain::parsed_string!(WorkspacePath, PathError);
 
 /// What a command printed (stdout and stderr merged, in order), bounded in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 
 use schemars::JsonSchema;
 use serde::Serialize;
+use serde_with::skip_serializing_none;
 use tb_core::domain::{Phase, ProjectId, UserId};
 use tb_core::ports::{Lifecycle, Operation, ProjectRecord};
 use tb_pipeline::lifecycle::OperationAccepted;
@@ -60,6 +61,7 @@ pub struct ErrorView {
 }
 
 /// The answer to `get_request_status` and `cancel_request`.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct StatusView {
     pub request_id: String,
@@ -80,24 +82,18 @@ pub struct StatusView {
     /// The last few lines of activity, oldest first.
     pub recent_activity: Vec<String>,
     /// How the agent ended, once it has.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// The project's git repository, once pushed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub repository_url: Option<String>,
     /// The live backend (its `/api/health` answers), once deployed; after a verification
     /// that failed for good, where the project's last verified version runs again.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_url: Option<String>,
     /// Whether the app at `deployment_url` passed its checks, once verified (false: it
     /// failed them and no earlier version had passed, so it stays up, unverified).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
     /// The project's database name, once provisioned.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// Where and why it failed, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorView>,
     pub cancel_requested: bool,
     /// What to do next.
@@ -179,6 +175,7 @@ impl From<&RequestRecord> for RequestBrief {
 }
 
 /// A project in a listing.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ProjectSummary {
     pub project_id: String,
@@ -187,19 +184,13 @@ pub struct ProjectSummary {
     /// (delete again to retry), `deleted` once it is gone.
     pub state: String,
     /// When it was deleted.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub repository_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_url: Option<String>,
     /// Whether the deployed version passed its checks (false: unverified; absent for
     /// versions deployed before verification existed).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_request_id: Option<String>,
     pub updated_at_ms: u64,
 }
@@ -216,6 +207,7 @@ pub struct ProjectList {
 }
 
 /// The answer to `get_project`.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ProjectView {
     pub project_id: String,
@@ -224,47 +216,36 @@ pub struct ProjectView {
     /// (delete again to retry), `deleted` once it is gone.
     pub state: String,
     /// When it was deleted.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at_ms: Option<u64>,
     /// Its deletion: who asked, when, each step's result (what it removed), and the step
     /// that stopped it if one did.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deletion: Option<OperationView>,
     /// Its last rollback, the same way.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<OperationView>,
     /// Deletions and rollbacks asked for and done, with who asked and when; newest last.
     pub history: Vec<HistoryView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub repository_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// The deployed version and the one before it (the rollback target).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deployed_version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<String>,
     /// Whether the deployed version passed its checks (false: unverified, e.g. a first
     /// deploy that failed them stays up to be looked at; absent for versions deployed
     /// before verification existed).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
     /// The newest version that passed its checks: a request whose checks still fail after
     /// its repair rounds goes back to it.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_verified_version: Option<String>,
     /// The project's newest requests, newest first.
     pub recent_requests: Vec<RequestBrief>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at_ms: Option<u64>,
     pub updated_at_ms: u64,
 }
 
 /// A deletion or rollback of a project.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct OperationView {
     /// `running`, `done` or `stopped` (a step was refused: see failure).
@@ -273,16 +254,12 @@ pub struct OperationView {
     pub requested_at_ms: u64,
     /// Step → its result (for a deletion: what it removed).
     pub steps: std::collections::BTreeMap<String, serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<ErrorView>,
     /// Requests that were running on the project and were cancelled first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cancelled_requests: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub from_version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
 }
 
@@ -343,6 +320,7 @@ pub fn project_state(l: &Lifecycle) -> &'static str {
 }
 
 /// The answer to `delete_project` and `rollback_project`.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ProjectOperationView {
     pub project_id: String,
@@ -354,15 +332,11 @@ pub struct ProjectOperationView {
     /// Requests that were running on the project and were cancelled first.
     pub cancelled_requests: Vec<String>,
     /// A step that stopped an earlier deletion and is retried now.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub retrying: Option<ErrorView>,
     /// For a rollback: the version it goes back to, and the one it leaves.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub from_version: Option<String>,
     /// For a project deleted already: when, and what each step removed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub removed: serde_json::Map<String, serde_json::Value>,

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 use tb_core::model::{Model, ModelError, ModelRequest, ModelResponse, StopReason};
 use tb_core::{Block, Role};
 
@@ -61,18 +62,16 @@ pub struct Script {
 }
 
 /// One assistant turn.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptTurn {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ScriptToolCall>,
     /// Anthropic or OpenAI spelling (`end_turn`, `tool_use`, `max_tokens`, `stop`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
     /// A `thinking` block before the text, signed by the scripted model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<String>,
     /// A `redacted_thinking` block (opaque data) before the text.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

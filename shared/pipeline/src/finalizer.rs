@@ -44,6 +44,7 @@ use tb_core::sandbox::{Sandbox, SandboxError, SandboxProvider, WorkspacePath};
 
 use crate::messages::FinalizeMessage;
 use crate::ports::{Appended, StateStore};
+use crate::project_ops::Kind;
 use crate::record::{Failure, Lease, RequestRecord};
 use crate::snapshot;
 use crate::steps::{
@@ -213,10 +214,10 @@ impl Finalizer {
         let request_id = match msg {
             FinalizeMessage::Finalize { request_id } => request_id,
             FinalizeMessage::DeleteProject { project_id } => {
-                return self.delete_project(&project_id, hard).await;
+                return self.run_operation(Kind::Delete, &project_id, hard).await;
             }
             FinalizeMessage::RollbackProject { project_id } => {
-                return self.rollback_project(&project_id, hard).await;
+                return self.run_operation(Kind::Rollback, &project_id, hard).await;
             }
         };
         let Some(mut rec) = self.store.load(&request_id).await? else {

@@ -56,7 +56,7 @@ pub async fn deleting(
 
 /// Which operation of the lifecycle a run works on.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Delete,
     Rollback,
 }
@@ -78,25 +78,8 @@ impl Kind {
 }
 
 impl Finalizer {
-    /// Carries out the deletion recorded on `project`.
-    pub(crate) async fn delete_project(
-        &self,
-        project: &ProjectId,
-        hard: Option<Instant>,
-    ) -> Result<FinalizeDone, FinalizeError> {
-        self.run_operation(Kind::Delete, project, hard).await
-    }
-
-    /// Carries out the rollback recorded on `project`.
-    pub(crate) async fn rollback_project(
-        &self,
-        project: &ProjectId,
-        hard: Option<Instant>,
-    ) -> Result<FinalizeDone, FinalizeError> {
-        self.run_operation(Kind::Rollback, project, hard).await
-    }
-
-    async fn run_operation(
+    /// Carries out the deletion or the rollback recorded on `project`.
+    pub(crate) async fn run_operation(
         &self,
         kind: Kind,
         project: &ProjectId,

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 use tb_core::agent::ProjectBase;
 use tb_core::ports::{Deployment, Pushed};
 
@@ -308,45 +309,27 @@ impl StepResult {
 }
 
 /// Everything recorded of a request's steps (see the module documentation).
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Steps {
     /// What a change request's sandbox was seeded with (the worker, before the first
     /// iteration).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<ProjectBase>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentDone>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<Done<Archived>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<Done<Published>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<Done<Provisioned>>,
-    #[serde(
-        rename = "build:install",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "build:install")]
     pub build_install: Option<SubStep>,
-    #[serde(
-        rename = "build:compile",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "build:compile")]
     pub build_compile: Option<SubStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Done<Built>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Done<Deployment>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Done<Verified>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Done<Receipted>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<Repair>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<Done<Restored>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notified>,
     /// Steps this version does not know (recorded by a newer one), kept as they are.
     #[serde(flatten)]

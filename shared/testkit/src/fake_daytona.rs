@@ -28,7 +28,6 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tb_sandbox::{DaytonaConfig, DaytonaProvider, LocalSandbox, RetryPolicy};
-use tokio::task::JoinHandle;
 
 use crate::TempLocalProvider;
 
@@ -36,7 +35,7 @@ use crate::TempLocalProvider;
 pub struct FakeDaytona {
     state: Arc<Fake>,
     base_url: String,
-    server: JoinHandle<()>,
+    _server: crate::Server,
 }
 
 impl FakeDaytona {
@@ -76,7 +75,7 @@ impl FakeDaytona {
         FakeDaytona {
             state,
             base_url,
-            server,
+            _server: server,
         }
     }
 
@@ -225,12 +224,6 @@ impl FakeDaytona {
     }
 }
 
-impl Drop for FakeDaytona {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
 /// The server's state, shared by the handlers and the handle.
 pub(crate) struct Fake {
     api_key: String,
@@ -242,9 +235,7 @@ pub(crate) struct Fake {
 
 impl Fake {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.inner)
     }
 }
 

@@ -61,7 +61,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tokio::task::JoinHandle;
 
 /// One request as the fake received it, without header values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,7 +94,7 @@ pub struct FakeFly {
     state: Arc<Fly>,
     api_url: String,
     proxy_url: String,
-    servers: Vec<JoinHandle<()>>,
+    servers: Vec<crate::Server>,
 }
 
 impl FakeFly {
@@ -278,9 +277,7 @@ impl FakeFly {
 
 impl Drop for FakeFly {
     fn drop(&mut self) {
-        for server in &self.servers {
-            server.abort();
-        }
+        self.servers.clear();
         let mut inner = self.state.lock();
         for machine in inner.machines.values_mut() {
             machine.generation += 1;
@@ -304,9 +301,7 @@ pub(crate) struct Fly {
 
 impl Fly {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.inner)
     }
 }
 

@@ -57,7 +57,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::task::JoinHandle;
 
 use git_store::GitStore;
 
@@ -68,7 +67,7 @@ const BODY_LIMIT: usize = 64 * 1024 * 1024;
 /// A running fake GitHub; stops when dropped.
 pub struct FakeGitHub {
     state: Arc<Fake>,
-    server: JoinHandle<()>,
+    _server: crate::Server,
 }
 
 /// A repository ruleset on one branch (the rules of GitHub's rulesets API this fake knows).
@@ -126,7 +125,10 @@ impl FakeGitHub {
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state.clone());
         let server = crate::serve(listener, app, "fake GitHub");
-        FakeGitHub { state, server }
+        FakeGitHub {
+            state,
+            _server: server,
+        }
     }
 
     /// `http://127.0.0.1:PORT`, the API root to configure a client with.
@@ -242,12 +244,6 @@ impl FakeGitHub {
     }
 }
 
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
 /// The server's state, shared by the handlers and the handle.
 pub(crate) struct Fake {
     token: String,
@@ -263,15 +259,11 @@ pub(crate) struct Fake {
 
 impl Fake {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.inner)
     }
 
     fn git_guard(&self) -> MutexGuard<'_, ()> {
-        self.git_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.git_lock)
     }
 
     fn repo_dir(&self, owner: &str, name: &str) -> PathBuf {

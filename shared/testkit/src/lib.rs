@@ -22,16 +22,28 @@ pub mod temp_local;
 pub use fake_daytona::FakeDaytona;
 pub use temp_local::TempLocalProvider;
 
+/// A server's task; the server stops when this is dropped.
+struct Server(tokio::task::JoinHandle<()>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves `app` on `listener` on a task of its own, logging why it stopped (`name` says
 /// which server).
-fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    name: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+fn serve(listener: tokio::net::TcpListener, app: axum::Router, name: &'static str) -> Server {
+    Server(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "{name} stopped");
         }
-    })
+    }))
+}
+
+/// Locks a fake's state, taking it over from a handler that panicked while holding it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

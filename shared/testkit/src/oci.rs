@@ -64,7 +64,8 @@ pub fn synthetic_node_base() -> SyntheticBase {
     let mut configs = Vec::new();
     let mut manifests = Vec::new();
     let mut entries = Vec::new();
-    for arch in ["amd64", "arm64"] {
+    // arm64 first: a client that takes the first entry instead of linux/amd64 is caught.
+    for arch in ["arm64", "amd64"] {
         let config = Blob::of(
             serde_json::to_vec(&json!({
                 "architecture": arch, "os": "linux", "created": "2024-05-01T00:00:00Z",

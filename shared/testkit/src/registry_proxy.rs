@@ -24,7 +24,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use tokio::task::JoinHandle;
 
 /// One request the proxy received.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +56,7 @@ struct Proxy {
 /// A running proxy; stops when dropped.
 pub struct RegistryProxy {
     state: Arc<Proxy>,
-    server: JoinHandle<()>,
+    _server: crate::Server,
 }
 
 impl RegistryProxy {
@@ -100,7 +99,10 @@ impl RegistryProxy {
         });
         let app = Router::new().fallback(forward).with_state(state.clone());
         let server = crate::serve(listener, app, "registry proxy");
-        RegistryProxy { state, server }
+        RegistryProxy {
+            state,
+            _server: server,
+        }
     }
 
     /// The proxy as a registry name: `127.0.0.1:PORT`.
@@ -116,12 +118,6 @@ impl RegistryProxy {
     /// How many requests the proxy received so far.
     pub fn count(&self) -> usize {
         self.state.requests.lock().expect("requests").len()
-    }
-}
-
-impl Drop for RegistryProxy {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 

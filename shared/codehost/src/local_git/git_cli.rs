@@ -11,6 +11,8 @@ use crate::error::CodeHostError;
 
 /// What a finished `git` command said.
 pub(crate) struct GitOutput {
+    /// The git command (`hash-object`, `write-tree`, …).
+    pub command: String,
     pub success: bool,
     pub stdout: String,
     pub stderr: String,
@@ -20,6 +22,17 @@ impl GitOutput {
     /// The first line of stdout, trimmed (object ids and ref values).
     pub fn line(&self) -> String {
         self.stdout.lines().next().unwrap_or("").trim().to_owned()
+    }
+
+    /// This output if git exited 0, else the failure.
+    pub fn checked(self) -> Result<GitOutput, CodeHostError> {
+        if !self.success {
+            return Err(CodeHostError::Git {
+                command: self.command,
+                message: self.stderr,
+            });
+        }
+        Ok(self)
     }
 }
 
@@ -37,7 +50,8 @@ impl GitCli {
         }
     }
 
-    /// Runs `git args…` with `GIT_DIR` = `git_dir` (if any), extra `env`, and `stdin`.
+    /// Runs `git args…` with `GIT_DIR` = `git_dir` (if any), extra `env`, and `stdin`;
+    /// [`GitOutput::checked`] fails unless git exits 0.
     pub async fn run(
         &self,
         git_dir: Option<&Path>,
@@ -97,27 +111,10 @@ impl GitCli {
             }
         }
         Ok(GitOutput {
+            command: command_name,
             success: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
-    }
-
-    /// Like [`GitCli::run`], failing unless git exits 0.
-    pub async fn check(
-        &self,
-        git_dir: Option<&Path>,
-        args: &[&str],
-        env: &[(&str, &str)],
-        stdin: Option<&[u8]>,
-    ) -> Result<GitOutput, CodeHostError> {
-        let output = self.run(git_dir, args, env, stdin).await?;
-        if !output.success {
-            return Err(CodeHostError::Git {
-                command: args.first().copied().unwrap_or("").to_owned(),
-                message: output.stderr,
-            });
-        }
-        Ok(output)
     }
 }

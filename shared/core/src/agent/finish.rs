@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::checks::{CheckCall, EndpointCheck, ProbeReply, describe_calls, excerpt, judge};
+use crate::checks::{CheckCall, EndpointCheck, ProbeReply, describe_calls, record};
 use crate::ports::Migration;
 use crate::sandbox::{SandboxError, WorkspacePath};
 
@@ -210,38 +210,15 @@ fn call_of(
     reply: &Value,
     answers: &[Option<Value>],
 ) -> (CheckCall, Option<Value>) {
-    let mut call = CheckCall {
-        method: check.method.clone(),
-        path: path.to_string(),
-        status: None,
-        expected_status: check.status,
-        passed: false,
-        error: None,
-        excerpt: String::new(),
-        latency_ms: reply["ms"].as_u64().unwrap_or(0),
+    let sent = match reply["status"].as_u64() {
+        Some(status) => Ok(ProbeReply {
+            status: status as u16,
+            body: reply["body"].as_str().unwrap_or("").to_string(),
+        }),
+        None => Err(reply["error"].as_str().unwrap_or("not run")),
     };
-    match reply["status"].as_u64() {
-        Some(status) => {
-            let body = reply["body"].as_str().unwrap_or("").to_string();
-            let got = ProbeReply {
-                status: status as u16,
-                body,
-            };
-            let (json, verdict) = judge(check, &got, answers);
-            call.status = Some(got.status);
-            call.excerpt = excerpt(&got.body);
-            call.passed = verdict.is_ok();
-            call.error = verdict.err();
-            (call, json)
-        }
-        None => {
-            call.error = Some(format!(
-                "no answer: {}",
-                reply["error"].as_str().unwrap_or("not run")
-            ));
-            (call, None)
-        }
-    }
+    let latency_ms = reply["ms"].as_u64().unwrap_or(0);
+    record(check, path, sent, latency_ms, answers)
 }
 
 /// `want`, or less when the step's time is shorter; `None` when (almost) none is left.

@@ -3,10 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses its own subset.
 
-use std::io::Write;
-
 use bytes::Bytes;
-use serde_json::json;
 use tb_core::encoding::sha256_hex;
 use tb_core::ports::Artifact;
 use tb_deploy::ImageRef;
@@ -149,86 +146,41 @@ pub struct SyntheticBase {
     pub layer_diff_id: String,
 }
 
-/// Pushes a small "Node base image" to `registry`/`repository`:`20-slim`: an OCI index with
-/// a `linux/amd64` and a `linux/arm64` manifest sharing one layer (a marker file), and
-/// configs with `Env`, `Entrypoint` and `Cmd` as the real `node` images have.
+/// Pushes the synthetic "Node base image" ([`tb_testkit::oci::synthetic_node_base`]) to
+/// `registry`/`repository`:`20-slim`.
 pub async fn push_synthetic_base(registry: &str, repository: &str) -> SyntheticBase {
+    let base = tb_testkit::oci::synthetic_node_base();
     let client = RegistryClient::new(registry, None).unwrap();
-    let mut layer_tar = tar::Builder::new(Vec::new());
-    let marker = b"synthetic node base\n";
-    let mut h = tar::Header::new_gnu();
-    h.set_size(marker.len() as u64);
-    h.set_mode(0o644);
-    layer_tar
-        .append_data(&mut h, "etc/turbobackend-base", marker.as_slice())
-        .unwrap();
-    let layer_tar = layer_tar.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&layer_tar).unwrap();
-    let layer = gz.finish().unwrap();
-    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
-    let layer_diff_id = format!("sha256:{}", sha256_hex(&layer_tar));
-    client
-        .push_blob(repository, &layer_digest, Bytes::from(layer.clone()))
-        .await
-        .unwrap();
-
-    let mut index_entries = Vec::new();
-    let mut amd64_digest = String::new();
-    for arch in ["arm64", "amd64"] {
-        let config = json!({
-            "architecture": arch, "os": "linux", "created": "2024-05-01T00:00:00Z",
-            "config": {
-                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                        "NODE_VERSION=20.0.0-synthetic"],
-                "Entrypoint": ["docker-entrypoint.sh"],
-                "Cmd": ["node"],
-            },
-            "rootfs": {"type": "layers", "diff_ids": [layer_diff_id]},
-            "history": [{"created": "2024-05-01T00:00:00Z", "created_by": "synthetic base layer"}],
-        });
-        let config = serde_json::to_vec(&config).unwrap();
-        let config_digest = format!("sha256:{}", sha256_hex(&config));
+    for blob in std::iter::once(&base.layer).chain(&base.configs) {
         client
-            .push_blob(repository, &config_digest, Bytes::from(config.clone()))
+            .push_blob(repository, &blob.digest, Bytes::from(blob.bytes.clone()))
             .await
             .unwrap();
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": config_digest, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": layer_digest, "size": layer.len()}],
-        }))
-        .unwrap();
-        let digest = format!("sha256:{}", sha256_hex(&manifest));
-        let len = manifest.len();
+    }
+    let mut amd64_digest = String::new();
+    for (arch, manifest) in &base.manifests {
         client
-            .put_manifest(repository, &digest, OCI_MANIFEST, manifest)
+            .put_manifest(
+                repository,
+                &manifest.digest,
+                OCI_MANIFEST,
+                manifest.bytes.clone(),
+            )
             .await
             .unwrap();
         if arch == "amd64" {
-            amd64_digest = digest.clone();
+            amd64_digest = manifest.digest.clone();
         }
-        index_entries.push(json!({
-            "mediaType": OCI_MANIFEST, "digest": digest, "size": len,
-            "platform": {"architecture": arch, "os": "linux"},
-        }));
     }
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index_entries,
-    }))
-    .unwrap();
     client
-        .put_manifest(repository, "20-slim", OCI_INDEX, index)
+        .put_manifest(repository, "20-slim", OCI_INDEX, base.index.bytes.clone())
         .await
         .unwrap();
     SyntheticBase {
         reference: ImageRef::new(registry, repository, "20-slim").unwrap(),
         amd64_digest,
-        layer_digest,
-        layer_diff_id,
+        layer_digest: base.layer.digest,
+        layer_diff_id: base.layer_diff_id,
     }
 }
 

@@ -4,6 +4,8 @@
 //! As on GitHub, every route answers 409 `Git Repository is empty.` while the repository
 //! has no commit.
 
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -34,6 +36,8 @@ pub(super) fn routes() -> Router<Arc<Fake>> {
         )
 }
 
+/// An error answer, returned as it is. (It is as large as any answer: clippy's
+/// `result_large_err` is allowed for this module.)
 type Rejection = Response;
 
 fn unprocessable(message: impl Into<String>) -> Response {
@@ -41,7 +45,6 @@ fn unprocessable(message: impl Into<String>) -> Response {
 }
 
 /// The repository for a Git Data call: 404 if unknown, 409 if it has no commit.
-#[allow(clippy::result_large_err)]
 fn git_repo(fake: &Fake, owner: &str, name: &str) -> Result<RepoMeta, Rejection> {
     let repo = fake
         .visible_repo(owner, name)
@@ -53,33 +56,40 @@ fn git_repo(fake: &Fake, owner: &str, name: &str) -> Result<RepoMeta, Rejection>
     }
 }
 
-/// Runs `handler` for a non-empty repository with the parsed JSON body.
+/// Runs `handler` for a non-empty repository with the parsed JSON body; a rejection
+/// (from `handler` too) is the answer.
 async fn with_repo(
     fake: Arc<Fake>,
     owner: String,
     name: String,
     body: Option<Bytes>,
-    handler: impl FnOnce(&Fake, &RepoMeta, Value) -> Response + Send + 'static,
+    handler: impl FnOnce(&Fake, &RepoMeta, Value) -> Result<Response, Rejection> + Send + 'static,
 ) -> Response {
     super::blocking(fake, move |fake| {
-        let repo = match git_repo(fake, &owner, &name) {
-            Ok(repo) => repo,
-            Err(response) => return response,
-        };
-        if body.is_some() && repo.archived {
-            return error(
-                StatusCode::FORBIDDEN,
-                "Repository was archived so is read-only.",
-            );
-        }
-        let body = match body.as_deref().map(json_body) {
-            None => Value::Null,
-            Some(Ok(body)) => body,
-            Some(Err(response)) => return response,
-        };
-        handler(fake, &repo, body)
+        in_repo(fake, &owner, &name, body.as_deref(), handler).unwrap_or_else(|r| r)
     })
     .await
+}
+
+fn in_repo(
+    fake: &Fake,
+    owner: &str,
+    name: &str,
+    body: Option<&[u8]>,
+    handler: impl FnOnce(&Fake, &RepoMeta, Value) -> Result<Response, Rejection>,
+) -> Result<Response, Rejection> {
+    let repo = git_repo(fake, owner, name)?;
+    if body.is_some() && repo.archived {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "Repository was archived so is read-only.",
+        ));
+    }
+    let body = match body.map(json_body) {
+        None => Value::Null,
+        Some(body) => body?,
+    };
+    handler(fake, &repo, body)
 }
 
 /// GitHub's 422 for a ref update that repository rules refuse (the body the REST API
@@ -103,6 +113,13 @@ fn missing(field: &str) -> Response {
     unprocessable(format!("Invalid request.\n\n\"{field}\" wasn't supplied."))
 }
 
+/// The string `field` of a request body, or the 422 for its absence.
+fn required<'a>(body: &'a Value, field: &str) -> Result<&'a str, Rejection> {
+    body.get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing(field))
+}
+
 /// A tree entry path as GitHub accepts it: relative, no empty, `.` or `..` parts.
 pub(super) fn valid_path(path: &str) -> bool {
     !path.is_empty()
@@ -113,7 +130,6 @@ pub(super) fn valid_path(path: &str) -> bool {
 }
 
 /// `content` in `encoding` (`utf-8` or `base64`) as bytes.
-#[allow(clippy::result_large_err)]
 pub(super) fn decode_content(content: &str, encoding: &str) -> Result<Vec<u8>, Rejection> {
     match encoding {
         "utf-8" | "utf8" => Ok(content.as_bytes().to_vec()),
@@ -169,28 +185,24 @@ async fn create_blob(
     body: Bytes,
 ) -> Response {
     with_repo(fake, owner, name, Some(body), |fake, repo, body| {
-        let Some(content) = body.get("content").and_then(Value::as_str) else {
-            return missing("content");
-        };
+        let content = required(&body, "content")?;
         let encoding = body
             .get("encoding")
             .and_then(Value::as_str)
             .unwrap_or("utf-8");
-        let bytes = match decode_content(content, encoding) {
-            Ok(bytes) => bytes,
-            Err(response) => return response,
-        };
-        match fake.git.write_blob(&repo.path, &bytes) {
-            Ok(sha) => (
-                StatusCode::CREATED,
-                axum::Json(json!({
-                    "sha": sha,
-                    "url": format!("{}/git/blobs/{sha}", fake.repo_api_url(repo)),
-                })),
-            )
-                .into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.0),
-        }
+        let bytes = decode_content(content, encoding)?;
+        let sha = fake
+            .git
+            .write_blob(&repo.path, &bytes)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+        Ok((
+            StatusCode::CREATED,
+            axum::Json(json!({
+                "sha": sha,
+                "url": format!("{}/git/blobs/{sha}", fake.repo_api_url(repo)),
+            })),
+        )
+            .into_response())
     })
     .await
 }
@@ -213,7 +225,6 @@ enum Edit {
     },
 }
 
-#[allow(clippy::result_large_err)]
 fn check_entry(git: &GitStore, repo: &RepoMeta, entry: &Value) -> Result<Edit, Rejection> {
     let text = |name: &str| entry.get(name).and_then(Value::as_str);
     let path = text("path").ok_or_else(|| missing("tree.path"))?.to_owned();
@@ -293,22 +304,22 @@ async fn create_tree(
     body: Bytes,
 ) -> Response {
     with_repo(fake, owner, name, Some(body), |fake, repo, body| {
-        let Some(entries) = body.get("tree").and_then(Value::as_array) else {
-            return missing("tree");
-        };
+        let entries = body
+            .get("tree")
+            .and_then(Value::as_array)
+            .ok_or_else(|| missing("tree"))?;
         let base = match body.get("base_tree").and_then(Value::as_str) {
             Some(base) if fake.git.object_type(&repo.path, base).as_deref() != Some("tree") => {
-                return unprocessable(format!("base_tree {base} is not a valid tree"));
+                return Err(unprocessable(format!(
+                    "base_tree {base} is not a valid tree"
+                )));
             }
             base => base.map(str::to_owned),
         };
-        let mut edits = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match check_entry(&fake.git, repo, entry) {
-                Ok(edit) => edits.push(edit),
-                Err(response) => return response,
-            }
-        }
+        let edits = entries
+            .iter()
+            .map(|entry| check_entry(&fake.git, repo, entry))
+            .collect::<Result<Vec<_>, _>>()?;
         let built = fake.git.build_tree(&repo.path, base.as_deref(), |index| {
             let mut index_info = Vec::new();
             for edit in &edits {
@@ -350,11 +361,8 @@ async fn create_tree(
             }
             Ok(())
         });
-        let sha = match built {
-            Ok(sha) => sha,
-            Err(e) => return unprocessable(format!("GitRPC::BadObjectState: {}", e.0)),
-        };
-        tree_response(fake, repo, &sha, false, StatusCode::CREATED)
+        let sha = built.map_err(|e| unprocessable(format!("GitRPC::BadObjectState: {}", e.0)))?;
+        Ok(tree_response(fake, repo, &sha, false, StatusCode::CREATED))
     })
     .await
 }
@@ -396,10 +404,14 @@ async fn get_tree(
             &[],
             None,
         );
-        match resolved {
-            Ok(sha) => tree_response(fake, repo, sha.trim(), recursive, StatusCode::OK),
-            Err(_) => error(StatusCode::NOT_FOUND, "Not Found"),
-        }
+        let sha = resolved.map_err(|_| error(StatusCode::NOT_FOUND, "Not Found"))?;
+        Ok(tree_response(
+            fake,
+            repo,
+            sha.trim(),
+            recursive,
+            StatusCode::OK,
+        ))
     })
     .await
 }
@@ -410,14 +422,10 @@ async fn create_commit(
     body: Bytes,
 ) -> Response {
     with_repo(fake, owner, name, Some(body), |fake, repo, body| {
-        let Some(message) = body.get("message").and_then(Value::as_str) else {
-            return missing("message");
-        };
-        let Some(tree) = body.get("tree").and_then(Value::as_str) else {
-            return missing("tree");
-        };
+        let message = required(&body, "message")?;
+        let tree = required(&body, "tree")?;
         if fake.git.object_type(&repo.path, tree).as_deref() != Some("tree") {
-            return unprocessable("Tree SHA does not exist");
+            return Err(unprocessable("Tree SHA does not exist"));
         }
         let mut parents = Vec::new();
         for parent in body
@@ -428,24 +436,24 @@ async fn create_commit(
         {
             let parent = parent.as_str().unwrap_or("");
             if fake.git.object_type(&repo.path, parent).as_deref() != Some("commit") {
-                return unprocessable("Parent SHA does not exist or is not a commit object");
+                return Err(unprocessable(
+                    "Parent SHA does not exist or is not a commit object",
+                ));
             }
             parents.push(parent.to_owned());
         }
         let author = person(body.get("author"), &user_person(fake));
         let committer = person(body.get("committer"), &author);
-        let made = fake
+        let commit = fake
             .git
             .commit_tree(&repo.path, tree, &parents, message, &author, &committer)
-            .and_then(|sha| fake.git.commit(&repo.path, &sha));
-        match made {
-            Ok(commit) => (
-                StatusCode::CREATED,
-                axum::Json(commit.to_json(&fake.repo_api_url(repo))),
-            )
-                .into_response(),
-            Err(e) => unprocessable(e.0),
-        }
+            .and_then(|sha| fake.git.commit(&repo.path, &sha))
+            .map_err(|e| unprocessable(e.0))?;
+        Ok((
+            StatusCode::CREATED,
+            axum::Json(commit.to_json(&fake.repo_api_url(repo))),
+        )
+            .into_response())
     })
     .await
 }
@@ -456,12 +464,13 @@ async fn get_commit(
 ) -> Response {
     with_repo(fake, owner, name, None, move |fake, repo, _| {
         if fake.git.object_type(&repo.path, &sha).as_deref() != Some("commit") {
-            return error(StatusCode::NOT_FOUND, "Not Found");
+            return Err(error(StatusCode::NOT_FOUND, "Not Found"));
         }
-        match fake.git.commit(&repo.path, &sha) {
-            Ok(commit) => axum::Json(commit.to_json(&fake.repo_api_url(repo))).into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.0),
-        }
+        let commit = fake
+            .git
+            .commit(&repo.path, &sha)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+        Ok(axum::Json(commit.to_json(&fake.repo_api_url(repo))).into_response())
     })
     .await
 }
@@ -482,10 +491,11 @@ async fn get_ref(
 ) -> Response {
     with_repo(fake, owner, name, None, move |fake, repo, _| {
         let full = format!("refs/{reference}");
-        match fake.git.resolve(&repo.path, &full) {
-            Some(sha) => axum::Json(ref_json(fake, repo, &full, &sha)).into_response(),
-            None => error(StatusCode::NOT_FOUND, "Not Found"),
-        }
+        let sha = fake
+            .git
+            .resolve(&repo.path, &full)
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, "Not Found"))?;
+        Ok(axum::Json(ref_json(fake, repo, &full, &sha)).into_response())
     })
     .await
 }
@@ -496,31 +506,27 @@ async fn create_ref(
     body: Bytes,
 ) -> Response {
     with_repo(fake, owner, name, Some(body), |fake, repo, body| {
-        let Some(full) = body.get("ref").and_then(Value::as_str) else {
-            return missing("ref");
-        };
-        let Some(sha) = body.get("sha").and_then(Value::as_str) else {
-            return missing("sha");
-        };
+        let full = required(&body, "ref")?;
+        let sha = required(&body, "sha")?;
         if !full.starts_with("refs/") || full.matches('/').count() < 2 || !valid_path(full) {
-            return unprocessable(
+            return Err(unprocessable(
                 "Reference name must start with 'refs/' and have at least two slashes.",
-            );
+            ));
         }
         if fake.git.object_type(&repo.path, sha).is_none() {
-            return unprocessable("Object does not exist");
+            return Err(unprocessable("Object does not exist"));
         }
         if fake.git.resolve(&repo.path, full).is_some() {
-            return unprocessable("Reference already exists");
+            return Err(unprocessable("Reference already exists"));
         }
-        match fake.git.update_ref(&repo.path, full, sha, None) {
-            Ok(()) => (
-                StatusCode::CREATED,
-                axum::Json(ref_json(fake, repo, full, sha)),
-            )
-                .into_response(),
-            Err(_) => unprocessable("Reference already exists"),
-        }
+        fake.git
+            .update_ref(&repo.path, full, sha, None)
+            .map_err(|_| unprocessable("Reference already exists"))?;
+        Ok((
+            StatusCode::CREATED,
+            axum::Json(ref_json(fake, repo, full, sha)),
+        )
+            .into_response())
     })
     .await
 }
@@ -539,19 +545,18 @@ async fn update_ref(
 ) -> Response {
     with_repo(fake, owner, name, Some(body), move |fake, repo, body| {
         let full = format!("refs/{reference}");
-        let Some(sha) = body.get("sha").and_then(Value::as_str) else {
-            return missing("sha");
-        };
+        let sha = required(&body, "sha")?;
         let force = body.get("force").and_then(Value::as_bool).unwrap_or(false);
-        let Some(current) = fake.git.resolve(&repo.path, &full) else {
-            return unprocessable("Reference does not exist");
-        };
+        let current = fake
+            .git
+            .resolve(&repo.path, &full)
+            .ok_or_else(|| unprocessable("Reference does not exist"))?;
         if fake.git.object_type(&repo.path, sha).as_deref() != Some("commit") {
-            return unprocessable("Object does not exist");
+            return Err(unprocessable("Object does not exist"));
         }
         let fast_forward = fake.git.is_ancestor(&repo.path, &current, sha);
         if !force && !fast_forward {
-            return unprocessable("Update is not a fast forward");
+            return Err(unprocessable("Update is not a fast forward"));
         }
         let branch = reference.strip_prefix("heads/").unwrap_or("");
         let mut violations = Vec::new();
@@ -564,12 +569,12 @@ async fn update_ref(
             }
         }
         if !violations.is_empty() {
-            return rule_violations(&violations);
+            return Err(rule_violations(&violations));
         }
-        match fake.git.update_ref(&repo.path, &full, sha, Some(&current)) {
-            Ok(()) => axum::Json(ref_json(fake, repo, &full, sha)).into_response(),
-            Err(e) => unprocessable(format!("Reference cannot be updated: {}", e.0)),
-        }
+        fake.git
+            .update_ref(&repo.path, &full, sha, Some(&current))
+            .map_err(|e| unprocessable(format!("Reference cannot be updated: {}", e.0)))?;
+        Ok(axum::Json(ref_json(fake, repo, &full, sha)).into_response())
     })
     .await
 }
