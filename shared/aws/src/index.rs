@@ -11,7 +11,6 @@
 use tb_core::ports::PortError;
 use tb_pipeline::RequestRecord;
 
-use crate::error::classify;
 use crate::layout::{self, Item, s};
 use crate::store::DynamoStore;
 
@@ -25,11 +24,7 @@ impl DynamoStore {
         value: &str,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, PortError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let what = format!("querying index {index} for {value}");
-        let mut pages = self
+        let query = self
             .dynamo
             .query()
             .table_name(&self.table)
@@ -37,41 +32,25 @@ impl DynamoStore {
             .key_condition_expression("#key = :value")
             .expression_attribute_names("#key", key)
             .expression_attribute_values(":value", s(value))
-            .scan_index_forward(false)
-            .into_paginator()
-            .page_size(limit.min(i32::MAX as usize) as i32)
-            .send();
-        let mut items: Vec<Item> = Vec::new();
-        while items.len() < limit {
-            let Some(page) = pages.next().await else {
-                break;
-            };
-            let page = page.map_err(|e| classify(&what, &e))?;
-            let page_items = page.items.unwrap_or_default();
-            self.count_read(page.scanned_count, &page_items, false);
-            items.extend(page_items);
-        }
-        items.truncate(limit);
+            .scan_index_forward(false);
+        let items = self
+            .query_items(&format!("querying index {index} for {value}"), query, limit)
+            .await?;
         self.decode_all(items).await
     }
 
     /// Every item of `index` (for a sparse index, only the items that carry its key).
     pub(crate) async fn scan_index(&self, index: &str) -> Result<Vec<RequestRecord>, PortError> {
-        let what = format!("scanning index {index}");
-        let mut pages = self
+        let pages = self
             .dynamo
             .scan()
             .table_name(&self.table)
             .index_name(index)
             .into_paginator()
             .send();
-        let mut items: Vec<Item> = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify(&what, &e))?;
-            let page_items = page.items.unwrap_or_default();
-            self.count_read(page.scanned_count, &page_items, false);
-            items.extend(page_items);
-        }
+        let items = self
+            .read_pages(&format!("scanning index {index}"), pages, usize::MAX, false)
+            .await?;
         self.decode_all(items).await
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tb_core::ports::PortError;
+use tb_pipeline::messages::{dead_letter_body, to_body};
 use tb_pipeline::{FinalizeMessage, Queue, WorkMessage};
 
 use crate::error::classify;
@@ -54,11 +55,6 @@ impl SqsQueue {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, PortError> {
-    serde_json::to_string(value)
-        .map_err(|e| PortError::Permanent(format!("serializing a queue message: {e}")))
-}
-
 #[async_trait]
 impl Queue for SqsQueue {
     /// Delays longer than SQS allows (15 minutes) are cut to 15 minutes; sub-second parts are
@@ -67,7 +63,7 @@ impl Queue for SqsQueue {
         self.send(
             "a work message",
             &self.work_url,
-            to_json(message)?,
+            to_body(message)?,
             delay.as_secs(),
         )
         .await
@@ -77,15 +73,15 @@ impl Queue for SqsQueue {
         self.send(
             "a finalize message",
             &self.finalize_url,
-            to_json(message)?,
+            to_body(message)?,
             0,
         )
         .await
     }
 
     async fn dead_letter(&self, body: &str, reason: &str) -> Result<(), PortError> {
-        let parked = serde_json::json!({ "reason": reason, "body": body });
-        self.send("a dead letter", &self.work_dlq_url, parked.to_string(), 0)
+        let parked = dead_letter_body(body, reason);
+        self.send("a dead letter", &self.work_dlq_url, parked, 0)
             .await
     }
 }

@@ -14,7 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::QueryOutput;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::operation::scan::ScanOutput;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+use aws_smithy_async::future::pagination_stream::PaginationStream;
 use serde::de::DeserializeOwned;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ports::PortError;
@@ -64,6 +70,24 @@ pub struct WriteStats {
     /// `STATE` item costs 1 per KB more (an upper bound: leaving the `active` index is counted
     /// at every terminal write, though only the first removes it); a slot update costs 1.
     pub write_units: u64,
+}
+
+/// A page of a `Query` or a `Scan`.
+pub(crate) trait Page {
+    /// How many items the page read, and the items it returned.
+    fn into_items(self) -> (i32, Vec<Item>);
+}
+
+impl Page for QueryOutput {
+    fn into_items(self) -> (i32, Vec<Item>) {
+        (self.scanned_count, self.items.unwrap_or_default())
+    }
+}
+
+impl Page for ScanOutput {
+    fn into_items(self) -> (i32, Vec<Item>) {
+        (self.scanned_count, self.items.unwrap_or_default())
+    }
 }
 
 /// Kilobytes (1,024 bytes) rounded up, at least one: DynamoDB's write unit of size.
@@ -241,6 +265,51 @@ impl DynamoStore {
             if consistent { 2 * units } else { units },
             Ordering::Relaxed,
         );
+    }
+
+    /// The items of `pages` until there are at least `limit` or the pages run out, each
+    /// page counted as a read; `what` leads the error message.
+    pub(crate) async fn read_pages<P: Page, E>(
+        &self,
+        what: &str,
+        mut pages: PaginationStream<Result<P, SdkError<E, HttpResponse>>>,
+        limit: usize,
+        consistent: bool,
+    ) -> Result<Vec<Item>, PortError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let mut items = Vec::new();
+        while items.len() < limit {
+            let Some(page) = pages.next().await else {
+                break;
+            };
+            let (scanned, page_items) = page.map_err(|e| classify(what, &e))?.into_items();
+            self.count_read(scanned, &page_items, consistent);
+            items.extend(page_items);
+        }
+        Ok(items)
+    }
+
+    /// The first `limit` items `query` returns (fewer when it has no more), read in pages of
+    /// `limit`; nothing is sent for a `limit` of 0.
+    pub(crate) async fn query_items(
+        &self,
+        what: &str,
+        query: QueryFluentBuilder,
+        limit: usize,
+    ) -> Result<Vec<Item>, PortError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let consistent = query.get_consistent_read().unwrap_or(false);
+        let pages = query
+            .into_paginator()
+            .page_size(limit.min(i32::MAX as usize) as i32)
+            .send();
+        let mut items = self.read_pages(what, pages, limit, consistent).await?;
+        items.truncate(limit);
+        Ok(items)
     }
 
     fn count_slot_update(&self) {
@@ -430,11 +499,7 @@ impl DynamoStore {
         count: usize,
         expected_sk: impl Fn(usize) -> Option<String>,
     ) -> Result<Vec<T>, PortError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let what = format!("reading the {prefix} items of {id}");
-        let mut pages = self
+        let query = self
             .dynamo
             .query()
             .table_name(&self.table)
@@ -443,29 +508,18 @@ impl DynamoStore {
             .expression_attribute_names("#pk", layout::PK)
             .expression_attribute_names("#sk", layout::SK)
             .expression_attribute_values(":pk", s(layout::request_pk(id)))
-            .expression_attribute_values(":prefix", s(prefix))
-            .into_paginator()
-            .page_size(count.min(i32::MAX as usize) as i32)
-            .send();
-        let mut raw: Vec<Item> = Vec::with_capacity(count);
-        while raw.len() < count {
-            let Some(page) = pages.next().await else {
-                break;
-            };
-            let page = page.map_err(|e| classify(&what, &e))?;
-            let items = page.items.unwrap_or_default();
-            self.count_read(page.scanned_count, &items, true);
-            raw.extend(items);
-        }
+            .expression_attribute_values(":prefix", s(prefix));
+        // Items beyond the record's counts cannot be committed by a fenced-out writer (its
+        // transaction fails as a whole), but if there are any, they are not ours to read.
+        let raw = self
+            .query_items(&format!("reading the {prefix} items of {id}"), query, count)
+            .await?;
         if raw.len() < count {
             return Err(PortError::Transient(format!(
                 "conversation not yet visible: {} of {count} {prefix} items of {id}",
                 raw.len()
             )));
         }
-        // Items beyond the record's counts cannot be committed by a fenced-out writer (its
-        // transaction fails as a whole), but if there are any, they are not ours to read.
-        raw.truncate(count);
         let mut out = Vec::with_capacity(count);
         for (i, item) in raw.iter().enumerate() {
             if let Some(want) = expected_sk(i) {

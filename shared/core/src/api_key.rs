@@ -29,6 +29,19 @@ pub const VISIBLE_CHARS: usize = 12;
 /// The longest key label accepted, in characters.
 pub const MAX_LABEL_CHARS: usize = 200;
 
+/// A key label longer than [`MAX_LABEL_CHARS`]; every store refuses it.
+#[derive(Debug, thiserror::Error)]
+#[error("key labels are at most {MAX_LABEL_CHARS} characters")]
+pub struct LabelTooLong;
+
+/// Refuses a label of more than [`MAX_LABEL_CHARS`] characters.
+pub fn check_label(label: &str) -> Result<(), LabelTooLong> {
+    if label.chars().count() > MAX_LABEL_CHARS {
+        return Err(LabelTooLong);
+    }
+    Ok(())
+}
+
 /// A freshly generated key: the secret (shown once) and what a store keeps about it.
 pub struct NewKey {
     /// The key's record id, `key_` and 24 hex characters.

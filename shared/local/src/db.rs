@@ -20,13 +20,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 use tb_core::ports::PortError;
 
-use crate::error::port_error;
+use crate::error::{json_error, port_error};
 use crate::schema::MIGRATIONS;
 
 /// How long a writer waits for another writer's transaction before giving up (`Transient`).
@@ -144,4 +147,10 @@ impl LocalDb {
         }
         tx.commit().await.map_err(err)
     }
+}
+
+/// The value stored as JSON in the `body` column of `row`; `what` says what is being read.
+pub(crate) fn json_body<T: DeserializeOwned>(row: &SqliteRow, what: &str) -> Result<T, PortError> {
+    let body: String = row.try_get("body").map_err(|e| port_error(what, e))?;
+    serde_json::from_str(&body).map_err(|e| json_error(what, e))
 }

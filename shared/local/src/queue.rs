@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tb_core::ports::PortError;
+use tb_pipeline::messages::{dead_letter_body, to_body};
 use tb_pipeline::{FinalizeMessage, Queue, WorkMessage};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -75,17 +76,12 @@ fn push(channel: &UnboundedSender<String>, name: &str, body: String) -> Result<(
         .map_err(|_| PortError::Transient(format!("the {name} queue is closed (no dispatcher)")))
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, PortError> {
-    serde_json::to_string(value)
-        .map_err(|e| PortError::Permanent(format!("serialising a queue message: {e}")))
-}
-
 #[async_trait]
 impl Queue for LocalQueue {
     /// A delayed message is held by a timer task; it is lost if the process dies first
     /// (the sweeper re-drives its request).
     async fn send_work(&self, message: &WorkMessage, delay: Duration) -> Result<(), PortError> {
-        let body = to_json(message)?;
+        let body = to_body(message)?;
         if delay.is_zero() || self.work.is_closed() {
             return push(&self.work, "work", body);
         }
@@ -100,13 +96,13 @@ impl Queue for LocalQueue {
     }
 
     async fn send_finalize(&self, message: &FinalizeMessage) -> Result<(), PortError> {
-        push(&self.finalize, "finalize", to_json(message)?)
+        push(&self.finalize, "finalize", to_body(message)?)
     }
 
     /// Appends `{"reason": …, "body": …}` as one line and syncs it to disk.
     async fn dead_letter(&self, body: &str, reason: &str) -> Result<(), PortError> {
         tracing::warn!(reason, body, "dead letter");
-        let mut line = serde_json::json!({ "reason": reason, "body": body }).to_string();
+        let mut line = dead_letter_body(body, reason);
         line.push('\n');
         let path = &self.dead_letter_path;
         let io = |e: std::io::Error| {

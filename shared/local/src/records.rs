@@ -12,14 +12,14 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
-use tb_core::api_key::{self, MAX_LABEL_CHARS};
+use sqlx::sqlite::{SqliteExecutor, SqliteRow};
+use tb_core::api_key;
 use tb_core::clock::now_ms;
 use tb_core::domain::{ProjectId, RequestId, UserId};
 use tb_core::ports::{ApiKey, Lifecycle, PlatformRecords, PortError, ProjectRecord};
 use tb_core::{MicroUsd, ModelCall};
 
-use crate::db::LocalDb;
+use crate::db::{LocalDb, json_body};
 use crate::error::{json_error, port_error, to_i64, to_u64};
 
 /// Platform records on SQLite. Cheap to clone.
@@ -61,10 +61,18 @@ fn key_of(row: &SqliteRow) -> Result<ApiKey, PortError> {
 }
 
 fn project_of(row: &SqliteRow) -> Result<ProjectRecord, PortError> {
-    let body: String = row
-        .try_get("body")
-        .map_err(|e| port_error("reading a project row", e))?;
-    serde_json::from_str(&body).map_err(|e| json_error("reading a stored project", e))
+    json_body(row, "reading a stored project")
+}
+
+/// The row of project `id`: its owner, creation time and body.
+async fn project_row<'e>(
+    db: impl SqliteExecutor<'e>,
+    id: &ProjectId,
+) -> Result<Option<SqliteRow>, sqlx::Error> {
+    sqlx::query("SELECT owner, created_at_ms, body FROM projects WHERE id = ?")
+        .bind(id.as_str())
+        .fetch_optional(db)
+        .await
 }
 
 /// How a stop reason is stored: its name, or its JSON for values without one.
@@ -79,11 +87,7 @@ fn stop_reason_text(call: &ModelCall) -> String {
 #[async_trait]
 impl PlatformRecords for SqliteRecords {
     async fn create_key(&self, user: &UserId, label: &str) -> Result<(ApiKey, String), PortError> {
-        if label.chars().count() > MAX_LABEL_CHARS {
-            return Err(PortError::Permanent(format!(
-                "key labels are at most {MAX_LABEL_CHARS} characters"
-            )));
-        }
+        api_key::check_label(label).map_err(|e| PortError::Permanent(e.to_string()))?;
         let new = api_key::generate().map_err(|e| PortError::Transient(e.to_string()))?;
         let key = ApiKey {
             id: new.id.clone(),
@@ -156,11 +160,7 @@ impl PlatformRecords for SqliteRecords {
         let what = format!("saving project {id}");
         let err = |e| port_error(&what, e);
         let mut tx = self.db.write(&what).await?;
-        let stored = sqlx::query("SELECT owner, created_at_ms, body FROM projects WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?;
+        let stored = project_row(&mut *tx, id).await.map_err(err)?;
         let mut project = project.clone();
         if let Some(row) = stored {
             let owner: String = row.try_get("owner").map_err(err)?;
@@ -193,9 +193,7 @@ impl PlatformRecords for SqliteRecords {
     }
 
     async fn project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, PortError> {
-        let row = sqlx::query("SELECT body FROM projects WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(self.db.pool())
+        let row = project_row(self.db.pool(), id)
             .await
             .map_err(|e| port_error(&format!("loading project {id}"), e))?;
         row.as_ref().map(project_of).transpose()
@@ -205,9 +203,7 @@ impl PlatformRecords for SqliteRecords {
         let what = format!("saving the lifecycle of project {id}");
         let err = |e| port_error(&what, e);
         let mut tx = self.db.write(&what).await?;
-        let row = sqlx::query("SELECT body FROM projects WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
+        let row = project_row(&mut *tx, id)
             .await
             .map_err(err)?
             .ok_or_else(|| PortError::NotFound(format!("project {id}")))?;

@@ -8,14 +8,15 @@
 //! depends on what it appends, never on the conversation's length.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use serde::de::DeserializeOwned;
+use sqlx::sqlite::{SqliteExecutor, SqliteRow};
+use sqlx::{Sqlite, Transaction};
 use tb_core::domain::{RequestId, UserId};
 use tb_core::ports::PortError;
 use tb_core::{Message, ModelCall};
 use tb_pipeline::{Appended, Created, RequestRecord, StateStore};
 
-use crate::db::LocalDb;
+use crate::db::{LocalDb, json_body};
 use crate::error::{is_unique_violation, json_error, port_error, to_i64};
 
 /// Request state on SQLite. Cheap to clone.
@@ -53,7 +54,7 @@ impl SqliteStore {
                 .rows_affected();
         if updated == 0 {
             // Dropping the transaction rolls it back (it wrote nothing anyway).
-            return Err(match load_in(&mut tx, id).await? {
+            return Err(match load_in(&mut *tx, id).await? {
                 None => PortError::NotFound(id.to_string()),
                 Some(stored) => PortError::Conflict(format!(
                     "{id}: version {} is not {expected_version}",
@@ -89,6 +90,36 @@ impl SqliteStore {
                 .map_err(|e| port_error(&what, e))?;
         }
         tx.commit().await.map_err(|e| port_error(&what, e))
+    }
+
+    /// `owner`'s requests (with `running_only`, those not finished), newest first, at most
+    /// `limit`.
+    async fn owner_requests(
+        &self,
+        owner: &UserId,
+        limit: usize,
+        running_only: bool,
+    ) -> Result<Vec<RequestRecord>, PortError> {
+        let (sql, what) = if running_only {
+            (
+                "SELECT body FROM requests WHERE owner = ? AND active = 1
+                 ORDER BY created_at_ms DESC, id ASC LIMIT ?",
+                "the running requests",
+            )
+        } else {
+            (
+                "SELECT body FROM requests WHERE owner = ?
+                 ORDER BY created_at_ms DESC, id ASC LIMIT ?",
+                "the requests",
+            )
+        };
+        let rows = sqlx::query(sql)
+            .bind(owner.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(|e| port_error(&format!("listing {what} of {owner}"), e))?;
+        rows.iter().map(record_of).collect()
     }
 
     pub fn new(db: LocalDb) -> Self {
@@ -134,34 +165,37 @@ impl Columns {
 }
 
 fn record_of(row: &SqliteRow) -> Result<RequestRecord, PortError> {
-    let body: String = row
-        .try_get("body")
-        .map_err(|e| port_error("reading a request row", e))?;
-    serde_json::from_str(&body).map_err(|e| json_error("reading a stored request record", e))
+    json_body(row, "reading a stored request record")
 }
 
-fn bodies<T: serde::de::DeserializeOwned>(
-    what: &str,
-    rows: &[SqliteRow],
-) -> Result<Vec<T>, PortError> {
-    rows.iter()
-        .map(|row| {
-            let body: String = row.try_get("body").map_err(|e| port_error(what, e))?;
-            serde_json::from_str(&body).map_err(|e| json_error(what, e))
-        })
-        .collect()
-}
-
-async fn load_in(
-    tx: &mut Transaction<'static, Sqlite>,
+async fn load_in<'e>(
+    db: impl SqliteExecutor<'e>,
     id: &RequestId,
 ) -> Result<Option<RequestRecord>, PortError> {
     let row = sqlx::query("SELECT body FROM requests WHERE id = ?")
         .bind(id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(db)
         .await
         .map_err(|e| port_error(&format!("loading {id}"), e))?;
     row.as_ref().map(record_of).transpose()
+}
+
+/// The first `count` items of request `id` in a conversation table, by `sql` (which binds
+/// the request's id, then the count).
+async fn first_items<T: DeserializeOwned>(
+    tx: &mut Transaction<'static, Sqlite>,
+    what: &str,
+    sql: &'static str,
+    id: &RequestId,
+    count: usize,
+) -> Result<Vec<T>, PortError> {
+    let rows = sqlx::query(sql)
+        .bind(id.as_str())
+        .bind(i64::try_from(count).unwrap_or(i64::MAX))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| port_error(what, e))?;
+    rows.iter().map(|row| json_body(row, what)).collect()
 }
 
 /// Inserts appended items; a key that already exists is a [`PortError::Conflict`].
@@ -227,7 +261,7 @@ impl StateStore for SqliteStore {
         .map_err(|e| port_error(&what, e))?
         .rows_affected();
         if inserted == 0 {
-            let existing = load_in(&mut tx, &record.id)
+            let existing = load_in(&mut *tx, &record.id)
                 .await?
                 .ok_or_else(|| PortError::Transient(format!("{what}: it exists, yet is gone")))?;
             return Ok(Created::Existing(Box::new(existing)));
@@ -238,12 +272,7 @@ impl StateStore for SqliteStore {
     }
 
     async fn load(&self, id: &RequestId) -> Result<Option<RequestRecord>, PortError> {
-        let row = sqlx::query("SELECT body FROM requests WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(|e| port_error(&format!("loading {id}"), e))?;
-        row.as_ref().map(record_of).transpose()
+        load_in(self.db.pool(), id).await
     }
 
     async fn conversation(
@@ -263,22 +292,24 @@ impl StateStore for SqliteStore {
             return Err(PortError::NotFound(id.to_string()));
         }
         // The header's counts say how much of the conversation belongs to this version.
-        let messages =
-            sqlx::query("SELECT body FROM messages WHERE request_id = ? ORDER BY idx LIMIT ?")
-                .bind(id.as_str())
-                .bind(i64::try_from(record.agent.messages).unwrap_or(i64::MAX))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
-        let calls =
-            sqlx::query("SELECT body FROM calls WHERE request_id = ? ORDER BY iteration LIMIT ?")
-                .bind(id.as_str())
-                .bind(i64::try_from(record.agent.calls).unwrap_or(i64::MAX))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
+        let messages = first_items(
+            &mut tx,
+            &what,
+            "SELECT body FROM messages WHERE request_id = ? ORDER BY idx LIMIT ?",
+            id,
+            record.agent.messages,
+        )
+        .await?;
+        let calls = first_items(
+            &mut tx,
+            &what,
+            "SELECT body FROM calls WHERE request_id = ? ORDER BY iteration LIMIT ?",
+            id,
+            record.agent.calls,
+        )
+        .await?;
         tx.rollback().await.map_err(err)?;
-        Ok((bodies(&what, &messages)?, bodies(&what, &calls)?))
+        Ok((messages, calls))
     }
 
     async fn commit(
@@ -304,16 +335,7 @@ impl StateStore for SqliteStore {
         owner: &UserId,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, PortError> {
-        let rows = sqlx::query(
-            "SELECT body FROM requests WHERE owner = ?
-             ORDER BY created_at_ms DESC, id ASC LIMIT ?",
-        )
-        .bind(owner.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| port_error(&format!("listing the requests of {owner}"), e))?;
-        rows.iter().map(record_of).collect()
+        self.owner_requests(owner, limit, false).await
     }
 
     /// Through the partial index of running requests by owner: finished requests are never
@@ -323,16 +345,7 @@ impl StateStore for SqliteStore {
         owner: &UserId,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, PortError> {
-        let rows = sqlx::query(
-            "SELECT body FROM requests WHERE owner = ? AND active = 1
-             ORDER BY created_at_ms DESC, id ASC LIMIT ?",
-        )
-        .bind(owner.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| port_error(&format!("listing the running requests of {owner}"), e))?;
-        rows.iter().map(record_of).collect()
+        self.owner_requests(owner, limit, true).await
     }
 
     async fn acquire_slot(&self, owner: &UserId, limit: u32) -> Result<bool, PortError> {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tb_core::domain::{ProjectId, RequestId};
+use tb_core::ports::PortError;
 
 /// Our own messages on the work queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +28,18 @@ pub enum FinalizeMessage {
     RollbackProject {
         project_id: ProjectId,
     },
+}
+
+/// The JSON body a queue carries `message` as.
+pub fn to_body(message: &impl Serialize) -> Result<String, PortError> {
+    serde_json::to_string(message)
+        .map_err(|e| PortError::Permanent(format!("serialising a queue message: {e}")))
+}
+
+/// What the work dead-letter queue holds for a parked message (see
+/// [`crate::Queue::dead_letter`]): `{"reason": …, "body": <the original body>}`.
+pub fn dead_letter_body(body: &str, reason: &str) -> String {
+    serde_json::json!({ "reason": reason, "body": body }).to_string()
 }
 
 /// A job in the original system's shape, published onto the work queue by another backend:

@@ -194,12 +194,7 @@ fn stop_reason_text(r: &StopReason) -> String {
 #[async_trait]
 impl PlatformRecords for PgPlatformRecords {
     async fn create_key(&self, user: &UserId, label: &str) -> Result<(ApiKey, String), PortError> {
-        if label.chars().count() > MAX_LABEL_CHARS {
-            return Err(PgError::Invalid(format!(
-                "key labels are at most {MAX_LABEL_CHARS} characters"
-            ))
-            .into());
-        }
+        api_key::check_label(label).map_err(|e| PgError::Invalid(e.to_string()))?;
         let key = api_key::generate().map_err(|e| PortError::Transient(e.to_string()))?;
         let row = sqlx::query(concat!(
             "INSERT INTO api_keys (id, user_id, prefix, label, key_hash) \
