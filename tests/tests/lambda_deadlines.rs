@@ -327,10 +327,11 @@ async fn a_model_down_for_a_while_is_waited_out_and_the_wait_shows_in_the_activi
         .await
         .unwrap()
         .request_id;
-    // Back after 6 s.
+    // Back after 10 s: longer than the model client's own retries can span (5 attempts,
+    // waits of at most 0.5 + 1 + 2 + 4 s), so the worker always sees the outage.
     let target = model.url();
     let back = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
         SlowHttp::start_on(port, &target, Duration::ZERO).await
     });
 
