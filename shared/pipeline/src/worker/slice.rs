@@ -126,7 +126,9 @@ impl Worker {
                         }
                         Err(reason) => state.outcome = Some(Outcome::Failed { reason }),
                     }
-                } else {
+                } else if state.calls.len() > c0 {
+                    // Only an answer from the model ends its outage: a slice that paused at
+                    // its deadline before calling says nothing about the model.
                     rec.outage_over();
                 }
                 estimate = estimate.max(started.elapsed());
